@@ -1,0 +1,157 @@
+//! `ibex.db`: the databases ibex connects to.
+
+use serde::Serialize;
+use tokio_postgres::{GenericClient, Row};
+
+use crate::error::{Error, PgContext, Result};
+use crate::pg::ConnInfo;
+
+#[derive(Debug, Clone)]
+pub struct DbRecord {
+    pub name: String,
+    pub conn: ConnInfo,
+    pub status: String,
+}
+
+/// What `list dbs` shows: everything but the password, which is only said
+/// to be set.
+#[derive(Debug, Serialize)]
+pub struct DbView {
+    pub name: String,
+    pub dbname: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<&'static str>,
+    pub sslmode: Option<&'static str>,
+    pub status: String,
+    pub used_by_syncs: Vec<String>,
+}
+
+impl DbRecord {
+    fn from_row(row: &Row) -> Result<Self> {
+        let name: String = row.get("name");
+        let conn: serde_json::Value = row.get("conn");
+        let conn: ConnInfo = serde_json::from_value(conn).map_err(|err| {
+            Error::Catalog(format!(
+                "db {name:?} has unreadable connection info in the catalog: {err}"
+            ))
+        })?;
+        Ok(DbRecord {
+            name,
+            conn,
+            status: row.get("status"),
+        })
+    }
+
+    pub fn view(&self, used_by_syncs: Vec<String>) -> DbView {
+        DbView {
+            name: self.name.clone(),
+            dbname: self.conn.dbname.clone(),
+            host: self.conn.host.clone(),
+            port: self.conn.port,
+            user: self.conn.user.clone(),
+            password: self.conn.password.as_ref().map(|_| "********"),
+            sslmode: self.conn.sslmode.map(|m| m.as_str()),
+            status: self.status.clone(),
+            used_by_syncs,
+        }
+    }
+}
+
+fn conn_json(conn: &ConnInfo) -> Result<serde_json::Value> {
+    serde_json::to_value(conn)
+        .map_err(|err| Error::Catalog(format!("cannot store connection info: {err}")))
+}
+
+pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
+    let row = c
+        .query_opt("SELECT 1 FROM ibex.db WHERE name = $1", &[&name])
+        .await
+        .ctx(|| format!("looking up db {name:?}"))?;
+    Ok(row.is_some())
+}
+
+pub async fn add(c: &impl GenericClient, name: &str, conn: &ConnInfo) -> Result<()> {
+    if exists(c, name).await? {
+        return Err(Error::duplicate_hint(
+            "db",
+            name,
+            "pick another name or change it with `ibex update db`",
+        ));
+    }
+    c.execute(
+        "INSERT INTO ibex.db (name, conn) VALUES ($1, $2)",
+        &[&name, &conn_json(conn)?],
+    )
+    .await
+    .ctx(|| format!("adding db {name:?}"))?;
+    Ok(())
+}
+
+pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
+    let row = c
+        .query_opt(
+            "SELECT name, conn, status FROM ibex.db WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .ctx(|| format!("reading db {name:?}"))?
+        .ok_or_else(|| Error::not_found_hint("db", name, "list them with `ibex list dbs`"))?;
+    DbRecord::from_row(&row)
+}
+
+pub async fn list(c: &impl GenericClient) -> Result<Vec<DbRecord>> {
+    let rows = c
+        .query("SELECT name, conn, status FROM ibex.db ORDER BY name", &[])
+        .await
+        .ctx(|| "listing dbs".into())?;
+    rows.iter().map(DbRecord::from_row).collect()
+}
+
+pub async fn update(
+    c: &impl GenericClient,
+    name: &str,
+    conn: &ConnInfo,
+    status: &str,
+) -> Result<()> {
+    c.execute(
+        "UPDATE ibex.db SET conn = $2, status = $3, updated_at = now() WHERE name = $1",
+        &[&name, &conn_json(conn)?, &status],
+    )
+    .await
+    .ctx(|| format!("updating db {name:?}"))?;
+    Ok(())
+}
+
+/// The syncs whose dbgroup includes this db.
+pub async fn syncs_using(c: &impl GenericClient, name: &str) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT s.name FROM ibex.sync s
+               JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup
+              WHERE m.db = $1 ORDER BY 1",
+            &[&name],
+        )
+        .await
+        .ctx(|| format!("finding syncs that use db {name:?}"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn remove(c: &impl GenericClient, name: &str) -> Result<()> {
+    get(c, name).await?;
+    let syncs = syncs_using(c, name).await?;
+    if !syncs.is_empty() {
+        return Err(Error::Refused(format!(
+            "db {name:?} is used by sync {}: remove the sync or take the db out of its dbgroup first",
+            syncs.join(", ")
+        )));
+    }
+    c.execute("DELETE FROM ibex.dbgroup_member WHERE db = $1", &[&name])
+        .await
+        .ctx(|| format!("removing db {name:?} from its dbgroups"))?;
+    c.execute("DELETE FROM ibex.db WHERE name = $1", &[&name])
+        .await
+        .ctx(|| format!("removing db {name:?}"))?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Versioned migrations of the control catalog (schema `ibex` in the
+//! control database). Each runs once, in its own transaction, under an
+//! advisory lock so two `ibex install` runs cannot interleave. Never edit a
+//! released migration: add the next one.
+
+pub struct Migration {
+    pub version: i32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "databases, relations, herds, dbgroups, syncs, settings",
+        sql: r#"
+CREATE TABLE ibex.db (
+    name        text PRIMARY KEY,
+    conn        jsonb NOT NULL,
+    status      text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'inactive')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ibex.db IS 'Databases ibex replicates; conn holds the connection info, including the password, which ibex never prints';
+
+CREATE TABLE ibex.relation (
+    id           serial PRIMARY KEY,
+    kind         text NOT NULL CHECK (kind IN ('table', 'sequence')),
+    schema_name  text NOT NULL,
+    rel_name     text NOT NULL,
+    key_columns  text[],
+    key_source   text CHECK (key_source IN ('primary key', 'unique index')),
+    added_from   text REFERENCES ibex.db (name) ON UPDATE CASCADE ON DELETE SET NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (schema_name, rel_name),
+    CHECK ((kind = 'table') = (key_columns IS NOT NULL))
+);
+COMMENT ON TABLE ibex.relation IS 'Tables and sequences (Bucardo''s goats)';
+
+CREATE TABLE ibex.herd (
+    name        text PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ibex.herd_member (
+    herd      text NOT NULL REFERENCES ibex.herd (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    relation  int  NOT NULL REFERENCES ibex.relation (id) ON DELETE CASCADE,
+    PRIMARY KEY (herd, relation)
+);
+
+CREATE TABLE ibex.dbgroup (
+    name        text PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ibex.dbgroup_member (
+    dbgroup   text NOT NULL REFERENCES ibex.dbgroup (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    db        text NOT NULL REFERENCES ibex.db (name) ON UPDATE CASCADE,
+    role      text NOT NULL CHECK (role IN ('source', 'target', 'fullcopy')),
+    priority  int  NOT NULL DEFAULT 0,
+    position  int  NOT NULL,
+    PRIMARY KEY (dbgroup, db)
+);
+
+CREATE TABLE ibex.sync (
+    name               text PRIMARY KEY,
+    herd               text NOT NULL REFERENCES ibex.herd (name) ON UPDATE CASCADE,
+    dbgroup            text NOT NULL REFERENCES ibex.dbgroup (name) ON UPDATE CASCADE,
+    status             text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'inactive')),
+    conflict_strategy  text NOT NULL DEFAULT 'latest',
+    autokick           boolean NOT NULL DEFAULT true,
+    checktime_ms       bigint CHECK (checktime_ms > 0),
+    onetimecopy        smallint NOT NULL DEFAULT 0 CHECK (onetimecopy IN (0, 1, 2)),
+    kidsalive          boolean NOT NULL DEFAULT true,
+    lock_timeout_ms    bigint CHECK (lock_timeout_ms > 0),
+    isolation_level    text NOT NULL DEFAULT 'repeatable read'
+                       CHECK (isolation_level IN ('repeatable read', 'serializable')),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ibex.setting (
+    key         text PRIMARY KEY,
+    value       text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+-- parse_ident() raises on bad syntax; lookups want "no match" instead.
+CREATE FUNCTION ibex.try_parse_ident(typed text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN parse_ident(typed);
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON TABLE ibex.setting IS 'Key/value settings (ibex set / ibex show); unset keys take their built-in default';
+"#,
+    },
+    Migration {
+        version: 2,
+        description: "run history and conflict log",
+        sql: r#"
+CREATE TABLE ibex.run (
+    id          bigserial PRIMARY KEY,
+    sync        text NOT NULL,
+    started_at  timestamptz NOT NULL,
+    ended_at    timestamptz,
+    state       text NOT NULL CHECK (state IN ('running', 'good', 'bad')),
+    inserted    bigint NOT NULL DEFAULT 0,
+    deleted     bigint NOT NULL DEFAULT 0,
+    conflicts   bigint NOT NULL DEFAULT 0,
+    attempts    int NOT NULL DEFAULT 1,
+    tables      jsonb NOT NULL DEFAULT '[]',
+    error       text
+);
+CREATE INDEX run_sync_started ON ibex.run (sync, started_at DESC);
+
+CREATE TABLE ibex.conflict (
+    run_id      bigint NOT NULL REFERENCES ibex.run (id) ON DELETE CASCADE,
+    table_name  text NOT NULL,
+    key         text NOT NULL,
+    dbs         text[] NOT NULL,
+    winner      text,
+    reason      text NOT NULL
+);
+CREATE INDEX conflict_run ON ibex.conflict (run_id);
+"#,
+    },
+];
+
+/// The schema version this binary expects.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}

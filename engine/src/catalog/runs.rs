@@ -1,0 +1,187 @@
+//! `ibex.run` and `ibex.conflict`: the history of sync runs (what `ibex
+//! status` shows) and the conflicts each run settled.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{GenericClient, Row};
+
+use crate::error::{Error, PgContext, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Good,
+    Bad,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Good => "good",
+            RunState::Bad => "bad",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "good" => RunState::Good,
+            "bad" => RunState::Bad,
+            _ => RunState::Running,
+        }
+    }
+}
+
+/// Rows a run changed in one table on one db.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableCounts {
+    pub table: String,
+    pub db: String,
+    pub deleted: i64,
+    pub inserted: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub sync: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub state: RunState,
+    pub inserted: i64,
+    pub deleted: i64,
+    pub conflicts: i64,
+    pub attempts: i32,
+    pub tables: Vec<TableCounts>,
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    fn from_row(row: &Row) -> Self {
+        let tables: serde_json::Value = row.get("tables");
+        RunRecord {
+            id: row.get("id"),
+            sync: row.get("sync"),
+            started_at: row.get("started_at"),
+            ended_at: row.get("ended_at"),
+            state: RunState::parse(row.get("state")),
+            inserted: row.get("inserted"),
+            deleted: row.get("deleted"),
+            conflicts: row.get("conflicts"),
+            attempts: row.get("attempts"),
+            tables: serde_json::from_value(tables).unwrap_or_default(),
+            error: row.get("error"),
+        }
+    }
+
+    /// Wall time of the run so far or in all.
+    pub fn duration(&self) -> chrono::Duration {
+        self.ended_at.unwrap_or_else(Utc::now) - self.started_at
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictRecord {
+    pub table: String,
+    pub key: String,
+    pub dbs: Vec<String>,
+    pub winner: Option<String>,
+    pub reason: String,
+}
+
+const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error FROM ibex.run";
+
+pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>) -> Result<i64> {
+    let row = c
+        .query_one(
+            "INSERT INTO ibex.run (sync, started_at, state) VALUES ($1, $2, 'running') RETURNING id",
+            &[&sync, &started_at],
+        )
+        .await
+        .ctx(|| format!("recording the start of a run of sync {sync:?}"))?;
+    Ok(row.get(0))
+}
+
+pub async fn finish(
+    c: &impl GenericClient,
+    run: &RunRecord,
+    conflicts: &[ConflictRecord],
+) -> Result<()> {
+    let tables = serde_json::to_value(&run.tables)
+        .map_err(|err| Error::Catalog(format!("cannot record table counts: {err}")))?;
+    c.execute(
+        "UPDATE ibex.run SET ended_at = $2, state = $3, inserted = $4, deleted = $5, conflicts = $6,
+                attempts = $7, tables = $8, error = $9
+          WHERE id = $1",
+        &[
+            &run.id,
+            &run.ended_at,
+            &run.state.as_str(),
+            &run.inserted,
+            &run.deleted,
+            &run.conflicts,
+            &run.attempts,
+            &tables,
+            &run.error,
+        ],
+    )
+    .await
+    .ctx(|| format!("recording the end of run {}", run.id))?;
+    for conflict in conflicts {
+        c.execute(
+            "INSERT INTO ibex.conflict (run_id, table_name, key, dbs, winner, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&run.id, &conflict.table, &conflict.key, &conflict.dbs, &conflict.winner, &conflict.reason],
+        )
+        .await
+        .ctx(|| format!("recording conflicts of run {}", run.id))?;
+    }
+    Ok(())
+}
+
+pub async fn get(c: &impl GenericClient, id: i64) -> Result<RunRecord> {
+    let row = c
+        .query_opt(&format!("{SELECT} WHERE id = $1"), &[&id])
+        .await
+        .ctx(|| format!("reading run {id}"))?
+        .ok_or_else(|| Error::not_found("run", id.to_string()))?;
+    Ok(RunRecord::from_row(&row))
+}
+
+/// The newest run of a sync in the given state.
+pub async fn last(
+    c: &impl GenericClient,
+    sync: &str,
+    state: RunState,
+) -> Result<Option<RunRecord>> {
+    let row = c
+        .query_opt(
+            &format!(
+                "{SELECT} WHERE sync = $1 AND state = $2 ORDER BY started_at DESC, id DESC LIMIT 1"
+            ),
+            &[&sync, &state.as_str()],
+        )
+        .await
+        .ctx(|| format!("reading the runs of sync {sync:?}"))?;
+    Ok(row.as_ref().map(RunRecord::from_row))
+}
+
+pub async fn conflicts(c: &impl GenericClient, run_id: i64) -> Result<Vec<ConflictRecord>> {
+    let rows = c
+        .query(
+            "SELECT table_name, key, dbs, winner, reason FROM ibex.conflict WHERE run_id = $1 ORDER BY table_name, key",
+            &[&run_id],
+        )
+        .await
+        .ctx(|| format!("reading the conflicts of run {run_id}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ConflictRecord {
+            table: r.get(0),
+            key: r.get(1),
+            dbs: r.get(2),
+            winner: r.get(3),
+            reason: r.get(4),
+        })
+        .collect())
+}

@@ -1,0 +1,168 @@
+//! `ibex add|list|update|remove db`
+
+use super::{Context, NamedParams, Names, Params};
+use crate::catalog::{self, check_name};
+use crate::error::{Error, Result};
+use crate::pg::{self, ConnInfo, SslMode};
+
+const CONN_KEYS: &[&str] = &["dbname", "host", "port", "user", "pass", "sslmode"];
+
+/// Applies connection keys from `params` onto `conn`; true if any changed.
+fn apply_conn_keys(params: &mut Params, conn: &mut ConnInfo) -> Result<bool> {
+    let before = conn.clone();
+    if let Some(dbname) = params.take("dbname") {
+        if dbname.is_empty() {
+            return Err(Error::usage("dbname is empty: e.g. dbname=btest1"));
+        }
+        conn.dbname = dbname;
+    }
+    if let Some(host) = params.take("host") {
+        conn.host = (!host.is_empty()).then_some(host);
+    }
+    if let Some(port) = params.take("port") {
+        conn.port = match port.as_str() {
+            "" => None,
+            p => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                Error::usage(format!("bad port {p:?}: use a number from 1 to 65535"))
+            })?),
+        };
+    }
+    if let Some(user) = params.take_any(&["user", "dbuser", "username"]) {
+        conn.user = (!user.is_empty()).then_some(user);
+    }
+    if let Some(pass) = params.take_any(&["pass", "password", "dbpass"]) {
+        conn.password = (!pass.is_empty()).then_some(pass);
+    }
+    if let Some(mode) = params.take("sslmode") {
+        conn.sslmode = Some(mode.parse::<SslMode>()?);
+    }
+    Ok(*conn != before)
+}
+
+async fn check_connects(name: &str, conn: &ConnInfo) -> Result<()> {
+    pg::connect(conn, "ibex check")
+        .await
+        .map(drop)
+        .map_err(|err| match err {
+            Error::Connect { target, reason } => Error::Connect {
+                target: format!("db {name} ({target})"),
+                reason: format!(
+                    "{reason}; fix the connection settings or check that the server is up"
+                ),
+            },
+            other => other,
+        })
+}
+
+pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
+    check_name("db", &args.name)?;
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    let mut conn = ConnInfo {
+        dbname: params.require("dbname", "dbname=btest1")?,
+        ..ConnInfo::default()
+    };
+    apply_conn_keys(&mut params, &mut conn)?;
+    params.finish(CONN_KEYS)?;
+    let mut cat = ctx.catalog().await?;
+    if catalog::dbs::exists(cat.client(), &args.name).await? {
+        return Err(Error::duplicate_hint(
+            "db",
+            &args.name,
+            "pick another name or change it with `ibex update db`",
+        ));
+    }
+    check_connects(&args.name, &conn).await?;
+    let name = args.name.clone();
+    cat.change(async |tx| catalog::dbs::add(tx, &name, &conn).await)
+        .await?;
+    ctx.out
+        .done(format!("Added db {} ({})", args.name, conn.describe()));
+    Ok(())
+}
+
+pub async fn list(ctx: &Context) -> Result<()> {
+    let cat = ctx.catalog().await?;
+    let mut views = Vec::new();
+    for db in catalog::dbs::list(cat.client()).await? {
+        let syncs = catalog::dbs::syncs_using(cat.client(), &db.name).await?;
+        views.push(db.view(syncs));
+    }
+    if ctx.out.json {
+        ctx.out.print_json(&views);
+        return Ok(());
+    }
+    if views.is_empty() {
+        ctx.out
+            .line("No dbs: add one with `ibex add db NAME dbname=...`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.status.clone(),
+                v.dbname.clone(),
+                v.host.clone().unwrap_or_else(|| "(local)".into()),
+                v.port.map_or_else(|| "5432".into(), |p| p.to_string()),
+                v.user.clone().unwrap_or_default(),
+                v.password.unwrap_or("").to_string(),
+                v.sslmode.unwrap_or("prefer").to_string(),
+                v.used_by_syncs.join(","),
+            ]
+        })
+        .collect();
+    ctx.out.table(
+        &[
+            "Name", "Status", "Dbname", "Host", "Port", "User", "Password", "Sslmode", "Syncs",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    if args.params.is_empty() {
+        return Err(Error::usage(format!(
+            "nothing to change: e.g. ibex update db {} host=10.0.0.6",
+            args.name
+        )));
+    }
+    let mut cat = ctx.catalog().await?;
+    let mut db = catalog::dbs::get(cat.client(), &args.name).await?;
+    let conn_changed = apply_conn_keys(&mut params, &mut db.conn)?;
+    if let Some(status) = params.take("status") {
+        if status != "active" && status != "inactive" {
+            return Err(Error::usage(format!(
+                "bad status {status:?}: use active or inactive"
+            )));
+        }
+        db.status = status;
+    }
+    let mut known = CONN_KEYS.to_vec();
+    known.push("status");
+    params.finish(&known)?;
+    if conn_changed {
+        check_connects(&args.name, &db.conn).await?;
+    }
+    cat.change(async |tx| catalog::dbs::update(tx, &db.name, &db.conn, &db.status).await)
+        .await?;
+    ctx.out.done(format!("Updated db {}", args.name));
+    Ok(())
+}
+
+pub async fn remove(ctx: &Context, args: Names) -> Result<()> {
+    let mut cat = ctx.catalog().await?;
+    cat.change(async |tx| {
+        for name in &args.names {
+            catalog::dbs::remove(tx, name).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    for name in &args.names {
+        ctx.out.done(format!("Removed db {name}"));
+    }
+    Ok(())
+}

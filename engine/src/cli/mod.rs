@@ -1,0 +1,341 @@
+//! The `ibex` command line, bucardo-style: `ibex VERB NOUN NAME key=value ...`.
+//! One file per command family; this one holds the grammar and dispatch.
+
+mod db;
+mod dbgroup;
+mod herd;
+mod install;
+mod output;
+mod params;
+mod settings;
+mod sync;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use output::Output;
+pub use params::Params;
+
+use crate::catalog::Catalog;
+use crate::config::Loaded;
+use crate::error::Result;
+use crate::pg::ConnInfo;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ibex",
+    version,
+    about = "Trigger-based multi-master replication for PostgreSQL",
+    long_about = "Trigger-based multi-master replication for PostgreSQL, in the lineage of Bucardo 5.\n\nCommands read and write the control catalog (database `ibex` by default); the daemon reads it.",
+    after_help = "Examples:\n  ibex install\n  ibex add db t1 dbname=btest1 host=127.0.0.1\n  ibex add all tables db=t1 herd=therd\n  ibex add sync foobar herd=therd dbs=t1:source,t2:source,t3:target\n  ibex list syncs --json",
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Control database as a libpq string or URL (else IBEX_CONTROL, ibex.toml, local `ibex`)
+    #[arg(long, global = true, value_name = "DSN")]
+    pub control: Option<String>,
+    /// ibex.toml to read (default ./ibex.toml, then ~/.config/ibex/ibex.toml)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the control database (if missing) and install or migrate the catalog
+    #[command(
+        after_help = "Example:\n  ibex --control 'host=127.0.0.1 dbname=ibex user=postgres' install"
+    )]
+    Install,
+    /// Add a db, table, sequence, herd, dbgroup or sync
+    #[command(subcommand)]
+    Add(AddCmd),
+    /// List dbs, tables, sequences, herds, dbgroups or syncs
+    #[command(subcommand)]
+    List(ListCmd),
+    /// Change a db, herd, dbgroup or sync
+    #[command(subcommand)]
+    Update(UpdateCmd),
+    /// Remove a db, table, sequence, herd, dbgroup or sync
+    #[command(subcommand, alias = "delete")]
+    Remove(RemoveCmd),
+    /// Set syncs active
+    #[command(after_help = "Example:\n  ibex activate foobar")]
+    Activate(SyncNames),
+    /// Set syncs inactive (the daemon stops running them; their changes wait)
+    #[command(after_help = "Example:\n  ibex deactivate foobar")]
+    Deactivate(SyncNames),
+    /// Change settings: ibex set key=value ...
+    #[command(after_help = "Example:\n  ibex set log_level=verbose vac_interval=30s")]
+    Set(KeyValues),
+    /// Show settings: ibex show [KEY ... | all]
+    #[command(after_help = "Examples:\n  ibex show all\n  ibex show log_level --json")]
+    Show(ShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncNames {
+    #[arg(required = true, value_name = "SYNC")]
+    pub syncs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyValues {
+    #[arg(required = true, value_name = "KEY=VALUE")]
+    pub pairs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[arg(value_name = "KEY")]
+    pub keys: Vec<String>,
+}
+
+/// A name followed by key=value parameters.
+#[derive(Args, Debug)]
+pub struct NamedParams {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}
+
+/// Names and key=value parameters, mixed.
+#[derive(Args, Debug)]
+pub struct NamesParams {
+    #[arg(required = true, value_name = "NAME|KEY=VALUE")]
+    pub args: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AddCmd {
+    /// Register a database (connects once to check)
+    #[command(
+        alias = "database",
+        after_help = "Keys: dbname (required), host, port, user, pass, sslmode (disable|prefer|require)\n\nExample:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret"
+    )]
+    Db(NamedParams),
+    /// Register tables found on a db, optionally into a herd
+    #[command(
+        after_help = "Keys: db (required), herd, pkey=col[,col] (a unique index whose columns are NOT NULL, for tables without a primary key)\n\nExample:\n  ibex add table pgbench_accounts pgbench_branches pgbench_tellers db=t1 herd=therd"
+    )]
+    Table(NamesParams),
+    /// Register sequences found on a db, optionally into a herd
+    #[command(
+        after_help = "Keys: db (required), herd\n\nExample:\n  ibex add sequence public.orders_id_seq db=t1 herd=therd"
+    )]
+    Sequence(NamesParams),
+    /// Register every table (or sequence) of a db; tables without a key are skipped with a warning
+    #[command(
+        after_help = "Keys: db (required), herd, schema\n\nExamples:\n  ibex add all tables db=t1 herd=therd\n  ibex add all sequences db=t1 herd=therd schema=public"
+    )]
+    All(AllArgs),
+    /// Create a herd of registered tables and sequences
+    #[command(
+        alias = "relgroup",
+        after_help = "Example:\n  ibex add herd therd pgbench_accounts pgbench_branches"
+    )]
+    Herd(HerdArgs),
+    /// Group dbs and give each a role: source, target or fullcopy
+    #[command(
+        after_help = "Members are DB[:ROLE[:PRIORITY]]; without a role the first is a source, the rest targets.\nPriority (default 0) breaks ties of the latest strategy: higher wins.\n\nExample:\n  ibex add dbgroup tgroup t1:source t2:source t3:source t4:source t5:target"
+    )]
+    Dbgroup(DbGroupArgs),
+    /// Create a sync: a herd replicated among the dbs of a dbgroup
+    #[command(
+        after_help = "Keys: herd (or tables=T1,T2), dbs (a dbgroup, or DB:ROLE,DB:ROLE), conflict_strategy\n(latest|latest_all_tables|abort|skip|random|db1,db2,...), autokick (true), checktime (off),\nonetimecopy (0|1|2), kidsalive (true), status (active|inactive), lock_timeout, isolation_level\n\nExample:\n  ibex add sync foobar herd=therd dbs=tgroup autokick=false"
+    )]
+    Sync(NamedParams),
+}
+
+#[derive(Args, Debug)]
+pub struct AllArgs {
+    /// tables or sequences
+    #[arg(value_parser = ["tables", "sequences"])]
+    pub what: String,
+    #[arg(value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HerdArgs {
+    #[arg(value_name = "HERD")]
+    pub name: String,
+    #[arg(value_name = "TABLE")]
+    pub members: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DbGroupArgs {
+    #[arg(value_name = "DBGROUP")]
+    pub name: String,
+    #[arg(required = true, value_name = "DB[:ROLE[:PRIORITY]]")]
+    pub members: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ListCmd {
+    /// Registered databases (passwords masked)
+    #[command(alias = "db", alias = "databases")]
+    Dbs,
+    /// Registered tables with their keys and herds
+    #[command(alias = "table")]
+    Tables,
+    /// Registered sequences
+    #[command(alias = "sequence")]
+    Sequences,
+    /// Herds and their members
+    #[command(alias = "herd", alias = "relgroups")]
+    Herds,
+    /// Dbgroups and their members' roles
+    #[command(alias = "dbgroup")]
+    Dbgroups,
+    /// Syncs and their parameters
+    #[command(alias = "sync")]
+    Syncs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpdateCmd {
+    /// Change how to reach a db (checks the new settings by connecting)
+    #[command(
+        alias = "database",
+        after_help = "Keys: dbname, host, port, user, pass, sslmode, status (active|inactive)\n\nExample:\n  ibex update db t1 host=10.0.0.6 pass=newsecret"
+    )]
+    Db(NamedParams),
+    /// Add or remove herd members
+    #[command(
+        alias = "relgroup",
+        after_help = "Keys: add=T[,T], remove=T[,T]\n\nExample:\n  ibex update herd therd add=public.orders remove=public.old_orders"
+    )]
+    Herd(NamedParams),
+    /// Replace the members of a dbgroup
+    #[command(after_help = "Example:\n  ibex update dbgroup tgroup t1:source t2:source t5:target")]
+    Dbgroup(DbGroupArgs),
+    /// Change sync parameters
+    #[command(
+        after_help = "Keys: as for `add sync`, plus herd and dbs\n\nExample:\n  ibex update sync foobar checktime=30s conflict_strategy=t1,t2"
+    )]
+    Sync(NamedParams),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RemoveCmd {
+    /// Forget a db (refused while a sync uses it)
+    #[command(alias = "database", after_help = "Example:\n  ibex remove db t5")]
+    Db(Names),
+    /// Forget tables (they leave their herds)
+    #[command(after_help = "Example:\n  ibex remove table public.pgbench_history")]
+    Table(Names),
+    /// Forget sequences (they leave their herds)
+    #[command(after_help = "Example:\n  ibex remove sequence public.orders_id_seq")]
+    Sequence(Names),
+    /// Remove a herd (refused while a sync uses it); its tables stay registered
+    #[command(alias = "relgroup", after_help = "Example:\n  ibex remove herd therd")]
+    Herd(Names),
+    /// Remove a dbgroup (refused while a sync uses it)
+    #[command(after_help = "Example:\n  ibex remove dbgroup tgroup")]
+    Dbgroup(Names),
+    /// Remove a sync
+    #[command(after_help = "Example:\n  ibex remove sync foobar")]
+    Sync(Names),
+}
+
+#[derive(Args, Debug)]
+pub struct Names {
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// What every command gets: where the catalog is and how to print.
+pub struct Context {
+    pub control: ConnInfo,
+    pub out: Output,
+}
+
+impl Context {
+    pub async fn catalog(&self) -> Result<Catalog> {
+        Catalog::open(&self.control).await
+    }
+}
+
+/// Entry point of the `ibex` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return output::clap_error(err),
+    };
+    let out = Output::new(cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            out.error(&format!("cannot start the async runtime: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, out)) {
+        Ok(code) => code,
+        Err(err) => {
+            out.error(&err.to_string());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
+    let loaded = Loaded::load(cli.config.as_deref())?;
+    let control = loaded.control(cli.control.as_deref())?;
+    let ctx = Context { control, out };
+    match cli.command {
+        Command::Install => install::run(&ctx).await?,
+        Command::Add(cmd) => match cmd {
+            AddCmd::Db(a) => db::add(&ctx, a).await?,
+            AddCmd::Table(a) => table::add(&ctx, crate::catalog::RelKind::Table, a).await?,
+            AddCmd::Sequence(a) => table::add(&ctx, crate::catalog::RelKind::Sequence, a).await?,
+            AddCmd::All(a) => table::add_all(&ctx, a).await?,
+            AddCmd::Herd(a) => herd::add(&ctx, a).await?,
+            AddCmd::Dbgroup(a) => dbgroup::add(&ctx, a).await?,
+            AddCmd::Sync(a) => sync::add(&ctx, a).await?,
+        },
+        Command::List(cmd) => match cmd {
+            ListCmd::Dbs => db::list(&ctx).await?,
+            ListCmd::Tables => table::list(&ctx, crate::catalog::RelKind::Table).await?,
+            ListCmd::Sequences => table::list(&ctx, crate::catalog::RelKind::Sequence).await?,
+            ListCmd::Herds => herd::list(&ctx).await?,
+            ListCmd::Dbgroups => dbgroup::list(&ctx).await?,
+            ListCmd::Syncs => sync::list(&ctx).await?,
+        },
+        Command::Update(cmd) => match cmd {
+            UpdateCmd::Db(a) => db::update(&ctx, a).await?,
+            UpdateCmd::Herd(a) => herd::update(&ctx, a).await?,
+            UpdateCmd::Dbgroup(a) => dbgroup::update(&ctx, a).await?,
+            UpdateCmd::Sync(a) => sync::update(&ctx, a).await?,
+        },
+        Command::Remove(cmd) => match cmd {
+            RemoveCmd::Db(a) => db::remove(&ctx, a).await?,
+            RemoveCmd::Table(a) => table::remove(&ctx, crate::catalog::RelKind::Table, a).await?,
+            RemoveCmd::Sequence(a) => {
+                table::remove(&ctx, crate::catalog::RelKind::Sequence, a).await?
+            }
+            RemoveCmd::Herd(a) => herd::remove(&ctx, a).await?,
+            RemoveCmd::Dbgroup(a) => dbgroup::remove(&ctx, a).await?,
+            RemoveCmd::Sync(a) => sync::remove(&ctx, a).await?,
+        },
+        Command::Activate(a) => sync::set_status(&ctx, a, "active").await?,
+        Command::Deactivate(a) => sync::set_status(&ctx, a, "inactive").await?,
+        Command::Set(a) => settings::set(&ctx, a).await?,
+        Command::Show(a) => settings::show(&ctx, a).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,11 @@
+//! ibex: trigger-based, asynchronous, multi-master replication for
+//! PostgreSQL in the lineage of Bucardo 5. Data flows one way through the
+//! modules: cli -> catalog -> daemon -> sync -> (capture, conflict, plugin, pg).
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pg;
+
+pub use error::{Error, Result};

@@ -1,0 +1,200 @@
+//! Reading a live database's catalogs: which relation a typed name means,
+//! its kind and the columns that identify its rows.
+
+use tokio_postgres::GenericClient;
+
+use super::QualifiedName;
+use crate::error::{Error, PgContext, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    Table,
+    PartitionedTable,
+    Sequence,
+    /// A view, foreign table, index...: named for the error message.
+    Other(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveRelation {
+    pub oid: u32,
+    pub name: QualifiedName,
+    pub kind: LiveKind,
+    /// Primary key columns in index order, if there is a primary key.
+    pub primary_key: Option<Vec<String>>,
+}
+
+fn kind_of(relkind: i8) -> LiveKind {
+    match relkind as u8 {
+        b'r' => LiveKind::Table,
+        b'p' => LiveKind::PartitionedTable,
+        b'S' => LiveKind::Sequence,
+        b'v' => LiveKind::Other("view"),
+        b'm' => LiveKind::Other("materialized view"),
+        b'f' => LiveKind::Other("foreign table"),
+        b'i' | b'I' => LiveKind::Other("index"),
+        b'c' => LiveKind::Other("composite type"),
+        _ => LiveKind::Other("relation"),
+    }
+}
+
+const SELECT: &str = "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind,
+        (SELECT array_agg(a.attname::text ORDER BY k.ord)
+           FROM pg_index i
+           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = c.oid AND i.indisprimary) AS pkey
+   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace";
+
+fn from_row(row: &tokio_postgres::Row) -> LiveRelation {
+    LiveRelation {
+        oid: row.get(0),
+        name: QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+        kind: kind_of(row.get(3)),
+        primary_key: row.get(4),
+    }
+}
+
+/// Finds the relation a user means by `name`, `schema.name` or quoted SQL
+/// identifiers; an exact match of the text comes first (so `My Table` and
+/// `"odd;name"` work unquoted), then SQL identifier rules.
+pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveRelation>> {
+    let exact = c
+        .query(
+            &format!(
+                "{SELECT} WHERE (c.relname = $1 AND pg_table_is_visible(c.oid))
+                    OR n.nspname || '.' || c.relname = $1
+                  ORDER BY (n.nspname || '.' || c.relname = $1) DESC LIMIT 1"
+            ),
+            &[&typed],
+        )
+        .await
+        .ctx(|| format!("looking up {typed:?}"))?;
+    if let Some(row) = exact.first() {
+        return Ok(Some(from_row(row)));
+    }
+    // parse_ident raises on bad syntax, which then names nothing. Callers
+    // use a connection outside any transaction, so the error costs nothing.
+    let rows = match c
+        .query(
+            &format!(
+                "{SELECT}, parse_ident($1) AS p
+                  WHERE (cardinality(p) = 1 AND c.relname = p[1] AND pg_table_is_visible(c.oid))
+                     OR (cardinality(p) = 2 AND n.nspname = p[1] AND c.relname = p[2])
+                  LIMIT 1"
+            ),
+            &[&typed],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        // Not a valid identifier: then it names nothing.
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => return Err(err).ctx(|| format!("looking up {typed:?}")),
+    };
+    Ok(rows.first().map(from_row))
+}
+
+/// Ordinary and partitioned tables outside the system schemas and ibex's own.
+pub async fn list_tables(
+    c: &impl GenericClient,
+    schema: Option<&str>,
+) -> Result<Vec<LiveRelation>> {
+    list_of_kinds(c, "rp", schema).await
+}
+
+/// Sequences outside the system schemas and ibex's own.
+pub async fn list_sequences(
+    c: &impl GenericClient,
+    schema: Option<&str>,
+) -> Result<Vec<LiveRelation>> {
+    list_of_kinds(c, "S", schema).await
+}
+
+async fn list_of_kinds(
+    c: &impl GenericClient,
+    relkinds: &str,
+    schema: Option<&str>,
+) -> Result<Vec<LiveRelation>> {
+    let rows = c
+        .query(
+            &format!(
+                "{SELECT} WHERE strpos($1, c.relkind::text) > 0 AND NOT c.relispartition
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ibex')
+                    AND n.nspname NOT LIKE 'pg\\_%'
+                    AND ($2::text IS NULL OR n.nspname = $2)
+                  ORDER BY n.nspname, c.relname"
+            ),
+            &[&relkinds, &schema],
+        )
+        .await
+        .ctx(|| "listing relations".into())?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// True when `columns` are exactly the columns of a valid, non-partial
+/// unique index without expressions, and every one is NOT NULL.
+pub async fn is_unique_not_null_key(
+    c: &impl GenericClient,
+    oid: u32,
+    columns: &[String],
+) -> Result<bool> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (
+                SELECT 1 FROM pg_index i
+                 WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+                   AND i.indexprs IS NULL
+                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                          FROM unnest(i.indkey) k(attnum)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
+                       = (SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) x)
+                   AND NOT EXISTS (
+                        SELECT 1 FROM unnest(i.indkey) k(attnum)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                         WHERE NOT a.attnotnull))",
+            &[&oid, &columns],
+        )
+        .await
+        .ctx(|| "checking unique indexes".into())?;
+    Ok(row.get(0))
+}
+
+/// Checks that a live table can be replicated and returns its key columns
+/// and where they come from: the primary key, or the unique not-null index
+/// the user named with `pkey=`.
+pub async fn table_key(
+    c: &impl GenericClient,
+    table: &LiveRelation,
+    db: &str,
+    pkey: Option<&[String]>,
+) -> Result<(Vec<String>, &'static str)> {
+    match (pkey, &table.primary_key) {
+        (Some(cols), _) => {
+            if is_unique_not_null_key(c, table.oid, cols).await? {
+                Ok((cols.to_vec(), "unique index"))
+            } else {
+                Err(Error::Schema(format!(
+                    "table {} on db {db} has no unique index on exactly ({}) whose columns are all NOT NULL: create one (CREATE UNIQUE INDEX ON {} ({})) and set the columns NOT NULL, or leave out pkey= to use the primary key",
+                    table.name,
+                    cols.join(", "),
+                    table.name.quoted(),
+                    cols.iter()
+                        .map(|c| super::quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+        (None, Some(cols)) => Ok((cols.clone(), "primary key")),
+        (None, None) => Err(Error::Schema(format!(
+            "table {} on db {db} has no primary key: add one (ALTER TABLE {} ADD PRIMARY KEY (...)), or name a unique index whose columns are NOT NULL with pkey=col[,col]",
+            table.name,
+            table.name.quoted()
+        ))),
+    }
+}

@@ -1,0 +1,132 @@
+//! Runs the real `ibex` binary, the way an operator does.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// Where the `ibex` binary is: `IBEX_BIN`, else next to this test's
+/// `deps/` directory (cargo builds it for `cargo test --workspace`).
+pub fn ibex_bin() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("IBEX_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("cannot find the target directory")?;
+    let bin = profile_dir.join("ibex");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build -p ibex`) or run the whole suite with `cargo test --workspace`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// Panics with the command's output unless it succeeded.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.success(),
+            "expected success, got exit {}:\nstdout: {}\nstderr: {}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless it failed with a one-line error containing `needle`.
+    pub fn fails_with(self, needle: &str) -> Self {
+        assert!(
+            !self.success(),
+            "expected failure containing {needle:?}, got success:\n{}",
+            self.stdout
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "expected an error containing {needle:?}, got:\n{}",
+            self.stderr
+        );
+        let error_lines = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count();
+        assert_eq!(
+            error_lines, 1,
+            "expected one error line, got:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// The CLI pointed at one control database.
+#[derive(Debug, Clone)]
+pub struct Ibex {
+    pub control: String,
+    pub bin: PathBuf,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Ibex {
+    pub fn new(control_dsn: impl Into<String>) -> Result<Self> {
+        Ok(Ibex {
+            control: control_dsn.into(),
+            bin: ibex_bin()?,
+            envs: Vec::new(),
+        })
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("IBEX_CONTROL", &self.control)
+            .env_remove("PGPASSWORD")
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs `ibex ARGS...` and collects its output.
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        let out = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// `run` split on whitespace, for commands without quoted parts.
+    pub fn sh(&self, line: &str) -> Outcome {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        self.run(&args)
+    }
+}

@@ -1,0 +1,9 @@
+//! Test harness for ibex: real PostgreSQL clusters started with initdb and
+//! pg_ctl in temporary directories on free ports (as the `postgres` user
+//! when the tests run as root), and a runner for the real `ibex` binary.
+
+pub mod cluster;
+pub mod ibex;
+
+pub use cluster::Cluster;
+pub use ibex::{Ibex, Outcome};
