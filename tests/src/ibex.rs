@@ -130,3 +130,30 @@ impl Ibex {
         self.run(&args)
     }
 }
+
+/// Every row of the control catalog's configuration tables as JSON text,
+/// to prove a refused command changed nothing.
+pub fn catalog_snapshot(cluster: &crate::Cluster, control_db: &str) -> String {
+    let tables = [
+        "db",
+        "relation",
+        "herd",
+        "herd_member",
+        "dbgroup",
+        "dbgroup_member",
+        "sync",
+        "setting",
+    ];
+    let sql = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{t}', coalesce(json_agg(x ORDER BY x::text)::text, '[]') FROM ibex.{t} x"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    cluster
+        .psql(control_db, &sql)
+        .unwrap_or_else(|e| panic!("cannot read the catalog: {e:#}"))
+}

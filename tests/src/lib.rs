@@ -6,4 +6,4 @@ pub mod cluster;
 pub mod ibex;
 
 pub use cluster::Cluster;
-pub use ibex::{Ibex, Outcome};
+pub use ibex::{Ibex, Outcome, catalog_snapshot};

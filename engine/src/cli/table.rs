@@ -17,7 +17,12 @@ fn kind_error(typed: &str, db: &str, found: &LiveRelation, wanted: RelKind) -> E
     let is = match found.kind {
         LiveKind::Table | LiveKind::PartitionedTable => "a table",
         LiveKind::Sequence => "a sequence",
-        LiveKind::Other(what) => what,
+        LiveKind::Other(what) => {
+            return Error::Schema(format!(
+                "{typed} on db {db} is a {what}, not a {}: ibex replicates tables and sequences",
+                wanted.as_str()
+            ));
+        }
     };
     Error::Schema(format!(
         "{typed} on db {db} is {is}, not a {}: ibex replicates tables and sequences",

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# ibex quickstart: starts a throwaway PostgreSQL cluster, makes three
+# pgbench databases, sets up a three-master sync among them and shows it.
+# Everything lives in a temporary directory that is removed at the end
+# (set KEEP=1 to keep the cluster running and explore).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/scripts/install-deps.sh"
+echo "== building ibex"
+cargo build --quiet --release -p ibex --manifest-path "$root/Cargo.toml"
+ibex="$root/target/release/ibex"
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+work=$(mktemp -d /tmp/ibex-quickstart.XXXXXX)
+port=$(( 20000 + RANDOM % 20000 ))
+as_pg() { if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$work"; runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+    if [ "${KEEP:-0}" = 1 ]; then
+        echo "== cluster kept: port $port, data in $work (stop: $pgbin/pg_ctl stop -D $work/data)"
+        return
+    fi
+    as_pg "$pgbin/pg_ctl" stop -D "$work/data" -m fast >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== starting a throwaway PostgreSQL on port $port"
+as_pg "$pgbin/initdb" -U postgres -A trust -N -D "$work/data" >/dev/null
+as_pg "$pgbin/pg_ctl" start -w -D "$work/data" -l "$work/server.log" \
+    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off" >/dev/null
+pg() { psql -X -q -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+
+echo "== three databases from pgbench -i"
+pg -d postgres -c "CREATE DATABASE qs1"
+pgbench -q -i -h 127.0.0.1 -p "$port" -U postgres qs1 2>/dev/null
+pg -d postgres -c "CREATE DATABASE qs2 TEMPLATE qs1" -c "CREATE DATABASE qs3 TEMPLATE qs1"
+
+export IBEX_CONTROL="host=127.0.0.1 port=$port user=postgres dbname=ibex"
+run() { echo "\$ ibex $*"; "$ibex" "$@"; }
+run install
+for n in 1 2 3; do
+    run add db "t$n" "dbname=qs$n" host=127.0.0.1 "port=$port" user=postgres
+done
+run add all tables db=t1 herd=therd
+run add dbgroup tgroup t1:source t2:source t3:source
+run add sync foobar herd=therd dbs=tgroup
+run list dbs
+run list herds
+run list syncs
+echo "== done"
