@@ -57,29 +57,19 @@ impl Loaded {
         for path in candidates {
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
-                    let toml: IbexToml = toml::from_str(&text).map_err(|err| {
-                        Error::Config(format!("{}: {}", path.display(), err.to_string().trim()))
-                    })?;
-                    return Ok(Loaded {
-                        toml,
-                        path: Some(path),
-                    });
+                    let toml: IbexToml = toml::from_str(&text)
+                        .map_err(|err| Error::Config(format!("{}: {}", path.display(), err.to_string().trim())))?;
+                    return Ok(Loaded { toml, path: Some(path) });
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
                     continue;
                 }
                 Err(err) => {
-                    return Err(Error::Config(format!(
-                        "cannot read {}: {err}",
-                        path.display()
-                    )));
+                    return Err(Error::Config(format!("cannot read {}: {err}", path.display())));
                 }
             }
         }
-        Ok(Loaded {
-            toml: IbexToml::default(),
-            path: None,
-        })
+        Ok(Loaded { toml: IbexToml::default(), path: None })
     }
 
     /// The control database: `--control`, else `IBEX_CONTROL`, else
@@ -95,15 +85,10 @@ impl Loaded {
         }
         if let Some(dsn) = &self.toml.control {
             return ConnInfo::from_dsn(dsn).map_err(|err| match (&self.path, err) {
-                (Some(path), Error::Config(msg)) => {
-                    Error::Config(format!("{}: control: {msg}", path.display()))
-                }
+                (Some(path), Error::Config(msg)) => Error::Config(format!("{}: control: {msg}", path.display())),
                 (_, other) => other,
             });
         }
-        Ok(ConnInfo {
-            dbname: "ibex".into(),
-            ..ConnInfo::default()
-        })
+        Ok(ConnInfo { dbname: "ibex".into(), ..ConnInfo::default() })
     }
 }

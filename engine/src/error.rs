@@ -14,19 +14,11 @@ pub enum Error {
 
     /// A named object is not in the catalog (or not in a database).
     #[error("{kind} \"{name}\" does not exist{hint}")]
-    NotFound {
-        kind: &'static str,
-        name: String,
-        hint: Hint,
-    },
+    NotFound { kind: &'static str, name: String, hint: Hint },
 
     /// A named object exists already.
     #[error("{kind} \"{name}\" already exists{hint}")]
-    Duplicate {
-        kind: &'static str,
-        name: String,
-        hint: Hint,
-    },
+    Duplicate { kind: &'static str, name: String, hint: Hint },
 
     /// The change is refused because something depends on the object.
     #[error("{0}")]
@@ -89,43 +81,19 @@ impl Error {
     }
 
     pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
-        Error::NotFound {
-            kind,
-            name: name.into(),
-            hint: Hint::none(),
-        }
+        Error::NotFound { kind, name: name.into(), hint: Hint::none() }
     }
 
-    pub fn not_found_hint(
-        kind: &'static str,
-        name: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Self {
-        Error::NotFound {
-            kind,
-            name: name.into(),
-            hint: Hint::new(hint),
-        }
+    pub fn not_found_hint(kind: &'static str, name: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::NotFound { kind, name: name.into(), hint: Hint::new(hint) }
     }
 
     pub fn duplicate(kind: &'static str, name: impl Into<String>) -> Self {
-        Error::Duplicate {
-            kind,
-            name: name.into(),
-            hint: Hint::none(),
-        }
+        Error::Duplicate { kind, name: name.into(), hint: Hint::none() }
     }
 
-    pub fn duplicate_hint(
-        kind: &'static str,
-        name: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Self {
-        Error::Duplicate {
-            kind,
-            name: name.into(),
-            hint: Hint::new(hint),
-        }
+    pub fn duplicate_hint(kind: &'static str, name: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Duplicate { kind, name: name.into(), hint: Hint::new(hint) }
     }
 
     /// The SQLSTATE of a failed statement, if this is one.
@@ -178,9 +146,6 @@ pub trait PgContext<T> {
 
 impl<T> PgContext<T> for std::result::Result<T, tokio_postgres::Error> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Postgres {
-            context: context(),
-            source,
-        })
+        self.map_err(|source| Error::Postgres { context: context(), source })
     }
 }

@@ -2,10 +2,14 @@
 //! PostgreSQL in the lineage of Bucardo 5. Data flows one way through the
 //! modules: cli -> catalog -> daemon -> sync -> (capture, conflict, plugin, pg).
 
+pub mod capture;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod conflict;
 pub mod error;
+pub mod failpoint;
 pub mod pg;
+pub mod sync;
 
 pub use error::{Error, Result};

@@ -45,18 +45,13 @@ pub fn pg_bin_dir() -> Result<PathBuf> {
             .collect();
         versions.sort();
         versions.pop().or_else(|| {
-            let out = Command::new("sh")
-                .args(["-c", "command -v initdb"])
-                .output()
-                .ok()?;
+            let out = Command::new("sh").args(["-c", "command -v initdb"]).output().ok()?;
             let path = String::from_utf8(out.stdout).ok()?;
             Path::new(path.trim()).parent().map(Path::to_path_buf)
         })
     })
     .clone()
-    .ok_or_else(|| {
-        anyhow!("no PostgreSQL server binaries (initdb): install postgresql or set IBEX_PG_BIN")
-    })
+    .ok_or_else(|| anyhow!("no PostgreSQL server binaries (initdb): install postgresql or set IBEX_PG_BIN"))
 }
 
 /// Runs a PostgreSQL server program, as `postgres` when we are root.
@@ -72,10 +67,7 @@ fn pg_command(program: &str) -> Result<Command> {
 }
 
 fn run(mut cmd: Command, what: &str) -> Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {what}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}{}",
@@ -112,24 +104,15 @@ fn sweep_stale() {
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let owner = fs::read_to_string(dir.join("owner.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
+        let owner = fs::read_to_string(dir.join("owner.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok());
         if matches!(owner, Some(pid) if pid_alive(pid)) {
             continue;
         }
-        if owner.is_none()
-            && dir
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("template"))
-        {
+        if owner.is_none() && dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("template")) {
             continue;
         }
         if let Ok(text) = fs::read_to_string(dir.join("data/postmaster.pid"))
-            && let Some(pid) = text
-                .lines()
-                .next()
-                .and_then(|l| l.trim().parse::<i32>().ok())
+            && let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
         {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
@@ -140,10 +123,7 @@ fn sweep_stale() {
 /// initdb once per test process; every cluster starts as a copy of it.
 fn template() -> Result<PathBuf> {
     static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| make_template().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    TEMPLATE.get_or_init(|| make_template().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
 fn make_template() -> Result<PathBuf> {
@@ -157,19 +137,7 @@ fn make_template() -> Result<PathBuf> {
     chown_postgres(&dir)?;
     let data = dir.join("data");
     let mut initdb = pg_command("initdb")?;
-    initdb
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-            "-N",
-            "-D",
-        ])
-        .arg(&data);
+    initdb.args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "-N", "-D"]).arg(&data);
     run(initdb, "initdb")?;
     let conf = "
 listen_addresses = '127.0.0.1'
@@ -220,10 +188,7 @@ mod rand_port {
     pub fn next() -> u16 {
         let mut s = SEED.load(Ordering::Relaxed);
         if s == 0 {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(1);
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
             s = nanos ^ (std::process::id().wrapping_mul(2654435761));
         }
         s ^= s << 13;
@@ -238,10 +203,7 @@ impl Cluster {
     /// Starts a fresh cluster (a copy of this process's initdb template).
     pub fn start() -> Result<Cluster> {
         let template = template()?;
-        let dir = tempfile::Builder::new()
-            .prefix("cluster-")
-            .tempdir_in(ROOT)?
-            .keep();
+        let dir = tempfile::Builder::new().prefix("cluster-").tempdir_in(ROOT)?.keep();
         fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
         run(
             {
@@ -252,11 +214,7 @@ impl Cluster {
             "copying the template cluster",
         )?;
         chown_postgres(&dir)?;
-        let mut cluster = Cluster {
-            dir,
-            port: 0,
-            running: false,
-        };
+        let mut cluster = Cluster { dir, port: 0, running: false };
         let mut last_error = None;
         for _ in 0..5 {
             cluster.port = free_port()?;
@@ -296,17 +254,13 @@ impl Cluster {
 
     /// A libpq connection string for `dbname` as the superuser.
     pub fn dsn(&self, dbname: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port)
     }
 
     pub async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client> {
-        let (client, connection) =
-            tokio_postgres::connect(&self.dsn(dbname), tokio_postgres::NoTls)
-                .await
-                .with_context(|| format!("connecting to {dbname} on port {}", self.port))?;
+        let (client, connection) = tokio_postgres::connect(&self.dsn(dbname), tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connecting to {dbname} on port {}", self.port))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -316,42 +270,25 @@ impl Cluster {
     /// Runs SQL with psql and returns its unaligned, tuples-only output.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String> {
         let mut c = Command::new("psql");
-        c.args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .arg("-p")
-        .arg(self.port.to_string())
-        .arg("-d")
-        .arg(dbname)
-        .arg("-c")
-        .arg(sql);
+        c.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(dbname)
+            .arg("-c")
+            .arg(sql);
         let out = run(c, &format!("psql on {dbname}"))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
 
     pub fn create_db(&self, dbname: &str) -> Result<()> {
-        self.psql(
-            "postgres",
-            &format!("CREATE DATABASE \"{}\"", dbname.replace('"', "\"\"")),
-        )?;
+        self.psql("postgres", &format!("CREATE DATABASE \"{}\"", dbname.replace('"', "\"\"")))?;
         Ok(())
     }
 
     /// Creates a database from another (CREATE DATABASE ... TEMPLATE).
     pub fn clone_db(&self, from: &str, to: &str) -> Result<()> {
-        self.psql(
-            "postgres",
-            &format!("CREATE DATABASE \"{to}\" TEMPLATE \"{from}\""),
-        )?;
+        self.psql("postgres", &format!("CREATE DATABASE \"{to}\" TEMPLATE \"{from}\""))?;
         Ok(())
     }
 
@@ -365,10 +302,7 @@ impl Cluster {
     /// Runs pgbench with the given arguments against `dbname`.
     pub fn pgbench(&self, dbname: &str, args: &[&str]) -> Result<String> {
         let mut c = Command::new("pgbench");
-        c.args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
-            .arg(self.port.to_string())
-            .args(args)
-            .arg(dbname);
+        c.args(["-h", "127.0.0.1", "-U", "postgres", "-p"]).arg(self.port.to_string()).args(args).arg(dbname);
         let out = run(c, &format!("pgbench {}", args.join(" ")))?;
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
@@ -377,10 +311,7 @@ impl Cluster {
     pub fn create_password_role(&self, password: &str) -> Result<()> {
         self.psql(
             "postgres",
-            &format!(
-                "CREATE ROLE ibex_pw LOGIN SUPERUSER PASSWORD '{}'",
-                password.replace('\'', "''")
-            ),
+            &format!("CREATE ROLE ibex_pw LOGIN SUPERUSER PASSWORD '{}'", password.replace('\'', "''")),
         )?;
         Ok(())
     }
@@ -397,10 +328,7 @@ impl Cluster {
 
     fn pg_ctl_stop(&mut self, mode: &str) -> Result<()> {
         let mut c = pg_command("pg_ctl")?;
-        c.arg("stop")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", mode, "-w"]);
+        c.arg("stop").arg("-D").arg(self.dir.join("data")).args(["-m", mode, "-w"]);
         run(c, "pg_ctl stop")?;
         self.running = false;
         Ok(())
@@ -413,9 +341,7 @@ impl Cluster {
             .next()
             .and_then(|l| l.trim().parse::<i32>().ok())
             .ok_or_else(|| anyhow!("no postmaster pid"))?;
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()?;
+        Command::new("kill").args(["-9", &pid.to_string()]).status()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while pid_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -464,5 +390,16 @@ impl Drop for Cluster {
                 .status();
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    /// An order-independent fingerprint of a table's rows: md5 of all rows
+    /// as text, sorted. Equal fingerprints mean equal contents.
+    pub fn table_hash(&self, dbname: &str, table: &str) -> Result<String> {
+        self.psql(
+            dbname,
+            &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {table} x"),
+        )
     }
 }

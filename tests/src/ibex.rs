@@ -12,10 +12,7 @@ pub fn ibex_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("cannot find the target directory")?;
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("cannot find the target directory")?;
     let bin = profile_dir.join("ibex");
     if !bin.exists() {
         bail!(
@@ -53,32 +50,15 @@ impl Outcome {
 
     /// Panics unless it failed with a one-line error containing `needle`.
     pub fn fails_with(self, needle: &str) -> Self {
-        assert!(
-            !self.success(),
-            "expected failure containing {needle:?}, got success:\n{}",
-            self.stdout
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "expected an error containing {needle:?}, got:\n{}",
-            self.stderr
-        );
-        let error_lines = self
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .count();
-        assert_eq!(
-            error_lines, 1,
-            "expected one error line, got:\n{}",
-            self.stderr
-        );
+        assert!(!self.success(), "expected failure containing {needle:?}, got success:\n{}", self.stdout);
+        assert!(self.stderr.contains(needle), "expected an error containing {needle:?}, got:\n{}", self.stderr);
+        let error_lines = self.stderr.lines().filter(|l| l.starts_with("error:")).count();
+        assert_eq!(error_lines, 1, "expected one error line, got:\n{}", self.stderr);
         self
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -92,19 +72,12 @@ pub struct Ibex {
 
 impl Ibex {
     pub fn new(control_dsn: impl Into<String>) -> Result<Self> {
-        Ok(Ibex {
-            control: control_dsn.into(),
-            bin: ibex_bin()?,
-            envs: Vec::new(),
-        })
+        Ok(Ibex { control: control_dsn.into(), bin: ibex_bin()?, envs: Vec::new() })
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.env("IBEX_CONTROL", &self.control)
-            .env_remove("PGPASSWORD")
-            .args(args)
-            .stdin(Stdio::null());
+        c.env("IBEX_CONTROL", &self.control).env_remove("PGPASSWORD").args(args).stdin(Stdio::null());
         for (k, v) in &self.envs {
             c.env(k, v);
         }
@@ -113,10 +86,7 @@ impl Ibex {
 
     /// Runs `ibex ARGS...` and collects its output.
     pub fn run(&self, args: &[&str]) -> Outcome {
-        let out = self
-            .command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        let out = self.command(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
         Outcome {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).to_string(),
@@ -134,26 +104,11 @@ impl Ibex {
 /// Every row of the control catalog's configuration tables as JSON text,
 /// to prove a refused command changed nothing.
 pub fn catalog_snapshot(cluster: &crate::Cluster, control_db: &str) -> String {
-    let tables = [
-        "db",
-        "relation",
-        "herd",
-        "herd_member",
-        "dbgroup",
-        "dbgroup_member",
-        "sync",
-        "setting",
-    ];
+    let tables = ["db", "relation", "herd", "herd_member", "dbgroup", "dbgroup_member", "sync", "setting"];
     let sql = tables
         .iter()
-        .map(|t| {
-            format!(
-                "SELECT '{t}', coalesce(json_agg(x ORDER BY x::text)::text, '[]') FROM ibex.{t} x"
-            )
-        })
+        .map(|t| format!("SELECT '{t}', coalesce(json_agg(x ORDER BY x::text)::text, '[]') FROM ibex.{t} x"))
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    cluster
-        .psql(control_db, &sql)
-        .unwrap_or_else(|e| panic!("cannot read the catalog: {e:#}"))
+    cluster.psql(control_db, &sql).unwrap_or_else(|e| panic!("cannot read the catalog: {e:#}"))
 }

@@ -42,9 +42,7 @@ impl FromStr for Role {
             "source" | "master" => Ok(Role::Source),
             "target" | "slave" | "replica" => Ok(Role::Target),
             "fullcopy" => Ok(Role::Fullcopy),
-            other => Err(Error::usage(format!(
-                "bad role {other:?}: use source, target or fullcopy"
-            ))),
+            other => Err(Error::usage(format!("bad role {other:?}: use source, target or fullcopy"))),
         }
     }
 }
@@ -64,9 +62,7 @@ impl DbGroupMember {
         let mut parts = spec.split(':');
         let db = parts.next().unwrap_or_default().to_string();
         if db.is_empty() {
-            return Err(Error::usage(format!(
-                "bad dbgroup member {spec:?}: write DB:ROLE, e.g. t1:source"
-            )));
+            return Err(Error::usage(format!("bad dbgroup member {spec:?}: write DB:ROLE, e.g. t1:source")));
         }
         let role = match parts.next() {
             Some(role) => role.parse()?,
@@ -75,16 +71,12 @@ impl DbGroupMember {
         };
         let priority = match parts.next() {
             Some(p) => p.parse().map_err(|_| {
-                Error::usage(format!(
-                    "bad priority {p:?} in {spec:?}: write DB:ROLE:NUMBER, e.g. t1:source:10"
-                ))
+                Error::usage(format!("bad priority {p:?} in {spec:?}: write DB:ROLE:NUMBER, e.g. t1:source:10"))
             })?,
             None => 0,
         };
         if parts.next().is_some() {
-            return Err(Error::usage(format!(
-                "bad dbgroup member {spec:?}: write DB[:ROLE[:PRIORITY]]"
-            )));
+            return Err(Error::usage(format!("bad dbgroup member {spec:?}: write DB[:ROLE[:PRIORITY]]")));
         }
         Ok(DbGroupMember { db, role, priority })
     }
@@ -114,40 +106,29 @@ impl DbGroup {
 /// Parses member specs and checks them against each other (the dbs are
 /// checked against the catalog by `set_members`).
 pub fn parse_members(specs: &[String]) -> Result<Vec<DbGroupMember>> {
-    let members: Vec<DbGroupMember> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| DbGroupMember::parse(spec, i))
-        .collect::<Result<_>>()?;
+    let members: Vec<DbGroupMember> =
+        specs.iter().enumerate().map(|(i, spec)| DbGroupMember::parse(spec, i)).collect::<Result<_>>()?;
     for (i, m) in members.iter().enumerate() {
         if members[..i].iter().any(|o| o.db == m.db) {
             return Err(Error::usage(format!("db {:?} is listed twice", m.db)));
         }
     }
     if members.is_empty() {
-        return Err(Error::usage(
-            "a dbgroup needs databases: e.g. t1:source t2:target",
-        ));
+        return Err(Error::usage("a dbgroup needs databases: e.g. t1:source t2:target"));
     }
     Ok(members)
 }
 
 pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
-    Ok(
-        c.query_opt("SELECT 1 FROM ibex.dbgroup WHERE name = $1", &[&name])
-            .await
-            .ctx(|| format!("looking up dbgroup {name:?}"))?
-            .is_some(),
-    )
+    Ok(c.query_opt("SELECT 1 FROM ibex.dbgroup WHERE name = $1", &[&name])
+        .await
+        .ctx(|| format!("looking up dbgroup {name:?}"))?
+        .is_some())
 }
 
 pub async fn add(c: &impl GenericClient, name: &str, members: &[DbGroupMember]) -> Result<()> {
     if exists(c, name).await? {
-        return Err(Error::duplicate_hint(
-            "dbgroup",
-            name,
-            "change it with `ibex update dbgroup`",
-        ));
+        return Err(Error::duplicate_hint("dbgroup", name, "change it with `ibex update dbgroup`"));
     }
     c.execute("INSERT INTO ibex.dbgroup (name) VALUES ($1)", &[&name])
         .await
@@ -156,11 +137,7 @@ pub async fn add(c: &impl GenericClient, name: &str, members: &[DbGroupMember]) 
 }
 
 /// Replaces the members of a dbgroup; every db must be in the catalog.
-pub async fn set_members(
-    c: &impl GenericClient,
-    name: &str,
-    members: &[DbGroupMember],
-) -> Result<()> {
+pub async fn set_members(c: &impl GenericClient, name: &str, members: &[DbGroupMember]) -> Result<()> {
     for m in members {
         if !super::dbs::exists(c, &m.db).await? {
             return Err(Error::not_found_hint(
@@ -170,12 +147,9 @@ pub async fn set_members(
             ));
         }
     }
-    c.execute(
-        "DELETE FROM ibex.dbgroup_member WHERE dbgroup = $1",
-        &[&name],
-    )
-    .await
-    .ctx(|| format!("replacing the members of dbgroup {name:?}"))?;
+    c.execute("DELETE FROM ibex.dbgroup_member WHERE dbgroup = $1", &[&name])
+        .await
+        .ctx(|| format!("replacing the members of dbgroup {name:?}"))?;
     for (position, m) in members.iter().enumerate() {
         c.execute(
             "INSERT INTO ibex.dbgroup_member (dbgroup, db, role, priority, position) VALUES ($1, $2, $3, $4, $5)",
@@ -192,9 +166,7 @@ pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbGroup> {
         .await?
         .into_iter()
         .find(|g| g.name == name)
-        .ok_or_else(|| {
-            Error::not_found_hint("dbgroup", name, "list them with `ibex list dbgroups`")
-        })
+        .ok_or_else(|| Error::not_found_hint("dbgroup", name, "list them with `ibex list dbgroups`"))
 }
 
 pub async fn list(c: &impl GenericClient) -> Result<Vec<DbGroup>> {
@@ -207,10 +179,7 @@ pub async fn list(c: &impl GenericClient) -> Result<Vec<DbGroup>> {
         .await
         .ctx(|| "listing dbgroups".into())?;
     let members = c
-        .query(
-            "SELECT dbgroup, db, role, priority FROM ibex.dbgroup_member ORDER BY dbgroup, position",
-            &[],
-        )
+        .query("SELECT dbgroup, db, role, priority FROM ibex.dbgroup_member ORDER BY dbgroup, position", &[])
         .await
         .ctx(|| "listing dbgroup members".into())?;
     groups
@@ -220,19 +189,9 @@ pub async fn list(c: &impl GenericClient) -> Result<Vec<DbGroup>> {
             let members = members
                 .iter()
                 .filter(|m| m.get::<_, String>(0) == name)
-                .map(|m| {
-                    Ok(DbGroupMember {
-                        db: m.get(1),
-                        role: m.get::<_, String>(2).parse()?,
-                        priority: m.get(3),
-                    })
-                })
+                .map(|m| Ok(DbGroupMember { db: m.get(1), role: m.get::<_, String>(2).parse()?, priority: m.get(3) }))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(DbGroup {
-                name,
-                members,
-                syncs: g.get(1),
-            })
+            Ok(DbGroup { name, members, syncs: g.get(1) })
         })
         .collect()
 }

@@ -33,15 +33,9 @@ impl DbRecord {
         let name: String = row.get("name");
         let conn: serde_json::Value = row.get("conn");
         let conn: ConnInfo = serde_json::from_value(conn).map_err(|err| {
-            Error::Catalog(format!(
-                "db {name:?} has unreadable connection info in the catalog: {err}"
-            ))
+            Error::Catalog(format!("db {name:?} has unreadable connection info in the catalog: {err}"))
         })?;
-        Ok(DbRecord {
-            name,
-            conn,
-            status: row.get("status"),
-        })
+        Ok(DbRecord { name, conn, status: row.get("status") })
     }
 
     pub fn view(&self, used_by_syncs: Vec<String>) -> DbView {
@@ -60,8 +54,7 @@ impl DbRecord {
 }
 
 fn conn_json(conn: &ConnInfo) -> Result<serde_json::Value> {
-    serde_json::to_value(conn)
-        .map_err(|err| Error::Catalog(format!("cannot store connection info: {err}")))
+    serde_json::to_value(conn).map_err(|err| Error::Catalog(format!("cannot store connection info: {err}")))
 }
 
 pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
@@ -74,27 +67,17 @@ pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
 
 pub async fn add(c: &impl GenericClient, name: &str, conn: &ConnInfo) -> Result<()> {
     if exists(c, name).await? {
-        return Err(Error::duplicate_hint(
-            "db",
-            name,
-            "pick another name or change it with `ibex update db`",
-        ));
+        return Err(Error::duplicate_hint("db", name, "pick another name or change it with `ibex update db`"));
     }
-    c.execute(
-        "INSERT INTO ibex.db (name, conn) VALUES ($1, $2)",
-        &[&name, &conn_json(conn)?],
-    )
-    .await
-    .ctx(|| format!("adding db {name:?}"))?;
+    c.execute("INSERT INTO ibex.db (name, conn) VALUES ($1, $2)", &[&name, &conn_json(conn)?])
+        .await
+        .ctx(|| format!("adding db {name:?}"))?;
     Ok(())
 }
 
 pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
     let row = c
-        .query_opt(
-            "SELECT name, conn, status FROM ibex.db WHERE name = $1",
-            &[&name],
-        )
+        .query_opt("SELECT name, conn, status FROM ibex.db WHERE name = $1", &[&name])
         .await
         .ctx(|| format!("reading db {name:?}"))?
         .ok_or_else(|| Error::not_found_hint("db", name, "list them with `ibex list dbs`"))?;
@@ -102,19 +85,12 @@ pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
 }
 
 pub async fn list(c: &impl GenericClient) -> Result<Vec<DbRecord>> {
-    let rows = c
-        .query("SELECT name, conn, status FROM ibex.db ORDER BY name", &[])
-        .await
-        .ctx(|| "listing dbs".into())?;
+    let rows =
+        c.query("SELECT name, conn, status FROM ibex.db ORDER BY name", &[]).await.ctx(|| "listing dbs".into())?;
     rows.iter().map(DbRecord::from_row).collect()
 }
 
-pub async fn update(
-    c: &impl GenericClient,
-    name: &str,
-    conn: &ConnInfo,
-    status: &str,
-) -> Result<()> {
+pub async fn update(c: &impl GenericClient, name: &str, conn: &ConnInfo, status: &str) -> Result<()> {
     c.execute(
         "UPDATE ibex.db SET conn = $2, status = $3, updated_at = now() WHERE name = $1",
         &[&name, &conn_json(conn)?, &status],
@@ -150,8 +126,6 @@ pub async fn remove(c: &impl GenericClient, name: &str) -> Result<()> {
     c.execute("DELETE FROM ibex.dbgroup_member WHERE db = $1", &[&name])
         .await
         .ctx(|| format!("removing db {name:?} from its dbgroups"))?;
-    c.execute("DELETE FROM ibex.db WHERE name = $1", &[&name])
-        .await
-        .ctx(|| format!("removing db {name:?}"))?;
+    c.execute("DELETE FROM ibex.db WHERE name = $1", &[&name]).await.ctx(|| format!("removing db {name:?}"))?;
     Ok(())
 }

@@ -14,12 +14,10 @@ pub struct Herd {
 }
 
 pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
-    Ok(
-        c.query_opt("SELECT 1 FROM ibex.herd WHERE name = $1", &[&name])
-            .await
-            .ctx(|| format!("looking up herd {name:?}"))?
-            .is_some(),
-    )
+    Ok(c.query_opt("SELECT 1 FROM ibex.herd WHERE name = $1", &[&name])
+        .await
+        .ctx(|| format!("looking up herd {name:?}"))?
+        .is_some())
 }
 
 pub async fn add(c: &impl GenericClient, name: &str) -> Result<()> {
@@ -30,29 +28,19 @@ pub async fn add(c: &impl GenericClient, name: &str) -> Result<()> {
             "to add tables to it: `ibex update herd NAME add=TABLE[,TABLE]`",
         ));
     }
-    c.execute("INSERT INTO ibex.herd (name) VALUES ($1)", &[&name])
-        .await
-        .ctx(|| format!("adding herd {name:?}"))?;
+    c.execute("INSERT INTO ibex.herd (name) VALUES ($1)", &[&name]).await.ctx(|| format!("adding herd {name:?}"))?;
     Ok(())
 }
 
 /// Creates the herd when it does not exist yet (as `add table ... herd=H` does).
 pub async fn ensure(c: &impl GenericClient, name: &str) -> Result<()> {
-    c.execute(
-        "INSERT INTO ibex.herd (name) VALUES ($1) ON CONFLICT DO NOTHING",
-        &[&name],
-    )
-    .await
-    .ctx(|| format!("adding herd {name:?}"))?;
+    c.execute("INSERT INTO ibex.herd (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name])
+        .await
+        .ctx(|| format!("adding herd {name:?}"))?;
     Ok(())
 }
 
-pub async fn add_member(
-    c: &impl GenericClient,
-    herd: &str,
-    relation: i32,
-    shown: &str,
-) -> Result<()> {
+pub async fn add_member(c: &impl GenericClient, herd: &str, relation: i32, shown: &str) -> Result<()> {
     let inserted = c
         .execute(
             "INSERT INTO ibex.herd_member (herd, relation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -61,32 +49,18 @@ pub async fn add_member(
         .await
         .ctx(|| format!("adding {shown} to herd {herd:?}"))?;
     if inserted == 0 {
-        return Err(Error::duplicate(
-            "herd member",
-            format!("{shown} in herd {herd}"),
-        ));
+        return Err(Error::duplicate("herd member", format!("{shown} in herd {herd}")));
     }
     Ok(())
 }
 
-pub async fn remove_member(
-    c: &impl GenericClient,
-    herd: &str,
-    relation: i32,
-    shown: &str,
-) -> Result<()> {
+pub async fn remove_member(c: &impl GenericClient, herd: &str, relation: i32, shown: &str) -> Result<()> {
     let deleted = c
-        .execute(
-            "DELETE FROM ibex.herd_member WHERE herd = $1 AND relation = $2",
-            &[&herd, &relation],
-        )
+        .execute("DELETE FROM ibex.herd_member WHERE herd = $1 AND relation = $2", &[&herd, &relation])
         .await
         .ctx(|| format!("removing {shown} from herd {herd:?}"))?;
     if deleted == 0 {
-        return Err(Error::not_found(
-            "herd member",
-            format!("{shown} in herd {herd}"),
-        ));
+        return Err(Error::not_found("herd member", format!("{shown} in herd {herd}")));
     }
     Ok(())
 }
@@ -112,14 +86,7 @@ pub async fn list(c: &impl GenericClient) -> Result<Vec<Herd>> {
         )
         .await
         .ctx(|| "listing herds".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| Herd {
-            name: r.get(0),
-            members: r.get(1),
-            syncs: r.get(2),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| Herd { name: r.get(0), members: r.get(1), syncs: r.get(2) }).collect())
 }
 
 pub async fn remove(c: &impl GenericClient, name: &str) -> Result<()> {
@@ -130,8 +97,6 @@ pub async fn remove(c: &impl GenericClient, name: &str) -> Result<()> {
             herd.syncs.join(", ")
         )));
     }
-    c.execute("DELETE FROM ibex.herd WHERE name = $1", &[&name])
-        .await
-        .ctx(|| format!("removing herd {name:?}"))?;
+    c.execute("DELETE FROM ibex.herd WHERE name = $1", &[&name]).await.ctx(|| format!("removing herd {name:?}"))?;
     Ok(())
 }

@@ -66,26 +66,14 @@ impl Catalog {
             .await
             .ctx(|| format!("creating schema ibex in {}", info.describe()))?;
         let mut from_version = None;
-        for migration in migrations::MIGRATIONS
-            .iter()
-            .filter(|m| m.version <= version)
-        {
-            let tx = client
-                .transaction()
-                .await
-                .ctx(|| "starting a migration".into())?;
+        for migration in migrations::MIGRATIONS.iter().filter(|m| m.version <= version) {
+            let tx = client.transaction().await.ctx(|| "starting a migration".into())?;
             // One installer at a time; the lock ends with the transaction.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('ibex install'))",
-                &[],
-            )
-            .await
-            .ctx(|| "locking the catalog for install".into())?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('ibex install'))", &[])
+                .await
+                .ctx(|| "locking the catalog for install".into())?;
             let current: i32 = tx
-                .query_one(
-                    "SELECT coalesce(max(version), 0) FROM ibex.schema_version",
-                    &[],
-                )
+                .query_one("SELECT coalesce(max(version), 0) FROM ibex.schema_version", &[])
                 .await
                 .ctx(|| "reading the catalog version".into())?
                 .get(0);
@@ -93,28 +81,19 @@ impl Catalog {
             if current >= migration.version {
                 continue;
             }
-            tx.batch_execute(migration.sql).await.ctx(|| {
-                format!(
-                    "applying catalog migration {} ({})",
-                    migration.version, migration.description
-                )
-            })?;
+            tx.batch_execute(migration.sql)
+                .await
+                .ctx(|| format!("applying catalog migration {} ({})", migration.version, migration.description))?;
             tx.execute(
                 "INSERT INTO ibex.schema_version (version, description) VALUES ($1, $2)",
                 &[&migration.version, &migration.description],
             )
             .await
             .ctx(|| "recording the catalog version".into())?;
-            tx.commit()
-                .await
-                .ctx(|| "committing a catalog migration".into())?;
+            tx.commit().await.ctx(|| "committing a catalog migration".into())?;
         }
         let to_version = schema_version(&client).await?.unwrap_or(0);
-        Ok(InstallReport {
-            created_database,
-            from_version: from_version.unwrap_or(to_version),
-            to_version,
-        })
+        Ok(InstallReport { created_database, from_version: from_version.unwrap_or(to_version), to_version })
     }
 
     /// Connects and checks that the catalog is installed at this binary's version.
@@ -127,10 +106,7 @@ impl Catalog {
         })?;
         let expected = migrations::latest_version();
         match schema_version(&client).await? {
-            None => Err(Error::Catalog(format!(
-                "no ibex catalog in {}: run `ibex install` first",
-                info.describe()
-            ))),
+            None => Err(Error::Catalog(format!("no ibex catalog in {}: run `ibex install` first", info.describe()))),
             Some(v) if v < expected => Err(Error::Catalog(format!(
                 "the catalog in {} is at schema version {v} and this ibex needs {expected}: run `ibex install` to migrate it",
                 info.describe()
@@ -139,10 +115,7 @@ impl Catalog {
                 "the catalog in {} is at schema version {v}, newer than this ibex ({expected}): upgrade ibex",
                 info.describe()
             ))),
-            Some(_) => Ok(Catalog {
-                client,
-                info: info.clone(),
-            }),
+            Some(_) => Ok(Catalog { client, info: info.clone() }),
         }
     }
 
@@ -164,18 +137,10 @@ impl Catalog {
     where
         F: AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     {
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .ctx(|| "starting a catalog transaction".into())?;
+        let tx = self.client.transaction().await.ctx(|| "starting a catalog transaction".into())?;
         let value = change(&tx).await?;
-        tx.execute(&format!("NOTIFY {CHANGED_CHANNEL}"), &[])
-            .await
-            .ctx(|| "notifying the daemon".into())?;
-        tx.commit()
-            .await
-            .ctx(|| "committing the catalog change".into())?;
+        tx.execute(&format!("NOTIFY {CHANGED_CHANNEL}"), &[]).await.ctx(|| "notifying the daemon".into())?;
+        tx.commit().await.ctx(|| "committing the catalog change".into())?;
         Ok(value)
     }
 }
@@ -204,10 +169,7 @@ async fn create_database_if_missing(info: &ConnInfo) -> Result<bool> {
     let maintenance = info.with_dbname("postgres");
     let client = pg::connect(&maintenance, "ibex install").await?;
     client
-        .batch_execute(&format!(
-            "CREATE DATABASE {}",
-            pg::quote_ident(&info.dbname)
-        ))
+        .batch_execute(&format!("CREATE DATABASE {}", pg::quote_ident(&info.dbname)))
         .await
         .ctx(|| format!("creating the control database {}", info.describe()))?;
     Ok(true)

@@ -8,9 +8,7 @@ pub const MAX_NAME_LEN: usize = 48;
 
 pub fn check_name(kind: &str, name: &str) -> Result<()> {
     let mut chars = name.chars();
-    let starts_well = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let starts_well = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if starts_well && rest_ok && name.len() <= MAX_NAME_LEN {
         Ok(())

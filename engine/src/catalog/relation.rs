@@ -45,18 +45,9 @@ impl Relation {
         let kind: String = row.get("kind");
         Relation {
             id: row.get("id"),
-            kind: if kind == "sequence" {
-                RelKind::Sequence
-            } else {
-                RelKind::Table
-            },
-            name: QualifiedName::new(
-                row.get::<_, String>("schema_name"),
-                row.get::<_, String>("rel_name"),
-            ),
-            key_columns: row
-                .get::<_, Option<Vec<String>>>("key_columns")
-                .unwrap_or_default(),
+            kind: if kind == "sequence" { RelKind::Sequence } else { RelKind::Table },
+            name: QualifiedName::new(row.get::<_, String>("schema_name"), row.get::<_, String>("rel_name")),
+            key_columns: row.get::<_, Option<Vec<String>>>("key_columns").unwrap_or_default(),
             key_source: row.get("key_source"),
             added_from: row.get("added_from"),
             herds: row.get("herds"),
@@ -93,10 +84,7 @@ pub async fn add(
 
 pub async fn find_exact(c: &impl GenericClient, name: &QualifiedName) -> Result<Option<Relation>> {
     let row = c
-        .query_opt(
-            &format!("{SELECT} WHERE r.schema_name = $1 AND r.rel_name = $2"),
-            &[&name.schema, &name.name],
-        )
+        .query_opt(&format!("{SELECT} WHERE r.schema_name = $1 AND r.rel_name = $2"), &[&name.schema, &name.name])
         .await
         .ctx(|| format!("looking up {name}"))?;
     Ok(row.as_ref().map(Relation::from_row))
@@ -128,25 +116,19 @@ pub async fn find(c: &impl GenericClient, kind: Option<RelKind>, typed: &str) ->
         0 => Err(Error::not_found_hint(
             what,
             typed,
-            format!(
-                "add it with `ibex add {} {typed} db=DB`",
-                kind.unwrap_or(RelKind::Table).as_str()
-            ),
+            format!("add it with `ibex add {} {typed} db=DB`", kind.unwrap_or(RelKind::Table).as_str()),
         )),
         1 => Ok(found.remove(0)),
         _ => {
             // An exact schema.name or a lone public match wins; else ask.
-            let exact = found.iter().position(|r| {
-                r.name.to_string() == typed || format!("{}.{}", r.name.schema, r.name.name) == typed
-            });
+            let exact = found
+                .iter()
+                .position(|r| r.name.to_string() == typed || format!("{}.{}", r.name.schema, r.name.name) == typed);
             if let Some(i) = exact {
                 return Ok(found.remove(i));
             }
             let names: Vec<String> = found.iter().map(|r| r.name.to_string()).collect();
-            Err(Error::usage(format!(
-                "{typed:?} is ambiguous: it matches {}; write schema.name",
-                names.join(", ")
-            )))
+            Err(Error::usage(format!("{typed:?} is ambiguous: it matches {}; write schema.name", names.join(", "))))
         }
     }
 }
@@ -154,9 +136,7 @@ pub async fn find(c: &impl GenericClient, kind: Option<RelKind>, typed: &str) ->
 pub async fn list(c: &impl GenericClient, kind: Option<RelKind>) -> Result<Vec<Relation>> {
     let rows = c
         .query(
-            &format!(
-                "{SELECT} WHERE $1::text IS NULL OR r.kind = $1 ORDER BY r.schema_name, r.rel_name"
-            ),
+            &format!("{SELECT} WHERE $1::text IS NULL OR r.kind = $1 ORDER BY r.schema_name, r.rel_name"),
             &[&kind.map(RelKind::as_str)],
         )
         .await
@@ -174,8 +154,6 @@ pub async fn get(c: &impl GenericClient, id: i32) -> Result<Relation> {
 }
 
 pub async fn remove(c: &impl GenericClient, id: i32) -> Result<()> {
-    c.execute("DELETE FROM ibex.relation WHERE id = $1", &[&id])
-        .await
-        .ctx(|| format!("removing relation {id}"))?;
+    c.execute("DELETE FROM ibex.relation WHERE id = $1", &[&id]).await.ctx(|| format!("removing relation {id}"))?;
     Ok(())
 }

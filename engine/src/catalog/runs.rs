@@ -90,7 +90,8 @@ pub struct ConflictRecord {
     pub reason: String,
 }
 
-const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error FROM ibex.run";
+const SELECT: &str =
+    "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error FROM ibex.run";
 
 pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>) -> Result<i64> {
     let row = c
@@ -103,11 +104,7 @@ pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>
     Ok(row.get(0))
 }
 
-pub async fn finish(
-    c: &impl GenericClient,
-    run: &RunRecord,
-    conflicts: &[ConflictRecord],
-) -> Result<()> {
+pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[ConflictRecord]) -> Result<()> {
     let tables = serde_json::to_value(&run.tables)
         .map_err(|err| Error::Catalog(format!("cannot record table counts: {err}")))?;
     c.execute(
@@ -149,16 +146,10 @@ pub async fn get(c: &impl GenericClient, id: i64) -> Result<RunRecord> {
 }
 
 /// The newest run of a sync in the given state.
-pub async fn last(
-    c: &impl GenericClient,
-    sync: &str,
-    state: RunState,
-) -> Result<Option<RunRecord>> {
+pub async fn last(c: &impl GenericClient, sync: &str, state: RunState) -> Result<Option<RunRecord>> {
     let row = c
         .query_opt(
-            &format!(
-                "{SELECT} WHERE sync = $1 AND state = $2 ORDER BY started_at DESC, id DESC LIMIT 1"
-            ),
+            &format!("{SELECT} WHERE sync = $1 AND state = $2 ORDER BY started_at DESC, id DESC LIMIT 1"),
             &[&sync, &state.as_str()],
         )
         .await
@@ -176,12 +167,6 @@ pub async fn conflicts(c: &impl GenericClient, run_id: i64) -> Result<Vec<Confli
         .ctx(|| format!("reading the conflicts of run {run_id}"))?;
     Ok(rows
         .iter()
-        .map(|r| ConflictRecord {
-            table: r.get(0),
-            key: r.get(1),
-            dbs: r.get(2),
-            winner: r.get(3),
-            reason: r.get(4),
-        })
+        .map(|r| ConflictRecord { table: r.get(0), key: r.get(1), dbs: r.get(2), winner: r.get(3), reason: r.get(4) })
         .collect())
 }

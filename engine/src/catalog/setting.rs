@@ -59,12 +59,7 @@ const KNOWN: &[Known] = &[
         kind: Kind::Count { max: 10_000_000 },
         about: "changed keys handled per step of a multi-master merge; bounds memory",
     },
-    Known {
-        key: "analyze_after_copy",
-        default: "true",
-        kind: Kind::Bool,
-        about: "ANALYZE tables after a full copy",
-    },
+    Known { key: "analyze_after_copy", default: "true", kind: Kind::Bool, about: "ANALYZE tables after a full copy" },
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,10 +74,7 @@ pub struct Setting {
 fn known(key: &str) -> Result<&'static Known> {
     KNOWN.iter().find(|k| k.key == key).ok_or_else(|| {
         let keys: Vec<&str> = KNOWN.iter().map(|k| k.key).collect();
-        Error::usage(format!(
-            "unknown setting {key:?}: use one of {}",
-            keys.join(", ")
-        ))
+        Error::usage(format!("unknown setting {key:?}: use one of {}", keys.join(", ")))
     })
 }
 
@@ -92,9 +84,7 @@ pub fn normalize(key: &str, value: &str) -> Result<String> {
     match k.kind {
         Kind::LogLevel => match value {
             "terse" | "normal" | "verbose" | "debug" => Ok(value.to_string()),
-            _ => Err(Error::usage(format!(
-                "bad log_level {value:?}: use terse, normal, verbose or debug"
-            ))),
+            _ => Err(Error::usage(format!("bad log_level {value:?}: use terse, normal, verbose or debug"))),
         },
         Kind::Duration => match parse_duration(key, value)? {
             Some(d) => Ok(humantime::format_duration(d).to_string()),
@@ -102,9 +92,7 @@ pub fn normalize(key: &str, value: &str) -> Result<String> {
         },
         Kind::Count { max } => match value.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n.to_string()),
-            _ => Err(Error::usage(format!(
-                "bad {key} {value:?}: use a whole number from 1 to {max}"
-            ))),
+            _ => Err(Error::usage(format!("bad {key} {value:?}: use a whole number from 1 to {max}"))),
         },
         Kind::Bool => parse_bool(key, value).map(|b| b.to_string()),
     }

@@ -127,9 +127,7 @@ impl FromStr for IsolationLevel {
             "read committed" => Err(Error::usage(
                 "isolation_level=read_committed is refused: an apply outside the snapshot that decided the conflicts can lose updates; use repeatable_read or serializable",
             )),
-            _ => Err(Error::usage(format!(
-                "bad isolation_level {s:?}: use repeatable_read or serializable"
-            ))),
+            _ => Err(Error::usage(format!("bad isolation_level {s:?}: use repeatable_read or serializable"))),
         }
     }
 }
@@ -197,9 +195,7 @@ impl SyncParams {
                 self.status = match value {
                     "active" | "inactive" => value.to_string(),
                     _ => {
-                        return Err(Error::usage(format!(
-                            "bad status {value:?}: use active or inactive"
-                        )));
+                        return Err(Error::usage(format!("bad status {value:?}: use active or inactive")));
                     }
                 }
             }
@@ -220,18 +216,14 @@ pub fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::usage(format!(
-            "bad {key} {value:?}: use true or false"
-        ))),
+        _ => Err(Error::usage(format!("bad {key} {value:?}: use true or false"))),
     }
 }
 
 /// `30s`, `5m`, `1h 30m`, `250ms`, a bare number of seconds; `0` or `off` for none.
 pub fn parse_duration(key: &str, value: &str) -> Result<Option<Duration>> {
     let bad = || {
-        Error::usage(format!(
-            "bad {key} {value:?}: write a duration such as 30s, 5m, 1h or 250ms (0 or off for none)"
-        ))
+        Error::usage(format!("bad {key} {value:?}: write a duration such as 30s, 5m, 1h or 250ms (0 or off for none)"))
     };
     let trimmed = value.trim();
     if matches!(trimmed, "0" | "off" | "none" | "") {
@@ -289,9 +281,7 @@ impl SyncRecord {
             status: p.status.clone(),
             herd: self.herd.clone(),
             dbgroup: self.dbgroup.clone(),
-            dbs: group
-                .map(|g| g.members.iter().map(|m| m.spec()).collect())
-                .unwrap_or_default(),
+            dbs: group.map(|g| g.members.iter().map(|m| m.spec()).collect()).unwrap_or_default(),
             conflict_strategy: p.conflict_strategy.to_string(),
             autokick: p.autokick,
             checktime: format_duration(p.checktime),
@@ -303,10 +293,7 @@ impl SyncRecord {
     }
 
     fn from_row(row: &Row) -> Result<Self> {
-        let ms = |col: &str| {
-            row.get::<_, Option<i64>>(col)
-                .map(|v| Duration::from_millis(v as u64))
-        };
+        let ms = |col: &str| row.get::<_, Option<i64>>(col).map(|v| Duration::from_millis(v as u64));
         let name: String = row.get("name");
         let strategy: String = row.get("conflict_strategy");
         Ok(SyncRecord {
@@ -315,9 +302,7 @@ impl SyncRecord {
             params: SyncParams {
                 status: row.get("status"),
                 conflict_strategy: strategy.parse().map_err(|err| {
-                    Error::Catalog(format!(
-                        "sync {name:?} has an unreadable conflict_strategy in the catalog: {err}"
-                    ))
+                    Error::Catalog(format!("sync {name:?} has an unreadable conflict_strategy in the catalog: {err}"))
                 })?,
                 autokick: row.get("autokick"),
                 checktime: ms("checktime_ms"),
@@ -331,8 +316,7 @@ impl SyncRecord {
     }
 }
 
-const SELECT: &str =
-    "SELECT name, herd, dbgroup, status, conflict_strategy, autokick, checktime_ms, onetimecopy,
+const SELECT: &str = "SELECT name, herd, dbgroup, status, conflict_strategy, autokick, checktime_ms, onetimecopy,
         kidsalive, lock_timeout_ms, isolation_level FROM ibex.sync";
 
 fn millis(d: Option<Duration>) -> Option<i64> {
@@ -340,21 +324,15 @@ fn millis(d: Option<Duration>) -> Option<i64> {
 }
 
 pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
-    Ok(
-        c.query_opt("SELECT 1 FROM ibex.sync WHERE name = $1", &[&name])
-            .await
-            .ctx(|| format!("looking up sync {name:?}"))?
-            .is_some(),
-    )
+    Ok(c.query_opt("SELECT 1 FROM ibex.sync WHERE name = $1", &[&name])
+        .await
+        .ctx(|| format!("looking up sync {name:?}"))?
+        .is_some())
 }
 
 pub async fn add(c: &impl GenericClient, sync: &SyncRecord) -> Result<()> {
     if exists(c, &sync.name).await? {
-        return Err(Error::duplicate_hint(
-            "sync",
-            &sync.name,
-            "change it with `ibex update sync`",
-        ));
+        return Err(Error::duplicate_hint("sync", &sync.name, "change it with `ibex update sync`"));
     }
     c.execute(
         "INSERT INTO ibex.sync (name, herd, dbgroup) VALUES ($1, $2, $3)",
@@ -401,18 +379,13 @@ pub async fn get(c: &impl GenericClient, name: &str) -> Result<SyncRecord> {
 }
 
 pub async fn list(c: &impl GenericClient) -> Result<Vec<SyncRecord>> {
-    let rows = c
-        .query(&format!("{SELECT} ORDER BY name"), &[])
-        .await
-        .ctx(|| "listing syncs".into())?;
+    let rows = c.query(&format!("{SELECT} ORDER BY name"), &[]).await.ctx(|| "listing syncs".into())?;
     rows.iter().map(SyncRecord::from_row).collect()
 }
 
 pub async fn remove(c: &impl GenericClient, name: &str) -> Result<()> {
     get(c, name).await?;
-    c.execute("DELETE FROM ibex.sync WHERE name = $1", &[&name])
-        .await
-        .ctx(|| format!("removing sync {name:?}"))?;
+    c.execute("DELETE FROM ibex.sync WHERE name = $1", &[&name]).await.ctx(|| format!("removing sync {name:?}"))?;
     Ok(())
 }
 
@@ -422,29 +395,74 @@ mod tests {
 
     #[test]
     fn parses_strategies_and_bucardo_names() {
-        assert_eq!(
-            "bucardo_latest".parse::<ConflictStrategy>().unwrap(),
-            ConflictStrategy::Latest
-        );
-        assert_eq!(
-            "a,b".parse::<ConflictStrategy>().unwrap(),
-            ConflictStrategy::Ordered(vec!["a".into(), "b".into()])
-        );
+        assert_eq!("bucardo_latest".parse::<ConflictStrategy>().unwrap(), ConflictStrategy::Latest);
+        assert_eq!("a,b".parse::<ConflictStrategy>().unwrap(), ConflictStrategy::Ordered(vec!["a".into(), "b".into()]));
         assert!("a b".parse::<ConflictStrategy>().is_err());
     }
 
     #[test]
     fn parses_durations() {
-        assert_eq!(
-            parse_duration("checktime", "30").unwrap(),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_duration("checktime", "5m").unwrap(),
-            Some(Duration::from_secs(300))
-        );
+        assert_eq!(parse_duration("checktime", "30").unwrap(), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("checktime", "5m").unwrap(), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("checktime", "off").unwrap(), None);
         assert!(parse_duration("checktime", "soon").is_err());
         assert!(parse_duration("checktime", "-5").is_err());
     }
+}
+
+/// One table that a sync reads from a db, as capture needs it.
+#[derive(Debug, Clone)]
+pub struct CaptureNeed {
+    pub sync: String,
+    pub autokick: bool,
+    pub table: crate::pg::QualifiedName,
+    pub key: Vec<String>,
+}
+
+/// Every (sync, table) that reads from `db`: the syncs where it is a source.
+pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<String>, Vec<CaptureNeed>)> {
+    let syncs = c
+        .query(
+            "SELECT s.name FROM ibex.sync s JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup
+              WHERE m.db = $1 AND m.role = 'source' ORDER BY s.name",
+            &[&db],
+        )
+        .await
+        .ctx(|| format!("finding the syncs that read db {db}"))?;
+    let rows = c
+        .query(
+            "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns
+               FROM ibex.sync s
+               JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup AND m.role = 'source'
+               JOIN ibex.herd_member h ON h.herd = s.herd
+               JOIN ibex.relation r ON r.id = h.relation AND r.kind = 'table'
+              WHERE m.db = $1
+              ORDER BY r.schema_name, r.rel_name, s.name",
+            &[&db],
+        )
+        .await
+        .ctx(|| format!("finding the tables read from db {db}"))?;
+    Ok((
+        syncs.iter().map(|r| r.get(0)).collect(),
+        rows.iter()
+            .map(|r| CaptureNeed {
+                sync: r.get(0),
+                autokick: r.get(1),
+                table: crate::pg::QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+                key: r.get(4),
+            })
+            .collect(),
+    ))
+}
+
+/// Dbs of the dbgroups that syncs use: where capture may be installed.
+pub async fn dbs_in_syncs(c: &impl GenericClient) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT m.db FROM ibex.sync s JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup ORDER BY 1",
+            &[],
+        )
+        .await
+        .ctx(|| "listing the dbs of syncs".into())?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -22,9 +22,12 @@ fn apply_conn_keys(params: &mut Params, conn: &mut ConnInfo) -> Result<bool> {
     if let Some(port) = params.take("port") {
         conn.port = match port.as_str() {
             "" => None,
-            p => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                Error::usage(format!("bad port {p:?}: use a number from 1 to 65535"))
-            })?),
+            p => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| Error::usage(format!("bad port {p:?}: use a number from 1 to 65535")))?,
+            ),
         };
     }
     if let Some(user) = params.take_any(&["user", "dbuser", "username"]) {
@@ -40,43 +43,29 @@ fn apply_conn_keys(params: &mut Params, conn: &mut ConnInfo) -> Result<bool> {
 }
 
 async fn check_connects(name: &str, conn: &ConnInfo) -> Result<()> {
-    pg::connect(conn, "ibex check")
-        .await
-        .map(drop)
-        .map_err(|err| match err {
-            Error::Connect { target, reason } => Error::Connect {
-                target: format!("db {name} ({target})"),
-                reason: format!(
-                    "{reason}; fix the connection settings or check that the server is up"
-                ),
-            },
-            other => other,
-        })
+    pg::connect(conn, "ibex check").await.map(drop).map_err(|err| match err {
+        Error::Connect { target, reason } => Error::Connect {
+            target: format!("db {name} ({target})"),
+            reason: format!("{reason}; fix the connection settings or check that the server is up"),
+        },
+        other => other,
+    })
 }
 
 pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
     check_name("db", &args.name)?;
     let mut params = Params::parse_pairs_only(&args.params)?;
-    let mut conn = ConnInfo {
-        dbname: params.require("dbname", "dbname=btest1")?,
-        ..ConnInfo::default()
-    };
+    let mut conn = ConnInfo { dbname: params.require("dbname", "dbname=btest1")?, ..ConnInfo::default() };
     apply_conn_keys(&mut params, &mut conn)?;
     params.finish(CONN_KEYS)?;
     let mut cat = ctx.catalog().await?;
     if catalog::dbs::exists(cat.client(), &args.name).await? {
-        return Err(Error::duplicate_hint(
-            "db",
-            &args.name,
-            "pick another name or change it with `ibex update db`",
-        ));
+        return Err(Error::duplicate_hint("db", &args.name, "pick another name or change it with `ibex update db`"));
     }
     check_connects(&args.name, &conn).await?;
     let name = args.name.clone();
-    cat.change(async |tx| catalog::dbs::add(tx, &name, &conn).await)
-        .await?;
-    ctx.out
-        .done(format!("Added db {} ({})", args.name, conn.describe()));
+    cat.change(async |tx| catalog::dbs::add(tx, &name, &conn).await).await?;
+    ctx.out.done(format!("Added db {} ({})", args.name, conn.describe()));
     Ok(())
 }
 
@@ -92,8 +81,7 @@ pub async fn list(ctx: &Context) -> Result<()> {
         return Ok(());
     }
     if views.is_empty() {
-        ctx.out
-            .line("No dbs: add one with `ibex add db NAME dbname=...`");
+        ctx.out.line("No dbs: add one with `ibex add db NAME dbname=...`");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views
@@ -112,31 +100,21 @@ pub async fn list(ctx: &Context) -> Result<()> {
             ]
         })
         .collect();
-    ctx.out.table(
-        &[
-            "Name", "Status", "Dbname", "Host", "Port", "User", "Password", "Sslmode", "Syncs",
-        ],
-        &rows,
-    );
+    ctx.out.table(&["Name", "Status", "Dbname", "Host", "Port", "User", "Password", "Sslmode", "Syncs"], &rows);
     Ok(())
 }
 
 pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     let mut params = Params::parse_pairs_only(&args.params)?;
     if args.params.is_empty() {
-        return Err(Error::usage(format!(
-            "nothing to change: e.g. ibex update db {} host=10.0.0.6",
-            args.name
-        )));
+        return Err(Error::usage(format!("nothing to change: e.g. ibex update db {} host=10.0.0.6", args.name)));
     }
     let mut cat = ctx.catalog().await?;
     let mut db = catalog::dbs::get(cat.client(), &args.name).await?;
     let conn_changed = apply_conn_keys(&mut params, &mut db.conn)?;
     if let Some(status) = params.take("status") {
         if status != "active" && status != "inactive" {
-            return Err(Error::usage(format!(
-                "bad status {status:?}: use active or inactive"
-            )));
+            return Err(Error::usage(format!("bad status {status:?}: use active or inactive")));
         }
         db.status = status;
     }
@@ -146,8 +124,7 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     if conn_changed {
         check_connects(&args.name, &db.conn).await?;
     }
-    cat.change(async |tx| catalog::dbs::update(tx, &db.name, &db.conn, &db.status).await)
-        .await?;
+    cat.change(async |tx| catalog::dbs::update(tx, &db.name, &db.conn, &db.status).await).await?;
     ctx.out.done(format!("Updated db {}", args.name));
     Ok(())
 }
@@ -156,6 +133,13 @@ pub async fn remove(ctx: &Context, args: Names) -> Result<()> {
     let mut cat = ctx.catalog().await?;
     cat.change(async |tx| {
         for name in &args.names {
+            let syncs = catalog::dbs::syncs_using(tx, name).await?;
+            if syncs.is_empty() && catalog::dbs::exists(tx, name).await? {
+                // No sync reads it any more: take capture off it, if reachable.
+                if let Err(err) = crate::sync::setup::reconcile_db(tx, name).await {
+                    ctx.out.warn(format!("capture on db {name} was not removed: {err}"));
+                }
+            }
             catalog::dbs::remove(tx, name).await?;
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! `ibex add|list|update|remove dbgroup`
 
+use super::capture::Affected;
 use super::{Context, DbGroupArgs, Names};
 use crate::catalog::{self, Role, check_name};
 use crate::error::{Error, Result};
@@ -8,11 +9,9 @@ pub async fn add(ctx: &Context, args: DbGroupArgs) -> Result<()> {
     check_name("dbgroup", &args.name)?;
     let members = catalog::dbgroup::parse_members(&args.members)?;
     let mut cat = ctx.catalog().await?;
-    cat.change(async |tx| catalog::dbgroup::add(tx, &args.name, &members).await)
-        .await?;
+    cat.change(async |tx| catalog::dbgroup::add(tx, &args.name, &members).await).await?;
     let specs: Vec<String> = members.iter().map(|m| m.spec()).collect();
-    ctx.out
-        .done(format!("Added dbgroup {}: {}", args.name, specs.join(" ")));
+    ctx.out.done(format!("Added dbgroup {}: {}", args.name, specs.join(" ")));
     Ok(())
 }
 
@@ -24,8 +23,7 @@ pub async fn list(ctx: &Context) -> Result<()> {
         return Ok(());
     }
     if groups.is_empty() {
-        ctx.out
-            .line("No dbgroups: add one with `ibex add dbgroup NAME DB:source DB:target`");
+        ctx.out.line("No dbgroups: add one with `ibex add dbgroup NAME DB:source DB:target`");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = groups
@@ -42,7 +40,9 @@ pub async fn list(ctx: &Context) -> Result<()> {
 pub async fn update(ctx: &Context, args: DbGroupArgs) -> Result<()> {
     let members = catalog::dbgroup::parse_members(&args.members)?;
     let mut cat = ctx.catalog().await?;
-    cat.change(async |tx| {
+    let lines = cat.change(async |tx| {
+        let mut affected = Affected::default();
+        affected.add_dbgroup(tx, &args.name).await?;
         let group = catalog::dbgroup::get(tx, &args.name).await?;
         if !group.syncs.is_empty() {
             if !members.iter().any(|m| m.role == Role::Source) {
@@ -60,15 +60,16 @@ pub async fn update(ctx: &Context, args: DbGroupArgs) -> Result<()> {
                 )));
             }
         }
-        catalog::dbgroup::set_members(tx, &args.name, &members).await
+        catalog::dbgroup::set_members(tx, &args.name, &members).await?;
+        affected.add_dbgroup(tx, &args.name).await?;
+        affected.apply(tx, &ctx.out, true).await
     })
     .await?;
     let specs: Vec<String> = members.iter().map(|m| m.spec()).collect();
-    ctx.out.done(format!(
-        "Updated dbgroup {}: {}",
-        args.name,
-        specs.join(" ")
-    ));
+    ctx.out.done(format!("Updated dbgroup {}: {}", args.name, specs.join(" ")));
+    for line in lines {
+        ctx.out.line(line);
+    }
     Ok(())
 }
 

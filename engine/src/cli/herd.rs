@@ -1,16 +1,12 @@
 //! `ibex add|list|update|remove herd`
 
+use super::capture::Affected;
 use super::{Context, HerdArgs, NamedParams, Names, Params};
 use crate::catalog::{self, check_name};
 use crate::error::{Error, Result};
 
 fn split_list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 pub async fn add(ctx: &Context, args: HerdArgs) -> Result<()> {
@@ -47,50 +43,44 @@ pub async fn list(ctx: &Context) -> Result<()> {
         return Ok(());
     }
     if herds.is_empty() {
-        ctx.out
-            .line("No herds: add one with `ibex add herd NAME TABLE...`");
+        ctx.out.line("No herds: add one with `ibex add herd NAME TABLE...`");
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = herds
-        .iter()
-        .map(|h| vec![h.name.clone(), h.members.join(", "), h.syncs.join(", ")])
-        .collect();
+    let rows: Vec<Vec<String>> =
+        herds.iter().map(|h| vec![h.name.clone(), h.members.join(", "), h.syncs.join(", ")]).collect();
     ctx.out.table(&["Herd", "Members", "Syncs"], &rows);
     Ok(())
 }
 
 pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     let mut params = Params::parse_pairs_only(&args.params)?;
-    let add = params
-        .take("add")
-        .map(|v| split_list(&v))
-        .unwrap_or_default();
-    let remove = params
-        .take("remove")
-        .map(|v| split_list(&v))
-        .unwrap_or_default();
+    let add = params.take("add").map(|v| split_list(&v)).unwrap_or_default();
+    let remove = params.take("remove").map(|v| split_list(&v)).unwrap_or_default();
     params.finish(&["add", "remove"])?;
     if add.is_empty() && remove.is_empty() {
-        return Err(Error::usage(format!(
-            "nothing to change: e.g. ibex update herd {} add=public.orders",
-            args.name
-        )));
+        return Err(Error::usage(format!("nothing to change: e.g. ibex update herd {} add=public.orders", args.name)));
     }
     let mut cat = ctx.catalog().await?;
-    cat.change(async |tx| {
-        catalog::herd::get(tx, &args.name).await?;
-        for typed in &add {
-            let rel = catalog::relation::find(tx, None, typed).await?;
-            catalog::herd::add_member(tx, &args.name, rel.id, &rel.name.to_string()).await?;
-        }
-        for typed in &remove {
-            let rel = catalog::relation::find(tx, None, typed).await?;
-            catalog::herd::remove_member(tx, &args.name, rel.id, &rel.name.to_string()).await?;
-        }
-        Ok(())
-    })
-    .await?;
+    let lines = cat
+        .change(async |tx| {
+            catalog::herd::get(tx, &args.name).await?;
+            for typed in &add {
+                let rel = catalog::relation::find(tx, None, typed).await?;
+                catalog::herd::add_member(tx, &args.name, rel.id, &rel.name.to_string()).await?;
+            }
+            for typed in &remove {
+                let rel = catalog::relation::find(tx, None, typed).await?;
+                catalog::herd::remove_member(tx, &args.name, rel.id, &rel.name.to_string()).await?;
+            }
+            let mut affected = Affected::default();
+            affected.add_herd(tx, &args.name).await?;
+            affected.apply(tx, &ctx.out, true).await
+        })
+        .await?;
     ctx.out.done(format!("Updated herd {}", args.name));
+    for line in lines {
+        ctx.out.line(line);
+    }
     Ok(())
 }
 

@@ -15,10 +15,7 @@ pub async fn run(ctx: &Context) -> Result<()> {
         ctx.out.line(format!("Created control database {target}"));
     }
     if report.from_version == report.to_version {
-        ctx.out.line(format!(
-            "Catalog in {target} is up to date (schema version {})",
-            report.to_version
-        ));
+        ctx.out.line(format!("Catalog in {target} is up to date (schema version {})", report.to_version));
     } else {
         ctx.out.line(format!(
             "Installed catalog in {target}: schema version {} -> {}",

@@ -1,13 +1,16 @@
 //! The `ibex` command line, bucardo-style: `ibex VERB NOUN NAME key=value ...`.
 //! One file per command family; this one holds the grammar and dispatch.
 
+mod capture;
 mod db;
 mod dbgroup;
 mod herd;
 mod install;
 mod output;
 mod params;
+mod run;
 mod settings;
+mod status;
 mod sync;
 mod table;
 
@@ -51,9 +54,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the control database (if missing) and install or migrate the catalog
-    #[command(
-        after_help = "Example:\n  ibex --control 'host=127.0.0.1 dbname=ibex user=postgres' install"
-    )]
+    #[command(after_help = "Example:\n  ibex --control 'host=127.0.0.1 dbname=ibex user=postgres' install")]
     Install,
     /// Add a db, table, sequence, herd, dbgroup or sync
     #[command(subcommand)]
@@ -79,6 +80,36 @@ pub enum Command {
     /// Show settings: ibex show [KEY ... | all]
     #[command(after_help = "Examples:\n  ibex show all\n  ibex show log_level --json")]
     Show(ShowArgs),
+    /// Check a sync's tables on every db and install or repair capture
+    #[command(
+        after_help = "Checks that every table has the same columns, types and key on every db of the sync,\nthen installs or repairs the triggers, delta tables and cursors.\n\nExamples:\n  ibex validate foobar\n  ibex validate all"
+    )]
+    Validate(SyncNames),
+    /// Run syncs in the foreground
+    #[command(subcommand)]
+    Sync(SyncCmd),
+    /// Show how syncs are doing: ibex status [SYNC]
+    #[command(after_help = "Examples:\n  ibex status\n  ibex status foobar --json")]
+    Status(StatusArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncCmd {
+    /// Run one cycle of a sync now, in this process, and print what it did
+    #[command(after_help = "Exits non-zero if the run fails.\n\nExample:\n  ibex sync run foobar")]
+    Run(SyncName),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncName {
+    #[arg(value_name = "SYNC")]
+    pub sync: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(value_name = "SYNC")]
+    pub sync: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -139,10 +170,7 @@ pub enum AddCmd {
     )]
     All(AllArgs),
     /// Create a herd of registered tables and sequences
-    #[command(
-        alias = "relgroup",
-        after_help = "Example:\n  ibex add herd therd pgbench_accounts pgbench_branches"
-    )]
+    #[command(alias = "relgroup", after_help = "Example:\n  ibex add herd therd pgbench_accounts pgbench_branches")]
     Herd(HerdArgs),
     /// Group dbs and give each a role: source, target or fullcopy
     #[command(
@@ -274,10 +302,7 @@ pub fn main() -> ExitCode {
         Err(err) => return output::clap_error(err),
     };
     let out = Output::new(cli.json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             out.error(&format!("cannot start the async runtime: {err}"));
@@ -325,9 +350,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Remove(cmd) => match cmd {
             RemoveCmd::Db(a) => db::remove(&ctx, a).await?,
             RemoveCmd::Table(a) => table::remove(&ctx, crate::catalog::RelKind::Table, a).await?,
-            RemoveCmd::Sequence(a) => {
-                table::remove(&ctx, crate::catalog::RelKind::Sequence, a).await?
-            }
+            RemoveCmd::Sequence(a) => table::remove(&ctx, crate::catalog::RelKind::Sequence, a).await?,
             RemoveCmd::Herd(a) => herd::remove(&ctx, a).await?,
             RemoveCmd::Dbgroup(a) => dbgroup::remove(&ctx, a).await?,
             RemoveCmd::Sync(a) => sync::remove(&ctx, a).await?,
@@ -336,6 +359,9 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Deactivate(a) => sync::set_status(&ctx, a, "inactive").await?,
         Command::Set(a) => settings::set(&ctx, a).await?,
         Command::Show(a) => settings::show(&ctx, a).await?,
+        Command::Validate(a) => run::validate(&ctx, a).await?,
+        Command::Sync(SyncCmd::Run(a)) => return run::run_once(&ctx, a).await,
+        Command::Status(a) => status::show(&ctx, a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -95,21 +95,13 @@ pub fn clap_error(err: clap::Error) -> ExitCode {
             let rendered = err.render().to_string();
             let mut paragraphs = rendered.split("\n\n");
             let first = paragraphs.next().unwrap_or_default();
-            let message = first
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim_start_matches("error: ")
-                .to_string();
+            let message =
+                first.split_whitespace().collect::<Vec<_>>().join(" ").trim_start_matches("error: ").to_string();
             let command = rendered
                 .lines()
                 .find_map(|l| l.strip_prefix("Usage: "))
                 .map(|usage| {
-                    usage
-                        .split_whitespace()
-                        .take_while(|w| !w.starts_with(['<', '[']))
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    usage.split_whitespace().take_while(|w| !w.starts_with(['<', '['])).collect::<Vec<_>>().join(" ")
                 })
                 .unwrap_or_else(|| "ibex".into());
             let mut stderr = std::io::stderr().lock();

@@ -19,9 +19,7 @@ impl Params {
                 Some((key, value)) => {
                     let key = key.trim().to_ascii_lowercase();
                     if key.is_empty() {
-                        return Err(Error::usage(format!(
-                            "bad argument {arg:?}: write key=value"
-                        )));
+                        return Err(Error::usage(format!("bad argument {arg:?}: write key=value")));
                     }
                     if params.pairs.iter().any(|(k, _)| *k == key) {
                         return Err(Error::usage(format!("{key} is given twice")));
@@ -38,19 +36,14 @@ impl Params {
     pub fn parse_pairs_only(args: &[String]) -> Result<Self> {
         let params = Self::parse(args)?;
         if let Some(name) = params.names.first() {
-            return Err(Error::usage(format!(
-                "unexpected argument {name:?}: write key=value"
-            )));
+            return Err(Error::usage(format!("unexpected argument {name:?}: write key=value")));
         }
         Ok(params)
     }
 
     pub fn take(&mut self, key: &str) -> Option<String> {
         self.taken.push(key.to_string());
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
+        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
     /// Takes the first of several spellings of a key (e.g. pass/password).
@@ -74,20 +67,13 @@ impl Params {
 
     /// The pairs nobody took, in the order given.
     pub fn remaining(&self) -> Vec<(String, String)> {
-        self.pairs
-            .iter()
-            .filter(|(k, _)| !self.taken.contains(k))
-            .cloned()
-            .collect()
+        self.pairs.iter().filter(|(k, _)| !self.taken.contains(k)).cloned().collect()
     }
 
     /// Errors on any key nobody took.
     pub fn finish(&self, known: &[&str]) -> Result<()> {
         if let Some((key, _)) = self.remaining().first() {
-            return Err(Error::usage(format!(
-                "unknown key {key:?}: use {}",
-                known.join(", ")
-            )));
+            return Err(Error::usage(format!("unknown key {key:?}: use {}", known.join(", "))));
         }
         Ok(())
     }

@@ -51,11 +51,7 @@ pub async fn show(ctx: &Context, args: ShowArgs) -> Result<()> {
             vec![
                 s.key.clone(),
                 s.value.clone(),
-                if s.is_default {
-                    "(default)".into()
-                } else {
-                    format!("(default {})", s.default)
-                },
+                if s.is_default { "(default)".into() } else { format!("(default {})", s.default) },
                 s.about.clone(),
             ]
         })

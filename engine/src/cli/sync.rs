@@ -2,14 +2,14 @@
 
 use tokio_postgres::Transaction;
 
+use super::capture::Affected;
 use super::{Context, NamedParams, Names, Params, SyncNames};
 use crate::catalog::{self, DbGroup, Role, SyncParams, SyncRecord, check_name};
 use crate::error::{Error, Result};
 
 /// `dbs=` is a dbgroup name, or members inline (`a:source,b:target`).
 fn inline_members(dbs: &str) -> Option<Vec<String>> {
-    (dbs.contains(':') || dbs.contains(','))
-        .then(|| dbs.split(',').map(|s| s.trim().to_string()).collect())
+    (dbs.contains(':') || dbs.contains(',')).then(|| dbs.split(',').map(|s| s.trim().to_string()).collect())
 }
 
 fn check_group(group: &DbGroup) -> Result<()> {
@@ -20,10 +20,7 @@ fn check_group(group: &DbGroup) -> Result<()> {
         )));
     }
     if group.members.len() < 2 {
-        return Err(Error::usage(format!(
-            "dbgroup {:?} has one db: a sync needs at least two",
-            group.name
-        )));
+        return Err(Error::usage(format!("dbgroup {:?} has one db: a sync needs at least two", group.name)));
     }
     Ok(())
 }
@@ -104,26 +101,19 @@ pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
     let mut sync_params = SyncParams::default();
     take_sync_params(&mut params, &mut sync_params)?;
     params.finish(&known_keys(&["herd", "tables", "dbs"]))?;
-    let dbs =
-        dbs.ok_or_else(|| Error::usage("dbs is required: dbs=GROUP or dbs=t1:source,t2:target"))?;
+    let dbs = dbs.ok_or_else(|| Error::usage("dbs is required: dbs=GROUP or dbs=t1:source,t2:target"))?;
     if herd.is_some() && tables.is_some() {
         return Err(Error::usage("give herd= or tables=, not both"));
     }
     if herd.is_none() && tables.is_none() {
-        return Err(Error::usage(
-            "herd is required: herd=HERD (or tables=T1,T2)",
-        ));
+        return Err(Error::usage("herd is required: herd=HERD (or tables=T1,T2)"));
     }
     let mut cat = ctx.catalog().await?;
     let name = args.name.clone();
     let group = cat
         .change(async |tx| {
             if catalog::sync::exists(tx, &name).await? {
-                return Err(Error::duplicate_hint(
-                    "sync",
-                    &name,
-                    "change it with `ibex update sync`",
-                ));
+                return Err(Error::duplicate_hint("sync", &name, "change it with `ibex update sync`"));
             }
             let herd = match (&herd, &tables) {
                 (Some(h), _) => h.clone(),
@@ -134,19 +124,21 @@ pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
             let group = resolve_dbs(tx, &name, &dbs).await?;
             check_group(&group)?;
             sync_params.conflict_strategy.check_against(&group)?;
-            let record = SyncRecord {
-                name: name.clone(),
-                herd,
-                dbgroup: group.name.clone(),
-                params: sync_params.clone(),
-            };
+            let record =
+                SyncRecord { name: name.clone(), herd, dbgroup: group.name.clone(), params: sync_params.clone() };
             catalog::sync::add(tx, &record).await?;
-            Ok(group)
+            let mut affected = Affected::default();
+            affected.add_sync(tx, &name).await?;
+            let lines = affected.apply(tx, &ctx.out, true).await?;
+            Ok((group, lines))
         })
         .await?;
+    let (group, lines) = group;
     let specs: Vec<String> = group.members.iter().map(|m| m.spec()).collect();
-    ctx.out
-        .done(format!("Added sync {} ({})", args.name, specs.join(" ")));
+    ctx.out.done(format!("Added sync {} ({})", args.name, specs.join(" ")));
+    for line in lines {
+        ctx.out.line(line);
+    }
     Ok(())
 }
 
@@ -154,17 +146,13 @@ pub async fn list(ctx: &Context) -> Result<()> {
     let cat = ctx.catalog().await?;
     let syncs = catalog::sync::list(cat.client()).await?;
     let groups = catalog::dbgroup::list(cat.client()).await?;
-    let views: Vec<_> = syncs
-        .iter()
-        .map(|s| s.view(groups.iter().find(|g| g.name == s.dbgroup)))
-        .collect();
+    let views: Vec<_> = syncs.iter().map(|s| s.view(groups.iter().find(|g| g.name == s.dbgroup))).collect();
     if ctx.out.json {
         ctx.out.print_json(&views);
         return Ok(());
     }
     if views.is_empty() {
-        ctx.out
-            .line("No syncs: add one with `ibex add sync NAME herd=HERD dbs=GROUP`");
+        ctx.out.line("No syncs: add one with `ibex add sync NAME herd=HERD dbs=GROUP`");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views
@@ -182,29 +170,14 @@ pub async fn list(ctx: &Context) -> Result<()> {
             ]
         })
         .collect();
-    ctx.out.table(
-        &[
-            "Sync",
-            "Status",
-            "Herd",
-            "Dbs",
-            "Conflicts",
-            "Autokick",
-            "Checktime",
-            "Onetimecopy",
-        ],
-        &rows,
-    );
+    ctx.out.table(&["Sync", "Status", "Herd", "Dbs", "Conflicts", "Autokick", "Checktime", "Onetimecopy"], &rows);
     Ok(())
 }
 
 pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     let mut params = Params::parse_pairs_only(&args.params)?;
     if args.params.is_empty() {
-        return Err(Error::usage(format!(
-            "nothing to change: e.g. ibex update sync {} checktime=30s",
-            args.name
-        )));
+        return Err(Error::usage(format!("nothing to change: e.g. ibex update sync {} checktime=30s", args.name)));
     }
     let herd = params.take_any(&["herd", "relgroup"]);
     let dbs = params.take_any(&["dbs", "dbgroup"]);
@@ -212,36 +185,50 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     let mut record = catalog::sync::get(cat.client(), &args.name).await?;
     take_sync_params(&mut params, &mut record.params)?;
     params.finish(&known_keys(&["herd", "dbs"]))?;
-    cat.change(async |tx| {
-        if let Some(herd) = &herd {
-            check_herd(tx, herd).await?;
-            record.herd = herd.clone();
-        }
-        let group = match &dbs {
-            Some(dbs) => resolve_dbs(tx, &record.name, dbs).await?,
-            None => catalog::dbgroup::get(tx, &record.dbgroup).await?,
-        };
-        check_group(&group)?;
-        record.params.conflict_strategy.check_against(&group)?;
-        record.dbgroup = group.name;
-        catalog::sync::update(tx, &record).await
-    })
-    .await?;
+    let lines = cat
+        .change(async |tx| {
+            let mut affected = Affected::default();
+            affected.add_sync(tx, &record.name).await?;
+            if let Some(herd) = &herd {
+                check_herd(tx, herd).await?;
+                record.herd = herd.clone();
+            }
+            let group = match &dbs {
+                Some(dbs) => resolve_dbs(tx, &record.name, dbs).await?,
+                None => catalog::dbgroup::get(tx, &record.dbgroup).await?,
+            };
+            check_group(&group)?;
+            record.params.conflict_strategy.check_against(&group)?;
+            record.dbgroup = group.name;
+            catalog::sync::update(tx, &record).await?;
+            affected.add_sync(tx, &record.name).await?;
+            affected.apply(tx, &ctx.out, true).await
+        })
+        .await?;
     ctx.out.done(format!("Updated sync {}", args.name));
+    for line in lines {
+        ctx.out.line(line);
+    }
     Ok(())
 }
 
 pub async fn remove(ctx: &Context, args: Names) -> Result<()> {
     let mut cat = ctx.catalog().await?;
-    cat.change(async |tx| {
-        for name in &args.names {
-            catalog::sync::remove(tx, name).await?;
-        }
-        Ok(())
-    })
-    .await?;
+    let lines = cat
+        .change(async |tx| {
+            let mut affected = Affected::default();
+            for name in &args.names {
+                affected.add_sync(tx, name).await?;
+                catalog::sync::remove(tx, name).await?;
+            }
+            affected.apply(tx, &ctx.out, false).await
+        })
+        .await?;
     for name in &args.names {
         ctx.out.done(format!("Removed sync {name}"));
+    }
+    for line in lines {
+        ctx.out.line(line);
     }
     Ok(())
 }
@@ -257,11 +244,7 @@ pub async fn set_status(ctx: &Context, args: SyncNames, status: &str) -> Result<
         Ok(())
     })
     .await?;
-    let verb = if status == "active" {
-        "Activated"
-    } else {
-        "Deactivated"
-    };
+    let verb = if status == "active" { "Activated" } else { "Deactivated" };
     for name in &args.syncs {
         ctx.out.done(format!("{verb} sync {name}"));
     }

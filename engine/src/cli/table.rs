@@ -1,5 +1,6 @@
 //! `ibex add|list|remove table|sequence` and `ibex add all tables|sequences`
 
+use super::capture::Affected;
 use super::{AllArgs, Context, Names, NamesParams, Params};
 use crate::catalog::{self, RelKind, check_name};
 use crate::error::{Error, Result};
@@ -30,10 +31,7 @@ fn kind_error(typed: &str, db: &str, found: &LiveRelation, wanted: RelKind) -> E
     ))
 }
 
-async fn connect_db(
-    ctx_cat: &catalog::Catalog,
-    db: &str,
-) -> Result<(catalog::DbRecord, pg::Client)> {
+async fn connect_db(ctx_cat: &catalog::Catalog, db: &str) -> Result<(catalog::DbRecord, pg::Client)> {
     let record = catalog::dbs::get(ctx_cat.client(), db).await?;
     let client = pg::connect(&record.conn, "ibex").await?;
     Ok((record, client))
@@ -43,39 +41,22 @@ pub async fn add(ctx: &Context, kind: RelKind, args: NamesParams) -> Result<()> 
     let mut params = Params::parse(&args.args)?;
     let example = format!("ibex add {} NAME db=t1 herd=therd", kind.as_str());
     if params.names.is_empty() {
-        return Err(Error::usage(format!(
-            "name the {}s to add: e.g. {example}",
-            kind.as_str()
-        )));
+        return Err(Error::usage(format!("name the {}s to add: e.g. {example}", kind.as_str())));
     }
     let db = params.require("db", "db=t1")?;
     let herd = params.take_any(&["herd", "relgroup"]);
-    let pkey = if kind == RelKind::Table {
-        params.take("pkey")
-    } else {
-        None
-    };
-    let known: &[&str] = if kind == RelKind::Table {
-        &["db", "herd", "pkey"]
-    } else {
-        &["db", "herd"]
-    };
+    let pkey = if kind == RelKind::Table { params.take("pkey") } else { None };
+    let known: &[&str] = if kind == RelKind::Table { &["db", "herd", "pkey"] } else { &["db", "herd"] };
     params.finish(known)?;
     if let Some(herd) = &herd {
         check_name("herd", herd)?;
     }
-    let pkey: Option<Vec<String>> =
-        pkey.map(|p| p.split(',').map(|c| c.trim().to_string()).collect());
-    if pkey
-        .as_ref()
-        .is_some_and(|cols| cols.iter().any(String::is_empty))
-    {
+    let pkey: Option<Vec<String>> = pkey.map(|p| p.split(',').map(|c| c.trim().to_string()).collect());
+    if pkey.as_ref().is_some_and(|cols| cols.iter().any(String::is_empty)) {
         return Err(Error::usage("bad pkey: write pkey=col or pkey=col1,col2"));
     }
     if pkey.is_some() && params.names.len() > 1 {
-        return Err(Error::usage(
-            "pkey= names the key of one table: add tables with their own pkey one at a time",
-        ));
+        return Err(Error::usage("pkey= names the key of one table: add tables with their own pkey one at a time"));
     }
 
     let mut cat = ctx.catalog().await?;
@@ -86,10 +67,7 @@ pub async fn add(ctx: &Context, kind: RelKind, args: NamesParams) -> Result<()> 
             Error::not_found_hint(
                 kind.as_str(),
                 typed,
-                format!(
-                    "it is not on db {db} (database {}); check the name and schema",
-                    record.conn.dbname
-                ),
+                format!("it is not on db {db} (database {}); check the name and schema", record.conn.dbname),
             )
         })?;
         let key = match (kind, live.kind) {
@@ -102,11 +80,7 @@ pub async fn add(ctx: &Context, kind: RelKind, args: NamesParams) -> Result<()> 
         if found.iter().any(|f: &Found| f.name == live.name) {
             return Err(Error::usage(format!("{} is listed twice", live.name)));
         }
-        found.push(Found {
-            name: live.name,
-            kind,
-            key,
-        });
+        found.push(Found { name: live.name, kind, key });
     }
     register(&mut cat, &db, herd.as_deref(), &found).await?;
     for f in &found {
@@ -125,12 +99,7 @@ fn added_message(f: &Found, herd: Option<&str>) -> String {
     format!("Added {} {}{key}{herd}", f.kind.as_str(), f.name)
 }
 
-async fn register(
-    cat: &mut catalog::Catalog,
-    db: &str,
-    herd: Option<&str>,
-    found: &[Found],
-) -> Result<()> {
+async fn register(cat: &mut catalog::Catalog, db: &str, herd: Option<&str>, found: &[Found]) -> Result<()> {
     cat.change(async |tx| {
         if let Some(herd) = herd {
             catalog::herd::ensure(tx, herd).await?;
@@ -155,11 +124,7 @@ async fn register(
 }
 
 pub async fn add_all(ctx: &Context, args: AllArgs) -> Result<()> {
-    let kind = if args.what == "sequences" {
-        RelKind::Sequence
-    } else {
-        RelKind::Table
-    };
+    let kind = if args.what == "sequences" { RelKind::Sequence } else { RelKind::Table };
     let mut params = Params::parse_pairs_only(&args.params)?;
     let db = params.require("db", "db=t1")?;
     let herd = params.take_any(&["herd", "relgroup"]);
@@ -176,12 +141,8 @@ pub async fn add_all(ctx: &Context, args: AllArgs) -> Result<()> {
     };
     let mut found = Vec::new();
     for rel in live {
-        if catalog::relation::find_exact(cat.client(), &rel.name)
-            .await?
-            .is_some()
-        {
-            ctx.out
-                .warn(format!("skipped {}: already registered", rel.name));
+        if catalog::relation::find_exact(cat.client(), &rel.name).await?.is_some() {
+            ctx.out.warn(format!("skipped {}: already registered", rel.name));
             continue;
         }
         let key = match kind {
@@ -195,15 +156,10 @@ pub async fn add_all(ctx: &Context, args: AllArgs) -> Result<()> {
             },
             RelKind::Sequence => None,
         };
-        found.push(Found {
-            name: rel.name,
-            kind,
-            key,
-        });
+        found.push(Found { name: rel.name, kind, key });
     }
     if found.is_empty() {
-        ctx.out
-            .done(format!("No new {}s on db {db}", kind.as_str()));
+        ctx.out.done(format!("No new {}s on db {db}", kind.as_str()));
         return Ok(());
     }
     register(&mut cat, &db, herd.as_deref(), &found).await?;
@@ -242,9 +198,7 @@ pub async fn list(ctx: &Context, kind: RelKind) -> Result<()> {
         })
         .collect();
     match kind {
-        RelKind::Table => ctx
-            .out
-            .table(&["Table", "Key", "Herds", "Added from"], &rows),
+        RelKind::Table => ctx.out.table(&["Table", "Key", "Herds", "Added from"], &rows),
         RelKind::Sequence => ctx.out.table(&["Sequence", "Herds", "Added from"], &rows),
     }
     Ok(())
@@ -253,17 +207,23 @@ pub async fn list(ctx: &Context, kind: RelKind) -> Result<()> {
 pub async fn remove(ctx: &Context, kind: RelKind, args: Names) -> Result<()> {
     let mut cat = ctx.catalog().await?;
     let mut removed = Vec::new();
-    cat.change(async |tx| {
-        for typed in &args.names {
-            let rel = catalog::relation::find(tx, Some(kind), typed).await?;
-            catalog::relation::remove(tx, rel.id).await?;
-            removed.push(rel.name.to_string());
-        }
-        Ok(())
-    })
-    .await?;
+    let lines = cat
+        .change(async |tx| {
+            let mut affected = Affected::default();
+            affected.add_all_sync_dbs(tx).await?;
+            for typed in &args.names {
+                let rel = catalog::relation::find(tx, Some(kind), typed).await?;
+                catalog::relation::remove(tx, rel.id).await?;
+                removed.push(rel.name.to_string());
+            }
+            affected.apply(tx, &ctx.out, false).await
+        })
+        .await?;
     for name in removed {
         ctx.out.done(format!("Removed {} {name}", kind.as_str()));
+    }
+    for line in lines {
+        ctx.out.line(line);
     }
     Ok(())
 }

@@ -37,12 +37,10 @@ impl FromStr for SslMode {
             "disable" => Ok(SslMode::Disable),
             "allow" | "prefer" => Ok(SslMode::Prefer),
             "require" => Ok(SslMode::Require),
-            "verify-ca" | "verify-full" => Err(Error::usage(format!(
-                "sslmode={s} is not supported yet: use sslmode=disable, prefer or require"
-            ))),
-            other => Err(Error::usage(format!(
-                "bad sslmode \"{other}\": use disable, prefer or require"
-            ))),
+            "verify-ca" | "verify-full" => {
+                Err(Error::usage(format!("sslmode={s} is not supported yet: use sslmode=disable, prefer or require")))
+            }
+            other => Err(Error::usage(format!("bad sslmode \"{other}\": use disable, prefer or require"))),
         }
     }
 }
@@ -88,9 +86,7 @@ impl ConnInfo {
             port: config.get_ports().first().copied(),
             dbname: config.get_dbname().unwrap_or("ibex").to_string(),
             user: config.get_user().map(str::to_string),
-            password: config
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            password: config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
             sslmode: match config.get_ssl_mode() {
                 tokio_postgres::config::SslMode::Disable => Some(SslMode::Disable),
                 tokio_postgres::config::SslMode::Require => Some(SslMode::Require),
@@ -101,10 +97,7 @@ impl ConnInfo {
 
     /// The same server, another database (e.g. `postgres` to create `ibex`).
     pub fn with_dbname(&self, dbname: &str) -> Self {
-        ConnInfo {
-            dbname: dbname.to_string(),
-            ..self.clone()
-        }
+        ConnInfo { dbname: dbname.to_string(), ..self.clone() }
     }
 
     pub fn effective_user(&self) -> String {
@@ -117,9 +110,7 @@ impl ConnInfo {
     }
 
     pub fn effective_port(&self) -> u16 {
-        self.port
-            .or_else(|| std::env::var("PGPORT").ok().and_then(|p| p.parse().ok()))
-            .unwrap_or(5432)
+        self.port.or_else(|| std::env::var("PGPORT").ok().and_then(|p| p.parse().ok())).unwrap_or(5432)
     }
 
     fn effective_hosts(&self) -> Vec<String> {
@@ -141,12 +132,7 @@ impl ConnInfo {
     /// `host:port/dbname as user`, for messages. Never the password.
     pub fn describe(&self) -> String {
         let hosts = self.effective_hosts().join(",");
-        format!(
-            "{hosts}:{}/{} as {}",
-            self.effective_port(),
-            self.dbname,
-            self.effective_user()
-        )
+        format!("{hosts}:{}/{} as {}", self.effective_port(), self.dbname, self.effective_user())
     }
 
     pub fn to_config(&self, application_name: &str) -> tokio_postgres::Config {
@@ -161,11 +147,7 @@ impl ConnInfo {
         config.port(self.effective_port());
         config.dbname(&self.dbname);
         config.user(self.effective_user());
-        if let Some(password) = self
-            .password
-            .clone()
-            .or_else(|| std::env::var("PGPASSWORD").ok())
-        {
+        if let Some(password) = self.password.clone().or_else(|| std::env::var("PGPASSWORD").ok()) {
             config.password(password);
         }
         config.ssl_mode(match self.sslmode.unwrap_or_default() {
@@ -198,12 +180,7 @@ pub fn redact_dsn(dsn: &str) -> String {
         if let Some(at) = rest.find('@')
             && let Some(colon) = rest[..at].find(':')
         {
-            return format!(
-                "{}{}:***{}",
-                &joined[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            );
+            return format!("{}{}:***{}", &joined[..scheme_end + 3], &rest[..colon], &rest[at..]);
         }
     }
     joined
@@ -215,9 +192,7 @@ mod tests {
 
     #[test]
     fn dsn_round_trip_keeps_parts() {
-        let info =
-            ConnInfo::from_dsn("host=127.0.0.1 port=5555 dbname=ctl user=bob password=s3cret")
-                .unwrap();
+        let info = ConnInfo::from_dsn("host=127.0.0.1 port=5555 dbname=ctl user=bob password=s3cret").unwrap();
         assert_eq!(info.host.as_deref(), Some("127.0.0.1"));
         assert_eq!(info.port, Some(5555));
         assert_eq!(info.dbname, "ctl");
@@ -228,10 +203,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_dsns() {
-        assert_eq!(
-            redact_dsn("host=x password=p dbname=d"),
-            "host=x password=*** dbname=d"
-        );
+        assert_eq!(redact_dsn("host=x password=p dbname=d"), "host=x password=*** dbname=d");
         assert_eq!(redact_dsn("postgres://u:p@h:1/d"), "postgres://u:***@h:1/d");
     }
 }

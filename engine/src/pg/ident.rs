@@ -45,10 +45,7 @@ pub struct QualifiedName {
 
 impl QualifiedName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        QualifiedName {
-            schema: schema.into(),
-            name: name.into(),
-        }
+        QualifiedName { schema: schema.into(), name: name.into() }
     }
 
     /// The quoted form for SQL text.
@@ -62,15 +59,9 @@ impl fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |part: &str| {
             let plain = !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !part.starts_with(|c: char| c.is_ascii_digit());
-            if plain {
-                part.to_string()
-            } else {
-                quote_ident(part)
-            }
+            if plain { part.to_string() } else { quote_ident(part) }
         };
         write!(f, "{}.{}", show(&self.schema), show(&self.name))
     }
@@ -82,23 +73,14 @@ mod tests {
 
     #[test]
     fn quotes_hostile_identifiers() {
-        assert_eq!(
-            quote_ident("x\"; DROP TABLE y; --"),
-            "\"x\"\"; DROP TABLE y; --\""
-        );
+        assert_eq!(quote_ident("x\"; DROP TABLE y; --"), "\"x\"\"; DROP TABLE y; --\"");
         assert_eq!(quote_ident("Ünïcode Name"), "\"Ünïcode Name\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]
     fn displays_plain_names_bare() {
-        assert_eq!(
-            QualifiedName::new("public", "accounts").to_string(),
-            "public.accounts"
-        );
-        assert_eq!(
-            QualifiedName::new("public", "My Table").to_string(),
-            "public.\"My Table\""
-        );
+        assert_eq!(QualifiedName::new("public", "accounts").to_string(), "public.accounts");
+        assert_eq!(QualifiedName::new("public", "My Table").to_string(), "public.\"My Table\"");
     }
 }

@@ -89,9 +89,7 @@ pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveR
     {
         Ok(rows) => rows,
         // Not a valid identifier: then it names nothing.
-        Err(err)
-            if err.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) =>
-        {
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) => {
             return Ok(None);
         }
         Err(err) => return Err(err).ctx(|| format!("looking up {typed:?}")),
@@ -100,26 +98,16 @@ pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveR
 }
 
 /// Ordinary and partitioned tables outside the system schemas and ibex's own.
-pub async fn list_tables(
-    c: &impl GenericClient,
-    schema: Option<&str>,
-) -> Result<Vec<LiveRelation>> {
+pub async fn list_tables(c: &impl GenericClient, schema: Option<&str>) -> Result<Vec<LiveRelation>> {
     list_of_kinds(c, "rp", schema).await
 }
 
 /// Sequences outside the system schemas and ibex's own.
-pub async fn list_sequences(
-    c: &impl GenericClient,
-    schema: Option<&str>,
-) -> Result<Vec<LiveRelation>> {
+pub async fn list_sequences(c: &impl GenericClient, schema: Option<&str>) -> Result<Vec<LiveRelation>> {
     list_of_kinds(c, "S", schema).await
 }
 
-async fn list_of_kinds(
-    c: &impl GenericClient,
-    relkinds: &str,
-    schema: Option<&str>,
-) -> Result<Vec<LiveRelation>> {
+async fn list_of_kinds(c: &impl GenericClient, relkinds: &str, schema: Option<&str>) -> Result<Vec<LiveRelation>> {
     let rows = c
         .query(
             &format!(
@@ -138,11 +126,7 @@ async fn list_of_kinds(
 
 /// True when `columns` are exactly the columns of a valid, non-partial
 /// unique index without expressions, and every one is NOT NULL.
-pub async fn is_unique_not_null_key(
-    c: &impl GenericClient,
-    oid: u32,
-    columns: &[String],
-) -> Result<bool> {
+pub async fn is_unique_not_null_key(c: &impl GenericClient, oid: u32, columns: &[String]) -> Result<bool> {
     let row = c
         .query_one(
             "SELECT EXISTS (
@@ -183,10 +167,7 @@ pub async fn table_key(
                     table.name,
                     cols.join(", "),
                     table.name.quoted(),
-                    cols.iter()
-                        .map(|c| super::quote_ident(c))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    cols.iter().map(|c| super::quote_ident(c)).collect::<Vec<_>>().join(", ")
                 )))
             }
         }
@@ -197,4 +178,106 @@ pub async fn table_key(
             table.name.quoted()
         ))),
     }
+}
+
+/// A column as COPY and the capture triggers need it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LiveColumn {
+    pub name: String,
+    /// `format_type()`: the type as SQL text (`integer`, `numeric(10,2)`, `public.mood`).
+    pub type_sql: String,
+    pub type_oid: u32,
+    pub not_null: bool,
+    /// Generated columns are computed by each database, never written.
+    pub generated: bool,
+    /// The type's binary send function, for ordering keys by their bytes.
+    pub send_fn: String,
+    /// Binary COPY of this type embeds type OIDs that differ between
+    /// databases (arrays and composites of user-defined types).
+    pub oids_in_binary: bool,
+}
+
+/// The columns of `table` in attribute order, or None if it does not exist.
+pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Option<Vec<LiveColumn>>> {
+    let rows = c
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
+                    a.attgenerated <> '', t.typsend::regproc::text,
+                    CASE WHEN t.typtype = 'c' THEN true
+                         WHEN t.typcategory = 'A' THEN t.typelem >= 16384
+                              OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')
+                         ELSE false END
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table.quoted()],
+        )
+        .await
+        .ctx(|| format!("reading the columns of {table}"))?;
+    if rows.is_empty() {
+        let exists = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .ctx(|| format!("looking up {table}"))?;
+        if !exists.get::<_, bool>(0) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(
+        rows.iter()
+            .map(|r| LiveColumn {
+                name: r.get(0),
+                type_sql: r.get(1),
+                type_oid: r.get(2),
+                not_null: r.get(3),
+                generated: r.get(4),
+                send_fn: r.get(5),
+                oids_in_binary: r.get(6),
+            })
+            .collect(),
+    ))
+}
+
+/// Whether the columns form the primary key or a valid unique index with
+/// only NOT NULL columns on this database.
+pub async fn has_key(c: &impl GenericClient, table: &QualifiedName, key: &[String]) -> Result<bool> {
+    let oid = c
+        .query_one("SELECT to_regclass($1)::oid", &[&table.quoted()])
+        .await
+        .ctx(|| format!("looking up {table}"))?
+        .get::<_, Option<u32>>(0);
+    match oid {
+        Some(oid) => is_unique_not_null_key(c, oid, key).await,
+        None => Ok(false),
+    }
+}
+
+/// Foreign keys among `tables`: (referencing, referenced) pairs.
+pub async fn foreign_keys(
+    c: &impl GenericClient,
+    tables: &[QualifiedName],
+) -> Result<Vec<(QualifiedName, QualifiedName)>> {
+    let names: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let rows = c
+        .query(
+            "SELECT cn.nspname::text, cl.relname::text, fn.nspname::text, fl.relname::text
+               FROM pg_constraint k
+               JOIN pg_class cl ON cl.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = cl.relnamespace
+               JOIN pg_class fl ON fl.oid = k.confrelid JOIN pg_namespace fn ON fn.oid = fl.relnamespace
+              WHERE k.contype = 'f'
+                AND k.conrelid = ANY (SELECT to_regclass(x) FROM unnest($1::text[]) x)
+                AND k.confrelid = ANY (SELECT to_regclass(x) FROM unnest($1::text[]) x)",
+            &[&names],
+        )
+        .await
+        .ctx(|| "reading foreign keys".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+            )
+        })
+        .collect())
 }

@@ -2,6 +2,7 @@
 //! connecting with a deadline, identifier quoting.
 
 mod conninfo;
+pub mod copy;
 mod ident;
 pub mod introspect;
 
@@ -22,22 +23,18 @@ pub type Client = tokio_postgres::Client;
 pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<Client> {
     let config = info.to_config(application_name);
     let attempt = config.connect(tokio_postgres::NoTls);
-    let (client, connection) =
-        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), attempt).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(err)) => {
-                return Err(Error::Connect {
-                    target: info.describe(),
-                    reason: connect_reason(&err),
-                });
-            }
-            Err(_) => {
-                return Err(Error::Connect {
-                    target: info.describe(),
-                    reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-                });
-            }
-        };
+    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), attempt).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(err)) => {
+            return Err(Error::Connect { target: info.describe(), reason: connect_reason(&err) });
+        }
+        Err(_) => {
+            return Err(Error::Connect {
+                target: info.describe(),
+                reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            });
+        }
+    };
     let target = info.describe();
     tokio::spawn(async move {
         if let Err(err) = connection.await {

@@ -1,0 +1,216 @@
+//! The SQL text of capture. Every name is quoted; key columns come from the
+//! catalog and the live database, never from row data.
+
+use std::fmt::Write;
+
+use super::{CaptureTable, KICK_CHANNEL};
+use crate::pg::{QualifiedName, quote_ident, quote_literal};
+
+pub const CAPTURE_TRIGGERS: &[&str] =
+    &["ibex_capture_delete", "ibex_capture_insert", "ibex_capture_key", "ibex_capture_truncate", "ibex_capture_update"];
+pub const KICK_TRIGGER: &str = "ibex_kick";
+
+/// Objects shared by all captured tables of a database.
+pub const SCHEMA: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ibex;
+COMMENT ON SCHEMA ibex IS 'ibex replication: change capture (delta tables, cursors); managed by ibex';
+CREATE TABLE IF NOT EXISTS ibex.captured (
+    schema_name  text NOT NULL,
+    rel_name     text NOT NULL,
+    delta_table  text NOT NULL,
+    key_columns  text[] NOT NULL,
+    kick         boolean NOT NULL DEFAULT false,
+    installed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, rel_name)
+);
+CREATE TABLE IF NOT EXISTS ibex.cursor (
+    sync        text PRIMARY KEY,
+    snapshot    pg_snapshot NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ibex.truncate_log (
+    schema_name text NOT NULL,
+    rel_name    text NOT NULL,
+    txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS truncate_log_txid ON ibex.truncate_log (txid);
+CREATE OR REPLACE FUNCTION ibex.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO ibex.truncate_log (schema_name, rel_name) VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+"#;
+
+/// A name of at most 63 bytes, unique per table: a readable prefix and a
+/// hash of the full `schema.table`.
+fn object_name(prefix: &str, table: &QualifiedName) -> String {
+    let full = format!("{}.{}", table.schema, table.name);
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in full.as_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let readable: String = table
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' })
+        .take(40)
+        .collect();
+    format!("{prefix}{readable}_{hash:08x}")
+}
+
+/// The delta table of `table`, in schema `ibex`.
+pub fn delta_table_name(table: &QualifiedName) -> String {
+    object_name("delta_", table)
+}
+
+fn function_name(table: &QualifiedName, suffix: &str) -> String {
+    format!("ibex.{}", quote_ident(&object_name(&format!("capture{suffix}_"), table)))
+}
+
+/// Rows of the delta table `alias` that committed after the cursor snapshot
+/// (and, read inside the run's snapshot, before the run's). The xmin bound
+/// lets the txid index skip everything the cursor already covers.
+pub fn window_condition(alias: &str, cursor: &str) -> String {
+    let snapshot = format!("{}::pg_snapshot", quote_literal(cursor));
+    format!("{alias}.txid >= pg_snapshot_xmin({snapshot}) AND NOT pg_visible_in_snapshot({alias}.txid, {snapshot})")
+}
+
+/// Installs (or repairs) the capture of one table. Idempotent.
+pub fn install_table(table: &CaptureTable) -> String {
+    let target = table.name.quoted();
+    let delta = format!("ibex.{}", quote_ident(&delta_table_name(&table.name)));
+    let statement_fn = function_name(&table.name, "");
+    let key_fn = function_name(&table.name, "_key");
+    let key_cols: Vec<String> = table.key.iter().map(|(c, _)| quote_ident(c)).collect();
+    let key_list = key_cols.join(", ");
+    let mut sql = String::new();
+    let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {delta} (");
+    for (col, ty) in &table.key {
+        let _ = writeln!(sql, "    {} {ty} NOT NULL,", quote_ident(col));
+    }
+    let _ = writeln!(
+        sql,
+        "    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),\n    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()\n);"
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE INDEX IF NOT EXISTS {} ON {delta} (txid);",
+        quote_ident(&object_name("txid_", &table.name))
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE OR REPLACE FUNCTION {statement_fn}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_old;
+    ELSE
+        INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_new;
+    END IF;
+    RETURN NULL;
+END
+$ibex$;"
+    );
+    let old_keys: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c}")).collect();
+    let _ = writeln!(
+        sql,
+        "CREATE OR REPLACE FUNCTION {key_fn}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
+BEGIN
+    INSERT INTO {delta} ({key_list}) VALUES ({});
+    RETURN NULL;
+END
+$ibex$;",
+        old_keys.join(", ")
+    );
+    // DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs 14+.
+    for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
+        let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {target};");
+    }
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_insert AFTER INSERT ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
+    );
+    let changed: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}")).collect();
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_key AFTER UPDATE OF {key_list} ON {target} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {key_fn}();",
+        changed.join(" OR ")
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT EXECUTE FUNCTION ibex.capture_truncate();"
+    );
+    if table.kick {
+        let _ = writeln!(
+            sql,
+            "CREATE OR REPLACE FUNCTION ibex.kick() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
+BEGIN
+    PERFORM pg_notify({}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    RETURN NULL;
+END
+$ibex$;
+CREATE TRIGGER {KICK_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {target} FOR EACH STATEMENT EXECUTE FUNCTION ibex.kick();",
+            quote_literal(KICK_CHANNEL)
+        );
+    }
+    sql
+}
+
+/// Removes the capture of one table (the table itself may be gone).
+pub fn drop_table(table: &QualifiedName) -> String {
+    let target = table.quoted();
+    let mut sql = String::new();
+    // Only touch the user's table if it still exists.
+    let _ = writeln!(sql, "DO $ibex$ BEGIN IF to_regclass({}) IS NOT NULL THEN", quote_literal(&target));
+    for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
+        let _ = writeln!(sql, "    EXECUTE {};", quote_literal(&format!("DROP TRIGGER IF EXISTS {name} ON {target}")));
+    }
+    let _ = writeln!(sql, "END IF; END $ibex$;");
+    let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {}();", function_name(table, ""));
+    let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {}();", function_name(table, "_key"));
+    let _ = writeln!(sql, "DROP TABLE IF EXISTS ibex.{};", quote_ident(&delta_table_name(table)));
+    let _ = writeln!(
+        sql,
+        "DELETE FROM ibex.captured WHERE schema_name = {} AND rel_name = {};",
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    );
+    let _ = writeln!(
+        sql,
+        "DELETE FROM ibex.truncate_log WHERE schema_name = {} AND rel_name = {};",
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    );
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_fit_and_differ() {
+        let long = QualifiedName::new("s", "x".repeat(200));
+        assert!(delta_table_name(&long).len() <= 63);
+        assert_ne!(delta_table_name(&QualifiedName::new("a", "t")), delta_table_name(&QualifiedName::new("b", "t")));
+        assert_eq!(
+            delta_table_name(&QualifiedName::new("public", "Odd \"Name\"")),
+            delta_table_name(&QualifiedName::new("public", "Odd \"Name\""))
+        );
+    }
+}

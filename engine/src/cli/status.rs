@@ -1,0 +1,186 @@
+//! `ibex status [SYNC]`: Bucardo's overview and detail views.
+
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
+
+use super::{Context, Output, StatusArgs};
+use crate::catalog::{self, RunRecord, RunState, sync::format_duration};
+use crate::error::Result;
+
+#[derive(Serialize)]
+struct SyncStatus {
+    name: String,
+    state: &'static str,
+    status: String,
+    last_good: Option<RunRecord>,
+    last_bad: Option<RunRecord>,
+}
+
+/// "3m2s" style: the two largest units.
+fn ago(t: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - t).num_seconds().max(0);
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn seconds(run: &RunRecord) -> String {
+    let ms = run.duration().num_milliseconds();
+    if ms < 10_000 { format!("{:.2}s", ms as f64 / 1000.0) } else { humantime_secs(ms / 1000) }
+}
+
+fn humantime_secs(secs: i64) -> String {
+    format_duration(Some(std::time::Duration::from_secs(secs.max(0) as u64)))
+}
+
+fn state(good: &Option<RunRecord>, bad: &Option<RunRecord>) -> &'static str {
+    match (good, bad) {
+        (None, None) => "No records",
+        (Some(_), None) => "Good",
+        (None, Some(_)) => "Bad",
+        (Some(g), Some(b)) => {
+            if g.started_at >= b.started_at {
+                "Good"
+            } else {
+                "Bad"
+            }
+        }
+    }
+}
+
+async fn collect(c: &tokio_postgres::Client, name: &str, status: String) -> Result<SyncStatus> {
+    let last_good = catalog::runs::last(c, name, RunState::Good).await?;
+    let last_bad = catalog::runs::last(c, name, RunState::Bad).await?;
+    Ok(SyncStatus { name: name.to_string(), state: state(&last_good, &last_bad), status, last_good, last_bad })
+}
+
+pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
+    let cat = ctx.catalog().await?;
+    match args.sync {
+        None => {
+            let mut all = Vec::new();
+            for sync in catalog::sync::list(cat.client()).await? {
+                all.push(collect(cat.client(), &sync.name, sync.params.status.clone()).await?);
+            }
+            if ctx.out.json {
+                ctx.out.print_json(&all);
+                return Ok(());
+            }
+            if all.is_empty() {
+                ctx.out.line("No syncs: add one with `ibex add sync NAME herd=HERD dbs=GROUP`");
+                return Ok(());
+            }
+            let when = |r: &Option<RunRecord>| match r {
+                Some(r) => (
+                    r.ended_at.unwrap_or(r.started_at).with_timezone(&Local).format("%H:%M:%S").to_string(),
+                    ago(r.ended_at.unwrap_or(r.started_at)),
+                ),
+                None => ("none".into(), String::new()),
+            };
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|s| {
+                    let (good, good_ago) = when(&s.last_good);
+                    let (bad, bad_ago) = when(&s.last_bad);
+                    let idc = s
+                        .last_good
+                        .as_ref()
+                        .map(|r| format!("{}/{}/{}", r.inserted, r.deleted, r.conflicts))
+                        .unwrap_or_default();
+                    let state = if s.status == "inactive" { "Inactive" } else { s.state };
+                    vec![s.name.clone(), state.into(), good, good_ago, idc, bad, bad_ago]
+                })
+                .collect();
+            ctx.out.table(&["Name", "State", "Last good", "Time", "Last I/D/C", "Last bad", "Time"], &rows);
+        }
+        Some(name) => {
+            let sync = catalog::sync::get(cat.client(), &name).await?;
+            let group = catalog::dbgroup::get(cat.client(), &sync.dbgroup).await?;
+            let herd = catalog::herd::get(cat.client(), &sync.herd).await?;
+            let status = collect(cat.client(), &name, sync.params.status.clone()).await?;
+            if ctx.out.json {
+                ctx.out.print_json(&serde_json::json!({
+                    "status": status,
+                    "sync": sync.view(Some(&group)),
+                    "tables": herd.members,
+                }));
+                return Ok(());
+            }
+            let when = |r: &Option<RunRecord>| match r {
+                Some(r) => format!(
+                    "{} (time to run: {})",
+                    r.started_at.with_timezone(&Local).format("%b %d, %Y %H:%M:%S"),
+                    seconds(r)
+                ),
+                None => "none".into(),
+            };
+            let p = &sync.params;
+            let dbs: Vec<String> = group.members.iter().map(|m| m.spec()).collect();
+            let last_error = status
+                .last_bad
+                .as_ref()
+                .filter(|_| status.state == "Bad")
+                .and_then(|r| r.error.clone())
+                .unwrap_or_default();
+            let counts = status
+                .last_good
+                .as_ref()
+                .map(|r| format!("{} / {} / {}", r.deleted, r.inserted, r.conflicts))
+                .unwrap_or_else(|| "none".into());
+            let lines = [
+                ("Last good", when(&status.last_good)),
+                ("Rows deleted/inserted/conflicts", counts),
+                ("Last bad", when(&status.last_bad)),
+                ("Sync name", sync.name.clone()),
+                ("Current state", status.state.to_string()),
+                ("Herd / dbs", format!("{} / {}", sync.herd, dbs.join(" "))),
+                ("Tables in sync", herd.members.len().to_string()),
+                ("Status", p.status.clone()),
+                ("Conflict strategy", p.conflict_strategy.to_string()),
+                ("Check time", format_duration(p.checktime)),
+                ("Autokick / kidsalive", format!("{} / {}", yes(p.autokick), yes(p.kidsalive))),
+                ("Onetimecopy", p.onetimecopy.to_string()),
+                ("Lock timeout", format_duration(p.lock_timeout)),
+                ("Isolation level", p.isolation_level.as_sql().to_string()),
+                ("Last error", last_error),
+            ];
+            for (label, value) in lines {
+                ctx.out.line(format!("{label:<32}: {value}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// One run's summary, as `ibex sync run` prints it.
+pub fn print_run(out: &Output, run: &RunRecord) {
+    let state = match run.state {
+        RunState::Good => "good",
+        RunState::Bad => "bad",
+        RunState::Running => "running",
+    };
+    out.line(format!(
+        "Sync {}: run {} {state} in {}: {} inserted, {} deleted, {} conflicts{}",
+        run.sync,
+        run.id,
+        seconds(run),
+        run.inserted,
+        run.deleted,
+        run.conflicts,
+        if run.attempts > 1 { format!(" ({} attempts)", run.attempts) } else { String::new() }
+    ));
+    for t in &run.tables {
+        out.line(format!("  {} on {}: {} deleted, {} inserted", t.table, t.db, t.deleted, t.inserted));
+    }
+}

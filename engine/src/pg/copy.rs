@@ -1,0 +1,140 @@
+//! COPY plumbing: streaming `COPY ... TO STDOUT` from one database into
+//! `COPY ... FROM STDIN` on several at once without decoding rows, and
+//! building binary COPY data from raw field bytes (keys travel that way).
+
+use std::pin::pin;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt, future::try_join_all};
+use tokio_postgres::types::{FromSql, Type};
+
+use super::Client;
+use crate::error::{PgContext, Result};
+
+/// The fixed header of PostgreSQL's binary COPY format (no OIDs, no extension).
+pub const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The file trailer: a field count of -1.
+pub const BINARY_TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Forwarded data is gathered into pieces this large before it is sent on,
+/// so a million small rows are not a million messages per target.
+const FORWARD_CHUNK: usize = 256 * 1024;
+
+/// A field's value exactly as the server sent it in binary form.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RawValue(pub Vec<u8>);
+
+impl<'a> FromSql<'a> for RawValue {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(raw.to_vec()))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Builds binary COPY data from rows of raw (binary) field values.
+pub struct BinaryCopyBuilder {
+    buf: BytesMut,
+    rows: u64,
+}
+
+impl Default for BinaryCopyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BinaryCopyBuilder {
+    pub fn new() -> Self {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.put_slice(BINARY_HEADER);
+        BinaryCopyBuilder { buf, rows: 0 }
+    }
+
+    pub fn push_row<'a>(&mut self, fields: impl ExactSizeIterator<Item = &'a [u8]>) {
+        self.buf.put_i16(fields.len() as i16);
+        for field in fields {
+            self.buf.put_i32(field.len() as i32);
+            self.buf.put_slice(field);
+        }
+        self.rows += 1;
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn finish(mut self) -> Bytes {
+        self.buf.put_slice(BINARY_TRAILER);
+        self.buf.freeze()
+    }
+}
+
+/// Loads ready-made COPY data into one database.
+pub async fn copy_in_bytes(client: &Client, copy_in_sql: &str, data: Bytes) -> Result<u64> {
+    let sink = client.copy_in(copy_in_sql).await.ctx(|| format!("starting {copy_in_sql}"))?;
+    let mut sink = pin!(sink);
+    sink.send(data).await.ctx(|| format!("sending data for {copy_in_sql}"))?;
+    sink.as_mut().finish().await.ctx(|| format!("finishing {copy_in_sql}"))
+}
+
+/// Streams the output of `copy_out_sql` on `source` into each receiver's
+/// `COPY ... FROM STDIN` at the same time; memory stays at one chunk.
+/// Returns the rows each receiver took, in order.
+pub async fn copy_fanout(source: &Client, copy_out_sql: &str, receivers: &[(&Client, String)]) -> Result<Vec<u64>> {
+    let stream = source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}"))?;
+    let mut sinks = Vec::with_capacity(receivers.len());
+    for sink in try_join_all(receivers.iter().map(|(client, sql)| async move {
+        client.copy_in::<_, Bytes>(sql.as_str()).await.ctx(|| format!("starting {sql}"))
+    }))
+    .await?
+    {
+        sinks.push(Box::pin(sink));
+    }
+    let mut stream = pin!(stream);
+    let mut pending = BytesMut::with_capacity(FORWARD_CHUNK);
+    loop {
+        let next = stream.next().await;
+        let done = next.is_none();
+        if let Some(chunk) = next {
+            let chunk = chunk.ctx(|| format!("reading {copy_out_sql}"))?;
+            pending.put_slice(&chunk);
+        }
+        if pending.len() >= FORWARD_CHUNK || (done && !pending.is_empty()) {
+            let piece = pending.split().freeze();
+            try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, (_, sql))| {
+                let piece = piece.clone();
+                async move { sink.send(piece).await.ctx(|| format!("writing {sql}")) }
+            }))
+            .await?;
+        }
+        if done {
+            break;
+        }
+    }
+    try_join_all(
+        sinks
+            .iter_mut()
+            .zip(receivers)
+            .map(|(sink, (_, sql))| async move { sink.as_mut().finish().await.ctx(|| format!("finishing {sql}")) }),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_binary_copy_frames() {
+        let mut b = BinaryCopyBuilder::new();
+        b.push_row([&[0u8, 0, 0, 7][..], b"ab"].into_iter());
+        let data = b.finish();
+        assert_eq!(&data[..19], BINARY_HEADER);
+        assert_eq!(&data[19..21], &[0, 2]);
+        assert_eq!(&data[21..25], &[0, 0, 0, 4]);
+        assert_eq!(&data[data.len() - 2..], BINARY_TRAILER);
+    }
+}

@@ -1,0 +1,216 @@
+//! The KID: runs cycles of one sync. It keeps its connections between runs
+//! (kidsalive), retries a cycle after serialization failures, deadlocks and
+//! lock timeouts (locking the tables on the retry so it converges), records
+//! every run in the catalog and announces it with `ibex_syncdone_<sync>`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::future::try_join_all;
+use tokio_postgres::Client;
+
+use super::cycle::{Cycle, CycleOutcome};
+use super::plan::Plan;
+use super::validate::{self, TableSpec};
+use crate::catalog::{self, RunRecord, RunState};
+use crate::error::{Error, PgContext, Result};
+use crate::failpoint;
+use crate::pg;
+
+/// The channel a finished run is announced on; the payload is the run id.
+pub fn syncdone_channel(sync: &str) -> String {
+    format!("ibex_syncdone_{sync}")
+}
+
+pub struct Kid {
+    plan: Plan,
+    clients: Vec<Client>,
+    specs: Option<Vec<TableSpec>>,
+}
+
+impl Kid {
+    pub fn new(plan: Plan) -> Self {
+        Kid { plan, clients: Vec::new(), specs: None }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Replaces the plan (after a catalog change); connections are redone.
+    pub fn set_plan(&mut self, plan: Plan) {
+        self.plan = plan;
+        self.disconnect();
+        self.specs = None;
+    }
+
+    pub fn disconnect(&mut self) {
+        self.clients.clear();
+    }
+
+    fn connected(&self) -> bool {
+        self.clients.len() == self.plan.dbs.len() && self.clients.iter().all(|c| !c.is_closed())
+    }
+
+    async fn connect(&mut self) -> Result<()> {
+        if self.connected() {
+            return Ok(());
+        }
+        let app = format!("ibex kid {}", self.plan.sync.name);
+        let clients = try_join_all(self.plan.dbs.iter().map(|db| {
+            let app = app.clone();
+            async move {
+                let client = pg::connect(&db.conn, &app).await.map_err(|err| match err {
+                    Error::Connect { target, reason } => {
+                        Error::Connect { target: format!("db {} ({target})", db.name), reason }
+                    }
+                    other => other,
+                })?;
+                client
+                    .batch_execute("SET standard_conforming_strings = on; SET client_min_messages = warning")
+                    .await
+                    .ctx(|| format!("setting up the connection to db {}", db.name))?;
+                Ok::<_, Error>(client)
+            }
+        }))
+        .await?;
+        self.clients = clients;
+        Ok(())
+    }
+
+    /// Checks the tables on every db (columns, types, keys); cached until
+    /// the plan changes or a run fails.
+    pub async fn validate(&mut self) -> Result<&[TableSpec]> {
+        self.connect().await?;
+        if self.specs.is_none() {
+            let clients: Vec<&Client> = self.clients.iter().collect();
+            self.specs = Some(validate::check(&self.plan, &clients).await?);
+        }
+        Ok(self.specs.as_deref().unwrap_or_default())
+    }
+
+    /// Runs one cycle (with retries), records it, notifies, and returns
+    /// the run record (good or bad). Only catalog failures are errors.
+    pub async fn run(&mut self, catalog_client: &Client) -> Result<RunRecord> {
+        let started_at = Utc::now();
+        let sync = self.plan.sync.name.clone();
+        let id = catalog::runs::start(catalog_client, &sync, started_at).await?;
+        let (result, attempts) = self.attempts().await;
+        let mut record = RunRecord {
+            id,
+            sync: sync.clone(),
+            started_at,
+            ended_at: None,
+            state: RunState::Good,
+            inserted: 0,
+            deleted: 0,
+            conflicts: 0,
+            attempts: attempts as i32,
+            tables: Vec::new(),
+            error: None,
+        };
+        let mut conflicts = Vec::new();
+        match result {
+            Ok(outcome) => {
+                record.inserted = outcome.inserted;
+                record.deleted = outcome.deleted;
+                record.conflicts = outcome.conflicts;
+                record.tables = outcome.tables;
+                conflicts = outcome.conflict_log;
+                if outcome.did_onetimecopy {
+                    // Done once: later runs only apply changes (as in Bucardo).
+                    let mut current = catalog::sync::get(catalog_client, &sync).await?;
+                    current.params.onetimecopy = 0;
+                    catalog::sync::update(catalog_client, &current).await?;
+                    self.plan.sync.params.onetimecopy = 0;
+                }
+            }
+            Err(err) => {
+                record.state = RunState::Bad;
+                record.error = Some(err.to_string());
+                self.disconnect();
+                self.specs = None;
+            }
+        }
+        record.ended_at = Some(Utc::now());
+        catalog::runs::finish(catalog_client, &record, &conflicts).await?;
+        catalog_client
+            .execute("SELECT pg_notify($1, $2)", &[&syncdone_channel(&sync), &record.id.to_string()])
+            .await
+            .ctx(|| "announcing the end of the run".into())?;
+        match record.state {
+            RunState::Good => tracing::info!(
+                sync = %sync,
+                seconds = record.duration().num_milliseconds() as f64 / 1000.0,
+                inserted = record.inserted,
+                deleted = record.deleted,
+                conflicts = record.conflicts,
+                attempts = record.attempts,
+                "run done"
+            ),
+            _ => {
+                tracing::warn!(sync = %sync, error = record.error.as_deref().unwrap_or(""), "run failed")
+            }
+        }
+        Ok(record)
+    }
+
+    /// Attempts the cycle until it succeeds, fails for good, or runs out of
+    /// retries; then advances the cursors.
+    async fn attempts(&mut self) -> (Result<CycleOutcome>, u32) {
+        let mut attempt = 0;
+        let limit = self.plan.settings.retry_limit.max(1);
+        let timeout = self.plan.settings.run_timeout;
+        loop {
+            attempt += 1;
+            let lock_tables = attempt > 1;
+            let result = match tokio::time::timeout(timeout, self.attempt(lock_tables)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Sync(format!(
+                    "run of sync {} took longer than run_timeout ({}) and was rolled back",
+                    self.plan.sync.name,
+                    humantime::format_duration(timeout)
+                ))),
+            };
+            match result {
+                Ok(outcome) => return (Ok(outcome), attempt),
+                Err(err) if err.is_transient() && attempt < limit => {
+                    tracing::info!(sync = %self.plan.sync.name, attempt, error = %err, "retrying with the tables locked");
+                    // Dropping the connections rolls every database back.
+                    self.disconnect();
+                    let backoff = Duration::from_millis(50 * u64::from(attempt.min(20)));
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(err) => return (Err(err), attempt),
+            }
+        }
+    }
+
+    async fn attempt(&mut self, lock_tables: bool) -> Result<CycleOutcome> {
+        self.validate().await?;
+        let specs = self.specs.clone().unwrap_or_default();
+        let onetimecopy = self.plan.sync.params.onetimecopy;
+        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables).run(onetimecopy).await?;
+        failpoint::check("after_commit")?;
+        self.advance_cursors(&outcome.new_cursors).await?;
+        Ok(outcome)
+    }
+
+    /// After every db committed: the sources' cursors move to this run's
+    /// snapshots. A crash before this re-applies the same changes next
+    /// time, which delete + copy of current rows makes harmless.
+    async fn advance_cursors(&self, cursors: &[(usize, String)]) -> Result<()> {
+        let sync = &self.plan.sync.name;
+        try_join_all(cursors.iter().map(|(db, snapshot)| async move {
+            self.clients[*db]
+                .execute(
+                    "UPDATE ibex.cursor SET snapshot = $2::text::pg_snapshot, updated_at = now() WHERE sync = $1",
+                    &[sync, snapshot],
+                )
+                .await
+                .ctx(|| format!("advancing the cursor of sync {sync} on db {}", self.plan.dbs[*db].name))
+        }))
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! The KID algorithm: one sync cycle, and what it needs (the plan from the
+//! catalog, table checks, capture setup).
+
+mod cycle;
+mod kid;
+pub mod plan;
+pub mod setup;
+pub mod validate;
+
+pub use cycle::CycleOutcome;
+pub use kid::{Kid, syncdone_channel};
+pub use plan::Plan;
+pub use validate::TableSpec;

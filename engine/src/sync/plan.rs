@@ -1,0 +1,112 @@
+//! Everything one sync needs to run, read from the catalog: its dbs with
+//! roles, its tables with keys, its sequences and the run settings.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+
+use crate::catalog::{self, RelKind, Role, SyncRecord};
+use crate::error::{Error, Result};
+use crate::pg::{ConnInfo, QualifiedName};
+
+#[derive(Debug, Clone)]
+pub struct PlanDb {
+    pub name: String,
+    pub conn: ConnInfo,
+    pub role: Role,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanTable {
+    pub id: i32,
+    pub name: QualifiedName,
+    pub key: Vec<String>,
+}
+
+/// Settings from `ibex set` that a run uses.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub retry_limit: u32,
+    pub conflict_log_limit: usize,
+    pub chunk_keys: usize,
+    pub run_timeout: Duration,
+    pub analyze_after_copy: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub sync: SyncRecord,
+    /// In dbgroup order: the first source is the primary one (full copies
+    /// come from it).
+    pub dbs: Vec<PlanDb>,
+    pub tables: Vec<PlanTable>,
+    pub sequences: Vec<QualifiedName>,
+    pub settings: RunSettings,
+}
+
+impl Plan {
+    pub async fn load(catalog: &impl GenericClient, sync: &str) -> Result<Plan> {
+        let record = catalog::sync::get(catalog, sync).await?;
+        let group = catalog::dbgroup::get(catalog, &record.dbgroup).await?;
+        let mut dbs = Vec::new();
+        for member in &group.members {
+            let db = catalog::dbs::get(catalog, &member.db).await?;
+            dbs.push(PlanDb { name: db.name, conn: db.conn, role: member.role, priority: member.priority });
+        }
+        if !dbs.iter().any(|d| d.role == Role::Source) {
+            return Err(Error::Sync(format!(
+                "sync {sync} has no source db: give one db of dbgroup {} the role source",
+                group.name
+            )));
+        }
+        let herd = catalog::herd::get(catalog, &record.herd).await?;
+        let mut tables = Vec::new();
+        let mut sequences = Vec::new();
+        for rel in catalog::relation::list(catalog, None).await? {
+            if !rel.herds.contains(&herd.name) {
+                continue;
+            }
+            match rel.kind {
+                RelKind::Table => tables.push(PlanTable { id: rel.id, name: rel.name, key: rel.key_columns }),
+                RelKind::Sequence => sequences.push(rel.name),
+            }
+        }
+        let setting = async |key: &str| catalog::setting::get(catalog, key).await.map(|s| s.value);
+        let count = |key: &str, value: String| {
+            value.parse::<u64>().map_err(|_| {
+                Error::Catalog(format!("setting {key} has a bad value {value:?}: fix it with `ibex set {key}=...`"))
+            })
+        };
+        let duration = |key: &str, value: String| {
+            catalog::sync::parse_duration(key, &value)?
+                .ok_or_else(|| Error::Catalog(format!("setting {key} must be longer than zero")))
+        };
+        let settings = RunSettings {
+            retry_limit: count("retry_limit", setting("retry_limit").await?)? as u32,
+            conflict_log_limit: count("conflict_log_limit", setting("conflict_log_limit").await?)? as usize,
+            chunk_keys: count("chunk_keys", setting("chunk_keys").await?)?.max(1) as usize,
+            run_timeout: duration("run_timeout", setting("run_timeout").await?)?,
+            analyze_after_copy: setting("analyze_after_copy").await? == "true",
+        };
+        Ok(Plan { sync: record, dbs, tables, sequences, settings })
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {
+        self.dbs.iter().enumerate().filter(|(_, d)| d.role == Role::Source).map(|(i, _)| i)
+    }
+
+    /// The db full copies come from: the first source.
+    pub fn primary_source(&self) -> usize {
+        self.sources().next().unwrap_or(0)
+    }
+
+    /// Dbs that take delta changes (sources and targets, not fullcopy).
+    pub fn delta_dbs(&self) -> impl Iterator<Item = usize> + '_ {
+        self.dbs.iter().enumerate().filter(|(_, d)| d.role != Role::Fullcopy).map(|(i, _)| i)
+    }
+
+    pub fn fullcopy_dbs(&self) -> impl Iterator<Item = usize> + '_ {
+        self.dbs.iter().enumerate().filter(|(_, d)| d.role == Role::Fullcopy).map(|(i, _)| i)
+    }
+}

@@ -1,0 +1,211 @@
+//! Checks that every table of a sync has the same columns, types and key
+//! on every db, and works out how to copy it. The result (`TableSpec`s in
+//! foreign-key order) is what the KID runs with.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Client;
+
+use super::plan::Plan;
+use crate::capture::delta_table_name;
+use crate::error::{Error, Result};
+use crate::pg::introspect::{self, LiveColumn};
+use crate::pg::{QualifiedName, quote_ident};
+
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// The relation's id in the catalog.
+    pub id: i32,
+    pub name: QualifiedName,
+    pub key: Vec<LiveColumn>,
+    /// The columns COPY writes: all but generated ones.
+    pub columns: Vec<LiveColumn>,
+    /// Text COPY where binary would carry database-specific type OIDs.
+    pub text_format: bool,
+}
+
+impl TableSpec {
+    pub fn quoted(&self) -> String {
+        self.name.quoted()
+    }
+
+    /// `ibex."delta_..."`
+    pub fn delta(&self) -> String {
+        format!("ibex.{}", quote_ident(&delta_table_name(&self.name)))
+    }
+
+    pub fn column_list(&self) -> String {
+        self.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Columns prefixed with a table alias.
+    pub fn column_list_of(&self, alias: &str) -> String {
+        self.columns.iter().map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn key_list(&self) -> String {
+        self.key.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn key_list_of(&self, alias: &str) -> String {
+        self.key.iter().map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `a.k1 = b.k1 AND a.k2 = b.k2`
+    pub fn key_join(&self, a: &str, b: &str) -> String {
+        self.key
+            .iter()
+            .map(|c| {
+                let col = quote_ident(&c.name);
+                format!("{a}.{col} = {b}.{col}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    pub fn copy_options(&self) -> &'static str {
+        if self.text_format { "" } else { " WITH (FORMAT binary)" }
+    }
+
+    /// Column definitions of the key, for temporary key tables.
+    pub fn key_definitions(&self) -> String {
+        self.key.iter().map(|c| format!("{} {}", quote_ident(&c.name), c.type_sql)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Reads every table on every db and compares them with the primary
+/// source. All differences are reported at once.
+pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
+    let primary = plan.primary_source();
+    let mut problems = Vec::new();
+    let mut specs = Vec::new();
+    for table in &plan.tables {
+        let mut per_db = Vec::new();
+        for (i, db) in plan.dbs.iter().enumerate() {
+            match introspect::columns(clients[i], &table.name).await? {
+                Some(cols) => per_db.push(Some(cols)),
+                None => {
+                    problems.push(format!("table {} is missing on db {}", table.name, db.name));
+                    per_db.push(None);
+                }
+            }
+        }
+        let Some(reference) = per_db[primary].clone() else {
+            continue;
+        };
+        for (i, cols) in per_db.iter().enumerate() {
+            let Some(cols) = cols else { continue };
+            if i != primary {
+                compare(&table.name, &plan.dbs[primary].name, &reference, &plan.dbs[i].name, cols, &mut problems);
+            }
+            if !introspect::has_key(clients[i], &table.name, &table.key).await? {
+                problems.push(format!(
+                    "table {} on db {} has no primary key or unique NOT NULL index on ({})",
+                    table.name,
+                    plan.dbs[i].name,
+                    table.key.join(", ")
+                ));
+            }
+        }
+        let mut key = Vec::new();
+        for col in &table.key {
+            match reference.iter().find(|c| &c.name == col) {
+                Some(c) if c.oids_in_binary => problems.push(format!(
+                    "key column {col} of table {} has type {}, an array or composite of a user-defined type, which ibex cannot use as a key",
+                    table.name, c.type_sql
+                )),
+                Some(c) => key.push(c.clone()),
+                None => problems.push(format!("key column {col} of table {} is missing", table.name)),
+            }
+        }
+        let columns: Vec<LiveColumn> = reference.iter().filter(|c| !c.generated).cloned().collect();
+        specs.push(TableSpec {
+            id: table.id,
+            name: table.name.clone(),
+            key,
+            text_format: columns.iter().any(|c| c.oids_in_binary),
+            columns,
+        });
+    }
+    for seq in &plan.sequences {
+        for (i, db) in plan.dbs.iter().enumerate() {
+            let row = clients[i]
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass($1) AND relkind = 'S')",
+                    &[&seq.quoted()],
+                )
+                .await
+                .map_err(|e| Error::Postgres {
+                    context: format!("looking up sequence {seq} on db {}", db.name),
+                    source: e,
+                })?;
+            if !row.get::<_, bool>(0) {
+                problems.push(format!("sequence {seq} is missing on db {}", db.name));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Schema(format!("sync {} cannot run: {}", plan.sync.name, problems.join("; "))));
+    }
+    let fks =
+        introspect::foreign_keys(clients[primary], &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()).await?;
+    Ok(dependency_order(specs, &fks))
+}
+
+fn compare(
+    table: &QualifiedName,
+    ref_db: &str,
+    reference: &[LiveColumn],
+    db: &str,
+    cols: &[LiveColumn],
+    problems: &mut Vec<String>,
+) {
+    for r in reference {
+        match cols.iter().find(|c| c.name == r.name) {
+            None => problems.push(format!("table {table} on db {db} lacks column {} ({})", r.name, r.type_sql)),
+            Some(c) if c.type_sql != r.type_sql => problems.push(format!(
+                "column {}.{} is {} on db {db} but {} on db {ref_db}",
+                table, r.name, c.type_sql, r.type_sql
+            )),
+            Some(c) if c.generated != r.generated => problems.push(format!(
+                "column {}.{} is {}generated on db {db} but {}generated on db {ref_db}",
+                table,
+                r.name,
+                if c.generated { "" } else { "not " },
+                if r.generated { "" } else { "not " }
+            )),
+            Some(_) => {}
+        }
+    }
+    for c in cols {
+        if !reference.iter().any(|r| r.name == c.name) {
+            problems.push(format!(
+                "table {table} on db {db} has column {} ({}) that db {ref_db} lacks",
+                c.name, c.type_sql
+            ));
+        }
+    }
+}
+
+/// Referenced tables before the tables that reference them (cycles keep
+/// their catalog order). Applies run in this order.
+fn dependency_order(specs: Vec<TableSpec>, fks: &[(QualifiedName, QualifiedName)]) -> Vec<TableSpec> {
+    let mut parents: BTreeMap<QualifiedName, BTreeSet<QualifiedName>> = BTreeMap::new();
+    for (child, parent) in fks {
+        if child != parent {
+            parents.entry(child.clone()).or_default().insert(parent.clone());
+        }
+    }
+    let mut ordered: Vec<TableSpec> = Vec::with_capacity(specs.len());
+    let mut pending = specs;
+    while !pending.is_empty() {
+        let ready = pending.iter().position(|s| {
+            parents.get(&s.name).is_none_or(|ps| {
+                ps.iter().all(|p| ordered.iter().any(|o| &o.name == p) || !pending.iter().any(|q| &q.name == p))
+            })
+        });
+        let next = pending.remove(ready.unwrap_or(0));
+        ordered.push(next);
+    }
+    ordered
+}
