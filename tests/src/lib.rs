@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod ibex;
+pub mod setup;
 
 pub use cluster::Cluster;
 pub use ibex::{Ibex, Outcome, catalog_snapshot};
+pub use setup::Setup;

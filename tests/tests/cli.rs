@@ -1,43 +1,31 @@
 //! Every CLI command against a real catalog, including the bad-input
 //! cases: each refused command must leave the catalog exactly as it was.
 
-use ibex_tests::{Cluster, Ibex, Outcome, catalog_snapshot};
+use ibex_tests::{Cluster, Ibex, Outcome, Setup};
 
-struct Setup {
-    cluster: Cluster,
-    ibex: Ibex,
+/// The shared setup plus three pgbench databases and the refusal check.
+struct Cli {
+    s: Setup,
 }
 
-impl Setup {
-    /// A cluster with the catalog installed and pgbench databases b1..b3.
-    fn new() -> Setup {
-        let cluster = Cluster::start().expect("cluster");
-        cluster.create_pgbench_db("b1", 1).expect("pgbench");
-        cluster.clone_db("b1", "b2").expect("clone");
-        cluster.clone_db("b1", "b3").expect("clone");
-        let ibex = Ibex::new(cluster.dsn("ibex")).expect("ibex binary");
-        ibex.sh("install").ok();
-        Setup { cluster, ibex }
+impl std::ops::Deref for Cli {
+    type Target = Setup;
+    fn deref(&self) -> &Setup {
+        &self.s
+    }
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let s = Setup::new();
+        s.cluster.create_pgbench_db("b1", 1).expect("pgbench");
+        s.cluster.clone_db("b1", "b2").expect("clone");
+        s.cluster.clone_db("b1", "b3").expect("clone");
+        Cli { s }
     }
 
     fn port(&self) -> String {
-        format!("port={}", self.cluster.port())
-    }
-
-    fn add_db(&self, name: &str, dbname: &str) -> Outcome {
-        self.ibex.run(&[
-            "add",
-            "db",
-            name,
-            &format!("dbname={dbname}"),
-            "host=127.0.0.1",
-            &self.port(),
-            "user=postgres",
-        ])
-    }
-
-    fn snapshot(&self) -> String {
-        catalog_snapshot(&self.cluster, "ibex")
+        self.port_arg()
     }
 
     /// Runs a command that must fail with `needle` and change nothing.
@@ -114,7 +102,7 @@ fn control_database_comes_from_flag_env_or_toml() {
 
 #[test]
 fn dbs_add_list_update_remove_and_bad_input() {
-    let s = Setup::new();
+    let s = Cli::new();
     s.cluster.create_password_role("s3cret-pw").unwrap();
     let out = s
         .ibex
@@ -186,7 +174,7 @@ fn dbs_add_list_update_remove_and_bad_input() {
 
 #[test]
 fn tables_and_sequences() {
-    let s = Setup::new();
+    let s = Cli::new();
     s.add_db("t1", "b1").ok();
     s.cluster
         .psql(
@@ -272,7 +260,7 @@ fn tables_and_sequences() {
 
 #[test]
 fn herds_and_dbgroups() {
-    let s = Setup::new();
+    let s = Cli::new();
     s.standard();
     // Herds.
     s.ibex.sh("add herd small pgbench_tellers").ok();
@@ -318,7 +306,7 @@ fn herds_and_dbgroups() {
 
 #[test]
 fn syncs_and_their_parameters() {
-    let s = Setup::new();
+    let s = Cli::new();
     s.standard();
     s.ibex.sh("add dbgroup tgroup t1:source t2:source t3:target").ok();
     s.ibex.sh("add sync foobar herd=therd dbs=tgroup autokick=false checktime=30s onetimecopy=2 lock_timeout=5s").ok();
@@ -384,7 +372,7 @@ fn syncs_and_their_parameters() {
 
 #[test]
 fn settings_set_and_show() {
-    let s = Setup::new();
+    let s = Cli::new();
     let all = s.ibex.sh("show all --json").ok().json();
     let log_level = all.as_array().unwrap().iter().find(|k| k["key"] == "log_level").unwrap();
     assert_eq!(log_level["value"], "normal");

@@ -26,7 +26,13 @@ pub struct Kid {
     plan: Plan,
     clients: Vec<Client>,
     specs: Option<Vec<TableSpec>>,
+    /// Runs left that start with the tables locked, because a recent run
+    /// hit write conflicts: on hot rows the optimistic attempt only fails.
+    locked_runs_left: u32,
 }
+
+/// How many runs stay locked after one needed a retry.
+const LOCKED_RUNS_AFTER_CONFLICT: u32 = 10;
 
 impl Kid {
     pub fn new(plan: Plan) -> Self {
@@ -161,9 +167,11 @@ impl Kid {
         let mut attempt = 0;
         let limit = self.plan.settings.retry_limit.max(1);
         let timeout = self.plan.settings.run_timeout;
+        let start_locked = self.locked_runs_left > 0;
+        self.locked_runs_left = self.locked_runs_left.saturating_sub(1);
         loop {
             attempt += 1;
-            let lock_tables = attempt > 1;
+            let lock_tables = start_locked || attempt > 1;
             let result = match tokio::time::timeout(timeout, self.attempt(lock_tables)).await {
                 Ok(result) => result,
                 Err(_) => Err(Error::Sync(format!(
@@ -176,6 +184,7 @@ impl Kid {
                 Ok(outcome) => return (Ok(outcome), attempt),
                 Err(err) if err.is_transient() && attempt < limit => {
                     tracing::info!(sync = %self.plan.sync.name, attempt, error = %err, "retrying with the tables locked");
+                    self.locked_runs_left = LOCKED_RUNS_AFTER_CONFLICT;
                     // Dropping the connections rolls every database back.
                     self.disconnect();
                     let backoff = Duration::from_millis(50 * u64::from(attempt.min(20)));

@@ -1,0 +1,82 @@
+//! A cluster with the control catalog installed, and the steps scenario
+//! tests share: registering dbs, running a sync, comparing tables.
+
+use crate::{Cluster, Ibex, Outcome, catalog_snapshot};
+
+pub struct Setup {
+    pub cluster: Cluster,
+    pub ibex: Ibex,
+}
+
+impl Setup {
+    /// A fresh cluster with the catalog installed in database `ibex`.
+    pub fn new() -> Setup {
+        let cluster = Cluster::start().expect("starting a cluster");
+        let ibex = Ibex::new(cluster.dsn("ibex")).expect("finding the ibex binary");
+        ibex.sh("install").ok();
+        Setup { cluster, ibex }
+    }
+
+    pub fn port_arg(&self) -> String {
+        format!("port={}", self.cluster.port())
+    }
+
+    /// `ibex add db NAME dbname=DBNAME` on this cluster.
+    pub fn add_db(&self, name: &str, dbname: &str) -> Outcome {
+        self.ibex.run(&[
+            "add",
+            "db",
+            name,
+            &format!("dbname={dbname}"),
+            "host=127.0.0.1",
+            &self.port_arg(),
+            "user=postgres",
+        ])
+    }
+
+    /// Creates databases `names[i]` as copies of `template` and registers
+    /// each as db `names[i]`.
+    pub fn dbs_from(&self, template: &str, names: &[&str]) {
+        for name in names {
+            if *name != template {
+                self.cluster.clone_db(template, name).expect("cloning a database");
+            }
+            self.add_db(name, name).ok();
+        }
+    }
+
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        self.cluster.psql(db, sql).unwrap_or_else(|e| panic!("SQL on {db} failed: {e:#}"))
+    }
+
+    /// Runs one cycle in the foreground; returns the run as JSON.
+    pub fn run(&self, sync: &str) -> serde_json::Value {
+        self.ibex.run(&["sync", "run", sync, "--json"]).ok().json()
+    }
+
+    /// Runs one cycle that must fail; returns stderr.
+    pub fn run_fails(&self, sync: &str, needle: &str) -> String {
+        self.ibex.run(&["sync", "run", sync]).fails_with(needle).stderr
+    }
+
+    /// Asserts every listed table holds the same rows on every listed db.
+    pub fn assert_same(&self, dbs: &[&str], tables: &[&str]) {
+        for table in tables {
+            let first = self.cluster.table_hash(dbs[0], table).expect("hashing a table");
+            for db in &dbs[1..] {
+                let other = self.cluster.table_hash(db, table).expect("hashing a table");
+                assert_eq!(first, other, "table {table} differs between {} and {db}", dbs[0]);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> String {
+        catalog_snapshot(&self.cluster, "ibex")
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}

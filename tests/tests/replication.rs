@@ -1,0 +1,540 @@
+//! Scenario tests of the sync cycle against real clusters: topologies,
+//! conflicts under each strategy, full copies, sequences, crash recovery
+//! and concurrent load. Each ends by comparing every table on every db.
+
+use std::thread;
+
+use ibex_tests::Setup;
+use serde_json::Value;
+
+const PGBENCH_TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_tellers"];
+
+fn count(run: &Value, key: &str) -> i64 {
+    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
+}
+
+#[test]
+fn seed_tutorial_four_sources_and_a_target() {
+    let s = Setup::new();
+    s.cluster.create_pgbench_db("btest1", 1).unwrap();
+    s.dbs_from("btest1", &["btest1", "btest2", "btest3", "btest4", "btest5"]);
+    let added = s.ibex.sh("add all tables db=btest1 herd=therd").ok();
+    assert!(added.stderr.contains("pgbench_history on db btest1 has no primary key"), "{}", added.stderr);
+    s.ibex.sh("add dbgroup tgroup btest1:source btest2:source btest3:source btest4:source btest5:target").ok();
+    s.ibex.sh("add sync foobar herd=therd dbs=tgroup autokick=false").ok();
+    let loads: Vec<_> = ["btest1", "btest2", "btest3", "btest4"]
+        .into_iter()
+        .map(|db| {
+            let port = s.cluster.port();
+            thread::spawn(move || {
+                let status = std::process::Command::new("pgbench")
+                    .args(["-n", "-t", "1000", "-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), db])
+                    .output()
+                    .unwrap();
+                assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+            })
+        })
+        .collect();
+    for load in loads {
+        load.join().unwrap();
+    }
+    let run = s.run("foobar");
+    assert_eq!(run["run"]["state"], "good");
+    // The one branch row was changed on all four sources: a conflict at least.
+    assert!(count(&run, "conflicts") >= 1, "{run}");
+    assert!(count(&run, "inserted") > 4000, "{run}");
+    s.assert_same(&["btest1", "btest2", "btest3", "btest4", "btest5"], PGBENCH_TABLES);
+    let conflicts = run["conflicts"].as_array().unwrap();
+    let branch = conflicts.iter().find(|c| c["table"] == "public.pgbench_branches").expect("branch conflict logged");
+    assert_eq!(branch["key"], "1");
+    assert_eq!(branch["dbs"].as_array().unwrap().len(), 4);
+    assert_eq!(branch["reason"], "latest change");
+    // Nothing echoes back: the next run has nothing to do.
+    let again = s.run("foobar");
+    assert_eq!(count(&again, "inserted") + count(&again, "deleted"), 0, "{again}");
+    let status = s.ibex.sh("status").ok().stdout;
+    assert!(status.contains("foobar") && status.contains("Good"), "{status}");
+    let detail = s.ibex.sh("status foobar --json").ok().json();
+    assert_eq!(detail["status"]["state"], "Good");
+}
+
+#[test]
+fn one_way_inserts_updates_deletes_and_key_changes() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
+         CREATE TABLE pairs (a int, b text, v text, PRIMARY KEY (a, b));
+         INSERT INTO items SELECT i, 'item ' || i, i FROM generate_series(1, 50) i;",
+    );
+    s.dbs_from("src", &["src", "r1", "r2", "r3"]);
+    s.ibex.sh("add table items pairs db=src herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=src:source,r1:target,r2:target,r3:target").ok();
+    // Capture lives only where changes are read.
+    assert_eq!(s.sql("r1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "0");
+    s.sql(
+        "src",
+        "INSERT INTO items SELECT i, 'new ' || i, 0 FROM generate_series(51, 150) i;
+         UPDATE items SET qty = qty * 10 WHERE id % 3 = 0;
+         DELETE FROM items WHERE id % 7 = 0;
+         UPDATE items SET id = id + 1000 WHERE id < 5;
+         INSERT INTO pairs VALUES (1, 'a', 'x'), (1, 'b', 'y'), (2, 'a', 'z');
+         UPDATE pairs SET b = 'c' WHERE a = 1 AND b = 'b';",
+    );
+    let run = s.run("push");
+    assert_eq!(run["run"]["state"], "good");
+    s.assert_same(&["src", "r1", "r2", "r3"], &["items", "pairs"]);
+    assert_eq!(s.sql("r2", "SELECT count(*) FROM items WHERE id < 5"), "0");
+    assert_eq!(s.sql("r2", "SELECT count(*) FROM items WHERE id > 1000"), "4");
+    assert_eq!(s.sql("r3", "SELECT string_agg(b, ',' ORDER BY b) FROM pairs WHERE a = 1"), "a,c");
+    // Targets never capture what ibex writes, so nothing flows back.
+    let again = s.run("push");
+    assert_eq!(count(&again, "inserted"), 0);
+    // A change made on a target is not replicated (it is not a source).
+    s.sql("r1", "UPDATE items SET name = 'local' WHERE id = 10");
+    s.sql("src", "UPDATE items SET qty = -1 WHERE id = 11");
+    s.run("push");
+    assert_eq!(s.sql("src", "SELECT name FROM items WHERE id = 10"), "item 10");
+    assert_eq!(s.sql("r2", "SELECT qty FROM items WHERE id = 11"), "-1");
+}
+
+/// Two or three masters editing the same keys, one strategy per sync.
+struct Masters {
+    s: Setup,
+    dbs: Vec<&'static str>,
+}
+
+impl Masters {
+    fn new(dbs: &[&'static str], strategy: &str) -> Masters {
+        let s = Setup::new();
+        s.cluster.create_db(dbs[0]).unwrap();
+        s.sql(
+            dbs[0],
+            "CREATE TABLE acct (id int PRIMARY KEY, val text);
+             CREATE TABLE other (id int PRIMARY KEY, val text);
+             INSERT INTO acct SELECT i, 'v' || i FROM generate_series(1, 20) i;
+             INSERT INTO other SELECT i, 'o' || i FROM generate_series(1, 20) i;",
+        );
+        s.dbs_from(dbs[0], dbs);
+        s.ibex.run(&["add", "table", "acct", "other", &format!("db={}", dbs[0]), "herd=h"]).ok();
+        let members: Vec<String> = dbs.iter().map(|d| format!("{d}:source")).collect();
+        s.ibex
+            .run(&[
+                "add",
+                "sync",
+                "mm",
+                "herd=h",
+                &format!("dbs={}", members.join(",")),
+                &format!("conflict_strategy={strategy}"),
+            ])
+            .ok();
+        Masters { s, dbs: dbs.to_vec() }
+    }
+
+    fn set(&self, db: &str, id: i32, val: &str) {
+        self.s.sql(db, &format!("UPDATE acct SET val = '{val}' WHERE id = {id}"));
+    }
+
+    fn val(&self, db: &str, id: i32) -> String {
+        self.s.sql(db, &format!("SELECT coalesce(val, 'NULL') FROM acct WHERE id = {id}"))
+    }
+
+    fn same(&self) {
+        self.s.assert_same(&self.dbs, &["acct", "other"]);
+    }
+}
+
+#[test]
+fn latest_wins_per_key_and_deletes_conflict_too() {
+    let m = Masters::new(&["m1", "m2", "m3"], "latest");
+    m.set("m1", 1, "first");
+    m.set("m2", 1, "second");
+    m.set("m3", 1, "third");
+    m.set("m3", 2, "early");
+    m.set("m1", 2, "late");
+    // Update then delete: the delete is newer and wins.
+    m.set("m2", 3, "updated");
+    m.s.sql("m1", "DELETE FROM acct WHERE id = 3");
+    // Delete then update: the update is newer and wins.
+    m.s.sql("m3", "DELETE FROM acct WHERE id = 4");
+    m.set("m2", 4, "revived");
+    // A key changed on one master only is no conflict.
+    m.set("m2", 5, "solo");
+    let run = m.s.run("mm");
+    assert_eq!(count(&run, "conflicts"), 4, "{run}");
+    m.same();
+    assert_eq!(m.val("m1", 1), "third");
+    assert_eq!(m.val("m2", 2), "late");
+    assert_eq!(m.s.sql("m3", "SELECT count(*) FROM acct WHERE id = 3"), "0");
+    assert_eq!(m.val("m1", 4), "revived");
+    assert_eq!(m.val("m3", 5), "solo");
+    // Every conflict is on record with the winner.
+    let winners = m.s.sql(
+        "ibex",
+        "SELECT string_agg(key || '=' || winner || ':' || array_to_string(dbs, '+'), ' ' ORDER BY key) FROM ibex.conflict",
+    );
+    assert_eq!(winners, "1=m3:m1+m2+m3 2=m1:m1+m3 3=m1:m1+m2 4=m2:m2+m3");
+}
+
+#[test]
+fn ordered_list_strategy_prefers_the_first_listed_db() {
+    let m = Masters::new(&["p1", "p2"], "p2,p1");
+    m.set("p2", 1, "from p2");
+    m.set("p1", 1, "from p1, later");
+    m.s.run("mm");
+    m.same();
+    assert_eq!(m.val("p1", 1), "from p2");
+    m.s.ibex.sh("update sync mm conflict_strategy=p1,p2").ok();
+    m.set("p2", 2, "from p2");
+    m.set("p1", 2, "from p1");
+    m.s.run("mm");
+    assert_eq!(m.val("p2", 2), "from p1");
+    m.same();
+}
+
+#[test]
+fn abort_strategy_applies_nothing_and_keeps_the_changes() {
+    let m = Masters::new(&["a1", "a2"], "abort");
+    m.set("a1", 7, "a1 says");
+    m.set("a2", 7, "a2 says");
+    m.set("a1", 8, "no conflict");
+    let err = m.s.run_fails("mm", "conflict_strategy=abort");
+    assert!(err.contains("acct") && err.contains("7 (a1, a2)"), "{err}");
+    assert_eq!(m.val("a2", 8), "v8", "nothing may be applied");
+    assert_eq!(m.val("a1", 7), "a1 says");
+    // The changes wait: with another strategy the next run settles them.
+    m.s.ibex.sh("update sync mm conflict_strategy=latest").ok();
+    m.s.run("mm");
+    m.same();
+    assert_eq!(m.val("a1", 7), "a2 says");
+    assert_eq!(m.val("a2", 8), "no conflict");
+}
+
+#[test]
+fn skip_strategy_leaves_conflicts_and_reports_them() {
+    let m = Masters::new(&["k1", "k2"], "skip");
+    m.set("k1", 3, "k1 value");
+    m.set("k2", 3, "k2 value");
+    m.set("k2", 4, "applied");
+    let run = m.s.run("mm");
+    assert_eq!(count(&run, "conflicts"), 1);
+    assert_eq!(m.val("k1", 3), "k1 value");
+    assert_eq!(m.val("k2", 3), "k2 value");
+    assert_eq!(m.val("k1", 4), "applied");
+    let conflict = &run["conflicts"][0];
+    assert!(conflict["winner"].is_null(), "{conflict}");
+    assert!(conflict["reason"].as_str().unwrap().contains("skip"));
+}
+
+#[test]
+fn random_strategy_converges_on_one_version() {
+    let m = Masters::new(&["r1", "r2"], "random");
+    for id in 1..=10 {
+        m.set("r1", id, "r1");
+        m.set("r2", id, "r2");
+    }
+    let run = m.s.run("mm");
+    assert_eq!(count(&run, "conflicts"), 10);
+    m.same();
+}
+
+#[test]
+fn latest_all_tables_gives_every_conflict_to_the_newest_source() {
+    let m = Masters::new(&["l1", "l2"], "latest_all_tables");
+    m.set("l2", 1, "l2, earlier");
+    m.set("l1", 1, "l1, later");
+    // l2's newest change is in another table and newest of all.
+    m.s.sql("l2", "UPDATE other SET val = 'newest' WHERE id = 9");
+    m.s.run("mm");
+    m.same();
+    assert_eq!(m.val("l1", 1), "l2, earlier");
+}
+
+#[test]
+fn merge_in_small_chunks_keeps_every_key() {
+    let m = Masters::new(&["c1", "c2"], "latest");
+    m.s.ibex.sh("set chunk_keys=7").ok();
+    m.s.sql("c1", "INSERT INTO acct SELECT i, 'c1 ' || i FROM generate_series(100, 400) i");
+    m.s.sql("c2", "INSERT INTO acct SELECT i, 'c2 ' || i FROM generate_series(300, 600) i");
+    m.s.sql("c1", "UPDATE acct SET val = 'c1 later' WHERE id BETWEEN 350 AND 360");
+    let run = m.s.run("mm");
+    assert_eq!(count(&run, "conflicts"), 101, "{run}");
+    m.same();
+    assert_eq!(m.s.sql("c2", "SELECT count(*) FROM acct"), "521");
+    assert_eq!(m.val("c2", 355), "c1 later");
+    assert_eq!(m.val("c1", 320), "c2 320");
+}
+
+#[test]
+fn every_type_and_odd_name_round_trips() {
+    let s = Setup::new();
+    s.cluster.create_db("tsrc").unwrap();
+    s.sql(
+        "tsrc",
+        r#"
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+        CREATE SCHEMA "Odd Schema";
+        CREATE TABLE "Odd Schema"."Weird ""Table""; x" (
+            "Id" int,
+            "kéy 2" text,
+            i2 int2, i4 int4, i8 int8, num numeric, f4 float4, f8 float8,
+            "Text; DROP" text, b bytea, j json, jb jsonb, arr int[], tarr text[], u uuid,
+            d date, tm time, ts timestamp, tstz timestamptz, iv interval, m mood, dom posint,
+            gen int GENERATED ALWAYS AS (i2 * 2) STORED,
+            ident bigint GENERATED ALWAYS AS IDENTITY,
+            PRIMARY KEY ("Id", "kéy 2"));
+        CREATE TABLE enum_arrays (id uuid PRIMARY KEY, moods mood[], m mood);
+        CREATE TABLE parent (id int PRIMARY KEY, name text);
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, note text);
+        "#,
+    );
+    s.dbs_from("tsrc", &["tsrc", "tdst"]);
+    s.ibex
+        .run(&[
+            "add",
+            "table",
+            "Odd Schema.Weird \"Table\"; x",
+            "enum_arrays",
+            "child",
+            "parent",
+            "db=tsrc",
+            "herd=types",
+        ])
+        .ok();
+    s.ibex.sh("add sync types herd=types dbs=tsrc:source,tdst:source").ok();
+    let weird = r#""Odd Schema"."Weird ""Table""; x""#;
+    let cols =
+        r#""Id", "kéy 2", i2, i4, i8, num, f4, f8, "Text; DROP", b, j, jb, arr, tarr, u, d, tm, ts, tstz, iv, m, dom"#;
+    s.sql(
+        "tsrc",
+        &format!(
+            r#"
+        INSERT INTO {weird} ({cols}) VALUES
+          (1, 'ünïcødé ☃', -32768, 2147483647, -9223372036854775808, 123456789012345678901234567890.123456789012345678901234567890,
+           'NaN', '-Infinity', E'quote '' dq " back\\slash tab\t nl\n end', '\x00ff10', '{{"a": [1, 2.50, null]}}', '{{"b": {{"c": true}}}}',
+           ARRAY[1, NULL, 3], ARRAY['x', NULL, 'y,z', '"q"'], 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+           '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.5', '2020-01-01 00:00:00+05:30', '1 year 2 mons -3 days 04:05:06.7',
+           'happy', 42),
+          (2, '', NULL, NULL, NULL, 'NaN', '-0', 'Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+          (3, 'big', 1, 1, 1, 0.1, 1.5, 2.5, repeat('long text ', 200000), (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 50000) i)::bytea,
+           NULL, NULL, ARRAY[[1, 2], [3, 4]], NULL, NULL, 'infinity', '00:00', '-infinity', 'infinity', '0', 'sad', 1);
+        INSERT INTO enum_arrays VALUES ('00000000-0000-0000-0000-000000000001', ARRAY['sad', 'happy']::mood[], 'ok'),
+                                       ('00000000-0000-0000-0000-000000000002', NULL, NULL);
+        INSERT INTO parent VALUES (1, 'p1'), (2, 'p2');
+        INSERT INTO child VALUES (10, 1, 'c10'), (20, 2, 'c20');
+        "#
+        ),
+    );
+    let run = s.run("types");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    let tables = [weird, "enum_arrays", "parent", "child"];
+    s.assert_same(&["tsrc", "tdst"], &tables);
+    // Generated columns are computed on the target; identity values are copied.
+    assert_eq!(s.sql("tdst", &format!("SELECT gen, ident FROM {weird} WHERE \"Id\" = 1")), "-65536|1");
+    assert_eq!(s.sql("tdst", &format!("SELECT octet_length(b) FROM {weird} WHERE \"Id\" = 3")), "1600000");
+    // And the other way, with updates, key changes and deletes.
+    s.sql(
+        "tdst",
+        &format!(
+            r#"UPDATE {weird} SET "Text; DROP" = E'edited\r\n', f4 = 'Infinity' WHERE "Id" = 1;
+               UPDATE {weird} SET "kéy 2" = 'moved' WHERE "Id" = 2;
+               UPDATE enum_arrays SET moods = ARRAY['ok']::mood[] WHERE m = 'ok';
+               DELETE FROM child WHERE id = 20; DELETE FROM parent WHERE id = 2;
+               INSERT INTO parent VALUES (3, 'p3'); INSERT INTO child VALUES (30, 3, 'c30');"#
+        ),
+    );
+    s.run("types");
+    s.assert_same(&["tsrc", "tdst"], &tables);
+    assert_eq!(s.sql("tsrc", &format!("SELECT count(*) FROM {weird} WHERE \"kéy 2\" = 'moved'")), "1");
+    assert_eq!(s.sql("tsrc", "SELECT string_agg(id::text, ',' ORDER BY id) FROM child"), "10,30");
+}
+
+#[test]
+fn writes_during_back_to_back_cycles_converge() {
+    let s = Setup::new();
+    s.cluster.create_pgbench_db("w1", 1).unwrap();
+    s.dbs_from("w1", &["w1", "w2", "w3"]);
+    s.ibex.sh("add all tables db=w1 herd=h").ok();
+    s.ibex.sh("add sync busy herd=h dbs=w1:source,w2:source,w3:target autokick=false").ok();
+    let port = s.cluster.port();
+    // Two masters under pgbench: the one-row pgbench_branches is hot on both.
+    let loads: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|db| {
+            thread::spawn(move || {
+                let out = std::process::Command::new("pgbench")
+                    .args([
+                        "-n",
+                        "-T",
+                        "8",
+                        "-c",
+                        "2",
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-p",
+                        &port.to_string(),
+                        db,
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            })
+        })
+        .collect();
+    let mut runs = 0;
+    let mut retried = 0;
+    while !loads.iter().all(|l| l.is_finished()) {
+        let run = s.run("busy");
+        assert_eq!(run["run"]["state"], "good", "a run under load failed: {run}");
+        runs += 1;
+        if run["run"]["attempts"].as_i64().unwrap_or(1) > 1 {
+            retried += 1;
+        }
+    }
+    for load in loads {
+        load.join().unwrap();
+    }
+    let last = s.run("busy");
+    assert_eq!(last["run"]["state"], "good");
+    s.assert_same(&["w1", "w2", "w3"], PGBENCH_TABLES);
+    eprintln!("{runs} runs under load, {retried} needed a retry");
+    assert!(runs >= 3, "only {runs} runs happened under load");
+}
+
+#[test]
+fn a_crash_after_commit_reapplies_without_loss_or_doubling() {
+    let s = Setup::new();
+    s.cluster.create_db("f1").unwrap();
+    s.sql(
+        "f1",
+        "CREATE TABLE counter (id int PRIMARY KEY, n int); INSERT INTO counter VALUES (1, 0);
+         CREATE TABLE log (id int PRIMARY KEY, note text);",
+    );
+    s.dbs_from("f1", &["f1", "f2"]);
+    s.ibex.sh("add table counter log db=f1 herd=h").ok();
+    s.ibex.sh("add sync crashy herd=h dbs=f1:source,f2:source").ok();
+    s.sql("f1", "UPDATE counter SET n = n + 1; INSERT INTO log SELECT i, 'f1' FROM generate_series(1, 100) i");
+    s.sql("f2", "INSERT INTO log SELECT i, 'f2' FROM generate_series(101, 150) i");
+    let mut cmd = s.ibex.command(&["sync", "run", "crashy"]);
+    cmd.env("IBEX_FAILPOINTS", "after_commit");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint after_commit"));
+    // The data was committed, the cursors were not advanced.
+    assert_eq!(s.sql("f2", "SELECT n FROM counter"), "1");
+    assert_eq!(s.ibex.sh("status crashy --json").ok().json()["status"]["state"], "Bad");
+    let again = s.run("crashy");
+    assert_eq!(count(&again, "inserted"), 151, "the same changes are applied again: {again}");
+    s.assert_same(&["f1", "f2"], &["counter", "log"]);
+    assert_eq!(s.sql("f1", "SELECT n FROM counter"), "1");
+    assert_eq!(s.sql("f2", "SELECT count(*) FROM log"), "150");
+    let quiet = s.run("crashy");
+    assert_eq!(count(&quiet, "inserted"), 0);
+}
+
+#[test]
+fn onetimecopy_fullcopy_truncate_and_sequences() {
+    let s = Setup::new();
+    s.cluster.create_pgbench_db("o1", 1).unwrap();
+    s.sql("o1", "CREATE SEQUENCE ticket_seq; SELECT setval('ticket_seq', 500)");
+    for db in ["empty", "stale", "fc"] {
+        s.cluster.create_db(db).unwrap();
+        s.sql(
+            db,
+            "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
+             CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+             CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+             CREATE SEQUENCE ticket_seq;",
+        );
+        s.add_db(db, db).ok();
+    }
+    s.add_db("o1", "o1").ok();
+    s.sql("stale", "INSERT INTO pgbench_branches VALUES (1, -999, 'stale'), (77, 0, 'extra')");
+    s.ibex.sh("add all tables db=o1 herd=h").ok();
+    s.ibex.sh("add sequence ticket_seq db=o1 herd=h").ok();
+    s.ibex.sh("add sync otc herd=h dbs=o1:source,empty:target,stale:target onetimecopy=2").ok();
+    let run = s.run("otc");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    // 2: only empty tables got a full copy.
+    s.assert_same(&["o1", "empty"], PGBENCH_TABLES);
+    s.assert_same(&["o1", "stale"], &["pgbench_accounts", "pgbench_tellers"]);
+    assert_eq!(s.sql("stale", "SELECT bbalance FROM pgbench_branches WHERE bid = 1"), "-999");
+    assert_eq!(s.ibex.sh("list syncs --json").ok().json()[0]["onetimecopy"], 0, "onetimecopy resets after the copy");
+    // The sequence went up to the source's value everywhere.
+    assert_eq!(s.sql("empty", "SELECT nextval('ticket_seq')"), "501");
+    // 1: every target is copied whole.
+    s.ibex.sh("update sync otc onetimecopy=1").ok();
+    s.run("otc");
+    s.assert_same(&["o1", "empty", "stale"], PGBENCH_TABLES);
+    // A TRUNCATE on the source is replayed: the table is copied whole.
+    s.sql("o1", "TRUNCATE pgbench_tellers; INSERT INTO pgbench_tellers VALUES (1, 1, 5, ''), (2, 1, 6, '')");
+    s.run("otc");
+    s.assert_same(&["o1", "empty", "stale"], PGBENCH_TABLES);
+    assert_eq!(s.sql("stale", "SELECT count(*) FROM pgbench_tellers"), "2");
+    // A fullcopy db is emptied and copied whole on every run.
+    s.sql("fc", "INSERT INTO pgbench_branches VALUES (5, 5, 'junk')");
+    s.ibex.sh("add sync full herd=h dbs=o1:source,fc:fullcopy").ok();
+    s.run("full");
+    s.assert_same(&["o1", "fc"], PGBENCH_TABLES);
+    s.sql("o1", "UPDATE pgbench_accounts SET abalance = 1 WHERE aid <= 10");
+    s.sql("fc", "DELETE FROM pgbench_accounts WHERE aid > 99990");
+    let run = s.run("full");
+    assert_eq!(count(&run, "inserted"), 100_000 + 1 + 2, "{run}");
+    s.assert_same(&["o1", "fc"], PGBENCH_TABLES);
+}
+
+#[test]
+fn validate_lists_differences_and_remove_cleans_up() {
+    let s = Setup::new();
+    s.cluster.create_db("v1").unwrap();
+    s.sql(
+        "v1",
+        "CREATE TABLE a (id int PRIMARY KEY, x int, y text); CREATE TABLE b (id int PRIMARY KEY, z int);
+         CREATE TABLE c (id int PRIMARY KEY);",
+    );
+    s.cluster.create_db("v2").unwrap();
+    s.sql("v2", "CREATE TABLE a (id int PRIMARY KEY, x bigint, extra int); CREATE TABLE c (id int PRIMARY KEY);");
+    s.add_db("v1", "v1").ok();
+    s.add_db("v2", "v2").ok();
+    s.ibex.sh("add table a b c db=v1 herd=h").ok();
+    let before = s.snapshot();
+    let err = s.ibex.sh("add sync vs herd=h dbs=v1:source,v2:source").fails_with("sync vs cannot run").stderr;
+    for needle in [
+        "column public.a.x is bigint on db v2 but integer on db v1",
+        "table public.a on db v2 lacks column y (text)",
+        "table public.a on db v2 has column extra (integer) that db v1 lacks",
+        "table public.b is missing on db v2",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in {err}");
+    }
+    assert_eq!(before, s.snapshot(), "a refused sync leaves the catalog as it was");
+    assert_eq!(s.sql("v1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "0");
+    // Fix the schema; now the sync is added and capture installed on both.
+    s.sql("v2", "ALTER TABLE a ALTER x TYPE int, DROP extra, ADD y text; CREATE TABLE b (id int PRIMARY KEY, z int);");
+    s.ibex.sh("add sync vs herd=h dbs=v1:source,v2:source").ok();
+    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "18");
+    // validate repairs a dropped trigger.
+    s.sql("v1", "DROP TRIGGER ibex_capture_update ON a");
+    let out = s.ibex.sh("validate vs").ok();
+    assert!(out.stdout.contains("db v1: repaired capture on public.a"), "{}", out.stdout);
+    assert_eq!(s.sql("v1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "18");
+    // Removing a table takes its triggers and delta table away, only its.
+    s.ibex.sh("remove table c").ok();
+    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "12");
+    assert_eq!(s.sql("v2", "SELECT count(*) FROM ibex.captured"), "2");
+    // Removing the sync removes the rest; the user's tables are untouched.
+    s.ibex.sh("remove sync vs").ok();
+    for db in ["v1", "v2"] {
+        assert_eq!(s.sql(db, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "0");
+        assert_eq!(
+            s.sql(db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'ibex' AND tablename LIKE 'delta%'"),
+            "0"
+        );
+        assert_eq!(s.sql(db, "SELECT count(*) FROM ibex.cursor"), "0");
+    }
+}
