@@ -36,7 +36,7 @@ const LOCKED_RUNS_AFTER_CONFLICT: u32 = 10;
 
 impl Kid {
     pub fn new(plan: Plan) -> Self {
-        Kid { plan, clients: Vec::new(), specs: None }
+        Kid { plan, clients: Vec::new(), specs: None, locked_runs_left: 0 }
     }
 
     pub fn plan(&self) -> &Plan {
