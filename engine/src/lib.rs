@@ -9,6 +9,7 @@ pub mod config;
 pub mod conflict;
 pub mod error;
 pub mod failpoint;
+pub mod logging;
 pub mod pg;
 pub mod sync;
 

@@ -12,7 +12,9 @@ pub fn ibex_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("cannot find the target directory")?;
+    // Tests live in target/<profile>/deps/, binaries in target/<profile>/.
+    let dir = exe.parent().context("cannot find the target directory")?;
+    let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
     let bin = profile_dir.join("ibex");
     if !bin.exists() {
         bail!(

@@ -47,6 +47,9 @@ pub struct Cli {
     /// Print machine-readable JSON
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log level on stderr: terse, normal, verbose or debug (default terse; the daemon reads log_level)
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -319,6 +322,8 @@ pub fn main() -> ExitCode {
 }
 
 pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
+    let level: crate::logging::LogLevel = cli.log_level.as_deref().unwrap_or("terse").parse()?;
+    crate::logging::init(level, crate::logging::LogFormat::Plain, None)?;
     let loaded = Loaded::load(cli.config.as_deref())?;
     let control = loaded.control(cli.control.as_deref())?;
     let ctx = Context { control, out };

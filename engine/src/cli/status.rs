@@ -180,7 +180,7 @@ pub fn print_run(out: &Output, run: &RunRecord) {
         run.conflicts,
         if run.attempts > 1 { format!(" ({} attempts)", run.attempts) } else { String::new() }
     ));
-    for t in &run.tables {
+    for t in run.tables.iter().filter(|t| t.inserted + t.deleted > 0) {
         out.line(format!("  {} on {}: {} deleted, {} inserted", t.table, t.db, t.deleted, t.inserted));
     }
 }

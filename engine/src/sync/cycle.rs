@@ -440,9 +440,14 @@ impl<'a> Cycle<'a> {
         let load_sql =
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&keys), table.key_list());
         let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (&self.clients[d], load_sql.clone())).collect();
+        let step = std::time::Instant::now();
         let loaded = copy_fanout(&self.clients[src], &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+        tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
+        let step = std::time::Instant::now();
         let deleted =
             try_join_all(receivers.iter().zip(&loaded).map(|(&d, &n)| self.delete_loaded(d, &keys, table, n))).await?;
+        tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "changed rows deleted");
+        let step = std::time::Instant::now();
         let rows_sql = format!(
             "COPY (SELECT {} FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})) TO STDOUT{}",
             table.column_list_of("t"),
@@ -456,6 +461,7 @@ impl<'a> Cycle<'a> {
         let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (&self.clients[d], in_sql.clone())).collect();
         let inserted =
             copy_fanout(&self.clients[src], &rows_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+        tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "rows copied");
         for ((&d, del), ins) in receivers.iter().zip(deleted).zip(inserted) {
             self.count(ti, d, del as i64, ins as i64);
         }

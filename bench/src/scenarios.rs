@@ -1,0 +1,149 @@
+//! The scenarios. Each builds its own databases on one throwaway cluster.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use ibex_tests::{Cluster, Setup};
+
+use crate::measure::{Report, machine, run_measured, timed};
+
+fn setup(report: &mut Report) -> Result<Setup> {
+    let s = Setup::new();
+    if report.machine.is_empty() {
+        report.machine = machine();
+        report.postgres = s.cluster.psql("postgres", "SHOW server_version")?;
+    }
+    Ok(s)
+}
+
+fn scale_for(rows: u64) -> u64 {
+    rows.div_ceil(100_000).max(1)
+}
+
+/// `psql -c "COPY (...) TO STDOUT" | psql -c "COPY ... FROM STDIN"`, binary.
+fn raw_pipe(cluster: &Cluster, from_db: &str, out_sql: &str, to_db: &str, in_sql: &str) -> Result<std::time::Duration> {
+    let port = cluster.port().to_string();
+    let psql = |db: &str, sql: &str| {
+        let mut c = Command::new("psql");
+        c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-d", db, "-c", sql]);
+        c
+    };
+    let (_, wall) = timed(|| {
+        let mut reader = psql(from_db, out_sql).stdout(Stdio::piped()).spawn()?;
+        let out = reader.stdout.take().context("no stdout")?;
+        let writer = psql(to_db, in_sql).stdin(out).output()?;
+        if !reader.wait()?.success() || !writer.status.success() {
+            bail!("raw COPY pipe failed: {}", String::from_utf8_lossy(&writer.stderr));
+        }
+        Ok(())
+    })?;
+    Ok(wall)
+}
+
+/// One-way apply of `rows` changed rows against a raw COPY pipe of the
+/// same rows; then the KID's peak RSS at `rss_rows` changed rows.
+pub fn bulk(report: &mut Report, rows: u64, rss_rows: u64) -> Result<()> {
+    eprintln!("== bulk one-way: {rows} changed rows");
+    let mut rss = Vec::new();
+    for (n, size) in [rows, rss_rows].into_iter().enumerate() {
+        let s = setup(report)?;
+        let scale = scale_for(size);
+        s.cluster.create_pgbench_db("bsrc", scale as u32)?;
+        s.dbs_from("bsrc", &["bsrc", "bdst"]);
+        s.ibex.sh("add table pgbench_accounts db=bsrc herd=h").ok();
+        s.ibex.sh("add sync bulk herd=h dbs=bsrc:source,bdst:target autokick=false").ok();
+        s.sql("bsrc", &format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {size}"));
+        s.sql("bsrc", "VACUUM ANALYZE");
+        s.sql("bdst", "VACUUM ANALYZE");
+        let cost = run_measured(s.ibex.command(&["sync", "run", "bulk"]))?;
+        s.assert_same(&["bsrc", "bdst"], &["pgbench_accounts"]);
+        rss.push((size, cost.peak_rss_kib));
+        if n == 0 {
+            s.sql("bdst", "CREATE TABLE raw_copy (LIKE pgbench_accounts INCLUDING ALL)");
+            let raw = raw_pipe(
+                &s.cluster,
+                "bsrc",
+                &format!("COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)"),
+                "bdst",
+                "COPY raw_copy FROM STDIN WITH (FORMAT binary)",
+            )?;
+            let ibex_rate = size as f64 / cost.wall.as_secs_f64();
+            let raw_rate = size as f64 / raw.as_secs_f64();
+            report.add(
+                "bulk one-way",
+                &format!("{size} changed rows applied"),
+                ibex_rate,
+                Some((raw_rate, "raw COPY pipe")),
+                "rows/s",
+                ">= 0.5 of raw",
+            );
+        }
+    }
+    for (size, kib) in rss {
+        report.add(
+            "bulk one-way",
+            &format!("KID peak RSS at {size} rows"),
+            kib as f64 / 1024.0,
+            None,
+            "MiB",
+            "< 128 MiB, flat",
+        );
+    }
+    Ok(())
+}
+
+/// The cost of capture on the source: a bulk UPDATE, and pgbench TPS,
+/// each with ibex's triggers against the same without.
+pub fn capture(report: &mut Report, rows: u64) -> Result<()> {
+    eprintln!("== capture cost: UPDATE of {rows} rows and pgbench TPS");
+    let s = setup(report)?;
+    let scale = scale_for(rows);
+    s.cluster.create_pgbench_db("bare", scale as u32)?;
+    s.dbs_from("bare", &["bare", "captured", "sink"]);
+    s.ibex.sh("add all tables db=captured herd=h").ok();
+    s.ibex.sh("add sync cap herd=h dbs=captured:source,sink:target autokick=true").ok();
+    let update = format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {rows}");
+    let mut bare = Vec::new();
+    let mut captured = Vec::new();
+    for _ in 0..3 {
+        for (db, out) in [("bare", &mut bare), ("captured", &mut captured)] {
+            s.sql(db, "VACUUM ANALYZE pgbench_accounts");
+            let (_, t) = timed(|| Ok(s.sql(db, &update)))?;
+            out.push(t.as_secs_f64());
+        }
+        // Keep the delta table from growing between rounds (VAC's job in the daemon).
+        let delta = s.sql("captured", "SELECT delta_table FROM ibex.captured WHERE rel_name = 'pgbench_accounts'");
+        s.sql("captured", &format!("TRUNCATE ibex.\"{delta}\""));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    report.add(
+        "capture cost",
+        &format!("UPDATE of {rows} rows"),
+        median(&mut captured),
+        Some((median(&mut bare), "no triggers")),
+        "s",
+        "<= 1.3x",
+    );
+    let tps = |db: &str| -> Result<f64> {
+        let out = s.cluster.pgbench(db, &["-n", "-c", "2", "-j", "2", "-T", "15"])?;
+        out.lines()
+            .find(|l| l.starts_with("tps"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .context("no tps in pgbench output")
+    };
+    let bare_tps = tps("bare")?;
+    let captured_tps = tps("captured")?;
+    report.add(
+        "capture cost",
+        "pgbench TPS (-c 2 -j 2)",
+        captured_tps,
+        Some((bare_tps, "no triggers")),
+        "tps",
+        ">= 0.9x",
+    );
+    Ok(())
+}
