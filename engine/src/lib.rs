@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod conflict;
+pub mod daemon;
 pub mod error;
 pub mod failpoint;
 pub mod logging;

@@ -3,9 +3,11 @@
 //! when the tests run as root), and a runner for the real `ibex` binary.
 
 pub mod cluster;
+pub mod daemon;
 pub mod ibex;
 pub mod setup;
 
 pub use cluster::Cluster;
+pub use daemon::Daemon;
 pub use ibex::{Ibex, Outcome, catalog_snapshot};
 pub use setup::Setup;

@@ -127,6 +127,21 @@ CREATE TABLE ibex.conflict (
 CREATE INDEX conflict_run ON ibex.conflict (run_id);
 "#,
     },
+    Migration {
+        version: 3,
+        description: "the running daemon",
+        sql: r#"
+CREATE TABLE ibex.daemon (
+    singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid          int NOT NULL,
+    host         text NOT NULL,
+    backend_pid  int NOT NULL,
+    version      text NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ibex.daemon IS 'The daemon serving this catalog; alive while its backend_pid is in pg_stat_activity';
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

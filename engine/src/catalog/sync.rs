@@ -249,7 +249,7 @@ pub fn format_duration(d: Option<Duration>) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRecord {
     pub name: String,
     pub herd: String,

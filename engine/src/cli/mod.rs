@@ -2,6 +2,7 @@
 //! One file per command family; this one holds the grammar and dispatch.
 
 mod capture;
+mod daemon;
 mod db;
 mod dbgroup;
 mod herd;
@@ -91,6 +92,28 @@ pub enum Command {
     /// Run syncs in the foreground
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// Start the daemon (detached unless --foreground)
+    #[command(
+        after_help = "Runs the MCP, one CTL per active sync and the VAC. One daemon per catalog.\n\nExamples:\n  ibex start\n  ibex start --foreground   # for systemd or containers"
+    )]
+    Start(StartArgs),
+    /// Stop the daemon: running cycles finish or roll back
+    #[command(after_help = "Example:\n  ibex stop")]
+    Stop(TimeoutArgs),
+    /// Stop the daemon, then start it again
+    #[command(after_help = "Example:\n  ibex restart")]
+    Restart(StartArgs),
+    /// Make the daemon re-read the catalog (it also does on every catalog change)
+    #[command(after_help = "Example:\n  ibex reload")]
+    Reload(TimeoutArgs),
+    /// Check that the daemon answers
+    #[command(after_help = "Exits non-zero when there is no answer.\n\nExample:\n  ibex ping --timeout 3")]
+    Ping(TimeoutArgs),
+    /// Ask the daemon to run syncs now; --wait waits for the runs and prints them
+    #[command(
+        after_help = "Exits non-zero if a run failed or did not finish in time (Bucardo's `kick sync 0`).\n\nExamples:\n  ibex kick foobar\n  ibex kick foobar other --wait 60"
+    )]
+    Kick(KickArgs),
     /// Show how syncs are doing: ibex status [SYNC]
     #[command(after_help = "Examples:\n  ibex status\n  ibex status foobar --json")]
     Status(StatusArgs),
@@ -107,6 +130,29 @@ pub enum SyncCmd {
 pub struct SyncName {
     #[arg(value_name = "SYNC")]
     pub sync: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Stay in the foreground (logs to stderr unless ibex.toml names a file)
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TimeoutArgs {
+    /// Seconds to wait for the daemon
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct KickArgs {
+    #[arg(required = true, value_name = "SYNC")]
+    pub syncs: Vec<String>,
+    /// Wait for the runs (at most SECS, default 600) and exit non-zero if one fails
+    #[arg(long, num_args = 0..=1, default_missing_value = "600", value_name = "SECS")]
+    pub wait: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -323,11 +369,24 @@ pub fn main() -> ExitCode {
 
 pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
     let level: crate::logging::LogLevel = cli.log_level.as_deref().unwrap_or("terse").parse()?;
-    crate::logging::init(level, crate::logging::LogFormat::Plain, None)?;
     let loaded = Loaded::load(cli.config.as_deref())?;
     let control = loaded.control(cli.control.as_deref())?;
     let ctx = Context { control, out };
+    // The daemon sets up its own logging (file, format, catalog level).
+    if !matches!(cli.command, Command::Start(_) | Command::Restart(_)) {
+        crate::logging::init(level, crate::logging::LogFormat::Plain, None)?;
+    }
     match cli.command {
+        Command::Start(a) => return daemon::start(&ctx, &loaded, a, cli.log_level.as_deref()).await,
+        Command::Stop(a) => return daemon::stop(&ctx, &loaded, a).await,
+        Command::Restart(a) => {
+            daemon::stop(&ctx, &loaded, TimeoutArgs { timeout: 60 }).await?;
+            return daemon::start(&ctx, &loaded, a, cli.log_level.as_deref()).await;
+        }
+        Command::Reload(a) => return daemon::reload(&ctx, a).await,
+        Command::Ping(a) => return daemon::ping(&ctx, a).await,
+        Command::Kick(a) => return daemon::kick(&ctx, a).await,
+
         Command::Install => install::run(&ctx).await?,
         Command::Add(cmd) => match cmd {
             AddCmd::Db(a) => db::add(&ctx, a).await?,

@@ -5,6 +5,7 @@ mod conninfo;
 pub mod copy;
 mod ident;
 pub mod introspect;
+pub mod listen;
 
 pub use conninfo::{ConnInfo, SslMode};
 pub use ident::{QualifiedName, quote_ident, quote_literal};

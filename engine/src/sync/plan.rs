@@ -9,7 +9,7 @@ use crate::catalog::{self, RelKind, Role, SyncRecord};
 use crate::error::{Error, Result};
 use crate::pg::{ConnInfo, QualifiedName};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanDb {
     pub name: String,
     pub conn: ConnInfo,
@@ -17,7 +17,7 @@ pub struct PlanDb {
     pub priority: i32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanTable {
     pub id: i32,
     pub name: QualifiedName,
@@ -25,7 +25,7 @@ pub struct PlanTable {
 }
 
 /// Settings from `ibex set` that a run uses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSettings {
     pub retry_limit: u32,
     pub conflict_log_limit: usize,
@@ -34,7 +34,7 @@ pub struct RunSettings {
     pub analyze_after_copy: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub sync: SyncRecord,
     /// In dbgroup order: the first source is the primary one (full copies

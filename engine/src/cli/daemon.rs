@@ -1,0 +1,263 @@
+//! `ibex start|stop|restart|reload|ping|kick`: talking to the daemon
+//! through the control database (NOTIFY) and its pid file.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::{Context, KickArgs, StartArgs, TimeoutArgs, status};
+use crate::catalog::{self, Catalog, RunState};
+use crate::config::Loaded;
+use crate::daemon::{self, DaemonOptions, pidfile};
+use crate::error::{Error, PgContext, Result};
+use crate::logging::{self, LogFormat, LogLevel};
+use crate::pg::listen::{Listener, notify};
+use crate::sync::syncdone_channel;
+
+/// Set in the environment of the detached daemon process.
+const DETACHED: &str = "IBEX_DETACHED";
+
+fn pid_file(ctx: &Context, loaded: &Loaded) -> PathBuf {
+    loaded.toml.pid_file.clone().unwrap_or_else(|| pidfile::default_path(&ctx.control))
+}
+
+fn log_file(loaded: &Loaded, pid_file: &std::path::Path) -> Option<PathBuf> {
+    loaded.toml.log.file.clone().or_else(|| {
+        // A detached daemon has no terminal: log next to the pid file.
+        std::env::var_os(DETACHED).map(|_| pid_file.with_extension("log"))
+    })
+}
+
+/// Whether a daemon serves this catalog: (pid, host) if its catalog
+/// connection is alive.
+async fn running_daemon(cat: &Catalog) -> Result<Option<(i32, String)>> {
+    let row = cat
+        .client()
+        .query_opt(
+            "SELECT d.pid, d.host FROM ibex.daemon d WHERE EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.backend_pid)",
+            &[],
+        )
+        .await
+        .ctx(|| "looking for a running daemon".into())?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_level: Option<&str>) -> Result<ExitCode> {
+    let pid_path = pid_file(ctx, loaded);
+    if let Some(pid) = pidfile::running(&pid_path).filter(|p| *p != std::process::id()) {
+        return Err(Error::Refused(format!("ibex is already running (pid {pid}); stop it with `ibex stop`")));
+    }
+    let cat = Catalog::open(&ctx.control).await?;
+    if let Some((pid, host)) = running_daemon(&cat).await? {
+        return Err(Error::Refused(format!(
+            "ibex is already running against this catalog (pid {pid} on {host}); stop it with `ibex stop`"
+        )));
+    }
+    let level_name = match cli_log_level {
+        Some(l) => l.to_string(),
+        None => catalog::setting::get(cat.client(), "log_level").await?.value,
+    };
+    drop(cat);
+    if args.foreground || std::env::var_os(DETACHED).is_some() {
+        let level: LogLevel = level_name.parse()?;
+        let format: LogFormat = loaded.toml.log.format.as_deref().unwrap_or("plain").parse()?;
+        let handle = logging::init(level, format, log_file(loaded, &pid_path).as_deref())?;
+        let options = DaemonOptions {
+            control: ctx.control.clone(),
+            pid_file: pid_path,
+            metrics_address: loaded.toml.metrics_address.clone(),
+            log_level: Some(handle),
+        };
+        daemon::run(options).await.inspect_err(|err| tracing::error!(error = %err, "ibex stopped on an error"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Detach: the same command in the foreground, in its own process group,
+    // with no terminal; wait until it is up (or has failed).
+    let exe = std::env::current_exe().map_err(|e| Error::Config(format!("cannot find the ibex binary: {e}")))?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--foreground")
+        .map(|a| if a == "restart" { "start".to_string() } else { a })
+        .collect();
+
+    let log_path = log_file(loaded, &pid_path).unwrap_or_else(|| pid_path.with_extension("log"));
+    let mut command = std::process::Command::new(exe);
+    command.args(&args).env(DETACHED, "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command.spawn().map_err(|e| Error::Config(format!("cannot start the daemon: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::Config(e.to_string()))? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail.lines().rev().find(|l| l.contains("ERROR") || l.contains("error")).unwrap_or("").trim();
+            return Err(Error::Refused(format!(
+                "the daemon exited at start ({status}){}; see {}",
+                if last.is_empty() { String::new() } else { format!(": {last}") },
+                log_path.display()
+            )));
+        }
+        if pidfile::running(&pid_path) == Some(child.id()) {
+            ctx.out.done(format!(
+                "Started ibex (pid {}); log: {}; pid file: {}",
+                child.id(),
+                log_path.display(),
+                pid_path.display()
+            ));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Refused(format!("the daemon did not come up within 30 s; see {}", log_path.display())));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn stop(ctx: &Context, loaded: &Loaded, args: TimeoutArgs) -> Result<ExitCode> {
+    let pid_path = pid_file(ctx, loaded);
+    let local = pidfile::running(&pid_path);
+    let cat = Catalog::open(&ctx.control).await?;
+    let remote = running_daemon(&cat).await?;
+    if local.is_none() && remote.is_none() {
+        ctx.out.done("ibex is not running");
+        return Ok(ExitCode::SUCCESS);
+    }
+    notify(cat.client(), daemon::STOP, "").await?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let local_gone = local.is_none_or(|pid| !pidfile::alive(pid));
+        let remote_gone = running_daemon(&cat).await?.is_none();
+        if local_gone && remote_gone {
+            ctx.out.done(match local.or(remote.map(|r| r.0 as u32)) {
+                Some(pid) => format!("Stopped ibex (pid {pid})"),
+                None => "Stopped ibex".into(),
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() > deadline {
+            if let Some(pid) = local.filter(|p| pidfile::alive(*p)) {
+                // It did not answer in time: SIGTERM, as `kill` would.
+                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if !pidfile::alive(pid) {
+                    ctx.out.done(format!("Stopped ibex (pid {pid}) with SIGTERM"));
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            return Err(Error::Refused(format!("ibex did not stop within {} s", args.timeout)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `channel` and waits for an answer on `reply` (payload matching if given).
+async fn ask(ctx: &Context, channel: &str, reply: &str, token: &str, timeout: Duration) -> Result<Option<String>> {
+    let listener = Listener::connect(&ctx.control, "ibex").await?;
+    let mut listener = listener;
+    listener.listen(reply).await?;
+    notify(&listener.client, channel, token).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, listener.notices.recv()).await {
+            Ok(Some(n)) if n.channel == reply && (token.is_empty() || n.payload == token) => {
+                return Ok(Some(n.payload));
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return Ok(None),
+        }
+    }
+}
+
+pub async fn ping(ctx: &Context, args: TimeoutArgs) -> Result<ExitCode> {
+    drop(Catalog::open(&ctx.control).await?);
+    let token = format!("{}-{}", std::process::id(), Utc::now().timestamp_micros());
+    let started = Instant::now();
+    match ask(ctx, daemon::PING, daemon::PONG, &token, Duration::from_secs(args.timeout)).await? {
+        Some(_) => {
+            ctx.out.done(format!("Pong from ibex in {} ms", started.elapsed().as_millis()));
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            ctx.out
+                .error(&format!("no response from the daemon within {} s: start it with `ibex start`", args.timeout));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub async fn reload(ctx: &Context, args: TimeoutArgs) -> Result<ExitCode> {
+    drop(Catalog::open(&ctx.control).await?);
+    match ask(ctx, daemon::RELOAD, daemon::RELOADED, "", Duration::from_secs(args.timeout)).await? {
+        Some(summary) => {
+            ctx.out.done(format!("Reloaded: {summary}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            ctx.out.error(&format!("no response from the daemon within {} s: is it running?", args.timeout));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub async fn kick(ctx: &Context, args: KickArgs) -> Result<ExitCode> {
+    let cat = Catalog::open(&ctx.control).await?;
+    for sync in &args.syncs {
+        let record = catalog::sync::get(cat.client(), sync).await?;
+        if record.params.status != "active" {
+            return Err(Error::Refused(format!("sync {sync} is inactive: activate it with `ibex activate {sync}`")));
+        }
+    }
+    if running_daemon(&cat).await?.is_none() {
+        return Err(Error::Refused(
+            "ibex is not running: start it with `ibex start`, or run a cycle now with `ibex sync run SYNC`".into(),
+        ));
+    }
+    let Some(wait) = args.wait else {
+        for sync in &args.syncs {
+            notify(cat.client(), &daemon::kick_channel(sync), "").await?;
+            ctx.out.done(format!("Kicked sync {sync}"));
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut listener = Listener::connect(&ctx.control, "ibex kick").await?;
+    for sync in &args.syncs {
+        listener.listen(&syncdone_channel(sync)).await?;
+    }
+    let kicked_at: DateTime<Utc> =
+        cat.client().query_one("SELECT now()", &[]).await.ctx(|| "reading the time".into())?.get(0);
+    for sync in &args.syncs {
+        notify(cat.client(), &daemon::kick_channel(sync), "").await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut pending: Vec<String> = args.syncs.clone();
+    let mut failed = false;
+    while !pending.is_empty() {
+        let notice = match tokio::time::timeout_at(deadline, listener.notices.recv()).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Err(Error::Refused("lost the connection to the control database".into())),
+            Err(_) => {
+                ctx.out.error(&format!("timed out after {wait} s waiting for sync {}", pending.join(", ")));
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let Some(sync) = notice.channel.strip_prefix("ibex_syncdone_").map(str::to_string) else { continue };
+        let Ok(id) = notice.payload.parse::<i64>() else { continue };
+        let run = catalog::runs::get(cat.client(), id).await?;
+        // A run that was already going when we kicked does not count.
+        if run.started_at < kicked_at || !pending.contains(&sync) {
+            continue;
+        }
+        pending.retain(|s| *s != sync);
+        if ctx.out.json {
+            ctx.out.print_json(&run);
+        } else {
+            status::print_run(&ctx.out, &run);
+        }
+        if run.state != RunState::Good {
+            failed = true;
+            ctx.out.error(&format!("run of sync {sync} failed: {}", run.error.as_deref().unwrap_or("unknown error")));
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

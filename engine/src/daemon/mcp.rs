@@ -1,0 +1,340 @@
+//! The MCP: takes the catalog's daemon lock (one daemon per catalog),
+//! writes the pid file, listens on the control database, starts one CTL per
+//! active sync and the VAC, restarts whatever dies (with backoff), follows
+//! catalog changes, and stops cleanly on SIGTERM, SIGINT or `ibex stop`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::ctl::{self, CtlCommand};
+use super::metrics::{self, Metrics};
+use super::{DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, pidfile, vac};
+use crate::catalog::{self, CHANGED_CHANNEL, Catalog};
+use crate::error::{Error, PgContext, Result};
+use crate::logging::LogLevel;
+use crate::pg::listen::{Listener, notify};
+use crate::sync::Plan;
+
+/// How long running cycles get to finish on stop before they are rolled back.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+/// Catalog changes arriving together cause one reload.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+const DAEMON_LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('ibex daemon'))";
+
+struct CtlHandle {
+    commands: mpsc::UnboundedSender<CtlCommand>,
+    plan: Plan,
+}
+
+struct Mcp {
+    options: DaemonOptions,
+    catalog: Arc<SharedCatalog>,
+    listener: Listener,
+    metrics: Arc<Metrics>,
+    ctls: HashMap<String, CtlHandle>,
+    tasks: JoinSet<String>,
+    task_names: HashMap<tokio::task::Id, String>,
+    /// Per task: how often it ended unexpectedly, and when it may start again.
+    restarts: HashMap<String, (u32, Option<Instant>)>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Runs the daemon in this process until it is told to stop.
+pub async fn run(options: DaemonOptions) -> Result<()> {
+    if let Some(pid) = pidfile::running(&options.pid_file).filter(|p| *p != std::process::id()) {
+        return Err(Error::Refused(format!(
+            "ibex is already running (pid {pid}, pid file {})",
+            options.pid_file.display()
+        )));
+    }
+    // Checks the catalog exists and is at this binary's version.
+    drop(Catalog::open(&options.control).await?);
+    let listener = Listener::connect(&options.control, "ibex mcp").await?;
+    take_daemon_lock(&listener).await?;
+    pidfile::write(&options.pid_file)?;
+    let result = serve(options.clone(), listener).await;
+    pidfile::remove(&options.pid_file);
+    result
+}
+
+async fn take_daemon_lock(listener: &Listener) -> Result<()> {
+    let got: bool = listener.client.query_one(DAEMON_LOCK, &[]).await.ctx(|| "taking the daemon lock".into())?.get(0);
+    if !got {
+        let row = listener
+            .client
+            .query_opt("SELECT pid, host FROM ibex.daemon", &[])
+            .await
+            .ctx(|| "reading the running daemon".into())?;
+        let who =
+            row.map(|r| format!(" (pid {} on {})", r.get::<_, i32>(0), r.get::<_, String>(1))).unwrap_or_default();
+        return Err(Error::Refused(format!("another ibex daemon is already running against this catalog{who}")));
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    listener
+        .client
+        .execute(
+            "INSERT INTO ibex.daemon (pid, host, backend_pid, version) VALUES ($1, $2, pg_backend_pid(), $3)
+             ON CONFLICT (singleton) DO UPDATE SET pid = excluded.pid, host = excluded.host,
+                 backend_pid = excluded.backend_pid, version = excluded.version, started_at = now()",
+            &[&(std::process::id() as i32), &host, &env!("CARGO_PKG_VERSION")],
+        )
+        .await
+        .ctx(|| "registering the daemon".into())?;
+    Ok(())
+}
+
+async fn serve(options: DaemonOptions, listener: Listener) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(address) = &options.metrics_address {
+        let socket = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| Error::Config(format!("cannot serve metrics on {address}: {e}")))?;
+        tracing::info!(%address, "serving metrics at /metrics");
+        tokio::spawn(metrics::serve(socket, metrics.clone()));
+    }
+    let (shutdown, _) = watch::channel(false);
+    let mut mcp = Mcp {
+        catalog: SharedCatalog::new(options.control.clone()),
+        options,
+        listener,
+        metrics,
+        ctls: HashMap::new(),
+        tasks: JoinSet::new(),
+        task_names: HashMap::new(),
+        restarts: HashMap::new(),
+        shutdown,
+    };
+    mcp.listen_all().await?;
+    mcp.spawn_vac();
+    mcp.reload().await;
+    tracing::info!(pid = std::process::id(), syncs = mcp.ctls.len(), "ibex started");
+    let result = mcp.event_loop().await;
+    mcp.stop().await;
+    result
+}
+
+impl Mcp {
+    async fn listen_all(&self) -> Result<()> {
+        for channel in [PING, RELOAD, STOP, CHANGED_CHANNEL] {
+            self.listener.listen(channel).await?;
+        }
+        for sync in self.ctls.keys() {
+            self.listener.listen(&kick_channel(sync)).await?;
+        }
+        Ok(())
+    }
+
+    async fn event_loop(&mut self) -> Result<()> {
+        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Config(format!("signals: {e}")))?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Config(format!("signals: {e}")))?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::Config(format!("signals: {e}")))?;
+        let mut reload_at: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
+                _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+                _ = sighup.recv() => reload_at = Some(Instant::now()),
+                notice = self.listener.notices.recv() => match notice {
+                    Some(n) if n.channel == PING => {
+                        if let Err(err) = notify(&self.listener.client, PONG, &n.payload).await {
+                            tracing::warn!(error = %err, "cannot answer a ping");
+                        }
+                    }
+                    Some(n) if n.channel == STOP => { tracing::info!("stop requested"); return Ok(()); }
+                    Some(n) if n.channel == RELOAD => reload_at = Some(Instant::now()),
+                    Some(n) if n.channel == CHANGED_CHANNEL => {
+                        reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
+                    }
+                    Some(n) => {
+                        let sync = n.channel.strip_prefix("ibex_kick_").unwrap_or_default();
+                        match self.ctls.get(sync) {
+                            Some(ctl) => { let _ = ctl.commands.send(CtlCommand::Kick); }
+                            None => tracing::warn!(channel = %n.channel, "kick for a sync that is not running"),
+                        }
+                    }
+                    None => {
+                        tracing::error!("lost the control database connection; reconnecting");
+                        self.reconnect().await?;
+                        reload_at = Some(Instant::now());
+                    }
+                },
+                Some(done) = self.tasks.join_next_with_id() => {
+                    let (id, panicked) = match &done {
+                        Ok((id, _)) => (*id, false),
+                        Err(err) => (err.id(), err.is_panic()),
+                    };
+                    if let Some(name) = self.task_names.remove(&id) {
+                        self.task_ended(name, panicked);
+                    }
+                }
+                _ = async { match reload_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    reload_at = None;
+                    self.reload().await;
+                }
+                _ = tick.tick() => self.restart_due().await,
+            }
+        }
+    }
+
+    /// A CTL or the VAC ended without being asked to: start it again later.
+    fn task_ended(&mut self, name: String, panicked: bool) {
+        // A CTL whose sync was removed or deactivated ends as it should.
+        if *self.shutdown.borrow() || (name != "VAC" && !self.ctls.contains_key(&name)) {
+            return;
+        }
+
+        let count = self.restarts.get(&name).map_or(0, |(c, _)| *c) + 1;
+        let delay = backoff(count);
+        tracing::error!(task = %name, panicked, restart_in_s = delay.as_secs(), "task ended unexpectedly; restarting");
+        self.ctls.remove(&name);
+        self.restarts.insert(name, (count, Some(Instant::now() + delay)));
+    }
+
+    fn waiting_to_restart(&self, name: &str) -> bool {
+        self.restarts.get(name).is_some_and(|(_, at)| at.is_some_and(|at| at > Instant::now()))
+    }
+
+    async fn restart_due(&mut self) {
+        let now = Instant::now();
+        let mut any = false;
+        let mut vac = false;
+        for (name, (_, at)) in self.restarts.iter_mut() {
+            if at.is_some_and(|at| at <= now) {
+                *at = None;
+                any = true;
+                vac |= name == "VAC";
+            }
+        }
+        if vac {
+            self.spawn_vac();
+        }
+        if any {
+            // CTLs come back through reload, which starts every active sync.
+            self.reload().await;
+        }
+    }
+
+    fn spawn_vac(&mut self) {
+        let task = vac::run(self.catalog.clone(), self.metrics.clone(), self.shutdown.subscribe());
+        let handle = self.tasks.spawn(async move {
+            task.await;
+            "VAC".to_string()
+        });
+        self.task_names.insert(handle.id(), "VAC".into());
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        let mut failures = 0;
+        loop {
+            match Listener::connect(&self.options.control, "ibex mcp").await {
+                Ok(listener) => {
+                    take_daemon_lock(&listener).await?;
+                    self.listener = listener;
+                    self.listen_all().await?;
+                    tracing::info!("control database connection back");
+                    return Ok(());
+                }
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(error = %err, "control database unreachable");
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads the catalog: starts CTLs for new active syncs, hands changed
+    /// plans to running ones, stops the ones removed or deactivated.
+    async fn reload(&mut self) {
+        let client = match self.catalog.get().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(error = %err, "reload: catalog unreachable");
+                return;
+            }
+        };
+        if let (Some(handle), Ok(setting)) =
+            (&self.options.log_level, catalog::setting::get(client.as_ref(), "log_level").await)
+            && let Ok(level) = setting.value.parse::<LogLevel>()
+        {
+            handle.set(level);
+        }
+        let syncs = match catalog::sync::list(client.as_ref()).await {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(error = %err, "reload: cannot list syncs");
+                return;
+            }
+        };
+        let active: Vec<String> =
+            syncs.iter().filter(|s| s.params.status == "active").map(|s| s.name.clone()).collect();
+        let gone: Vec<String> = self.ctls.keys().filter(|s| !active.contains(s)).cloned().collect();
+        for name in gone {
+            // Dropping the sender ends the CTL after its current run.
+            self.ctls.remove(&name);
+            let _ = self.listener.unlisten(&kick_channel(&name)).await;
+            tracing::info!(sync = %name, "sync stopped (removed or deactivated)");
+        }
+        for name in &active {
+            if self.waiting_to_restart(name) {
+                continue;
+            }
+
+            let plan = match Plan::load(client.as_ref(), name).await {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::warn!(sync = %name, error = %err, "cannot load sync");
+                    continue;
+                }
+            };
+            match self.ctls.get_mut(name) {
+                Some(ctl) if ctl.plan != plan => {
+                    ctl.plan = plan.clone();
+                    let _ = ctl.commands.send(CtlCommand::NewPlan(Box::new(plan)));
+                }
+                Some(_) => {}
+                None => self.spawn_ctl(name, plan).await,
+            }
+        }
+        let summary = format!("{} syncs running", self.ctls.len());
+        let _ = notify(&self.listener.client, RELOADED, &summary).await;
+        tracing::debug!(%summary, "catalog read");
+    }
+
+    async fn spawn_ctl(&mut self, name: &str, plan: Plan) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = ctl::run(plan.clone(), self.catalog.clone(), self.metrics.clone(), rx, self.shutdown.subscribe());
+        let owned = name.to_string();
+        let handle = self.tasks.spawn(async move {
+            task.await;
+            owned
+        });
+        self.task_names.insert(handle.id(), name.to_string());
+        self.ctls.insert(name.to_string(), CtlHandle { commands: tx, plan });
+        if let Err(err) = self.listener.listen(&kick_channel(name)).await {
+            tracing::warn!(sync = %name, error = %err, "cannot listen for kicks");
+        }
+    }
+
+    /// Asks every task to stop, waits for running cycles to finish, then
+    /// aborts what is left (its transactions roll back with its connections).
+    async fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.ctls.clear();
+        let waited = tokio::time::timeout(STOP_GRACE, async { while self.tasks.join_next().await.is_some() {} }).await;
+        if waited.is_err() {
+            tracing::warn!("cycles still running after {} s: rolling them back", STOP_GRACE.as_secs());
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        let _ = self.listener.client.execute("DELETE FROM ibex.daemon WHERE backend_pid = pg_backend_pid()", &[]).await;
+        tracing::info!("ibex stopped");
+    }
+}
