@@ -128,12 +128,10 @@ pub async fn run(
                 None => break,
             },
             wake = autokick.rx.recv(), if autokick_on => match wake {
-                Some(Wake::Changed(notice)) => {
-
-                    if watches(kid.plan(), &notice) {
-                        due = Some(due.map_or(Instant::now(), |d| d.min(Instant::now())));
-                    }
+                Some(Wake::Changed(notice)) if watches(kid.plan(), &notice) => {
+                    due = Some(due.map_or(Instant::now(), |d| d.min(Instant::now())));
                 }
+                Some(Wake::Changed(_)) => {}
                 Some(Wake::Lost(i)) => {
                     autokick.clients[i] = None;
                     autokick.retry_at = Some(Instant::now() + backoff(1));
@@ -150,7 +148,7 @@ pub async fn run(
                 }
             }
         }
-        if !due.is_some_and(|d| d <= Instant::now()) {
+        if due.is_none_or(|d| d > Instant::now()) {
             continue;
         }
         // Notifications that arrived meanwhile are covered by this run.
