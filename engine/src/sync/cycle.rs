@@ -172,7 +172,11 @@ impl<'a> Cycle<'a> {
         let sync = self.plan.sync.name.clone();
         let results = try_join_all(self.plan.dbs.iter().enumerate().map(|(i, db)| {
             let mut sql = format!(
-                "BEGIN ISOLATION LEVEL {}; SET LOCAL session_replication_role = replica;",
+                // synchronous_commit: the cursors advance after these commits,
+                // so they must survive a crash of the db (even if its default
+                // is off), or the rows would be lost for good.
+                "BEGIN ISOLATION LEVEL {}; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = on;",
+
                 params.isolation_level.as_sql()
             );
             if let Some(timeout) = params.lock_timeout {

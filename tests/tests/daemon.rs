@@ -1,0 +1,346 @@
+//! The real `ibex` daemon against harness clusters: autokick latency under
+//! load, checktime, kick --wait, kill -9 recovery, a database going away,
+//! VAC, reload, start/stop/ping, logs and metrics.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ibex_tests::{Cluster, Daemon, Setup};
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pgbench_in_background(cluster: &Cluster, db: &str, seconds: u32) -> thread::JoinHandle<()> {
+    let port = cluster.port().to_string();
+    let db = db.to_string();
+    thread::spawn(move || {
+        let out = std::process::Command::new("pgbench")
+            .args(["-n", "-c", "2", "-T", &seconds.to_string(), "-h", "127.0.0.1", "-U", "postgres", "-p", &port, &db])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autokick_delivers_every_commit_within_a_second_under_load() {
+    let s = Setup::new();
+    s.cluster.create_pgbench_db("src", 1).unwrap();
+    s.sql("src", "CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    s.dbs_from("src", &["src", "dst1", "dst2"]);
+    s.ibex.sh("add all tables db=src herd=h").ok();
+    s.ibex.sh("add sync live herd=h dbs=src:source,dst1:target,dst2:target").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let load = pgbench_in_background(&s.cluster, "src", 12);
+    let src = s.cluster.connect("src").await.unwrap();
+    let dsts = [s.cluster.connect("dst1").await.unwrap(), s.cluster.connect("dst2").await.unwrap()];
+    let mut worst = Duration::ZERO;
+    for id in 0..20 {
+        let started = Instant::now();
+        src.execute("INSERT INTO marks (id) VALUES ($1)", &[&id]).await.unwrap();
+        for dst in &dsts {
+            loop {
+                let found: i64 =
+                    dst.query_one("SELECT count(*) FROM marks WHERE id = $1", &[&id]).await.unwrap().get(0);
+                if found == 1 {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(1), "row {id} took over a second:\n{}", d.log());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        worst = worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("worst commit-to-visible under load: {worst:?}");
+    load.join().unwrap();
+    s.ibex.run(&["--config", &d.config_path().display().to_string(), "kick", "live", "--wait", "60"]).ok();
+    s.assert_same(&["src", "dst1", "dst2"], &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "marks"]);
+}
+
+#[test]
+fn checktime_runs_without_kicks_and_kick_wait_reports() {
+    let s = Setup::new();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("a", &["a", "b", "c"]);
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync timed herd=h dbs=a:source,b:target autokick=false checktime=1s").ok();
+    s.ibex.sh("add sync kicked herd=h dbs=a:source,c:target autokick=false").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    // Kicking needs a daemon.
+    d.run(&["kick", "kicked"]).fails_with("ibex is not running");
+    d.start().unwrap();
+    s.sql("a", "INSERT INTO t VALUES (1, 'one')");
+    eventually(Duration::from_secs(5), "checktime to apply the row", || s.sql("b", "SELECT count(*) FROM t") == "1");
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.sql("c", "SELECT count(*) FROM t"), "0", "no autokick, no checktime: nothing runs");
+    let out = d.run(&["kick", "kicked", "--wait", "30"]).ok();
+    assert!(out.stdout.contains("Sync kicked: run") && out.stdout.contains("good"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 inserted"), "{}", out.stdout);
+    assert_eq!(s.sql("c", "SELECT v FROM t"), "one");
+    // A failing run: exit code and the error.
+    s.sql("c", "ALTER TABLE t RENAME TO t_gone");
+    s.sql("a", "INSERT INTO t VALUES (2, 'two')");
+    let failed = d.run(&["kick", "kicked", "--wait", "30"]).fails_with("run of sync kicked failed");
+    assert!(failed.stdout.contains("bad"), "{}", failed.stdout);
+    d.run(&["kick", "nosuch"]).fails_with("sync \"nosuch\" does not exist");
+    d.run(&["deactivate", "kicked"]).ok();
+    d.run(&["kick", "kicked"]).fails_with("sync kicked is inactive");
+    // Without --wait, kick returns at once.
+    d.run(&["kick", "timed"]).ok();
+}
+
+#[test]
+fn kill_9_mid_runs_loses_no_change() {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql("m1", "CREATE TABLE writes (db text, n int, at timestamptz DEFAULT clock_timestamp(), PRIMARY KEY (db, n))");
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add table writes db=m1 herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = s.cluster.port();
+    let writers: Vec<_> = ["m1", "m2"]
+        .into_iter()
+        .map(|db| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut written = Vec::new();
+                let mut client = postgres_sync(port, db).unwrap_or_else(|e| panic!("connecting to {db}: {e}"));
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    client(&format!("INSERT INTO writes (db, n) VALUES ('{db}', {n})"));
+                    written.push(n);
+                }
+                written
+            })
+        })
+        .collect();
+    for round in 0..4 {
+        thread::sleep(Duration::from_millis(700));
+        d.kill();
+        thread::sleep(Duration::from_millis(200));
+        d.start().unwrap_or_else(|e| panic!("restart {round}: {e}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let logs: Vec<Vec<i32>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    d.run(&["kick", "mm", "--wait", "60"]).ok();
+    s.assert_same(&["m1", "m2"], &["writes"]);
+    for (db, written) in ["m1", "m2"].iter().zip(&logs) {
+        assert!(written.len() > 50, "the load wrote too little on {db}");
+        let present: BTreeSet<i32> = s
+            .sql("m2", &format!("SELECT string_agg(n::text, ',') FROM writes WHERE db = '{db}'"))
+            .split(',')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let lost: Vec<&i32> = written.iter().filter(|n| !present.contains(n)).collect();
+        assert!(lost.is_empty(), "{} writes of {db} lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+        assert_eq!(present.len(), written.len());
+    }
+}
+
+/// A blocking SQL runner for writer threads: each call returns once the
+/// statement has committed, so the writer's log lists only real commits.
+fn postgres_sync(port: u16, db: &str) -> anyhow::Result<impl FnMut(&str)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname={db}");
+    let (client, connection) = runtime.block_on(tokio_postgres::connect(&dsn, tokio_postgres::NoTls))?;
+    runtime.spawn(connection);
+    Ok(move |sql: &str| {
+        runtime.block_on(client.batch_execute(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+}
+
+#[test]
+fn a_database_going_away_makes_only_its_sync_bad() {
+    let s = Setup::new();
+    let mut far = Cluster::start().unwrap();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("src", &["src", "near"]);
+    far.create_db("far").unwrap();
+    far.psql("far", "CREATE TABLE t (id int PRIMARY KEY, v text)").unwrap();
+    s.ibex
+        .run(&["add", "db", "far", "dbname=far", "host=127.0.0.1", &format!("port={}", far.port()), "user=postgres"])
+        .ok();
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync to_far herd=h dbs=src:source,far:target").ok();
+    s.ibex.sh("add sync to_near herd=h dbs=src:source,near:target").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("src", "INSERT INTO t VALUES (1, 'before')");
+    eventually(Duration::from_secs(5), "both targets", || {
+        s.sql("near", "SELECT count(*) FROM t") == "1" && far.psql("far", "SELECT count(*) FROM t").unwrap() == "1"
+    });
+    far.crash().unwrap();
+    s.sql("src", "INSERT INTO t VALUES (2, 'while far is down')");
+    eventually(Duration::from_secs(5), "the near target to keep going", || {
+        s.sql("near", "SELECT count(*) FROM t") == "2"
+    });
+    eventually(Duration::from_secs(15), "to_far to go Bad", || {
+        let st = d.run(&["status", "to_far", "--json"]).ok().json();
+        st["status"]["state"] == "Bad"
+    });
+    let bad = d.run(&["status", "to_far", "--json"]).ok().json();
+    let error = bad["status"]["last_bad"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("db far") && error.contains(&far.port().to_string()), "{error}");
+    assert_eq!(d.run(&["status", "to_near", "--json"]).ok().json()["status"]["state"], "Good");
+    s.sql("src", "INSERT INTO t VALUES (3, 'still down')");
+    eventually(Duration::from_secs(5), "near", || s.sql("near", "SELECT count(*) FROM t") == "3");
+    far.restart().unwrap();
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(Duration::from_secs(45), "far to catch up", || {
+            far.psql("far", "SELECT count(*) FROM t").unwrap() == "3"
+        })
+    }));
+    if waited.is_err() {
+        panic!("far did not catch up:\n{}", d.log());
+    }
+
+    eventually(Duration::from_secs(5), "to_far to be Good", || {
+        d.run(&["status", "to_far", "--json"]).ok().json()["status"]["state"] == "Good"
+    });
+}
+
+#[test]
+fn vac_purges_what_all_have_applied_and_keeps_what_an_inactive_sync_needs() {
+    let s = Setup::new();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("a", &["a", "b", "c"]);
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync to_b herd=h dbs=a:source,b:target").ok();
+    s.ibex.sh("add sync to_c herd=h dbs=a:source,c:target").ok();
+    s.ibex.sh("deactivate to_c").ok();
+    s.ibex.sh("set vac_interval=1s").ok();
+    let delta = s.sql("a", "SELECT 'ibex.' || quote_ident(delta_table) FROM ibex.captured");
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("a", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i");
+    eventually(Duration::from_secs(5), "b to get the rows", || s.sql("b", "SELECT count(*) FROM t") == "100");
+    // Several VAC rounds later the rows are still there: to_c needs them.
+    thread::sleep(Duration::from_secs(8));
+    assert_eq!(s.sql("a", &format!("SELECT count(*) FROM {delta}")), "100", "{}", d.log());
+    assert_eq!(s.sql("c", "SELECT count(*) FROM t"), "0");
+    s.ibex.sh("activate to_c").ok();
+    eventually(Duration::from_secs(10), "c to catch up", || s.sql("c", "SELECT count(*) FROM t") == "100");
+    eventually(Duration::from_secs(20), "VAC to purge", || s.sql("a", &format!("SELECT count(*) FROM {delta}")) == "0");
+}
+
+#[test]
+fn start_stop_reload_ping_logs_and_metrics() {
+    let s = Setup::new();
+    s.cluster.create_password_role("hunter2-secret").unwrap();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("a", &["a", "b", "c"]);
+    // One db logs in with a password, which must never show up anywhere.
+    s.ibex.run(&["remove", "db", "b"]).ok();
+    s.ibex
+        .run(&["add", "db", "b", "dbname=b", "host=127.0.0.1", &s.port_arg(), "user=ibex_pw", "pass=hunter2-secret"])
+        .ok();
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync first herd=h dbs=a:source,b:target").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.run(&["ping", "--timeout", "1"]).fails_with("no response from the daemon within 1 s");
+    d.start().unwrap();
+    let pid = d.pid().unwrap();
+    d.run(&["start"]).fails_with(&format!("ibex is already running (pid {pid})"));
+    d.run(&["start", "--foreground"]).fails_with("already running");
+    assert!(d.run(&["ping"]).ok().stdout.contains("Pong"));
+    // A new sync is picked up without a restart (the catalog change wakes the daemon).
+    s.ibex.sh("add sync second herd=h dbs=a:source,c:target").ok();
+    assert!(d.run(&["reload"]).ok().stdout.contains("Reloaded: 2 syncs running"));
+    s.sql("a", "INSERT INTO t VALUES (1, 'x')");
+    eventually(Duration::from_secs(5), "both syncs", || {
+        s.sql("b", "SELECT count(*) FROM t") == "1" && s.sql("c", "SELECT count(*) FROM t") == "1"
+    });
+    // A removed sync stops.
+    s.ibex.sh("remove sync second").ok();
+    eventually(Duration::from_secs(5), "the CTL to stop", || {
+        d.log().contains("sync stopped (removed or deactivated) sync=second")
+    });
+    s.sql("a", "INSERT INTO t VALUES (2, 'y')");
+    eventually(Duration::from_secs(5), "first", || s.sql("b", "SELECT count(*) FROM t") == "2");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.sql("c", "SELECT count(*) FROM t"), "1");
+    // Metrics.
+    let metrics = d.metrics().unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(metrics.contains("ibex_runs_total{sync=\"first\",state=\"good\"}"), "{metrics}");
+    assert!(metrics.contains("ibex_run_duration_seconds_count{sync=\"first\"}"), "{metrics}");
+    eventually(Duration::from_secs(15), "backlog gauges", || {
+        d.metrics().unwrap().contains("ibex_delta_backlog{sync=\"first\",table=\"public.t\"} 0")
+    });
+    assert!(d.metrics().unwrap().contains("ibex_replication_lag_seconds{sync=\"first\"}"));
+    // Log level from the catalog applies on reload; one line per run.
+    s.ibex.sh("set log_level=verbose").ok();
+    d.run(&["reload"]).ok();
+    s.sql("a", "INSERT INTO t VALUES (3, 'z')");
+    eventually(Duration::from_secs(5), "a verbose line", || d.log().contains("DEBUG"));
+    let log = d.log();
+    assert!(log.contains("run done sync=first"), "{log}");
+    // Stop: the daemon exits and pings go unanswered.
+    assert!(d.run(&["stop"]).ok().stdout.contains(&format!("Stopped ibex (pid {pid})")));
+    assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
+    d.run(&["ping", "--timeout", "1"]).fails_with("no response from the daemon");
+    assert!(d.run(&["stop"]).ok().stdout.contains("not running"));
+    // Detached start, then restart and stop.
+    let started = d.run(&["start"]).ok();
+    assert!(started.stdout.contains("Started ibex (pid"), "{}", started.stdout);
+    assert!(d.run(&["ping"]).ok().stdout.contains("Pong"));
+    let restarted = d.run(&["restart"]).ok();
+    assert!(
+        restarted.stdout.contains("Stopped ibex") && restarted.stdout.contains("Started ibex"),
+        "{}",
+        restarted.stdout
+    );
+    d.run(&["stop"]).ok();
+    // No password anywhere.
+    for (what, text) in
+        [("log", d.log()), ("metrics", metrics), ("status", s.ibex.sh("status first --json").ok().stdout)]
+    {
+        assert!(!text.contains("hunter2"), "password in {what}");
+    }
+}
+
+#[test]
+fn json_logs() {
+    let s = Setup::new();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY)");
+    s.dbs_from("a", &["a", "b"]);
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync j herd=h dbs=a:source,b:target").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    let mut toml = std::fs::read_to_string(d.config_path()).unwrap();
+    toml.push_str("format = \"json\"\n");
+    std::fs::write(d.config_path(), toml).unwrap();
+    d.start().unwrap();
+    s.sql("a", "INSERT INTO t VALUES (1)");
+    eventually(Duration::from_secs(5), "the row", || s.sql("b", "SELECT count(*) FROM t") == "1");
+    let log = d.log();
+    let runs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v| v["message"] == "run done")
+        .collect();
+    assert!(runs.iter().any(|r| r["sync"] == "j" && r["inserted"] == 1), "{log}");
+}
