@@ -5,6 +5,8 @@
 //!   cargo build --release -p ibex -p ibex-bench
 //!   target/release/ibex-bench bulk [--rows 1000000] [--rss-rows 4000000]
 //!   target/release/ibex-bench capture [--rows 1000000]
+//!   target/release/ibex-bench latency [--samples 200]
+
 //!   target/release/ibex-bench all
 
 mod measure;
@@ -27,15 +29,18 @@ fn main() -> Result<()> {
     let scenario = args.first().map(String::as_str).unwrap_or("all");
     let rows = arg_value(&args, "--rows", 1_000_000)?;
     let rss_rows = arg_value(&args, "--rss-rows", 4_000_000)?;
+    let samples = arg_value(&args, "--samples", 200)?;
     let mut report = measure::Report::default();
     match scenario {
         "bulk" => scenarios::bulk(&mut report, rows, rss_rows)?,
         "capture" => scenarios::capture(&mut report, rows)?,
+        "latency" => scenarios::latency(&mut report, samples)?,
         "all" => {
             scenarios::bulk(&mut report, rows, rss_rows)?;
             scenarios::capture(&mut report, rows)?;
+            scenarios::latency(&mut report, samples)?;
         }
-        other => bail!("unknown scenario {other:?}: use bulk, capture or all"),
+        other => bail!("unknown scenario {other:?}: use bulk, capture, latency or all"),
     }
     report.print();
     report.write_json("bench-results.json")?;

@@ -147,3 +147,89 @@ pub fn capture(report: &mut Report, rows: u64) -> Result<()> {
     );
     Ok(())
 }
+
+/// Autokick latency under a steady pgbench load: commit on a source to
+/// visible on every other db, one-way and 3-master, with the daemon.
+pub fn latency(report: &mut Report, samples: u64) -> Result<()> {
+    for masters in [1usize, 3] {
+        eprintln!("== autokick latency, {} master{}", masters, if masters == 1 { "" } else { "s" });
+        let s = setup(report)?;
+        s.cluster.create_pgbench_db("l1", 1)?;
+        s.sql("l1", "CREATE TABLE marks (id int PRIMARY KEY, src text)");
+        let names = ["l1", "l2", "l3"];
+        s.dbs_from("l1", &names);
+        s.ibex.sh("add all tables db=l1 herd=h").ok();
+        let dbs: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{n}:{}", if i < masters { "source" } else { "target" }))
+            .collect();
+        s.ibex.run(&["add", "sync", "lat", "herd=h", &format!("dbs={}", dbs.join(","))]).ok();
+        let mut daemon = ibex_tests::Daemon::configure(&s.ibex)?;
+        daemon.start()?;
+        // A steady load on every source: 100 transactions a second each.
+        let loads: Vec<_> = names[..masters]
+            .iter()
+            .map(|db| {
+                let mut c = Command::new("pgbench");
+                c.args(["-n", "-c", "1", "-R", "100", "-T", "3600", "-h", "127.0.0.1", "-U", "postgres"])
+                    .arg("-p")
+                    .arg(s.cluster.port().to_string())
+                    .arg(db)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                c.spawn()
+            })
+            .collect::<std::io::Result<_>>()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let mut latencies = runtime.block_on(measure_latency(&s.cluster, &names, masters, samples))?;
+        for mut load in loads {
+            let _ = load.kill();
+            let _ = load.wait();
+        }
+        eprintln!(
+            "  runs: {}",
+            s.sql("ibex", "SELECT count(*) || ' runs, avg ' || round(avg(extract(epoch FROM ended_at - started_at)) * 1000, 1) || ' ms, avg attempts ' || round(avg(attempts), 2) FROM ibex.run")
+        );
+        latencies.sort_by(f64::total_cmp);
+
+        let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+        let label = if masters == 1 { "one-way" } else { "3-master" };
+        for (name, q, goal) in [("p50", 0.5, "< 20 ms"), ("p90", 0.9, ""), ("p99", 0.99, "< 100 ms"), ("max", 1.0, "")]
+        {
+            report.add("autokick latency", &format!("{label} {name}"), pick(q), None, "ms", goal);
+        }
+    }
+    Ok(())
+}
+
+async fn measure_latency(cluster: &Cluster, names: &[&str], masters: usize, samples: u64) -> Result<Vec<f64>> {
+    let mut clients = Vec::new();
+    for db in names {
+        clients.push(cluster.connect(db).await?);
+    }
+    let mut out = Vec::new();
+    for id in 0..samples as i32 {
+        let from = id as usize % masters;
+        let started = std::time::Instant::now();
+        clients[from].execute("INSERT INTO marks VALUES ($1, $2)", &[&id, &names[from]]).await?;
+        for (i, client) in clients.iter().enumerate() {
+            if i == from {
+                continue;
+            }
+            loop {
+                let n: i64 = client.query_one("SELECT count(*) FROM marks WHERE id = $1", &[&id]).await?.get(0);
+                if n == 1 {
+                    break;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(30) {
+                    bail!("mark {id} never arrived on {}", names[i]);
+                }
+                tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+            }
+        }
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(out)
+}

@@ -46,7 +46,26 @@ pub struct Cycle<'a> {
     conflict_log: Vec<ConflictRecord>,
 }
 
+/// Logs (at verbose) how long each step of a run took.
+struct StepClock<'a> {
+    sync: &'a str,
+    last: std::time::Instant,
+}
+
+impl<'a> StepClock<'a> {
+    fn new(sync: &'a str) -> Self {
+        StepClock { sync, last: std::time::Instant::now() }
+    }
+
+    fn step(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(sync = %self.sync, step = what, us = (now - self.last).as_micros() as u64, "step");
+        self.last = now;
+    }
+}
+
 /// Microseconds since 2000-01-01 UTC, PostgreSQL's timestamp unit.
+
 fn pg_micros(t: DateTime<Utc>) -> i64 {
     let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().unwrap_or_default();
     (t - epoch).num_microseconds().unwrap_or(i64::MAX)
@@ -121,9 +140,11 @@ impl<'a> Cycle<'a> {
     /// Runs the whole attempt. On error the caller drops the connections,
     /// which rolls back every database.
     pub async fn run(mut self, onetimecopy: i16) -> Result<CycleOutcome> {
+        let mut clock = StepClock::new(&self.plan.sync.name);
         self.begin().await?;
-        let changed = self.changed_tables().await?;
-        let truncated = self.truncated_tables().await?;
+        clock.step("begin");
+        let (changed, truncated) = if self.tables.is_empty() { Default::default() } else { self.probe().await? };
+        clock.step("probe");
         if self.resolver.needs_newest_per_db() {
             let newest = self.newest_per_source().await?;
             self.resolver.set_newest_per_db(&newest);
@@ -135,13 +156,16 @@ impl<'a> Cycle<'a> {
             }
             let sources: Vec<usize> = self.plan.sources().filter(|s| changed.get(s).is_some_and(|c| c[ti])).collect();
             match sources.len() {
-                0 => {}
+                0 => continue,
                 1 => self.apply_single_source(ti, sources[0]).await?,
                 _ => self.apply_merged(ti, &sources).await?,
             }
+            clock.step(&format!("apply {}", self.tables[ti].name));
         }
         self.sync_sequences().await?;
+        clock.step("sequences");
         self.commit().await?;
+        clock.step("commit");
         let mut outcome = CycleOutcome {
             inserted: self.counts.values().map(|c| c.1).sum(),
             deleted: self.counts.values().map(|c| c.0).sum(),
@@ -166,17 +190,18 @@ impl<'a> Cycle<'a> {
         Ok(outcome)
     }
 
+    /// Opens the transaction on every db at once, one round trip each; on
+    /// sources the same round trip reads the run's snapshot and the cursor.
     async fn begin(&mut self) -> Result<()> {
         let params = &self.plan.sync.params;
         let locks: Vec<String> = self.tables.iter().map(TableSpec::quoted).collect();
         let sync = self.plan.sync.name.clone();
         let results = try_join_all(self.plan.dbs.iter().enumerate().map(|(i, db)| {
+            // synchronous_commit: the cursors advance after these commits, so
+            // they must survive a crash of the db (even if its default is
+            // off), or the rows would be lost for good.
             let mut sql = format!(
-                // synchronous_commit: the cursors advance after these commits,
-                // so they must survive a crash of the db (even if its default
-                // is off), or the rows would be lost for good.
                 "BEGIN ISOLATION LEVEL {}; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = on;",
-
                 params.isolation_level.as_sql()
             );
             if let Some(timeout) = params.lock_timeout {
@@ -187,37 +212,33 @@ impl<'a> Cycle<'a> {
             if self.lock_tables && !locks.is_empty() {
                 sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
             }
-            let client = &self.clients[i];
             let source = db.role == Role::Source;
+            if source {
+                sql.push_str(&format!(
+                    " SELECT pg_current_snapshot()::text, (SELECT snapshot::text FROM ibex.cursor WHERE sync = {});",
+                    quote_literal(&sync)
+                ));
+            }
+            let client = &self.clients[i];
             let sync = sync.clone();
             let name = db.name.clone();
             async move {
-                client.batch_execute(&sql).await.map_err(|e| begin_error(&name, e))?;
+                let messages = client.simple_query(&sql).await.map_err(|e| begin_error(&name, &sync, e))?;
                 if !source {
                     return Ok(None);
                 }
-                let row = client
-                    .query_one(
-                        "SELECT pg_current_snapshot()::text, (SELECT snapshot::text FROM ibex.cursor WHERE sync = $1)",
-                        &[&sync],
-                    )
-                    .await
-                    .map_err(|e| match e.code() {
-                        Some(code) if *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE => {
-                            Error::Sync(format!("capture is not installed on db {name}: run `ibex validate {sync}`"))
-                        }
-                        _ => Error::Postgres {
-                            context: format!("reading the cursor of sync {sync} on db {name}"),
-                            source: e,
-                        },
-                    })?;
-                let cursor: Option<String> = row.get(1);
-                let cursor = cursor.ok_or_else(|| {
-                    Error::Sync(format!(
+                let row = messages.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                });
+                let snapshot = row.and_then(|r| r.get(0)).map(str::to_string);
+                let cursor = row.and_then(|r| r.get(1)).map(str::to_string);
+                match (snapshot, cursor) {
+                    (Some(snapshot), Some(cursor)) => Ok::<_, Error>(Some((snapshot, cursor))),
+                    _ => Err(Error::Sync(format!(
                         "sync {sync} has no cursor on db {name}: run `ibex validate {sync}` to install capture"
-                    ))
-                })?;
-                Ok::<_, Error>(Some((row.get::<_, String>(0), cursor)))
+                    ))),
+                }
             }
         }))
         .await?;
@@ -225,42 +246,43 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    /// Per source: which tables have changes in the window (one query).
-    async fn changed_tables(&self) -> Result<BTreeMap<usize, Vec<bool>>> {
-        let mut out = BTreeMap::new();
-        if self.tables.is_empty() {
-            return Ok(out);
-        }
-        for src in self.plan.sources() {
+    /// Per source, in one query each and all sources at once: which tables
+    /// have changes in the window, and which were truncated (and when).
+    async fn probe(&self) -> Result<(BTreeMap<usize, Vec<bool>>, BTreeMap<QualifiedName, usize>)> {
+        let sources: Vec<usize> = self.plan.sources().collect();
+        let answers = try_join_all(sources.iter().map(|&src| async move {
             let window = self.window(src)?;
             let probes: Vec<String> =
                 self.tables.iter().map(|t| format!("EXISTS (SELECT 1 FROM {} d WHERE {window})", t.delta())).collect();
+            // Truncates come back as three parallel arrays (one row in all).
+            let sql = format!(
+                "WITH x AS (SELECT schema_name, rel_name,
+                                   (extract(epoch FROM max(changed_at) - '2000-01-01 00:00:00+00'::timestamptz) * 1000000)::int8 AS at
+                              FROM ibex.truncate_log d WHERE {window} GROUP BY 1, 2)
+                 SELECT ARRAY[{}]::bool[], t.s, t.r, t.a
+                   FROM (SELECT array_agg(schema_name ORDER BY schema_name, rel_name) AS s,
+                                array_agg(rel_name ORDER BY schema_name, rel_name) AS r,
+                                array_agg(at ORDER BY schema_name, rel_name) AS a FROM x) t",
+                probes.join(", ")
+            );
             let row = self.clients[src]
-                .query_one(&format!("SELECT ARRAY[{}]", probes.join(", ")), &[])
+                .query_one(&sql, &[])
                 .await
                 .ctx(|| format!("looking for changes on db {}", self.db_name(src)))?;
-            out.insert(src, row.get::<_, Vec<bool>>(0));
-        }
-        Ok(out)
-    }
-
-    /// Tables truncated in the window: the source that truncated last.
-    async fn truncated_tables(&self) -> Result<BTreeMap<QualifiedName, usize>> {
+            Ok::<_, Error>((
+                row.get::<_, Vec<bool>>(0),
+                row.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
+                row.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
+                row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default(),
+            ))
+        }))
+        .await?;
+        let mut changed = BTreeMap::new();
         let mut latest: BTreeMap<QualifiedName, (i64, usize)> = BTreeMap::new();
-        for src in self.plan.sources() {
-            let window = self.window(src)?;
-            let rows = self.clients[src]
-                .query(
-                    &format!(
-                        "SELECT schema_name, rel_name, max(changed_at) FROM ibex.truncate_log d WHERE {window} GROUP BY 1, 2"
-                    ),
-                    &[],
-                )
-                .await
-                .ctx(|| format!("looking for truncates on db {}", self.db_name(src)))?;
-            for row in rows {
-                let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-                let at = pg_micros(row.get(2));
+        for (&src, (flags, schemas, names, times)) in sources.iter().zip(answers) {
+            changed.insert(src, flags);
+            for ((schema, name), at) in schemas.into_iter().zip(names).zip(times) {
+                let name = QualifiedName::new(schema, name);
                 if !self.tables.iter().any(|t| t.name == name) {
                     continue;
                 }
@@ -270,7 +292,7 @@ impl<'a> Cycle<'a> {
                 }
             }
         }
-        Ok(latest.into_iter().map(|(name, (_, src))| (name, src)).collect())
+        Ok((changed, latest.into_iter().map(|(name, (_, src))| (name, src)).collect()))
     }
 
     async fn newest_per_source(&self) -> Result<Vec<(usize, i64)>> {
@@ -386,10 +408,14 @@ impl<'a> Cycle<'a> {
         }
     }
 
+    /// An empty key table on this connection. It lives as long as the
+    /// connection; ON COMMIT DELETE ROWS empties it in place at every commit
+    /// (TRUNCATE would make a new file each time), and within one run the
+    /// merge empties it with DELETE before reusing it.
     async fn ensure_temp(&self, db: usize, name: &str, table: &TableSpec) -> Result<()> {
         self.clients[db]
             .batch_execute(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ({}); TRUNCATE pg_temp.{}",
+                "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS; DELETE FROM pg_temp.{}",
                 quote_ident(name),
                 table.key_definitions(),
                 quote_ident(name)
@@ -724,7 +750,10 @@ impl<'a> Cycle<'a> {
     }
 }
 
-fn begin_error(db: &str, err: tokio_postgres::Error) -> Error {
+fn begin_error(db: &str, sync: &str, err: tokio_postgres::Error) -> Error {
+    if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+        return Error::Sync(format!("capture is not installed on db {db}: run `ibex validate {sync}`"));
+    }
     if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
         return Error::Sync(format!(
             "db {db}: {}: ibex applies rows with session_replication_role = replica, which needs a superuser or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role TO the ibex user",

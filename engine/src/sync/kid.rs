@@ -100,8 +100,11 @@ impl Kid {
     pub async fn run(&mut self, catalog_client: &Client) -> Result<RunRecord> {
         let started_at = Utc::now();
         let sync = self.plan.sync.name.clone();
+        let clock = std::time::Instant::now();
         let id = catalog::runs::start(catalog_client, &sync, started_at).await?;
+        tracing::debug!(sync = %sync, us = clock.elapsed().as_micros() as u64, "step: run recorded");
         let (result, attempts) = self.attempts().await;
+        let clock = std::time::Instant::now();
         let mut record = RunRecord {
             id,
             sync: sync.clone(),
@@ -144,6 +147,7 @@ impl Kid {
             .execute("SELECT pg_notify($1, $2)", &[&syncdone_channel(&sync), &record.id.to_string()])
             .await
             .ctx(|| "announcing the end of the run".into())?;
+        tracing::debug!(sync = %sync, us = clock.elapsed().as_micros() as u64, "step: run finished in the catalog");
         match record.state {
             RunState::Good => tracing::info!(
                 sync = %sync,
@@ -201,7 +205,10 @@ impl Kid {
         let onetimecopy = self.plan.sync.params.onetimecopy;
         let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables).run(onetimecopy).await?;
         failpoint::check("after_commit")?;
+        let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;
+        tracing::debug!(sync = %self.plan.sync.name, us = clock.elapsed().as_micros() as u64, "step: cursors advanced");
+
         Ok(outcome)
     }
 
