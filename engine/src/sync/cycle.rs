@@ -65,8 +65,7 @@ impl<'a> StepClock<'a> {
 }
 
 /// Microseconds since 2000-01-01 UTC, PostgreSQL's timestamp unit.
-fn pg_micros
-(t: DateTime<Utc>) -> i64 {
+fn pg_micros(t: DateTime<Utc>) -> i64 {
     let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().unwrap_or_default();
     (t - epoch).num_microseconds().unwrap_or(i64::MAX)
 }
