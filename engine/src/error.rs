@@ -51,6 +51,10 @@ pub enum Error {
     /// A sync run failed; the message names the sync, database and table.
     #[error("{0}")]
     Sync(String),
+
+    /// A WebAssembly plugin failed or cannot be used; the message names it.
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// An optional trailing sentence of advice, printed after a `: `-free message.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod failpoint;
 pub mod logging;
 pub mod pg;
+pub mod plugin;
 pub mod sync;
 
 pub use error::{Error, Result};

@@ -106,7 +106,18 @@ impl Ibex {
 /// Every row of the control catalog's configuration tables as JSON text,
 /// to prove a refused command changed nothing.
 pub fn catalog_snapshot(cluster: &crate::Cluster, control_db: &str) -> String {
-    let tables = ["db", "relation", "herd", "herd_member", "dbgroup", "dbgroup_member", "sync", "setting"];
+    let tables = [
+        "db",
+        "relation",
+        "herd",
+        "herd_member",
+        "dbgroup",
+        "dbgroup_member",
+        "sync",
+        "setting",
+        "plugin",
+        "plugin_use",
+    ];
     let sql = tables
         .iter()
         .map(|t| format!("SELECT '{t}', coalesce(json_agg(x ORDER BY x::text)::text, '[]') FROM ibex.{t} x"))

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod daemon;
 pub mod ibex;
+pub mod plugins;
 pub mod setup;
 
 pub use cluster::Cluster;

@@ -142,6 +142,44 @@ CREATE TABLE ibex.daemon (
 COMMENT ON TABLE ibex.daemon IS 'The daemon serving this catalog; alive while its backend_pid is in pg_stat_activity';
 "#,
     },
+    Migration {
+        version: 4,
+        description: "WebAssembly plugins and where they are attached; old images",
+        sql: r#"
+CREATE TABLE ibex.plugin (
+    name           text PRIMARY KEY,
+    kind           text NOT NULL CHECK (kind IN ('conflict-handler', 'row-transform', 'sync-hooks')),
+    wasm           bytea NOT NULL,
+    sha256         text NOT NULL,
+    precompiled    bytea,
+    fuel           bigint NOT NULL,
+    memory         bigint NOT NULL,
+    timeout_ms     bigint NOT NULL,
+    grants         text[] NOT NULL DEFAULT '{}',
+    write_grants   text[] NOT NULL DEFAULT '{}',
+    on_error       text NOT NULL DEFAULT 'abort',
+    query_rows     bigint NOT NULL,
+    config         jsonb NOT NULL DEFAULT '[]',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ibex.plugin IS 'WebAssembly components with their manifest; every daemon runs exactly these bytes';
+
+CREATE TABLE ibex.plugin_use (
+    id          serial PRIMARY KEY,
+    plugin      text NOT NULL REFERENCES ibex.plugin (name) ON UPDATE CASCADE,
+    sync        text NOT NULL REFERENCES ibex.sync (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    kind        text NOT NULL CHECK (kind IN ('transform', 'hook')),
+    relation    int REFERENCES ibex.relation (id) ON DELETE CASCADE,
+    target_db   text REFERENCES ibex.db (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    hook_points text[],
+    UNIQUE (plugin, sync, kind, relation, target_db)
+);
+COMMENT ON TABLE ibex.plugin_use IS 'Row transforms and sync hooks attached to syncs (conflict handlers are a sync''s conflict_strategy)';
+
+ALTER TABLE ibex.relation ADD COLUMN capture_old boolean NOT NULL DEFAULT false;
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

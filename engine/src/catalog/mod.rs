@@ -7,6 +7,7 @@ pub mod dbs;
 pub mod herd;
 pub mod migrations;
 mod names;
+pub mod plugin;
 pub mod relation;
 pub mod runs;
 pub mod setting;

@@ -26,6 +26,8 @@ pub enum ConflictStrategy {
     Skip,
     /// A random one of the changed versions wins.
     Random,
+    /// A WebAssembly conflict handler decides (`plugin:NAME`).
+    Plugin(String),
 }
 
 impl ConflictStrategy {
@@ -63,6 +65,7 @@ impl fmt::Display for ConflictStrategy {
             ConflictStrategy::Abort => f.write_str("abort"),
             ConflictStrategy::Skip => f.write_str("skip"),
             ConflictStrategy::Random => f.write_str("random"),
+            ConflictStrategy::Plugin(name) => write!(f, "plugin:{name}"),
         }
     }
 }
@@ -84,10 +87,11 @@ impl FromStr for ConflictStrategy {
                 ));
             }
             other if other.starts_with("plugin:") => {
-                return Err(Error::usage(format!(
-                    "conflict_strategy={other}: WebAssembly conflict handlers are not available in this build yet; use latest, latest_all_tables, abort, skip, random or a list of source dbs"
-                )));
+                let name = &other["plugin:".len()..];
+                super::check_name("plugin", name)?;
+                ConflictStrategy::Plugin(name.to_string())
             }
+
             other => {
                 let dbs: Vec<String> = other.split(',').map(|d| d.trim().to_string()).collect();
                 if dbs.iter().any(|d| super::check_name("db", d).is_err()) {

@@ -9,6 +9,7 @@ mod herd;
 mod install;
 mod output;
 mod params;
+mod plugin;
 mod run;
 mod settings;
 mod status;
@@ -92,6 +93,9 @@ pub enum Command {
     /// Run syncs in the foreground
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// Work with plugins offline
+    #[command(subcommand)]
+    Plugin(PluginCmd),
     /// Start the daemon (detached unless --foreground)
     #[command(
         after_help = "Runs the MCP, one CTL per active sync and the VAC. One daemon per catalog.\n\nExamples:\n  ibex start\n  ibex start --foreground   # for systemd or containers"
@@ -231,6 +235,37 @@ pub enum AddCmd {
         after_help = "Keys: herd (or tables=T1,T2), dbs (a dbgroup, or DB:ROLE,DB:ROLE), conflict_strategy\n(latest|latest_all_tables|abort|skip|random|db1,db2,...), autokick (true), checktime (off),\nonetimecopy (0|1|2), kidsalive (true), status (active|inactive), lock_timeout, isolation_level\n\nExample:\n  ibex add sync foobar herd=therd dbs=tgroup autokick=false"
     )]
     Sync(NamedParams),
+    /// Add a WebAssembly plugin (conflict handler, row transform or sync hooks)
+    #[command(
+        after_help = "Keys: kind (conflict-handler|row-transform|sync-hooks; found from the component when left out),\nfuel (per call), memory (e.g. 64MiB), timeout (e.g. 10s), grant=DB[,DB] (read-only queries),\nwrite=DB[,DB] (writes in the run's transaction), on_error (abort|fallback=STRATEGY),\nquery_rows, config.KEY=VALUE (handed to the plugin)\n\nExample:\n  ibex add plugin merge additive_merge.wasm config.columns=abalance on_error=fallback=latest"
+    )]
+    Plugin(PluginAddArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PluginAddArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "FILE.wasm")]
+    pub file: PathBuf,
+    #[arg(value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PluginTestArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// A JSON batch, e.g. {"sync": ..., "table": ..., "conflicts": [...]} for a conflict handler
+    #[arg(long, value_name = "FILE.json")]
+    pub input: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCmd {
+    /// Run a plugin offline on a sample batch and print its answer
+    #[command(after_help = "Example:\n  ibex plugin test merge --input examples/plugin-test-conflicts.json")]
+    Test(PluginTestArgs),
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +313,9 @@ pub enum ListCmd {
     /// Syncs and their parameters
     #[command(alias = "sync")]
     Syncs,
+    /// Plugins, their limits and where they are used
+    #[command(alias = "plugin")]
+    Plugins,
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,6 +340,11 @@ pub enum UpdateCmd {
         after_help = "Keys: as for `add sync`, plus herd and dbs\n\nExample:\n  ibex update sync foobar checktime=30s conflict_strategy=t1,t2"
     )]
     Sync(NamedParams),
+    /// Replace a plugin's component and/or change its manifest (a running daemon swaps it on reload)
+    #[command(
+        after_help = "Arguments: [FILE.wasm] [KEY=VALUE ...], keys as for `add plugin`\n\nExample:\n  ibex update plugin merge merge-v2.wasm timeout=2s"
+    )]
+    Plugin(NamedParams),
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,6 +367,9 @@ pub enum RemoveCmd {
     /// Remove a sync
     #[command(after_help = "Example:\n  ibex remove sync foobar")]
     Sync(Names),
+    /// Remove a plugin (refused while a sync uses it)
+    #[command(after_help = "Example:\n  ibex remove plugin merge")]
+    Plugin(Names),
 }
 
 #[derive(Args, Debug)]
@@ -396,6 +442,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             AddCmd::Herd(a) => herd::add(&ctx, a).await?,
             AddCmd::Dbgroup(a) => dbgroup::add(&ctx, a).await?,
             AddCmd::Sync(a) => sync::add(&ctx, a).await?,
+            AddCmd::Plugin(a) => plugin::add(&ctx, a).await?,
         },
         Command::List(cmd) => match cmd {
             ListCmd::Dbs => db::list(&ctx).await?,
@@ -404,12 +451,14 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             ListCmd::Herds => herd::list(&ctx).await?,
             ListCmd::Dbgroups => dbgroup::list(&ctx).await?,
             ListCmd::Syncs => sync::list(&ctx).await?,
+            ListCmd::Plugins => plugin::list(&ctx).await?,
         },
         Command::Update(cmd) => match cmd {
             UpdateCmd::Db(a) => db::update(&ctx, a).await?,
             UpdateCmd::Herd(a) => herd::update(&ctx, a).await?,
             UpdateCmd::Dbgroup(a) => dbgroup::update(&ctx, a).await?,
             UpdateCmd::Sync(a) => sync::update(&ctx, a).await?,
+            UpdateCmd::Plugin(a) => plugin::update(&ctx, a).await?,
         },
         Command::Remove(cmd) => match cmd {
             RemoveCmd::Db(a) => db::remove(&ctx, a).await?,
@@ -418,6 +467,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             RemoveCmd::Herd(a) => herd::remove(&ctx, a).await?,
             RemoveCmd::Dbgroup(a) => dbgroup::remove(&ctx, a).await?,
             RemoveCmd::Sync(a) => sync::remove(&ctx, a).await?,
+            RemoveCmd::Plugin(a) => plugin::remove(&ctx, a).await?,
         },
         Command::Activate(a) => sync::set_status(&ctx, a, "active").await?,
         Command::Deactivate(a) => sync::set_status(&ctx, a, "inactive").await?,
@@ -426,6 +476,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Validate(a) => run::validate(&ctx, a).await?,
         Command::Sync(SyncCmd::Run(a)) => return run::run_once(&ctx, a).await,
         Command::Status(a) => status::show(&ctx, a).await?,
+        Command::Plugin(PluginCmd::Test(a)) => plugin::test(&ctx, a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -112,6 +112,12 @@ impl Resolver {
                 Decision::Winner { db: versions[pick].db, reason: Reason::Random }
             }
             ConflictStrategy::Skip => Decision::Skip,
+            // A plugin decides in batches elsewhere; asked per key, it is latest.
+            ConflictStrategy::Plugin(_) => {
+                let (db, reason) = self.latest(versions);
+                Decision::Winner { db, reason }
+            }
+
             ConflictStrategy::Abort => return Err(MustAbort),
         })
     }

@@ -3,6 +3,7 @@
 //! lock timeouts (locking the tables on the retry so it converges), records
 //! every run in the catalog and announces it with `ibex_syncdone_<sync>`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,6 +17,7 @@ use crate::catalog::{self, RunRecord, RunState};
 use crate::error::{Error, PgContext, Result};
 use crate::failpoint;
 use crate::pg;
+use crate::plugin::{LoadedPlugin, PluginRuntime};
 
 /// The channel a finished run is announced on; the payload is the run id.
 pub fn syncdone_channel(sync: &str) -> String {
@@ -24,8 +26,10 @@ pub fn syncdone_channel(sync: &str) -> String {
 
 pub struct Kid {
     plan: Plan,
-    clients: Vec<Client>,
+    clients: Vec<Arc<Client>>,
     specs: Option<Vec<TableSpec>>,
+    /// Plugins of the plan, loaded (by name; reloaded when the sha changes).
+    plugins: std::collections::HashMap<String, LoadedPlugin>,
     /// Runs left that start with the tables locked, because a recent run
     /// hit write conflicts: on hot rows the optimistic attempt only fails.
     locked_runs_left: u32,
@@ -36,7 +40,7 @@ const LOCKED_RUNS_AFTER_CONFLICT: u32 = 10;
 
 impl Kid {
     pub fn new(plan: Plan) -> Self {
-        Kid { plan, clients: Vec::new(), specs: None, locked_runs_left: 0 }
+        Kid { plan, clients: Vec::new(), specs: None, plugins: Default::default(), locked_runs_left: 0 }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -76,7 +80,7 @@ impl Kid {
                     .batch_execute("SET standard_conforming_strings = on; SET client_min_messages = warning")
                     .await
                     .ctx(|| format!("setting up the connection to db {}", db.name))?;
-                Ok::<_, Error>(client)
+                Ok::<_, Error>(Arc::new(client))
             }
         }))
         .await?;
@@ -89,7 +93,7 @@ impl Kid {
     pub async fn validate(&mut self) -> Result<&[TableSpec]> {
         self.connect().await?;
         if self.specs.is_none() {
-            let clients: Vec<&Client> = self.clients.iter().collect();
+            let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
             self.specs = Some(validate::check(&self.plan, &clients).await?);
         }
         Ok(self.specs.as_deref().unwrap_or_default())
@@ -103,7 +107,10 @@ impl Kid {
         let clock = std::time::Instant::now();
         let id = catalog::runs::start(catalog_client, &sync, started_at).await?;
         tracing::debug!(sync = %sync, us = clock.elapsed().as_micros() as u64, "step: run recorded");
-        let (result, attempts) = self.attempts().await;
+        let (result, attempts) = match self.load_plugins(catalog_client).await {
+            Ok(()) => self.attempts().await,
+            Err(err) => (Err(err), 0),
+        };
         let clock = std::time::Instant::now();
         let mut record = RunRecord {
             id,
@@ -199,11 +206,39 @@ impl Kid {
         }
     }
 
+    /// Loads the plan's plugins that are not loaded yet (or were replaced).
+    async fn load_plugins(&mut self, catalog_client: &Client) -> Result<()> {
+        self.plugins.retain(|name, p| self.plan.plugins.iter().any(|r| &r.name == name && r.sha256 == p.sha256));
+        for r in &self.plan.plugins {
+            if self.plugins.contains_key(&r.name) {
+                continue;
+            }
+            let record = catalog::plugin::get(catalog_client, &r.name).await?;
+            let (wasm, precompiled) = catalog::plugin::bytes(catalog_client, &r.name).await?;
+            let loaded = PluginRuntime::get()?.load(
+                &record.name,
+                &record.sha256,
+                &wasm,
+                precompiled.as_deref(),
+                record.manifest,
+            )?;
+            self.plugins.insert(r.name.clone(), loaded);
+        }
+        Ok(())
+    }
+
     async fn attempt(&mut self, lock_tables: bool) -> Result<CycleOutcome> {
         self.validate().await?;
         let specs = self.specs.clone().unwrap_or_default();
         let onetimecopy = self.plan.sync.params.onetimecopy;
-        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables).run(onetimecopy).await?;
+        let conflict_plugin = match &self.plan.sync.params.conflict_strategy {
+            crate::catalog::ConflictStrategy::Plugin(name) => Some(self.plugins.get(name).ok_or_else(|| {
+                Error::Plugin(format!("plugin {name} is not loaded for sync {}", self.plan.sync.name))
+            })?),
+            _ => None,
+        };
+        let outcome =
+            Cycle::new(&self.plan, &specs, &self.clients, lock_tables, conflict_plugin).run(onetimecopy).await?;
         failpoint::check("after_commit")?;
         let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;

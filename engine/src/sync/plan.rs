@@ -43,6 +43,15 @@ pub struct Plan {
     pub tables: Vec<PlanTable>,
     pub sequences: Vec<QualifiedName>,
     pub settings: RunSettings,
+    /// Plugins the sync uses, with the sha256 of their component (so a
+    /// replaced component makes a different plan).
+    pub plugins: Vec<PluginRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    pub name: String,
+    pub sha256: String,
 }
 
 impl Plan {
@@ -89,7 +98,18 @@ impl Plan {
             run_timeout: duration("run_timeout", setting("run_timeout").await?)?,
             analyze_after_copy: setting("analyze_after_copy").await? == "true",
         };
-        Ok(Plan { sync: record, dbs, tables, sequences, settings })
+        let mut plugins = Vec::new();
+        if let crate::catalog::ConflictStrategy::Plugin(name) = &record.params.conflict_strategy {
+            let plugin = catalog::plugin::get(catalog, name).await?;
+            if plugin.manifest.kind != crate::plugin::PluginKind::ConflictHandler {
+                return Err(Error::Sync(format!(
+                    "sync {sync} uses plugin {name} as its conflict handler, but it is a {}",
+                    plugin.manifest.kind
+                )));
+            }
+            plugins.push(PluginRef { name: plugin.name, sha256: plugin.sha256 });
+        }
+        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins })
     }
 
     pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {

@@ -5,6 +5,7 @@
 //! advances the cursors after the commits.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::try_join_all;
@@ -18,6 +19,10 @@ use crate::conflict::{Contender, Decision, Resolver, Version};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_fanout, copy_in_bytes};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
+use crate::plugin::convert::push_copy_row;
+use crate::plugin::{HostDbs, LoadedPlugin, Value};
+
+mod plugged;
 
 /// What a successful attempt did.
 #[derive(Debug, Default)]
@@ -36,7 +41,7 @@ pub struct CycleOutcome {
 pub struct Cycle<'a> {
     plan: &'a Plan,
     tables: &'a [TableSpec],
-    clients: &'a [Client],
+    clients: &'a [Arc<Client>],
     lock_tables: bool,
     resolver: Resolver,
     /// Per db: (run snapshot, cursor snapshot) for sources.
@@ -44,6 +49,13 @@ pub struct Cycle<'a> {
     counts: BTreeMap<(usize, usize), (i64, i64)>,
     conflicts: i64,
     conflict_log: Vec<ConflictRecord>,
+    /// The conflict handler, when the strategy is `plugin:NAME`.
+    conflict_plugin: Option<&'a LoadedPlugin>,
+    /// What plugin calls of this run may reach.
+    host_dbs: Arc<HostDbs>,
+    /// Winners a plugin chose "always": per table, and for the whole run.
+    table_winner: BTreeMap<usize, usize>,
+    sync_winner: Option<usize>,
 }
 
 /// Logs (at verbose) how long each step of a run took.
@@ -99,23 +111,62 @@ struct Gather {
     exhausted: bool,
 }
 
-/// Keys decided in the current chunk: the key's fields and its winner
-/// (None: leave it alone everywhere).
-type Chunk = Vec<(Vec<Vec<u8>>, Option<usize>)>;
+/// What happens to one changed key.
+enum Apply {
+    /// Every other db gets this db's row (or loses the key).
+    From(usize),
+    /// Every db gets this row (a plugin's merge).
+    Merged(Vec<Value>),
+    /// Left as it is everywhere.
+    Skip,
+}
+
+/// Keys decided in the current chunk, with what to do with each.
+type Chunk = Vec<(Vec<Vec<u8>>, Apply)>;
+
+/// A conflict waiting for the plugin's batch.
+struct Pending {
+    fields: Vec<Vec<u8>>,
+    versions: Vec<Version>,
+    shown: String,
+}
+
+/// Conflicts handed to a plugin per call.
+const PLUGIN_BATCH: usize = 1000;
 
 impl<'a> Cycle<'a> {
-    pub fn new(plan: &'a Plan, tables: &'a [TableSpec], clients: &'a [Client], lock_tables: bool) -> Self {
+    pub fn new(
+        plan: &'a Plan,
+        tables: &'a [TableSpec],
+        clients: &'a [Arc<Client>],
+        lock_tables: bool,
+        conflict_plugin: Option<&'a LoadedPlugin>,
+    ) -> Self {
         let contenders = plan.dbs.iter().map(|d| Contender { name: d.name.clone(), priority: d.priority }).collect();
+        // With a plugin, the built-in resolver is its on_error fallback.
+        let strategy = match (conflict_plugin, &plan.sync.params.conflict_strategy) {
+            (Some(p), _) => match &p.manifest.on_error {
+                crate::plugin::OnError::Fallback(s) => s.clone(),
+                crate::plugin::OnError::Abort => ConflictStrategy::Latest,
+            },
+            (None, s) => s.clone(),
+        };
+        let host_dbs =
+            HostDbs::new(plan.dbs.iter().zip(clients).map(|(d, c)| (d.name.clone(), d.conn.clone(), Some(c.clone()))));
         Cycle {
             plan,
             tables,
             clients,
             lock_tables,
-            resolver: Resolver::new(plan.sync.params.conflict_strategy.clone(), contenders),
+            resolver: Resolver::new(strategy, contenders),
             windows: vec![None; plan.dbs.len()],
             counts: BTreeMap::new(),
             conflicts: 0,
             conflict_log: Vec::new(),
+            conflict_plugin,
+            host_dbs,
+            table_winner: BTreeMap::new(),
+            sync_winner: None,
         }
     }
 
@@ -381,7 +432,7 @@ impl<'a> Cycle<'a> {
             let in_sql =
                 format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
             let targets: Vec<(&Client, String)> =
-                receivers.iter().map(|&d| (&self.clients[d], in_sql.clone())).collect();
+                receivers.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
             tracing::info!(sync = %self.plan.sync.name, table = %table.name, from = self.db_name(from), to = receivers.len(), "full copy");
             let rows =
                 copy_fanout(&self.clients[from], &out_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
@@ -468,7 +519,8 @@ impl<'a> Cycle<'a> {
         );
         let load_sql =
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&keys), table.key_list());
-        let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (&self.clients[d], load_sql.clone())).collect();
+        let targets: Vec<(&Client, String)> =
+            receivers.iter().map(|&d| (&*self.clients[d], load_sql.clone())).collect();
         let step = std::time::Instant::now();
         let loaded = copy_fanout(&self.clients[src], &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
         tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
@@ -487,7 +539,7 @@ impl<'a> Cycle<'a> {
             table.copy_options()
         );
         let in_sql = format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
-        let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (&self.clients[d], in_sql.clone())).collect();
+        let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
         let inserted =
             copy_fanout(&self.clients[src], &rows_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
         tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "rows copied");
@@ -529,9 +581,9 @@ impl<'a> Cycle<'a> {
         }
         let chunk_keys = self.plan.settings.chunk_keys;
         let fetch = chunk_keys.clamp(100, 10_000);
-        let abort = self.plan.sync.params.conflict_strategy == ConflictStrategy::Abort;
         let mut abort_keys: Vec<String> = Vec::new();
         let mut chunk: Chunk = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         loop {
             for g in gathers.iter_mut() {
                 if g.buffer.is_empty() && !g.exhausted {
@@ -551,35 +603,47 @@ impl<'a> Cycle<'a> {
                     shown = k.shown;
                 }
             }
-            let winner = if versions.len() == 1 {
-                Some(versions[0].db)
+            if versions.len() == 1 {
+                // Once the run is failing for abort, only more keys to list matter.
+                if abort_keys.is_empty() {
+                    chunk.push((min, Apply::From(versions[0].db)));
+                }
             } else {
                 self.conflicts += 1;
-                let decision = match self.resolver.decide(&versions) {
-                    Ok(d) => d,
-                    Err(_) => {
-                        if abort_keys.len() < 20 {
-                            let dbs: Vec<&str> = versions.iter().map(|v| self.db_name(v.db)).collect();
-                            abort_keys.push(format!("{shown} ({})", dbs.join(", ")));
-                        }
-                        continue;
+                if self.conflict_plugin.is_some() {
+                    pending.push(Pending { fields: min, versions, shown });
+                    if pending.len() >= PLUGIN_BATCH {
+                        self.decide_with_plugin(ti, std::mem::take(&mut pending), &mut chunk).await?;
                     }
-                };
-                self.log_conflict(ti, &shown, &versions, decision);
-                match decision {
-                    Decision::Winner { db, .. } => Some(db),
-                    Decision::Skip => None,
+                } else {
+                    match self.resolver.decide(&versions) {
+                        Ok(decision) => {
+                            self.log_conflict(ti, &shown, &versions, decision);
+                            let apply = match decision {
+                                Decision::Winner { db, .. } => Apply::From(db),
+                                Decision::Skip => Apply::Skip,
+                            };
+                            chunk.push((min, apply));
+                        }
+                        Err(_) => {
+                            if abort_keys.len() < 20 {
+                                let dbs: Vec<&str> = versions.iter().map(|v| self.db_name(v.db)).collect();
+                                abort_keys.push(format!("{shown} ({})", dbs.join(", ")));
+                            }
+                        }
+                    }
                 }
-            };
-            if abort {
-                continue;
             }
-            chunk.push((min, winner));
-            if chunk.len() >= chunk_keys {
+            // Applying as we go is safe under abort: a conflict found later
+            // fails the run and rolls every db back.
+            if chunk.len() >= chunk_keys && abort_keys.is_empty() {
                 self.flush(ti, std::mem::take(&mut chunk)).await?;
             }
         }
-        if abort && !abort_keys.is_empty() {
+        if !pending.is_empty() {
+            self.decide_with_plugin(ti, pending, &mut chunk).await?;
+        }
+        if !abort_keys.is_empty() {
             return Err(Error::Sync(format!(
                 "conflict_strategy=abort: {} key{} of table {} changed on more than one source, so nothing was applied: {}",
                 self.conflicts,
@@ -649,15 +713,26 @@ impl<'a> Cycle<'a> {
         let send = temp_name("send", table);
         let mut to_delete: Vec<BinaryCopyBuilder> = dbs.iter().map(|_| BinaryCopyBuilder::new()).collect();
         let mut to_send: BTreeMap<usize, BinaryCopyBuilder> = BTreeMap::new();
-        for (fields, winner) in &chunk {
-            let Some(w) = *winner else { continue };
+        let mut merged: Vec<&[Value]> = Vec::new();
+        for (fields, apply) in &chunk {
+            let winner = match apply {
+                Apply::From(w) => Some(*w),
+                Apply::Merged(row) => {
+                    merged.push(row);
+                    None
+                }
+                Apply::Skip => continue,
+            };
             for (slot, &d) in dbs.iter().enumerate() {
-                if d != w {
+                if Some(d) != winner {
                     to_delete[slot].push_row(fields.iter().map(Vec::as_slice));
                 }
             }
-            to_send.entry(w).or_default().push_row(fields.iter().map(Vec::as_slice));
+            if let Some(w) = winner {
+                to_send.entry(w).or_default().push_row(fields.iter().map(Vec::as_slice));
+            }
         }
+
         let load_sql = |name: &str| {
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(name), table.key_list())
         };
@@ -696,10 +771,26 @@ impl<'a> Cycle<'a> {
                 table.copy_options()
             );
             let targets: Vec<(&Client, String)> =
-                receivers.iter().map(|&d| (&self.clients[d], in_sql.clone())).collect();
+                receivers.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
             let inserted =
                 copy_fanout(&self.clients[w], &rows_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
             for (&d, n) in receivers.iter().zip(inserted) {
+                self.count(ti, d, 0, n as i64);
+            }
+        }
+        if !merged.is_empty() {
+            // Merged rows exist nowhere yet: every db gets them, in COPY's
+            // text format, which reads back every type exactly.
+            let mut text = String::new();
+            for row in &merged {
+                push_copy_row(&mut text, row);
+            }
+            let sql = format!("COPY {} ({}) FROM STDIN", table.quoted(), table.column_list());
+            let data = bytes::Bytes::from(text);
+            let inserted = try_join_all(dbs.iter().map(|&d| copy_in_bytes(&self.clients[d], &sql, data.clone())))
+                .await
+                .map_err(|e| self.table_error(e, ti))?;
+            for (&d, n) in dbs.iter().zip(inserted) {
                 self.count(ti, d, 0, n as i64);
             }
         }

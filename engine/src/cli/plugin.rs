@@ -1,0 +1,250 @@
+//! `ibex add|list|update|remove plugin`, `ibex plugin test`
+
+use std::path::Path;
+
+use super::{Context, NamedParams, Names, Params, PluginAddArgs, PluginTestArgs};
+use crate::catalog::{self, check_name};
+use crate::error::{Error, Result};
+use crate::plugin::bindings::conflicts::Conflict;
+use crate::plugin::bindings::types::{SyncInfo, TableInfo};
+use crate::plugin::{ColumnKind, HostDbs, Manifest, PluginKind, PluginRuntime, sha256_hex};
+
+fn read_component(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Type-checks the component and settles its kind: the one given, or the
+/// only world it implements.
+fn settle_kind(runtime: &PluginRuntime, wasm: &[u8], file: &Path, given: Option<PluginKind>) -> Result<PluginKind> {
+    let kinds = runtime.kinds(wasm).map_err(|e| Error::Plugin(format!("{} is refused: {e}", file.display())))?;
+    let names = || kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    match given {
+        Some(kind) if kinds.contains(&kind) => Ok(kind),
+        Some(kind) => Err(Error::Plugin(format!(
+            "{} does not implement ibex:plugin/{kind}@0.1.0 (it implements: {})",
+            file.display(),
+            if kinds.is_empty() { "none".into() } else { names() }
+        ))),
+        None => match kinds.as_slice() {
+            [kind] => Ok(*kind),
+            [] => Err(Error::Plugin(format!(
+                "{} implements no ibex plugin world (conflict-handler, row-transform or sync-hooks of ibex:plugin@0.1.0)",
+                file.display()
+            ))),
+            _ => Err(Error::usage(format!(
+                "{} implements several worlds ({}): say which with kind=",
+                file.display(),
+                names()
+            ))),
+        },
+    }
+}
+
+async fn check_grants(c: &impl tokio_postgres::GenericClient, manifest: &Manifest) -> Result<()> {
+    for db in manifest.grants.iter().chain(&manifest.write_grants) {
+        if !catalog::dbs::exists(c, db).await? {
+            return Err(Error::not_found_hint("db", db, "grants name dbs of the catalog"));
+        }
+    }
+    Ok(())
+}
+
+fn apply_keys(manifest: &mut Manifest, params: &Params) -> Result<()> {
+    for (key, value) in params.remaining() {
+        if key == "kind" {
+            continue;
+        }
+        manifest.set(&key, &value)?;
+    }
+    Ok(())
+}
+
+pub async fn add(ctx: &Context, args: PluginAddArgs) -> Result<()> {
+    check_name("plugin", &args.name)?;
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    let given = params.take("kind").map(|k| k.parse::<PluginKind>()).transpose()?;
+    let wasm = read_component(&args.file)?;
+    let runtime = PluginRuntime::get()?;
+    let kind = settle_kind(runtime, &wasm, &args.file, given)?;
+    let mut manifest = Manifest::defaults(kind);
+    apply_keys(&mut manifest, &params)?;
+    let mut cat = ctx.catalog().await?;
+    if catalog::plugin::exists(cat.client(), &args.name).await? {
+        return Err(Error::duplicate_hint("plugin", &args.name, "replace it with `ibex update plugin NAME FILE.wasm`"));
+    }
+    check_grants(cat.client(), &manifest).await?;
+    let sha = sha256_hex(&wasm);
+    let precompiled = runtime.precompile(&wasm)?;
+    runtime.load(&args.name, &sha, &wasm, Some(&precompiled), manifest.clone())?;
+    cat.change(async |tx| catalog::plugin::add(tx, &args.name, &wasm, &sha, &precompiled, &manifest).await).await?;
+    ctx.out.done(format!(
+        "Added plugin {} ({}, {} KiB, sha256 {})",
+        args.name,
+        kind,
+        wasm.len().div_ceil(1024),
+        &sha[..16]
+    ));
+    Ok(())
+}
+
+pub async fn list(ctx: &Context) -> Result<()> {
+    let cat = ctx.catalog().await?;
+    let mut views = Vec::new();
+    for p in catalog::plugin::list(cat.client()).await? {
+        let uses = catalog::plugin::uses(cat.client(), &p.name).await?;
+        views.push(p.view(uses));
+    }
+    if ctx.out.json {
+        ctx.out.print_json(&views);
+        return Ok(());
+    }
+    if views.is_empty() {
+        ctx.out.line("No plugins: add one with `ibex add plugin NAME FILE.wasm`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.kind.clone(),
+                format!("{} KiB", (v.size as u64).div_ceil(1024)),
+                v.sha256[..12].to_string(),
+                format!("{} MiB / {} ms / {} fuel", v.memory / (1024 * 1024), v.timeout_ms, v.fuel),
+                v.grants.join(","),
+                v.on_error.clone(),
+                v.used_by.join("; "),
+            ]
+        })
+        .collect();
+    ctx.out.table(&["Plugin", "Kind", "Size", "Sha256", "Limits", "Grants", "On error", "Used by"], &rows);
+    Ok(())
+}
+
+pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
+    let file = args.params.first().filter(|a| !a.contains('=')).cloned();
+    let rest: Vec<String> = args.params.iter().skip(usize::from(file.is_some())).cloned().collect();
+    let mut params = Params::parse_pairs_only(&rest)?;
+    if file.is_none() && rest.is_empty() {
+        return Err(Error::usage(format!(
+            "nothing to change: e.g. ibex update plugin {} new.wasm fuel=1000000",
+            args.name
+        )));
+    }
+    let mut cat = ctx.catalog().await?;
+    let record = catalog::plugin::get(cat.client(), &args.name).await?;
+    let mut manifest = record.manifest.clone();
+    if let Some(kind) = params.take("kind") {
+        manifest.kind = kind.parse()?;
+    }
+    apply_keys(&mut manifest, &params)?;
+    check_grants(cat.client(), &manifest).await?;
+    let runtime = PluginRuntime::get()?;
+    let replacement = match &file {
+        Some(path) => {
+            let path = Path::new(path);
+            let wasm = read_component(path)?;
+            settle_kind(runtime, &wasm, path, Some(manifest.kind))?;
+            let sha = sha256_hex(&wasm);
+            let precompiled = runtime.precompile(&wasm)?;
+            runtime.load(&args.name, &sha, &wasm, Some(&precompiled), manifest.clone())?;
+            Some((wasm, sha, precompiled))
+        }
+        None => {
+            if manifest.kind != record.manifest.kind {
+                let (wasm, _) = catalog::plugin::bytes(cat.client(), &args.name).await?;
+                settle_kind(runtime, &wasm, Path::new(&args.name), Some(manifest.kind))?;
+            }
+            None
+        }
+    };
+    let name = args.name.clone();
+    cat.change(async |tx| {
+        let uses = catalog::plugin::uses(tx, &name).await?;
+        if manifest.kind != record.manifest.kind && !uses.is_empty() {
+            return Err(Error::Refused(format!(
+                "plugin {name} is in use ({}): its kind cannot change",
+                uses.join("; ")
+            )));
+        }
+        let wasm = replacement.as_ref().map(|(w, s, p)| (w.as_slice(), s.as_str(), p.as_slice()));
+        catalog::plugin::update(tx, &name, wasm, &manifest).await
+    })
+    .await?;
+    let swapped = replacement.map(|(_, sha, _)| format!(", new component sha256 {}", &sha[..16])).unwrap_or_default();
+    ctx.out.done(format!("Updated plugin {}{swapped}; a running daemon picks it up on reload", args.name));
+    Ok(())
+}
+
+pub async fn remove(ctx: &Context, args: Names) -> Result<()> {
+    let mut cat = ctx.catalog().await?;
+    cat.change(async |tx| {
+        for name in &args.names {
+            catalog::plugin::remove(tx, name).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    for name in &args.names {
+        ctx.out.done(format!("Removed plugin {name}"));
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct ConflictInput {
+    sync: SyncInfo,
+    table: TableInfo,
+    conflicts: Vec<Conflict>,
+}
+
+/// Runs a plugin offline on a sample batch and prints its answer.
+pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
+    let cat = ctx.catalog().await?;
+    let record = catalog::plugin::get(cat.client(), &args.name).await?;
+    let (wasm, precompiled) = catalog::plugin::bytes(cat.client(), &args.name).await?;
+    let runtime = PluginRuntime::get()?;
+    let plugin = runtime.load(&record.name, &record.sha256, &wasm, precompiled.as_deref(), record.manifest.clone())?;
+    let text = std::fs::read_to_string(&args.input)
+        .map_err(|e| Error::usage(format!("cannot read {}: {e}", args.input.display())))?;
+    match record.manifest.kind {
+        PluginKind::ConflictHandler => {
+            let input: ConflictInput = serde_json::from_str(&text).map_err(|e| {
+                Error::usage(format!(
+                    "{} is not a conflict batch ({e}); see examples/plugin-test-conflicts.json",
+                    args.input.display()
+                ))
+            })?;
+            let kinds: Vec<ColumnKind> = input.table.columns.iter().map(|c| kind_of_type_name(&c.type_name)).collect();
+            let verdict = crate::plugin::conflict::resolve(
+                &plugin,
+                HostDbs::new(Vec::new()),
+                &input.sync,
+                &input.table,
+                &kinds,
+                &input.conflicts,
+            )
+            .await
+            .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
+            ctx.out.print_json(&verdict);
+        }
+        other => {
+            return Err(Error::usage(format!("`ibex plugin test` does not run {other} plugins yet")));
+        }
+    }
+    Ok(())
+}
+
+/// Offline there is no database to ask: the common type names are enough.
+fn kind_of_type_name(name: &str) -> ColumnKind {
+    match name {
+        "boolean" => ColumnKind::Bool,
+        "smallint" => ColumnKind::Int2,
+        "integer" => ColumnKind::Int4,
+        "bigint" => ColumnKind::Int8,
+        "real" => ColumnKind::Float4,
+        "double precision" => ColumnKind::Float8,
+        "bytea" => ColumnKind::Bytea,
+        _ => ColumnKind::Text,
+    }
+}

@@ -1,0 +1,276 @@
+//! The merge path with a WebAssembly conflict handler: conflicts are
+//! batched, each version's current row is read from its db, the plugin
+//! decides the batch, and its answer becomes what the chunk applies.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{Apply, Chunk, Cycle, PLUGIN_BATCH, Pending, temp_name};
+use crate::catalog::{ConflictRecord, Role};
+use crate::conflict::Decision;
+use crate::error::{Error, PgContext, Result};
+use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
+use crate::pg::quote_ident;
+use crate::plugin::bindings::conflicts::{self as wit, Conflict, Operation, Verdict};
+use crate::plugin::bindings::types::{Column, DbInfo, Role as WitRole, SyncInfo, TableInfo};
+use crate::plugin::convert::{self, ColumnKind};
+use crate::plugin::{LoadedPlugin, OnError, Value};
+
+/// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+type Fetched = HashMap<Vec<Vec<u8>>, (Vec<Value>, Option<Vec<Value>>)>;
+
+impl<'a> Cycle<'a> {
+    fn sync_info(&self, plugin: &LoadedPlugin) -> SyncInfo {
+        SyncInfo {
+            name: self.plan.sync.name.clone(),
+            dbs: self
+                .plan
+                .dbs
+                .iter()
+                .map(|d| DbInfo {
+                    name: d.name.clone(),
+                    role: match d.role {
+                        Role::Source => WitRole::Source,
+                        Role::Target => WitRole::Target,
+                        Role::Fullcopy => WitRole::Fullcopy,
+                    },
+                    priority: d.priority,
+                })
+                .collect(),
+            config: plugin.manifest.config.clone(),
+        }
+    }
+
+    fn table_info(&self, ti: usize) -> TableInfo {
+        let table = &self.tables[ti];
+        TableInfo {
+            schema: table.name.schema.clone(),
+            name: table.name.name.clone(),
+            columns: table
+                .columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    type_name: c.type_sql.clone(),
+                    key: table.key.iter().any(|k| k.name == c.name),
+                })
+                .collect(),
+        }
+    }
+
+    fn log_plugin_decision(&mut self, ti: usize, pending: &Pending, winner: Option<usize>, reason: String) {
+        if self.conflict_log.len() >= self.plan.settings.conflict_log_limit {
+            return;
+        }
+        self.conflict_log.push(ConflictRecord {
+            table: self.tables[ti].name.to_string(),
+            key: pending.shown.clone(),
+            dbs: pending.versions.iter().map(|v| self.plan.dbs[v.db].name.clone()).collect(),
+            winner: winner.map(|w| self.plan.dbs[w].name.clone()),
+            reason,
+        });
+    }
+
+    /// Decides a batch of conflicts with the sync's conflict handler.
+    pub(super) async fn decide_with_plugin(&mut self, ti: usize, batch: Vec<Pending>, chunk: &mut Chunk) -> Result<()> {
+        let Some(plugin) = self.conflict_plugin else {
+            return Err(Error::Sync("no conflict handler is loaded".into()));
+        };
+        // A winner chosen "always" decides without asking again.
+        if let Some(db) = self.sync_winner.or_else(|| self.table_winner.get(&ti).copied()) {
+            for p in batch {
+                self.log_plugin_decision(ti, &p, Some(db), format!("plugin {} (always)", plugin.name));
+                chunk.push((p.fields, Apply::From(db)));
+            }
+            return Ok(());
+        }
+        let conflicts = self.conflicts_for_plugin(ti, &batch).await?;
+        let kinds: Vec<ColumnKind> = self.tables[ti].columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
+        let sync = self.sync_info(plugin);
+        let table = self.table_info(ti);
+        let outcome =
+            crate::plugin::conflict::resolve(plugin, self.host_dbs.clone(), &sync, &table, &kinds, &conflicts).await;
+        let verdict = outcome.and_then(|v| self.check_roles(v));
+        match verdict {
+            Ok(verdict) => {
+                self.apply_verdict(ti, plugin, verdict, batch, chunk);
+                Ok(())
+            }
+            Err(cause) => match &plugin.manifest.on_error {
+                OnError::Abort => Err(Error::Plugin(format!(
+                    "plugin {} failed deciding {} conflict{} of table {} in sync {}: {cause}; nothing was applied and the changes stay pending (on_error=abort)",
+                    plugin.name,
+                    batch.len(),
+                    if batch.len() == 1 { "" } else { "s" },
+                    self.tables[ti].name,
+                    self.plan.sync.name
+                ))),
+                OnError::Fallback(strategy) => {
+                    tracing::warn!(
+                        plugin = %plugin.name, sync = %self.plan.sync.name, table = %self.tables[ti].name,
+                        fallback = %strategy, "conflict handler failed ({cause}); deciding with the fallback"
+                    );
+                    for p in batch {
+                        let decision = self.resolver.decide(&p.versions).map_err(|_| {
+                            Error::Sync(format!(
+                                "plugin {} failed ({cause}) and its fallback {strategy} refused the conflicts of table {}",
+                                plugin.name, self.tables[ti].name
+                            ))
+                        })?;
+                        self.log_conflict(ti, &p.shown, &p.versions, decision);
+                        let apply = match decision {
+                            Decision::Winner { db, .. } => Apply::From(db),
+                            Decision::Skip => Apply::Skip,
+                        };
+                        chunk.push((p.fields, apply));
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Winners must be dbs that take changes (not fullcopy ones).
+    fn check_roles(&self, verdict: Verdict) -> std::result::Result<Verdict, String> {
+        let bad = |db: u32| self.plan.dbs.get(db as usize).is_none_or(|d| d.role == Role::Fullcopy);
+        let named = match &verdict {
+            Verdict::TableWinner(w) | Verdict::SyncWinner(w) => vec![w.db],
+            Verdict::PerKey(ds) => {
+                ds.iter().filter_map(|d| if let wit::Decision::Winner(db) = d { Some(*db) } else { None }).collect()
+            }
+        };
+        match named.into_iter().find(|db| bad(*db)) {
+            Some(db) => Err(format!("it named db #{db} as a winner, which is not a source or target of the sync")),
+            None => Ok(verdict),
+        }
+    }
+
+    fn apply_verdict(
+        &mut self,
+        ti: usize,
+        plugin: &LoadedPlugin,
+        verdict: Verdict,
+        batch: Vec<Pending>,
+        chunk: &mut Chunk,
+    ) {
+        let whole = |db: u32| batch.iter().map(move |_| wit::Decision::Winner(db)).collect::<Vec<_>>();
+        let decisions = match verdict {
+            Verdict::PerKey(decisions) => decisions,
+            Verdict::TableWinner(choice) => {
+                if choice.always {
+                    self.table_winner.insert(ti, choice.db as usize);
+                }
+                whole(choice.db)
+            }
+            Verdict::SyncWinner(choice) => {
+                if choice.always {
+                    self.sync_winner = Some(choice.db as usize);
+                }
+                whole(choice.db)
+            }
+        };
+        for (p, decision) in batch.into_iter().zip(decisions) {
+            let (apply, winner, reason) = match decision {
+                wit::Decision::Winner(db) => {
+                    (Apply::From(db as usize), Some(db as usize), format!("plugin {}", plugin.name))
+                }
+                wit::Decision::Merged(row) => (Apply::Merged(row), None, format!("merged by plugin {}", plugin.name)),
+                wit::Decision::Skip => (Apply::Skip, None, format!("skipped by plugin {}", plugin.name)),
+            };
+            self.log_plugin_decision(ti, &p, winner, reason);
+            chunk.push((p.fields, apply));
+        }
+    }
+
+    /// The batch as the plugin sees it: each version with the row as it is
+    /// now on its db (read in the run's snapshot).
+    async fn conflicts_for_plugin(&self, ti: usize, batch: &[Pending]) -> Result<Vec<Conflict>> {
+        debug_assert!(batch.len() <= PLUGIN_BATCH);
+        let dbs: BTreeSet<usize> = batch.iter().flat_map(|p| p.versions.iter().map(|v| v.db)).collect();
+        let mut fetched: HashMap<usize, Fetched> = HashMap::new();
+        for db in dbs {
+            fetched.insert(db, self.fetch_rows(ti, db, batch).await?);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            let mut key = Vec::new();
+            let mut versions = Vec::new();
+            for v in &p.versions {
+                let (key_values, row) = fetched.get(&v.db).and_then(|f| f.get(&p.fields)).cloned().unwrap_or_default();
+                if key.is_empty() {
+                    key = key_values;
+                }
+                versions.push(wit::Version {
+                    db: v.db as u32,
+                    changed_at: v.changed_at.saturating_add(PG_EPOCH_UNIX_MICROS),
+                    operation: if row.is_some() { Operation::Update } else { Operation::Delete },
+                    row,
+                });
+            }
+            out.push(Conflict { key, versions, base: None });
+        }
+        Ok(out)
+    }
+
+    /// Reads, on one db, the key values and current row of every key of the batch.
+    async fn fetch_rows(&self, ti: usize, db: usize, batch: &[Pending]) -> Result<Fetched> {
+        let table = &self.tables[ti];
+        let temp = temp_name("fetch", table);
+        self.ensure_temp(db, &temp, table).await?;
+        let mut data = BinaryCopyBuilder::new();
+        for p in batch {
+            data.push_row(p.fields.iter().map(Vec::as_slice));
+        }
+        let load =
+            format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&temp), table.key_list());
+        copy_in_bytes(&self.clients[db], &load, data.finish()).await?;
+        let key_kinds: Vec<ColumnKind> = table.key.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
+        let col_kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
+        let first_key = quote_ident(&table.key[0].name);
+        let select: Vec<String> = table
+            .key
+            .iter()
+            .map(|c| format!("k.{}", quote_ident(&c.name)))
+            .chain(table.key.iter().zip(&key_kinds).map(|(c, kind)| kind.select("k", &c.name)))
+            .chain(std::iter::once(format!("t.{first_key} IS NOT NULL")))
+            .chain(table.columns.iter().zip(&col_kinds).map(|(c, kind)| kind.select("t", &c.name)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM pg_temp.{} k LEFT JOIN {} t ON {}",
+            select.join(", "),
+            quote_ident(&temp),
+            table.quoted(),
+            table.key_join("t", "k")
+        );
+        let rows = self.clients[db]
+            .query(&sql, &[])
+            .await
+            .ctx(|| format!("reading conflicting rows of {} on db {}", table.name, self.plan.dbs[db].name))?;
+        let nk = table.key.len();
+        let mut out = Fetched::new();
+        for row in rows {
+            let read = |e| Error::Postgres { context: format!("reading a row of {}", table.name), source: e };
+            let mut fields = Vec::with_capacity(nk);
+            for i in 0..nk {
+                fields.push(row.try_get::<_, RawValue>(i).map_err(read)?.0);
+            }
+            let mut key = Vec::with_capacity(nk);
+            for (i, kind) in key_kinds.iter().enumerate() {
+                key.push(convert::from_row(&row, nk + i, *kind).map_err(read)?);
+            }
+            let present: bool = row.try_get(2 * nk).map_err(read)?;
+            let values = if present {
+                let mut values = Vec::with_capacity(col_kinds.len());
+                for (i, kind) in col_kinds.iter().enumerate() {
+                    values.push(convert::from_row(&row, 2 * nk + 1 + i, *kind).map_err(read)?);
+                }
+                Some(values)
+            } else {
+                None
+            };
+            out.insert(fields, (key, values));
+        }
+        Ok(out)
+    }
+}
