@@ -35,6 +35,9 @@ pub struct CaptureTable {
     pub key: Vec<(String, String)>,
     /// Install the kick trigger (some sync reading it has autokick).
     pub kick: bool,
+    /// Keep the row before each UPDATE or DELETE (these columns, as text),
+    /// for conflict handlers that merge column by column.
+    pub old_image: Option<Vec<String>>,
 }
 
 /// What reconcile changed, for messages.
@@ -76,11 +79,15 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
         let shown = table.name.to_string();
         let key_names: Vec<String> = table.key.iter().map(|(c, _)| c.clone()).collect();
         match installed.get(&table.name) {
-            Some(existing) if existing.key_columns == key_names => {
+            Some(existing) if existing.key_columns == key_names && existing.old_image == table.old_image.is_some() => {
                 if triggers_complete(&tx, table).await? {
                     // Leave a healthy capture alone: reinstalling would lock the table.
                     continue;
                 }
+                report.repaired.push(shown.clone());
+            }
+            Some(existing) if existing.key_columns == key_names => {
+                // Old images switched on or off: same delta, new triggers.
                 report.repaired.push(shown.clone());
             }
             Some(_) => {
@@ -94,11 +101,19 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
         }
         tx.batch_execute(&sql::install_table(table)).await.ctx(|| format!("installing capture on {shown}"))?;
         tx.execute(
-            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (schema_name, rel_name) DO UPDATE
-                SET delta_table = excluded.delta_table, key_columns = excluded.key_columns, kick = excluded.kick",
-            &[&table.name.schema, &table.name.name, &delta_table_name(&table.name), &key_names, &table.kick],
+                SET delta_table = excluded.delta_table, key_columns = excluded.key_columns, kick = excluded.kick,
+                    old_image = excluded.old_image",
+            &[
+                &table.name.schema,
+                &table.name.name,
+                &delta_table_name(&table.name),
+                &key_names,
+                &table.kick,
+                &table.old_image.is_some(),
+            ],
         )
         .await
         .ctx(|| format!("recording the capture of {shown}"))?;
@@ -144,17 +159,21 @@ pub async fn uninstall(client: &mut Client) -> Result<CaptureReport> {
 
 struct Installed {
     key_columns: Vec<String>,
+    old_image: bool,
 }
 
 async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeMap<QualifiedName, Installed>> {
     let rows = tx
-        .query("SELECT schema_name, rel_name, key_columns FROM ibex.captured", &[])
+        .query("SELECT schema_name, rel_name, key_columns, old_image FROM ibex.captured", &[])
         .await
         .ctx(|| "reading captured tables".into())?;
     Ok(rows
         .iter()
         .map(|r| {
-            (QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)), Installed { key_columns: r.get(2) })
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                Installed { key_columns: r.get(2), old_image: r.get(3) },
+            )
         })
         .collect())
 }

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS ibex.captured (
     installed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (schema_name, rel_name)
 );
+ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS old_image boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS ibex.cursor (
     sync        text PRIMARY KEY,
     snapshot    pg_snapshot NOT NULL,
@@ -97,18 +98,37 @@ pub fn install_table(table: &CaptureTable) -> String {
         sql,
         "    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),\n    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()\n);"
     );
+    // The row before the change, as text, for tables that keep old images.
+    let _ = writeln!(sql, "ALTER TABLE {delta} ADD COLUMN IF NOT EXISTS old_row text[];");
     let _ = writeln!(
         sql,
         "CREATE INDEX IF NOT EXISTS {} ON {delta} (txid);",
         quote_ident(&object_name("txid_", &table.name))
     );
+    let (with_old, old_insert) = match &table.old_image {
+        Some(columns) => {
+            let image: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+            (
+                true,
+                format!(
+                    "INSERT INTO {delta} ({key_list}, old_row) SELECT {key_list}, ARRAY[{}]::text[] FROM ibex_old;",
+                    image.join(", ")
+                ),
+            )
+        }
+        None => (false, format!("INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_old;")),
+    };
+    let update_old = if with_old { old_insert.as_str() } else { "" };
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {statement_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_old;
+        {old_insert}
+    ELSIF TG_OP = 'UPDATE' THEN
+        {update_old}
+        INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_new;
     ELSE
         INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_new;
     END IF;
@@ -138,8 +158,10 @@ $ibex$;",
     );
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
+        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING {}NEW TABLE AS ibex_new FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();",
+        if with_old { "OLD TABLE AS ibex_old " } else { "" }
     );
+
     let _ = writeln!(
         sql,
         "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"

@@ -34,9 +34,11 @@ pub struct Relation {
     pub key_source: Option<String>,
     pub added_from: Option<String>,
     pub herds: Vec<String>,
+    /// The delta keeps the row before each change (for merging handlers).
+    pub capture_old: bool,
 }
 
-const SELECT: &str = "SELECT r.id, r.kind, r.schema_name, r.rel_name, r.key_columns, r.key_source, r.added_from,
+const SELECT: &str = "SELECT r.id, r.kind, r.schema_name, r.rel_name, r.key_columns, r.key_source, r.added_from, r.capture_old,
         coalesce((SELECT array_agg(m.herd ORDER BY m.herd) FROM ibex.herd_member m WHERE m.relation = r.id), '{}') AS herds
    FROM ibex.relation r";
 
@@ -51,6 +53,7 @@ impl Relation {
             key_source: row.get("key_source"),
             added_from: row.get("added_from"),
             herds: row.get("herds"),
+            capture_old: row.get("capture_old"),
         }
     }
 }
@@ -156,4 +159,23 @@ pub async fn get(c: &impl GenericClient, id: i32) -> Result<Relation> {
 pub async fn remove(c: &impl GenericClient, id: i32) -> Result<()> {
     c.execute("DELETE FROM ibex.relation WHERE id = $1", &[&id]).await.ctx(|| format!("removing relation {id}"))?;
     Ok(())
+}
+
+pub async fn set_capture_old(c: &impl GenericClient, id: i32, on: bool) -> Result<()> {
+    c.execute("UPDATE ibex.relation SET capture_old = $2 WHERE id = $1", &[&id, &on])
+        .await
+        .ctx(|| format!("updating relation {id}"))?;
+    Ok(())
+}
+
+/// The syncs whose herd holds the relation.
+pub async fn syncs_using(c: &impl GenericClient, id: i32) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT s.name FROM ibex.sync s JOIN ibex.herd_member m ON m.herd = s.herd WHERE m.relation = $1 ORDER BY 1",
+            &[&id],
+        )
+        .await
+        .ctx(|| format!("finding the syncs of relation {id}"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -421,6 +421,8 @@ pub struct CaptureNeed {
     pub autokick: bool,
     pub table: crate::pg::QualifiedName,
     pub key: Vec<String>,
+    /// The table keeps old images (capture_old).
+    pub capture_old: bool,
 }
 
 /// Every (sync, table) that reads from `db`: the syncs where it is a source.
@@ -435,7 +437,7 @@ pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<Stri
         .ctx(|| format!("finding the syncs that read db {db}"))?;
     let rows = c
         .query(
-            "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns
+            "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old
                FROM ibex.sync s
                JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup AND m.role = 'source'
                JOIN ibex.herd_member h ON h.herd = s.herd
@@ -454,6 +456,7 @@ pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<Stri
                 autokick: r.get(1),
                 table: crate::pg::QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
                 key: r.get(4),
+                capture_old: r.get(5),
             })
             .collect(),
     ))

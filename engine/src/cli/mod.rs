@@ -326,6 +326,11 @@ pub enum UpdateCmd {
         after_help = "Keys: dbname, host, port, user, pass, sslmode, status (active|inactive)\n\nExample:\n  ibex update db t1 host=10.0.0.6 pass=newsecret"
     )]
     Db(NamedParams),
+    /// Change how a table is captured
+    #[command(
+        after_help = "Keys: capture_old=true|false: keep the row before each change, so conflict handlers can\nmerge column by column (e.g. additive-merge)\n\nExample:\n  ibex update table pgbench_accounts capture_old=true"
+    )]
+    Table(NamedParams),
     /// Add or remove herd members
     #[command(
         alias = "relgroup",
@@ -455,6 +460,8 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         },
         Command::Update(cmd) => match cmd {
             UpdateCmd::Db(a) => db::update(&ctx, a).await?,
+            UpdateCmd::Table(a) => table::update(&ctx, a).await?,
+
             UpdateCmd::Herd(a) => herd::update(&ctx, a).await?,
             UpdateCmd::Dbgroup(a) => dbgroup::update(&ctx, a).await?,
             UpdateCmd::Sync(a) => sync::update(&ctx, a).await?,

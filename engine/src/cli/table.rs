@@ -227,3 +227,30 @@ pub async fn remove(ctx: &Context, kind: RelKind, args: Names) -> Result<()> {
     }
     Ok(())
 }
+
+pub async fn update(ctx: &Context, args: super::NamedParams) -> Result<()> {
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    let capture_old = params.take("capture_old");
+    params.finish(&["capture_old"])?;
+    let Some(capture_old) = capture_old else {
+        return Err(Error::usage(format!("nothing to change: e.g. ibex update table {} capture_old=true", args.name)));
+    };
+    let on = catalog::sync::parse_bool("capture_old", &capture_old)?;
+    let mut cat = ctx.catalog().await?;
+    let (name, lines) = cat
+        .change(async |tx| {
+            let rel = catalog::relation::find(tx, Some(RelKind::Table), &args.name).await?;
+            catalog::relation::set_capture_old(tx, rel.id, on).await?;
+            let mut affected = Affected::default();
+            for sync in catalog::relation::syncs_using(tx, rel.id).await? {
+                affected.add_sync(tx, &sync).await?;
+            }
+            Ok((rel.name.to_string(), affected.apply(tx, &ctx.out, true).await?))
+        })
+        .await?;
+    ctx.out.done(format!("Updated table {name}: capture_old={on}"));
+    for line in lines {
+        ctx.out.line(line);
+    }
+    Ok(())
+}

@@ -22,6 +22,7 @@ pub struct PlanTable {
     pub id: i32,
     pub name: QualifiedName,
     pub key: Vec<String>,
+    pub capture_old: bool,
 }
 
 /// Settings from `ibex set` that a run uses.
@@ -77,7 +78,13 @@ impl Plan {
                 continue;
             }
             match rel.kind {
-                RelKind::Table => tables.push(PlanTable { id: rel.id, name: rel.name, key: rel.key_columns }),
+                RelKind::Table => tables.push(PlanTable {
+                    id: rel.id,
+                    name: rel.name,
+                    key: rel.key_columns,
+                    capture_old: rel.capture_old,
+                }),
+
                 RelKind::Sequence => sequences.push(rel.name),
             }
         }

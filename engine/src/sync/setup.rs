@@ -37,7 +37,9 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
                 .ok_or_else(|| Error::Schema(format!("table {} on db {db} lacks key column {col}", need.table)))?;
             key.push((col.clone(), live.type_sql.clone()));
         }
-        tables.insert(need.table.clone(), CaptureTable { name: need.table, key, kick: need.autokick });
+        let old_image =
+            need.capture_old.then(|| columns.iter().filter(|c| !c.generated).map(|c| c.name.clone()).collect());
+        tables.insert(need.table.clone(), CaptureTable { name: need.table, key, kick: need.autokick, old_image });
     }
     let tables: Vec<CaptureTable> = tables.into_values().collect();
     capture::reconcile(&mut client, &tables, &syncs).await.map_err(|err| match err {

@@ -22,6 +22,8 @@ pub struct TableSpec {
     pub columns: Vec<LiveColumn>,
     /// Text COPY where binary would carry database-specific type OIDs.
     pub text_format: bool,
+    /// The delta keeps old images (`old_row`), the base of merges.
+    pub capture_old: bool,
 }
 
 impl TableSpec {
@@ -125,6 +127,7 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
             key,
             text_format: columns.iter().any(|c| c.oids_in_binary),
             columns,
+            capture_old: table.capture_old,
         });
     }
     for seq in &plan.sequences {

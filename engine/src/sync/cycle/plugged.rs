@@ -189,8 +189,17 @@ impl<'a> Cycle<'a> {
         debug_assert!(batch.len() <= PLUGIN_BATCH);
         let dbs: BTreeSet<usize> = batch.iter().flat_map(|p| p.versions.iter().map(|v| v.db)).collect();
         let mut fetched: HashMap<usize, Fetched> = HashMap::new();
+        let mut bases: HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)> = HashMap::new();
         for db in dbs {
             fetched.insert(db, self.fetch_rows(ti, db, batch).await?);
+            if self.tables[ti].capture_old {
+                // The earliest old image of the window on any source is the base.
+                for (key, (at, row)) in self.fetch_bases(ti, db).await? {
+                    if bases.get(&key).is_none_or(|(best, _)| at < *best) {
+                        bases.insert(key, (at, row));
+                    }
+                }
+            }
         }
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
@@ -208,12 +217,62 @@ impl<'a> Cycle<'a> {
                     row,
                 });
             }
-            out.push(Conflict { key, versions, base: None });
+            let base = bases.remove(&p.fields).map(|(_, row)| row);
+            if self.tables[ti].capture_old && base.is_none() {
+                // Old images are kept, yet none: the key is new in this window.
+                for v in versions.iter_mut().filter(|v| v.row.is_some()) {
+                    v.operation = Operation::Insert;
+                }
+            }
+            out.push(Conflict { key, versions, base });
+        }
+        Ok(out)
+    }
+
+    /// Reads, on one source, the first old image in the window of each key
+    /// loaded in the fetch table (see `fetch_rows`), with its change time.
+    async fn fetch_bases(&self, ti: usize, db: usize) -> Result<HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)>> {
+        let table = &self.tables[ti];
+        let temp = temp_name("fetch", table);
+        let window = self.window(db)?;
+        let sql = format!(
+            "SELECT DISTINCT ON ({keys}) {keys}, d.old_row, (extract(epoch FROM d.changed_at) * 1000000)::int8
+               FROM {delta} d JOIN pg_temp.{temp} k ON {join}
+              WHERE {window} AND d.old_row IS NOT NULL
+              ORDER BY {keys}, d.txid, d.changed_at",
+            keys = table.key_list_of("d"),
+            delta = table.delta(),
+            temp = quote_ident(&temp),
+            join = table.key_join("d", "k"),
+        );
+        let rows = self.clients[db]
+            .query(&sql, &[])
+            .await
+            .ctx(|| format!("reading old images of {} on db {}", table.name, self.plan.dbs[db].name))?;
+        let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
+        let nk = table.key.len();
+        let mut out = HashMap::new();
+        for row in rows {
+            let read = |e| Error::Postgres { context: format!("reading an old image of {}", table.name), source: e };
+            let mut fields = Vec::with_capacity(nk);
+            for i in 0..nk {
+                fields.push(row.try_get::<_, RawValue>(i).map_err(read)?.0);
+            }
+            let image: Vec<Option<String>> = row.try_get(nk).map_err(read)?;
+            let at: i64 = row.try_get(nk + 1).map_err(read)?;
+            // Images recorded before a column change do not fit: no base.
+            if image.len() != kinds.len() {
+                continue;
+            }
+            let values =
+                image.iter().zip(&kinds).map(|(text, kind)| convert::from_text(text.as_deref(), *kind)).collect();
+            out.insert(fields, (at, values));
         }
         Ok(out)
     }
 
     /// Reads, on one db, the key values and current row of every key of the batch.
+
     async fn fetch_rows(&self, ti: usize, db: usize, batch: &[Pending]) -> Result<Fetched> {
         let table = &self.tables[ti];
         let temp = temp_name("fetch", table);
