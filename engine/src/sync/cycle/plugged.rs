@@ -272,7 +272,6 @@ impl<'a> Cycle<'a> {
     }
 
     /// Reads, on one db, the key values and current row of every key of the batch.
-
     async fn fetch_rows(&self, ti: usize, db: usize, batch: &[Pending]) -> Result<Fetched> {
         let table = &self.tables[ti];
         let temp = temp_name("fetch", table);
