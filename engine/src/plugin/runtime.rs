@@ -202,7 +202,12 @@ pub(super) fn describe_failure(plugin: &LoadedPlugin, err: &wasmtime::Error, std
             }
         }
     };
-    // A Rust guest's panic message lands on stderr.
-    let panic = stderr.lines().find(|l| l.contains("panicked")).map(|l| format!(" ({})", l.trim())).unwrap_or_default();
+    // A Rust guest's panic lands on stderr: "thread ... panicked at FILE:" and the message.
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let panic = lines
+        .iter()
+        .position(|l| l.contains("panicked"))
+        .map(|i| format!(" ({})", lines[i..(i + 2).min(lines.len())].join(" ")))
+        .unwrap_or_default();
     format!("{cause}{panic}")
 }

@@ -1,0 +1,301 @@
+//! WebAssembly plugins in real syncs: the official conflict handlers, a
+//! sandbox that holds against hostile plugins, on_error, hot swap, and the
+//! plugin CLI.
+
+use std::time::{Duration, Instant};
+
+use ibex_tests::{Daemon, Setup, plugins};
+use serde_json::Value;
+
+fn wasm(path: std::path::PathBuf) -> String {
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+/// Two masters with an `acct` table and a sync `mm` using `strategy`.
+fn two_masters(strategy: &str) -> Setup {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql(
+        "m1",
+        "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int);
+         INSERT INTO acct SELECT i, CASE WHEN i % 2 = 0 THEN 'm1' ELSE 'm2' END, 'start', 100, 0 FROM generate_series(1, 20) i;",
+    );
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    if !strategy.starts_with("plugin:") {
+        s.ibex
+            .run(&["add", "sync", "mm", "herd=h", "dbs=m1:source,m2:source", &format!("conflict_strategy={strategy}")])
+            .ok();
+    }
+    s
+}
+
+fn add_sync(s: &Setup, strategy: &str) {
+    s.ibex
+        .run(&["add", "sync", "mm", "herd=h", "dbs=m1:source,m2:source", &format!("conflict_strategy={strategy}")])
+        .ok();
+}
+
+#[test]
+fn additive_merge_adds_both_sides_changes() {
+    let s = two_masters("plugin:");
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "merge",
+            &wasm(plugins::official("additive-merge").unwrap()),
+            "config.columns=balance,visits",
+        ])
+        .ok();
+    s.ibex.sh("update table acct capture_old=true").ok();
+    add_sync(&s, "plugin:merge");
+    // The seed's example: both nodes add $10; the result is +$20.
+    s.sql("m1", "UPDATE acct SET balance = balance + 10, visits = visits + 1, note = 'm1' WHERE id <= 10");
+    s.sql("m2", "UPDATE acct SET balance = balance + 10, visits = visits + 2, note = 'm2' WHERE id BETWEEN 6 AND 15");
+    // A delete on one side is not merged: the newest change wins.
+    s.sql("m2", "UPDATE acct SET balance = 1 WHERE id = 20");
+    s.sql("m1", "DELETE FROM acct WHERE id = 20");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["conflicts"], 6, "{run}");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m2", "SELECT balance || '/' || visits FROM acct WHERE id = 8"), "120.00/3");
+    assert_eq!(s.sql("m1", "SELECT balance || '/' || visits FROM acct WHERE id = 3"), "110.00/1");
+    assert_eq!(s.sql("m1", "SELECT balance || '/' || visits FROM acct WHERE id = 12"), "110.00/2");
+    assert_eq!(s.sql("m2", "SELECT count(*) FROM acct WHERE id = 20"), "0");
+    let reasons: Vec<String> =
+        run["conflicts"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reasons.iter().filter(|r| *r == "merged by plugin merge").count(), 5, "{reasons:?}");
+    // Without old images there is no base: the newest change wins instead.
+    s.ibex.sh("update table acct capture_old=false").ok();
+    s.sql("m1", "UPDATE acct SET balance = balance + 1 WHERE id = 1");
+    s.sql("m2", "UPDATE acct SET balance = balance + 5 WHERE id = 1");
+    s.run("mm");
+    assert_eq!(s.sql("m1", "SELECT balance FROM acct WHERE id = 1"), "115.00");
+}
+
+#[test]
+fn tenant_rules_let_the_owner_win() {
+    let s = two_masters("plugin:");
+    s.ibex
+        .run(&["add", "plugin", "tenants", &wasm(plugins::official("tenant-rules").unwrap()), "config.owners=acme=m1"])
+        .ok();
+    add_sync(&s, "plugin:tenants");
+    s.sql("m1", "UPDATE acct SET tenant = 'acme' WHERE id = 7");
+    s.sql("m2", "UPDATE acct SET tenant = 'acme' WHERE id = 7");
+    s.run("mm");
+    // Rows of tenant m1 are decided by db m1 even when m2 changed them last.
+    s.sql("m1", "UPDATE acct SET note = 'by owner' WHERE id IN (2, 3, 7)");
+    s.sql("m2", "UPDATE acct SET note = 'by other' WHERE id IN (2, 3, 7)");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["conflicts"], 3);
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m1", "SELECT note FROM acct WHERE id = 2"), "by owner", "tenant m1 owns id 2");
+    assert_eq!(s.sql("m1", "SELECT note FROM acct WHERE id = 3"), "by other", "tenant m2 owns id 3");
+    assert_eq!(s.sql("m2", "SELECT note FROM acct WHERE id = 7"), "by owner", "acme is owned by m1 (config.owners)");
+}
+
+#[test]
+fn a_plugin_decides_like_the_builtin_it_copies() {
+    let builtin = two_masters("latest");
+    let plugged = two_masters("plugin:");
+    plugged.ibex.run(&["add", "plugin", "lw", &wasm(plugins::official("latest-wins").unwrap())]).ok();
+    add_sync(&plugged, "plugin:lw");
+    for s in [&builtin, &plugged] {
+        s.sql("m1", "UPDATE acct SET note = 'm1 first' WHERE id <= 15");
+        s.sql("m2", "UPDATE acct SET note = 'm2 later' WHERE id >= 5");
+        s.sql("m1", "UPDATE acct SET note = 'm1 last' WHERE id = 12");
+        s.run("mm");
+        s.assert_same(&["m1", "m2"], &["acct"]);
+    }
+    assert_eq!(
+        builtin.sql("m1", "SELECT string_agg(note, ',' ORDER BY id) FROM acct"),
+        plugged.sql("m1", "SELECT string_agg(note, ',' ORDER BY id) FROM acct")
+    );
+}
+
+/// Runs `mm` with the hostile plugin in `mode` and returns the error.
+fn hostile_run(s: &Setup, mode: &str) -> String {
+    s.ibex.run(&["update", "plugin", "hostile", &format!("config.mode={mode}")]).ok();
+    s.sql("m1", "UPDATE acct SET note = 'm1' WHERE id = 1");
+    s.sql("m2", "UPDATE acct SET note = 'm2' WHERE id = 1");
+    let out = s.ibex.run(&["sync", "run", "mm"]).fails_with("plugin hostile failed");
+    assert!(out.stderr.contains("table public.acct in sync mm"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was applied"), "{}", out.stderr);
+    // Nothing applied: each db still has its own version.
+    assert_eq!(s.sql("m1", "SELECT note FROM acct WHERE id = 1"), "m1");
+    assert_eq!(s.sql("m2", "SELECT note FROM acct WHERE id = 1"), "m2");
+    out.stderr
+}
+
+#[test]
+fn hostile_plugins_fail_their_sync_and_nothing_else() {
+    let s = two_masters("plugin:");
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "hostile",
+            &wasm(plugins::for_tests("hostile").unwrap()),
+            "timeout=1s",
+            "memory=32MiB",
+            "fuel=500000000",
+        ])
+        .ok();
+    add_sync(&s, "plugin:hostile");
+    // A second sync on the same dbs, without the plugin, keeps working.
+    s.cluster.create_db("m3").unwrap();
+    s.sql("m3", "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int)");
+    s.add_db("m3", "m3").ok();
+    s.ibex.sh("add sync copy herd=h dbs=m1:source,m3:target onetimecopy=1").ok();
+    let cases = [
+        ("loop", "it used all its fuel"),
+        ("alloc", "more than its memory cap"),
+        ("trap", "hostile plugin gives up"),
+        ("stack", "its stack overflowed"),
+        ("bad_winner", "named db #99 as the winner"),
+        ("short_answer", "answered 0 decisions for 1 conflicts"),
+        ("file", "cannot open /etc/passwd"),
+        ("socket", "cannot connect"),
+        ("env", "environment: []"),
+    ];
+    for (mode, needle) in cases {
+        let started = Instant::now();
+        let err = hostile_run(&s, mode);
+        assert!(err.contains(needle), "mode {mode}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "mode {mode} took {:?}", started.elapsed());
+        let copy = s.run("copy");
+        assert_eq!(copy["run"]["state"], "good", "the other sync after mode {mode}: {copy}");
+    }
+    // The wall-clock limit stops a loop that fuel alone would let run long.
+    s.ibex.run(&["update", "plugin", "hostile", "fuel=100000000000000", "timeout=300ms"]).ok();
+    let err = hostile_run(&s, "loop");
+    assert!(err.contains("ran longer than its timeout (300 ms)"), "{err}");
+    // No row was lost: with a sane component the pending changes replicate.
+    s.ibex.run(&["update", "plugin", "hostile", &wasm(plugins::official("latest-wins").unwrap())]).ok();
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m1", "SELECT note FROM acct WHERE id = 1"), "m2");
+}
+
+#[test]
+fn on_error_fallback_decides_with_a_builtin() {
+    let s = two_masters("plugin:");
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "flaky",
+            &wasm(plugins::for_tests("hostile").unwrap()),
+            "config.mode=trap",
+            "on_error=fallback=m1,m2",
+        ])
+        .ok();
+    add_sync(&s, "plugin:flaky");
+    s.sql("m2", "UPDATE acct SET note = 'm2' WHERE id = 4");
+    s.sql("m1", "UPDATE acct SET note = 'm1' WHERE id = 4");
+    s.sql("m2", "UPDATE acct SET note = 'm2 last' WHERE id = 4");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m2", "SELECT note FROM acct WHERE id = 4"), "m1", "the fallback (m1 first) decided");
+}
+
+#[test]
+fn the_daemon_survives_a_bad_plugin_and_swaps_in_a_good_one() {
+    let s = two_masters("plugin:");
+    s.ibex.run(&["add", "plugin", "p", &wasm(plugins::for_tests("hostile").unwrap()), "config.mode=trap"]).ok();
+    add_sync(&s, "plugin:p");
+    s.cluster.create_db("m3").unwrap();
+    s.sql("m3", "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int)");
+    s.add_db("m3", "m3").ok();
+    s.ibex.sh("add sync side herd=h dbs=m1:source,m3:target onetimecopy=1").ok();
+    // Kicked by hand, so both changes land in one window.
+    s.ibex.sh("update sync mm autokick=false").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("m1", "UPDATE acct SET note = 'from m1' WHERE id = 9");
+    s.sql("m2", "UPDATE acct SET note = 'from m2' WHERE id = 9");
+    d.run(&["kick", "mm"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = d.run(&["status", "mm", "--json"]).ok().json();
+        if st["status"]["state"] == "Bad" {
+            let error = st["status"]["last_bad"]["error"].as_str().unwrap_or_default().to_string();
+            assert!(error.contains("plugin p failed") && error.contains("hostile plugin gives up"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "mm never went Bad:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The other sync and the daemon are fine.
+    s.sql("m1", "UPDATE acct SET visits = 42 WHERE id = 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.sql("m3", "SELECT coalesce(max(visits), 0) FROM acct WHERE id = 1") != "42" {
+        assert!(Instant::now() < deadline, "side sync stalled:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.run(&["ping"]).ok().stdout.contains("Pong"));
+    // Swap the component; the daemon picks it up and the pending rows go through.
+    d.run(&["update", "plugin", "p", &wasm(plugins::official("latest-wins").unwrap())]).ok();
+    d.run(&["reload"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s.sql("m1", "SELECT note FROM acct WHERE id = 9") != "from m2" {
+        assert!(Instant::now() < deadline, "the swapped plugin never ran:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.assert_same(&["m1", "m2"], &["acct"]);
+}
+
+#[test]
+fn plugin_cli_refuses_what_it_cannot_run() {
+    let s = two_masters("latest");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let text = dir.path().join("readme.txt");
+    std::fs::write(&text, b"not wasm at all").unwrap();
+    let before = s.snapshot();
+    s.ibex.run(&["add", "plugin", "p", junk.to_str().unwrap()]).fails_with("junk.wasm is refused");
+    s.ibex.run(&["add", "plugin", "p", core.to_str().unwrap()]).fails_with("is refused");
+    s.ibex.run(&["add", "plugin", "p", text.to_str().unwrap()]).fails_with("is refused");
+    s.ibex.run(&["add", "plugin", "p", "/nonexistent.wasm"]).fails_with("cannot read /nonexistent.wasm");
+    let lw = wasm(plugins::official("latest-wins").unwrap());
+    s.ibex
+        .run(&["add", "plugin", "p", &lw, "kind=row-transform"])
+        .fails_with("does not implement ibex:plugin/row-transform@0.1.0 (it implements: conflict-handler)");
+    s.ibex.run(&["add", "plugin", "p", &lw, "memory=lots"]).fails_with("bad memory");
+    s.ibex.run(&["add", "plugin", "p", &lw, "grant=nosuch"]).fails_with("db \"nosuch\" does not exist");
+    s.ibex.run(&["add", "plugin", "p", &lw, "colour=red"]).fails_with("unknown plugin key");
+    s.ibex.run(&["add", "plugin", "bad name", &lw]).fails_with("bad plugin name");
+    assert_eq!(before, s.snapshot(), "refused plugin commands changed the catalog");
+    s.ibex.run(&["add", "plugin", "p", &lw, "on_error=fallback=latest", "grant=m1"]).ok();
+    s.ibex.run(&["add", "plugin", "p", &lw]).fails_with("plugin \"p\" already exists");
+    let listed = s.ibex.sh("list plugins --json").ok().json();
+    assert_eq!(listed[0]["kind"], "conflict-handler");
+    assert_eq!(listed[0]["on_error"], "fallback=latest");
+    assert_eq!(listed[0]["grants"], serde_json::json!(["m1"]));
+    // In use: removal refused; a strategy naming an unknown plugin refused.
+    s.ibex.sh("update sync mm conflict_strategy=plugin:p").ok();
+    s.ibex.sh("remove plugin p").fails_with("plugin \"p\" is in use (conflict handler of sync mm)");
+    s.ibex.sh("update sync mm conflict_strategy=plugin:nosuch").fails_with("plugin \"nosuch\" does not exist");
+    // plugin test: a sample batch offline.
+    let input = dir.path().join("batch.json");
+    std::fs::write(
+        &input,
+        r#"{"sync": {"name": "demo", "dbs": [{"name": "a", "role": "Source", "priority": 0}, {"name": "b", "role": "Source", "priority": 0}], "config": []},
+            "table": {"schema": "public", "name": "acct", "columns": [{"name": "id", "type_name": "integer", "key": true}]},
+            "conflicts": [{"key": [{"Int": 1}], "base": null, "versions": [
+                {"db": 0, "changed_at": 100, "operation": "Update", "row": [{"Int": 1}]},
+                {"db": 1, "changed_at": 200, "operation": "Update", "row": [{"Int": 1}]}]}]}"#,
+    )
+    .unwrap();
+    let verdict: Value = s.ibex.run(&["plugin", "test", "p", "--input", input.to_str().unwrap()]).ok().json();
+    assert_eq!(verdict, serde_json::json!({"PerKey": [{"Winner": 1}]}));
+    s.ibex.sh("update sync mm conflict_strategy=latest").ok();
+    s.ibex.sh("remove plugin p").ok();
+}
