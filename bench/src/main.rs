@@ -6,6 +6,7 @@
 //!   target/release/ibex-bench bulk [--rows 1000000] [--rss-rows 4000000]
 //!   target/release/ibex-bench capture [--rows 1000000]
 //!   target/release/ibex-bench latency [--samples 200]
+//!   target/release/ibex-bench plugin [--conflicts 10000]
 
 //!   target/release/ibex-bench all
 
@@ -30,17 +31,20 @@ fn main() -> Result<()> {
     let rows = arg_value(&args, "--rows", 1_000_000)?;
     let rss_rows = arg_value(&args, "--rss-rows", 4_000_000)?;
     let samples = arg_value(&args, "--samples", 200)?;
+    let conflicts = arg_value(&args, "--conflicts", 10_000)?;
     let mut report = measure::Report::default();
     match scenario {
         "bulk" => scenarios::bulk(&mut report, rows, rss_rows)?,
         "capture" => scenarios::capture(&mut report, rows)?,
         "latency" => scenarios::latency(&mut report, samples)?,
+        "plugin" => scenarios::plugin(&mut report, conflicts)?,
         "all" => {
             scenarios::bulk(&mut report, rows, rss_rows)?;
             scenarios::capture(&mut report, rows)?;
             scenarios::latency(&mut report, samples)?;
+            scenarios::plugin(&mut report, conflicts)?;
         }
-        other => bail!("unknown scenario {other:?}: use bulk, capture, latency or all"),
+        other => bail!("unknown scenario {other:?}: use bulk, capture, latency, plugin or all"),
     }
     report.print();
     report.write_json("bench-results.json")?;

@@ -233,3 +233,60 @@ async fn measure_latency(cluster: &Cluster, names: &[&str], masters: usize, samp
     }
     Ok(out)
 }
+
+/// One cycle with `keys` conflicting keys: the built-in `latest` against
+/// the latest-wins plugin (the same rule as a WebAssembly component).
+pub fn plugin(report: &mut Report, keys: u64) -> Result<()> {
+    eprintln!("== conflicts: {keys} keys changed on two masters, built-in latest vs plugin");
+    let wasm = ibex_tests::plugins::official("latest-wins")?;
+    let mut times = Vec::new();
+    // The plugin gets no rows (it needs none), then every version's row.
+    for (strategy, rows) in [("latest", "rows=false"), ("plugin:lw", "rows=false"), ("plugin:lw", "rows=true")] {
+        let s = setup(report)?;
+        s.cluster.create_db("c1")?;
+        s.sql("c1", &format!("CREATE TABLE acct (id int PRIMARY KEY, note text, n int); INSERT INTO acct SELECT i, 'x', 0 FROM generate_series(1, {keys}) i"));
+        s.dbs_from("c1", &["c1", "c2"]);
+        s.ibex.sh("add table acct db=c1 herd=h").ok();
+        s.ibex.run(&["add", "plugin", "lw", wasm.to_str().unwrap_or_default(), rows]).ok();
+        s.ibex
+            .run(&[
+                "add",
+                "sync",
+                "mm",
+                "herd=h",
+                "dbs=c1:source,c2:source",
+                "autokick=false",
+                &format!("conflict_strategy={strategy}"),
+            ])
+            .ok();
+        s.sql("c1", "UPDATE acct SET note = 'c1', n = 1");
+        s.sql("c2", "UPDATE acct SET note = 'c2', n = 2");
+        let cost = run_measured(s.ibex.command(&["sync", "run", "mm"]))?;
+        s.assert_same(&["c1", "c2"], &["acct"]);
+        let conflicts = s.sql("ibex", "SELECT conflicts FROM ibex.run ORDER BY id DESC LIMIT 1");
+        if conflicts != keys.to_string() {
+            bail!("expected {keys} conflicts, the run counted {conflicts}");
+        }
+        times.push(cost.wall.as_secs_f64());
+    }
+    let batches = keys.div_ceil(1000) as f64;
+    for (i, label) in [(1, "plugin, rows=false"), (2, "plugin, with rows")] {
+        report.add(
+            "conflicts",
+            &format!("one cycle, {keys} conflicting keys, {label}"),
+            times[i],
+            Some((times[0], "built-in latest")),
+            "s",
+            "<= 1.3x",
+        );
+        report.add(
+            "conflicts",
+            &format!("cost per batch of 1000 conflicts, {label}"),
+            (times[i] - times[0]) * 1000.0 / batches,
+            None,
+            "ms",
+            "",
+        );
+    }
+    Ok(())
+}

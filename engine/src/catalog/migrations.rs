@@ -178,6 +178,7 @@ CREATE TABLE ibex.plugin_use (
 COMMENT ON TABLE ibex.plugin_use IS 'Row transforms and sync hooks attached to syncs (conflict handlers are a sync''s conflict_strategy)';
 
 ALTER TABLE ibex.relation ADD COLUMN capture_old boolean NOT NULL DEFAULT false;
+ALTER TABLE ibex.plugin ADD COLUMN rows boolean NOT NULL DEFAULT true;
 "#,
     },
 ];

@@ -69,6 +69,7 @@ impl PluginRecord {
             on_error: row.get::<_, String>("on_error").parse::<OnError>().map_err(|_| bad("on_error"))?,
             config: serde_json::from_value(config).map_err(|_| bad("config"))?,
             query_row_cap: row.get::<_, i64>("query_rows") as u64,
+            rows: row.get("rows"),
         };
         Ok(PluginRecord {
             sha256: row.get("sha256"),
@@ -81,7 +82,7 @@ impl PluginRecord {
 }
 
 const SELECT: &str = "SELECT name, kind, sha256, octet_length(wasm)::int8 AS size, fuel, memory, timeout_ms, grants,
-        write_grants, on_error, query_rows, config, updated_at FROM ibex.plugin";
+        write_grants, on_error, query_rows, rows, config, updated_at FROM ibex.plugin";
 
 pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
     Ok(c.query_opt("SELECT 1 FROM ibex.plugin WHERE name = $1", &[&name])
@@ -109,8 +110,8 @@ pub async fn add(
     let (fuel, memory, timeout, rows, config) = manifest_params(m)?;
     c.execute(
         "INSERT INTO ibex.plugin (name, kind, wasm, sha256, precompiled, fuel, memory, timeout_ms, grants, write_grants,
-                                  on_error, query_rows, config)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                  on_error, query_rows, config, rows)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         &[
             &name,
             &m.kind.as_str(),
@@ -125,6 +126,7 @@ pub async fn add(
             &m.on_error.to_string(),
             &rows,
             &config,
+            &m.rows,
         ],
     )
     .await
@@ -142,7 +144,7 @@ pub async fn update(
     let (fuel, memory, timeout, rows, config) = manifest_params(m)?;
     c.execute(
         "UPDATE ibex.plugin SET kind = $2, fuel = $3, memory = $4, timeout_ms = $5, grants = $6, write_grants = $7,
-                on_error = $8, query_rows = $9, config = $10, updated_at = now()
+                on_error = $8, query_rows = $9, config = $10, rows = $11, updated_at = now()
           WHERE name = $1",
         &[
             &name,
@@ -155,6 +157,7 @@ pub async fn update(
             &m.on_error.to_string(),
             &rows,
             &config,
+            &m.rows,
         ],
     )
     .await

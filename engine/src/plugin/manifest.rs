@@ -101,6 +101,10 @@ pub struct Manifest {
     pub config: Vec<(String, String)>,
     /// Rows a `host.query` may return.
     pub query_row_cap: u64,
+    /// Conflict handlers: hand each version's current row (and the base).
+    /// Off for handlers that decide on change times and dbs alone: then
+    /// every version says `update` with no row, and no rows are read.
+    pub rows: bool,
 }
 
 impl Manifest {
@@ -115,11 +119,12 @@ impl Manifest {
             on_error: OnError::Abort,
             config: Vec::new(),
             query_row_cap: 10_000,
+            rows: true,
         }
     }
 
     pub const KEYS: &'static [&'static str] =
-        &["kind", "fuel", "memory", "timeout", "grant", "write", "on_error", "query_rows", "config.KEY"];
+        &["kind", "fuel", "memory", "timeout", "grant", "write", "on_error", "query_rows", "rows", "config.KEY"];
 
     /// Sets one key from its text form (`config.X` keys included).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -143,6 +148,7 @@ impl Manifest {
             "write" => self.write_grants = list(value),
             "on_error" => self.on_error = value.parse()?,
             "query_rows" => self.query_row_cap = count("query_rows")?,
+            "rows" => self.rows = crate::catalog::sync::parse_bool("rows", value)?,
             other => match other.strip_prefix("config.") {
                 Some(name) if !name.is_empty() => {
                     self.config.retain(|(k, _)| k != name);

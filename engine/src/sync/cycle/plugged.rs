@@ -187,6 +187,37 @@ impl<'a> Cycle<'a> {
     /// now on its db (read in the run's snapshot).
     async fn conflicts_for_plugin(&self, ti: usize, batch: &[Pending]) -> Result<Vec<Conflict>> {
         debug_assert!(batch.len() <= PLUGIN_BATCH);
+        let table = &self.tables[ti];
+        let wants_rows = self.conflict_plugin.is_none_or(|p| p.manifest.rows);
+        if !wants_rows {
+            // Change times and dbs are enough: no rows are read, keys are
+            // decoded from their binary form when their types allow.
+            let decoded: Option<Vec<Conflict>> = batch
+                .iter()
+                .map(|p| {
+                    let key = p
+                        .fields
+                        .iter()
+                        .zip(&table.key)
+                        .map(|(raw, col)| convert::from_binary(col.type_oid, raw))
+                        .collect::<Option<Vec<Value>>>()?;
+                    let versions = p
+                        .versions
+                        .iter()
+                        .map(|v| wit::Version {
+                            db: v.db as u32,
+                            changed_at: v.changed_at.saturating_add(PG_EPOCH_UNIX_MICROS),
+                            operation: Operation::Update,
+                            row: None,
+                        })
+                        .collect();
+                    Some(Conflict { key, versions, base: None })
+                })
+                .collect();
+            if let Some(conflicts) = decoded {
+                return Ok(conflicts);
+            }
+        }
         let dbs: BTreeSet<usize> = batch.iter().flat_map(|p| p.versions.iter().map(|v| v.db)).collect();
         let mut fetched: HashMap<usize, Fetched> = HashMap::new();
         let mut bases: HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)> = HashMap::new();
