@@ -299,3 +299,91 @@ fn plugin_cli_refuses_what_it_cannot_run() {
     s.ibex.sh("update sync mm conflict_strategy=latest").ok();
     s.ibex.sh("remove plugin p").ok();
 }
+
+#[test]
+fn mask_columns_on_the_way_to_one_target() {
+    let s = Setup::new();
+    s.cluster.create_db("crm").unwrap();
+    s.sql(
+        "crm",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, phone text, score int);
+         INSERT INTO customers VALUES (1, 'Ann', 'ann@example.com', '555-1', 10), (2, 'Bob', NULL, '555-2', 20);",
+    );
+    for db in ["analytics", "backup"] {
+        s.cluster.create_db(db).unwrap();
+        s.sql(db, "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, phone text, score int)");
+        s.add_db(db, db).ok();
+    }
+    s.add_db("crm", "crm").ok();
+    s.ibex.sh("add table customers db=crm herd=h").ok();
+    s.ibex.sh("add sync out herd=h dbs=crm:source,analytics:target,backup:target onetimecopy=1").ok();
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "mask",
+            &wasm(plugins::official("mask-columns").unwrap()),
+            "config.columns=email,phone",
+        ])
+        .ok();
+    s.ibex.sh("add transform mask sync=out table=customers target=analytics").ok();
+    // The full copy goes through the transform too.
+    s.run("out");
+    assert_eq!(
+        s.sql(
+            "analytics",
+            "SELECT string_agg(concat_ws('/', id, name, email, phone, score), ' ' ORDER BY id) FROM customers"
+        ),
+        "1/Ann/***/***/10 2/Bob/***/20"
+    );
+    s.assert_same(&["crm", "backup"], &["customers"]);
+    s.sql("crm", "UPDATE customers SET email = 'ann@new.example', score = 11 WHERE id = 1; INSERT INTO customers VALUES (3, 'Cy', 'cy@x', NULL, 0)");
+    s.run("out");
+    assert_eq!(s.sql("analytics", "SELECT concat_ws('/', email, score) FROM customers WHERE id = 1"), "***/11");
+    assert_eq!(s.sql("analytics", "SELECT concat_ws('/', name, email) FROM customers WHERE id = 3"), "Cy/***");
+    s.assert_same(&["crm", "backup"], &["customers"]);
+    // A transform that would touch the key is refused, and nothing is applied.
+    s.ibex.run(&["update", "plugin", "mask", "config.columns=id"]).ok();
+    s.sql("crm", "UPDATE customers SET score = 99 WHERE id = 2");
+    s.ibex
+        .sh("sync run out")
+        .fails_with("plugin mask failed transforming rows of table public.customers for db analytics");
+    assert_eq!(s.sql("backup", "SELECT score FROM customers WHERE id = 2"), "20", "nothing applied anywhere");
+    s.ibex.run(&["update", "plugin", "mask", "config.columns=email"]).ok();
+    s.run("out");
+    assert_eq!(s.sql("backup", "SELECT score FROM customers WHERE id = 2"), "99");
+}
+
+#[test]
+fn tenant_filter_sends_each_target_its_rows() {
+    let s = Setup::new();
+    s.cluster.create_db("shared").unwrap();
+    s.sql(
+        "shared",
+        "CREATE TABLE orders (id int PRIMARY KEY, tenant text NOT NULL, amount int);
+         INSERT INTO orders SELECT i, CASE WHEN i % 3 = 0 THEN 'globex' ELSE 'acme' END, i FROM generate_series(1, 30) i;",
+    );
+    for db in ["acme", "globex"] {
+        s.cluster.create_db(db).unwrap();
+        s.sql(db, "CREATE TABLE orders (id int PRIMARY KEY, tenant text NOT NULL, amount int)");
+        s.add_db(db, db).ok();
+    }
+    s.add_db("shared", "shared").ok();
+    s.ibex.sh("add table orders db=shared herd=h").ok();
+    s.ibex.sh("add sync split herd=h dbs=shared:source,acme:target,globex:target onetimecopy=1").ok();
+    s.ibex.run(&["add", "plugin", "filter", &wasm(plugins::official("tenant-filter").unwrap())]).ok();
+    s.ibex.sh("add transform filter sync=split").ok();
+    s.run("split");
+    assert_eq!(s.sql("acme", "SELECT count(*) || '/' || count(*) FILTER (WHERE tenant = 'acme') FROM orders"), "20/20");
+    assert_eq!(
+        s.sql("globex", "SELECT count(*) || '/' || count(*) FILTER (WHERE tenant = 'globex') FROM orders"),
+        "10/10"
+    );
+    // An order moving to another tenant leaves one db and arrives in the other.
+    s.sql("shared", "UPDATE orders SET tenant = 'globex' WHERE id = 1; INSERT INTO orders VALUES (31, 'acme', 1); DELETE FROM orders WHERE id = 3");
+    s.run("split");
+    assert_eq!(s.sql("acme", "SELECT count(*) FROM orders WHERE id IN (1, 31)"), "1");
+    assert_eq!(s.sql("globex", "SELECT string_agg(id::text, ',' ORDER BY id) FROM orders WHERE id IN (1, 3, 31)"), "1");
+    s.ibex.sh("remove transform filter sync=split").ok();
+    s.ibex.sh("remove transform filter sync=split").fails_with("does not exist");
+}

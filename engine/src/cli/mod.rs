@@ -240,6 +240,11 @@ pub enum AddCmd {
         after_help = "Keys: kind (conflict-handler|row-transform|sync-hooks; found from the component when left out),\nfuel (per call), memory (e.g. 64MiB), timeout (e.g. 10s), grant=DB[,DB] (read-only queries),\nwrite=DB[,DB] (writes in the run's transaction), on_error (abort|fallback=STRATEGY),\nquery_rows, config.KEY=VALUE (handed to the plugin)\n\nExample:\n  ibex add plugin merge additive_merge.wasm config.columns=abalance on_error=fallback=latest"
     )]
     Plugin(PluginAddArgs),
+    /// Attach a row transform to a sync (all tables and dbs, or one of each)
+    #[command(
+        after_help = "Keys: sync (required), table, target\n\nExample:\n  ibex add transform mask sync=foobar table=customers target=analytics"
+    )]
+    Transform(NamedParams),
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +380,9 @@ pub enum RemoveCmd {
     /// Remove a plugin (refused while a sync uses it)
     #[command(after_help = "Example:\n  ibex remove plugin merge")]
     Plugin(Names),
+    /// Detach a row transform from a sync
+    #[command(after_help = "Example:\n  ibex remove transform mask sync=foobar")]
+    Transform(NamedParams),
 }
 
 #[derive(Args, Debug)]
@@ -448,6 +456,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             AddCmd::Dbgroup(a) => dbgroup::add(&ctx, a).await?,
             AddCmd::Sync(a) => sync::add(&ctx, a).await?,
             AddCmd::Plugin(a) => plugin::add(&ctx, a).await?,
+            AddCmd::Transform(a) => plugin::add_transform(&ctx, a).await?,
         },
         Command::List(cmd) => match cmd {
             ListCmd::Dbs => db::list(&ctx).await?,
@@ -475,6 +484,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             RemoveCmd::Dbgroup(a) => dbgroup::remove(&ctx, a).await?,
             RemoveCmd::Sync(a) => sync::remove(&ctx, a).await?,
             RemoveCmd::Plugin(a) => plugin::remove(&ctx, a).await?,
+            RemoveCmd::Transform(a) => plugin::remove_use(&ctx, a, "transform").await?,
         },
         Command::Activate(a) => sync::set_status(&ctx, a, "active").await?,
         Command::Deactivate(a) => sync::set_status(&ctx, a, "inactive").await?,

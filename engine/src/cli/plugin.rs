@@ -248,3 +248,85 @@ fn kind_of_type_name(name: &str) -> ColumnKind {
         _ => ColumnKind::Text,
     }
 }
+
+/// `ibex add transform PLUGIN sync=S [table=T] [target=DB]`
+pub async fn add_transform(ctx: &Context, args: NamedParams) -> Result<()> {
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    let sync = params.require("sync", "sync=foobar")?;
+    let table = params.take("table");
+    let target = params.take("target");
+    params.finish(&["sync", "table", "target"])?;
+    let mut cat = ctx.catalog().await?;
+    let shown = cat
+        .change(async |tx| {
+            let plugin = catalog::plugin::get(tx, &args.name).await?;
+            if plugin.manifest.kind != PluginKind::RowTransform {
+                return Err(Error::usage(format!(
+                    "plugin {} is a {}, not a row-transform",
+                    args.name, plugin.manifest.kind
+                )));
+            }
+            let record = catalog::sync::get(tx, &sync).await?;
+            let relation = match &table {
+                Some(typed) => {
+                    let rel = catalog::relation::find(tx, Some(catalog::RelKind::Table), typed).await?;
+                    if !rel.herds.contains(&record.herd) {
+                        return Err(Error::usage(format!(
+                            "table {} is not in herd {} of sync {sync}",
+                            rel.name, record.herd
+                        )));
+                    }
+                    Some(rel)
+                }
+                None => None,
+            };
+            if let Some(db) = &target {
+                let group = catalog::dbgroup::get(tx, &record.dbgroup).await?;
+                if !group.members.iter().any(|m| &m.db == db) {
+                    return Err(Error::usage(format!("db {db} is not in sync {sync}")));
+                }
+            }
+            catalog::plugin::add_use(
+                tx,
+                &args.name,
+                &sync,
+                "transform",
+                relation.as_ref().map(|r| r.id),
+                target.as_deref(),
+                None,
+            )
+            .await?;
+            let mut affected = super::capture::Affected::default();
+            affected.add_sync(tx, &sync).await?;
+            affected.apply(tx, &ctx.out, true).await?;
+            Ok(format!(
+                "{} on {} to {}",
+                args.name,
+                relation.map_or("every table".to_string(), |r| r.name.to_string()),
+                target.clone().unwrap_or_else(|| "every db".into())
+            ))
+        })
+        .await?;
+    ctx.out.done(format!("Added transform {shown} in sync {sync}"));
+    Ok(())
+}
+
+/// `ibex remove transform|hook PLUGIN sync=S`
+pub async fn remove_use(ctx: &Context, args: NamedParams, kind: &str) -> Result<()> {
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    let sync = params.require("sync", "sync=foobar")?;
+    params.finish(&["sync"])?;
+    let mut cat = ctx.catalog().await?;
+    cat.change(async |tx| {
+        if catalog::plugin::remove_uses(tx, &args.name, &sync, kind).await? == 0 {
+            return Err(Error::not_found(
+                if kind == "transform" { "transform" } else { "hook" },
+                format!("{} in sync {sync}", args.name),
+            ));
+        }
+        Ok(())
+    })
+    .await?;
+    ctx.out.done(format!("Removed {kind} {} from sync {sync}", args.name));
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod convert;
 mod host;
 mod manifest;
 mod runtime;
+pub mod transform;
 
 pub use convert::{ColumnKind, Value};
 pub use host::HostDbs;

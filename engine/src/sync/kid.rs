@@ -237,8 +237,17 @@ impl Kid {
             })?),
             _ => None,
         };
-        let outcome =
-            Cycle::new(&self.plan, &specs, &self.clients, lock_tables, conflict_plugin).run(onetimecopy).await?;
+        let mut transforms = Vec::new();
+        for t in &self.plan.transforms {
+            let plugin = self.plugins.get(&t.plugin).ok_or_else(|| {
+                Error::Plugin(format!("plugin {} is not loaded for sync {}", t.plugin, self.plan.sync.name))
+            })?;
+            let target = t.target.as_ref().and_then(|name| self.plan.dbs.iter().position(|d| &d.name == name));
+            transforms.push((t.table, target, plugin));
+        }
+        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables, conflict_plugin, transforms)
+            .run(onetimecopy)
+            .await?;
         failpoint::check("after_commit")?;
         let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;

@@ -47,6 +47,17 @@ pub struct Plan {
     /// Plugins the sync uses, with the sha256 of their component (so a
     /// replaced component makes a different plan).
     pub plugins: Vec<PluginRef>,
+    /// Row transforms attached to the sync.
+    pub transforms: Vec<PlanTransform>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanTransform {
+    pub plugin: String,
+    /// The relation id of the table it applies to; None: every table.
+    pub table: Option<i32>,
+    /// The db it applies to; None: every target.
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +127,25 @@ impl Plan {
             }
             plugins.push(PluginRef { name: plugin.name, sha256: plugin.sha256 });
         }
-        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins })
+        let mut transforms = Vec::new();
+        for used in catalog::plugin::uses_of_sync(catalog, sync).await? {
+            if used.kind != "transform" {
+                continue;
+            }
+            let table = match &used.table {
+                Some(name) => tables.iter().find(|t| &t.name == name).map(|t| t.id),
+                None => None,
+            };
+            if used.table.is_some() && table.is_none() {
+                continue; // the table left the herd
+            }
+            if !plugins.iter().any(|p| p.name == used.plugin) {
+                let plugin = catalog::plugin::get(catalog, &used.plugin).await?;
+                plugins.push(PluginRef { name: plugin.name, sha256: plugin.sha256 });
+            }
+            transforms.push(PlanTransform { plugin: used.plugin, table, target: used.target_db });
+        }
+        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms })
     }
 
     pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {

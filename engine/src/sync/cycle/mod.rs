@@ -23,6 +23,7 @@ use crate::plugin::convert::push_copy_row;
 use crate::plugin::{HostDbs, LoadedPlugin, Value};
 
 mod plugged;
+mod transform;
 
 /// What a successful attempt did.
 #[derive(Debug, Default)]
@@ -56,6 +57,8 @@ pub struct Cycle<'a> {
     /// Winners a plugin chose "always": per table, and for the whole run.
     table_winner: BTreeMap<usize, usize>,
     sync_winner: Option<usize>,
+    /// Row transforms: (relation id or any table, db index or any target, plugin).
+    transforms: Vec<(Option<i32>, Option<usize>, &'a LoadedPlugin)>,
 }
 
 /// Logs (at verbose) how long each step of a run took.
@@ -141,6 +144,7 @@ impl<'a> Cycle<'a> {
         clients: &'a [Arc<Client>],
         lock_tables: bool,
         conflict_plugin: Option<&'a LoadedPlugin>,
+        transforms: Vec<(Option<i32>, Option<usize>, &'a LoadedPlugin)>,
     ) -> Self {
         let contenders = plan.dbs.iter().map(|d| Contender { name: d.name.clone(), priority: d.priority }).collect();
         // With a plugin, the built-in resolver is its on_error fallback.
@@ -167,6 +171,7 @@ impl<'a> Cycle<'a> {
             host_dbs,
             table_winner: BTreeMap::new(),
             sync_winner: None,
+            transforms,
         }
     }
 
@@ -423,19 +428,8 @@ impl<'a> Cycle<'a> {
         }
         for ((ti, from), receivers) in jobs {
             let table = &self.tables[ti];
-            let out_sql = format!(
-                "COPY (SELECT {} FROM {}) TO STDOUT{}",
-                table.column_list(),
-                table.quoted(),
-                table.copy_options()
-            );
-            let in_sql =
-                format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
-            let targets: Vec<(&Client, String)> =
-                receivers.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
             tracing::info!(sync = %self.plan.sync.name, table = %table.name, from = self.db_name(from), to = receivers.len(), "full copy");
-            let rows =
-                copy_fanout(&self.clients[from], &out_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+            let rows = self.copy_rows(ti, from, &format!("FROM {} t", table.quoted()), &receivers).await?;
             for (&d, n) in receivers.iter().zip(rows) {
                 self.count(ti, d, 0, n as i64);
                 if self.plan.settings.analyze_after_copy {
@@ -456,6 +450,31 @@ impl<'a> Cycle<'a> {
             }
             other => other,
         }
+    }
+
+    /// Copies the rows `rows_from` selects on db `from` (a `FROM ... t
+    /// [WHERE ...]` clause) into each receiver: undecoded COPY for most,
+    /// through the row transform for receivers that have one. Returns the
+    /// rows each receiver took.
+    async fn copy_rows(&self, ti: usize, from: usize, rows_from: &str, receivers: &[usize]) -> Result<Vec<u64>> {
+        let table = &self.tables[ti];
+        let (plain, transformed): (Vec<usize>, Vec<usize>) =
+            receivers.iter().partition(|&&d| self.transform_for(ti, d).is_none());
+        let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+        if !plain.is_empty() {
+            let out_sql =
+                format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
+            let in_sql =
+                format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
+            let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
+            let rows =
+                copy_fanout(&self.clients[from], &out_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+            counts.extend(plain.iter().copied().zip(rows));
+        }
+        for d in transformed {
+            counts.insert(d, self.copy_transformed(ti, from, rows_from, d).await?);
+        }
+        Ok(receivers.iter().map(|d| counts.get(d).copied().unwrap_or(0)).collect())
     }
 
     /// An empty key table on this connection. It lives as long as the
@@ -529,19 +548,14 @@ impl<'a> Cycle<'a> {
             try_join_all(receivers.iter().zip(&loaded).map(|(&d, &n)| self.delete_loaded(d, &keys, table, n))).await?;
         tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "changed rows deleted");
         let step = std::time::Instant::now();
-        let rows_sql = format!(
-            "COPY (SELECT {} FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})) TO STDOUT{}",
-            table.column_list_of("t"),
+        let rows_from = format!(
+            "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
             table.quoted(),
             table.key_list_of("t"),
             table.key_list_of("d"),
-            table.delta(),
-            table.copy_options()
+            table.delta()
         );
-        let in_sql = format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
-        let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
-        let inserted =
-            copy_fanout(&self.clients[src], &rows_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+        let inserted = self.copy_rows(ti, src, &rows_from, &receivers).await?;
         tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "rows copied");
         for ((&d, del), ins) in receivers.iter().zip(deleted).zip(inserted) {
             self.count(ti, d, del as i64, ins as i64);
@@ -754,7 +768,6 @@ impl<'a> Cycle<'a> {
         for (&d, n) in dbs.iter().zip(deleted) {
             self.count(ti, d, n as i64, 0);
         }
-        let in_sql = format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
         for (w, data) in to_send {
             self.ensure_temp(w, &send, table).await?;
             copy_in_bytes(&self.clients[w], &load_sql(&send), data.finish()).await?;
@@ -762,18 +775,13 @@ impl<'a> Cycle<'a> {
             if receivers.is_empty() {
                 continue;
             }
-            let rows_sql = format!(
-                "COPY (SELECT {} FROM {} t JOIN pg_temp.{} k ON {}) TO STDOUT{}",
-                table.column_list_of("t"),
+            let rows_from = format!(
+                "FROM {} t JOIN pg_temp.{} k ON {}",
                 table.quoted(),
                 quote_ident(&send),
-                table.key_join("t", "k"),
-                table.copy_options()
+                table.key_join("t", "k")
             );
-            let targets: Vec<(&Client, String)> =
-                receivers.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
-            let inserted =
-                copy_fanout(&self.clients[w], &rows_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+            let inserted = self.copy_rows(ti, w, &rows_from, &receivers).await?;
             for (&d, n) in receivers.iter().zip(inserted) {
                 self.count(ti, d, 0, n as i64);
             }

@@ -21,7 +21,7 @@ const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 type Fetched = HashMap<Vec<Vec<u8>>, (Vec<Value>, Option<Vec<Value>>)>;
 
 impl<'a> Cycle<'a> {
-    fn sync_info(&self, plugin: &LoadedPlugin) -> SyncInfo {
+    pub(super) fn sync_info(&self, plugin: &LoadedPlugin) -> SyncInfo {
         SyncInfo {
             name: self.plan.sync.name.clone(),
             dbs: self
@@ -42,7 +42,7 @@ impl<'a> Cycle<'a> {
         }
     }
 
-    fn table_info(&self, ti: usize) -> TableInfo {
+    pub(super) fn table_info(&self, ti: usize) -> TableInfo {
         let table = &self.tables[ti];
         TableInfo {
             schema: table.name.schema.clone(),
