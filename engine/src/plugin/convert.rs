@@ -159,6 +159,27 @@ pub fn push_copy_row(out: &mut String, row: &[Value]) {
     out.push('\n');
 }
 
+/// A value from PostgreSQL's binary form, for the common key types;
+/// None for types read as text from the database instead.
+pub fn from_binary(type_oid: u32, raw: &[u8]) -> Option<Value> {
+    let int = |n: usize| (raw.len() == n).then(|| raw.iter().fold(0i64, |acc, b| (acc << 8) | i64::from(*b)));
+    Some(match Type::from_oid(type_oid)? {
+        Type::BOOL => Value::Boolean(*raw.first()? != 0),
+        Type::INT2 => Value::Int(i64::from(int(2)? as u16 as i16)),
+        Type::INT4 => Value::Int(i64::from(int(4)? as u32 as i32)),
+        Type::INT8 => Value::Int(int(8)?),
+        Type::FLOAT4 => Value::Float(f64::from(f32::from_bits(int(4)? as u32))),
+        Type::FLOAT8 => Value::Float(f64::from_bits(int(8)? as u64)),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => Value::Text(String::from_utf8(raw.to_vec()).ok()?),
+        Type::BYTEA => Value::Bytes(raw.to_vec()),
+        Type::UUID if raw.len() == 16 => {
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            Value::Text(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,25 +207,4 @@ mod tests {
         push_copy_row(&mut out, &[Value::Text("a\tb\\c\nd".into()), Value::Null]);
         assert_eq!(out, "a\\tb\\\\c\\nd\t\\N\n");
     }
-}
-
-/// A value from PostgreSQL's binary form, for the common key types;
-/// None for types read as text from the database instead.
-pub fn from_binary(type_oid: u32, raw: &[u8]) -> Option<Value> {
-    let int = |n: usize| (raw.len() == n).then(|| raw.iter().fold(0i64, |acc, b| (acc << 8) | i64::from(*b)));
-    Some(match Type::from_oid(type_oid)? {
-        Type::BOOL => Value::Boolean(*raw.first()? != 0),
-        Type::INT2 => Value::Int(i64::from(int(2)? as u16 as i16)),
-        Type::INT4 => Value::Int(i64::from(int(4)? as u32 as i32)),
-        Type::INT8 => Value::Int(int(8)?),
-        Type::FLOAT4 => Value::Float(f64::from(f32::from_bits(int(4)? as u32))),
-        Type::FLOAT8 => Value::Float(f64::from_bits(int(8)? as u64)),
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => Value::Text(String::from_utf8(raw.to_vec()).ok()?),
-        Type::BYTEA => Value::Bytes(raw.to_vec()),
-        Type::UUID if raw.len() == 16 => {
-            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            Value::Text(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
-        }
-        _ => return None,
-    })
 }
