@@ -55,6 +55,10 @@ pub enum Error {
     /// A WebAssembly plugin failed or cannot be used; the message names it.
     #[error("{0}")]
     Plugin(String),
+
+    /// A sync hook asked to skip this run: nothing applied, changes wait.
+    #[error("{0}")]
+    Skipped(String),
 }
 
 /// An optional trailing sentence of advice, printed after a `: `-free message.

@@ -387,3 +387,64 @@ fn tenant_filter_sends_each_target_its_rows() {
     s.ibex.sh("remove transform filter sync=split").ok();
     s.ibex.sh("remove transform filter sync=split").fails_with("does not exist");
 }
+
+#[test]
+fn unique_fixer_keeps_the_newer_row_and_archives_the_other() {
+    let s = Setup::new();
+    s.cluster.create_db("u1").unwrap();
+    s.sql(
+        "u1",
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE, updated_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE users_archive (id int, email text, updated_at timestamptz);",
+    );
+    s.dbs_from("u1", &["u1", "u2"]);
+    s.ibex.sh("add table users db=u1 herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=u1:source,u2:source").ok();
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "fixer",
+            &wasm(plugins::official("unique-fixer").unwrap()),
+            "grant=u1,u2",
+            "write=u1,u2",
+            "config.column=email",
+            "config.time_column=updated_at",
+            "config.archive=users_archive",
+        ])
+        .ok();
+    // Without the hook, the same email on both masters stops the sync.
+    s.sql("u1", "INSERT INTO users VALUES (1, 'ann@example.com', '2026-01-01 10:00+00')");
+    s.sql("u2", "INSERT INTO users VALUES (2, 'ann@example.com', '2026-01-01 11:00+00')");
+    s.sql("u1", "INSERT INTO users VALUES (3, 'bob@example.com', '2026-01-01 09:00+00')");
+    s.ibex.sh("sync run mm").fails_with("duplicate key value violates unique constraint");
+    s.ibex.sh("add hook fixer sync=mm when=exception").ok();
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["u1", "u2"], &["users"]);
+    assert_eq!(
+        s.sql("u1", "SELECT string_agg(id || ':' || email, ',' ORDER BY id) FROM users"),
+        "2:ann@example.com,3:bob@example.com"
+    );
+    assert_eq!(
+        s.sql("u1", "SELECT string_agg(id::text, ',') FROM users_archive"),
+        "1",
+        "the older row is archived where it lived"
+    );
+    // A newer row arriving where an older one is: the older one is archived there too.
+    s.sql("u2", "INSERT INTO users VALUES (4, 'cy@example.com', '2026-01-02 10:00+00')");
+    s.sql("u1", "INSERT INTO users VALUES (5, 'cy@example.com', '2026-01-02 12:00+00')");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["u1", "u2"], &["users"]);
+    assert_eq!(s.sql("u2", "SELECT string_agg(id::text, ',' ORDER BY id) FROM users"), "2,3,5");
+    assert_eq!(s.sql("u2", "SELECT string_agg(id::text, ',') FROM users_archive"), "4");
+    // On u1 the older incoming row 4 was left out (logged), not archived.
+    let left_out = run["conflicts"].as_array().unwrap();
+    assert!(
+        left_out.iter().any(|c| c["reason"].as_str().unwrap_or("").contains("left out on db u1 by hook fixer")),
+        "{run}"
+    );
+    s.ibex.sh("add hook fixer sync=mm when=sometimes").fails_with("unknown hook point");
+    s.ibex.sh("remove hook fixer sync=mm").ok();
+}

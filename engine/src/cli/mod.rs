@@ -245,6 +245,11 @@ pub enum AddCmd {
         after_help = "Keys: sync (required), table, target\n\nExample:\n  ibex add transform mask sync=foobar table=customers target=analytics"
     )]
     Transform(NamedParams),
+    /// Attach sync hooks to a sync at Bucardo's customcode points
+    #[command(
+        after_help = "Keys: sync (required), when=POINT[,POINT]: before_sync, after_sync, before_txn, after_txn,\nbefore_check_rows, exception\n\nExample:\n  ibex add hook fixer sync=foobar when=exception"
+    )]
+    Hook(NamedParams),
 }
 
 #[derive(Args, Debug)]
@@ -383,6 +388,9 @@ pub enum RemoveCmd {
     /// Detach a row transform from a sync
     #[command(after_help = "Example:\n  ibex remove transform mask sync=foobar")]
     Transform(NamedParams),
+    /// Detach sync hooks from a sync
+    #[command(after_help = "Example:\n  ibex remove hook fixer sync=foobar")]
+    Hook(NamedParams),
 }
 
 #[derive(Args, Debug)]
@@ -457,6 +465,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             AddCmd::Sync(a) => sync::add(&ctx, a).await?,
             AddCmd::Plugin(a) => plugin::add(&ctx, a).await?,
             AddCmd::Transform(a) => plugin::add_transform(&ctx, a).await?,
+            AddCmd::Hook(a) => plugin::add_hook(&ctx, a).await?,
         },
         Command::List(cmd) => match cmd {
             ListCmd::Dbs => db::list(&ctx).await?,
@@ -485,6 +494,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             RemoveCmd::Sync(a) => sync::remove(&ctx, a).await?,
             RemoveCmd::Plugin(a) => plugin::remove(&ctx, a).await?,
             RemoveCmd::Transform(a) => plugin::remove_use(&ctx, a, "transform").await?,
+            RemoveCmd::Hook(a) => plugin::remove_use(&ctx, a, "hook").await?,
         },
         Command::Activate(a) => sync::set_status(&ctx, a, "active").await?,
         Command::Deactivate(a) => sync::set_status(&ctx, a, "inactive").await?,

@@ -330,3 +330,30 @@ pub async fn remove_use(ctx: &Context, args: NamedParams, kind: &str) -> Result<
     ctx.out.done(format!("Removed {kind} {} from sync {sync}", args.name));
     Ok(())
 }
+
+/// `ibex add hook PLUGIN sync=S when=POINT[,POINT]`
+pub async fn add_hook(ctx: &Context, args: NamedParams) -> Result<()> {
+    use crate::plugin::hooks::HookPoint;
+    let mut params = Params::parse_pairs_only(&args.params)?;
+    let sync = params.require("sync", "sync=foobar")?;
+    let when = params.require("when", "when=exception")?;
+    params.finish(&["sync", "when"])?;
+    let mut points = Vec::new();
+    for name in when.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let point = HookPoint::parse(name)
+            .ok_or_else(|| Error::usage(format!("unknown hook point {name:?}: use {}", HookPoint::NAMES)))?;
+        points.push(point.name().to_string());
+    }
+    let mut cat = ctx.catalog().await?;
+    cat.change(async |tx| {
+        let plugin = catalog::plugin::get(tx, &args.name).await?;
+        if plugin.manifest.kind != PluginKind::SyncHooks {
+            return Err(Error::usage(format!("plugin {} is a {}, not sync-hooks", args.name, plugin.manifest.kind)));
+        }
+        catalog::sync::get(tx, &sync).await?;
+        catalog::plugin::add_use(tx, &args.name, &sync, "hook", None, None, Some(&points)).await
+    })
+    .await?;
+    ctx.out.done(format!("Added hook {} to sync {sync} at {}", args.name, points.join(", ")));
+    Ok(())
+}

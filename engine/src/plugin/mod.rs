@@ -6,6 +6,7 @@
 pub mod bindings;
 pub mod conflict;
 pub mod convert;
+pub mod hooks;
 mod host;
 mod manifest;
 mod runtime;

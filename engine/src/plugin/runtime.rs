@@ -34,7 +34,6 @@ pub struct LoadedPlugin {
 }
 
 #[derive(Clone)]
-#[allow(dead_code)] // row transforms and sync hooks are wired into the cycle next
 pub(super) enum Pre {
     Conflict(conflict_handler::ConflictHandlerPre<HostState>),
     Transform(row_transform::RowTransformPre<HostState>),

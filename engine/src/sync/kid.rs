@@ -17,7 +17,9 @@ use crate::catalog::{self, RunRecord, RunState};
 use crate::error::{Error, PgContext, Result};
 use crate::failpoint;
 use crate::pg;
+use crate::plugin::hooks::HookPoint;
 use crate::plugin::{LoadedPlugin, PluginRuntime};
+use crate::sync::hooks::Hooks;
 
 /// The channel a finished run is announced on; the payload is the run id.
 pub fn syncdone_channel(sync: &str) -> String {
@@ -108,7 +110,10 @@ impl Kid {
         let id = catalog::runs::start(catalog_client, &sync, started_at).await?;
         tracing::debug!(sync = %sync, us = clock.elapsed().as_micros() as u64, "step: run recorded");
         let (result, attempts) = match self.load_plugins(catalog_client).await {
-            Ok(()) => self.attempts().await,
+            Ok(()) => match self.before_sync().await {
+                Ok(()) => self.attempts().await,
+                Err(err) => (Err(err), 0),
+            },
             Err(err) => (Err(err), 0),
         };
         let clock = std::time::Instant::now();
@@ -140,6 +145,11 @@ impl Kid {
                     catalog::sync::update(catalog_client, &current).await?;
                     self.plan.sync.params.onetimecopy = 0;
                 }
+            }
+            Err(Error::Skipped(why)) => {
+                // Nothing was applied and nothing is wrong: the changes wait.
+                record.error = Some(format!("skipped: {why}"));
+                self.disconnect();
             }
             Err(err) => {
                 record.state = RunState::Bad;
@@ -206,6 +216,28 @@ impl Kid {
         }
     }
 
+    fn hooks(&self) -> Result<Hooks<'_>> {
+        let mut attached = Vec::new();
+        for (name, points) in &self.plan.hooks {
+            let plugin = self.plugins.get(name).ok_or_else(|| {
+                Error::Plugin(format!("plugin {name} is not loaded for sync {}", self.plan.sync.name))
+            })?;
+            attached.push((plugin, points.iter().filter_map(|p| HookPoint::parse(p)).collect()));
+        }
+        Ok(Hooks { attached })
+    }
+
+    /// The dbs plugin calls may reach outside the run's transactions.
+    fn host_dbs(&self) -> Arc<crate::plugin::HostDbs> {
+        crate::plugin::HostDbs::new(
+            self.plan
+                .dbs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.name.clone(), d.conn.clone(), self.clients.get(i).cloned())),
+        )
+    }
+
     /// Loads the plan's plugins that are not loaded yet (or were replaced).
     async fn load_plugins(&mut self, catalog_client: &Client) -> Result<()> {
         self.plugins.retain(|name, p| self.plan.plugins.iter().any(|r| &r.name == name && r.sha256 == p.sha256));
@@ -245,13 +277,21 @@ impl Kid {
             let target = t.target.as_ref().and_then(|name| self.plan.dbs.iter().position(|d| &d.name == name));
             transforms.push((t.table, target, plugin));
         }
-        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables, conflict_plugin, transforms)
+        let hooks = self.hooks()?;
+        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables, conflict_plugin, transforms, hooks)
             .run(onetimecopy)
             .await?;
         failpoint::check("after_commit")?;
         let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;
         tracing::debug!(sync = %self.plan.sync.name, us = clock.elapsed().as_micros() as u64, "step: cursors advanced");
+        let hooks = self.hooks()?;
+        if hooks.at(HookPoint::AfterSync) {
+            // The run is done: an answer here changes nothing, a failure is logged.
+            if let Err(err) = hooks.run(&self.plan, &self.host_dbs(), HookPoint::AfterSync, None).await {
+                tracing::warn!(sync = %self.plan.sync.name, error = %err, "after_sync hook failed");
+            }
+        }
 
         Ok(outcome)
     }
@@ -272,5 +312,16 @@ impl Kid {
         }))
         .await?;
         Ok(())
+    }
+}
+
+impl Kid {
+    /// The before_sync hooks, before any transaction is opened.
+    async fn before_sync(&mut self) -> Result<()> {
+        let hooks = self.hooks()?;
+        if !hooks.at(HookPoint::BeforeSync) {
+            return Ok(());
+        }
+        hooks.checkpoint(&self.plan, &self.host_dbs(), HookPoint::BeforeSync).await
     }
 }

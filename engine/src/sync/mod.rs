@@ -2,6 +2,7 @@
 //! catalog, table checks, capture setup).
 
 mod cycle;
+pub mod hooks;
 mod kid;
 pub mod plan;
 pub mod setup;

@@ -49,6 +49,8 @@ pub struct Plan {
     pub plugins: Vec<PluginRef>,
     /// Row transforms attached to the sync.
     pub transforms: Vec<PlanTransform>,
+    /// Sync hooks: plugin and the points it runs at, in attachment order.
+    pub hooks: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,8 +130,14 @@ impl Plan {
             plugins.push(PluginRef { name: plugin.name, sha256: plugin.sha256 });
         }
         let mut transforms = Vec::new();
+        let mut hooks = Vec::new();
         for used in catalog::plugin::uses_of_sync(catalog, sync).await? {
-            if used.kind != "transform" {
+            if !plugins.iter().any(|p| p.name == used.plugin) {
+                let plugin = catalog::plugin::get(catalog, &used.plugin).await?;
+                plugins.push(PluginRef { name: plugin.name, sha256: plugin.sha256 });
+            }
+            if used.kind == "hook" {
+                hooks.push((used.plugin, used.hook_points));
                 continue;
             }
             let table = match &used.table {
@@ -139,13 +147,9 @@ impl Plan {
             if used.table.is_some() && table.is_none() {
                 continue; // the table left the herd
             }
-            if !plugins.iter().any(|p| p.name == used.plugin) {
-                let plugin = catalog::plugin::get(catalog, &used.plugin).await?;
-                plugins.push(PluginRef { name: plugin.name, sha256: plugin.sha256 });
-            }
             transforms.push(PlanTransform { plugin: used.plugin, table, target: used.target_db });
         }
-        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms })
+        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms, hooks })
     }
 
     pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {

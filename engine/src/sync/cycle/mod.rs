@@ -20,8 +20,11 @@ use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_fanout, copy_in_bytes};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
 use crate::plugin::convert::push_copy_row;
+use crate::plugin::hooks::HookPoint;
 use crate::plugin::{HostDbs, LoadedPlugin, Value};
+use crate::sync::hooks::Hooks;
 
+mod guarded;
 mod plugged;
 mod transform;
 
@@ -59,6 +62,7 @@ pub struct Cycle<'a> {
     sync_winner: Option<usize>,
     /// Row transforms: (relation id or any table, db index or any target, plugin).
     transforms: Vec<(Option<i32>, Option<usize>, &'a LoadedPlugin)>,
+    hooks: Hooks<'a>,
 }
 
 /// Logs (at verbose) how long each step of a run took.
@@ -145,6 +149,7 @@ impl<'a> Cycle<'a> {
         lock_tables: bool,
         conflict_plugin: Option<&'a LoadedPlugin>,
         transforms: Vec<(Option<i32>, Option<usize>, &'a LoadedPlugin)>,
+        hooks: Hooks<'a>,
     ) -> Self {
         let contenders = plan.dbs.iter().map(|d| Contender { name: d.name.clone(), priority: d.priority }).collect();
         // With a plugin, the built-in resolver is its on_error fallback.
@@ -172,6 +177,7 @@ impl<'a> Cycle<'a> {
             table_winner: BTreeMap::new(),
             sync_winner: None,
             transforms,
+            hooks,
         }
     }
 
@@ -198,6 +204,8 @@ impl<'a> Cycle<'a> {
         let mut clock = StepClock::new(&self.plan.sync.name);
         self.begin().await?;
         clock.step("begin");
+        self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeTxn).await?;
+        self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeCheckRows).await?;
         let (changed, truncated) = if self.tables.is_empty() { Default::default() } else { self.probe().await? };
         clock.step("probe");
         if self.resolver.needs_newest_per_db() {
@@ -219,6 +227,7 @@ impl<'a> Cycle<'a> {
         }
         self.sync_sequences().await?;
         clock.step("sequences");
+        self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::AfterTxn).await?;
         self.commit().await?;
         clock.step("commit");
         let mut outcome = CycleOutcome {
@@ -543,6 +552,21 @@ impl<'a> Cycle<'a> {
         let step = std::time::Instant::now();
         let loaded = copy_fanout(&self.clients[src], &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
         tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
+        if self.guarded() {
+            let rows_from = format!(
+                "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
+                table.quoted(),
+                table.key_list_of("t"),
+                table.key_list_of("d"),
+                table.delta()
+            );
+            for (&d, &n) in receivers.iter().zip(&loaded) {
+                let delete = (n > 0).then_some(keys.as_str());
+                let (del, ins) = self.apply_guarded(ti, d, delete, vec![(src, rows_from.clone())], &[]).await?;
+                self.count(ti, d, del as i64, ins as i64);
+            }
+            return Ok(());
+        }
         let step = std::time::Instant::now();
         let deleted =
             try_join_all(receivers.iter().zip(&loaded).map(|(&d, &n)| self.delete_loaded(d, &keys, table, n))).await?;
@@ -750,6 +774,33 @@ impl<'a> Cycle<'a> {
         let load_sql = |name: &str| {
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(name), table.key_list())
         };
+        if self.guarded() {
+            // Each db's deletes and copies run together under its savepoint.
+            for (&d, data) in dbs.iter().zip(to_delete) {
+                self.ensure_temp(d, &del, table).await?;
+                if data.rows() > 0 {
+                    copy_in_bytes(&self.clients[d], &load_sql(&del), data.finish()).await?;
+                }
+            }
+            let winners: Vec<usize> = to_send.keys().copied().collect();
+            for (w, data) in to_send {
+                self.ensure_temp(w, &send, table).await?;
+                copy_in_bytes(&self.clients[w], &load_sql(&send), data.finish()).await?;
+            }
+            let rows_from = format!(
+                "FROM {} t JOIN pg_temp.{} k ON {} WHERE true",
+                table.quoted(),
+                quote_ident(&send),
+                table.key_join("t", "k")
+            );
+            for &d in &dbs {
+                let copies: Vec<(usize, String)> =
+                    winners.iter().filter(|&&w| w != d).map(|&w| (w, rows_from.clone())).collect();
+                let (deleted, inserted) = self.apply_guarded(ti, d, Some(&del), copies, &merged).await?;
+                self.count(ti, d, deleted as i64, inserted as i64);
+            }
+            return Ok(());
+        }
         let this = &*self;
         let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
             let load = load_sql(&del);

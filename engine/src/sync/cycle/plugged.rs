@@ -11,7 +11,7 @@ use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
 use crate::pg::quote_ident;
 use crate::plugin::bindings::conflicts::{self as wit, Conflict, Operation, Verdict};
-use crate::plugin::bindings::types::{Column, DbInfo, Role as WitRole, SyncInfo, TableInfo};
+use crate::plugin::bindings::types::{Column, SyncInfo, TableInfo};
 use crate::plugin::convert::{self, ColumnKind};
 use crate::plugin::{LoadedPlugin, OnError, Value};
 
@@ -22,24 +22,7 @@ type Fetched = HashMap<Vec<Vec<u8>>, (Vec<Value>, Option<Vec<Value>>)>;
 
 impl<'a> Cycle<'a> {
     pub(super) fn sync_info(&self, plugin: &LoadedPlugin) -> SyncInfo {
-        SyncInfo {
-            name: self.plan.sync.name.clone(),
-            dbs: self
-                .plan
-                .dbs
-                .iter()
-                .map(|d| DbInfo {
-                    name: d.name.clone(),
-                    role: match d.role {
-                        Role::Source => WitRole::Source,
-                        Role::Target => WitRole::Target,
-                        Role::Fullcopy => WitRole::Fullcopy,
-                    },
-                    priority: d.priority,
-                })
-                .collect(),
-            config: plugin.manifest.config.clone(),
-        }
+        crate::sync::hooks::sync_info(self.plan, plugin)
     }
 
     pub(super) fn table_info(&self, ti: usize) -> TableInfo {
