@@ -24,6 +24,11 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
+# componentize-py builds the Python plugin the tests run (offline, from PyPI once).
+if ! command -v componentize-py >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'componentize-py==0.25.*'
+fi
+
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

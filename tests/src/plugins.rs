@@ -49,3 +49,31 @@ pub fn official(name: &str) -> Result<PathBuf> {
 pub fn for_tests(name: &str) -> Result<PathBuf> {
     build(&workspace_root().join("tests/plugins").join(name).join("Cargo.toml"), name)
 }
+
+/// A Python plugin from `plugins/NAME/app.py`, built with componentize-py
+/// for `world` (installed by scripts/install-deps.sh).
+pub fn python(name: &str, world: &str) -> Result<PathBuf> {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().map_err(|_| anyhow::anyhow!("plugin build lock poisoned"))?;
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(name) {
+        return Ok(path.clone());
+    }
+    let root = workspace_root();
+    let out_dir = root.join("target/plugins/python");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
+    let result = Command::new("componentize-py")
+        .arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", world, "componentize", "app", "-o"])
+        .arg(&out)
+        .current_dir(root.join("plugins").join(name))
+        .output()
+        .context("running componentize-py (install it with `pip install componentize-py==0.25.*`)")?;
+    if !result.status.success() {
+        bail!("building Python plugin {name} failed:\n{}", String::from_utf8_lossy(&result.stderr));
+    }
+    built.insert(name.to_string(), out.clone());
+    Ok(out)
+}

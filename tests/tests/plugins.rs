@@ -448,3 +448,19 @@ fn unique_fixer_keeps_the_newer_row_and_archives_the_other() {
     s.ibex.sh("add hook fixer sync=mm when=sometimes").fails_with("unknown hook point");
     s.ibex.sh("remove hook fixer sync=mm").ok();
 }
+
+#[test]
+fn a_python_conflict_handler_runs_behind_the_same_contract() {
+    let s = two_masters("plugin:");
+    let component = plugins::python("python-prefer", "conflict-handler").unwrap();
+    s.ibex.run(&["add", "plugin", "prefer", &wasm(component), "config.prefer=m2"]).ok();
+    add_sync(&s, "plugin:prefer");
+    // m2 changed these keys first, m1 last: m2 still wins, as configured.
+    s.sql("m2", "UPDATE acct SET note = 'm2' WHERE id <= 6");
+    s.sql("m1", "UPDATE acct SET note = 'm1' WHERE id <= 6");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["conflicts"], 6);
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m1", "SELECT string_agg(DISTINCT note, ',') FROM acct WHERE id <= 6"), "m2");
+}
