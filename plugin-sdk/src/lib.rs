@@ -6,7 +6,7 @@
 //! of the same kind. A conflict handler that lets the newest change win,
 //! except that rows owned by a tenant come from that tenant's database:
 //!
-//! ```ignore
+//! ```no_run
 //! use ibex_plugin_sdk::conflict::{Conflict, ConflictHandler, Decision, Verdict};
 //! use ibex_plugin_sdk::{SyncInfo, TableInfo};
 //!
