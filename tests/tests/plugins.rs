@@ -464,3 +464,34 @@ fn a_python_conflict_handler_runs_behind_the_same_contract() {
     s.assert_same(&["m1", "m2"], &["acct"]);
     assert_eq!(s.sql("m1", "SELECT string_agg(DISTINCT note, ',') FROM acct WHERE id <= 6"), "m2");
 }
+
+#[test]
+fn plugin_test_runs_transforms_and_hooks_offline() {
+    let s = Setup::new();
+    s.ibex
+        .run(&["add", "plugin", "mask", &wasm(plugins::official("mask-columns").unwrap()), "config.columns=email"])
+        .ok();
+    s.ibex.run(&["add", "plugin", "fixer", &wasm(plugins::official("unique-fixer").unwrap())]).ok();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.json");
+    std::fs::write(
+        &rows,
+        r#"{"sync": {"name": "demo", "dbs": [{"name": "a", "role": "Source", "priority": 0}, {"name": "b", "role": "Target", "priority": 0}], "config": []},
+            "source": 0, "target": 1,
+            "table": {"schema": "public", "name": "users", "columns": [
+                {"name": "id", "type_name": "integer", "key": true}, {"name": "email", "type_name": "text", "key": false}]},
+            "rows": [[{"Int": 1}, {"Text": "ann@example.com"}], [{"Int": 2}, "Null"]]}"#,
+    )
+    .unwrap();
+    let out = s.ibex.run(&["plugin", "test", "mask", "--input", rows.to_str().unwrap()]).ok().json();
+    assert_eq!(out, serde_json::json!([[{"Int": 1}, {"Text": "***"}], [{"Int": 2}, "Null"]]));
+    let call = dir.path().join("call.json");
+    std::fs::write(
+        &call,
+        r#"{"sync": {"name": "demo", "dbs": [], "config": []}, "call": {"point": "BeforeSync", "failure": null}}"#,
+    )
+    .unwrap();
+    let out = s.ibex.run(&["plugin", "test", "fixer", "--input", call.to_str().unwrap()]).ok().json();
+    assert_eq!(out, serde_json::json!("Proceed"));
+    s.ibex.run(&["plugin", "test", "mask", "--input", call.to_str().unwrap()]).fails_with("is not a transform batch");
+}

@@ -207,14 +207,24 @@ pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
     let plugin = runtime.load(&record.name, &record.sha256, &wasm, precompiled.as_deref(), record.manifest.clone())?;
     let text = std::fs::read_to_string(&args.input)
         .map_err(|e| Error::usage(format!("cannot read {}: {e}", args.input.display())))?;
+    // The manifest's config.KEY=VALUE, as in a real run; the file may override.
+    let with_config = |sync: &mut SyncInfo| {
+        let mut config = record.manifest.config.clone();
+        for (k, v) in std::mem::take(&mut sync.config) {
+            config.retain(|(key, _)| *key != k);
+            config.push((k, v));
+        }
+        sync.config = config;
+    };
     match record.manifest.kind {
         PluginKind::ConflictHandler => {
-            let input: ConflictInput = serde_json::from_str(&text).map_err(|e| {
+            let mut input: ConflictInput = serde_json::from_str(&text).map_err(|e| {
                 Error::usage(format!(
                     "{} is not a conflict batch ({e}); see examples/plugin-test-conflicts.json",
                     args.input.display()
                 ))
             })?;
+            with_config(&mut input.sync);
             let kinds: Vec<ColumnKind> = input.table.columns.iter().map(|c| kind_of_type_name(&c.type_name)).collect();
             let verdict = crate::plugin::conflict::resolve(
                 &plugin,
@@ -228,11 +238,59 @@ pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
             .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
             ctx.out.print_json(&verdict);
         }
-        other => {
-            return Err(Error::usage(format!("`ibex plugin test` does not run {other} plugins yet")));
+        PluginKind::RowTransform => {
+            let mut input: TransformInput = serde_json::from_str(&text).map_err(|e| {
+                Error::usage(format!(
+                    "{} is not a transform batch ({e}): {{\"sync\": ..., \"source\": 0, \"target\": 1, \"table\": ..., \"rows\": [...]}}",
+                    args.input.display()
+                ))
+            })?;
+            with_config(&mut input.sync);
+            let kinds: Vec<ColumnKind> = input.table.columns.iter().map(|c| kind_of_type_name(&c.type_name)).collect();
+            let out = crate::plugin::transform::transform(
+                &plugin,
+                HostDbs::new(Vec::new()),
+                &input.sync,
+                input.source,
+                input.target,
+                &input.table,
+                &kinds,
+                input.rows,
+            )
+            .await
+            .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
+            ctx.out.print_json(&out);
+        }
+        PluginKind::SyncHooks => {
+            let mut input: HookInput = serde_json::from_str(&text).map_err(|e| {
+                Error::usage(format!(
+                    "{} is not a hook call ({e}): {{\"sync\": ..., \"call\": {{\"point\": \"BeforeSync\", \"failure\": null}}}}",
+                    args.input.display()
+                ))
+            })?;
+            with_config(&mut input.sync);
+            let action = crate::plugin::hooks::run_hook(&plugin, HostDbs::new(Vec::new()), &input.sync, &input.call)
+                .await
+                .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
+            ctx.out.print_json(&action);
         }
     }
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct TransformInput {
+    sync: SyncInfo,
+    source: u32,
+    target: u32,
+    table: TableInfo,
+    rows: Vec<Vec<crate::plugin::Value>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HookInput {
+    sync: SyncInfo,
+    call: crate::plugin::bindings::sync_hooks::ibex::plugin::hooks::HookCall,
 }
 
 /// Offline there is no database to ask: the common type names are enough.
