@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --workspace --bins
+rm -rf target/reliability
 cargo test --workspace -- --test-threads "${IBEX_TEST_THREADS:-4}"
+# docs/RELIABILITY.md from what the fault tests just did.
+cargo run --quiet -p ibex-tests --bin reliability-report

@@ -56,7 +56,7 @@ fn main() -> Result<()> {
     println!("{}", report.markdown());
     report.write("bench-results.json", "bench-results.md")?;
     if let Some(readme) = readme {
-        report.into_readme(&readme)?;
+        report.write_into_readme(&readme)?;
     }
     Ok(())
 }

@@ -57,7 +57,8 @@ pub struct Row {
     pub raw: Option<f64>,
     /// How many times better ibex did than Bucardo (above 1: ibex is better).
     pub vs_bucardo: Option<f64>,
-    /// ibex's fraction of the raw limit (1: as good as the raw limit).
+    /// ibex divided by the raw limit: a fraction of the raw rate, or a
+    /// multiple of the raw time.
     pub of_raw: Option<f64>,
     pub goal: String,
     /// Set when a measurement hit its cap (e.g. "> 600 s").
@@ -147,7 +148,10 @@ impl Report {
         let row = Row {
             scenario: m.scenario.into(),
             vs_bucardo: better_ratio(m.better, m.ibex, m.bucardo),
-            of_raw: better_ratio(m.better, m.ibex, m.raw).map(|r| 1.0 / r),
+            of_raw: match (m.ibex, m.raw) {
+                (Some(i), Some(r)) if r > 0.0 => Some(i / r),
+                _ => None,
+            },
             measure: m.measure,
             unit: m.unit.into(),
             better: m.better,
@@ -186,7 +190,7 @@ impl Report {
                 r.scenario,
                 r.measure,
                 fmt(r.bucardo, &r.unit),
-                if r.bucardo.is_none() { "" } else { &note },
+                &note,
                 fmt(r.ibex, &r.unit),
                 r.vs_bucardo.map(|v| format!("{v:.1}x")).unwrap_or_else(|| "—".into()),
                 fmt(r.raw, &r.unit),
@@ -205,7 +209,7 @@ impl Report {
     }
 
     /// Replaces the README's section between the bench markers.
-    pub fn into_readme(&self, readme: &str) -> Result<()> {
+    pub fn write_into_readme(&self, readme: &str) -> Result<()> {
         let text = std::fs::read_to_string(readme)?;
         let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
         let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {

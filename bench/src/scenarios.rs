@@ -115,7 +115,7 @@ fn raw_pipe(cluster: &Cluster, from_db: &str, out_sql: &str, to_db: &str, in_sql
     Ok(wall)
 }
 
-/// 1. The seed tutorial: five pgbench databases, four sources and a
+/// Scenario 1: The seed tutorial: five pgbench databases, four sources and a
 /// target, pgbench on every source, one kick: time to converge.
 pub fn tutorial(report: &mut Report, transactions: u64) -> Result<()> {
     eprintln!("== seed tutorial: 4 sources + 1 target, pgbench -n -t {transactions} on each source");
@@ -126,8 +126,14 @@ pub fn tutorial(report: &mut Report, transactions: u64) -> Result<()> {
     ibex_dbs(&s, "tmpl", &ibex_names);
     s.ibex.sh("add all tables db=i1 herd=therd");
     s.ibex.sh("add sync foobar herd=therd dbs=i1:source,i2:source,i3:source,i4:source,i5:target autokick=false").ok();
+    // A running daemon, as Bucardo's is: connections open, tables checked.
+    let mut daemon = Daemon::configure(&s.ibex)?;
+    daemon.start()?;
     pgbench_all(&s.cluster, &ibex_names[..4], &["-n", "-t", &t])?;
-    run_measured(s.ibex.command(&["sync", "run", "foobar"]))?;
+    if !daemon.run(&["kick", "foobar", "--wait", "1800"]).success() {
+        bail!("ibex: the tutorial run failed:\n{}", daemon.log());
+    }
+    drop(daemon);
     let ibex_time = last_ibex_run(&s)?;
     check_same(&s, "ibex", &ibex_names, PGBENCH_TABLES)?;
 
@@ -151,7 +157,7 @@ pub fn tutorial(report: &mut Report, transactions: u64) -> Result<()> {
     Ok(())
 }
 
-/// 2 and 7. One-way apply of `rows` changed rows: rows/s against the raw
+/// Scenarios 2 and 7: one-way apply of `rows` changed rows: rows/s against the raw
 /// pipe, and each engine's peak RSS, again at `rss_rows`.
 pub fn bulk(report: &mut Report, rows: u64, rss_rows: u64) -> Result<()> {
     for (n, size) in [rows, rss_rows].into_iter().enumerate() {
@@ -218,7 +224,7 @@ pub fn bulk(report: &mut Report, rows: u64, rss_rows: u64) -> Result<()> {
     Ok(())
 }
 
-/// 3. What capture costs the application: a bulk UPDATE and pgbench TPS,
+/// Scenario 3: What capture costs the application: a bulk UPDATE and pgbench TPS,
 /// with each engine's triggers, against the same without any.
 pub fn capture(report: &mut Report, rows: u64) -> Result<()> {
     eprintln!("== capture cost: UPDATE of {rows} rows, pgbench TPS");
@@ -337,7 +343,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-/// 4. Autokick latency under a steady pgbench load (100 tps per source):
+/// Scenario 4: Autokick latency under a steady pgbench load (100 tps per source):
 /// commit on a source to visible on every other db.
 pub fn latency(report: &mut Report, samples: u64) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -397,6 +403,10 @@ pub fn latency(report: &mut Report, samples: u64) -> Result<()> {
             let _ = l.wait();
         }
         b.stop();
+        let note = match &bucardo_ms {
+            Ok(_) => String::new(),
+            Err(e) => format!("Bucardo: {e}"),
+        };
         let bucardo_ms = bucardo_ms.ok();
         for (name, q, goal) in [("p50", 0.5, "< 20 ms"), ("p90", 0.9, ""), ("p99", 0.99, "< 100 ms"), ("max", 1.0, "")]
         {
@@ -404,14 +414,15 @@ pub fn latency(report: &mut Report, samples: u64) -> Result<()> {
                 Measure::new("autokick latency", format!("{label} {name}"), "ms", Better::Lower)
                     .bucardo(bucardo_ms.as_ref().map(|v| percentile(v, q)))
                     .ibex(percentile(&ibex_ms, q))
-                    .goal(goal),
+                    .goal(goal)
+                    .note(note.clone()),
             );
         }
     }
     Ok(())
 }
 
-/// 5. Catch-up: pgbench runs while the engine is stopped; then it starts:
+/// Scenario 5: Catch-up: pgbench runs while the engine is stopped; then it starts:
 /// time until the target matches the source.
 pub fn catchup(report: &mut Report, seconds: u64, cap: Duration) -> Result<()> {
     eprintln!("== catch-up after {seconds} s of pgbench with the engine stopped");
@@ -459,7 +470,7 @@ pub fn catchup(report: &mut Report, seconds: u64, cap: Duration) -> Result<()> {
     Ok(())
 }
 
-/// 6. Initial copy: onetimecopy of `rows` rows into an empty target.
+/// Scenario 6: Initial copy: onetimecopy of `rows` rows into an empty target.
 pub fn initial_copy(report: &mut Report, rows: u64) -> Result<()> {
     eprintln!("== onetimecopy of {rows} rows into an empty target");
     let s = setup(report)?;
@@ -532,9 +543,16 @@ pub fn plugin(report: &mut Report, keys: u64) -> Result<()> {
                 &format!("conflict_strategy={strategy}"),
             ])
             .ok();
+        // A running daemon: the plugin is loaded and the tables checked
+        // by its first run, as in production.
+        let mut daemon = Daemon::configure(&s.ibex)?;
+        daemon.start()?;
         s.sql("c1", "UPDATE acct SET note = 'c1', n = 1");
         s.sql("c2", "UPDATE acct SET note = 'c2', n = 2");
-        run_measured(s.ibex.command(&["sync", "run", "mm"]))?;
+        if !daemon.run(&["kick", "mm", "--wait", "600"]).success() {
+            bail!("ibex: the conflict run failed:\n{}", daemon.log());
+        }
+        drop(daemon);
         check_same(&s, "ibex", &["c1", "c2"], &["acct"])?;
         let conflicts = s.sql("ibex", "SELECT conflicts FROM ibex.run ORDER BY id DESC LIMIT 1");
         if conflicts != keys.to_string() {

@@ -5,7 +5,9 @@
 pub mod cluster;
 pub mod daemon;
 pub mod ibex;
+pub mod load;
 pub mod plugins;
+pub mod proxy;
 pub mod setup;
 
 pub use cluster::Cluster;

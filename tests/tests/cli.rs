@@ -121,10 +121,11 @@ fn dbs_add_list_update_remove_and_bad_input() {
 
     // Bad input, each refused with a message that names the problem.
     s.refused(&["add", "db", "t1", "dbname=b1"], "db \"t1\" already exists");
-    s.refused(
-        &["add", "db", "t9", "dbname=b1", "host=127.0.0.1", &s.port(), "user=ibex_pw", "pass=wrong"],
+    let wrong = s.refused(
+        &["add", "db", "t9", "dbname=b1", "host=127.0.0.1", &s.port(), "user=ibex_pw", "pass=pw-WRONG-123"],
         "password authentication failed",
     );
+    assert!(!wrong.stderr.contains("pw-WRONG-123"), "a password in an error: {}", wrong.stderr);
     let nodb = s.refused(
         &["add", "db", "t9", "dbname=nosuchdb", "host=127.0.0.1", &s.port(), "user=postgres"],
         "database \"nosuchdb\" does not exist",
@@ -156,6 +157,13 @@ fn dbs_add_list_update_remove_and_bad_input() {
     s.refused(&["add", "db", "t9", "stray"], "unexpected argument \"stray\"");
     s.refused(&["add", "db"], "required arguments were not provided");
     s.refused(&["add", "db", &"x".repeat(10_000), "dbname=b1"], "bad db name");
+    s.refused(&["add", "db", "☃", "dbname=b1"], "bad db name");
+    s.refused(
+        &["add", "db", "t9", &format!("dbname={}", "☃".repeat(3000)), "host=127.0.0.1", &s.port(), "user=postgres"],
+        "cannot connect to db t9",
+    );
+    s.refused(&["add", "db", "t9", "dbname=b1", "port=-1"], "bad port");
+    s.refused(&["add", "db", "t9", "dbname=b1", "\u{0}=x"], "unknown key");
 
     // update checks the new settings by connecting, and refuses bad ones.
     s.refused(&["update", "db", "t1", "pass=nope"], "password authentication failed");

@@ -517,15 +517,15 @@ fn validate_lists_differences_and_remove_cleans_up() {
     // Fix the schema; now the sync is added and capture installed on both.
     s.sql("v2", "ALTER TABLE a ALTER x TYPE int, DROP extra, ADD y text; CREATE TABLE b (id int PRIMARY KEY, z int);");
     s.ibex.sh("add sync vs herd=h dbs=v1:source,v2:source").ok();
-    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "18");
+    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "15");
     // validate repairs a dropped trigger.
     s.sql("v1", "DROP TRIGGER ibex_capture_update ON a");
     let out = s.ibex.sh("validate vs").ok();
     assert!(out.stdout.contains("db v1: repaired capture on public.a"), "{}", out.stdout);
-    assert_eq!(s.sql("v1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "18");
+    assert_eq!(s.sql("v1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "15");
     // Removing a table takes its triggers and delta table away, only its.
     s.ibex.sh("remove table c").ok();
-    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "12");
+    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "10");
     assert_eq!(s.sql("v2", "SELECT count(*) FROM ibex.captured"), "2");
     // Removing the sync removes the rest; the user's tables are untouched.
     s.ibex.sh("remove sync vs").ok();
@@ -537,4 +537,37 @@ fn validate_lists_differences_and_remove_cleans_up() {
         );
         assert_eq!(s.sql(db, "SELECT count(*) FROM ibex.cursor"), "0");
     }
+}
+
+#[test]
+fn hostile_identifiers_replicate_and_inject_nothing() {
+    let s = Setup::new();
+    s.cluster.create_db("h1").unwrap();
+    s.sql(
+        "h1",
+        r#"CREATE TABLE y (id int PRIMARY KEY);
+           CREATE TABLE "x""; DROP TABLE y; --" ("id""; DROP TABLE y; --" int PRIMARY KEY, "v'); DROP TABLE y; --" text);
+           INSERT INTO "x""; DROP TABLE y; --" VALUES (1, $$'); DROP TABLE y; --$$);"#,
+    );
+    s.dbs_from("h1", &["h1", "h2"]);
+    s.ibex.run(&["add", "table", "x\"; DROP TABLE y; --", "y", "db=h1", "herd=h"]).ok();
+    s.ibex.sh("add sync hs herd=h dbs=h1:source,h2:source").ok();
+    s.sql("h1", r#"INSERT INTO "x""; DROP TABLE y; --" VALUES (2, 'two')"#);
+    s.sql(
+        "h2",
+        r#"UPDATE "x""; DROP TABLE y; --" SET "id""; DROP TABLE y; --" = 10 WHERE "id""; DROP TABLE y; --" = 1"#,
+    );
+    s.run("hs");
+    s.assert_same(&["h1", "h2"], &[r#""x""; DROP TABLE y; --""#, "y"]);
+    for db in ["h1", "h2"] {
+        assert_eq!(s.sql(db, "SELECT to_regclass('y') IS NOT NULL"), "t", "table y survived on {db}");
+    }
+    assert_eq!(
+        s.sql(
+            "h1",
+            r#"SELECT string_agg("id""; DROP TABLE y; --"::text, ',' ORDER BY 1) FROM "x""; DROP TABLE y; --""#
+        ),
+        "2,10"
+    );
+    assert!(s.ibex.run(&["compare", "hs"]).success());
 }

@@ -79,7 +79,11 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
         let shown = table.name.to_string();
         let key_names: Vec<String> = table.key.iter().map(|(c, _)| c.clone()).collect();
         match installed.get(&table.name) {
-            Some(existing) if existing.key_columns == key_names && existing.old_image == table.old_image.is_some() => {
+            Some(existing)
+                if existing.key_columns == key_names
+                    && existing.old_image == table.old_image.is_some()
+                    && existing.kick == table.kick =>
+            {
                 if triggers_complete(&tx, table).await? {
                     // Leave a healthy capture alone: reinstalling would lock the table.
                     continue;
@@ -87,7 +91,7 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
                 report.repaired.push(shown.clone());
             }
             Some(existing) if existing.key_columns == key_names => {
-                // Old images switched on or off: same delta, new triggers.
+                // Old images or the kick switched on or off: same delta, new function.
                 report.repaired.push(shown.clone());
             }
             Some(_) => {
@@ -160,11 +164,12 @@ pub async fn uninstall(client: &mut Client) -> Result<CaptureReport> {
 struct Installed {
     key_columns: Vec<String>,
     old_image: bool,
+    kick: bool,
 }
 
 async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeMap<QualifiedName, Installed>> {
     let rows = tx
-        .query("SELECT schema_name, rel_name, key_columns, old_image FROM ibex.captured", &[])
+        .query("SELECT schema_name, rel_name, key_columns, old_image, kick FROM ibex.captured", &[])
         .await
         .ctx(|| "reading captured tables".into())?;
     Ok(rows
@@ -172,14 +177,14 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
         .map(|r| {
             (
                 QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                Installed { key_columns: r.get(2), old_image: r.get(3) },
+                Installed { key_columns: r.get(2), old_image: r.get(3), kick: r.get(4) },
             )
         })
         .collect())
 }
 
-/// True when the table still has every capture trigger (and the kick
-/// trigger exactly when wanted) and its delta table exists.
+/// True when the table still has every capture trigger (and no other ibex
+/// trigger) and its delta table exists.
 async fn triggers_complete(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<bool> {
     let row = tx
         .query_one(
@@ -193,9 +198,6 @@ async fn triggers_complete(tx: &tokio_postgres::Transaction<'_>, table: &Capture
     let names: Vec<String> = row.get(0);
     let delta_exists: bool = row.get(1);
     let mut wanted: Vec<&str> = sql::CAPTURE_TRIGGERS.to_vec();
-    if table.kick {
-        wanted.push(sql::KICK_TRIGGER);
-    }
     wanted.sort_unstable();
     Ok(delta_exists && names == wanted)
 }

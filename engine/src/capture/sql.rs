@@ -40,6 +40,8 @@ CREATE OR REPLACE FUNCTION ibex.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO ibex.truncate_log (schema_name, rel_name) VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    -- A truncate is rare: waking every CTL that reads this db costs nothing.
+    PERFORM pg_notify('ibex_changed', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
     RETURN NULL;
 END
 $$;
@@ -119,6 +121,12 @@ pub fn install_table(table: &CaptureTable) -> String {
         None => (false, format!("INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_old;")),
     };
     let update_old = if with_old { old_insert.as_str() } else { "" };
+    // The kick rides in the capture trigger: one trigger call per statement, not two.
+    let kick = if table.kick {
+        format!("PERFORM pg_notify({}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);", quote_literal(KICK_CHANNEL))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {statement_fn}() RETURNS trigger
@@ -132,6 +140,7 @@ BEGIN
     ELSE
         INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_new;
     END IF;
+    {kick}
     RETURN NULL;
 END
 $ibex$;"
@@ -176,20 +185,6 @@ $ibex$;",
         sql,
         "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT EXECUTE FUNCTION ibex.capture_truncate();"
     );
-    if table.kick {
-        let _ = writeln!(
-            sql,
-            "CREATE OR REPLACE FUNCTION ibex.kick() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
-BEGIN
-    PERFORM pg_notify({}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
-    RETURN NULL;
-END
-$ibex$;
-CREATE TRIGGER {KICK_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {target} FOR EACH STATEMENT EXECUTE FUNCTION ibex.kick();",
-            quote_literal(KICK_CHANNEL)
-        );
-    }
     sql
 }
 

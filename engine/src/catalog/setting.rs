@@ -59,6 +59,12 @@ const KNOWN: &[Known] = &[
         kind: Kind::Count { max: 10_000_000 },
         about: "changed keys handled per step of a multi-master merge; bounds memory",
     },
+    Known {
+        key: "max_parallel_runs",
+        default: "8",
+        kind: Kind::Count { max: 1000 },
+        about: "sync runs the daemon does at once (each holds a connection per db); raising it applies on reload, lowering on restart",
+    },
     Known { key: "analyze_after_copy", default: "true", kind: Kind::Bool, about: "ANALYZE tables after a full copy" },
 ];
 

@@ -2,6 +2,7 @@
 //! One file per command family; this one holds the grammar and dispatch.
 
 mod capture;
+mod compare;
 mod daemon;
 mod db;
 mod dbgroup;
@@ -118,6 +119,16 @@ pub enum Command {
         after_help = "Exits non-zero if a run failed or did not finish in time (Bucardo's `kick sync 0`).\n\nExamples:\n  ibex kick foobar\n  ibex kick foobar other --wait 60"
     )]
     Kick(KickArgs),
+    /// Check that every db of a sync holds the same rows (exit 1 when not)
+    #[command(
+        after_help = "Per table, row counts and a hash of every row computed in each database, in key buckets;\n--rows names the differing keys.\n\nExample:\n  ibex compare foobar --table pgbench_accounts --rows"
+    )]
+    Compare(CompareArgs),
+    /// Repair what compare finds, through the normal apply path
+    #[command(
+        after_help = "Marks each differing key changed on the right sources (the one source of a one-way sync;\nevery source holding a version when sources disagree, settled by the conflict strategy),\nruns one cycle, and compares again. --dry-run only shows the plan.\n\nExample:\n  ibex reconcile foobar --dry-run"
+    )]
+    Reconcile(ReconcileArgs),
     /// Show how syncs are doing: ibex status [SYNC]
     #[command(after_help = "Examples:\n  ibex status\n  ibex status foobar --json")]
     Status(StatusArgs),
@@ -157,6 +168,30 @@ pub struct KickArgs {
     /// Wait for the runs (at most SECS, default 600) and exit non-zero if one fails
     #[arg(long, num_args = 0..=1, default_missing_value = "600", value_name = "SECS")]
     pub wait: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    #[arg(value_name = "SYNC")]
+    pub sync: String,
+    /// Only this table
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// List the differing keys
+    #[arg(long)]
+    pub rows: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    #[arg(value_name = "SYNC")]
+    pub sync: String,
+    /// Only this table
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// Show what would be repaired, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -453,6 +488,8 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Reload(a) => return daemon::reload(&ctx, a).await,
         Command::Ping(a) => return daemon::ping(&ctx, a).await,
         Command::Kick(a) => return daemon::kick(&ctx, a).await,
+        Command::Compare(a) => return compare::compare(&ctx, a).await,
+        Command::Reconcile(a) => return compare::reconcile(&ctx, a).await,
 
         Command::Install => install::run(&ctx).await?,
         Command::Add(cmd) => match cmd {

@@ -1,20 +1,21 @@
 //! A CTL: decides when its sync runs. It runs the KID on a kick (CLI), on
-//! a change notified by the autokick triggers of any source, every
-//! `checktime`, once at start (to catch up), and again after a failure with
-//! backoff. It LISTENs on every source, reconnecting when one goes away.
+//! a change notified by the capture triggers of any source (through the
+//! daemon's shared listeners), every `checktime`, once at start (to catch
+//! up), and again after a failure with backoff. Runs across the daemon are
+//! bounded by a semaphore, so a hundred syncs do not open a hundred sets of
+//! connections at once.
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
+use super::hub::Hub;
 use super::metrics::Metrics;
 use super::{SharedCatalog, backoff};
-use crate::capture::KICK_CHANNEL;
 use crate::catalog::{Role, RunState};
-use crate::pg::Client;
-use crate::pg::listen::{Listener, Notice};
-
+use crate::pg::listen::Notice;
 use crate::sync::{Kid, Plan};
 
 pub enum CtlCommand {
@@ -22,86 +23,58 @@ pub enum CtlCommand {
     NewPlan(Box<Plan>),
 }
 
-enum Wake {
-    Changed(Notice),
-    Lost(usize),
+/// The kick payload is `schema.table`; an empty one (a listener that
+/// reconnected) means changes may have been missed.
+fn watches(plan: &Plan, notice: &Notice) -> bool {
+    notice.payload.is_empty()
+        || plan.tables.iter().any(|t| notice.payload == format!("{}.{}", t.name.schema, t.name.name))
 }
 
-/// The autokick connections: one LISTEN per source db.
-struct Autokick {
-    clients: Vec<Option<Client>>,
-    tx: mpsc::UnboundedSender<Wake>,
-    rx: mpsc::UnboundedReceiver<Wake>,
-    retry_at: Option<Instant>,
-    failures: u32,
-}
-
-impl Autokick {
-    fn new(dbs: usize) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Autokick { clients: (0..dbs).map(|_| None).collect(), tx, rx, retry_at: Some(Instant::now()), failures: 0 }
-    }
-
-    /// Connects the missing listeners; true if any (re)connected, since
-    /// changes may have been made while it was away.
-    async fn connect(&mut self, plan: &Plan) -> bool {
-        let mut connected_any = false;
-        let mut missing = false;
-        for (i, db) in plan.dbs.iter().enumerate() {
-            if db.role != Role::Source || self.clients[i].as_ref().is_some_and(|c| !c.is_closed()) {
-                continue;
-            }
-            match Listener::connect(&db.conn, &format!("ibex ctl {}", plan.sync.name)).await {
-                Ok(mut listener) => {
-                    if let Err(err) = listener.listen(KICK_CHANNEL).await {
-                        tracing::warn!(sync = %plan.sync.name, db = %db.name, error = %err, "cannot listen for changes");
-                        missing = true;
-                        continue;
-                    }
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        while let Some(notice) = listener.notices.recv().await {
-                            if tx.send(Wake::Changed(notice)).is_err() {
+/// Forwards the shared listeners' notices of every source into one channel.
+fn subscribe(plan: &Plan, hub: &Arc<Hub>, tx: &mpsc::UnboundedSender<Notice>) -> Vec<JoinHandle<()>> {
+    plan.dbs
+        .iter()
+        .filter(|db| db.role == Role::Source)
+        .map(|db| {
+            let mut rx = hub.subscribe(&db.name, &db.conn);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(notice) => {
+                            if tx.send(notice).is_err() {
                                 return;
                             }
                         }
-                        let _ = tx.send(Wake::Lost(i));
-                    });
-                    self.clients[i] = Some(listener.client);
-                    connected_any = true;
+                        // Fell behind: some notices were dropped, so run anyway.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(Notice { channel: String::new(), payload: String::new() });
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
                 }
-                Err(err) => {
-                    tracing::debug!(sync = %plan.sync.name, db = %db.name, error = %err, "autokick listener not connected");
-                    missing = true;
-                }
-            }
-        }
-        if missing {
-            self.failures += 1;
-            self.retry_at = Some(Instant::now() + backoff(self.failures));
-        } else {
-            self.failures = 0;
-            self.retry_at = None;
-        }
-        connected_any
-    }
+            })
+        })
+        .collect()
 }
 
-/// The kick trigger's payload is `schema.table`.
-fn watches(plan: &Plan, notice: &Notice) -> bool {
-    plan.tables.iter().any(|t| notice.payload == format!("{}.{}", t.name.schema, t.name.name))
+pub struct CtlContext {
+    pub catalog: Arc<SharedCatalog>,
+    pub metrics: Arc<Metrics>,
+    pub hub: Arc<Hub>,
+    pub runs: Arc<Semaphore>,
 }
 
 pub async fn run(
     plan: Plan,
-    catalog: Arc<SharedCatalog>,
-    metrics: Arc<Metrics>,
+    ctx: CtlContext,
     mut commands: mpsc::UnboundedReceiver<CtlCommand>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = plan.sync.name.clone();
     tracing::info!(sync = %name, "CTL started");
-    let mut autokick = Autokick::new(plan.dbs.len());
+    let (wake_tx, mut wakes) = mpsc::unbounded_channel();
+    let mut forwarders = if plan.sync.params.autokick { subscribe(&plan, &ctx.hub, &wake_tx) } else { Vec::new() };
     let mut kid = Kid::new(plan);
     // Run once at start: changes may have waited while the daemon was down.
     let mut due: Option<Instant> = Some(Instant::now());
@@ -111,62 +84,51 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        let plan = kid.plan();
-        let checktime = plan.sync.params.checktime.map(|c| last_run + c);
-        let autokick_on = plan.sync.params.autokick;
-        let wake_at = [due, checktime, autokick.retry_at.filter(|_| autokick_on)].into_iter().flatten().min();
+        let checktime = kid.plan().sync.params.checktime.map(|c| last_run + c);
+        let wake_at = [due, checktime].into_iter().flatten().min();
         tokio::select! {
             _ = shutdown.changed() => break,
             command = commands.recv() => match command {
                 Some(CtlCommand::Kick) => due = Some(Instant::now()),
                 Some(CtlCommand::NewPlan(plan)) => {
                     tracing::info!(sync = %name, "CTL picked up a changed sync");
+                    for f in forwarders.drain(..) {
+                        f.abort();
+                    }
+                    if plan.sync.params.autokick {
+                        forwarders = subscribe(&plan, &ctx.hub, &wake_tx);
+                    }
                     kid.set_plan(*plan);
-                    autokick = Autokick::new(kid.plan().dbs.len());
                     due = Some(Instant::now());
                 }
                 None => break,
             },
-            wake = autokick.rx.recv(), if autokick_on => match wake {
-                Some(Wake::Changed(notice)) if watches(kid.plan(), &notice) => {
+            Some(notice) = wakes.recv() => {
+                if watches(kid.plan(), &notice) {
                     due = Some(due.map_or(Instant::now(), |d| d.min(Instant::now())));
                 }
-                Some(Wake::Changed(_)) => {}
-                Some(Wake::Lost(i)) => {
-                    autokick.clients[i] = None;
-                    autokick.retry_at = Some(Instant::now() + backoff(1));
-                }
-                None => {}
-            },
+            }
             _ = async { match wake_at { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
-                let now = Instant::now();
-                if autokick_on && autokick.retry_at.is_some_and(|at| at <= now) && autokick.connect(kid.plan()).await {
-                    due = Some(now);
-                }
-                if checktime.is_some_and(|at| at <= now) {
-                    due = Some(now);
+                if checktime.is_some_and(|at| at <= Instant::now()) {
+                    due = Some(Instant::now());
                 }
             }
         }
         if due.is_none_or(|d| d > Instant::now()) {
             continue;
         }
-        // Notifications that arrived meanwhile are covered by this run.
-        while let Ok(wake) = autokick.rx.try_recv() {
-            if let Wake::Lost(i) = wake {
-                autokick.clients[i] = None;
-                autokick.retry_at = Some(Instant::now() + backoff(1));
-            }
-        }
+        // Notices that arrived meanwhile are covered by this run.
+        while wakes.try_recv().is_ok() {}
         due = None;
+        let Ok(_permit) = ctx.runs.acquire().await else { break };
         last_run = Instant::now();
-        let outcome = match catalog.get().await {
+        let outcome = match ctx.catalog.get().await {
             Ok(client) => kid.run(&client).await,
             Err(err) => Err(err),
         };
         match outcome {
             Ok(record) => {
-                metrics.record_run(&record);
+                ctx.metrics.record_run(&record);
                 if record.state == RunState::Good {
                     failures = 0;
                 } else {
@@ -185,6 +147,9 @@ pub async fn run(
         if !kid.plan().sync.params.kidsalive {
             kid.disconnect();
         }
+    }
+    for f in forwarders {
+        f.abort();
     }
     tracing::info!(sync = %name, "CTL stopped");
 }

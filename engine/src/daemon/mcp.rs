@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::ctl::{self, CtlCommand};
+use super::ctl::{self, CtlCommand, CtlContext};
+use super::hub::Hub;
 use super::metrics::{self, Metrics};
 use super::{DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, pidfile, vac};
 use crate::catalog::{self, CHANGED_CHANNEL, Catalog};
@@ -43,6 +44,10 @@ struct Mcp {
     /// Per task: how often it ended unexpectedly, and when it may start again.
     restarts: HashMap<String, (u32, Option<Instant>)>,
     shutdown: watch::Sender<bool>,
+    hub: Arc<Hub>,
+    /// Runs at once across all syncs (setting max_parallel_runs).
+    runs: Arc<tokio::sync::Semaphore>,
+    runs_size: usize,
 }
 
 /// Runs the daemon in this process until it is told to stop.
@@ -109,6 +114,9 @@ async fn serve(options: DaemonOptions, listener: Listener) -> Result<()> {
         task_names: HashMap::new(),
         restarts: HashMap::new(),
         shutdown,
+        hub: Arc::new(Hub::default()),
+        runs: Arc::new(tokio::sync::Semaphore::new(1)),
+        runs_size: 1,
     };
     mcp.listen_all().await?;
     mcp.spawn_vac();
@@ -266,6 +274,11 @@ impl Mcp {
         {
             handle.set(level);
         }
+        if let Ok(setting) = catalog::setting::get(client.as_ref(), "max_parallel_runs").await
+            && let Ok(wanted) = setting.value.parse::<usize>()
+        {
+            self.resize_runs(wanted);
+        }
         let syncs = match catalog::sync::list(client.as_ref()).await {
             Ok(s) => s,
             Err(err) => {
@@ -308,9 +321,31 @@ impl Mcp {
         tracing::debug!(%summary, "catalog read");
     }
 
+    /// Lets more runs go at once; fewer takes a restart (permits in use
+    /// cannot be taken back from running CTLs).
+    fn resize_runs(&mut self, wanted: usize) {
+        let wanted = wanted.max(1);
+        if wanted > self.runs_size {
+            self.runs.add_permits(wanted - self.runs_size);
+            self.runs_size = wanted;
+        } else if wanted < self.runs_size {
+            tracing::info!(
+                max_parallel_runs = wanted,
+                now = self.runs_size,
+                "fewer parallel runs apply at the next start"
+            );
+        }
+    }
+
     async fn spawn_ctl(&mut self, name: &str, plan: Plan) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = ctl::run(plan.clone(), self.catalog.clone(), self.metrics.clone(), rx, self.shutdown.subscribe());
+        let context = CtlContext {
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            hub: self.hub.clone(),
+            runs: self.runs.clone(),
+        };
+        let task = ctl::run(plan.clone(), context, rx, self.shutdown.subscribe());
         let owned = name.to_string();
         let handle = self.tasks.spawn(async move {
             task.await;

@@ -3,6 +3,7 @@
 //! active sync and the VAC; each CTL owns a KID that runs its cycles.
 
 mod ctl;
+mod hub;
 mod mcp;
 pub mod metrics;
 pub mod pidfile;

@@ -325,3 +325,43 @@ impl Kid {
         hooks.checkpoint(&self.plan, &self.host_dbs(), HookPoint::BeforeSync).await
     }
 }
+
+impl Kid {
+    /// Compares the sync's tables (or one) on every db.
+    pub async fn compare(
+        &mut self,
+        only: Option<&crate::pg::QualifiedName>,
+        with_keys: bool,
+    ) -> Result<Vec<super::compare::TableDiff>> {
+        self.validate().await?;
+        let specs = self.specs.clone().unwrap_or_default();
+        let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
+        super::compare::compare(&self.plan, &clients, &specs, only, with_keys).await
+    }
+
+    /// Marks differing keys changed on the sources chosen by
+    /// `compare::marks_for`; returns the marks made per db name.
+    pub async fn mark_differences(
+        &mut self,
+        diffs: &[super::compare::TableDiff],
+        at: &str,
+    ) -> Result<Vec<(String, String, u64)>> {
+        self.validate().await?;
+        let specs = self.specs.clone().unwrap_or_default();
+        let mut made = Vec::new();
+        for diff in diffs {
+            let Some(table) = specs.iter().find(|t| t.name.to_string() == diff.table) else { continue };
+            let mut per_db: std::collections::BTreeMap<usize, Vec<&super::compare::KeyDiff>> = Default::default();
+            for key in &diff.keys {
+                for db in super::compare::marks_for(&self.plan, key) {
+                    per_db.entry(db).or_default().push(key);
+                }
+            }
+            for (db, keys) in per_db {
+                let n = super::compare::mark(&self.clients[db], table, &keys, at).await?;
+                made.push((diff.table.clone(), self.plan.dbs[db].name.clone(), n));
+            }
+        }
+        Ok(made)
+    }
+}

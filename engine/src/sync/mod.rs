@@ -1,6 +1,7 @@
 //! The KID algorithm: one sync cycle, and what it needs (the plan from the
 //! catalog, table checks, capture setup).
 
+pub mod compare;
 mod cycle;
 pub mod hooks;
 mod kid;

@@ -201,17 +201,27 @@ impl<'a> Cycle<'a> {
                 return Ok(conflicts);
             }
         }
-        let dbs: BTreeSet<usize> = batch.iter().flat_map(|p| p.versions.iter().map(|v| v.db)).collect();
+        let dbs: Vec<usize> = batch
+            .iter()
+            .flat_map(|p| p.versions.iter().map(|v| v.db))
+            .collect::<BTreeSet<usize>>()
+            .into_iter()
+            .collect();
+        // Every db at once: each read is a few round trips.
+        let per_db = futures_util::future::try_join_all(dbs.iter().map(|&db| async move {
+            let rows = self.fetch_rows(ti, db, batch).await?;
+            let bases = if self.tables[ti].capture_old { self.fetch_bases(ti, db).await? } else { HashMap::new() };
+            Ok::<_, Error>((db, rows, bases))
+        }))
+        .await?;
         let mut fetched: HashMap<usize, Fetched> = HashMap::new();
         let mut bases: HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)> = HashMap::new();
-        for db in dbs {
-            fetched.insert(db, self.fetch_rows(ti, db, batch).await?);
-            if self.tables[ti].capture_old {
-                // The earliest old image of the window on any source is the base.
-                for (key, (at, row)) in self.fetch_bases(ti, db).await? {
-                    if bases.get(&key).is_none_or(|(best, _)| at < *best) {
-                        bases.insert(key, (at, row));
-                    }
+        for (db, rows, db_bases) in per_db {
+            fetched.insert(db, rows);
+            // The earliest old image of the window on any source is the base.
+            for (key, (at, row)) in db_bases {
+                if bases.get(&key).is_none_or(|(best, _)| at < *best) {
+                    bases.insert(key, (at, row));
                 }
             }
         }

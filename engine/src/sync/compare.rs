@@ -1,0 +1,217 @@
+//! Are the dbs of a sync the same? Per table, each db sums a hash of every
+//! row into buckets by key hash, in the database (one pass, nothing but 256
+//! small rows over the wire); buckets that differ are then read key by key
+//! to name the differing keys. `reconcile` repairs them through the normal
+//! apply path by marking them changed on the sources.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::plan::Plan;
+use super::validate::TableSpec;
+use crate::capture::delta_table_name;
+use crate::catalog::Role;
+use crate::error::{PgContext, Result};
+use crate::pg::{QualifiedName, quote_ident};
+
+/// Buckets per table: enough to narrow a difference to a few thousand rows
+/// of a million-row table.
+const BUCKETS: i64 = 256;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DbCount {
+    pub db: String,
+    pub rows: i64,
+}
+
+/// One key whose row is not the same everywhere.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyDiff {
+    /// The key as text (`42`, `(7,abc)`).
+    pub key: String,
+    /// The key's columns as text, for repairing it.
+    #[serde(skip)]
+    pub parts: Vec<String>,
+    /// The dbs that have a row for the key, grouped by identical rows.
+    pub versions: Vec<Vec<String>>,
+    /// The dbs without the key.
+    pub missing_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableDiff {
+    pub table: String,
+    pub identical: bool,
+    pub counts: Vec<DbCount>,
+    pub differing_buckets: usize,
+    /// Filled when asked for rows (or to reconcile).
+    pub keys: Vec<KeyDiff>,
+}
+
+fn key_text(table: &TableSpec, alias: &str) -> String {
+    if table.key.len() == 1 {
+        format!("{}::text", table.key_list_of(alias))
+    } else {
+        format!("ROW({})::text", table.key_list_of(alias))
+    }
+}
+
+fn row_text(table: &TableSpec, alias: &str) -> String {
+    format!("ROW({})::text", table.column_list_of(alias))
+}
+
+/// bucket -> (rows, sum of row hashes as text)
+async fn buckets(
+    client: &Client,
+    table: &TableSpec,
+) -> std::result::Result<BTreeMap<i64, (i64, String)>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT abs(hashtextextended({key}, 0) % {BUCKETS}), count(*), sum(hashtextextended({row}, 7)::numeric)::text
+           FROM {table} t GROUP BY 1",
+        key = key_text(table, "t"),
+        row = row_text(table, "t"),
+        table = table.quoted()
+    );
+    let rows = client.query(&sql, &[]).await?;
+    Ok(rows.iter().map(|r| (r.get::<_, i64>(0), (r.get::<_, i64>(1), r.get::<_, String>(2)))).collect())
+}
+
+/// key text -> (key parts, row hash), for the rows of some buckets.
+async fn rows_of(
+    client: &Client,
+    table: &TableSpec,
+    wanted: &[i64],
+) -> std::result::Result<BTreeMap<String, (Vec<String>, i64)>, tokio_postgres::Error> {
+    let parts: Vec<String> = table.key.iter().map(|c| format!("t.{}::text", quote_ident(&c.name))).collect();
+    let sql = format!(
+        "SELECT {key}, ARRAY[{parts}]::text[], hashtextextended({row}, 7) FROM {table} t
+          WHERE abs(hashtextextended({key}, 0) % {BUCKETS}) = ANY($1)",
+        key = key_text(table, "t"),
+        parts = parts.join(", "),
+        row = row_text(table, "t"),
+        table = table.quoted()
+    );
+    let rows = client.query(&sql, &[&wanted]).await?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), (r.get::<_, Vec<String>>(1), r.get::<_, i64>(2)))).collect())
+}
+
+/// Compares each table (or the one named) on every db of the sync.
+pub async fn compare(
+    plan: &Plan,
+    clients: &[&Client],
+    specs: &[TableSpec],
+    only: Option<&QualifiedName>,
+    with_keys: bool,
+) -> Result<Vec<TableDiff>> {
+    let mut out = Vec::new();
+    for table in specs.iter().filter(|t| only.is_none_or(|o| &t.name == o)) {
+        let mut per_db = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            per_db.push(
+                buckets(client, table).await.ctx(|| format!("hashing {} on db {}", table.name, plan.dbs[i].name))?,
+            );
+        }
+        let all: BTreeSet<i64> = per_db.iter().flat_map(|b| b.keys().copied()).collect();
+        let differing: Vec<i64> =
+            all.into_iter().filter(|b| per_db.iter().any(|m| m.get(b) != per_db[0].get(b))).collect();
+        let counts = per_db
+            .iter()
+            .zip(&plan.dbs)
+            .map(|(m, d)| DbCount { db: d.name.clone(), rows: m.values().map(|(n, _)| n).sum() })
+            .collect();
+        let mut diff = TableDiff {
+            table: table.name.to_string(),
+            identical: differing.is_empty(),
+            counts,
+            differing_buckets: differing.len(),
+            keys: Vec::new(),
+        };
+        if with_keys && !differing.is_empty() {
+            let mut seen: Vec<BTreeMap<String, (Vec<String>, i64)>> = Vec::new();
+            for (i, client) in clients.iter().enumerate() {
+                seen.push(
+                    rows_of(client, table, &differing)
+                        .await
+                        .ctx(|| format!("reading keys of {} on db {}", table.name, plan.dbs[i].name))?,
+                );
+            }
+            let keys: BTreeSet<&String> = seen.iter().flat_map(|m| m.keys()).collect();
+            for key in keys {
+                let hashes: Vec<Option<i64>> = seen.iter().map(|m| m.get(key).map(|(_, h)| *h)).collect();
+                if hashes.iter().all(|h| *h == hashes[0]) {
+                    continue;
+                }
+                let parts = seen.iter().find_map(|m| m.get(key).map(|(p, _)| p.clone())).unwrap_or_default();
+                let mut versions: Vec<(i64, Vec<String>)> = Vec::new();
+                let mut missing_on = Vec::new();
+                for (h, db) in hashes.iter().zip(&plan.dbs) {
+                    match h {
+                        None => missing_on.push(db.name.clone()),
+                        Some(h) => match versions.iter_mut().find(|(v, _)| v == h) {
+                            Some((_, dbs)) => dbs.push(db.name.clone()),
+                            None => versions.push((*h, vec![db.name.clone()])),
+                        },
+                    }
+                }
+                diff.keys.push(KeyDiff {
+                    key: key.clone(),
+                    parts,
+                    versions: versions.into_iter().map(|(_, d)| d).collect(),
+                    missing_on,
+                });
+            }
+        }
+        out.push(diff);
+    }
+    Ok(out)
+}
+
+/// Where reconcile marks a differing key changed, so that the next cycle
+/// settles it like any change: on the one source of a one-way sync (its
+/// rows win, extra rows on targets go); on every source holding a version
+/// when the sources disagree (the conflict strategy decides, ties by
+/// priority then name, as the marks share one change time); on one source
+/// holding it when only some dbs lack it; on the first source when no
+/// source has it (it is removed everywhere).
+pub fn marks_for(plan: &Plan, key: &KeyDiff) -> Vec<usize> {
+    let sources: Vec<usize> = plan.sources().collect();
+    if sources.len() == 1 {
+        return sources;
+    }
+    let holders: Vec<usize> =
+        sources.iter().copied().filter(|&s| key.versions.iter().any(|v| v.contains(&plan.dbs[s].name))).collect();
+    let source_versions = key
+        .versions
+        .iter()
+        .filter(|v| v.iter().any(|db| plan.dbs.iter().any(|d| &d.name == db && d.role == Role::Source)))
+        .count();
+    match (holders.first(), source_versions) {
+        (None, _) => sources.into_iter().take(1).collect(),
+        (Some(_), n) if n > 1 => holders,
+        (Some(&first), _) => vec![first],
+    }
+}
+
+/// Marks keys changed on one source (autocommit): they are in the next window.
+pub async fn mark(client: &Client, table: &TableSpec, keys: &[&KeyDiff], at: &str) -> Result<u64> {
+    let delta = format!("ibex.{}", quote_ident(&delta_table_name(&table.name)));
+    let values: Vec<String> =
+        table.key.iter().enumerate().map(|(i, c)| format!("${}::text::{}", i + 2, c.type_sql)).collect();
+    let sql = format!(
+        "INSERT INTO {delta} ({}, changed_at) VALUES ({}, $1::text::timestamptz)",
+        table.key_list(),
+        values.join(", ")
+    );
+    let statement = client.prepare(&sql).await.ctx(|| format!("preparing marks for {}", table.name))?;
+    let mut n = 0;
+    for key in keys {
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&at];
+        for part in &key.parts {
+            params.push(part);
+        }
+        n += client.execute(&statement, &params).await.ctx(|| format!("marking {} of {}", key.key, table.name))?;
+    }
+    Ok(n)
+}
