@@ -163,7 +163,7 @@ fn dbs_add_list_update_remove_and_bad_input() {
         "cannot connect to db t9",
     );
     s.refused(&["add", "db", "t9", "dbname=b1", "port=-1"], "bad port");
-    s.refused(&["add", "db", "t9", "dbname=b1", "\u{0}=x"], "unknown key");
+    s.refused(&["add", "db", "t9", "dbname=b1", "ключ=x"], "unknown key \"ключ\"");
 
     // update checks the new settings by connecting, and refuses bad ones.
     s.refused(&["update", "db", "t1", "pass=nope"], "password authentication failed");
