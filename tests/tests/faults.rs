@@ -298,7 +298,7 @@ fn clock_skew_decides_latest_as_documented() {
     assert_eq!(run["conflicts"][0]["winner"], "a");
     assert_eq!(s.sql("b", "SELECT v FROM t"), "from a, earlier");
     record(&FaultRecord {
-        fault: "clock skew of one hour on one master (latest)".into(),
+        fault: "clock skew of one hour on one master: under latest its earlier change wins, as documented (a recorded conflict)".into(),
         injected: 1,
         rows_written: 2,
         rows_lost: 0,
