@@ -23,13 +23,19 @@ impl Setup {
 
     /// `ibex add db NAME dbname=DBNAME` on this cluster.
     pub fn add_db(&self, name: &str, dbname: &str) -> Outcome {
+        self.add_db_on(name, dbname, self.cluster.port())
+    }
+
+    /// `ibex add db NAME dbname=DBNAME` on whatever listens on `port`
+    /// (another cluster, or a fault proxy in front of one).
+    pub fn add_db_on(&self, name: &str, dbname: &str, port: u16) -> Outcome {
         self.ibex.run(&[
             "add",
             "db",
             name,
             &format!("dbname={dbname}"),
             "host=127.0.0.1",
-            &self.port_arg(),
+            &format!("port={port}"),
             "user=postgres",
         ])
     }

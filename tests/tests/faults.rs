@@ -42,17 +42,7 @@ fn fixture(s: &Setup, port_of: impl Fn(&str) -> u16) {
         s.cluster.clone_db("m1", db).unwrap();
     }
     for db in ["m1", "m2", "t"] {
-        s.ibex
-            .run(&[
-                "add",
-                "db",
-                db,
-                &format!("dbname={db}"),
-                "host=127.0.0.1",
-                &format!("port={}", port_of(db)),
-                "user=postgres",
-            ])
-            .ok();
+        s.add_db_on(db, db, port_of(db)).ok();
     }
     s.ibex.sh("add table writes counter db=m1 herd=h").ok();
     s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source,t:target").ok();
@@ -63,19 +53,21 @@ fn writers(port: u16, dbs: &[&str]) -> Vec<Writer> {
     dbs.iter().map(|db| Writer::start(port, db, Duration::from_millis(3))).collect()
 }
 
+/// Kicks sync mm until `ibex compare` finds every db equal.
+fn converge(d: &Daemon, fault: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !d.run(&["compare", "mm"]).success() {
+        let _ = d.run(&["kick", "mm", "--wait", "60"]);
+        assert!(Instant::now() < deadline, "{fault}: the dbs never converged:\n{}", d.log());
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Stops the writers, waits for the sync to converge, checks every write on
 /// every db and records the result.
 fn settle(s: &Setup, d: &Daemon, writers: Vec<Writer>, fault: &str, injected: u64) {
     let committed: Vec<(String, Vec<i32>)> = writers.into_iter().map(|w| (w.db.clone(), w.finish())).collect();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let _ = d.run(&["kick", "mm", "--wait", "60"]);
-        if d.run(&["compare", "mm"]).success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{fault}: the dbs never converged:\n{}", d.log());
-        thread::sleep(Duration::from_millis(500));
-    }
+    converge(d, fault, Duration::from_secs(180));
     let mut written = 0;
     let mut lost = 0;
     let mut doubled = 0;
@@ -179,17 +171,7 @@ fn a_target_crashed_mid_cycle_and_restarted() {
     far.create_db("t").unwrap();
     far.psql("t", Writer::SCHEMA).unwrap();
     for (db, port) in [("m1", s.cluster.port()), ("m2", s.cluster.port()), ("t", far.port())] {
-        s.ibex
-            .run(&[
-                "add",
-                "db",
-                db,
-                &format!("dbname={db}"),
-                "host=127.0.0.1",
-                &format!("port={port}"),
-                "user=postgres",
-            ])
-            .ok();
+        s.add_db_on(db, db, port).ok();
     }
     s.ibex.sh("add table writes counter db=m1 herd=h").ok();
     s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source,t:target").ok();
@@ -203,12 +185,7 @@ fn a_target_crashed_mid_cycle_and_restarted() {
         far.restart().unwrap();
     }
     let committed: Vec<(String, Vec<i32>)> = load.into_iter().map(|w| (w.db.clone(), w.finish())).collect();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !d.run(&["compare", "mm"]).success() {
-        let _ = d.run(&["kick", "mm", "--wait", "60"]);
-        assert!(Instant::now() < deadline, "never converged:\n{}", d.log());
-        thread::sleep(Duration::from_millis(500));
-    }
+    converge(&d, "target crash", Duration::from_secs(180));
     let (written, lost, doubled) = check_writes(&far, "t", &committed).unwrap();
     record(&FaultRecord {
         fault: "target cluster stopped -m immediate mid-cycle, restarted".into(),
@@ -233,17 +210,7 @@ fn a_source_restarted_with_a_backlog() {
     s.cluster.create_db("t").unwrap();
     s.sql("t", Writer::SCHEMA);
     for (db, port) in [("m1", src.port()), ("t", s.cluster.port())] {
-        s.ibex
-            .run(&[
-                "add",
-                "db",
-                db,
-                &format!("dbname={db}"),
-                "host=127.0.0.1",
-                &format!("port={port}"),
-                "user=postgres",
-            ])
-            .ok();
+        s.add_db_on(db, db, port).ok();
     }
     s.ibex.sh("add table writes counter db=m1 herd=h").ok();
     s.ibex.sh("add sync mm herd=h dbs=m1:source,t:target").ok();
@@ -259,12 +226,7 @@ fn a_source_restarted_with_a_backlog() {
     src.stop().unwrap();
     thread::sleep(Duration::from_secs(2));
     src.restart().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !d.run(&["compare", "mm"]).success() {
-        let _ = d.run(&["kick", "mm", "--wait", "60"]);
-        assert!(Instant::now() < deadline, "never caught up:\n{}", d.log());
-        thread::sleep(Duration::from_millis(500));
-    }
+    converge(&d, "source restart", Duration::from_secs(120));
     let (written, lost, doubled) = check_writes(&s.cluster, "t", &committed).unwrap();
     assert_eq!(s.sql("t", "SELECT count(*) FROM writes WHERE db = 'bulk'"), "20000");
     record(&FaultRecord {

@@ -76,17 +76,11 @@ pub async fn list(ctx: &Context) -> Result<()> {
         let syncs = catalog::dbs::syncs_using(cat.client(), &db.name).await?;
         views.push(db.view(syncs));
     }
-    if ctx.out.json {
-        ctx.out.print_json(&views);
-        return Ok(());
-    }
-    if views.is_empty() {
-        ctx.out.line("No dbs: add one with `ibex add db NAME dbname=...`");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = views
-        .iter()
-        .map(|v| {
+    ctx.out.listing(
+        &views,
+        "No dbs: add one with `ibex add db NAME dbname=...`",
+        &["Name", "Status", "Dbname", "Host", "Port", "User", "Password", "Sslmode", "Syncs"],
+        |v| {
             vec![
                 v.name.clone(),
                 v.status.clone(),
@@ -98,9 +92,8 @@ pub async fn list(ctx: &Context) -> Result<()> {
                 v.sslmode.unwrap_or("prefer").to_string(),
                 v.used_by_syncs.join(","),
             ]
-        })
-        .collect();
-    ctx.out.table(&["Name", "Status", "Dbname", "Host", "Port", "User", "Password", "Sslmode", "Syncs"], &rows);
+        },
+    );
     Ok(())
 }
 

@@ -18,22 +18,15 @@ pub async fn add(ctx: &Context, args: DbGroupArgs) -> Result<()> {
 pub async fn list(ctx: &Context) -> Result<()> {
     let cat = ctx.catalog().await?;
     let groups = catalog::dbgroup::list(cat.client()).await?;
-    if ctx.out.json {
-        ctx.out.print_json(&groups);
-        return Ok(());
-    }
-    if groups.is_empty() {
-        ctx.out.line("No dbgroups: add one with `ibex add dbgroup NAME DB:source DB:target`");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|g| {
+    ctx.out.listing(
+        &groups,
+        "No dbgroups: add one with `ibex add dbgroup NAME DB:source DB:target`",
+        &["Dbgroup", "Members", "Syncs"],
+        |g| {
             let specs: Vec<String> = g.members.iter().map(|m| m.spec()).collect();
             vec![g.name.clone(), specs.join(" "), g.syncs.join(", ")]
-        })
-        .collect();
-    ctx.out.table(&["Dbgroup", "Members", "Syncs"], &rows);
+        },
+    );
     Ok(())
 }
 

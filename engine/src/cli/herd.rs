@@ -38,17 +38,12 @@ pub async fn add(ctx: &Context, args: HerdArgs) -> Result<()> {
 pub async fn list(ctx: &Context) -> Result<()> {
     let cat = ctx.catalog().await?;
     let herds = catalog::herd::list(cat.client()).await?;
-    if ctx.out.json {
-        ctx.out.print_json(&herds);
-        return Ok(());
-    }
-    if herds.is_empty() {
-        ctx.out.line("No herds: add one with `ibex add herd NAME TABLE...`");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> =
-        herds.iter().map(|h| vec![h.name.clone(), h.members.join(", "), h.syncs.join(", ")]).collect();
-    ctx.out.table(&["Herd", "Members", "Syncs"], &rows);
+    ctx.out.listing(
+        &herds,
+        "No herds: add one with `ibex add herd NAME TABLE...`",
+        &["Herd", "Members", "Syncs"],
+        |h| vec![h.name.clone(), h.members.join(", "), h.syncs.join(", ")],
+    );
     Ok(())
 }
 

@@ -48,6 +48,19 @@ impl Output {
         let _ = writeln!(stderr, "error: {one_line}");
     }
 
+    /// What every `list` prints: JSON with --json; a hint when there is
+    /// nothing; else a table with one row per item.
+    pub fn listing<T: Serialize>(&self, items: &[T], empty: &str, headers: &[&str], row: impl Fn(&T) -> Vec<String>) {
+        if self.json {
+            self.print_json(&items);
+        } else if items.is_empty() {
+            self.line(empty);
+        } else {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            self.table(headers, &rows);
+        }
+    }
+
     /// Prints rows under headers, columns padded to their widest cell.
     pub fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
         let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

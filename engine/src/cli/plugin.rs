@@ -94,17 +94,11 @@ pub async fn list(ctx: &Context) -> Result<()> {
         let uses = catalog::plugin::uses(cat.client(), &p.name).await?;
         views.push(p.view(uses));
     }
-    if ctx.out.json {
-        ctx.out.print_json(&views);
-        return Ok(());
-    }
-    if views.is_empty() {
-        ctx.out.line("No plugins: add one with `ibex add plugin NAME FILE.wasm`");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = views
-        .iter()
-        .map(|v| {
+    ctx.out.listing(
+        &views,
+        "No plugins: add one with `ibex add plugin NAME FILE.wasm`",
+        &["Plugin", "Kind", "Size", "Sha256", "Limits", "Grants", "On error", "Used by"],
+        |v| {
             vec![
                 v.name.clone(),
                 v.kind.clone(),
@@ -115,9 +109,8 @@ pub async fn list(ctx: &Context) -> Result<()> {
                 v.on_error.clone(),
                 v.used_by.join("; "),
             ]
-        })
-        .collect();
-    ctx.out.table(&["Plugin", "Kind", "Size", "Sha256", "Limits", "Grants", "On error", "Used by"], &rows);
+        },
+    );
     Ok(())
 }
 

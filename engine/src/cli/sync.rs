@@ -147,17 +147,11 @@ pub async fn list(ctx: &Context) -> Result<()> {
     let syncs = catalog::sync::list(cat.client()).await?;
     let groups = catalog::dbgroup::list(cat.client()).await?;
     let views: Vec<_> = syncs.iter().map(|s| s.view(groups.iter().find(|g| g.name == s.dbgroup))).collect();
-    if ctx.out.json {
-        ctx.out.print_json(&views);
-        return Ok(());
-    }
-    if views.is_empty() {
-        ctx.out.line("No syncs: add one with `ibex add sync NAME herd=HERD dbs=GROUP`");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = views
-        .iter()
-        .map(|v| {
+    ctx.out.listing(
+        &views,
+        "No syncs: add one with `ibex add sync NAME herd=HERD dbs=GROUP`",
+        &["Sync", "Status", "Herd", "Dbs", "Conflicts", "Autokick", "Checktime", "Onetimecopy"],
+        |v| {
             vec![
                 v.name.clone(),
                 v.status.clone(),
@@ -168,9 +162,8 @@ pub async fn list(ctx: &Context) -> Result<()> {
                 v.checktime.clone(),
                 v.onetimecopy.to_string(),
             ]
-        })
-        .collect();
-    ctx.out.table(&["Sync", "Status", "Herd", "Dbs", "Conflicts", "Autokick", "Checktime", "Onetimecopy"], &rows);
+        },
+    );
     Ok(())
 }
 

@@ -172,35 +172,23 @@ pub async fn add_all(ctx: &Context, args: AllArgs) -> Result<()> {
 pub async fn list(ctx: &Context, kind: RelKind) -> Result<()> {
     let cat = ctx.catalog().await?;
     let relations = catalog::relation::list(cat.client(), Some(kind)).await?;
-    if ctx.out.json {
-        ctx.out.print_json(&relations);
-        return Ok(());
-    }
-    if relations.is_empty() {
-        ctx.out.line(format!(
-            "No {}s: add them with `ibex add {} NAME db=DB` or `ibex add all {}s db=DB`",
-            kind.as_str(),
-            kind.as_str(),
-            kind.as_str()
-        ));
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = relations
-        .iter()
-        .map(|r| {
-            let mut row = vec![r.name.to_string()];
-            if kind == RelKind::Table {
-                row.push(r.key_columns.join(", "));
-            }
-            row.push(r.herds.join(", "));
-            row.push(r.added_from.clone().unwrap_or_default());
-            row
-        })
-        .collect();
-    match kind {
-        RelKind::Table => ctx.out.table(&["Table", "Key", "Herds", "Added from"], &rows),
-        RelKind::Sequence => ctx.out.table(&["Sequence", "Herds", "Added from"], &rows),
-    }
+    let kind_name = kind.as_str();
+    let empty = format!(
+        "No {kind_name}s: add them with `ibex add {kind_name} NAME db=DB` or `ibex add all {kind_name}s db=DB`"
+    );
+    let headers: &[&str] = match kind {
+        RelKind::Table => &["Table", "Key", "Herds", "Added from"],
+        RelKind::Sequence => &["Sequence", "Herds", "Added from"],
+    };
+    ctx.out.listing(&relations, &empty, headers, |r| {
+        let mut row = vec![r.name.to_string()];
+        if kind == RelKind::Table {
+            row.push(r.key_columns.join(", "));
+        }
+        row.push(r.herds.join(", "));
+        row.push(r.added_from.clone().unwrap_or_default());
+        row
+    });
     Ok(())
 }
 
