@@ -2,6 +2,7 @@
 //! control DSN, logging, pid file, metrics address, plugin limit defaults).
 //! Everything else lives in the catalog.
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -91,4 +92,45 @@ impl Loaded {
         }
         Ok(ConnInfo { dbname: "ibex".into(), ..ConnInfo::default() })
     }
+}
+
+/// Where ibex keeps its own state on this host (pid file, default log,
+/// compiled plugins): `/run/ibex` for root, else `$XDG_STATE_HOME/ibex`
+/// (or `~/.local/state/ibex`). Created private (0700) by whoever writes it.
+pub fn state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/ibex");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ibex");
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| ".".into());
+    home.join(".local/state/ibex")
+}
+
+/// Creates a private directory (0700) if missing; refuses one that other
+/// users can write (they could plant a pid file or compiled code there).
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::Config(format!("cannot create the directory {}: {e}", dir.display())))?;
+        return Ok(());
+    }
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::Config(format!("cannot read the directory {}: {e}", dir.display())))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let others_write = meta.permissions().mode() & 0o022 != 0;
+    let sticky = meta.permissions().mode() & 0o1000 != 0;
+    if others_write && !sticky || (others_write && meta.uid() != me && meta.uid() != 0) {
+        return Err(Error::Config(format!(
+            "the directory {} can be written by other users: use a private directory",
+            dir.display()
+        )));
+    }
+    Ok(())
 }

@@ -51,12 +51,13 @@ fn install_creates_migrates_and_is_idempotent() {
     let ibex = Ibex::new(cluster.dsn("ctl")).unwrap();
     let first = ibex.sh("install").ok();
     assert!(first.stdout.contains("Created control database"), "{}", first.stdout);
-    assert!(first.stdout.contains("schema version 0 -> 4"), "{}", first.stdout);
+    let latest = ibex::catalog::migrations::latest_version();
+    assert!(first.stdout.contains(&format!("schema version 0 -> {latest}")), "{}", first.stdout);
     let again = ibex.sh("install").ok();
-    assert!(again.stdout.contains("up to date (schema version 4)"), "{}", again.stdout);
+    assert!(again.stdout.contains(&format!("up to date (schema version {latest})")), "{}", again.stdout);
     assert_eq!(
         cluster.psql("ctl", "SELECT string_agg(version::text, ',' ORDER BY version) FROM ibex.schema_version").unwrap(),
-        "1,2,3,4"
+        (1..=latest).map(|v| v.to_string()).collect::<Vec<_>>().join(",")
     );
 
     // An older catalog is migrated, and commands refuse to run on it until then.
@@ -64,10 +65,10 @@ fn install_creates_migrates_and_is_idempotent() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(ibex::catalog::Catalog::install_to(&ibex::pg::ConnInfo::from_dsn(&cluster.dsn("old")).unwrap(), 1))
         .unwrap();
-    old.sh("list dbs").fails_with("schema version 1 and this ibex needs 4: run `ibex install`");
+    old.sh("list dbs").fails_with(&format!("schema version 1 and this ibex needs {latest}: run `ibex install`"));
     let migrated = old.sh("install --json").ok().json();
     assert_eq!(migrated["from_version"], 1);
-    assert_eq!(migrated["to_version"], 4);
+    assert_eq!(migrated["to_version"], ibex::catalog::migrations::latest_version());
     old.sh("list dbs").ok();
 
     // No catalog at all.
@@ -78,18 +79,19 @@ fn install_creates_migrates_and_is_idempotent() {
 
 #[test]
 fn control_database_comes_from_flag_env_or_toml() {
+    let latest = ibex::catalog::migrations::latest_version();
     let cluster = Cluster::start().unwrap();
     let ibex = Ibex::new(cluster.dsn("from_env")).unwrap();
     ibex.sh("install").ok();
     // The flag wins over IBEX_CONTROL.
     ibex.run(&["--control", &cluster.dsn("from_flag"), "install"]).ok();
-    assert_eq!(cluster.psql("from_flag", "SELECT count(*) FROM ibex.schema_version").unwrap(), "4");
+    assert_eq!(cluster.psql("from_flag", "SELECT count(*) FROM ibex.schema_version").unwrap(), latest.to_string());
     // ibex.toml in the working directory, when IBEX_CONTROL is unset.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ibex.toml"), format!("control = \"{}\"\n", cluster.dsn("from_toml"))).unwrap();
     let out = ibex.command(&["install"]).env_remove("IBEX_CONTROL").current_dir(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(cluster.psql("from_toml", "SELECT count(*) FROM ibex.schema_version").unwrap(), "4");
+    assert_eq!(cluster.psql("from_toml", "SELECT count(*) FROM ibex.schema_version").unwrap(), latest.to_string());
     // A broken ibex.toml is named in the error.
     std::fs::write(dir.path().join("ibex.toml"), "contrl = 1\n").unwrap();
     let out = ibex.command(&["list", "dbs"]).env_remove("IBEX_CONTROL").current_dir(dir.path()).output().unwrap();

@@ -408,6 +408,7 @@ fn unique_fixer_keeps_the_newer_row_and_archives_the_other() {
             &wasm(plugins::official("unique-fixer").unwrap()),
             "grant=u1,u2",
             "write=u1,u2",
+            "write_tables=users,users_archive",
             "config.column=email",
             "config.time_column=updated_at",
             "config.archive=users_archive",
@@ -494,4 +495,158 @@ fn plugin_test_runs_transforms_and_hooks_offline() {
     let out = s.ibex.run(&["plugin", "test", "fixer", "--input", call.to_str().unwrap()]).ok().json();
     assert_eq!(out, serde_json::json!("Proceed"));
     s.ibex.run(&["plugin", "test", "mask", "--input", call.to_str().unwrap()]).fails_with("is not a transform batch");
+}
+
+/// A tenant's conflict handler, granted `acct` only, tries what an attacker
+/// would with ibex connected as a superuser: every attempt is refused by
+/// the database, the daemon-less run fails with the plugin named, and the
+/// data it should not reach is unchanged.
+#[test]
+fn a_tenant_plugin_cannot_reach_past_its_grants() {
+    let s = two_masters("plugin:");
+    s.sql("m1", "CREATE TABLE secret (id int PRIMARY KEY, v text); INSERT INTO secret VALUES (1, 'keep out')");
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "hostile",
+            &wasm(plugins::for_tests("hostile").unwrap()),
+            "grant=m1",
+            "write=m1",
+            "tables=acct",
+            "write_tables=public.acct",
+            "timeout=2s",
+            "memory=32MiB",
+        ])
+        .ok();
+    add_sync(&s, "plugin:hostile");
+    let marker = format!("/tmp/ibex-pwned-{}", std::process::id());
+    let program = format!("execute:COPY (SELECT 1) TO PROGRAM 'touch {marker}'");
+    let cases: Vec<(String, &str)> = vec![
+        ("query:SELECT pg_read_file('/etc/passwd')".into(), "permission denied for function pg_read_file"),
+        ("query:SELECT pg_ls_dir('.')".into(), "permission denied for function pg_ls_dir"),
+        ("query:SELECT v FROM secret".into(), "permission denied for table secret"),
+        ("query:SELECT rolname, rolpassword FROM pg_authid".into(), "permission denied for table pg_authid"),
+        ("execute:UPDATE secret SET v = 'pwned'".into(), "permission denied for table secret"),
+        (program, "syntax error"),
+        ("execute:SET ROLE postgres".into(), "syntax error"),
+        ("query:RESET ROLE".into(), "syntax error"),
+        ("query:SELECT set_config('role', 'postgres', true)".into(), "within security-definer function"),
+        ("execute:SELECT set_config('role', 'none', true)".into(), "within security-definer function"),
+        (
+            "execute:SELECT 1; SELECT pg_read_file('/etc/passwd')".into(),
+            "cannot insert multiple commands into a prepared statement",
+        ),
+        (
+            "query:SELECT 1; SELECT pg_read_file('/etc/passwd')".into(),
+            "cannot insert multiple commands into a prepared statement",
+        ),
+        // Its own definer function, handed a string of its own: not callable by the role.
+        (
+            "execute:SELECT ibex_plugin.x_ROLE('SELECT 1; ALTER FUNCTION ibex_plugin.x_ROLE(text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text) SECURITY INVOKER')".into(),
+            "permission denied for function",
+        ),
+    ];
+    let role = s.sql("m1", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'ibex_plugin_hostile_%'");
+    for (mode, needle) in &cases {
+        let mode = mode.replace("x_ROLE", &format!("\"x_{role}\""));
+        let err = hostile_run(&s, &mode);
+        assert!(err.contains("attack refused"), "mode {mode}: {err}");
+        assert!(err.contains(needle), "mode {mode}: expected {needle:?} in {err}");
+        assert!(!err.contains("ATTACK SUCCEEDED") && !err.contains("root:"), "mode {mode}: {err}");
+    }
+    assert!(!std::path::Path::new(&marker).exists(), "COPY TO PROGRAM ran a shell command");
+    assert_eq!(s.sql("m1", "SELECT v FROM secret"), "keep out");
+    // What it was granted, it can do.
+    let err = hostile_run(&s, "query:SELECT count(*) FROM acct");
+    assert!(err.contains("ATTACK SUCCEEDED: query returned [[Value::Int(20)]]"), "{err}");
+    // Limits: each stopped with an error naming it, even when ignored by the plugin.
+    for (mode, needle) in [
+        ("big_query", "more than 10000 rows (the plugin's query_rows limit)"),
+        ("log_flood", "logged more than 65536 bytes in one call (its log_bytes limit)"),
+        ("alloc4g", "more than its memory cap"),
+    ] {
+        let err = hostile_run(&s, mode);
+        assert!(err.contains(needle), "mode {mode}: {err}");
+    }
+    let listed = s.ibex.sh("list plugins --json").ok().json();
+    let hostile = listed.as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap().clone();
+    assert_eq!(hostile["tables"], serde_json::json!(["acct"]), "{hostile}");
+    assert_eq!(hostile["write_tables"], serde_json::json!(["public.acct"]), "{hostile}");
+    // The role ibex made for it: no login, no superuser, nothing inherited.
+    assert_eq!(
+        s.sql("m1", &format!("SELECT rolsuper OR rolcanlogin OR rolinherit FROM pg_roles WHERE rolname = '{role}'")),
+        "f"
+    );
+    // validate notices a role someone loosened, and puts it back.
+    s.sql("m1", &format!("ALTER ROLE \"{role}\" LOGIN; GRANT SELECT ON secret TO \"{role}\""));
+    let validated = s.ibex.sh("validate mm").ok();
+    assert!(validated.stdout.contains("repaired: role"), "{}", validated.stdout);
+    assert_eq!(s.sql("m1", &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}'")), "f");
+    let err = hostile_run(&s, "query:SELECT v FROM secret");
+    assert!(err.contains("permission denied for table secret"), "{err}");
+    // Removing the plugin removes its role.
+    s.ibex.sh("remove sync mm").ok();
+    s.ibex.sh("remove plugin hostile").ok();
+    assert_eq!(s.sql("m1", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'")), "0");
+}
+
+/// Native code is trusted only if this host compiled it: a component whose
+/// bytes were altered in the catalog is refused, a precompiled blob planted
+/// in the catalog is ignored, and a tampered cache file is recompiled.
+#[test]
+fn tampered_plugin_code_is_never_run() {
+    let s = two_masters("plugin:");
+    s.ibex.run(&["add", "plugin", "lw", &wasm(plugins::official("latest-wins").unwrap())]).ok();
+    add_sync(&s, "plugin:lw");
+    let sha = s.sql("ibex", "SELECT sha256 FROM ibex.plugin WHERE name = 'lw'");
+    // A planted "precompiled" blob is never read.
+    s.sql("ibex", "UPDATE ibex.plugin SET precompiled = '\\xdeadbeef' WHERE name = 'lw'");
+    s.sql("m1", "UPDATE acct SET note = 'a' WHERE id = 2");
+    s.sql("m2", "UPDATE acct SET note = 'b' WHERE id = 2");
+    assert_eq!(s.run("mm")["run"]["state"], "good");
+    // The host's cache holds the code it compiled, authenticated; flip a byte.
+    let cache = std::path::Path::new("/run/ibex/plugin-cache");
+    let file = std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&sha)))
+        .unwrap_or_else(|| panic!("no cache file for {sha} in {}", cache.display()));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    s.sql("m1", "UPDATE acct SET note = 'c' WHERE id = 3");
+    s.sql("m2", "UPDATE acct SET note = 'd' WHERE id = 3");
+    let out = s.ibex.run(&["--log-level", "normal", "sync", "run", "mm"]).ok();
+    assert!(out.stderr.contains("failed its authenticity check"), "{}", out.stderr);
+    assert_ne!(std::fs::read(&file).unwrap(), bytes, "the tampered file was kept");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    // Altered component bytes in the catalog: refused, nothing applied.
+    s.sql(
+        "ibex",
+        "UPDATE ibex.plugin SET wasm = overlay(wasm placing '\\x00'::bytea from 200 for 1) WHERE name = 'lw'",
+    );
+    s.sql("m1", "UPDATE acct SET note = 'e' WHERE id = 4");
+    s.sql("m2", "UPDATE acct SET note = 'f' WHERE id = 4");
+    s.ibex.run(&["sync", "run", "mm"]).fails_with("do not match their recorded sha256");
+    assert_eq!(s.sql("m1", "SELECT note FROM acct WHERE id = 4"), "e");
+    assert_eq!(s.sql("m2", "SELECT note FROM acct WHERE id = 4"), "f");
+}
+
+#[test]
+fn add_plugin_shows_what_it_asks_for_and_checks_the_expected_sha() {
+    let s = two_masters("plugin:");
+    let lw = wasm(plugins::official("latest-wins").unwrap());
+    let bytes = std::fs::read(&lw).unwrap();
+    let sha = ibex::plugin::sha256_hex(&bytes);
+    let wrong = "0".repeat(64);
+    let before = s.snapshot();
+    s.ibex.run(&["add", "plugin", "lw", &lw, "--expect-sha256", &wrong]).fails_with("not the expected");
+    assert_eq!(s.snapshot(), before, "a refused component changed the catalog");
+    let out = s.ibex.run(&["add", "plugin", "lw", &lw, "--expect-sha256", &sha, "grant=m1", "tables=acct"]).ok();
+    assert!(out.stdout.contains(&format!("sha256 {sha}")), "{}", out.stdout);
+    assert!(out.stdout.contains("imports:") && out.stdout.contains("ibex:plugin/types"), "{}", out.stdout);
+    assert!(out.stdout.contains("grants: query on dbs m1 (tables acct)"), "{}", out.stdout);
 }

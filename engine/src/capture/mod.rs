@@ -11,17 +11,23 @@
 //!
 //! The triggers are ordinary (ENABLE ORIGIN) triggers, so they do not fire
 //! while ibex applies rows under `session_replication_role = replica`: no
-//! echo, and no bookkeeping per applied row.
+//! echo, and no bookkeeping per applied row. Where another sync reads what
+//! ibex writes to a table (makedelta, for cascades), they are ENABLE ALWAYS
+//! and tag ibex's rows with the writing sync, which skips them.
+//!
+//! One catalog owns a db's capture (`ibex.owner`); another is refused.
 
 mod sql;
+mod window;
 
 use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-pub use sql::{delta_table_name, window_condition};
+pub use sql::{delta_table_name, not_written_by, window_condition};
+pub use window::{Snapshot, Window};
 
-use crate::error::{PgContext, Result};
+use crate::error::{Error, PgContext, Result};
 use crate::pg::QualifiedName;
 
 /// The channel the kick triggers notify; the payload is `schema.table`.
@@ -38,6 +44,47 @@ pub struct CaptureTable {
     /// Keep the row before each UPDATE or DELETE (these columns, as text),
     /// for conflict handlers that merge column by column.
     pub old_image: Option<Vec<String>>,
+    /// Whether rows ibex applies here are captured too (makedelta).
+    pub ibex_writes: IbexWrites,
+}
+
+/// Which of ibex's own writes to a table are captured (Bucardo's makedelta).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum IbexWrites {
+    /// None: nothing else reads this db's copy of what ibex writes.
+    #[default]
+    Ignore,
+    /// Those of syncs with makedelta (they say so in their session).
+    WhenAsked,
+    /// All of them (the table is makedelta).
+    All,
+}
+
+impl IbexWrites {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IbexWrites::Ignore => "ignore",
+            IbexWrites::WhenAsked => "when-asked",
+            IbexWrites::All => "all",
+        }
+    }
+}
+
+/// The catalog reconciling capture: recorded on the db, so a second
+/// catalog cannot take its capture apart.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub catalog_id: String,
+    /// Where that catalog lives (host:port/database), for messages.
+    pub catalog: String,
+}
+
+/// A sync that reads the db, as capture setup needs to know it.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub sync: String,
+    /// The sync has other sources too (multi-master).
+    pub multi_source: bool,
 }
 
 /// What reconcile changed, for messages.
@@ -48,6 +95,10 @@ pub struct CaptureReport {
     pub removed: Vec<String>,
     pub cursors_added: Vec<String>,
     pub cursors_removed: Vec<String>,
+    /// Tables a sync will copy whole on its next run (`sync: table`).
+    pub resyncs: Vec<String>,
+    /// Things the operator should know (e.g. a cascade without makedelta).
+    pub warnings: Vec<String>,
 }
 
 impl CaptureReport {
@@ -57,24 +108,55 @@ impl CaptureReport {
             && self.removed.is_empty()
             && self.cursors_added.is_empty()
             && self.cursors_removed.is_empty()
+            && self.resyncs.is_empty()
     }
 }
 
-/// Makes the database's capture match `tables` and `syncs` (the syncs that
-/// read it): installs what is missing, repairs what is broken, removes
+/// Makes the database's capture match `tables` and `readers` (the syncs
+/// that read it): installs what is missing, repairs what is broken, removes
 /// triggers and delta tables that nothing needs, adds a cursor at the
 /// current snapshot for each new sync and drops the cursors of others.
 /// Runs in one transaction; the user's tables get triggers and nothing else.
-pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[String]) -> Result<CaptureReport> {
+/// Refused when another catalog owns the db's capture.
+pub async fn reconcile(
+    client: &mut Client,
+    owner: &Owner,
+    tables: &[CaptureTable],
+    readers: &[Reader],
+) -> Result<CaptureReport> {
     let tx = client.transaction().await.ctx(|| "starting capture setup".into())?;
     // One installer at a time per database.
     tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ibex capture'))")
         .await
         .ctx(|| "locking for capture setup".into())?;
+    let mut report = CaptureReport::default();
+    let wanted = !tables.is_empty() || !readers.is_empty();
+    match current_owner(&tx).await? {
+        Some(other) if other.catalog_id != owner.catalog_id => {
+            if !wanted {
+                // Not ours: nothing to remove.
+                return Ok(report);
+            }
+            return Err(Error::Refused(format!(
+                "this db's capture belongs to another ibex catalog ({}, id {}): two catalogs cannot share one db's capture, as each would remove the other's cursors and triggers; use one catalog, or remove the db's syncs from that catalog (or, if that catalog is gone, run `DROP SCHEMA ibex CASCADE` on this db)",
+                other.catalog, other.catalog_id
+            )));
+        }
+        Some(_) => {}
+        None if !wanted => return Ok(report),
+        None => {}
+    }
     tx.batch_execute(sql::SCHEMA).await.ctx(|| "creating schema ibex".into())?;
+    tx.execute(
+        "INSERT INTO ibex.owner (catalog_id, catalog) VALUES ($1, $2)
+         ON CONFLICT (singleton) DO UPDATE SET catalog = excluded.catalog",
+        &[&owner.catalog_id, &owner.catalog],
+    )
+    .await
+    .ctx(|| "recording the catalog that owns capture".into())?;
 
     let installed = installed_tables(&tx).await?;
-    let mut report = CaptureReport::default();
+    let syncs: Vec<String> = readers.iter().map(|r| r.sync.clone()).collect();
     for table in tables {
         let shown = table.name.to_string();
         let key_names: Vec<String> = table.key.iter().map(|(c, _)| c.clone()).collect();
@@ -82,7 +164,8 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
             Some(existing)
                 if existing.key_columns == key_names
                     && existing.old_image == table.old_image.is_some()
-                    && existing.kick == table.kick =>
+                    && existing.kick == table.kick
+                    && existing.ibex_writes == table.ibex_writes.as_str() =>
             {
                 if triggers_complete(&tx, table).await? {
                     // Leave a healthy capture alone: reinstalling would lock the table.
@@ -91,11 +174,13 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
                 report.repaired.push(shown.clone());
             }
             Some(existing) if existing.key_columns == key_names => {
-                // Old images or the kick switched on or off: same delta, new function.
+                // Old images, the kick or makedelta switched: same delta, new function.
                 report.repaired.push(shown.clone());
             }
             Some(_) => {
-                // The key changed: the old delta rows cannot be read any more.
+                // The key changed: pending rows keyed the old way cannot be
+                // read any more. Keep them as a whole-table copy instead.
+                keep_pending_as_resync(&tx, &table.name, readers, &mut report).await?;
                 tx.batch_execute(&sql::drop_table(&table.name))
                     .await
                     .ctx(|| format!("removing the old capture of {shown}"))?;
@@ -105,11 +190,11 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
         }
         tx.batch_execute(&sql::install_table(table)).await.ctx(|| format!("installing capture on {shown}"))?;
         tx.execute(
-            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image, ibex_writes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (schema_name, rel_name) DO UPDATE
                 SET delta_table = excluded.delta_table, key_columns = excluded.key_columns, kick = excluded.kick,
-                    old_image = excluded.old_image",
+                    old_image = excluded.old_image, ibex_writes = excluded.ibex_writes",
             &[
                 &table.name.schema,
                 &table.name.name,
@@ -117,6 +202,7 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
                 &key_names,
                 &table.kick,
                 &table.old_image.is_some(),
+                &table.ibex_writes.as_str(),
             ],
         )
         .await
@@ -136,7 +222,7 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for sync in syncs {
+    for sync in &syncs {
         if !existing.contains(sync) {
             tx.execute("INSERT INTO ibex.cursor (sync, snapshot) VALUES ($1, pg_current_snapshot())", &[sync])
                 .await
@@ -149,27 +235,108 @@ pub async fn reconcile(client: &mut Client, tables: &[CaptureTable], syncs: &[St
             tx.execute("DELETE FROM ibex.cursor WHERE sync = $1", &[&sync])
                 .await
                 .ctx(|| format!("removing the cursor of sync {sync}"))?;
+            tx.execute("DELETE FROM ibex.resync WHERE sync = $1", &[&sync])
+                .await
+                .ctx(|| format!("removing the pending copies of sync {sync}"))?;
             report.cursors_removed.push(sync);
         }
+    }
+    if !wanted {
+        tx.execute("DELETE FROM ibex.owner", &[]).await.ctx(|| "releasing the capture".into())?;
     }
     tx.commit().await.ctx(|| "committing capture setup".into())?;
     Ok(report)
 }
 
-/// Removes everything ibex installed on a database.
-pub async fn uninstall(client: &mut Client) -> Result<CaptureReport> {
-    reconcile(client, &[], &[]).await
+/// Removes everything this catalog installed on a database.
+pub async fn uninstall(client: &mut Client, owner: &Owner) -> Result<CaptureReport> {
+    reconcile(client, owner, &[], &[]).await
+}
+
+async fn current_owner(tx: &tokio_postgres::Transaction<'_>) -> Result<Option<Owner>> {
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('ibex.owner') IS NOT NULL", &[])
+        .await
+        .ctx(|| "looking for the owner of capture".into())?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = tx
+        .query_opt("SELECT catalog_id, catalog FROM ibex.owner", &[])
+        .await
+        .ctx(|| "reading the owner of capture".into())?;
+    Ok(row.map(|r| Owner { catalog_id: r.get(0), catalog: r.get(1) }))
+}
+
+/// Before a table's key columns change: syncs that have not applied all of
+/// its delta rows get a whole-table copy on their next run instead, taken
+/// with writers held off so no change slips between the check and the
+/// new capture. A multi-master sync cannot take a whole-table copy from
+/// one master without overwriting the others' changes: refused.
+async fn keep_pending_as_resync(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &QualifiedName,
+    readers: &[Reader],
+    report: &mut CaptureReport,
+) -> Result<()> {
+    let shown = table.to_string();
+    tx.batch_execute(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", table.quoted()))
+        .await
+        .ctx(|| format!("holding writers of {shown} off while its key changes"))?;
+    let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(table)));
+    for reader in readers {
+        let Some(row) = tx
+            .query_opt("SELECT snapshot::text FROM ibex.cursor WHERE sync = $1", &[&reader.sync])
+            .await
+            .ctx(|| format!("reading the cursor of sync {}", reader.sync))?
+        else {
+            continue;
+        };
+        let window = Window::unbounded(&row.get::<_, String>(0))?;
+        let pending: bool = tx
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {delta} d WHERE {} AND {})",
+                    window_condition("d", &window),
+                    not_written_by("d", &reader.sync)
+                ),
+                &[],
+            )
+            .await
+            .ctx(|| format!("looking for pending changes of {shown}"))?
+            .get(0);
+        if !pending {
+            continue;
+        }
+        if reader.multi_source {
+            return Err(Error::Refused(format!(
+                "sync {} has changes of {shown} not yet applied, keyed by the old key: let it apply them first (`ibex kick {} --wait`, with writes to {shown} paused), then change the key",
+                reader.sync, reader.sync
+            )));
+        }
+        tx.execute(
+            "INSERT INTO ibex.resync (sync, schema_name, rel_name, reason) VALUES ($1, $2, $3, 'key columns changed')
+             ON CONFLICT DO NOTHING",
+            &[&reader.sync, &table.schema, &table.name],
+        )
+        .await
+        .ctx(|| format!("scheduling a whole-table copy of {shown}"))?;
+        report.resyncs.push(format!("{}: {shown}", reader.sync));
+    }
+    Ok(())
 }
 
 struct Installed {
     key_columns: Vec<String>,
     old_image: bool,
     kick: bool,
+    ibex_writes: String,
 }
 
 async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeMap<QualifiedName, Installed>> {
     let rows = tx
-        .query("SELECT schema_name, rel_name, key_columns, old_image, kick FROM ibex.captured", &[])
+        .query("SELECT schema_name, rel_name, key_columns, old_image, kick, ibex_writes FROM ibex.captured", &[])
         .await
         .ctx(|| "reading captured tables".into())?;
     Ok(rows
@@ -177,7 +344,7 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
         .map(|r| {
             (
                 QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                Installed { key_columns: r.get(2), old_image: r.get(3), kick: r.get(4) },
+                Installed { key_columns: r.get(2), old_image: r.get(3), kick: r.get(4), ibex_writes: r.get(5) },
             )
         })
         .collect())

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{CaptureTable, KICK_CHANNEL};
+use super::{CaptureTable, IbexWrites, KICK_CHANNEL, Window};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
 
 pub const CAPTURE_TRIGGERS: &[&str] =
@@ -36,10 +36,40 @@ CREATE TABLE IF NOT EXISTS ibex.truncate_log (
     changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS truncate_log_txid ON ibex.truncate_log (txid);
+ALTER TABLE ibex.truncate_log ADD COLUMN IF NOT EXISTS origin text;
+ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS ibex_writes text NOT NULL DEFAULT 'ignore';
+-- The one catalog whose syncs own this capture: a second catalog would
+-- remove the first one's cursors and triggers.
+CREATE TABLE IF NOT EXISTS ibex.owner (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    catalog_id  text NOT NULL,
+    catalog     text NOT NULL,
+    claimed_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Tables a sync must copy whole from this db on its next run (their
+-- pending changes could not be kept when their key columns changed).
+CREATE TABLE IF NOT EXISTS ibex.resync (
+    sync         text NOT NULL,
+    schema_name  text NOT NULL,
+    rel_name     text NOT NULL,
+    reason       text NOT NULL,
+    PRIMARY KEY (sync, schema_name, rel_name)
+);
 CREATE OR REPLACE FUNCTION ibex.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    origin text;
 BEGIN
-    INSERT INTO ibex.truncate_log (schema_name, rel_name) VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    -- Fires for ibex's own writes only where the trigger is ENABLE ALWAYS (makedelta).
+    IF current_setting('session_replication_role') = 'replica' THEN
+        IF coalesce(current_setting('ibex.makedelta', true), '') <> 'on' AND NOT EXISTS (
+            SELECT 1 FROM ibex.captured c
+             WHERE c.schema_name = TG_TABLE_SCHEMA AND c.rel_name = TG_TABLE_NAME AND c.ibex_writes = 'all') THEN
+            RETURN NULL;
+        END IF;
+        origin := nullif(current_setting('ibex.origin', true), '');
+    END IF;
+    INSERT INTO ibex.truncate_log (schema_name, rel_name, origin) VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, origin);
     -- A truncate is rare: waking every CTL that reads this db costs nothing.
     PERFORM pg_notify('ibex_changed', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
     RETURN NULL;
@@ -75,12 +105,31 @@ fn function_name(table: &QualifiedName, suffix: &str) -> String {
     format!("ibex.{}", quote_ident(&object_name(&format!("capture{suffix}_"), table)))
 }
 
-/// Rows of the delta table `alias` that committed after the cursor snapshot
-/// (and, read inside the run's snapshot, before the run's). The xmin bound
-/// lets the txid index skip everything the cursor already covers.
-pub fn window_condition(alias: &str, cursor: &str) -> String {
-    let snapshot = format!("{}::pg_snapshot", quote_literal(cursor));
-    format!("{alias}.txid >= pg_snapshot_xmin({snapshot}) AND NOT pg_visible_in_snapshot({alias}.txid, {snapshot})")
+/// Rows of the delta table `alias` in `window` (see `window.rs`): written by
+/// transactions that started at or after the cursor's xmax or were in
+/// progress when it was taken, and (for a cut window) visible at its end.
+/// Read inside the run's snapshot, the rest is invisible anyway.
+pub fn window_condition(alias: &str, window: &Window) -> String {
+    let cursor = &window.cursor;
+    let mut sql = if cursor.xip.is_empty() {
+        format!("{alias}.txid >= '{}'::xid8", cursor.xmax)
+    } else {
+        let list: Vec<String> = cursor.xip.iter().map(u64::to_string).collect();
+        format!("({alias}.txid >= '{}'::xid8 OR {alias}.txid = ANY('{{{}}}'::xid8[]))", cursor.xmax, list.join(","))
+    };
+    if let Some(end) = &window.end {
+        sql.push_str(&format!(
+            " AND {alias}.txid < '{}'::xid8 AND pg_visible_in_snapshot({alias}.txid, '{end}'::pg_snapshot)",
+            end.xmax
+        ));
+    }
+    sql
+}
+
+/// Rows not written by `sync` itself (its own applies, captured where a
+/// table is makedelta): a sync never reads back what it wrote.
+pub fn not_written_by(alias: &str, sync: &str) -> String {
+    format!("({alias}.origin IS NULL OR {alias}.origin <> {})", quote_literal(sync))
 }
 
 /// Installs (or repairs) the capture of one table. Idempotent.
@@ -102,23 +151,34 @@ pub fn install_table(table: &CaptureTable) -> String {
     );
     // The row before the change, as text, for tables that keep old images.
     let _ = writeln!(sql, "ALTER TABLE {delta} ADD COLUMN IF NOT EXISTS old_row text[];");
+    // The sync that wrote the row (makedelta), so that sync skips it.
+    let _ = writeln!(sql, "ALTER TABLE {delta} ADD COLUMN IF NOT EXISTS origin text;");
     let _ = writeln!(
         sql,
         "CREATE INDEX IF NOT EXISTS {} ON {delta} (txid);",
         quote_ident(&object_name("txid_", &table.name))
     );
+    // Where ibex's own writes are captured too (ENABLE ALWAYS triggers),
+    // they carry the writing sync's name; everywhere else the column is null.
+    let (origin_col, origin_val) = match table.ibex_writes {
+        IbexWrites::Ignore => ("", ""),
+        _ => (", origin", ", ibex_origin"),
+    };
     let (with_old, old_insert) = match &table.old_image {
         Some(columns) => {
             let image: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
             (
                 true,
                 format!(
-                    "INSERT INTO {delta} ({key_list}, old_row) SELECT {key_list}, ARRAY[{}]::text[] FROM ibex_old;",
+                    "INSERT INTO {delta} ({key_list}, old_row{origin_col}) SELECT {key_list}, ARRAY[{}]::text[]{origin_val} FROM ibex_old;",
                     image.join(", ")
                 ),
             )
         }
-        None => (false, format!("INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_old;")),
+        None => (
+            false,
+            format!("INSERT INTO {delta} ({key_list}{origin_col}) SELECT {key_list}{origin_val} FROM ibex_old;"),
+        ),
     };
     let update_old = if with_old { old_insert.as_str() } else { "" };
     // The kick rides in the capture trigger: one trigger call per statement, not two.
@@ -127,18 +187,20 @@ pub fn install_table(table: &CaptureTable) -> String {
     } else {
         String::new()
     };
+    let (declare, replica_check) = replica_check(table.ibex_writes);
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {statement_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
-BEGIN
+{declare}BEGIN
+    {replica_check}
     IF TG_OP = 'DELETE' THEN
         {old_insert}
     ELSIF TG_OP = 'UPDATE' THEN
         {update_old}
-        INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_new;
+        INSERT INTO {delta} ({key_list}{origin_col}) SELECT {key_list}{origin_val} FROM ibex_new;
     ELSE
-        INSERT INTO {delta} ({key_list}) SELECT {key_list} FROM ibex_new;
+        INSERT INTO {delta} ({key_list}{origin_col}) SELECT {key_list}{origin_val} FROM ibex_new;
     END IF;
     {kick}
     RETURN NULL;
@@ -150,8 +212,9 @@ $ibex$;"
         sql,
         "CREATE OR REPLACE FUNCTION {key_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
-BEGIN
-    INSERT INTO {delta} ({key_list}) VALUES ({});
+{declare}BEGIN
+    {replica_check}
+    INSERT INTO {delta} ({key_list}{origin_col}) VALUES ({}{origin_val});
     RETURN NULL;
 END
 $ibex$;",
@@ -175,17 +238,44 @@ $ibex$;",
         sql,
         "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
     );
+    // Every UPDATE, not `UPDATE OF key`: a BEFORE trigger can rewrite the
+    // key of an UPDATE that never names it. The WHEN test costs a
+    // comparison per row and queues nothing unless the key changed.
     let changed: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}")).collect();
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_key AFTER UPDATE OF {key_list} ON {target} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {key_fn}();",
+        "CREATE TRIGGER ibex_capture_key AFTER UPDATE ON {target} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {key_fn}();",
         changed.join(" OR ")
     );
     let _ = writeln!(
         sql,
         "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT EXECUTE FUNCTION ibex.capture_truncate();"
     );
+    if table.ibex_writes != IbexWrites::Ignore {
+        // Fire under session_replication_role = replica too: ibex's applies.
+        for name in CAPTURE_TRIGGERS {
+            let _ = writeln!(sql, "ALTER TABLE {target} ENABLE ALWAYS TRIGGER {name};");
+        }
+    }
     sql
+}
+
+/// The start of a capture function that also fires for ibex's writes:
+/// under replica mode it captures only makedelta writes, tagged with the
+/// writing sync (ibex sets `ibex.origin` and `ibex.makedelta` in its runs).
+fn replica_check(writes: IbexWrites) -> (&'static str, String) {
+    let asked = "coalesce(current_setting('ibex.makedelta', true), '') <> 'on'";
+    let skip = match writes {
+        IbexWrites::Ignore => return ("", String::new()),
+        IbexWrites::All => String::new(),
+        IbexWrites::WhenAsked => format!("IF {asked} THEN RETURN NULL; END IF;\n        "),
+    };
+    (
+        "DECLARE\n    ibex_origin text;\n",
+        format!(
+            "IF current_setting('session_replication_role') = 'replica' THEN\n        {skip}ibex_origin := nullif(current_setting('ibex.origin', true), '');\n    END IF;"
+        ),
+    )
 }
 
 /// Removes the capture of one table (the table itself may be gone).

@@ -181,6 +181,29 @@ ALTER TABLE ibex.relation ADD COLUMN capture_old boolean NOT NULL DEFAULT false;
 ALTER TABLE ibex.plugin ADD COLUMN rows boolean NOT NULL DEFAULT true;
 "#,
     },
+    Migration {
+        version: 5,
+        description: "catalog identity, makedelta, bounded catch-up",
+        sql: r#"
+CREATE TABLE ibex.instance (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    id          text NOT NULL DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 16),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO ibex.instance DEFAULT VALUES;
+COMMENT ON TABLE ibex.instance IS 'This catalog''s identity, recorded on every db whose capture it owns';
+ALTER TABLE ibex.sync ADD COLUMN makedelta boolean NOT NULL DEFAULT false;
+ALTER TABLE ibex.relation ADD COLUMN makedelta boolean NOT NULL DEFAULT false;
+ALTER TABLE ibex.run ADD COLUMN window_rows bigint, ADD COLUMN backlog bigint;
+COMMENT ON COLUMN ibex.run.backlog IS 'Delta rows still pending after a run that applied part of a large window; null when it applied all';
+ALTER TABLE ibex.plugin ADD COLUMN tables text[] NOT NULL DEFAULT '{}',
+                        ADD COLUMN write_tables text[] NOT NULL DEFAULT '{}',
+                        ADD COLUMN limits jsonb NOT NULL DEFAULT '{}';
+-- Native code is compiled by each daemon and never read from the catalog.
+UPDATE ibex.plugin SET precompiled = NULL;
+COMMENT ON COLUMN ibex.plugin.precompiled IS 'Unused (always null): each host compiles the component itself, see docs/PLUGINS-SECURITY.md';
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

@@ -146,6 +146,20 @@ impl Catalog {
     }
 }
 
+/// This catalog's identity and where it lives, recorded on every db whose
+/// capture it owns: (id, host:port/database).
+pub async fn identity(c: &impl GenericClient) -> Result<(String, String)> {
+    let row = c
+        .query_one(
+            "SELECT i.id, coalesce(host(inet_server_addr()), 'local socket') || ':' || current_setting('port') || '/' || current_database()
+               FROM ibex.instance i",
+            &[],
+        )
+        .await
+        .ctx(|| "reading the catalog's identity".into())?;
+    Ok((row.get(0), row.get(1)))
+}
+
 async fn schema_version(client: &impl GenericClient) -> Result<Option<i32>> {
     let row = client
         .query_one("SELECT to_regclass('ibex.schema_version') IS NOT NULL", &[])

@@ -30,6 +30,12 @@ pub struct PluginView {
     pub write_grants: Vec<String>,
     pub on_error: String,
     pub query_rows: u64,
+    pub tables: Vec<String>,
+    pub write_tables: Vec<String>,
+    pub max_statements: u64,
+    pub log_bytes: u64,
+    pub table_elements: u64,
+    pub run_fuel: u64,
     pub config: Vec<(String, String)>,
     pub used_by: Vec<String>,
 }
@@ -49,6 +55,12 @@ impl PluginRecord {
             write_grants: m.write_grants.clone(),
             on_error: m.on_error.to_string(),
             query_rows: m.query_row_cap,
+            tables: m.tables.clone(),
+            write_tables: m.write_tables.clone(),
+            max_statements: m.max_statements,
+            log_bytes: m.log_bytes,
+            table_elements: m.table_elements,
+            run_fuel: m.run_fuel,
             config: m.config.clone(),
             used_by,
         }
@@ -59,6 +71,9 @@ impl PluginRecord {
         let bad = |what: &str| Error::Catalog(format!("plugin {name:?} has an unreadable {what} in the catalog"));
         let kind: PluginKind = row.get::<_, String>("kind").parse().map_err(|_| bad("kind"))?;
         let config: serde_json::Value = row.get("config");
+        let limits: serde_json::Value = row.get("limits");
+        let defaults = Manifest::defaults(kind);
+        let limit = |key: &str, default: u64| limits.get(key).and_then(|v| v.as_u64()).unwrap_or(default);
         let manifest = Manifest {
             kind,
             fuel: row.get::<_, i64>("fuel") as u64,
@@ -70,6 +85,12 @@ impl PluginRecord {
             config: serde_json::from_value(config).map_err(|_| bad("config"))?,
             query_row_cap: row.get::<_, i64>("query_rows") as u64,
             rows: row.get("rows"),
+            tables: row.get("tables"),
+            write_tables: row.get("write_tables"),
+            max_statements: limit("max_statements", defaults.max_statements),
+            log_bytes: limit("log_bytes", defaults.log_bytes),
+            table_elements: limit("table_elements", defaults.table_elements),
+            run_fuel: limit("run_fuel", defaults.run_fuel),
         };
         Ok(PluginRecord {
             sha256: row.get("sha256"),
@@ -82,7 +103,7 @@ impl PluginRecord {
 }
 
 const SELECT: &str = "SELECT name, kind, sha256, octet_length(wasm)::int8 AS size, fuel, memory, timeout_ms, grants,
-        write_grants, on_error, query_rows, rows, config, updated_at FROM ibex.plugin";
+        write_grants, on_error, query_rows, rows, config, updated_at, tables, write_tables, limits FROM ibex.plugin";
 
 pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
     Ok(c.query_opt("SELECT 1 FROM ibex.plugin WHERE name = $1", &[&name])
@@ -96,28 +117,40 @@ fn manifest_params(m: &Manifest) -> Result<(i64, i64, i64, i64, serde_json::Valu
     Ok((m.fuel as i64, m.memory as i64, m.timeout.as_millis() as i64, m.query_row_cap as i64, config))
 }
 
-pub async fn add(
-    c: &impl GenericClient,
-    name: &str,
-    wasm: &[u8],
-    sha256: &str,
-    precompiled: &[u8],
-    m: &Manifest,
-) -> Result<()> {
+fn limits_json(m: &Manifest) -> serde_json::Value {
+    serde_json::json!({
+        "max_statements": m.max_statements,
+        "log_bytes": m.log_bytes,
+        "table_elements": m.table_elements,
+        "run_fuel": m.run_fuel,
+    })
+}
+
+/// The manifest's access lists and limits, stored beside its other columns.
+async fn set_access(c: &impl GenericClient, name: &str, m: &Manifest) -> Result<()> {
+    c.execute(
+        "UPDATE ibex.plugin SET tables = $2, write_tables = $3, limits = $4 WHERE name = $1",
+        &[&name, &m.tables, &m.write_tables, &limits_json(m)],
+    )
+    .await
+    .ctx(|| format!("storing the grants of plugin {name:?}"))?;
+    Ok(())
+}
+
+pub async fn add(c: &impl GenericClient, name: &str, wasm: &[u8], sha256: &str, m: &Manifest) -> Result<()> {
     if exists(c, name).await? {
         return Err(Error::duplicate_hint("plugin", name, "replace it with `ibex update plugin NAME FILE.wasm`"));
     }
     let (fuel, memory, timeout, rows, config) = manifest_params(m)?;
     c.execute(
-        "INSERT INTO ibex.plugin (name, kind, wasm, sha256, precompiled, fuel, memory, timeout_ms, grants, write_grants,
+        "INSERT INTO ibex.plugin (name, kind, wasm, sha256, fuel, memory, timeout_ms, grants, write_grants,
                                   on_error, query_rows, config, rows)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             &name,
             &m.kind.as_str(),
             &wasm,
             &sha256,
-            &precompiled,
             &fuel,
             &memory,
             &timeout,
@@ -131,16 +164,11 @@ pub async fn add(
     )
     .await
     .ctx(|| format!("adding plugin {name:?}"))?;
-    Ok(())
+    set_access(c, name, m).await
 }
 
 /// Replaces the component (when `wasm` is given) and the manifest.
-pub async fn update(
-    c: &impl GenericClient,
-    name: &str,
-    wasm: Option<(&[u8], &str, &[u8])>,
-    m: &Manifest,
-) -> Result<()> {
+pub async fn update(c: &impl GenericClient, name: &str, wasm: Option<(&[u8], &str)>, m: &Manifest) -> Result<()> {
     let (fuel, memory, timeout, rows, config) = manifest_params(m)?;
     c.execute(
         "UPDATE ibex.plugin SET kind = $2, fuel = $3, memory = $4, timeout_ms = $5, grants = $6, write_grants = $7,
@@ -162,10 +190,11 @@ pub async fn update(
     )
     .await
     .ctx(|| format!("updating plugin {name:?}"))?;
-    if let Some((bytes, sha, precompiled)) = wasm {
+    set_access(c, name, m).await?;
+    if let Some((bytes, sha)) = wasm {
         c.execute(
-            "UPDATE ibex.plugin SET wasm = $2, sha256 = $3, precompiled = $4 WHERE name = $1",
-            &[&name, &bytes, &sha, &precompiled],
+            "UPDATE ibex.plugin SET wasm = $2, sha256 = $3, precompiled = NULL WHERE name = $1",
+            &[&name, &bytes, &sha],
         )
         .await
         .ctx(|| format!("replacing the component of plugin {name:?}"))?;
@@ -182,14 +211,14 @@ pub async fn get(c: &impl GenericClient, name: &str) -> Result<PluginRecord> {
     PluginRecord::from_row(&row)
 }
 
-/// The component's bytes and its precompiled form.
-pub async fn bytes(c: &impl GenericClient, name: &str) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+/// The component's bytes (WebAssembly, never native code).
+pub async fn bytes(c: &impl GenericClient, name: &str) -> Result<Vec<u8>> {
     let row = c
-        .query_opt("SELECT wasm, precompiled FROM ibex.plugin WHERE name = $1", &[&name])
+        .query_opt("SELECT wasm FROM ibex.plugin WHERE name = $1", &[&name])
         .await
         .ctx(|| format!("reading plugin {name:?}"))?
         .ok_or_else(|| Error::not_found("plugin", name))?;
-    Ok((row.get(0), row.get(1)))
+    Ok(row.get(0))
 }
 
 pub async fn list(c: &impl GenericClient) -> Result<Vec<PluginRecord>> {

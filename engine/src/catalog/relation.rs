@@ -36,9 +36,11 @@ pub struct Relation {
     pub herds: Vec<String>,
     /// The delta keeps the row before each change (for merging handlers).
     pub capture_old: bool,
+    /// Rows ibex applies to it are captured for other syncs (makedelta).
+    pub makedelta: bool,
 }
 
-const SELECT: &str = "SELECT r.id, r.kind, r.schema_name, r.rel_name, r.key_columns, r.key_source, r.added_from, r.capture_old,
+const SELECT: &str = "SELECT r.id, r.kind, r.schema_name, r.rel_name, r.key_columns, r.key_source, r.added_from, r.capture_old, r.makedelta,
         coalesce((SELECT array_agg(m.herd ORDER BY m.herd) FROM ibex.herd_member m WHERE m.relation = r.id), '{}') AS herds
    FROM ibex.relation r";
 
@@ -54,6 +56,7 @@ impl Relation {
             added_from: row.get("added_from"),
             herds: row.get("herds"),
             capture_old: row.get("capture_old"),
+            makedelta: row.get("makedelta"),
         }
     }
 }
@@ -165,6 +168,21 @@ pub async fn set_capture_old(c: &impl GenericClient, id: i32, on: bool) -> Resul
     c.execute("UPDATE ibex.relation SET capture_old = $2 WHERE id = $1", &[&id, &on])
         .await
         .ctx(|| format!("updating relation {id}"))?;
+    Ok(())
+}
+
+pub async fn set_makedelta(c: &impl GenericClient, id: i32, on: bool) -> Result<()> {
+    c.execute("UPDATE ibex.relation SET makedelta = $2 WHERE id = $1", &[&id, &on])
+        .await
+        .ctx(|| format!("updating relation {id}"))?;
+    Ok(())
+}
+
+/// Changes the key a table's rows are identified by.
+pub async fn set_key(c: &impl GenericClient, id: i32, columns: &[String], source: &str) -> Result<()> {
+    c.execute("UPDATE ibex.relation SET key_columns = $2, key_source = $3 WHERE id = $1", &[&id, &columns, &source])
+        .await
+        .ctx(|| format!("updating the key of relation {id}"))?;
     Ok(())
 }
 

@@ -55,6 +55,10 @@ pub struct RunRecord {
     pub attempts: i32,
     pub tables: Vec<TableCounts>,
     pub error: Option<String>,
+    /// Delta rows this run read, when it applied part of a larger window.
+    pub window_rows: Option<i64>,
+    /// Delta rows still pending after it (catching up); None when it applied all.
+    pub backlog: Option<i64>,
 }
 
 impl RunRecord {
@@ -72,6 +76,8 @@ impl RunRecord {
             attempts: row.get("attempts"),
             tables: serde_json::from_value(tables).unwrap_or_default(),
             error: row.get("error"),
+            window_rows: row.get("window_rows"),
+            backlog: row.get("backlog"),
         }
     }
 
@@ -90,8 +96,7 @@ pub struct ConflictRecord {
     pub reason: String,
 }
 
-const SELECT: &str =
-    "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error FROM ibex.run";
+const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error, window_rows, backlog FROM ibex.run";
 
 pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>) -> Result<i64> {
     let row = c
@@ -109,7 +114,7 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
         .map_err(|err| Error::Catalog(format!("cannot record table counts: {err}")))?;
     c.execute(
         "UPDATE ibex.run SET ended_at = $2, state = $3, inserted = $4, deleted = $5, conflicts = $6,
-                attempts = $7, tables = $8, error = $9
+                attempts = $7, tables = $8, error = $9, window_rows = $10, backlog = $11
           WHERE id = $1",
         &[
             &run.id,
@@ -121,6 +126,8 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
             &run.attempts,
             &tables,
             &run.error,
+            &run.window_rows,
+            &run.backlog,
         ],
     )
     .await

@@ -65,6 +65,12 @@ const KNOWN: &[Known] = &[
         kind: Kind::Count { max: 1000 },
         about: "sync runs the daemon does at once (each holds a connection per db); raising it applies on reload, lowering on restart",
     },
+    Known {
+        key: "window_rows",
+        default: "1000000",
+        kind: Kind::Count { max: 1_000_000_000 },
+        about: "delta rows one run takes from a source; a larger backlog is applied in consecutive runs, each committed (halved automatically after a run outlasts run_timeout)",
+    },
     Known { key: "analyze_after_copy", default: "true", kind: Kind::Bool, about: "ANALYZE tables after a full copy" },
 ];
 

@@ -147,6 +147,8 @@ pub struct SyncParams {
     pub kidsalive: bool,
     pub lock_timeout: Option<Duration>,
     pub isolation_level: IsolationLevel,
+    /// Rows this sync applies are captured where other syncs read them.
+    pub makedelta: bool,
 }
 
 impl Default for SyncParams {
@@ -160,6 +162,7 @@ impl Default for SyncParams {
             kidsalive: true,
             lock_timeout: None,
             isolation_level: IsolationLevel::RepeatableRead,
+            makedelta: false,
         }
     }
 }
@@ -174,6 +177,7 @@ impl SyncParams {
         "status",
         "lock_timeout",
         "isolation_level",
+        "makedelta",
     ];
 
     /// Sets one parameter from its text form; `key` must be one of `KEYS`.
@@ -205,6 +209,7 @@ impl SyncParams {
             }
             "lock_timeout" => self.lock_timeout = parse_duration(key, value)?,
             "isolation_level" => self.isolation_level = value.parse()?,
+            "makedelta" => self.makedelta = parse_bool(key, value)?,
             other => {
                 return Err(Error::usage(format!(
                     "unknown sync parameter {other:?}: use one of {}",
@@ -275,6 +280,7 @@ pub struct SyncView {
     pub kidsalive: bool,
     pub lock_timeout: String,
     pub isolation_level: IsolationLevel,
+    pub makedelta: bool,
 }
 
 impl SyncRecord {
@@ -293,6 +299,7 @@ impl SyncRecord {
             kidsalive: p.kidsalive,
             lock_timeout: format_duration(p.lock_timeout),
             isolation_level: p.isolation_level,
+            makedelta: p.makedelta,
         }
     }
 
@@ -314,6 +321,7 @@ impl SyncRecord {
                 kidsalive: row.get("kidsalive"),
                 lock_timeout: ms("lock_timeout_ms"),
                 isolation_level: row.get::<_, String>("isolation_level").parse()?,
+                makedelta: row.get("makedelta"),
             },
             name,
         })
@@ -321,7 +329,7 @@ impl SyncRecord {
 }
 
 const SELECT: &str = "SELECT name, herd, dbgroup, status, conflict_strategy, autokick, checktime_ms, onetimecopy,
-        kidsalive, lock_timeout_ms, isolation_level FROM ibex.sync";
+        kidsalive, lock_timeout_ms, isolation_level, makedelta FROM ibex.sync";
 
 fn millis(d: Option<Duration>) -> Option<i64> {
     d.map(|d| d.as_millis().min(i64::MAX as u128) as i64)
@@ -352,7 +360,7 @@ pub async fn update(c: &impl GenericClient, sync: &SyncRecord) -> Result<()> {
     c.execute(
         "UPDATE ibex.sync SET herd = $2, dbgroup = $3, status = $4, conflict_strategy = $5, autokick = $6,
                 checktime_ms = $7, onetimecopy = $8, kidsalive = $9, lock_timeout_ms = $10,
-                isolation_level = $11, updated_at = now()
+                isolation_level = $11, makedelta = $12, updated_at = now()
           WHERE name = $1",
         &[
             &sync.name,
@@ -366,6 +374,7 @@ pub async fn update(c: &impl GenericClient, sync: &SyncRecord) -> Result<()> {
             &p.kidsalive,
             &millis(p.lock_timeout),
             &p.isolation_level.as_sql(),
+            &p.makedelta,
         ],
     )
     .await
@@ -423,40 +432,75 @@ pub struct CaptureNeed {
     pub key: Vec<String>,
     /// The table keeps old images (capture_old).
     pub capture_old: bool,
+    /// Another sync writes this table to this db: "all" (the table is
+    /// makedelta), "asked" (only writers with makedelta) or "none" (no
+    /// writer captures, or no other writer).
+    pub ibex_writes: &'static str,
+    /// Writers of this table to this db whose writes nobody captures (no
+    /// makedelta), while this sync reads it: the cascade gap to warn about.
+    pub uncaptured_writers: Vec<String>,
+}
+
+/// A sync that reads a db.
+#[derive(Debug, Clone)]
+pub struct CaptureReader {
+    pub sync: String,
+    /// It has other sources too.
+    pub multi_source: bool,
 }
 
 /// Every (sync, table) that reads from `db`: the syncs where it is a source.
-pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<String>, Vec<CaptureNeed>)> {
+pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<CaptureReader>, Vec<CaptureNeed>)> {
     let syncs = c
         .query(
-            "SELECT s.name FROM ibex.sync s JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup
+            "SELECT s.name, (SELECT count(*) FROM ibex.dbgroup_member o WHERE o.dbgroup = s.dbgroup AND o.role = 'source') > 1
+               FROM ibex.sync s JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup
               WHERE m.db = $1 AND m.role = 'source' ORDER BY s.name",
             &[&db],
         )
         .await
         .ctx(|| format!("finding the syncs that read db {db}"))?;
+    // Per (reader, table): the other syncs that write the table to this db,
+    // split by whether their writes are captured (makedelta).
     let rows = c
         .query(
-            "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old
+            "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old, r.makedelta,
+                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.makedelta OR r.makedelta), '{}'),
+                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE NOT (w.makedelta OR r.makedelta)), '{}')
                FROM ibex.sync s
                JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup AND m.role = 'source'
                JOIN ibex.herd_member h ON h.herd = s.herd
                JOIN ibex.relation r ON r.id = h.relation AND r.kind = 'table'
+               LEFT JOIN (ibex.sync w
+                          JOIN ibex.dbgroup_member wm ON wm.dbgroup = w.dbgroup
+                          JOIN ibex.herd_member wh ON wh.herd = w.herd)
+                      ON wm.db = m.db AND wh.relation = r.id AND w.name <> s.name
               WHERE m.db = $1
+              GROUP BY s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old, r.makedelta
               ORDER BY r.schema_name, r.rel_name, s.name",
             &[&db],
         )
         .await
         .ctx(|| format!("finding the tables read from db {db}"))?;
     Ok((
-        syncs.iter().map(|r| r.get(0)).collect(),
+        syncs.iter().map(|r| CaptureReader { sync: r.get(0), multi_source: r.get(1) }).collect(),
         rows.iter()
-            .map(|r| CaptureNeed {
-                sync: r.get(0),
-                autokick: r.get(1),
-                table: crate::pg::QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
-                key: r.get(4),
-                capture_old: r.get(5),
+            .map(|r| {
+                let table_makedelta: bool = r.get(6);
+                let captured: Vec<String> = r.get(7);
+                CaptureNeed {
+                    sync: r.get(0),
+                    autokick: r.get(1),
+                    table: crate::pg::QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+                    key: r.get(4),
+                    capture_old: r.get(5),
+                    ibex_writes: match (captured.is_empty(), table_makedelta) {
+                        (true, _) => "none",
+                        (false, true) => "all",
+                        (false, false) => "asked",
+                    },
+                    uncaptured_writers: r.get(8),
+                }
             })
             .collect(),
     ))

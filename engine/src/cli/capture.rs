@@ -62,6 +62,11 @@ impl Affected {
                 continue;
             }
             let plan = Plan::load(c, sync).await?;
+            // Each plugin it uses gets its role, grants and functions as its manifest says.
+            for plugin in &plan.plugins {
+                let record = catalog::plugin::get(c, &plugin.name).await?;
+                lines.extend(setup::plugin_roles(c, &record.name, &record.manifest, &[]).await?);
+            }
             let mut kid = Kid::new(plan);
             let tables = kid.validate().await?.len();
             lines.push(format!(
@@ -75,7 +80,12 @@ impl Affected {
                 continue;
             }
             match setup::reconcile_db(c, db).await {
-                Ok(report) => lines.extend(setup::describe(db, &report)),
+                Ok(report) => {
+                    for warning in &report.warnings {
+                        out.warn(warning.clone());
+                    }
+                    lines.extend(setup::describe(db, &report));
+                }
                 Err(err) if !strict => out.warn(format!(
                     "capture on db {db} was not updated ({err}); run `ibex validate` once it is reachable"
                 )),

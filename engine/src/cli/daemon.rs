@@ -63,7 +63,12 @@ pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_leve
     if args.foreground || std::env::var_os(DETACHED).is_some() {
         let level: LogLevel = level_name.parse()?;
         let format: LogFormat = loaded.toml.log.format.as_deref().unwrap_or("plain").parse()?;
-        let handle = logging::init(level, format, log_file(loaded, &pid_path).as_deref())?;
+        let log_path = log_file(loaded, &pid_path);
+        // The default log lives beside the pid file, in the private state directory.
+        if let Some(dir) = log_path.as_deref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+            crate::config::prepare_dir(dir)?;
+        }
+        let handle = logging::init(level, format, log_path.as_deref())?;
         let options = DaemonOptions {
             control: ctx.control.clone(),
             pid_file: pid_path,
@@ -83,6 +88,9 @@ pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_leve
         .collect();
 
     let log_path = log_file(loaded, &pid_path).unwrap_or_else(|| pid_path.with_extension("log"));
+    if let Some(dir) = log_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::config::prepare_dir(dir)?;
+    }
     let mut command = std::process::Command::new(exe);
     command.args(&args).env(DETACHED, "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -116,9 +124,13 @@ pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_leve
 
 pub async fn stop(ctx: &Context, loaded: &Loaded, args: TimeoutArgs) -> Result<ExitCode> {
     let pid_path = pid_file(ctx, loaded);
-    let local = pidfile::running(&pid_path);
     let cat = Catalog::open(&ctx.control).await?;
     let remote = running_daemon(&cat).await?;
+    // The pid file's process is signalled only if it is the ibex daemon
+    // that this catalog says serves it, on this host.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let local = pidfile::running(&pid_path)
+        .filter(|pid| remote.as_ref().is_some_and(|(rpid, rhost)| *rpid as u32 == *pid && *rhost == host));
     if local.is_none() && remote.is_none() {
         ctx.out.done("ibex is not running");
         return Ok(ExitCode::SUCCESS);
@@ -136,9 +148,12 @@ pub async fn stop(ctx: &Context, loaded: &Loaded, args: TimeoutArgs) -> Result<E
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() > deadline {
-            if let Some(pid) = local.filter(|p| pidfile::alive(*p)) {
+            if let Some(pid) = local.filter(|p| pidfile::alive(*p) && pidfile::is_ibex(*p)) {
                 // It did not answer in time: SIGTERM, as `kill` would.
-                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+                // SAFETY: kill has no memory preconditions; pid was checked to be ibex.
+                if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+                    tracing::warn!(pid, error = %std::io::Error::last_os_error(), "cannot send SIGTERM");
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 if !pidfile::alive(pid) {
                     ctx.out.done(format!("Stopped ibex (pid {pid}) with SIGTERM"));

@@ -293,6 +293,9 @@ pub struct PluginAddArgs {
     pub name: String,
     #[arg(value_name = "FILE.wasm")]
     pub file: PathBuf,
+    /// Refuse the component unless its sha256 is this (hex), e.g. from its publisher
+    #[arg(long, value_name = "HEX")]
+    pub expect_sha256: Option<String>,
     #[arg(value_name = "KEY=VALUE")]
     pub params: Vec<String>,
 }

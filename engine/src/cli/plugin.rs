@@ -74,9 +74,32 @@ pub async fn add(ctx: &Context, args: PluginAddArgs) -> Result<()> {
     }
     check_grants(cat.client(), &manifest).await?;
     let sha = sha256_hex(&wasm);
-    let precompiled = runtime.precompile(&wasm)?;
-    runtime.load(&args.name, &sha, &wasm, Some(&precompiled), manifest.clone())?;
-    cat.change(async |tx| catalog::plugin::add(tx, &args.name, &wasm, &sha, &precompiled, &manifest).await).await?;
+    if let Some(expected) = &args.expect_sha256
+        && !expected.trim().eq_ignore_ascii_case(&sha)
+    {
+        return Err(Error::Refused(format!(
+            "{} has sha256 {sha}, not the expected {}: it is not the component you meant to install",
+            args.file.display(),
+            expected.trim()
+        )));
+    }
+    let imports = runtime.imports(&wasm)?;
+    // What the operator is about to trust, before anything is stored.
+    ctx.out.line(format!("Component {}: {} KiB, sha256 {sha}", args.file.display(), wasm.len().div_ceil(1024)));
+    ctx.out.line(format!("  implements: ibex:plugin/{kind}@0.1.0"));
+    ctx.out.line(format!("  imports: {}", if imports.is_empty() { "nothing".into() } else { imports.join(", ") }));
+    ctx.out.line(format!("  {}", describe_access(&manifest)));
+    let role = format!("plugin {}", args.name);
+    runtime.load(&args.name, &sha, &wasm, &role, manifest.clone())?;
+    let lines = cat
+        .change(async |tx| {
+            catalog::plugin::add(tx, &args.name, &wasm, &sha, &manifest).await?;
+            crate::sync::setup::plugin_roles(tx, &args.name, &manifest, &[]).await
+        })
+        .await?;
+    for line in lines {
+        ctx.out.line(line);
+    }
     ctx.out.done(format!(
         "Added plugin {} ({}, {} KiB, sha256 {})",
         args.name,
@@ -85,6 +108,25 @@ pub async fn add(ctx: &Context, args: PluginAddArgs) -> Result<()> {
         &sha[..16]
     ));
     Ok(())
+}
+
+/// The manifest's grants and limits in one line, for review.
+fn describe_access(m: &Manifest) -> String {
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(",") };
+    format!(
+        "grants: query on dbs {} (tables {}), execute on dbs {} (tables {}); limits: {} fuel/call, {} fuel/run, {} MiB, {} ms/call, {} rows/query, {} statements/run, {} log bytes/call",
+        list(&m.grants),
+        list(&m.tables),
+        list(&m.write_grants),
+        list(&m.write_tables),
+        m.fuel,
+        m.run_fuel,
+        m.memory / (1024 * 1024),
+        m.timeout.as_millis(),
+        m.query_row_cap,
+        m.max_statements,
+        m.log_bytes
+    )
 }
 
 pub async fn list(ctx: &Context) -> Result<()> {
@@ -139,32 +181,37 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
             let wasm = read_component(path)?;
             settle_kind(runtime, &wasm, path, Some(manifest.kind))?;
             let sha = sha256_hex(&wasm);
-            let precompiled = runtime.precompile(&wasm)?;
-            runtime.load(&args.name, &sha, &wasm, Some(&precompiled), manifest.clone())?;
-            Some((wasm, sha, precompiled))
+            runtime.load(&args.name, &sha, &wasm, &format!("plugin {}", args.name), manifest.clone())?;
+            Some((wasm, sha))
         }
         None => {
             if manifest.kind != record.manifest.kind {
-                let (wasm, _) = catalog::plugin::bytes(cat.client(), &args.name).await?;
+                let wasm = catalog::plugin::bytes(cat.client(), &args.name).await?;
                 settle_kind(runtime, &wasm, Path::new(&args.name), Some(manifest.kind))?;
             }
             None
         }
     };
     let name = args.name.clone();
-    cat.change(async |tx| {
-        let uses = catalog::plugin::uses(tx, &name).await?;
-        if manifest.kind != record.manifest.kind && !uses.is_empty() {
-            return Err(Error::Refused(format!(
-                "plugin {name} is in use ({}): its kind cannot change",
-                uses.join("; ")
-            )));
-        }
-        let wasm = replacement.as_ref().map(|(w, s, p)| (w.as_slice(), s.as_str(), p.as_slice()));
-        catalog::plugin::update(tx, &name, wasm, &manifest).await
-    })
-    .await?;
-    let swapped = replacement.map(|(_, sha, _)| format!(", new component sha256 {}", &sha[..16])).unwrap_or_default();
+    let before: Vec<String> = record.manifest.grants.iter().chain(&record.manifest.write_grants).cloned().collect();
+    let lines = cat
+        .change(async |tx| {
+            let uses = catalog::plugin::uses(tx, &name).await?;
+            if manifest.kind != record.manifest.kind && !uses.is_empty() {
+                return Err(Error::Refused(format!(
+                    "plugin {name} is in use ({}): its kind cannot change",
+                    uses.join("; ")
+                )));
+            }
+            let wasm = replacement.as_ref().map(|(w, s)| (w.as_slice(), s.as_str()));
+            catalog::plugin::update(tx, &name, wasm, &manifest).await?;
+            crate::sync::setup::plugin_roles(tx, &name, &manifest, &before).await
+        })
+        .await?;
+    for line in lines {
+        ctx.out.line(line);
+    }
+    let swapped = replacement.map(|(_, sha)| format!(", new component sha256 {}", &sha[..16])).unwrap_or_default();
     ctx.out.done(format!("Updated plugin {}{swapped}; a running daemon picks it up on reload", args.name));
     Ok(())
 }
@@ -173,7 +220,16 @@ pub async fn remove(ctx: &Context, args: Names) -> Result<()> {
     let mut cat = ctx.catalog().await?;
     cat.change(async |tx| {
         for name in &args.names {
+            let record = catalog::plugin::get(tx, name).await?;
             catalog::plugin::remove(tx, name).await?;
+            let mut granted: Vec<String> =
+                record.manifest.grants.iter().chain(&record.manifest.write_grants).cloned().collect();
+            granted.dedup();
+            // Nothing granted any more: the role goes from every db it was on.
+            let mut none = record.manifest.clone();
+            none.grants.clear();
+            none.write_grants.clear();
+            crate::sync::setup::plugin_roles(tx, name, &none, &granted).await?;
         }
         Ok(())
     })
@@ -195,9 +251,11 @@ struct ConflictInput {
 pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
     let cat = ctx.catalog().await?;
     let record = catalog::plugin::get(cat.client(), &args.name).await?;
-    let (wasm, precompiled) = catalog::plugin::bytes(cat.client(), &args.name).await?;
+    let wasm = catalog::plugin::bytes(cat.client(), &args.name).await?;
     let runtime = PluginRuntime::get()?;
-    let plugin = runtime.load(&record.name, &record.sha256, &wasm, precompiled.as_deref(), record.manifest.clone())?;
+    let (catalog_id, _) = catalog::identity(cat.client()).await?;
+    let role = crate::plugin::roles::role_name(&catalog_id, &record.name);
+    let plugin = runtime.load(&record.name, &record.sha256, &wasm, &role, record.manifest.clone())?;
     let text = std::fs::read_to_string(&args.input)
         .map_err(|e| Error::usage(format!("cannot read {}: {e}", args.input.display())))?;
     // The manifest's config.KEY=VALUE, as in a real run; the file may override.

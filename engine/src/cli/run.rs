@@ -34,12 +34,29 @@ pub async fn run_once(ctx: &Context, args: SyncName) -> Result<ExitCode> {
     let cat = ctx.catalog().await?;
     let plan = Plan::load(cat.client(), &args.sync).await?;
     let mut kid = Kid::new(plan);
-    let record = kid.run(cat.client()).await?;
-    let conflicts = catalog::runs::conflicts(cat.client(), record.id).await?;
+    // A backlog larger than one run's window is applied in consecutive
+    // runs, each committed: go on until it is all applied (or one fails).
+    let mut runs = 0;
+    let mut conflicts = Vec::new();
+    let record = loop {
+        let record = kid.run(cat.client()).await?;
+        runs += 1;
+        conflicts.extend(catalog::runs::conflicts(cat.client(), record.id).await?);
+        if !ctx.out.json {
+            status::print_run(&ctx.out, &record);
+        }
+        if record.state != RunState::Good || record.backlog.unwrap_or(0) == 0 {
+            break record;
+        }
+        tracing::info!(sync = %record.sync, backlog = record.backlog, "catching up: running the next part");
+    };
     if ctx.out.json {
-        ctx.out.print_json(&serde_json::json!({ "run": record, "conflicts": conflicts }));
-    } else {
-        status::print_run(&ctx.out, &record);
+        ctx.out.print_json(&serde_json::json!({
+            "run": record,
+            "conflicts": conflicts,
+            "runs": runs,
+            "peak_rss_kib": peak_rss_kib(),
+        }));
     }
     Ok(match record.state {
         RunState::Good => ExitCode::SUCCESS,
@@ -52,4 +69,12 @@ pub async fn run_once(ctx: &Context, args: SyncName) -> Result<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// This process's peak resident memory (VmHWM), to show that a long
+/// catch-up stays flat; None where /proc is not there.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -94,7 +94,9 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
                         .as_ref()
                         .map(|r| format!("{}/{}/{}", r.inserted, r.deleted, r.conflicts))
                         .unwrap_or_default();
-                    let state = if s.status == "inactive" { "Inactive" } else { s.state };
+                    let catching_up =
+                        s.last_good.as_ref().and_then(|r| r.backlog).filter(|b| *b > 0).map(|_| "Catching up");
+                    let state = if s.status == "inactive" { "Inactive" } else { catching_up.unwrap_or(s.state) };
                     vec![s.name.clone(), state.into(), good, good_ago, idc, bad, bad_ago]
                 })
                 .collect();
@@ -134,8 +136,15 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
                 .as_ref()
                 .map(|r| format!("{} / {} / {}", r.deleted, r.inserted, r.conflicts))
                 .unwrap_or_else(|| "none".into());
+            let progress = match status.last_good.as_ref().and_then(|r| r.backlog.map(|b| (r.window_rows, b))) {
+                Some((done, left)) if left > 0 => {
+                    format!("catching up: {} delta rows applied in the last run, {left} pending", done.unwrap_or(0))
+                }
+                _ => "caught up".to_string(),
+            };
             let lines = [
                 ("Last good", when(&status.last_good)),
+                ("Progress", progress),
                 ("Rows deleted/inserted/conflicts", counts),
                 ("Last bad", when(&status.last_bad)),
                 ("Sync name", sync.name.clone()),
@@ -180,6 +189,12 @@ pub fn print_run(out: &Output, run: &RunRecord) {
         run.conflicts,
         if run.attempts > 1 { format!(" ({} attempts)", run.attempts) } else { String::new() }
     ));
+    if let Some(left) = run.backlog.filter(|b| *b > 0) {
+        out.line(format!(
+            "  catching up: {} delta rows applied, {left} pending (window_rows bounds each run)",
+            run.window_rows.unwrap_or(0)
+        ));
+    }
     for t in run.tables.iter().filter(|t| t.inserted + t.deleted > 0) {
         out.line(format!("  {} on {}: {} deleted, {} inserted", t.table, t.db, t.deleted, t.inserted));
     }

@@ -219,16 +219,61 @@ pub async fn remove(ctx: &Context, kind: RelKind, args: Names) -> Result<()> {
 pub async fn update(ctx: &Context, args: super::NamedParams) -> Result<()> {
     let mut params = Params::parse_pairs_only(&args.params)?;
     let capture_old = params.take("capture_old");
-    params.finish(&["capture_old"])?;
-    let Some(capture_old) = capture_old else {
-        return Err(Error::usage(format!("nothing to change: e.g. ibex update table {} capture_old=true", args.name)));
-    };
-    let on = catalog::sync::parse_bool("capture_old", &capture_old)?;
+    let makedelta = params.take("makedelta");
+    let pkey = params.take("pkey");
+    params.finish(&["capture_old", "makedelta", "pkey"])?;
+    if capture_old.is_none() && makedelta.is_none() && pkey.is_none() {
+        return Err(Error::usage(format!(
+            "nothing to change: e.g. ibex update table {} capture_old=true (or makedelta=true, pkey=col[,col])",
+            args.name
+        )));
+    }
+    let capture_old = capture_old.map(|v| catalog::sync::parse_bool("capture_old", &v)).transpose()?;
+    let makedelta = makedelta.map(|v| catalog::sync::parse_bool("makedelta", &v)).transpose()?;
+    let pkey: Option<Vec<String>> = pkey.map(|p| p.split(',').map(|c| c.trim().to_string()).collect());
+    if pkey.as_ref().is_some_and(|cols| cols.iter().any(String::is_empty)) {
+        return Err(Error::usage("bad pkey: write pkey=col or pkey=col1,col2"));
+    }
     let mut cat = ctx.catalog().await?;
+    // A new key is checked on the db the table was added from.
+    let rel = catalog::relation::find(cat.client(), Some(RelKind::Table), &args.name).await?;
+    let new_key = match &pkey {
+        Some(cols) => {
+            let db = rel.added_from.clone().ok_or_else(|| {
+                Error::Refused(format!(
+                    "table {} no longer has the db it was added from: remove it and add it again with pkey=",
+                    rel.name
+                ))
+            })?;
+            let (_, client) = connect_db(&cat, &db).await?;
+            let live = introspect::resolve(&client, &rel.name.quoted())
+                .await?
+                .ok_or_else(|| Error::not_found_hint("table", rel.name.to_string(), format!("it is not on db {db}")))?;
+            Some(introspect::table_key(&client, &live, &db, Some(cols)).await?)
+        }
+        None => None,
+    };
+    let mut changed = Vec::new();
+    if let Some(on) = capture_old {
+        changed.push(format!("capture_old={on}"));
+    }
+    if let Some(on) = makedelta {
+        changed.push(format!("makedelta={on}"));
+    }
+    if let Some(cols) = &pkey {
+        changed.push(format!("pkey={}", cols.join(",")));
+    }
     let (name, lines) = cat
         .change(async |tx| {
-            let rel = catalog::relation::find(tx, Some(RelKind::Table), &args.name).await?;
-            catalog::relation::set_capture_old(tx, rel.id, on).await?;
+            if let Some(on) = capture_old {
+                catalog::relation::set_capture_old(tx, rel.id, on).await?;
+            }
+            if let Some(on) = makedelta {
+                catalog::relation::set_makedelta(tx, rel.id, on).await?;
+            }
+            if let Some((cols, source)) = &new_key {
+                catalog::relation::set_key(tx, rel.id, cols, source).await?;
+            }
             let mut affected = Affected::default();
             for sync in catalog::relation::syncs_using(tx, rel.id).await? {
                 affected.add_sync(tx, &sync).await?;
@@ -236,7 +281,7 @@ pub async fn update(ctx: &Context, args: super::NamedParams) -> Result<()> {
             Ok((rel.name.to_string(), affected.apply(tx, &ctx.out, true).await?))
         })
         .await?;
-    ctx.out.done(format!("Updated table {name}: capture_old={on}"));
+    ctx.out.done(format!("Updated table {name}: {}", changed.join(", ")));
     for line in lines {
         ctx.out.line(line);
     }

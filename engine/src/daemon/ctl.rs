@@ -131,6 +131,11 @@ pub async fn run(
                 ctx.metrics.record_run(&record);
                 if record.state == RunState::Good {
                     failures = 0;
+                    if let Some(left) = record.backlog.filter(|b| *b > 0) {
+                        // Catching up in parts: the next part right away.
+                        tracing::info!(sync = %name, applied = record.window_rows.unwrap_or(0), pending = left, "catching up");
+                        due = Some(Instant::now());
+                    }
                 } else {
                     failures += 1;
                     due = Some(Instant::now() + backoff(failures));

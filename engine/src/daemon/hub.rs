@@ -56,7 +56,10 @@ fn spawn_listener(hub: Arc<Hub>, key: String, name: String, conn: ConnInfo, tx: 
             match Listener::connect(&conn, "ibex listener").await {
                 Ok(mut listener) => match listener.listen(KICK_CHANNEL).await {
                     Ok(()) => {
-                        failures = 0;
+                        if failures > 0 {
+                            tracing::info!(db = %name, "autokick listener connected again; running its syncs in case changes were missed");
+                        }
+                        // No receiver is fine: they come and go with their CTLs.
                         let _ = tx.send(Notice { channel: KICK_CHANNEL.into(), payload: String::new() });
                         loop {
                             tokio::select! {
@@ -68,16 +71,24 @@ fn spawn_listener(hub: Arc<Hub>, key: String, name: String, conn: ConnInfo, tx: 
                                 _ = tokio::time::sleep(std::time::Duration::from_secs(5)), if tx.receiver_count() == 0 => break,
                             }
                         }
-                        tracing::debug!(db = %name, "autokick connection closed");
+                        if tx.receiver_count() == 0 {
+                            continue; // nobody listens: the loop's top lets it go
+                        }
+                        tracing::warn!(db = %name, "autokick connection closed; reconnecting");
+                        failures = 1;
                     }
                     Err(err) => {
                         failures += 1;
-                        tracing::debug!(db = %name, error = %err, "cannot LISTEN for changes");
+                        if failures == 1 {
+                            tracing::warn!(db = %name, error = %err, "cannot LISTEN for changes; syncs reading it run on kicks and checktime until it works (retrying)");
+                        }
                     }
                 },
                 Err(err) => {
                     failures += 1;
-                    tracing::debug!(db = %name, error = %err, "autokick listener not connected");
+                    if failures == 1 {
+                        tracing::warn!(db = %name, error = %err, "autokick listener cannot connect; syncs reading it run on kicks and checktime until it does (retrying)");
+                    }
                 }
             }
             tokio::time::sleep(backoff(failures.max(1))).await;

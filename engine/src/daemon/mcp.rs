@@ -17,7 +17,7 @@ use super::hub::Hub;
 use super::metrics::{self, Metrics};
 use super::{DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, pidfile, vac};
 use crate::catalog::{self, CHANGED_CHANNEL, Catalog};
-use crate::error::{Error, PgContext, Result};
+use crate::error::{Error, PgContext, Result, describe_pg};
 use crate::logging::LogLevel;
 use crate::pg::listen::{Listener, notify};
 use crate::sync::Plan;
@@ -268,16 +268,20 @@ impl Mcp {
                 return;
             }
         };
-        if let (Some(handle), Ok(setting)) =
-            (&self.options.log_level, catalog::setting::get(client.as_ref(), "log_level").await)
-            && let Ok(level) = setting.value.parse::<LogLevel>()
-        {
-            handle.set(level);
+        if let Some(handle) = &self.options.log_level {
+            match catalog::setting::get(client.as_ref(), "log_level").await.and_then(|s| s.value.parse::<LogLevel>()) {
+                Ok(level) => handle.set(level),
+                Err(err) => tracing::warn!(error = %err, "reload: cannot read log_level; keeping the current level"),
+            }
         }
-        if let Ok(setting) = catalog::setting::get(client.as_ref(), "max_parallel_runs").await
-            && let Ok(wanted) = setting.value.parse::<usize>()
-        {
-            self.resize_runs(wanted);
+        match catalog::setting::get(client.as_ref(), "max_parallel_runs").await {
+            Ok(setting) => match setting.value.parse::<usize>() {
+                Ok(wanted) => self.resize_runs(wanted),
+                Err(_) => {
+                    tracing::warn!(value = %setting.value, "reload: max_parallel_runs is not a number; unchanged")
+                }
+            },
+            Err(err) => tracing::warn!(error = %err, "reload: cannot read max_parallel_runs; unchanged"),
         }
         let syncs = match catalog::sync::list(client.as_ref()).await {
             Ok(s) => s,
@@ -292,7 +296,9 @@ impl Mcp {
         for name in gone {
             // Dropping the sender ends the CTL after its current run.
             self.ctls.remove(&name);
-            let _ = self.listener.unlisten(&kick_channel(&name)).await;
+            if let Err(err) = self.listener.unlisten(&kick_channel(&name)).await {
+                tracing::warn!(sync = %name, error = %err, "cannot stop listening for its kicks (harmless: they are ignored)");
+            }
             tracing::info!(sync = %name, "sync stopped (removed or deactivated)");
         }
         for name in &active {
@@ -310,14 +316,19 @@ impl Mcp {
             match self.ctls.get_mut(name) {
                 Some(ctl) if ctl.plan != plan => {
                     ctl.plan = plan.clone();
-                    let _ = ctl.commands.send(CtlCommand::NewPlan(Box::new(plan)));
+                    if ctl.commands.send(CtlCommand::NewPlan(Box::new(plan))).is_err() {
+                        // Its task ended; the supervisor restarts it with the new plan.
+                        tracing::warn!(sync = %name, "the sync's CTL has ended; it restarts with the new plan");
+                    }
                 }
                 Some(_) => {}
                 None => self.spawn_ctl(name, plan).await,
             }
         }
         let summary = format!("{} syncs running", self.ctls.len());
-        let _ = notify(&self.listener.client, RELOADED, &summary).await;
+        if let Err(err) = notify(&self.listener.client, RELOADED, &summary).await {
+            tracing::warn!(error = %err, "cannot confirm the reload to `ibex reload`");
+        }
         tracing::debug!(%summary, "catalog read");
     }
 
@@ -369,7 +380,12 @@ impl Mcp {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
-        let _ = self.listener.client.execute("DELETE FROM ibex.daemon WHERE backend_pid = pg_backend_pid()", &[]).await;
+        if let Err(err) =
+            self.listener.client.execute("DELETE FROM ibex.daemon WHERE backend_pid = pg_backend_pid()", &[]).await
+        {
+            // The row only counts while this backend lives: harmless, but say so.
+            tracing::warn!(error = %describe_pg(&err), "cannot remove the daemon's row from the catalog");
+        }
         tracing::info!("ibex stopped");
     }
 }

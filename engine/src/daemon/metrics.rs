@@ -139,7 +139,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP ibex_delta_backlog Changed keys not yet applied, per sync and table.\n# TYPE ibex_delta_backlog gauge"
+            "# HELP ibex_delta_backlog Delta rows not yet applied, per sync and table (counted up to 100000 per table).\n# TYPE ibex_delta_backlog gauge"
         );
         for ((sync, table), keys) in &inner.backlog {
             let _ = writeln!(out, "ibex_delta_backlog{{sync=\"{}\",table=\"{}\"}} {keys}", label(sync), label(table));

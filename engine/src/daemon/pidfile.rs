@@ -1,12 +1,18 @@
 //! The pid file: where `ibex stop` and a second `ibex start` look first.
+//! It lives in a directory only its user can write (never a predictable
+//! name in a world-writable one), is created exclusively, and a pid read
+//! from it counts only if that process is an ibex binary.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::{prepare_dir, state_dir};
 use crate::error::{Error, Result};
 use crate::pg::ConnInfo;
 
 /// The default pid file for a control database: one per catalog, in the
-/// temporary directory, so two catalogs on one host do not collide.
+/// state directory, so two catalogs on one host do not collide.
 pub fn default_path(control: &ConnInfo) -> PathBuf {
     let identity = control.describe();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -14,13 +20,13 @@ pub fn default_path(control: &ConnInfo) -> PathBuf {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    std::env::temp_dir().join(format!("ibex-{hash:016x}.pid"))
+    state_dir().join(format!("ibex-{hash:016x}.pid"))
 }
 
-/// The pid in the file, if the file exists and that process is alive.
+/// The pid in the file, if the file exists and that process is a live ibex.
 pub fn running(path: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    alive(pid).then_some(pid)
+    (alive(pid) && is_ibex(pid)).then_some(pid)
 }
 
 pub fn alive(pid: u32) -> bool {
@@ -31,18 +37,51 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-pub fn write(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Config(format!("cannot create the pid file's directory {}: {e}", dir.display())))?;
+/// Whether `pid` runs an ibex binary (this one, or one named ibex): a pid
+/// file naming some other process is stale, and that process is left alone.
+pub fn is_ibex(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    if std::env::current_exe().ok().and_then(|me| me.canonicalize().ok()).is_some_and(|me| me == exe) {
+        return true;
     }
-    std::fs::write(path, format!("{}\n", std::process::id()))
-        .map_err(|e| Error::Config(format!("cannot write pid file {}: {e}", path.display())))
+    exe.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "ibex" || n.starts_with("ibex-"))
+}
+
+/// Writes this process's pid, creating the file exclusively (0600). A file
+/// left by a process that is gone (or is not ibex) is replaced.
+pub fn write(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        prepare_dir(dir)?;
+    }
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(mut file) => {
+                return file
+                    .write_all(format!("{}\n", std::process::id()).as_bytes())
+                    .map_err(|e| Error::Config(format!("cannot write pid file {}: {e}", path.display())));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Some(pid) = running(path).filter(|p| *p != std::process::id()) {
+                    return Err(Error::Refused(format!(
+                        "ibex is already running (pid {pid}, pid file {})",
+                        path.display()
+                    )));
+                }
+                tracing::info!(path = %path.display(), "replacing a stale pid file");
+                std::fs::remove_file(path)
+                    .map_err(|e| Error::Config(format!("cannot remove stale pid file {}: {e}", path.display())))?;
+            }
+            Err(e) => return Err(Error::Config(format!("cannot create pid file {}: {e}", path.display()))),
+        }
+    }
+    Err(Error::Config(format!("pid file {} keeps coming back: is another ibex starting?", path.display())))
 }
 
 /// Removes the file if it still names this process.
 pub fn remove(path: &Path) {
-    if std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u32>().ok()) == Some(std::process::id()) {
-        let _ = std::fs::remove_file(path);
+    if std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u32>().ok()) == Some(std::process::id())
+        && let Err(err) = std::fs::remove_file(path)
+    {
+        tracing::warn!(path = %path.display(), error = %err, "cannot remove the pid file");
     }
 }

@@ -2,9 +2,10 @@
 //! reading them has applied (visible in each of their cursors: snapshots
 //! are not ordered, so each is tested, never a "minimum"). A sync without a
 //! cursor, inactive or failing, keeps its rows. Between purges it refreshes
-//! the backlog and lag gauges.
+//! the backlog and lag gauges with bounded reads. It keeps one connection
+//! per db between passes, and says when a db fails and when it is back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,18 +13,62 @@ use tokio::sync::watch;
 
 use super::SharedCatalog;
 use super::metrics::Metrics;
-use crate::capture::{delta_table_name, window_condition};
+use crate::capture::{Snapshot, Window, delta_table_name, window_condition};
 use crate::catalog;
 use crate::error::{PgContext, Result};
-use crate::pg::{self, QualifiedName, quote_ident};
+use crate::pg::{self, ConnInfo, QualifiedName, quote_ident, quote_literal};
 
 /// Rows deleted per statement, so a purge never holds one huge transaction.
 const PURGE_BATCH: i64 = 50_000;
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// The backlog gauge counts at most this many delta rows per table.
+pub const BACKLOG_CAP: i64 = 100_000;
+
+/// The VAC's connections, one per db, kept between passes.
+#[derive(Default)]
+struct Connections {
+    open: HashMap<String, (ConnInfo, pg::Client)>,
+    /// The last error per db, so a failing db is reported once, not every pass.
+    failing: HashMap<String, String>,
+}
+
+impl Connections {
+    async fn get(&mut self, db: &str, conn: &ConnInfo) -> Result<&pg::Client> {
+        let stale = self.open.get(db).is_none_or(|(info, client)| info != conn || client.is_closed());
+        if stale {
+            let client = pg::connect(conn, "ibex vac").await?;
+            self.open.insert(db.to_string(), (conn.clone(), client));
+        }
+        match self.open.get(db) {
+            Some((_, client)) => Ok(client),
+            None => Err(crate::Error::Sync(format!("no connection to db {db}"))),
+        }
+    }
+
+    /// Logs a db's failure when it starts (or changes), and its recovery.
+    fn report(&mut self, db: &str, what: &str, result: &Result<()>) {
+        match result {
+            Ok(()) => {
+                if self.failing.remove(db).is_some() {
+                    tracing::info!(db = %db, "VAC reaches db again");
+                }
+            }
+            Err(err) => {
+                let text = err.to_string();
+                if self.failing.get(db) != Some(&text) {
+                    tracing::warn!(db = %db, error = %text, "VAC could not {what}; it retries every pass");
+                    self.failing.insert(db.to_string(), text);
+                }
+                self.open.remove(db);
+            }
+        }
+    }
+}
 
 pub async fn run(catalog: Arc<SharedCatalog>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
     tracing::info!("VAC started");
     let mut next_purge = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut connections = Connections::default();
     loop {
         let interval = vac_interval(&catalog).await;
         tokio::select! {
@@ -33,11 +78,11 @@ pub async fn run(catalog: Arc<SharedCatalog>, metrics: Arc<Metrics>, mut shutdow
         if *shutdown.borrow() {
             break;
         }
-        if let Err(err) = refresh_stats(&catalog, &metrics).await {
-            tracing::debug!(error = %err, "VAC could not refresh the backlog");
+        if let Err(err) = refresh_stats(&catalog, &metrics, &mut connections).await {
+            tracing::warn!(error = %err, "VAC could not read the catalog to refresh the backlog");
         }
         if tokio::time::Instant::now() >= next_purge {
-            match purge_all(&catalog).await {
+            match purge_all(&catalog, &mut connections).await {
                 Ok(deleted) if deleted > 0 => tracing::info!(deleted, "VAC purged applied delta rows"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "VAC purge failed; will retry"),
@@ -50,7 +95,13 @@ pub async fn run(catalog: Arc<SharedCatalog>, metrics: Arc<Metrics>, mut shutdow
 
 async fn vac_interval(catalog: &SharedCatalog) -> Duration {
     let value = match catalog.get().await {
-        Ok(c) => catalog::setting::get(c.as_ref(), "vac_interval").await.map(|s| s.value).ok(),
+        Ok(c) => match catalog::setting::get(c.as_ref(), "vac_interval").await {
+            Ok(s) => Some(s.value),
+            Err(err) => {
+                tracing::warn!(error = %err, "VAC cannot read vac_interval; using 60s");
+                None
+            }
+        },
         Err(_) => None,
     };
     value
@@ -59,69 +110,91 @@ async fn vac_interval(catalog: &SharedCatalog) -> Duration {
 }
 
 /// Purges every db that some sync reads. Returns the rows deleted.
-pub async fn purge_all(catalog: &SharedCatalog) -> Result<u64> {
+async fn purge_all(catalog: &SharedCatalog, connections: &mut Connections) -> Result<u64> {
     let client = catalog.get().await?;
     let mut total = 0;
     for db in catalog::sync::dbs_in_syncs(client.as_ref()).await? {
-        match purge_db(client.as_ref(), &db).await {
-            Ok(n) => total += n,
-            Err(err) => tracing::warn!(db = %db, error = %err, "VAC skipped a db"),
+        let result = purge_db(client.as_ref(), &db, connections).await;
+        if let Ok(n) = &result {
+            total += n;
         }
+        connections.report(&db, "purge its delta tables", &result.map(|_| ()));
     }
     Ok(total)
 }
 
-async fn purge_db(catalog_client: &pg::Client, db: &str) -> Result<u64> {
+async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Connections) -> Result<u64> {
     let (_, needs) = catalog::sync::capture_needs(catalog_client, db).await?;
     if needs.is_empty() {
         return Ok(0);
     }
     let record = catalog::dbs::get(catalog_client, db).await?;
-    let client = pg::connect(&record.conn, "ibex vac").await?;
+    let client = connections.get(db, &record.conn).await?;
     let mut readers: BTreeMap<QualifiedName, Vec<String>> = BTreeMap::new();
     for need in &needs {
         readers.entry(need.table.clone()).or_default().push(need.sync.clone());
     }
+    let cursors = read_cursors(client).await.ctx(|| format!("reading the cursors on db {db}"))?;
     let mut deleted = 0;
-
     for (table, syncs) in &readers {
+        // A sync without a cursor has applied nothing: keep every row.
+        let Some(applied) = applied_by_all(&cursors, syncs) else { continue };
         let delta = format!("ibex.{}", quote_ident(&delta_table_name(table)));
         deleted +=
-            purge(&client, &delta, syncs, None).await.ctx(|| format!("purging the delta of {table} on db {db}"))?;
-        deleted += purge(&client, "ibex.truncate_log", syncs, Some(table))
+            purge(client, &delta, &applied, None).await.ctx(|| format!("purging the delta of {table} on db {db}"))?;
+        deleted += purge(client, "ibex.truncate_log", &applied, Some(table))
             .await
             .ctx(|| format!("purging the truncate log of {table} on db {db}"))?;
     }
     Ok(deleted)
 }
 
-/// Deletes, in batches, rows that every one of `syncs` has applied: rows
-/// of transactions that had ended before each cursor's snapshot was taken
-/// (below its xmin) are visible in all of them. Rows between xmin and xmax
-/// wait for a later purge, which is cheap and always safe. If any of the
-/// syncs has no cursor, nothing is deleted.
+async fn read_cursors(client: &pg::Client) -> std::result::Result<HashMap<String, String>, tokio_postgres::Error> {
+    let rows = client.query("SELECT sync, snapshot::text FROM ibex.cursor", &[]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The predicate "applied by every one of `syncs`" over delta alias `d`:
+/// visible in each cursor, with an upper bound on txid for the index (the
+/// smallest cursor xmax). Rows of a transaction still open when a cursor
+/// was taken stay; rows after it, once applied, go (an `xmin` bound would
+/// keep everything written since the oldest open transaction began).
+fn applied_by_all(cursors: &HashMap<String, String>, syncs: &[String]) -> Option<String> {
+    let mut snapshots = Vec::new();
+    for sync in syncs {
+        snapshots.push(cursors.get(sync)?.parse::<Snapshot>().ok()?);
+    }
+    let bound = snapshots.iter().map(|s| s.xmax).min()?;
+    let mut sql = format!("d.txid < '{bound}'::xid8");
+    for snapshot in &snapshots {
+        // Below a snapshot's xmin every transaction is visible: no test needed.
+        if snapshot.xmin < bound {
+            sql.push_str(&format!(
+                " AND pg_visible_in_snapshot(d.txid, {}::pg_snapshot)",
+                quote_literal(&snapshot.to_string())
+            ));
+        }
+    }
+    Some(sql)
+}
+
+/// Deletes, in batches, the rows that `applied` holds for.
 async fn purge(
     client: &pg::Client,
     relation: &str,
-    syncs: &[String],
+    applied: &str,
     table: Option<&QualifiedName>,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let only_table = if table.is_some() { "AND d.schema_name = $3 AND d.rel_name = $4" } else { "" };
+    let only_table = if table.is_some() { "AND d.schema_name = $2 AND d.rel_name = $3" } else { "" };
     let sql = format!(
-        "WITH cursors AS (SELECT snapshot FROM ibex.cursor WHERE sync = ANY($1)),
-              doomed AS (
-                SELECT d.ctid FROM {relation} d
-                 WHERE (SELECT count(*) FROM cursors) = cardinality($1)
-                   AND d.txid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM cursors)
-                   {only_table}
-                 LIMIT $2)
-         DELETE FROM {relation} d USING doomed WHERE d.ctid = doomed.ctid"
+        "DELETE FROM {relation} x USING (SELECT d.ctid FROM {relation} d WHERE {applied} {only_table} LIMIT $1) doomed
+          WHERE x.ctid = doomed.ctid"
     );
     let mut total = 0;
     loop {
         let n = match table {
-            Some(t) => client.execute(&sql, &[&syncs, &PURGE_BATCH, &t.schema, &t.name]).await?,
-            None => client.execute(&sql, &[&syncs, &PURGE_BATCH]).await?,
+            Some(t) => client.execute(&sql, &[&PURGE_BATCH, &t.schema, &t.name]).await?,
+            None => client.execute(&sql, &[&PURGE_BATCH]).await?,
         };
         total += n;
         if n < PURGE_BATCH as u64 {
@@ -130,9 +203,10 @@ async fn purge(
     }
 }
 
-/// Backlog (changed keys not yet applied) per sync and table, and the age
-/// of the oldest such change, for the metrics endpoint.
-async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics) -> Result<()> {
+/// Backlog (delta rows not yet applied, counted up to BACKLOG_CAP) per
+/// sync and table, and the age of the oldest such change, for the metrics
+/// endpoint. Each read is bounded and served by the delta's txid index.
+async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: &mut Connections) -> Result<()> {
     let client = catalog.get().await?;
     let syncs = catalog::sync::list(client.as_ref()).await?;
     metrics.retain_syncs(&syncs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
@@ -143,33 +217,45 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics) -> Result<()>
             continue;
         }
         let record = catalog::dbs::get(client.as_ref(), &db).await?;
-        let Ok(conn) = pg::connect(&record.conn, "ibex vac").await else { continue };
-        for need in needs {
-            let row = conn
-                .query_opt("SELECT snapshot::text FROM ibex.cursor WHERE sync = $1", &[&need.sync])
-                .await
-                .ctx(|| format!("reading the cursor of {} on db {db}", need.sync))?;
-            let Some(cursor) = row.map(|r| r.get::<_, String>(0)) else { continue };
-            let delta = format!("ibex.{}", quote_ident(&delta_table_name(&need.table)));
-            let stats = conn
-                .query_one(
-                    &format!(
-                        "SELECT count(DISTINCT ({})), coalesce(extract(epoch FROM now() - min(d.changed_at)), 0)::float8
-                           FROM {delta} d WHERE {}",
-                        need.key.iter().map(|k| format!("d.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
-                        window_condition("d", &cursor)
-                    ),
-                    &[],
-                )
-                .await
-                .ctx(|| format!("measuring the backlog of {} on db {db}", need.table))?;
-            let entry = per_sync.entry(need.sync.clone()).or_default();
-            let keys: i64 = stats.get(0);
-            let lag: f64 = stats.get(1);
-            let shown = need.table.to_string();
-            match entry.0.iter_mut().find(|(t, _)| *t == shown) {
+        let result = async {
+            let conn = connections.get(&db, &record.conn).await?;
+            let cursors = read_cursors(conn).await.ctx(|| format!("reading the cursors on db {db}"))?;
+            let mut found = Vec::new();
+            for need in &needs {
+                let Some(cursor) = cursors.get(&need.sync) else { continue };
+                let window = window_condition("d", &Window::unbounded(cursor)?);
+                let delta = format!("ibex.{}", quote_ident(&delta_table_name(&need.table)));
+                let stats = conn
+                    .query_one(
+                        &format!(
+                            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {delta} d WHERE {window} LIMIT {BACKLOG_CAP}) c),
+                                    coalesce((SELECT extract(epoch FROM now() - d.changed_at)::float8
+                                                FROM {delta} d WHERE {window} ORDER BY d.txid LIMIT 1), 0)"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .ctx(|| format!("measuring the backlog of {} on db {db}", need.table))?;
+                found.push((need.sync.clone(), need.table.to_string(), stats.get::<_, i64>(0), stats.get::<_, f64>(1)));
+            }
+            Ok::<_, crate::Error>(found)
+        }
+        .await;
+        let found = match result {
+            Ok(found) => {
+                connections.report(&db, "measure the backlog", &Ok(()));
+                found
+            }
+            Err(err) => {
+                connections.report(&db, "measure the backlog", &Err(err));
+                continue;
+            }
+        };
+        for (sync, table, keys, lag) in found {
+            let entry = per_sync.entry(sync).or_default();
+            match entry.0.iter_mut().find(|(t, _)| *t == table) {
                 Some((_, k)) => *k += keys,
-                None => entry.0.push((shown, keys)),
+                None => entry.0.push((table, keys)),
             }
             entry.1 = entry.1.max(lag);
         }

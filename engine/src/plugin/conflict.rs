@@ -7,7 +7,7 @@ use super::bindings::conflicts::{Conflict, Decision, Verdict};
 use super::bindings::types::{SyncInfo, TableInfo};
 use super::convert::ColumnKind;
 use super::host::HostDbs;
-use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure};
+use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure, settle};
 
 /// Asks the plugin to decide `conflicts`; the error says why it could not
 /// (trap, timeout, fuel, memory, an error it returned, or a nonsense answer).
@@ -23,12 +23,13 @@ pub async fn resolve(
     let Pre::Conflict(pre) = &plugin.pre else {
         return Err(format!("it is a {}, not a conflict handler", plugin.manifest.kind));
     };
-    let mut store = runtime.store(plugin, dbs).map_err(|e| e.to_string())?;
+    let mut store = runtime.store(plugin, dbs)?;
     let outcome = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.call_resolve(&mut store, sync, table, conflicts).await
     }
     .await;
+    settle(plugin, &store)?;
     let verdict = match outcome {
         Ok(Ok(verdict)) => verdict,
         Ok(Err(message)) => return Err(format!("it returned an error: {message}")),

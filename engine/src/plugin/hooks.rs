@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::bindings::sync_hooks::ibex::plugin::hooks::{Action, HookCall};
 use super::bindings::types::SyncInfo;
 use super::host::HostDbs;
-use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure};
+use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure, settle};
 
 pub use super::bindings::sync_hooks::ibex::plugin::hooks::{Action as HookAction, Failure, HookPoint};
 
@@ -47,11 +47,12 @@ pub async fn run_hook(
     let Pre::Hooks(pre) = &plugin.pre else {
         return Err(format!("it is a {}, not sync hooks", plugin.manifest.kind));
     };
-    let mut store = runtime.store(plugin, dbs).map_err(|e| e.to_string())?;
+    let mut store = runtime.store(plugin, dbs)?;
     let outcome = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.call_run_hook(&mut store, sync, call).await
     }
     .await;
+    settle(plugin, &store)?;
     outcome.map_err(|err| describe_failure(plugin, &err, &store.data().stderr_text()))
 }

@@ -1,9 +1,12 @@
 //! What a plugin may call: `log`, read-only `query` on granted dbs, and
-//! `execute` in the run's transaction on dbs granted for writing. The
-//! rest of WASI is linked with an empty context: no preopened dirs, no
-//! environment, no sockets; stdout is dropped and stderr kept (bounded) so a
-//! panic's message can be reported.
+//! `execute` in the run's transaction on dbs granted for writing. Its SQL
+//! runs as its own database role, inside that role's definer functions
+//! (see `roles.rs`), never as ibex's user. The rest of WASI is linked with
+//! an empty context: no preopened dirs, no environment, no sockets; stdout
+//! is dropped and stderr kept (bounded) so a panic's message can be
+//! reported. Every limit a call runs into fails that call, naming the limit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -19,6 +22,7 @@ use super::bindings::sync_hooks::ibex::plugin::hooks;
 
 use super::convert::{self, ColumnKind, Value};
 use super::manifest::Manifest;
+use super::roles;
 use crate::error::describe_pg;
 use crate::pg::{self, Client, ConnInfo};
 
@@ -32,10 +36,19 @@ pub struct HostDb {
     readonly: Mutex<Option<Client>>,
 }
 
-/// The dbs of one run, shared by every plugin call of the run.
+/// The dbs of one run, shared by every plugin call of the run, and what
+/// each plugin has spent of its per-run budgets.
 #[derive(Default)]
 pub struct HostDbs {
     dbs: Vec<HostDb>,
+    spent: std::sync::Mutex<HashMap<String, RunSpent>>,
+}
+
+/// A plugin's use of its per-run limits so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunSpent {
+    pub fuel: u64,
+    pub statements: u64,
 }
 
 impl HostDbs {
@@ -45,11 +58,24 @@ impl HostDbs {
                 .into_iter()
                 .map(|(name, conn, client)| HostDb { name, conn, client, readonly: Mutex::new(None) })
                 .collect(),
+            spent: Default::default(),
         })
     }
 
     fn find(&self, name: &str) -> Option<&HostDb> {
         self.dbs.iter().find(|d| d.name == name)
+    }
+
+    pub fn spent(&self, plugin: &str) -> RunSpent {
+        self.spent.lock().map(|m| m.get(plugin).copied().unwrap_or_default()).unwrap_or_default()
+    }
+
+    pub fn spend(&self, plugin: &str, fuel: u64, statements: u64) {
+        if let Ok(mut map) = self.spent.lock() {
+            let entry = map.entry(plugin.to_string()).or_default();
+            entry.fuel = entry.fuel.saturating_add(fuel);
+            entry.statements = entry.statements.saturating_add(statements);
+        }
     }
 }
 
@@ -58,37 +84,64 @@ pub struct HostState {
     table: ResourceTable,
     pub limits: StoreLimits,
     pub plugin: String,
+    /// The plugin's database role (see `roles.rs`).
+    role: String,
     grants: Vec<String>,
     write_grants: Vec<String>,
     row_cap: u64,
     statement_timeout_ms: u128,
-    dbs: Arc<HostDbs>,
+    log_cap: u64,
+    logged: u64,
+    statement_cap: u64,
+    statements: u64,
+    pub dbs: Arc<HostDbs>,
     pub stderr: MemoryOutputPipe,
+    /// The first limit this call ran into: the call fails with it, even if
+    /// the plugin ignored the error it was handed.
+    pub limit_hit: Option<String>,
 }
 
 impl HostState {
-    pub fn new(plugin: &str, manifest: &Manifest, dbs: Arc<HostDbs>) -> HostState {
+    pub fn new(plugin: &str, role: &str, manifest: &Manifest, dbs: Arc<HostDbs>) -> HostState {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder.stderr(stderr.clone());
+        let spent = dbs.spent(plugin);
         HostState {
             wasi: builder.build(),
             table: ResourceTable::new(),
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(manifest.memory as usize)
+                .table_elements(manifest.table_elements as usize)
                 .instances(16)
                 .tables(64)
                 .memories(16)
                 .trap_on_grow_failure(true)
                 .build(),
             plugin: plugin.to_string(),
+            role: role.to_string(),
             grants: manifest.grants.clone(),
             write_grants: manifest.write_grants.clone(),
             row_cap: manifest.query_row_cap,
             statement_timeout_ms: manifest.timeout.as_millis(),
+            log_cap: manifest.log_bytes,
+            logged: 0,
+            statement_cap: manifest.max_statements.saturating_sub(spent.statements),
+            statements: 0,
             dbs,
             stderr,
+            limit_hit: None,
         }
+    }
+
+    /// Statements this call ran with `execute` (charged to the run).
+    pub fn statements(&self) -> u64 {
+        self.statements
+    }
+
+    fn hit(&mut self, what: String) -> String {
+        self.limit_hit.get_or_insert_with(|| what.clone());
+        what
     }
 
     pub fn stderr_text(&self) -> String {
@@ -111,34 +164,65 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
     params.iter().map(convert::to_text).collect()
 }
 
-/// Runs `sql` wrapped so every column comes back as a WIT value.
-async fn run_query(client: &Client, sql: &str, params: &[Value], row_cap: u64) -> Result<Vec<Vec<Value>>, String> {
+/// Runs a plugin's query inside its role's definer function: typed by a
+/// parse of the statement (under the role), every column sent back as text
+/// and read back into WIT values by type. Returns at most `row_cap` rows,
+/// or says it would have returned more.
+async fn run_query(
+    client: &Client,
+    role: &str,
+    sql: &str,
+    params: &[Value],
+    row_cap: u64,
+) -> Result<Result<Vec<Vec<Value>>, String>, String> {
+    if params.len() > roles::MAX_PARAMS {
+        return Err(format!("a statement takes at most {} parameters", roles::MAX_PARAMS));
+    }
     let sql = sql.trim().trim_end_matches(';');
     let types = vec![Type::TEXT; params.len()];
+    // Parse only: types and columns. One statement (the extended protocol
+    // refuses several), nothing executed, nothing planned.
     let plain = client.prepare_typed(sql, &types).await.map_err(|e| describe_pg(&e))?;
     let kinds: Vec<ColumnKind> = plain.columns().iter().map(|c| ColumnKind::of(c.type_().oid())).collect();
-    let select: Vec<String> = plain.columns().iter().zip(&kinds).map(|(c, kind)| kind.select("q", c.name())).collect();
-    let wrapped = format!("SELECT {} FROM ({sql}) q LIMIT {}", select.join(", "), row_cap + 1);
-    let statement = client.prepare_typed(&wrapped, &types).await.map_err(|e| describe_pg(&e))?;
-    let values = text_params(params);
-    let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let rows = client.query(&statement, &refs).await.map_err(|e| describe_pg(&e))?;
+    let aliases: Vec<String> = (1..=kinds.len()).map(|i| format!("c{i}")).collect();
+    let texts: Vec<String> = aliases.iter().map(|a| format!("ibex_q.{a}::text")).collect();
+    let wrapped = format!(
+        "SELECT ARRAY[{}]::text[] FROM ({sql}) ibex_q{} LIMIT {}",
+        texts.join(", "),
+        if aliases.is_empty() { String::new() } else { format!("({})", aliases.join(", ")) },
+        row_cap + 1
+    );
+    let mut args: Vec<Option<String>> = vec![Some(wrapped)];
+    args.extend(text_params(params));
+    let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+    let call = format!("SELECT r FROM {}({}) r", roles::query_function(role), placeholders.join(", "));
+    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let rows = match client.query(&call, &refs).await {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            return Ok(Err(format!("its query ran past its statement timeout ({})", describe_pg(&e))));
+        }
+        Err(e) => return Err(describe_pg(&e)),
+    };
     if rows.len() as u64 > row_cap {
-        return Err(format!("the query returned more than {row_cap} rows (the plugin's query_rows limit)"));
+        return Ok(Err(format!("the query returned more than {row_cap} rows (the plugin's query_rows limit)")));
     }
-    rows.iter()
-        .map(|row| {
-            kinds
-                .iter()
-                .enumerate()
-                .map(|(i, kind)| convert::from_row(row, i, *kind).map_err(|e| describe_pg(&e)))
-                .collect()
-        })
-        .collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let texts: Vec<Option<String>> = row.try_get(0).map_err(|e| describe_pg(&e))?;
+        out.push(texts.iter().zip(&kinds).map(|(t, k)| convert::from_text(t.as_deref(), *k)).collect());
+    }
+    Ok(Ok(out))
 }
 
 impl host::Host for HostState {
     async fn log(&mut self, level: types::LogLevel, message: String) {
+        self.logged = self.logged.saturating_add(message.len() as u64);
+        if self.logged > self.log_cap {
+            let cap = self.log_cap;
+            self.hit(format!("it logged more than {cap} bytes in one call (its log_bytes limit)"));
+            return;
+        }
         let plugin = self.plugin.as_str();
         match level {
             types::LogLevel::Error => tracing::error!(plugin, "{message}"),
@@ -152,22 +236,28 @@ impl host::Host for HostState {
         if !self.grants.contains(&db) {
             return Err(format!("db {db} is not granted to plugin {}: add it with grant={db}", self.plugin));
         }
-        let target = self.dbs.find(&db).ok_or_else(|| format!("db {db} is not in this sync"))?;
+        let dbs = self.dbs.clone();
+        let target = dbs.find(&db).ok_or_else(|| format!("db {db} is not in this sync"))?;
         let mut slot = target.readonly.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
             let client =
                 pg::connect(&target.conn, &format!("ibex plugin {}", self.plugin)).await.map_err(|e| e.to_string())?;
+            // Read only; the plugin's SQL itself runs as its role, in its function.
             client
                 .batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = '{}ms'",
-                    self.statement_timeout_ms
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = '{}ms';
+                     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = hex",
+                    self.statement_timeout_ms,
                 ))
                 .await
                 .map_err(|e| describe_pg(&e))?;
             *slot = Some(client);
         }
         let client = slot.as_ref().ok_or("no connection")?;
-        run_query(client, &sql, &params, self.row_cap).await
+        match run_query(client, &self.role, &sql, &params, self.row_cap).await? {
+            Ok(rows) => Ok(rows),
+            Err(limit) => Err(self.hit(limit)),
+        }
     }
 
     async fn execute(&mut self, db: String, sql: String, params: Vec<Value>) -> Result<u64, String> {
@@ -177,13 +267,39 @@ impl host::Host for HostState {
                 self.plugin
             ));
         }
+        if self.statements >= self.statement_cap {
+            let message = format!(
+                "it ran more statements with execute than its max_statements limit allows in one run ({})",
+                self.statement_cap
+            );
+            return Err(self.hit(message));
+        }
+        if params.len() > roles::MAX_PARAMS {
+            return Err(format!("a statement takes at most {} parameters", roles::MAX_PARAMS));
+        }
         let target = self.dbs.find(&db).ok_or_else(|| format!("db {db} is not in this sync"))?;
         let client = target.client.as_ref().ok_or_else(|| format!("db {db} has no open transaction in this run"))?;
+        self.statements += 1;
+        // Parsed first: the extended protocol refuses a string of several statements.
         let types = vec![Type::TEXT; params.len()];
-        let statement =
-            client.prepare_typed(sql.trim().trim_end_matches(';'), &types).await.map_err(|e| describe_pg(&e))?;
-        let values = text_params(&params);
-        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        client.execute(&statement, &refs).await.map_err(|e| describe_pg(&e))
+        client.prepare_typed(sql.trim().trim_end_matches(';'), &types).await.map_err(|e| describe_pg(&e))?;
+        // In the run's transaction, as the plugin's role (the function runs as it).
+        let mut args: Vec<Option<String>> = vec![Some(sql.trim().trim_end_matches(';').to_string())];
+        args.extend(text_params(&params));
+        let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+        let call = format!("SELECT {}({})", roles::execute_function(&self.role), placeholders.join(", "));
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        // A savepoint keeps a refused statement from failing the whole run.
+        client.batch_execute("SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
+        match client.query_one(&call, &refs).await {
+            Ok(row) => {
+                client.batch_execute("RELEASE SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
+                Ok(row.try_get::<_, i64>(0).map_err(|e| describe_pg(&e))?.max(0) as u64)
+            }
+            Err(err) => {
+                client.batch_execute("ROLLBACK TO SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
+                Err(describe_pg(&err))
+            }
+        }
     }
 }

@@ -105,6 +105,26 @@ pub struct Manifest {
     /// Off for handlers that decide on change times and dbs alone: then
     /// every version says `update` with no row, and no rows are read.
     pub rows: bool,
+    /// Tables (`schema.name`) the plugin's role may SELECT on granted dbs.
+    pub tables: Vec<String>,
+    /// Tables it may also INSERT, UPDATE and DELETE on write-granted dbs.
+    pub write_tables: Vec<String>,
+    /// `execute` statements per run.
+    pub max_statements: u64,
+    /// Bytes of `log` output per call.
+    pub log_bytes: u64,
+    /// WebAssembly table elements (function references) per instance.
+    pub table_elements: u64,
+    /// Fuel for all of a run's calls together.
+    pub run_fuel: u64,
+}
+
+/// A table named in a manifest: `schema.name`, or `name` in schema public.
+pub fn table_name(typed: &str) -> crate::pg::QualifiedName {
+    match typed.split_once('.') {
+        Some((schema, name)) => crate::pg::QualifiedName::new(schema, name),
+        None => crate::pg::QualifiedName::new("public", typed),
+    }
 }
 
 impl Manifest {
@@ -120,11 +140,33 @@ impl Manifest {
             config: Vec::new(),
             query_row_cap: 10_000,
             rows: true,
+            tables: Vec::new(),
+            write_tables: Vec::new(),
+            max_statements: 1000,
+            log_bytes: 64 * 1024,
+            table_elements: 100_000,
+            run_fuel: 50_000_000_000,
         }
     }
 
-    pub const KEYS: &'static [&'static str] =
-        &["kind", "fuel", "memory", "timeout", "grant", "write", "on_error", "query_rows", "rows", "config.KEY"];
+    pub const KEYS: &'static [&'static str] = &[
+        "kind",
+        "fuel",
+        "run_fuel",
+        "memory",
+        "table_elements",
+        "timeout",
+        "grant",
+        "write",
+        "tables",
+        "write_tables",
+        "on_error",
+        "query_rows",
+        "max_statements",
+        "log_bytes",
+        "rows",
+        "config.KEY",
+    ];
 
     /// Sets one key from its text form (`config.X` keys included).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -148,6 +190,12 @@ impl Manifest {
             "write" => self.write_grants = list(value),
             "on_error" => self.on_error = value.parse()?,
             "query_rows" => self.query_row_cap = count("query_rows")?,
+            "run_fuel" => self.run_fuel = count("run_fuel")?,
+            "table_elements" => self.table_elements = count("table_elements")?,
+            "max_statements" => self.max_statements = count("max_statements")?,
+            "log_bytes" => self.log_bytes = parse_bytes(value)?,
+            "tables" => self.tables = list(value),
+            "write_tables" => self.write_tables = list(value),
             "rows" => self.rows = crate::catalog::sync::parse_bool("rows", value)?,
             other => match other.strip_prefix("config.") {
                 Some(name) if !name.is_empty() => {

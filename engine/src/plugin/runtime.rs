@@ -1,11 +1,24 @@
-//! One wasmtime engine per process: components compiled once (or loaded
-//! precompiled from the catalog) and cached by sha256, a new store per
-//! call (cheap, and required after a trap), fuel and an epoch deadline per
-//! call, a memory cap from the manifest.
+//! One wasmtime engine per process: components compiled once and cached by
+//! sha256, a new store per call (cheap, and required after a trap), fuel
+//! and an epoch deadline per call, a fuel budget per run, a memory and a
+//! table cap from the manifest.
+//!
+//! Native code is only ever code this host compiled: the catalog holds the
+//! WebAssembly bytes and their sha256 (checked at every load), and the
+//! compiled form is cached in a private directory on this host, each file
+//! authenticated with an HMAC under a key only this host's ibex user can
+//! read. A cache file that fails the check is recompiled, never run.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
@@ -22,15 +35,111 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<String, Component>>,
+    /// Where compiled code is cached, with its key; None: compile in memory.
+    cache: Option<CodeCache>,
 }
 
-/// A plugin ready to call: its manifest and its pre-instantiated component.
+/// A plugin ready to call: its manifest, its database role and its
+/// pre-instantiated component.
 #[derive(Clone)]
 pub struct LoadedPlugin {
     pub name: String,
     pub sha256: String,
     pub manifest: Manifest,
+    /// Its database role (see `roles.rs`).
+    pub role: String,
     pub(super) pre: Pre,
+}
+
+/// Compiled components on disk, each file `MAC || code`, the MAC (HMAC-SHA256)
+/// over the component's sha256, the engine's compatibility hash and the code.
+struct CodeCache {
+    dir: PathBuf,
+    key: Vec<u8>,
+    engine_hash: String,
+}
+
+const MAC_LEN: usize = 32;
+
+impl CodeCache {
+    /// The cache in ibex's state directory; None (with a warning) when it
+    /// cannot be made private, in which case components compile in memory.
+    fn open(engine: &Engine) -> Option<CodeCache> {
+        let dir = crate::config::state_dir().join("plugin-cache");
+        let opened = crate::config::prepare_dir(&dir).and_then(|()| Self::key(&dir));
+        match opened {
+            Ok(key) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                engine.precompile_compatibility_hash().hash(&mut hasher);
+                Some(CodeCache { dir, key, engine_hash: format!("{:016x}", hasher.finish()) })
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "no private cache for compiled plugins; compiling them in memory at each start");
+                None
+            }
+        }
+    }
+
+    /// The host's key: 32 random bytes in a 0600 file, made once.
+    fn key(dir: &Path) -> Result<Vec<u8>> {
+        let path = dir.join("key");
+        if let Ok(key) = std::fs::read(&path)
+            && key.len() == 32
+        {
+            return Ok(key);
+        }
+        let mut key = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", path.display())))?;
+        file.write_all(&key).map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+        Ok(key)
+    }
+
+    fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.engine_hash))
+    }
+
+    fn mac(&self, sha256: &str, code: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(sha256.as_bytes());
+        mac.update(self.engine_hash.as_bytes());
+        mac.update(code);
+        mac
+    }
+
+    /// The cached code, if it is there and authentic.
+    fn read(&self, sha256: &str) -> Option<Vec<u8>> {
+        let path = self.path(sha256);
+        let bytes = std::fs::read(&path).ok()?;
+        if bytes.len() > MAC_LEN && self.mac(sha256, &bytes[MAC_LEN..]).verify_slice(&bytes[..MAC_LEN]).is_ok() {
+            return Some(bytes[MAC_LEN..].to_vec());
+        }
+        tracing::warn!(path = %path.display(), "compiled plugin failed its authenticity check: recompiling it, not running it");
+        let _ = std::fs::remove_file(&path);
+        None
+    }
+
+    fn write(&self, sha256: &str, code: &[u8]) {
+        let path = self.path(sha256);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = (|| -> std::io::Result<()> {
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            file.write_all(&self.mac(sha256, code).finalize().into_bytes())?;
+            file.write_all(code)?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(path = %path.display(), error = %err, "cannot cache a compiled plugin; it compiles again next start");
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -83,35 +192,60 @@ impl PluginRuntime {
                 }
             })
             .map_err(|e| plugin_error(format!("cannot start the epoch thread: {e}")))?;
-        Ok(PluginRuntime { engine, linker, compiled: Mutex::new(HashMap::new()) })
+        let cache = CodeCache::open(&engine);
+        Ok(PluginRuntime { engine, linker, compiled: Mutex::new(HashMap::new()), cache })
     }
 
-    /// Compiles to native code once, at `ibex add plugin`, so every daemon
-    /// loads it in milliseconds.
-    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>> {
-        self.engine
-            .precompile_component(wasm)
-            .map_err(|e| plugin_error(format!("not a valid WebAssembly component: {}", first_line(&e))))
-    }
-
-    fn component(&self, sha256: &str, wasm: &[u8], precompiled: Option<&[u8]>) -> Result<Component> {
+    /// The component for `wasm`, whose sha256 must be `sha256`: from memory,
+    /// from this host's authenticated cache, or compiled now (and cached).
+    fn component(&self, sha256: &str, wasm: &[u8]) -> Result<Component> {
         if let Some(c) = self.compiled.lock().ok().and_then(|m| m.get(sha256).cloned()) {
             return Ok(c);
         }
-        // SAFETY: the precompiled bytes were made by this engine build at
-        // `ibex add plugin` and stored beside their sha256; a mismatch of
-        // engine versions or settings is detected by deserialize and we
-        // compile from the wasm bytes instead.
-        let loaded = precompiled.and_then(|bytes| unsafe { Component::deserialize(&self.engine, bytes) }.ok());
-        let component = match loaded {
+        if super::sha256_hex(wasm) != sha256 {
+            return Err(plugin_error(format!(
+                "its component's bytes do not match their recorded sha256 {sha256}: the catalog entry was altered; replace it with `ibex update plugin NAME FILE.wasm`"
+            )));
+        }
+        let cached = self.cache.as_ref().and_then(|cache| cache.read(sha256)).and_then(|code| {
+            // SAFETY: `code` was compiled by this host's engine (its file
+            // carries an HMAC under this host's private key, checked above,
+            // bound to the component's sha256 and the engine's
+            // compatibility hash).
+            match unsafe { Component::deserialize(&self.engine, &code) } {
+                Ok(c) => Some(c),
+                Err(err) => {
+                    tracing::warn!(error = %first_line(&err), "cached plugin code unusable; recompiling");
+                    None
+                }
+            }
+        });
+        let component = match cached {
             Some(c) => c,
-            None => Component::new(&self.engine, wasm)
-                .map_err(|e| plugin_error(format!("not a valid WebAssembly component: {}", first_line(&e))))?,
+            None => {
+                let component = Component::new(&self.engine, wasm)
+                    .map_err(|e| plugin_error(format!("not a valid WebAssembly component: {}", first_line(&e))))?;
+                if let Some(cache) = &self.cache {
+                    match component.serialize() {
+                        Ok(code) => cache.write(sha256, &code),
+                        Err(err) => tracing::warn!(error = %first_line(&err), "cannot serialize a compiled plugin"),
+                    }
+                }
+                component
+            }
         };
         if let Ok(mut map) = self.compiled.lock() {
             map.insert(sha256.to_string(), component.clone());
         }
         Ok(component)
+    }
+
+    /// What the component imports (interface names), for review at `add plugin`.
+    pub fn imports(&self, wasm: &[u8]) -> Result<Vec<String>> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| plugin_error(format!("not a valid WebAssembly component: {}", first_line(&e))))?;
+        let ty = component.component_type();
+        Ok(ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect())
     }
 
     /// Which worlds the component implements.
@@ -136,15 +270,11 @@ impl PluginRuntime {
     }
 
     /// Prepares a plugin for calls; checks it against its manifest's world.
-    pub fn load(
-        &self,
-        name: &str,
-        sha256: &str,
-        wasm: &[u8],
-        precompiled: Option<&[u8]>,
-        manifest: Manifest,
-    ) -> Result<LoadedPlugin> {
-        let component = self.component(sha256, wasm, precompiled)?;
+    pub fn load(&self, name: &str, sha256: &str, wasm: &[u8], role: &str, manifest: Manifest) -> Result<LoadedPlugin> {
+        let component = self.component(sha256, wasm).map_err(|e| match e {
+            Error::Plugin(why) => plugin_error(format!("plugin {name}: {why}")),
+            other => other,
+        })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -164,18 +294,42 @@ impl PluginRuntime {
             PluginKind::RowTransform => Pre::Transform(row_transform::RowTransformPre::new(pre).map_err(wrong_world)?),
             PluginKind::SyncHooks => Pre::Hooks(sync_hooks::SyncHooksPre::new(pre).map_err(wrong_world)?),
         };
-        Ok(LoadedPlugin { name: name.to_string(), sha256: sha256.to_string(), manifest, pre })
+        Ok(LoadedPlugin { name: name.to_string(), sha256: sha256.to_string(), manifest, role: role.to_string(), pre })
     }
 
-    /// A fresh store for one call, with the plugin's limits armed.
-    pub(super) fn store(&self, plugin: &LoadedPlugin, dbs: Arc<HostDbs>) -> Result<Store<HostState>> {
-        let mut store = Store::new(&self.engine, HostState::new(&plugin.name, &plugin.manifest, dbs));
+    /// A fresh store for one call, with the plugin's limits armed: its fuel
+    /// per call, or what is left of its fuel for the run if that is less.
+    pub(super) fn store(
+        &self,
+        plugin: &LoadedPlugin,
+        dbs: Arc<HostDbs>,
+    ) -> std::result::Result<Store<HostState>, String> {
+        let m = &plugin.manifest;
+        let left = m.run_fuel.saturating_sub(dbs.spent(&plugin.name).fuel);
+        if left == 0 {
+            return Err(format!("it used all its fuel for this run ({} units; raise it with run_fuel=)", m.run_fuel));
+        }
+        let mut store = Store::new(&self.engine, HostState::new(&plugin.name, &plugin.role, m, dbs));
         store.limiter(|state| &mut state.limits);
-        store.set_fuel(plugin.manifest.fuel).map_err(|e| plugin_error(format!("setting fuel: {e}")))?;
-        let ticks = (plugin.manifest.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_fuel(m.fuel.min(left)).map_err(|e| format!("setting fuel: {e}"))?;
+        let ticks = (m.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         Ok(store)
+    }
+}
+
+/// After a call: charges its fuel and statements to the run, and fails the
+/// call if it ran into a limit (even one whose error the plugin ignored).
+pub(super) fn settle(plugin: &LoadedPlugin, store: &Store<HostState>) -> std::result::Result<(), String> {
+    let m = &plugin.manifest;
+    let state = store.data();
+    let given = m.fuel.min(m.run_fuel.saturating_sub(state.dbs.spent(&plugin.name).fuel));
+    let used = given.saturating_sub(store.get_fuel().unwrap_or(0));
+    state.dbs.spend(&plugin.name, used, state.statements());
+    match &state.limit_hit {
+        Some(limit) => Err(limit.clone()),
+        None => Ok(()),
     }
 }
 
@@ -188,7 +342,10 @@ fn first_line(err: &wasmtime::Error) -> String {
 pub(super) fn describe_failure(plugin: &LoadedPlugin, err: &wasmtime::Error, stderr: &str) -> String {
     let m = &plugin.manifest;
     let cause = match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => format!("it used all its fuel ({} units; raise it with fuel=)", m.fuel),
+        Some(Trap::OutOfFuel) => format!(
+            "it used all its fuel ({} units per call, {} per run; raise them with fuel= or run_fuel=)",
+            m.fuel, m.run_fuel
+        ),
         Some(Trap::Interrupt) => format!("it ran longer than its timeout ({} ms)", m.timeout.as_millis()),
         Some(Trap::StackOverflow) => "its stack overflowed".to_string(),
         Some(trap) => format!("it trapped: {trap}"),
@@ -196,6 +353,11 @@ pub(super) fn describe_failure(plugin: &LoadedPlugin, err: &wasmtime::Error, std
             let text = format!("{err:#}");
             if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
                 format!("it tried to use more than its memory cap ({} bytes; raise it with memory=)", m.memory)
+            } else if text.contains("table") && (text.contains("grow") || text.contains("limit")) {
+                format!(
+                    "it tried to grow a table past its table_elements limit ({}; raise it with table_elements=)",
+                    m.table_elements
+                )
             } else {
                 first_line(err)
             }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::bindings::types::{SyncInfo, TableInfo};
 use super::convert::{ColumnKind, Value};
 use super::host::HostDbs;
-use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure};
+use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure, settle};
 
 /// Returns, per input row, the row to write or None to leave it out. The
 /// error says why the plugin could not be used.
@@ -28,12 +28,13 @@ pub async fn transform(
     let keys: Vec<usize> = table.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
     let input_keys: Vec<Vec<Value>> = rows.iter().map(|r| keys.iter().map(|&i| r[i].clone()).collect()).collect();
     let count = rows.len();
-    let mut store = runtime.store(plugin, dbs).map_err(|e| e.to_string())?;
+    let mut store = runtime.store(plugin, dbs)?;
     let outcome = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.call_transform(&mut store, sync, source, target, table, &rows).await
     }
     .await;
+    settle(plugin, &store)?;
     let out = match outcome {
         Ok(Ok(out)) => out,
         Ok(Err(message)) => return Err(format!("it returned an error: {message}")),

@@ -1,7 +1,9 @@
 //! The KID: runs cycles of one sync. It keeps its connections between runs
 //! (kidsalive), retries a cycle after serialization failures, deadlocks and
-//! lock timeouts (locking the tables on the retry so it converges), records
-//! every run in the catalog and announces it with `ibex_syncdone_<sync>`.
+//! lock timeouts (locking the tables on the retry so it converges; the next
+//! run starts unlocked again), halves its window when a run outlasts
+//! run_timeout, records every run in the catalog and announces it with
+//! `ibex_syncdone_<sync>`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use chrono::Utc;
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
-use super::cycle::{Cycle, CycleOutcome};
+use super::cycle::{Cycle, CycleOutcome, RunPlugins};
 use super::plan::Plan;
 use super::validate::{self, TableSpec};
 use crate::catalog::{self, RunRecord, RunState};
@@ -32,17 +34,18 @@ pub struct Kid {
     specs: Option<Vec<TableSpec>>,
     /// Plugins of the plan, loaded (by name; reloaded when the sha changes).
     plugins: std::collections::HashMap<String, LoadedPlugin>,
-    /// Runs left that start with the tables locked, because a recent run
-    /// hit write conflicts: on hot rows the optimistic attempt only fails.
-    locked_runs_left: u32,
+    /// Delta rows a run takes from a source: window_rows, halved after a
+    /// run that outlasted run_timeout.
+    window_limit: u64,
 }
 
-/// How many runs stay locked after one needed a retry.
-const LOCKED_RUNS_AFTER_CONFLICT: u32 = 10;
+/// The smallest window a timeout can shrink it to.
+const MIN_WINDOW_ROWS: u64 = 1000;
 
 impl Kid {
     pub fn new(plan: Plan) -> Self {
-        Kid { plan, clients: Vec::new(), specs: None, plugins: Default::default(), locked_runs_left: 0 }
+        let window_limit = plan.settings.window_rows;
+        Kid { plan, clients: Vec::new(), specs: None, plugins: Default::default(), window_limit }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -51,6 +54,7 @@ impl Kid {
 
     /// Replaces the plan (after a catalog change); connections are redone.
     pub fn set_plan(&mut self, plan: Plan) {
+        self.window_limit = plan.settings.window_rows;
         self.plan = plan;
         self.disconnect();
         self.specs = None;
@@ -129,6 +133,8 @@ impl Kid {
             attempts: attempts as i32,
             tables: Vec::new(),
             error: None,
+            window_rows: None,
+            backlog: None,
         };
         let mut conflicts = Vec::new();
         match result {
@@ -137,13 +143,20 @@ impl Kid {
                 record.deleted = outcome.deleted;
                 record.conflicts = outcome.conflicts;
                 record.tables = outcome.tables;
+                record.window_rows = outcome.window_rows;
+                record.backlog = outcome.backlog;
                 conflicts = outcome.conflict_log;
                 if outcome.did_onetimecopy {
                     // Done once: later runs only apply changes (as in Bucardo).
-                    let mut current = catalog::sync::get(catalog_client, &sync).await?;
-                    current.params.onetimecopy = 0;
-                    catalog::sync::update(catalog_client, &current).await?;
                     self.plan.sync.params.onetimecopy = 0;
+                    if let Err(err) = reset_onetimecopy(catalog_client, &sync).await {
+                        // The copy is committed; only the flag is stale. Say so
+                        // in the run, which is still recorded as finished.
+                        tracing::warn!(sync = %sync, error = %err, "the full copy is done but onetimecopy could not be reset; reset it with `ibex update sync {sync} onetimecopy=0`");
+                        record.error = Some(format!(
+                            "full copy done, but onetimecopy could not be reset ({err}): run `ibex update sync {sync} onetimecopy=0`"
+                        ));
+                    }
                 }
             }
             Err(Error::Skipped(why)) => {
@@ -188,24 +201,39 @@ impl Kid {
         let mut attempt = 0;
         let limit = self.plan.settings.retry_limit.max(1);
         let timeout = self.plan.settings.run_timeout;
-        let start_locked = self.locked_runs_left > 0;
-        self.locked_runs_left = self.locked_runs_left.saturating_sub(1);
         loop {
             attempt += 1;
-            let lock_tables = start_locked || attempt > 1;
+            // Optimistic first; a retry after a write conflict holds writers
+            // off for its own run only.
+            let lock_tables = attempt > 1;
             let result = match tokio::time::timeout(timeout, self.attempt(lock_tables)).await {
                 Ok(result) => result,
-                Err(_) => Err(Error::Sync(format!(
-                    "run of sync {} took longer than run_timeout ({}) and was rolled back",
-                    self.plan.sync.name,
-                    humantime::format_duration(timeout)
-                ))),
+                Err(_) => {
+                    // Dropping the connections rolls every database back.
+                    self.disconnect();
+                    if attempt < limit && self.window_limit > MIN_WINDOW_ROWS {
+                        self.window_limit = (self.window_limit / 2).max(MIN_WINDOW_ROWS);
+                        tracing::warn!(
+                            sync = %self.plan.sync.name,
+                            window_rows = self.window_limit,
+                            "run took longer than run_timeout ({}) and was rolled back; retrying with a window of at most {} delta rows per source",
+                            humantime::format_duration(timeout),
+                            self.window_limit
+                        );
+                        continue;
+                    }
+                    Err(Error::Sync(format!(
+                        "run of sync {} took longer than run_timeout ({}) and was rolled back, even with a window of {} delta rows: raise run_timeout (`ibex set run_timeout=...`)",
+                        self.plan.sync.name,
+                        humantime::format_duration(timeout),
+                        self.window_limit
+                    )))
+                }
             };
             match result {
                 Ok(outcome) => return (Ok(outcome), attempt),
                 Err(err) if err.is_transient() && attempt < limit => {
                     tracing::info!(sync = %self.plan.sync.name, attempt, error = %err, "retrying with the tables locked");
-                    self.locked_runs_left = LOCKED_RUNS_AFTER_CONFLICT;
                     // Dropping the connections rolls every database back.
                     self.disconnect();
                     let backoff = Duration::from_millis(50 * u64::from(attempt.min(20)));
@@ -241,19 +269,18 @@ impl Kid {
     /// Loads the plan's plugins that are not loaded yet (or were replaced).
     async fn load_plugins(&mut self, catalog_client: &Client) -> Result<()> {
         self.plugins.retain(|name, p| self.plan.plugins.iter().any(|r| &r.name == name && r.sha256 == p.sha256));
+        if self.plan.plugins.iter().all(|r| self.plugins.contains_key(&r.name)) {
+            return Ok(());
+        }
+        let (catalog_id, _) = catalog::identity(catalog_client).await?;
         for r in &self.plan.plugins {
             if self.plugins.contains_key(&r.name) {
                 continue;
             }
             let record = catalog::plugin::get(catalog_client, &r.name).await?;
-            let (wasm, precompiled) = catalog::plugin::bytes(catalog_client, &r.name).await?;
-            let loaded = PluginRuntime::get()?.load(
-                &record.name,
-                &record.sha256,
-                &wasm,
-                precompiled.as_deref(),
-                record.manifest,
-            )?;
+            let wasm = catalog::plugin::bytes(catalog_client, &r.name).await?;
+            let role = crate::plugin::roles::role_name(&catalog_id, &record.name);
+            let loaded = PluginRuntime::get()?.load(&record.name, &record.sha256, &wasm, &role, record.manifest)?;
             self.plugins.insert(r.name.clone(), loaded);
         }
         Ok(())
@@ -278,7 +305,8 @@ impl Kid {
             transforms.push((t.table, target, plugin));
         }
         let hooks = self.hooks()?;
-        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables, conflict_plugin, transforms, hooks)
+        let plugins = RunPlugins { conflict: conflict_plugin, transforms, hooks };
+        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables, plugins, Some(self.window_limit))
             .run(onetimecopy)
             .await?;
         failpoint::check("after_commit")?;
@@ -313,6 +341,12 @@ impl Kid {
         .await?;
         Ok(())
     }
+}
+
+async fn reset_onetimecopy(catalog_client: &Client, sync: &str) -> Result<()> {
+    let mut current = catalog::sync::get(catalog_client, sync).await?;
+    current.params.onetimecopy = 0;
+    catalog::sync::update(catalog_client, &current).await
 }
 
 impl Kid {

@@ -33,6 +33,8 @@ pub struct RunSettings {
     pub chunk_keys: usize,
     pub run_timeout: Duration,
     pub analyze_after_copy: bool,
+    /// Delta rows one run takes from a source; more wait for the next run.
+    pub window_rows: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,7 @@ impl Plan {
             chunk_keys: count("chunk_keys", setting("chunk_keys").await?)?.max(1) as usize,
             run_timeout: duration("run_timeout", setting("run_timeout").await?)?,
             analyze_after_copy: setting("analyze_after_copy").await? == "true",
+            window_rows: count("window_rows", setting("window_rows").await?)?.max(1),
         };
         let mut plugins = Vec::new();
         if let crate::catalog::ConflictStrategy::Plugin(name) = &record.params.conflict_strategy {

@@ -1,12 +1,13 @@
 //! Keeps capture on each db in line with the catalog: the tables of every
 //! sync that reads the db, a cursor per such sync, and the kick trigger
-//! where a sync has autokick.
+//! where a sync has autokick. Also sets up each plugin's database role on
+//! the dbs its manifest grants (see `plugin/roles.rs`).
 
 use std::collections::BTreeMap;
 
 use tokio_postgres::GenericClient;
 
-use crate::capture::{self, CaptureReport, CaptureTable};
+use crate::capture::{self, CaptureReport, CaptureTable, IbexWrites, Owner, Reader};
 use crate::catalog;
 use crate::error::{Error, Result};
 use crate::pg::{self, introspect};
@@ -15,12 +16,27 @@ use crate::pg::{self, introspect};
 /// it, possibly inside an uncommitted change) says.
 pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Result<CaptureReport> {
     let record = catalog::dbs::get(catalog_client, db).await?;
-    let (syncs, needs) = catalog::sync::capture_needs(catalog_client, db).await?;
+    let (readers, needs) = catalog::sync::capture_needs(catalog_client, db).await?;
+    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
+    let owner = Owner { catalog_id, catalog: catalog_at };
     let mut client = pg::connect(&record.conn, "ibex capture").await?;
     let mut tables: BTreeMap<pg::QualifiedName, CaptureTable> = BTreeMap::new();
+    let mut warnings = Vec::new();
     for need in needs {
+        for writer in &need.uncaptured_writers {
+            warnings.push(format!(
+                "sync {} reads table {} from db {db}, which sync {writer} writes without makedelta: rows {writer} applies on {db} never reach {}; set `ibex update sync {writer} makedelta=true` (or `ibex update table {} makedelta=true`)",
+                need.sync, need.table, need.sync, need.table
+            ));
+        }
+        let writes = match need.ibex_writes {
+            "all" => IbexWrites::All,
+            "asked" => IbexWrites::WhenAsked,
+            _ => IbexWrites::Ignore,
+        };
         if let Some(existing) = tables.get_mut(&need.table) {
             existing.kick |= need.autokick;
+            existing.ibex_writes = existing.ibex_writes.max(writes);
             continue;
         }
         let columns = introspect::columns(&client, &need.table).await?.ok_or_else(|| {
@@ -39,13 +55,21 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
         }
         let old_image =
             need.capture_old.then(|| columns.iter().filter(|c| !c.generated).map(|c| c.name.clone()).collect());
-        tables.insert(need.table.clone(), CaptureTable { name: need.table, key, kick: need.autokick, old_image });
+        tables.insert(
+            need.table.clone(),
+            CaptureTable { name: need.table, key, kick: need.autokick, old_image, ibex_writes: writes },
+        );
     }
     let tables: Vec<CaptureTable> = tables.into_values().collect();
-    capture::reconcile(&mut client, &tables, &syncs).await.map_err(|err| match err {
+    let readers: Vec<Reader> =
+        readers.into_iter().map(|r| Reader { sync: r.sync, multi_source: r.multi_source }).collect();
+    let mut report = capture::reconcile(&mut client, &owner, &tables, &readers).await.map_err(|err| match err {
         Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
+        Error::Refused(why) => Error::Refused(format!("db {db}: {why}")),
         other => other,
-    })
+    })?;
+    report.warnings = warnings;
+    Ok(report)
 }
 
 /// One line per db that changed, for the CLI.
@@ -64,5 +88,79 @@ pub fn describe(db: &str, report: &CaptureReport) -> Option<String> {
     list("removed capture from", &report.removed);
     list("added cursor for", &report.cursors_added);
     list("removed cursor of", &report.cursors_removed);
+    list("whole-table copy on the next run (the key changed with changes pending) for", &report.resyncs);
     Some(format!("db {db}: {}", parts.join("; ")))
+}
+
+/// A plugin's access on one db, from its manifest.
+pub fn plugin_access(manifest: &crate::plugin::Manifest, db: &str) -> crate::plugin::roles::DbAccess {
+    use crate::plugin::{roles::DbAccess, table_name};
+    DbAccess {
+        read: manifest.grants.iter().any(|g| g == db),
+        write: manifest.write_grants.iter().any(|g| g == db),
+        read_tables: manifest.tables.iter().map(|t| table_name(t)).collect(),
+        write_tables: manifest.write_tables.iter().map(|t| table_name(t)).collect(),
+    }
+}
+
+/// Sets up (or repairs) plugin `name`'s role on every db its manifest
+/// grants, and removes it from `dropped` dbs (granted before, not now).
+/// Returns one line per db.
+pub async fn plugin_roles(
+    catalog_client: &impl GenericClient,
+    name: &str,
+    manifest: &crate::plugin::Manifest,
+    dropped: &[String],
+) -> Result<Vec<String>> {
+    use crate::plugin::roles;
+    let (catalog_id, _) = catalog::identity(catalog_client).await?;
+    let role = roles::role_name(&catalog_id, name);
+    let mut dbs: Vec<&String> = manifest.grants.iter().chain(&manifest.write_grants).collect();
+    dbs.sort();
+    dbs.dedup();
+    let mut lines = Vec::new();
+    for db in dbs {
+        let record = catalog::dbs::get(catalog_client, db).await?;
+        let mut client = pg::connect(&record.conn, "ibex plugin setup").await?;
+        let access = plugin_access(manifest, db);
+        let problems = roles::check(&client, &role, &access).await?;
+        let tx = client.transaction().await.map_err(|e| Error::Postgres {
+            context: format!("starting the role setup of plugin {name} on db {db}"),
+            source: e,
+        })?;
+        roles::install(&tx, &role, &access).await.map_err(|e| match e {
+            Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
+            other => other,
+        })?;
+        tx.commit().await.map_err(|e| Error::Postgres {
+            context: format!("committing the role setup of plugin {name} on db {db}"),
+            source: e,
+        })?;
+        let list = |tables: &[crate::pg::QualifiedName]| {
+            if tables.is_empty() {
+                "no tables".to_string()
+            } else {
+                tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        };
+        let mut parts = Vec::new();
+        if access.read {
+            parts.push(format!("query reads {}", list(&access.read_tables)));
+        }
+        if access.write {
+            parts.push(format!("execute writes {}", list(&access.write_tables)));
+        }
+        let repaired = if problems.is_empty() { String::new() } else { format!("; repaired: {}", problems.join(", ")) };
+        lines.push(format!("plugin {name}: role {role} on db {db} ({}){repaired}", parts.join("; ")));
+    }
+    for db in dropped {
+        if manifest.grants.contains(db) || manifest.write_grants.contains(db) {
+            continue;
+        }
+        let Ok(record) = catalog::dbs::get(catalog_client, db).await else { continue };
+        let client = pg::connect(&record.conn, "ibex plugin setup").await?;
+        roles::remove(&client, &role).await?;
+        lines.push(format!("plugin {name}: role {role} removed from db {db}"));
+    }
+    Ok(lines)
 }

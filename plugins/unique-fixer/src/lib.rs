@@ -6,7 +6,8 @@
 //! config.column = the uniquely indexed column (e.g. `email`).
 //! config.time_column = the column saying which row is newer (e.g. `updated_at`).
 //! config.archive = a table with the same columns to keep losing rows in.
-//! Grants: `grant=` and `write=` on every db of the sync.
+//! Grants: `grant=` and `write=` on every db of the sync, and
+//! `write_tables=` the table and its archive (its role may touch nothing else).
 
 use ibex_plugin_sdk::hooks::{Action, Failure, HookCall, HookPoint, SyncHooks};
 use ibex_plugin_sdk::host::{execute, log, query};

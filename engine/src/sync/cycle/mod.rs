@@ -13,12 +13,11 @@ use tokio_postgres::Client;
 
 use super::plan::Plan;
 use super::validate::TableSpec;
-use crate::capture::window_condition;
 use crate::catalog::{ConflictRecord, ConflictStrategy, Role, TableCounts};
 use crate::conflict::{Contender, Decision, Resolver, Version};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_fanout, copy_in_bytes};
-use crate::pg::{QualifiedName, quote_ident, quote_literal};
+use crate::pg::{quote_ident, quote_literal};
 use crate::plugin::convert::push_copy_row;
 use crate::plugin::hooks::HookPoint;
 use crate::plugin::{HostDbs, LoadedPlugin, Value};
@@ -27,6 +26,10 @@ use crate::sync::hooks::Hooks;
 mod guarded;
 mod plugged;
 mod transform;
+mod truncate;
+mod window;
+
+use window::{Probe, SourceWindow};
 
 /// What a successful attempt did.
 #[derive(Debug, Default)]
@@ -40,6 +43,10 @@ pub struct CycleOutcome {
     pub new_cursors: Vec<(usize, String)>,
     /// Whether this attempt made the one-time full copy.
     pub did_onetimecopy: bool,
+    /// Delta rows applied, when some window was cut short.
+    pub window_rows: Option<i64>,
+    /// Delta rows left for later runs, when some window was cut short.
+    pub backlog: Option<i64>,
 }
 
 pub struct Cycle<'a> {
@@ -48,8 +55,10 @@ pub struct Cycle<'a> {
     clients: &'a [Arc<Client>],
     lock_tables: bool,
     resolver: Resolver,
-    /// Per db: (run snapshot, cursor snapshot) for sources.
-    windows: Vec<Option<(String, String)>>,
+    /// Per db: the window of this run, for sources.
+    windows: Vec<Option<SourceWindow>>,
+    /// Delta rows one run may take from a source (window_rows).
+    window_limit: Option<u64>,
     counts: BTreeMap<(usize, usize), (i64, i64)>,
     conflicts: i64,
     conflict_log: Vec<ConflictRecord>,
@@ -109,6 +118,8 @@ struct KeyRow {
     fields: Vec<Vec<u8>>,
     changed_at: i64,
     shown: String,
+    /// Changed inside this run's (cut) window, not only after it.
+    inside: bool,
 }
 
 struct Gather {
@@ -141,16 +152,25 @@ struct Pending {
 /// Conflicts handed to a plugin per call.
 const PLUGIN_BATCH: usize = 1000;
 
+/// The plugins a run calls.
+pub struct RunPlugins<'a> {
+    /// The conflict handler, when the strategy is `plugin:NAME`.
+    pub conflict: Option<&'a LoadedPlugin>,
+    /// Row transforms: (relation id or any table, db index or any target, plugin).
+    pub transforms: Vec<(Option<i32>, Option<usize>, &'a LoadedPlugin)>,
+    pub hooks: Hooks<'a>,
+}
+
 impl<'a> Cycle<'a> {
     pub fn new(
         plan: &'a Plan,
         tables: &'a [TableSpec],
         clients: &'a [Arc<Client>],
         lock_tables: bool,
-        conflict_plugin: Option<&'a LoadedPlugin>,
-        transforms: Vec<(Option<i32>, Option<usize>, &'a LoadedPlugin)>,
-        hooks: Hooks<'a>,
+        plugins: RunPlugins<'a>,
+        window_limit: Option<u64>,
     ) -> Self {
+        let RunPlugins { conflict: conflict_plugin, transforms, hooks } = plugins;
         let contenders = plan.dbs.iter().map(|d| Contender { name: d.name.clone(), priority: d.priority }).collect();
         // With a plugin, the built-in resolver is its on_error fallback.
         let strategy = match (conflict_plugin, &plan.sync.params.conflict_strategy) {
@@ -169,6 +189,7 @@ impl<'a> Cycle<'a> {
             lock_tables,
             resolver: Resolver::new(strategy, contenders),
             windows: vec![None; plan.dbs.len()],
+            window_limit,
             counts: BTreeMap::new(),
             conflicts: 0,
             conflict_log: Vec::new(),
@@ -185,13 +206,6 @@ impl<'a> Cycle<'a> {
         &self.plan.dbs[db].name
     }
 
-    fn window(&self, db: usize) -> Result<String> {
-        let (_, cursor) = self.windows[db]
-            .as_ref()
-            .ok_or_else(|| Error::Sync(format!("db {} has no window in this run", self.db_name(db))))?;
-        Ok(window_condition("d", cursor))
-    }
-
     fn count(&mut self, table: usize, db: usize, deleted: i64, inserted: i64) {
         let entry = self.counts.entry((table, db)).or_default();
         entry.0 += deleted;
@@ -206,22 +220,41 @@ impl<'a> Cycle<'a> {
         clock.step("begin");
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeTxn).await?;
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeCheckRows).await?;
-        let (changed, truncated) = if self.tables.is_empty() { Default::default() } else { self.probe().await? };
+        let mut probe = Probe::default();
+        if !self.tables.is_empty() {
+            probe = self.probe(self.window_limit).await?;
+            if let Some(limit) = self.window_limit
+                && probe.window_rows.values().any(|&rows| rows > limit as i64)
+            {
+                self.cut_windows(&probe, limit).await?;
+                probe = self.probe(None).await?;
+            }
+        }
         clock.step("probe");
         if self.resolver.needs_newest_per_db() {
             let newest = self.newest_per_source().await?;
             self.resolver.set_newest_per_db(&newest);
         }
-        self.full_copies(onetimecopy, &truncated).await?;
+        let kept = self.keep_after_truncates(&probe).await?;
+        self.full_copies(onetimecopy, &probe).await?;
+        self.reapply_after_truncates(&probe, &kept).await?;
+        self.resynced(&probe).await?;
         for ti in 0..self.tables.len() {
-            if truncated.contains_key(&self.tables[ti].name) || onetimecopy == 1 {
+            let name = &self.tables[ti].name;
+            if probe.truncated.contains_key(name) || probe.resync.contains_key(name) || onetimecopy == 1 {
                 continue; // copied whole above
             }
-            let sources: Vec<usize> = self.plan.sources().filter(|s| changed.get(s).is_some_and(|c| c[ti])).collect();
-            match sources.len() {
-                0 => continue,
-                1 => self.apply_single_source(ti, sources[0]).await?,
-                _ => self.apply_merged(ti, &sources).await?,
+            let flag = |m: &std::collections::BTreeMap<usize, Vec<bool>>, s: usize| m.get(&s).is_some_and(|c| c[ti]);
+            let inside: Vec<usize> = self.plan.sources().filter(|&s| flag(&probe.changed, s)).collect();
+            if inside.is_empty() {
+                continue;
+            }
+            // Sources whose later changes to this table must take part in settling its keys.
+            let contenders: Vec<usize> =
+                self.plan.sources().filter(|&s| flag(&probe.changed, s) || flag(&probe.beyond, s)).collect();
+            match contenders.len() {
+                1 => self.apply_single_source(ti, contenders[0]).await?,
+                _ => self.apply_merged(ti, &contenders).await?,
             }
             clock.step(&format!("apply {}", self.tables[ti].name));
         }
@@ -247,9 +280,14 @@ impl<'a> Cycle<'a> {
         }
         outcome.conflict_log = std::mem::take(&mut self.conflict_log);
         for (db, window) in self.windows.iter().enumerate() {
-            if let Some((snapshot, _)) = window {
-                outcome.new_cursors.push((db, snapshot.clone()));
+            if let Some(w) = window {
+                outcome.new_cursors.push((db, w.next_cursor()));
             }
+        }
+        let cuts: Vec<_> = self.windows.iter().flatten().filter_map(|w| w.cut).collect();
+        if !cuts.is_empty() {
+            outcome.window_rows = Some(cuts.iter().map(|c| c.rows).sum());
+            outcome.backlog = Some(cuts.iter().map(|c| c.backlog).sum());
         }
         Ok(outcome)
     }
@@ -264,9 +302,13 @@ impl<'a> Cycle<'a> {
             // synchronous_commit: the cursors advance after these commits, so
             // they must survive a crash of the db (even if its default is
             // off), or the rows would be lost for good.
+            // ibex.origin and ibex.makedelta tell capture triggers that fire
+            // for ibex's writes (makedelta tables) which sync wrote the rows.
             let mut sql = format!(
-                "BEGIN ISOLATION LEVEL {}; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = on;",
-                params.isolation_level.as_sql()
+                "BEGIN ISOLATION LEVEL {}; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = on; SET LOCAL ibex.origin = {}; SET LOCAL ibex.makedelta = {};",
+                params.isolation_level.as_sql(),
+                quote_literal(&sync),
+                if params.makedelta { "on" } else { "off" }
             );
             if let Some(timeout) = params.lock_timeout {
                 sql.push_str(&format!(" SET LOCAL lock_timeout = '{}ms';", timeout.as_millis()));
@@ -298,7 +340,7 @@ impl<'a> Cycle<'a> {
                 let snapshot = row.and_then(|r| r.get(0)).map(str::to_string);
                 let cursor = row.and_then(|r| r.get(1)).map(str::to_string);
                 match (snapshot, cursor) {
-                    (Some(snapshot), Some(cursor)) => Ok::<_, Error>(Some((snapshot, cursor))),
+                    (Some(snapshot), Some(cursor)) => Ok::<_, Error>(Some(SourceWindow::new(&snapshot, &cursor)?)),
                     _ => Err(Error::Sync(format!(
                         "sync {sync} has no cursor on db {name}: run `ibex validate {sync}` to install capture"
                     ))),
@@ -308,55 +350,6 @@ impl<'a> Cycle<'a> {
         .await?;
         self.windows = results;
         Ok(())
-    }
-
-    /// Per source, in one query each and all sources at once: which tables
-    /// have changes in the window, and which were truncated (and when).
-    async fn probe(&self) -> Result<(BTreeMap<usize, Vec<bool>>, BTreeMap<QualifiedName, usize>)> {
-        let sources: Vec<usize> = self.plan.sources().collect();
-        let answers = try_join_all(sources.iter().map(|&src| async move {
-            let window = self.window(src)?;
-            let probes: Vec<String> =
-                self.tables.iter().map(|t| format!("EXISTS (SELECT 1 FROM {} d WHERE {window})", t.delta())).collect();
-            // Truncates come back as three parallel arrays (one row in all).
-            let sql = format!(
-                "WITH x AS (SELECT schema_name, rel_name,
-                                   (extract(epoch FROM max(changed_at) - '2000-01-01 00:00:00+00'::timestamptz) * 1000000)::int8 AS at
-                              FROM ibex.truncate_log d WHERE {window} GROUP BY 1, 2)
-                 SELECT ARRAY[{}]::bool[], t.s, t.r, t.a
-                   FROM (SELECT array_agg(schema_name ORDER BY schema_name, rel_name) AS s,
-                                array_agg(rel_name ORDER BY schema_name, rel_name) AS r,
-                                array_agg(at ORDER BY schema_name, rel_name) AS a FROM x) t",
-                probes.join(", ")
-            );
-            let row = self.clients[src]
-                .query_one(&sql, &[])
-                .await
-                .ctx(|| format!("looking for changes on db {}", self.db_name(src)))?;
-            Ok::<_, Error>((
-                row.get::<_, Vec<bool>>(0),
-                row.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
-                row.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
-                row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default(),
-            ))
-        }))
-        .await?;
-        let mut changed = BTreeMap::new();
-        let mut latest: BTreeMap<QualifiedName, (i64, usize)> = BTreeMap::new();
-        for (&src, (flags, schemas, names, times)) in sources.iter().zip(answers) {
-            changed.insert(src, flags);
-            for ((schema, name), at) in schemas.into_iter().zip(names).zip(times) {
-                let name = QualifiedName::new(schema, name);
-                if !self.tables.iter().any(|t| t.name == name) {
-                    continue;
-                }
-                let entry = latest.entry(name).or_insert((at, src));
-                if at > entry.0 {
-                    *entry = (at, src);
-                }
-            }
-        }
-        Ok((changed, latest.into_iter().map(|(name, (_, src))| (name, src)).collect()))
     }
 
     async fn newest_per_source(&self) -> Result<Vec<(usize, i64)>> {
@@ -384,7 +377,7 @@ impl<'a> Cycle<'a> {
 
     /// Whole-table copies: into fullcopy dbs every run, for onetimecopy,
     /// and after a TRUNCATE on a source (the truncating source wins the table).
-    async fn full_copies(&mut self, onetimecopy: i16, truncated: &BTreeMap<QualifiedName, usize>) -> Result<()> {
+    async fn full_copies(&mut self, onetimecopy: i16, probe: &Probe) -> Result<()> {
         let primary = self.plan.primary_source();
         let fullcopy: Vec<usize> = self.plan.fullcopy_dbs().collect();
         // (table, from) -> receivers
@@ -393,7 +386,9 @@ impl<'a> Cycle<'a> {
             if !fullcopy.is_empty() {
                 jobs.entry((ti, primary)).or_default().extend(&fullcopy);
             }
-            if let Some(&from) = truncated.get(&table.name) {
+            let whole_from =
+                probe.truncated.get(&table.name).map(|t| t.source).or(probe.resync.get(&table.name).copied());
+            if let Some(from) = whole_from {
                 let receivers = self.plan.delta_dbs().filter(|&d| d != from);
                 jobs.entry((ti, from)).or_default().extend(receivers);
                 continue;
@@ -602,12 +597,16 @@ impl<'a> Cycle<'a> {
         let order: Vec<String> =
             table.key.iter().map(|c| format!("{}(d.{})", c.send_fn, quote_ident(&c.name))).collect();
         let mut gathers = Vec::new();
+        // When a window was cut short, changes past its end are read too:
+        // they take part in settling keys changed inside, never alone.
+        let contended = self.contended();
         for (n, &src) in sources.iter().enumerate() {
             let cursor = format!("ibex_gather_{n}");
-            let window = self.window(src)?;
+            let window = if contended { self.whole_window(src)? } else { self.window(src)? };
+            let inside = if contended { self.in_window(src)? } else { "true".into() };
             self.clients[src]
                 .batch_execute(&format!(
-                    "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {}, max(d.changed_at), {render} FROM {} d WHERE {window} GROUP BY {} ORDER BY {}",
+                    "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {}, max(d.changed_at), {render}, bool_or({inside}) FROM {} d WHERE {window} GROUP BY {} ORDER BY {}",
                     table.key_list_of("d"),
                     table.delta(),
                     table.key_list_of("d"),
@@ -633,13 +632,18 @@ impl<'a> Cycle<'a> {
             };
             let mut versions = Vec::new();
             let mut shown = String::new();
+            let mut inside = false;
             for g in gathers.iter_mut() {
                 if g.buffer.front().is_some_and(|k| k.fields == min)
                     && let Some(k) = g.buffer.pop_front()
                 {
                     versions.push(Version { db: g.db, changed_at: k.changed_at });
                     shown = k.shown;
+                    inside |= k.inside;
                 }
+            }
+            if !inside {
+                continue; // changed only past the windows' ends: a later run's
             }
             if versions.len() == 1 {
                 // Once the run is failing for abort, only more keys to list matter.
@@ -720,6 +724,7 @@ impl<'a> Cycle<'a> {
                 fields,
                 changed_at: pg_micros(row.try_get(nkeys).ctx(|| "reading a change time".into())?),
                 shown: row.try_get(nkeys + 1).ctx(|| "reading a key".into())?,
+                inside: row.try_get(nkeys + 2).ctx(|| "reading a key".into())?,
             });
         }
         Ok(())

@@ -1,8 +1,12 @@
-//! Misbehaves as `config.mode` says: loop, alloc, trap, stack, bad_winner,
-//! short_answer, file, socket, env, or nothing (latest wins).
+//! Misbehaves as `config.mode` says: loop, alloc, alloc4g, trap, stack,
+//! bad_winner, short_answer, file, socket, env, log_flood, or one of the
+//! database attacks (query:SQL and execute:SQL run SQL on the sync's first
+//! db and report what came back; big_query asks for 100 M rows), or
+//! nothing (latest wins).
 
 use ibex_plugin_sdk::conflict::{Conflict, ConflictHandler, Decision, Verdict};
-use ibex_plugin_sdk::{SyncInfo, TableInfo};
+use ibex_plugin_sdk::host::{execute, log, query};
+use ibex_plugin_sdk::{LogLevel, SyncInfo, TableInfo};
 
 struct Hostile;
 
@@ -14,7 +18,36 @@ fn recurse(depth: u64, acc: &mut Vec<u64>) -> u64 {
 
 impl ConflictHandler for Hostile {
     fn resolve(sync: &SyncInfo, _table: &TableInfo, conflicts: Vec<Conflict>) -> Result<Verdict, String> {
-        match sync.config("mode").unwrap_or("") {
+        let db = sync.dbs.first().map(|d| d.name.clone()).unwrap_or_default();
+        let mode = sync.config("mode").unwrap_or("");
+        if let Some(sql) = mode.strip_prefix("query:") {
+            return Err(match query(&db, sql, &[]) {
+                Ok(rows) => format!("ATTACK SUCCEEDED: query returned {rows:?}"),
+                Err(e) => format!("attack refused: {e}"),
+            });
+        }
+        if let Some(sql) = mode.strip_prefix("execute:") {
+            return Err(match execute(&db, sql, &[]) {
+                Ok(n) => format!("ATTACK SUCCEEDED: execute changed {n} rows"),
+                Err(e) => format!("attack refused: {e}"),
+            });
+        }
+        match mode {
+            "big_query" => {
+                // Ignores the error it is handed: the host still fails the call.
+                let _ = query(&db, "SELECT generate_series(1, 100000000) AS g", &[]);
+            }
+            "log_flood" => {
+                let line = "x".repeat(64 * 1024);
+                for _ in 0..160 {
+                    log(LogLevel::Info, &line);
+                }
+            }
+            "alloc4g" => {
+                // Just under 2 GiB: the most one 32-bit Rust allocation may be (4 GiB in 16 steps is "alloc").
+                let huge: Vec<u8> = vec![7u8; std::hint::black_box(0x7FFF_0000usize)];
+                return Err(format!("allocated {} bytes", huge.len()));
+            }
             "loop" => {
                 let mut x: u64 = 1;
                 loop {

@@ -1,0 +1,288 @@
+//! Each source's window in a run, and the probe that reads what it holds:
+//! which tables changed, which were truncated or must be copied whole, and
+//! whether the window is larger than one run may take (then it is cut at a
+//! transaction boundary, see `capture/window.rs`, and the rest waits for
+//! the next run).
+
+use std::collections::BTreeMap;
+
+use futures_util::future::try_join_all;
+
+use super::Cycle;
+use crate::capture::{Snapshot, Window, not_written_by, window_condition};
+use crate::error::{Error, PgContext, Result};
+use crate::pg::{QualifiedName, quote_literal};
+
+/// One source's window in this run.
+#[derive(Debug, Clone)]
+pub(super) struct SourceWindow {
+    /// The run's snapshot on this source.
+    pub now: Snapshot,
+    pub window: Window,
+    /// Delta rows in the window and after it, when it was cut short.
+    pub cut: Option<Cut>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cut {
+    pub rows: i64,
+    pub backlog: i64,
+}
+
+impl SourceWindow {
+    pub fn new(now: &str, cursor: &str) -> Result<SourceWindow> {
+        Ok(SourceWindow { now: now.parse()?, window: Window::unbounded(cursor)?, cut: None })
+    }
+
+    /// Where the cursor goes once every db committed.
+    pub fn next_cursor(&self) -> String {
+        self.window.end.as_ref().unwrap_or(&self.now).to_string()
+    }
+}
+
+/// A table truncated on a source in the window: the latest truncate wins.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Truncated {
+    pub source: usize,
+    /// Its change time, in microseconds since 2000-01-01 UTC.
+    pub at: i64,
+}
+
+/// What the probe found, per source (db index) and table (index in the plan's tables).
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    /// Tables with changes in the (possibly cut) window.
+    pub changed: BTreeMap<usize, Vec<bool>>,
+    /// Tables with changes past a cut window's end (only when several
+    /// sources may contend for keys and some window was cut).
+    pub beyond: BTreeMap<usize, Vec<bool>>,
+    pub truncated: BTreeMap<QualifiedName, Truncated>,
+    /// Tables to copy whole from a source (their key changed with changes pending).
+    pub resync: BTreeMap<QualifiedName, usize>,
+    /// Delta rows in each source's whole window, counted up to the limit + 1.
+    pub window_rows: BTreeMap<usize, i64>,
+}
+
+impl<'a> Cycle<'a> {
+    fn source_window(&self, db: usize) -> Result<&SourceWindow> {
+        self.windows[db]
+            .as_ref()
+            .ok_or_else(|| Error::Sync(format!("db {} has no window in this run", self.db_name(db))))
+    }
+
+    /// The rows of delta alias `d` this run applies from source `db`.
+    pub(super) fn window(&self, db: usize) -> Result<String> {
+        let w = self.source_window(db)?;
+        Ok(format!("{} AND {}", window_condition("d", &w.window), not_written_by("d", &self.plan.sync.name)))
+    }
+
+    /// All rows committed after the cursor, also past a cut window's end.
+    pub(super) fn whole_window(&self, db: usize) -> Result<String> {
+        let w = self.source_window(db)?;
+        let whole = Window { cursor: w.window.cursor.clone(), end: None };
+        Ok(format!("{} AND {}", window_condition("d", &whole), not_written_by("d", &self.plan.sync.name)))
+    }
+
+    /// True for rows of alias `d` inside the (cut) window.
+    pub(super) fn in_window(&self, db: usize) -> Result<String> {
+        let w = self.source_window(db)?;
+        Ok(match &w.window.end {
+            Some(end) => {
+                format!("(d.txid < '{}'::xid8 AND pg_visible_in_snapshot(d.txid, '{end}'::pg_snapshot))", end.xmax)
+            }
+            None => "true".into(),
+        })
+    }
+
+    /// Several sources, and a window cut short: a key changed inside one
+    /// source's window may also have changed past another's end. Those
+    /// later versions must take part in settling the key, or applying it
+    /// would overwrite them.
+    pub(super) fn contended(&self) -> bool {
+        self.plan.sources().count() > 1 && self.windows.iter().flatten().any(|w| w.window.is_bounded())
+    }
+
+    /// Per source, in one query each and all sources at once.
+    pub(super) async fn probe(&self, count_limit: Option<u64>) -> Result<Probe> {
+        let sources: Vec<usize> = self.plan.sources().collect();
+        let contended = self.contended();
+        let sync = quote_literal(&self.plan.sync.name);
+        let answers = try_join_all(sources.iter().map(|&src| {
+            let sync = sync.clone();
+            async move {
+                let window = self.window(src)?;
+                let whole = self.whole_window(src)?;
+                let changed: Vec<String> = self
+                    .tables
+                    .iter()
+                    .map(|t| format!("EXISTS (SELECT 1 FROM {} d WHERE {window})", t.delta()))
+                    .collect();
+                let beyond: Vec<String> = if contended {
+                    self.tables
+                        .iter()
+                        .map(|t| format!("EXISTS (SELECT 1 FROM {} d WHERE {whole})", t.delta()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                // Truncates and whole-table copies come back as parallel arrays (one row in all).
+                let sql = format!(
+                    "WITH x AS (SELECT schema_name, rel_name,
+                                       (extract(epoch FROM max(changed_at) - '2000-01-01 00:00:00+00'::timestamptz) * 1000000)::int8 AS at
+                                  FROM ibex.truncate_log d WHERE {window} GROUP BY 1, 2)
+                     SELECT ARRAY[{}]::bool[], ARRAY[{}]::bool[], t.s, t.r, t.a,
+                            (SELECT array_agg(schema_name) FROM ibex.resync WHERE sync = {sync}),
+                            (SELECT array_agg(rel_name) FROM ibex.resync WHERE sync = {sync})
+                       FROM (SELECT array_agg(schema_name ORDER BY schema_name, rel_name) AS s,
+                                    array_agg(rel_name ORDER BY schema_name, rel_name) AS r,
+                                    array_agg(at ORDER BY schema_name, rel_name) AS a FROM x) t",
+                    changed.join(", "),
+                    beyond.join(", "),
+                );
+                let row = self.clients[src]
+                    .query_one(&sql, &[])
+                    .await
+                    .ctx(|| format!("looking for changes on db {}", self.db_name(src)))?;
+                let read = |e| Error::Postgres { context: "reading the probe".into(), source: e };
+                Ok::<_, Error>((
+                    row.try_get::<_, Vec<bool>>(0).map_err(read)?,
+                    row.try_get::<_, Vec<bool>>(1).map_err(read)?,
+                    row.try_get::<_, Option<Vec<String>>>(2).map_err(read)?.unwrap_or_default(),
+                    row.try_get::<_, Option<Vec<String>>>(3).map_err(read)?.unwrap_or_default(),
+                    row.try_get::<_, Option<Vec<i64>>>(4).map_err(read)?.unwrap_or_default(),
+                    row.try_get::<_, Option<Vec<String>>>(5).map_err(read)?.unwrap_or_default(),
+                    row.try_get::<_, Option<Vec<String>>>(6).map_err(read)?.unwrap_or_default(),
+                ))
+            }
+        }))
+        .await?;
+        let mut probe = Probe::default();
+        for (&src, (flags, beyond, schemas, names, times, resync_schemas, resync_names)) in sources.iter().zip(answers)
+        {
+            probe.changed.insert(src, flags);
+            if contended {
+                probe.beyond.insert(src, beyond);
+            }
+            for ((schema, name), at) in schemas.into_iter().zip(names).zip(times) {
+                let name = QualifiedName::new(schema, name);
+                if !self.tables.iter().any(|t| t.name == name) {
+                    continue;
+                }
+                let entry = probe.truncated.entry(name).or_insert(Truncated { source: src, at });
+                if at > entry.at {
+                    *entry = Truncated { source: src, at };
+                }
+            }
+            for (schema, name) in resync_schemas.into_iter().zip(resync_names) {
+                let name = QualifiedName::new(schema, name);
+                if self.tables.iter().any(|t| t.name == name) {
+                    probe.resync.insert(name, src);
+                }
+            }
+        }
+        if let Some(limit) = count_limit {
+            probe.window_rows = self.count_windows(&probe, limit).await?;
+        }
+        Ok(probe)
+    }
+
+    /// Per source with changes: the delta rows of its changed tables, each
+    /// counted up to `limit + 1` (all an empty or small window costs is
+    /// the probe itself).
+    async fn count_windows(&self, probe: &Probe, limit: u64) -> Result<BTreeMap<usize, i64>> {
+        let busy: Vec<(usize, Vec<usize>)> = probe
+            .changed
+            .iter()
+            .map(|(&src, flags)| (src, flags.iter().enumerate().filter(|(_, f)| **f).map(|(ti, _)| ti).collect()))
+            .filter(|(_, tables): &(usize, Vec<usize>)| !tables.is_empty())
+            .collect();
+        let counts = try_join_all(busy.iter().map(|(src, tables)| async move {
+            let window = self.whole_window(*src)?;
+            let parts: Vec<String> = tables
+                .iter()
+                .map(|&ti| {
+                    format!(
+                        "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
+                        self.tables[ti].delta(),
+                        limit.saturating_add(1)
+                    )
+                })
+                .collect();
+            let row = self.clients[*src]
+                .query_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
+                .await
+                .ctx(|| format!("measuring the window on db {}", self.db_name(*src)))?;
+            Ok::<_, Error>((*src, row.get::<_, i64>(0)))
+        }))
+        .await?;
+        Ok(counts.into_iter().collect())
+    }
+
+    /// `SELECT d.txid FROM delta d WHERE <window> UNION ALL ...` over the
+    /// tables of the sync that changed on one source.
+    fn delta_union(&self, src: usize, changed: &[bool]) -> Result<String> {
+        let window = self.whole_window(src)?;
+        Ok(self
+            .tables
+            .iter()
+            .zip(changed)
+            .filter(|(_, c)| **c)
+            .map(|(t, _)| format!("SELECT d.txid FROM {} d WHERE {window}", t.delta()))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL "))
+    }
+
+    /// Cuts the windows holding more than `limit` delta rows at the
+    /// transaction where the limit is reached (a transaction is never
+    /// split: one larger than the limit makes a window of its own).
+    pub(super) async fn cut_windows(&mut self, probe: &Probe, limit: u64) -> Result<()> {
+        let over: Vec<usize> =
+            probe.window_rows.iter().filter(|(_, rows)| **rows > limit as i64).map(|(&src, _)| src).collect();
+        for src in over {
+            let Some(changed) = probe.changed.get(&src) else { continue };
+            let union = self.delta_union(src, changed)?;
+            let row = self.clients[src]
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT u.txid::text FROM ({union}) u ORDER BY u.txid OFFSET {limit} LIMIT 1),
+                                (SELECT min(u.txid)::text FROM ({union}) u)"
+                    ),
+                    &[],
+                )
+                .await
+                .ctx(|| format!("finding where to cut the window on db {}", self.db_name(src)))?;
+            let parse = |i: usize| -> Result<Option<u64>> {
+                let text: Option<String> =
+                    row.try_get(i).map_err(|e| Error::Postgres { context: "reading a cut".into(), source: e })?;
+                text.map(|t| t.parse::<u64>().map_err(|_| Error::Sync(format!("unreadable transaction id {t:?}"))))
+                    .transpose()
+            };
+            let (Some(at), Some(first)) = (parse(0)?, parse(1)?) else { continue };
+            // The first transaction alone is over the limit: take it whole.
+            let boundary = if at <= first { first + 1 } else { at };
+            let Some(w) = self.windows[src].as_mut() else { continue };
+            let end = Snapshot::bounded(&w.window.cursor, &w.now, boundary);
+            if end == w.now {
+                continue;
+            }
+            w.window.end = Some(end);
+            let inside = self.in_window(src)?;
+            let counts = self.clients[src]
+                .query_one(&format!("SELECT count(*) FILTER (WHERE {inside}), count(*) FROM ({union}) d"), &[])
+                .await
+                .ctx(|| format!("measuring the backlog on db {}", self.db_name(src)))?;
+            let (rows, total): (i64, i64) = (counts.get(0), counts.get(1));
+            tracing::info!(
+                sync = %self.plan.sync.name,
+                db = self.db_name(src),
+                rows,
+                backlog = total - rows,
+                "window larger than window_rows: applying it in parts"
+            );
+            if let Some(w) = self.windows[src].as_mut() {
+                w.cut = Some(Cut { rows, backlog: total - rows });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! Correctness at the edges: cascades through makedelta, masters feeding a
+//! reporting target, a large backlog caught up in bounded windows, a long
+//! open transaction, TRUNCATE against other masters' writes, keys rewritten
+//! by triggers or changed in the catalog, two catalogs on one database, and
+//! the daemon's pid file.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ibex_tests::{Daemon, Ibex, Outcome, Setup};
+use serde_json::Value;
+
+fn count(run: &Value, key: &str) -> i64 {
+    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
+}
+
+/// Rows a run inserted or deleted: 0 once nothing echoes.
+fn moved(run: &Value) -> i64 {
+    count(run, "inserted") + count(run, "deleted")
+}
+
+/// Creates `names[0]` with `ddl`, clones it to the others, registers all.
+fn dbs_with(s: &Setup, ddl: &str, names: &[&str]) {
+    s.cluster.create_db(names[0]).unwrap();
+    s.sql(names[0], ddl);
+    s.dbs_from(names[0], names);
+}
+
+/// The delta table of `table` on `db`, schema-qualified.
+fn delta_of(s: &Setup, db: &str, table: &str) -> String {
+    s.sql(db, &format!("SELECT 'ibex.' || quote_ident(delta_table) FROM ibex.captured WHERE rel_name = '{table}'"))
+}
+
+fn has_warning(out: &Outcome, needle: &str) -> bool {
+    out.stderr.lines().any(|l| l.starts_with("warning:") && l.contains(needle))
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn cascade_makedelta_a_to_b_to_c() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 20) i;",
+        &["a", "b", "c"],
+    );
+    s.ibex.sh("add table items db=a herd=h").ok();
+    s.ibex.sh("add sync ab herd=h dbs=a:source,b:target makedelta=true").ok();
+    let added = s.ibex.sh("add sync bc herd=h dbs=b:source,c:target").ok();
+    // ab records what it applies on b: nothing to warn about.
+    assert!(!has_warning(&added, "makedelta"), "{}", added.stderr);
+    s.sql(
+        "a",
+        "INSERT INTO items SELECT i, 'new ' || i FROM generate_series(21, 30) i;
+         UPDATE items SET v = 'changed' WHERE id % 4 = 0;
+         DELETE FROM items WHERE id IN (3, 5, 25);
+         UPDATE items SET id = 1001 WHERE id = 1;",
+    );
+    assert_eq!(s.run("ab")["run"]["state"], "good");
+    let bc = s.run("bc");
+    assert_eq!(bc["run"]["state"], "good", "{bc}");
+    assert!(count(&bc, "inserted") > 0, "ab's applies on b did not reach bc: {bc}");
+    s.assert_same(&["a", "b", "c"], &["items"]);
+    assert_eq!(s.sql("c", "SELECT count(*) FROM items WHERE id IN (1, 3)"), "0");
+    // No echo: with writes stopped, b's delta stops growing and the third
+    // run of each sync has nothing to do.
+    let delta = delta_of(&s, "b", "items");
+    s.run("ab");
+    s.run("bc");
+    let delta_rows = s.sql("b", &format!("SELECT count(*) FROM {delta}"));
+    for sync in ["ab", "bc"] {
+        let run = s.run(sync);
+        assert_eq!(moved(&run), 0, "{sync} found changes nobody made: {run}");
+    }
+    assert_eq!(s.sql("b", &format!("SELECT count(*) FROM {delta}")), delta_rows, "b's delta grew without writes");
+
+    // Without makedelta ab's applies are invisible to bc, and ibex says so.
+    s.ibex.sh("update sync ab makedelta=false").ok();
+    let validated = s.ibex.sh("validate bc").ok();
+    assert!(has_warning(&validated, "makedelta"), "no makedelta warning for bc:\n{}", validated.stderr);
+    s.sql("a", "INSERT INTO items SELECT i, 'unseen ' || i FROM generate_series(500, 509) i");
+    assert_eq!(s.run("ab")["run"]["state"], "good");
+    assert_eq!(s.run("bc")["run"]["state"], "good");
+    s.assert_same(&["a", "b"], &["items"]);
+    assert_eq!(s.sql("b", "SELECT count(*) FROM items WHERE id BETWEEN 500 AND 509"), "10");
+    assert_eq!(
+        s.sql("c", "SELECT count(*) FROM items WHERE id BETWEEN 500 AND 509"),
+        "0",
+        "c got rows without makedelta"
+    );
+}
+
+#[test]
+fn three_masters_feeding_a_reporting_target_converge_without_echo() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 20) i;",
+        &["m1", "m2", "m3", "r"],
+    );
+    s.ibex.sh("add table items db=m1 herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source,m3:source makedelta=true").ok();
+    s.ibex.sh("add sync rep herd=h dbs=m1:source,r:target").ok();
+    s.sql("m1", "INSERT INTO items VALUES (101, 'm1'); UPDATE items SET v = 'm1 first' WHERE id = 5");
+    s.sql("m2", "INSERT INTO items VALUES (102, 'm2'); UPDATE items SET v = 'm2 later' WHERE id = 5");
+    s.sql("m3", "INSERT INTO items VALUES (103, 'm3'); DELETE FROM items WHERE id = 7");
+    // rep reads m1 only: m2's and m3's rows reach r through mm's applies on m1.
+    for sync in ["mm", "rep", "mm", "rep"] {
+        let run = s.run(sync);
+        assert_eq!(run["run"]["state"], "good", "{sync}: {run}");
+    }
+    s.assert_same(&["m1", "m2", "m3", "r"], &["items"]);
+    assert_eq!(s.sql("r", "SELECT count(*) FROM items"), "22");
+    assert_eq!(s.sql("r", "SELECT v FROM items WHERE id = 5"), "m2 later");
+    // No echo loop between the masters or into r.
+    for sync in ["mm", "rep"] {
+        s.run(sync);
+    }
+    for sync in ["mm", "rep"] {
+        let run = s.run(sync);
+        assert_eq!(moved(&run), 0, "{sync} still moves rows after writes stopped: {run}");
+    }
+    s.assert_same(&["m1", "m2", "m3", "r"], &["items"]);
+}
+
+#[test]
+fn catch_up_of_a_large_backlog_in_bounded_windows() {
+    let rows: u64 = std::env::var("IBEX_EDGE_BACKLOG_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
+    // About ten windows whatever the size, so the catch-up must be split.
+    let window = (rows / 10).clamp(1, 500_000);
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE big (id int PRIMARY KEY, v text)", &["src", "dst"]);
+    s.ibex.sh("add table big db=src herd=h").ok();
+    s.ibex.sh("add sync cu herd=h dbs=src:source,dst:target").ok();
+    // 50 transactions, like a day of batch loads while the sync was off.
+    let per = rows.div_ceil(50).max(1);
+    let mut first = 1;
+    while first <= rows {
+        let last = (first + per - 1).min(rows);
+        s.sql("src", &format!("INSERT INTO big SELECT i, md5(i::text) FROM generate_series({first}, {last}) i"));
+        first = last + 1;
+    }
+    s.ibex.sh("set run_timeout=20s").ok();
+    s.ibex.run(&["set", &format!("window_rows={window}")]).ok();
+    let started = Instant::now();
+    let json = s.ibex.run(&["sync", "run", "cu", "--json"]).ok().json();
+    let secs = started.elapsed().as_secs_f64();
+    // ibex's own VmHWM: a child's rusage would also count the test process
+    // it was spawned from.
+    let peak_kib = json["peak_rss_kib"].as_i64().unwrap_or_else(|| panic!("no peak_rss_kib in {json}"));
+    let runs = json["runs"].as_i64().unwrap_or_else(|| panic!("no runs in {json}"));
+    let mib = peak_kib / 1024;
+    eprintln!("catch-up: {rows} rows in {secs:.1} s, {runs} runs, peak RSS {mib} MiB");
+    assert!(runs >= 2, "the backlog was not split into windows: {json}");
+    assert_eq!(json["run"]["state"], "good", "{json}");
+    let backlog = &json["run"]["backlog"];
+    assert!(backlog.is_null() || backlog.as_i64() == Some(0), "not caught up: {json}");
+    for db in ["src", "dst"] {
+        assert_eq!(s.sql(db, "SELECT count(*) FROM big"), rows.to_string(), "rows on {db}");
+    }
+    s.assert_same(&["src", "dst"], &["big"]);
+    let longest = s.sql(
+        "ibex",
+        "SELECT max(extract(epoch FROM ended_at - started_at)) FROM ibex.run WHERE sync = 'cu' AND state = 'good'",
+    );
+    let longest: f64 = longest.parse().unwrap_or_else(|_| panic!("no good run of cu recorded: {longest:?}"));
+    assert!(longest < 20.0, "a window took {longest:.1} s, more than run_timeout");
+    assert!(mib < 256, "peak RSS {mib} MiB: the catch-up is not bounded by its windows");
+}
+
+/// Rows the scans of an EXPLAIN ANALYZE plan touched: returned plus
+/// filtered out, over all loops.
+fn rows_scanned(node: &Value) -> f64 {
+    let mut total = 0.0;
+    if node["Node Type"].as_str().is_some_and(|t| t.contains("Scan")) {
+        let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+        let per_loop: f64 = ["Actual Rows", "Rows Removed by Filter", "Rows Removed by Index Recheck"]
+            .iter()
+            .map(|k| node[*k].as_f64().unwrap_or(0.0))
+            .sum();
+        total += per_loop * loops;
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        total += rows_scanned(child);
+    }
+    total
+}
+
+#[test]
+fn long_open_transaction_costs_nothing_extra() {
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text)", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync lo herd=h dbs=src:source,dst:target").ok();
+    // A session left in a transaction (with an xid) for the whole test.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (long, xid) = rt.block_on(async {
+        let client = s.cluster.connect("src").await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        let xid: String = client.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
+        (client, xid)
+    });
+    s.sql("src", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 1000000) i");
+    assert_eq!(s.run("lo")["run"]["state"], "good");
+    s.sql("src", "INSERT INTO t SELECT i, 'late' FROM generate_series(1000001, 1000010) i");
+    let cursor = s.sql("src", "SELECT snapshot::text FROM ibex.cursor WHERE sync = 'lo'");
+    let in_progress = cursor.split(':').nth(2).unwrap_or_default();
+    assert!(in_progress.split(',').any(|x| x == xid), "the cursor {cursor} does not hold the open xid {xid}");
+    // The next run's window: only the 10 new rows, found without reading
+    // the million written since the open transaction began.
+    let delta = delta_of(&s, "src", "t");
+    let window = ibex::capture::Window::unbounded(&cursor).unwrap();
+    let predicate = ibex::capture::window_condition("d", &window);
+    // Statistics as autovacuum would soon have them, so the plan is the real one.
+    s.sql("src", &format!("ANALYZE {delta}"));
+    assert_eq!(s.sql("src", &format!("SELECT count(*) FROM {delta} d WHERE {predicate}")), "10");
+    let explain =
+        s.sql("src", &format!("EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM {delta} d WHERE {predicate}"));
+    let plan: Value = serde_json::from_str(&explain).unwrap_or_else(|e| panic!("bad EXPLAIN JSON ({e}):\n{explain}"));
+    let scanned = rows_scanned(&plan[0]["Plan"]);
+    assert!((10.0..1000.0).contains(&scanned), "the window read {scanned} rows for 10 changes:\n{plan:#}");
+    assert_eq!(s.run("lo")["run"]["state"], "good");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "1000010");
+    rt.block_on(long.batch_execute("COMMIT")).unwrap();
+}
+
+/// `id=v,...` of table items, by id.
+fn items(s: &Setup, db: &str) -> String {
+    s.sql(db, "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM items")
+}
+
+#[test]
+fn truncate_on_one_master_keeps_later_writes_of_another() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 10) i;",
+        &["m1", "m2"],
+    );
+    s.ibex.sh("add table items db=m1 herd=h").ok();
+    s.ibex.sh("add sync tm herd=h dbs=m1:source,m2:source").ok();
+    // Writes on m2 after m1's TRUNCATE survive it.
+    s.sql("m1", "TRUNCATE items");
+    s.sql("m1", "SELECT pg_sleep(0.05)");
+    s.sql("m2", "INSERT INTO items VALUES (100, 'after'); UPDATE items SET v = 'late' WHERE id = 3");
+    assert_eq!(s.run("tm")["run"]["state"], "good");
+    for db in ["m1", "m2"] {
+        assert_eq!(items(&s, db), "3=late,100=after", "on {db}");
+    }
+    // Writes on m2 before m1's TRUNCATE do not.
+    s.sql("m2", "INSERT INTO items VALUES (200, 'before')");
+    s.sql("m2", "SELECT pg_sleep(0.05)");
+    s.sql("m1", "TRUNCATE items");
+    assert_eq!(s.run("tm")["run"]["state"], "good");
+    for db in ["m1", "m2"] {
+        assert_eq!(items(&s, db), "", "on {db}");
+    }
+}
+
+#[test]
+fn key_rewritten_by_a_before_trigger_is_captured() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE k (id int PRIMARY KEY, v text);
+         INSERT INTO k SELECT i, 'v' || i FROM generate_series(1, 5) i;",
+        &["src", "dst"],
+    );
+    // On src only: the UPDATE never names id, the trigger changes it.
+    s.sql(
+        "src",
+        "CREATE FUNCTION move_key() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.v = 'move' THEN NEW.id := NEW.id + 1000; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER move_key BEFORE UPDATE ON k FOR EACH ROW EXECUTE FUNCTION move_key();",
+    );
+    s.ibex.sh("add table k db=src herd=h").ok();
+    s.ibex.sh("add sync kt herd=h dbs=src:source,dst:target").ok();
+    s.sql("src", "UPDATE k SET v = 'move' WHERE id = 2");
+    assert_eq!(s.sql("src", "SELECT string_agg(id::text, ',' ORDER BY id) FROM k"), "1,3,4,5,1002");
+    assert_eq!(s.run("kt")["run"]["state"], "good");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM k WHERE id = 2"), "0", "the old key stayed on dst");
+    assert_eq!(s.sql("dst", "SELECT v FROM k WHERE id = 1002"), "move");
+    s.assert_same(&["src", "dst"], &["k"]);
+}
+
+#[test]
+fn changing_the_key_keeps_pending_changes() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE p (a int NOT NULL, b int NOT NULL, v text, PRIMARY KEY (a));
+         CREATE UNIQUE INDEX p_b ON p (b);
+         INSERT INTO p SELECT i, 100 + i, 'v' || i FROM generate_series(1, 10) i;",
+        &["src", "dst"],
+    );
+    s.ibex.sh("add table p db=src herd=h").ok();
+    s.ibex.sh("add sync pk herd=h dbs=src:source,dst:target").ok();
+    // Captured under key a, still unapplied when the key becomes b.
+    s.sql(
+        "src",
+        "INSERT INTO p VALUES (11, 111, 'new'); UPDATE p SET v = 'edited' WHERE a = 2; DELETE FROM p WHERE a = 3;",
+    );
+    s.ibex.sh("update table p pkey=b").ok();
+    assert_eq!(s.sql("src", "SELECT key_columns::text FROM ibex.captured WHERE rel_name = 'p'"), "{b}");
+    assert_eq!(s.run("pk")["run"]["state"], "good");
+    s.assert_same(&["src", "dst"], &["p"]);
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM p WHERE a = 3"), "0", "the delete was lost");
+    assert_eq!(s.sql("dst", "SELECT v FROM p WHERE a = 11"), "new", "the insert was lost");
+    assert_eq!(s.sql("dst", "SELECT v FROM p WHERE a = 2"), "edited", "the update was lost");
+    // Changes under the new key flow as well.
+    s.sql("src", "UPDATE p SET v = 'by b' WHERE b = 105; DELETE FROM p WHERE b = 106");
+    assert_eq!(s.run("pk")["run"]["state"], "good");
+    s.assert_same(&["src", "dst"], &["p"]);
+}
+
+#[test]
+fn two_catalogs_cannot_share_a_db_capture() {
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text)", &["src", "dst1", "dst2"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync one herd=h dbs=src:source,dst1:target").ok();
+    let triggers = "SELECT string_agg(tgname::text, ',' ORDER BY tgname) FROM pg_trigger WHERE tgname LIKE 'ibex%'";
+    let installed = s.sql("src", triggers);
+    let other = Ibex::new(s.cluster.dsn("ibex2")).unwrap();
+    other.sh("install").ok();
+    for db in ["src", "dst2"] {
+        other.run(&["add", "db", db, &format!("dbname={db}"), "host=127.0.0.1", &s.port_arg(), "user=postgres"]).ok();
+    }
+    other.sh("add table t db=src herd=h").ok();
+    // A different sync name: the clash is the shared capture, not a name.
+    other.sh("add sync two herd=h dbs=src:source,dst2:target").fails_with("another ibex catalog");
+    assert_eq!(s.sql("src", "SELECT count(*) FROM ibex.cursor"), "1");
+    assert_eq!(s.sql("src", triggers), installed, "the refused sync changed src's capture");
+    // The first catalog's sync is unharmed.
+    s.sql("src", "INSERT INTO t VALUES (1, 'one')");
+    assert_eq!(s.run("one")["run"]["state"], "good");
+    assert_eq!(s.sql("dst1", "SELECT v FROM t"), "one");
+    assert_eq!(s.sql("dst2", "SELECT count(*) FROM t"), "0");
+}
+
+/// A process killed when the test ends, also on panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A detached daemon, sent SIGTERM if the test ends before it stopped.
+struct Detached(u32);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let cmdline = fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("ibex") {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+}
+
+/// `ibex ARGS` with HOME in `home` and no XDG directories.
+fn run_at_home(ibex: &Ibex, home: &Path, args: &[&str]) -> Outcome {
+    let out = ibex
+        .command(args)
+        .env("HOME", home)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_STATE_HOME")
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+#[test]
+fn pid_file_is_private_and_exclusive() {
+    let s = Setup::new();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    // Not 0700 like a fresh tempdir, so the privacy check below means something.
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d.start().unwrap();
+    let pid_path = d.dir.path().join("ibex.pid");
+    let (file_mode, dir_mode) = (mode(&pid_path), mode(d.dir.path()));
+    assert!(file_mode == 0o600 || dir_mode == 0o700, "pid file {file_mode:o} in a {dir_mode:o} directory");
+    assert_eq!(fs::read_to_string(&pid_path).unwrap().trim(), d.pid().unwrap().to_string());
+
+    // A pid file naming some other process: `stop` must leave it alone.
+    let mut sleeper = KillOnDrop(Command::new("sleep").arg("1000").spawn().unwrap());
+    let idle = Ibex::new(s.cluster.dsn("idle")).unwrap();
+    idle.sh("install").ok();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_pid = other_dir.path().join("ibex.pid");
+    fs::write(&other_pid, format!("{}\n", sleeper.0.id())).unwrap();
+    let other_toml = other_dir.path().join("ibex.toml");
+    fs::write(&other_toml, format!("control = \"{}\"\npid_file = \"{}\"\n", idle.control, other_pid.display()))
+        .unwrap();
+    let stopped = idle.run(&["--config", &other_toml.display().to_string(), "stop", "--timeout", "5"]).ok();
+    assert!(stopped.stdout.contains("not running"), "{}", stopped.stdout);
+    assert!(sleeper.0.try_wait().unwrap().is_none(), "ibex stop killed a process that is not ibex");
+    assert!(d.run(&["ping", "--timeout", "5"]).ok().stdout.contains("Pong"), "the other catalog's stop stopped ours");
+    d.run(&["stop"]).ok();
+    assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
+    drop(sleeper);
+
+    // Without pid_file the default is a private directory, not /tmp.
+    let home = tempfile::tempdir().unwrap();
+    let toml = home.path().join("ibex.toml");
+    fs::write(&toml, format!("control = \"{}\"\n", s.ibex.control)).unwrap();
+    let config = toml.display().to_string();
+    let started = run_at_home(&s.ibex, home.path(), &["--config", &config, "start"]).ok();
+    let line = started.stdout.lines().find(|l| l.contains("Started ibex (pid")).unwrap_or_else(|| {
+        panic!("no start line:\n{}", started.stdout);
+    });
+    let pid: u32 = line.split("(pid ").nth(1).and_then(|r| r.split(')').next()).and_then(|p| p.parse().ok()).unwrap();
+    let _guard = Detached(pid);
+    let path = line.split("pid file: ").nth(1).unwrap_or_else(|| panic!("no pid file in {line:?}")).trim();
+    assert!(!path.starts_with("/tmp/ibex-"), "default pid file in /tmp: {path}");
+    let path = Path::new(path);
+    assert_eq!(mode(path.parent().unwrap()), 0o700, "the pid file's directory is not private: {}", path.display());
+    assert_eq!(fs::read_to_string(path).unwrap().trim(), pid.to_string());
+    let stopped = run_at_home(&s.ibex, home.path(), &["--config", &config, "stop"]).ok();
+    assert!(stopped.stdout.contains(&format!("Stopped ibex (pid {pid})")), "{}", stopped.stdout);
+}
