@@ -61,6 +61,51 @@ pub enum Error {
     Skipped(String),
 }
 
+/// What kind of failure an error is: what a caller (retry logic, the CLI's
+/// exit code, `--json` error objects) acts on, without reading its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Malformed input: fix the command.
+    Usage,
+    /// A named object does not exist.
+    NotFound,
+    /// Refused: it exists already, something depends on it, or it is not allowed.
+    Refused,
+    /// ibex.toml, the environment or a setting is wrong.
+    Config,
+    /// A database cannot be reached (or the connection dropped).
+    Down,
+    /// Retrying can succeed: serialization failure, deadlock, lock timeout.
+    Retryable,
+    /// Tables do not fit replication (drift, no key, missing table).
+    Schema,
+    /// A plugin failed, hit a limit, or was refused something.
+    Plugin,
+    /// The control catalog is missing or at another version.
+    Catalog,
+    /// Anything else a run or a statement failed with.
+    Failed,
+}
+
+impl ErrorKind {
+    /// The process exit code for this kind (2 is clap's own for bad usage).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Refused => 4,
+            ErrorKind::Config => 5,
+            ErrorKind::Down => 6,
+            ErrorKind::Retryable => 7,
+            ErrorKind::Schema => 8,
+            ErrorKind::Plugin => 9,
+            ErrorKind::Catalog => 10,
+        }
+    }
+}
+
 /// An optional trailing sentence of advice, printed after a `: `-free message.
 #[derive(Debug, Default, Clone)]
 pub struct Hint(pub Option<String>);
@@ -109,6 +154,29 @@ impl Error {
         match self {
             Error::Postgres { source, .. } => source.code(),
             _ => None,
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Duplicate { .. } | Error::Refused(_) | Error::Skipped(_) => ErrorKind::Refused,
+            Error::Connect { .. } => ErrorKind::Down,
+            Error::Postgres { source, .. } => match source.code() {
+                // No SQLSTATE: the client lost the connection (I/O, closed).
+                None => ErrorKind::Down,
+                // 08: connection exceptions; 57P0x: the server is shutting down or ended the session.
+                Some(code) if code.code().starts_with("08") || code.code().starts_with("57P0") => ErrorKind::Down,
+                Some(_) if self.is_transient() => ErrorKind::Retryable,
+                Some(_) => ErrorKind::Failed,
+            },
+            Error::Catalog(_) => ErrorKind::Catalog,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Schema(_) => ErrorKind::Schema,
+            Error::Sync(_) => ErrorKind::Failed,
+            Error::Plugin(_) => ErrorKind::Plugin,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod error;
 pub mod failpoint;
 pub mod logging;
+pub mod names;
 pub mod pg;
 pub mod plugin;
 pub mod sync;

@@ -2,11 +2,12 @@
 //! when the test panics). Clusters left behind by a killed test process are
 //! swept the next time any test starts one.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -17,9 +18,11 @@ pub struct Cluster {
     dir: PathBuf,
     port: u16,
     running: bool,
+    /// initdb, pg_ctl and postgres of this cluster's version.
+    bin: PathBuf,
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc_geteuid() == 0 }
 }
@@ -54,16 +57,16 @@ pub fn pg_bin_dir() -> Result<PathBuf> {
     .ok_or_else(|| anyhow!("no PostgreSQL server binaries (initdb): install postgresql or set IBEX_PG_BIN"))
 }
 
-/// Runs a PostgreSQL server program, as `postgres` when we are root.
-fn pg_command(program: &str) -> Result<Command> {
-    let path = pg_bin_dir()?.join(program);
-    Ok(if is_root() {
+/// Runs a PostgreSQL server program from `bin`, as `postgres` when we are root.
+fn pg_command(bin: &Path, program: &str) -> Command {
+    let path = bin.join(program);
+    if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(path);
         c
     } else {
         Command::new(path)
-    })
+    }
 }
 
 fn run(mut cmd: Command, what: &str) -> Result<Output> {
@@ -120,26 +123,34 @@ fn sweep_stale() {
     }
 }
 
-/// initdb once per test process; every cluster starts as a copy of it.
-fn template() -> Result<PathBuf> {
-    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    TEMPLATE.get_or_init(|| make_template().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+/// initdb once per test process and server version (`bin`); every cluster
+/// starts as a copy of its version's template. `name` tells the templates of
+/// one process apart.
+fn template(bin: &Path, name: &str) -> Result<PathBuf> {
+    type Cell = Arc<OnceLock<Result<PathBuf, String>>>;
+    static TEMPLATES: Mutex<Option<HashMap<PathBuf, Cell>>> = Mutex::new(None);
+    let cell = {
+        let mut templates = TEMPLATES.lock().map_err(|_| anyhow!("template lock poisoned"))?;
+        templates.get_or_insert_with(HashMap::new).entry(bin.to_path_buf()).or_default().clone()
+    };
+    cell.get_or_init(|| make_template(bin, name).map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
-fn make_template() -> Result<PathBuf> {
+fn make_template(bin: &Path, name: &str) -> Result<PathBuf> {
     fs::create_dir_all(ROOT)?;
     fs::set_permissions(ROOT, fs::Permissions::from_mode(0o1777))?;
     sweep_stale();
-    let dir = PathBuf::from(ROOT).join(format!("template-{}", std::process::id()));
+    let dir = PathBuf::from(ROOT).join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
     chown_postgres(&dir)?;
     let data = dir.join("data");
-    let mut initdb = pg_command("initdb")?;
+    let mut initdb = pg_command(bin, "initdb");
     initdb.args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "-N", "-D"]).arg(&data);
-    run(initdb, "initdb")?;
-    let conf = "
+    run(initdb, &format!("{}/initdb", bin.display()))?;
+    let mut conf = String::from(
+        "
 listen_addresses = '127.0.0.1'
 fsync = off
 synchronous_commit = off
@@ -149,8 +160,15 @@ shared_buffers = 64MB
 max_wal_size = 2GB
 log_min_messages = warning
 log_line_prefix = '%m [%p] %d '
-";
-    append(&data.join("postgresql.conf"), conf)?;
+",
+    );
+    // Before 14 passwords are stored as md5, which the scram-sha-256 line of
+    // pg_hba.conf (for `create_password_role`) cannot check.
+    let major = fs::read_to_string(data.join("PG_VERSION"))?.trim().parse::<u32>().unwrap_or(0);
+    if major < 14 {
+        conf.push_str("password_encryption = 'scram-sha-256'\n");
+    }
+    append(&data.join("postgresql.conf"), &conf)?;
     fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhost all ibex_pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
@@ -200,9 +218,24 @@ mod rand_port {
 }
 
 impl Cluster {
-    /// Starts a fresh cluster (a copy of this process's initdb template).
+    /// Starts a fresh cluster (a copy of this process's initdb template) of
+    /// the default server ([`pg_bin_dir`]).
     pub fn start() -> Result<Cluster> {
-        let template = template()?;
+        let bin = pg_bin_dir()?;
+        let template = template(&bin, &format!("template-{}", std::process::id()))?;
+        Self::start_from(bin, &template)
+    }
+
+    /// Starts a fresh cluster of PostgreSQL `major` (10..=18), with binaries
+    /// from [`crate::versions::pg_bin_dir_for`] (fetched on first use).
+    pub fn start_version(major: u32) -> Result<Cluster> {
+        let bin = crate::versions::pg_bin_dir_for(major)?;
+        let template = template(&bin, &format!("template-{}-pg{major}", std::process::id()))
+            .with_context(|| format!("making the PostgreSQL {major} template cluster"))?;
+        Self::start_from(bin, &template).with_context(|| format!("starting a PostgreSQL {major} cluster"))
+    }
+
+    fn start_from(bin: PathBuf, template: &Path) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("cluster-").tempdir_in(ROOT)?.keep();
         fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
         run(
@@ -214,7 +247,7 @@ impl Cluster {
             "copying the template cluster",
         )?;
         chown_postgres(&dir)?;
-        let mut cluster = Cluster { dir, port: 0, running: false };
+        let mut cluster = Cluster { dir, port: 0, running: false, bin };
         let mut last_error = None;
         for _ in 0..5 {
             cluster.port = free_port()?;
@@ -227,7 +260,7 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&mut self) -> Result<()> {
-        let mut c = pg_command("pg_ctl")?;
+        let mut c = pg_command(&self.bin, "pg_ctl");
         c.arg("start")
             .arg("-D")
             .arg(self.dir.join("data"))
@@ -250,6 +283,17 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory of this cluster's initdb, pg_ctl and postgres.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The server's `server_version_num`, e.g. 100023 or 180004.
+    pub fn server_version_num(&self) -> Result<u32> {
+        let text = self.psql("postgres", "SHOW server_version_num")?;
+        text.trim().parse().with_context(|| format!("parsing server_version_num {text:?}"))
     }
 
     /// A libpq connection string for `dbname` as the superuser.
@@ -327,7 +371,7 @@ impl Cluster {
     }
 
     fn pg_ctl_stop(&mut self, mode: &str) -> Result<()> {
-        let mut c = pg_command("pg_ctl")?;
+        let mut c = pg_command(&self.bin, "pg_ctl");
         c.arg("stop").arg("-D").arg(self.dir.join("data")).args(["-m", mode, "-w"]);
         run(c, "pg_ctl stop")?;
         self.running = false;
@@ -377,10 +421,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.running
-            && let Ok(mut c) = pg_command("pg_ctl")
-        {
-            let _ = c
+        if self.running {
+            let _ = pg_command(&self.bin, "pg_ctl")
                 .arg("stop")
                 .arg("-D")
                 .arg(self.dir.join("data"))

@@ -9,6 +9,7 @@ pub mod load;
 pub mod plugins;
 pub mod proxy;
 pub mod setup;
+pub mod versions;
 
 pub use cluster::Cluster;
 pub use daemon::Daemon;

@@ -218,7 +218,7 @@ fn long_open_transaction_costs_nothing_extra() {
     // the million written since the open transaction began.
     let delta = delta_of(&s, "src", "t");
     let window = ibex::capture::Window::unbounded(&cursor).unwrap();
-    let predicate = ibex::capture::window_condition("d", &window);
+    let predicate = ibex::capture::window_condition("d", &window, ibex::pg::version::XidFlavour::Xid8);
     // Statistics as autovacuum would soon have them, so the plan is the real one.
     s.sql("src", &format!("ANALYZE {delta}"));
     assert_eq!(s.sql("src", &format!("SELECT count(*) FROM {delta} d WHERE {predicate}")), "10");

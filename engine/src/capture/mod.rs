@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-pub use sql::{delta_table_name, not_written_by, window_condition};
+pub use sql::{delta_table_name, in_window_end, not_written_by, window_condition};
 pub use window::{Snapshot, Window};
 
 use crate::error::{Error, PgContext, Result};
@@ -146,7 +146,8 @@ pub async fn reconcile(
         None if !wanted => return Ok(report),
         None => {}
     }
-    tx.batch_execute(sql::SCHEMA).await.ctx(|| "creating schema ibex".into())?;
+    let caps = crate::pg::version::detect(&tx).await?;
+    tx.batch_execute(&sql::schema(&caps)).await.ctx(|| "creating schema ibex".into())?;
     tx.execute(
         "INSERT INTO ibex.owner (catalog_id, catalog) VALUES ($1, $2)
          ON CONFLICT (singleton) DO UPDATE SET catalog = excluded.catalog",
@@ -180,7 +181,7 @@ pub async fn reconcile(
             Some(_) => {
                 // The key changed: pending rows keyed the old way cannot be
                 // read any more. Keep them as a whole-table copy instead.
-                keep_pending_as_resync(&tx, &table.name, readers, &mut report).await?;
+                keep_pending_as_resync(&tx, &table.name, readers, caps.xids, &mut report).await?;
                 tx.batch_execute(&sql::drop_table(&table.name))
                     .await
                     .ctx(|| format!("removing the old capture of {shown}"))?;
@@ -188,7 +189,7 @@ pub async fn reconcile(
             }
             None => report.installed.push(shown.clone()),
         }
-        tx.batch_execute(&sql::install_table(table)).await.ctx(|| format!("installing capture on {shown}"))?;
+        tx.batch_execute(&sql::install_table(table, &caps)).await.ctx(|| format!("installing capture on {shown}"))?;
         tx.execute(
             "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image, ibex_writes)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -224,9 +225,12 @@ pub async fn reconcile(
         .collect();
     for sync in &syncs {
         if !existing.contains(sync) {
-            tx.execute("INSERT INTO ibex.cursor (sync, snapshot) VALUES ($1, pg_current_snapshot())", &[sync])
-                .await
-                .ctx(|| format!("adding the cursor of sync {sync}"))?;
+            tx.execute(
+                &format!("INSERT INTO ibex.cursor (sync, snapshot) VALUES ($1, {})", caps.xids.current_snapshot()),
+                &[sync],
+            )
+            .await
+            .ctx(|| format!("adding the cursor of sync {sync}"))?;
             report.cursors_added.push(sync.clone());
         }
     }
@@ -278,6 +282,7 @@ async fn keep_pending_as_resync(
     tx: &tokio_postgres::Transaction<'_>,
     table: &QualifiedName,
     readers: &[Reader],
+    xids: crate::pg::version::XidFlavour,
     report: &mut CaptureReport,
 ) -> Result<()> {
     let shown = table.to_string();
@@ -298,7 +303,7 @@ async fn keep_pending_as_resync(
             .query_one(
                 &format!(
                     "SELECT EXISTS (SELECT 1 FROM {delta} d WHERE {} AND {})",
-                    window_condition("d", &window),
+                    window_condition("d", &window, xids),
                     not_written_by("d", &reader.sync)
                 ),
                 &[],

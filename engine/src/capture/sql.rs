@@ -4,14 +4,23 @@
 use std::fmt::Write;
 
 use super::{CaptureTable, IbexWrites, KICK_CHANNEL, Window};
+use crate::pg::version::{Capabilities, XidFlavour};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
 
 pub const CAPTURE_TRIGGERS: &[&str] =
     &["ibex_capture_delete", "ibex_capture_insert", "ibex_capture_key", "ibex_capture_truncate", "ibex_capture_update"];
 pub const KICK_TRIGGER: &str = "ibex_kick";
 
-/// Objects shared by all captured tables of a database.
-pub const SCHEMA: &str = r#"
+/// Objects shared by all captured tables of a database, in the server's flavour.
+pub fn schema(caps: &Capabilities) -> String {
+    let x = caps.xids;
+    SCHEMA
+        .replace("{xid_type}", x.xid_type())
+        .replace("{current_xid}", x.current_xid())
+        .replace("{snapshot_type}", x.snapshot_type())
+}
+
+const SCHEMA: &str = r#"
 CREATE SCHEMA IF NOT EXISTS ibex;
 COMMENT ON SCHEMA ibex IS 'ibex replication: change capture (delta tables, cursors); managed by ibex';
 CREATE TABLE IF NOT EXISTS ibex.captured (
@@ -26,13 +35,13 @@ CREATE TABLE IF NOT EXISTS ibex.captured (
 ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS old_image boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS ibex.cursor (
     sync        text PRIMARY KEY,
-    snapshot    pg_snapshot NOT NULL,
+    snapshot    {snapshot_type} NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS ibex.truncate_log (
     schema_name text NOT NULL,
     rel_name    text NOT NULL,
-    txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    txid        {xid_type} NOT NULL DEFAULT {current_xid},
     changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS truncate_log_txid ON ibex.truncate_log (txid);
@@ -80,19 +89,8 @@ $$;
 /// A name of at most 63 bytes, unique per table: a readable prefix and a
 /// hash of the full `schema.table`.
 fn object_name(prefix: &str, table: &QualifiedName) -> String {
-    let full = format!("{}.{}", table.schema, table.name);
-    // FNV-1a: stable across releases and platforms, unlike std's hasher.
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in full.as_bytes() {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    let readable: String = table
-        .name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' })
-        .take(40)
-        .collect();
+    let hash = crate::names::fnv1a32(format!("{}.{}", table.schema, table.name).into_bytes());
+    let readable = crate::names::readable(&table.name, 40);
     format!("{prefix}{readable}_{hash:08x}")
 }
 
@@ -109,21 +107,22 @@ fn function_name(table: &QualifiedName, suffix: &str) -> String {
 /// transactions that started at or after the cursor's xmax or were in
 /// progress when it was taken, and (for a cut window) visible at its end.
 /// Read inside the run's snapshot, the rest is invisible anyway.
-pub fn window_condition(alias: &str, window: &Window) -> String {
+pub fn window_condition(alias: &str, window: &Window, x: XidFlavour) -> String {
     let cursor = &window.cursor;
     let mut sql = if cursor.xip.is_empty() {
-        format!("{alias}.txid >= '{}'::xid8", cursor.xmax)
+        format!("{alias}.txid >= {}", x.xid(cursor.xmax))
     } else {
-        let list: Vec<String> = cursor.xip.iter().map(u64::to_string).collect();
-        format!("({alias}.txid >= '{}'::xid8 OR {alias}.txid = ANY('{{{}}}'::xid8[]))", cursor.xmax, list.join(","))
+        format!("({alias}.txid >= {} OR {alias}.txid = ANY({}))", x.xid(cursor.xmax), x.xids(&cursor.xip))
     };
     if let Some(end) = &window.end {
-        sql.push_str(&format!(
-            " AND {alias}.txid < '{}'::xid8 AND pg_visible_in_snapshot({alias}.txid, '{end}'::pg_snapshot)",
-            end.xmax
-        ));
+        sql.push_str(&format!(" AND {}", in_window_end(alias, end, x)));
     }
     sql
+}
+
+/// Rows of alias `alias` visible at a cut window's `end`.
+pub fn in_window_end(alias: &str, end: &super::Snapshot, x: XidFlavour) -> String {
+    format!("{alias}.txid < {} AND {}", x.xid(end.xmax), x.visible(&format!("{alias}.txid"), &end.to_string()))
 }
 
 /// Rows not written by `sync` itself (its own applies, captured where a
@@ -133,7 +132,9 @@ pub fn not_written_by(alias: &str, sync: &str) -> String {
 }
 
 /// Installs (or repairs) the capture of one table. Idempotent.
-pub fn install_table(table: &CaptureTable) -> String {
+pub fn install_table(table: &CaptureTable, caps: &Capabilities) -> String {
+    let execute = caps.execute_trigger_function();
+    let x = caps.xids;
     let target = table.name.quoted();
     let delta = format!("ibex.{}", quote_ident(&delta_table_name(&table.name)));
     let statement_fn = function_name(&table.name, "");
@@ -147,7 +148,9 @@ pub fn install_table(table: &CaptureTable) -> String {
     }
     let _ = writeln!(
         sql,
-        "    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),\n    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()\n);"
+        "    txid {} NOT NULL DEFAULT {},\n    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()\n);",
+        x.xid_type(),
+        x.current_xid()
     );
     // The row before the change, as text, for tables that keep old images.
     let _ = writeln!(sql, "ALTER TABLE {delta} ADD COLUMN IF NOT EXISTS old_row text[];");
@@ -226,17 +229,17 @@ $ibex$;",
     }
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_insert AFTER INSERT ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
+        "CREATE TRIGGER ibex_capture_insert AFTER INSERT ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();"
     );
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING {}NEW TABLE AS ibex_new FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();",
+        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING {}NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();",
         if with_old { "OLD TABLE AS ibex_old " } else { "" }
     );
 
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT EXECUTE FUNCTION {statement_fn}();"
+        "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT {execute} {statement_fn}();"
     );
     // Every UPDATE, not `UPDATE OF key`: a BEFORE trigger can rewrite the
     // key of an UPDATE that never names it. The WHEN test costs a
@@ -244,12 +247,12 @@ $ibex$;",
     let changed: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}")).collect();
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_key AFTER UPDATE ON {target} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {key_fn}();",
+        "CREATE TRIGGER ibex_capture_key AFTER UPDATE ON {target} FOR EACH ROW WHEN ({}) {execute} {key_fn}();",
         changed.join(" OR ")
     );
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT EXECUTE FUNCTION ibex.capture_truncate();"
+        "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT {execute} ibex.capture_truncate();"
     );
     if table.ibex_writes != IbexWrites::Ignore {
         // Fire under session_replication_role = replica too: ibex's applies.

@@ -5,6 +5,7 @@
 pub mod dbgroup;
 pub mod dbs;
 pub mod herd;
+pub mod manifest;
 pub mod migrations;
 mod names;
 pub mod plugin;

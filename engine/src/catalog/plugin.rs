@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::{Error, PgContext, Result};
-use crate::plugin::{Manifest, OnError, PluginKind};
+use super::manifest::{Manifest, OnError, PluginKind};
 
 #[derive(Debug, Clone)]
 pub struct PluginRecord {

@@ -460,8 +460,10 @@ pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<Capt
         )
         .await
         .ctx(|| format!("finding the syncs that read db {db}"))?;
-    // Per (reader, table): the other syncs that write the table to this db,
-    // split by whether their writes are captured (makedelta).
+    // Per (reader, table): the other syncs that write the table to this db
+    // and that the reader would carry further (it writes some db the writer
+    // does not reach; a reverse sync of the same dbs would only echo), split
+    // by whether their writes are captured (makedelta).
     let rows = c
         .query(
             "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old, r.makedelta,
@@ -475,6 +477,10 @@ pub async fn capture_needs(c: &impl GenericClient, db: &str) -> Result<(Vec<Capt
                           JOIN ibex.dbgroup_member wm ON wm.dbgroup = w.dbgroup
                           JOIN ibex.herd_member wh ON wh.herd = w.herd)
                       ON wm.db = m.db AND wh.relation = r.id AND w.name <> s.name
+                     AND EXISTS (SELECT 1 FROM ibex.dbgroup_member further
+                                  WHERE further.dbgroup = s.dbgroup
+                                    AND further.db NOT IN (SELECT reach.db FROM ibex.dbgroup_member reach
+                                                            WHERE reach.dbgroup = w.dbgroup))
               WHERE m.db = $1
               GROUP BY s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old, r.makedelta
               ORDER BY r.schema_name, r.rel_name, s.name",

@@ -3,9 +3,29 @@
 use super::{Context, NamedParams, Names, Params};
 use crate::catalog::{self, check_name};
 use crate::error::{Error, Result};
-use crate::pg::{self, ConnInfo, SslMode};
+use crate::pg::{self, ConnInfo};
 
-const CONN_KEYS: &[&str] = &["dbname", "host", "port", "user", "pass", "sslmode"];
+/// Keys `add db` and `update db` take: libpq's (see `pg::CONN_KEYS`) and
+/// Bucardo's spellings.
+const CONN_KEYS: &[&str] = &[
+    "dbname",
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "pass",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "service",
+    "passfile",
+    "application_name",
+    "options",
+    "connect_timeout",
+    "target_session_attrs",
+];
 
 /// Applies connection keys from `params` onto `conn`; true if any changed.
 fn apply_conn_keys(params: &mut Params, conn: &mut ConnInfo) -> Result<bool> {
@@ -16,28 +36,16 @@ fn apply_conn_keys(params: &mut Params, conn: &mut ConnInfo) -> Result<bool> {
         }
         conn.dbname = dbname;
     }
-    if let Some(host) = params.take("host") {
-        conn.host = (!host.is_empty()).then_some(host);
-    }
-    if let Some(port) = params.take("port") {
-        conn.port = match port.as_str() {
-            "" => None,
-            p => Some(
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| Error::usage(format!("bad port {p:?}: use a number from 1 to 65535")))?,
-            ),
-        };
-    }
     if let Some(user) = params.take_any(&["user", "dbuser", "username"]) {
-        conn.user = (!user.is_empty()).then_some(user);
+        conn.set("user", &user)?;
     }
     if let Some(pass) = params.take_any(&["pass", "password", "dbpass"]) {
-        conn.password = (!pass.is_empty()).then_some(pass);
+        conn.set("password", &pass)?;
     }
-    if let Some(mode) = params.take("sslmode") {
-        conn.sslmode = Some(mode.parse::<SslMode>()?);
+    for key in pg::CONN_KEYS {
+        if let Some(value) = params.take(key) {
+            conn.set(key, &value)?;
+        }
     }
     Ok(*conn != before)
 }
@@ -55,7 +63,11 @@ async fn check_connects(name: &str, conn: &ConnInfo) -> Result<()> {
 pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
     check_name("db", &args.name)?;
     let mut params = Params::parse_pairs_only(&args.params)?;
-    let mut conn = ConnInfo { dbname: params.require("dbname", "dbname=btest1")?, ..ConnInfo::default() };
+    // With service=, the service's entry may name the database.
+    let mut conn = ConnInfo::default();
+    if params.remaining().iter().all(|(k, _)| k != "service") {
+        conn.dbname = params.require("dbname", "dbname=btest1")?;
+    }
     apply_conn_keys(&mut params, &mut conn)?;
     params.finish(CONN_KEYS)?;
     let mut cat = ctx.catalog().await?;

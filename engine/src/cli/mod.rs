@@ -239,7 +239,7 @@ pub enum AddCmd {
     /// Register a database (connects once to check)
     #[command(
         alias = "database",
-        after_help = "Keys: dbname (required), host, port, user, pass, sslmode (disable|prefer|require)\n\nExample:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret"
+        after_help = "Keys: dbname (required unless service= names it), host (a,b for several), port, user, pass,\nsslmode (disable|allow|prefer|require|verify-ca|verify-full), sslrootcert (a file, or system),\nsslcert, sslkey, sslcrl, service, passfile, application_name, options, connect_timeout,\ntarget_session_attrs (any|read-write). What is left out comes from the service file, PG* variables\nand ~/.pgpass, as with libpq.\n\nExamples:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret\n  ibex add db t2 service=prod sslmode=verify-full sslrootcert=/etc/ibex/ca.crt"
     )]
     Db(NamedParams),
     /// Register tables found on a db, optionally into a herd
@@ -371,7 +371,7 @@ pub enum UpdateCmd {
     /// Change how to reach a db (checks the new settings by connecting)
     #[command(
         alias = "database",
-        after_help = "Keys: dbname, host, port, user, pass, sslmode, status (active|inactive)\n\nExample:\n  ibex update db t1 host=10.0.0.6 pass=newsecret"
+        after_help = "Keys: as for add db, and status (active|inactive)\n\nExample:\n  ibex update db t1 host=10.0.0.6 pass=newsecret sslmode=verify-full"
     )]
     Db(NamedParams),
     /// Change how a table is captured
@@ -466,8 +466,15 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli, out)) {
         Ok(code) => code,
         Err(err) => {
+            // The kind decides the exit code; --json also gets an error object.
+            let kind = err.kind();
+            if out.json {
+                out.print_json(&serde_json::json!({
+                    "error": { "kind": kind, "exit_code": kind.exit_code(), "message": err.to_string() }
+                }));
+            }
             out.error(&err.to_string());
-            ExitCode::FAILURE
+            ExitCode::from(kind.exit_code())
         }
     }
 }

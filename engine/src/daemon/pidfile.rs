@@ -14,12 +14,7 @@ use crate::pg::ConnInfo;
 /// The default pid file for a control database: one per catalog, in the
 /// state directory, so two catalogs on one host do not collide.
 pub fn default_path(control: &ConnInfo) -> PathBuf {
-    let identity = control.describe();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in identity.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::names::fnv1a64(control.describe().into_bytes());
     state_dir().join(format!("ibex-{hash:016x}.pid"))
 }
 

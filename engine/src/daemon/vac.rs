@@ -16,7 +16,8 @@ use super::metrics::Metrics;
 use crate::capture::{Snapshot, Window, delta_table_name, window_condition};
 use crate::catalog;
 use crate::error::{PgContext, Result};
-use crate::pg::{self, ConnInfo, QualifiedName, quote_ident, quote_literal};
+use crate::pg::version::XidFlavour;
+use crate::pg::{self, ConnInfo, QualifiedName, quote_ident};
 
 /// Rows deleted per statement, so a purge never holds one huge transaction.
 const PURGE_BATCH: i64 = 50_000;
@@ -24,23 +25,25 @@ const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// The backlog gauge counts at most this many delta rows per table.
 pub const BACKLOG_CAP: i64 = 100_000;
 
-/// The VAC's connections, one per db, kept between passes.
+/// The VAC's connections, one per db, kept between passes, with the
+/// transaction id flavour of each server.
 #[derive(Default)]
 struct Connections {
-    open: HashMap<String, (ConnInfo, pg::Client)>,
+    open: HashMap<String, (ConnInfo, pg::Client, XidFlavour)>,
     /// The last error per db, so a failing db is reported once, not every pass.
     failing: HashMap<String, String>,
 }
 
 impl Connections {
-    async fn get(&mut self, db: &str, conn: &ConnInfo) -> Result<&pg::Client> {
-        let stale = self.open.get(db).is_none_or(|(info, client)| info != conn || client.is_closed());
+    async fn get(&mut self, db: &str, conn: &ConnInfo) -> Result<(&pg::Client, XidFlavour)> {
+        let stale = self.open.get(db).is_none_or(|(info, client, _)| info != conn || client.is_closed());
         if stale {
             let client = pg::connect(conn, "ibex vac").await?;
-            self.open.insert(db.to_string(), (conn.clone(), client));
+            let xids = pg::version::detect(&client).await?.xids;
+            self.open.insert(db.to_string(), (conn.clone(), client, xids));
         }
         match self.open.get(db) {
-            Some((_, client)) => Ok(client),
+            Some((_, client, xids)) => Ok((client, *xids)),
             None => Err(crate::Error::Sync(format!("no connection to db {db}"))),
         }
     }
@@ -129,7 +132,7 @@ async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Conne
         return Ok(0);
     }
     let record = catalog::dbs::get(catalog_client, db).await?;
-    let client = connections.get(db, &record.conn).await?;
+    let (client, xids) = connections.get(db, &record.conn).await?;
     let mut readers: BTreeMap<QualifiedName, Vec<String>> = BTreeMap::new();
     for need in &needs {
         readers.entry(need.table.clone()).or_default().push(need.sync.clone());
@@ -138,7 +141,7 @@ async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Conne
     let mut deleted = 0;
     for (table, syncs) in &readers {
         // A sync without a cursor has applied nothing: keep every row.
-        let Some(applied) = applied_by_all(&cursors, syncs) else { continue };
+        let Some(applied) = applied_by_all(&cursors, syncs, xids) else { continue };
         let delta = format!("ibex.{}", quote_ident(&delta_table_name(table)));
         deleted +=
             purge(client, &delta, &applied, None).await.ctx(|| format!("purging the delta of {table} on db {db}"))?;
@@ -159,20 +162,17 @@ async fn read_cursors(client: &pg::Client) -> std::result::Result<HashMap<String
 /// smallest cursor xmax). Rows of a transaction still open when a cursor
 /// was taken stay; rows after it, once applied, go (an `xmin` bound would
 /// keep everything written since the oldest open transaction began).
-fn applied_by_all(cursors: &HashMap<String, String>, syncs: &[String]) -> Option<String> {
+fn applied_by_all(cursors: &HashMap<String, String>, syncs: &[String], xids: XidFlavour) -> Option<String> {
     let mut snapshots = Vec::new();
     for sync in syncs {
         snapshots.push(cursors.get(sync)?.parse::<Snapshot>().ok()?);
     }
     let bound = snapshots.iter().map(|s| s.xmax).min()?;
-    let mut sql = format!("d.txid < '{bound}'::xid8");
+    let mut sql = format!("d.txid < {}", xids.xid(bound));
     for snapshot in &snapshots {
         // Below a snapshot's xmin every transaction is visible: no test needed.
         if snapshot.xmin < bound {
-            sql.push_str(&format!(
-                " AND pg_visible_in_snapshot(d.txid, {}::pg_snapshot)",
-                quote_literal(&snapshot.to_string())
-            ));
+            sql.push_str(&format!(" AND {}", xids.visible("d.txid", &snapshot.to_string())));
         }
     }
     Some(sql)
@@ -218,12 +218,12 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: 
         }
         let record = catalog::dbs::get(client.as_ref(), &db).await?;
         let result = async {
-            let conn = connections.get(&db, &record.conn).await?;
+            let (conn, xids) = connections.get(&db, &record.conn).await?;
             let cursors = read_cursors(conn).await.ctx(|| format!("reading the cursors on db {db}"))?;
             let mut found = Vec::new();
             for need in &needs {
                 let Some(cursor) = cursors.get(&need.sync) else { continue };
-                let window = window_condition("d", &Window::unbounded(cursor)?);
+                let window = window_condition("d", &Window::unbounded(cursor)?, xids);
                 let delta = format!("ibex.{}", quote_ident(&delta_table_name(&need.table)));
                 let stats = conn
                     .query_one(

@@ -202,7 +202,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
     let rows = c
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
-                    a.attgenerated <> '', t.typsend::regproc::text,
+                    coalesce(to_jsonb(a) ->> 'attgenerated', '') <> '', t.typsend::regproc::text,
                     CASE WHEN t.typtype = 'c' THEN true
                          WHEN t.typcategory = 'A' THEN t.typelem >= 16384
                               OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')

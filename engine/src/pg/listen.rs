@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::{Client, ConnInfo, quote_ident};
-use crate::error::{Error, PgContext, Result, describe_pg};
+use crate::error::{PgContext, Result, describe_pg};
 
 /// One notification: its channel and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,22 +25,8 @@ pub struct Listener {
 
 impl Listener {
     pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<Listener> {
-        let config = info.to_config(application_name);
-        let (client, mut connection) = match tokio::time::timeout(
-            super::CONNECT_TIMEOUT + std::time::Duration::from_secs(1),
-            config.connect(tokio_postgres::NoTls),
-        )
-        .await
-        {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(err)) => return Err(Error::Connect { target: info.describe(), reason: describe_pg(&err) }),
-            Err(_) => {
-                return Err(Error::Connect {
-                    target: info.describe(),
-                    reason: format!("no answer within {} s", super::CONNECT_TIMEOUT.as_secs()),
-                });
-            }
-        };
+        // Same path as pg::connect: TLS, pinned settings, several hosts.
+        let (client, mut connection) = super::open(info, application_name).await?;
         let (tx, notices) = mpsc::unbounded_channel();
         let target = info.describe();
         tokio::spawn(async move {

@@ -1,41 +1,43 @@
 //! PostgreSQL plumbing that knows nothing about syncs: connection info,
-//! connecting with a deadline, identifier quoting.
+//! connecting with a deadline (TLS, libpq's files and environment, pinned
+//! session settings), identifier quoting.
 
 mod conninfo;
 pub mod copy;
 mod ident;
 pub mod introspect;
 pub mod listen;
+mod pgpass;
+mod service;
+pub mod session;
+mod tls;
+pub mod version;
 
-pub use conninfo::{ConnInfo, SslMode};
+pub use conninfo::{ConnInfo, KEYS as CONN_KEYS, SslMode, redact_dsn};
 pub use ident::{QualifiedName, quote_ident, quote_literal};
 
 use std::time::Duration;
 
-use crate::error::{Error, Result, describe_pg};
+use tokio_postgres::Socket;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// How long a connection attempt may take before it is reported as failed.
+use crate::error::{Error, Result, describe_pg};
+use conninfo::{Resolved, Target};
+
+/// How long a connection attempt may take before it is reported as failed
+/// (per host; `connect_timeout` / PGCONNECT_TIMEOUT change it).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Client = tokio_postgres::Client;
 
+/// A connection whose stream may or may not be encrypted.
+pub type Connection = tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
 /// Connects and spawns the connection's driver task. The error names the
 /// host, port, database and user that failed and the server's reason.
 pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<Client> {
-    let config = info.to_config(application_name);
-    let attempt = config.connect(tokio_postgres::NoTls);
-    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), attempt).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(err)) => {
-            return Err(Error::Connect { target: info.describe(), reason: connect_reason(&err) });
-        }
-        Err(_) => {
-            return Err(Error::Connect {
-                target: info.describe(),
-                reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-            });
-        }
-    };
+    let (client, connection) = open(info, application_name).await?;
     let target = info.describe();
     tokio::spawn(async move {
         if let Err(err) = connection.await {
@@ -45,11 +47,142 @@ pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<Client> 
     Ok(client)
 }
 
-fn connect_reason(err: &tokio_postgres::Error) -> String {
+/// Opens a connection without driving it: each host in turn, each with the
+/// plaintext/TLS order its sslmode asks for.
+pub(crate) async fn open(info: &ConnInfo, application_name: &str) -> Result<(Client, Connection)> {
+    let fail = |reason: String| Error::Connect { target: info.describe(), reason };
+    let resolved = info.resolve().map_err(|err| fail(err.to_string()))?;
+    let tls = tls::setup(&resolved).map_err(|err| fail(err.to_string()))?;
+    let mut failures = Vec::new();
+    for target in &resolved.targets {
+        match open_target(&resolved, &tls, target, application_name).await {
+            Ok(pair) => return Ok(pair),
+            Err(reason) => failures.push(format!("{}:{}: {reason}", target.host, target.port)),
+        }
+    }
+    let reason = if failures.len() == 1 {
+        // One host: the target already names it.
+        failures.remove(0).split_once(": ").map_or_else(String::new, |(_, r)| r.to_string())
+    } else {
+        failures.join("; ")
+    };
+    Err(fail(reason))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Plain,
+    /// TLS if the server has it, plaintext if not (tokio-postgres' prefer).
+    TlsIfOffered,
+    Tls,
+}
+
+async fn open_target(
+    r: &Resolved,
+    tls: &tls::Tls,
+    target: &Target,
+    application_name: &str,
+) -> std::result::Result<(Client, Connection), String> {
+    // libpq: no TLS over Unix sockets, whatever sslmode says.
+    let plan: &[Attempt] = if target.is_socket() {
+        &[Attempt::Plain]
+    } else {
+        match r.sslmode {
+            SslMode::Disable => &[Attempt::Plain],
+            SslMode::Allow => &[Attempt::Plain, Attempt::Tls],
+            SslMode::Prefer => &[Attempt::TlsIfOffered, Attempt::Plain],
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => &[Attempt::Tls],
+        }
+    };
+    let mut password_note = None;
+    let password = r.password.clone().or_else(|| {
+        match pgpass::lookup(r.passfile.as_deref(), &target.host, target.port, &r.dbname, &r.user) {
+            pgpass::Lookup::Found(p) => Some(p),
+            pgpass::Lookup::None => None,
+            pgpass::Lookup::Ignored(why) => {
+                password_note = Some(why);
+                None
+            }
+        }
+    });
+    let mut last = String::new();
+    for (i, attempt) in plan.iter().enumerate() {
+        let config = config_for(r, target, password.as_deref(), *attempt, application_name);
+        let outcome =
+            tokio::time::timeout(r.connect_timeout + Duration::from_secs(1), config.connect(tls.connector())).await;
+        let err = match outcome {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(err)) => err,
+            Err(_) => return Err(format!("no answer within {} s", r.connect_timeout.as_secs())),
+        };
+        // allow: the server refused plaintext, try TLS; prefer: TLS failed
+        // or was refused, try plaintext.
+        let retry = i + 1 < plan.len() && (err.as_db_error().is_some() || tls::is_tls_failure(&err));
+        last = reason(&err, r, tls, target, password_note.as_deref());
+        if !retry {
+            break;
+        }
+        tracing::debug!(host = %target.host, port = target.port, error = %last, "retrying with the other encryption");
+    }
+    Err(last)
+}
+
+fn config_for(
+    r: &Resolved,
+    target: &Target,
+    password: Option<&str>,
+    attempt: Attempt,
+    application_name: &str,
+) -> tokio_postgres::Config {
+    use tokio_postgres::config::{SslMode as PgSsl, TargetSessionAttrs};
+    let mut config = tokio_postgres::Config::new();
+    if target.is_socket() {
+        config.host_path(&target.host);
+    } else {
+        config.host(&target.host);
+    }
+    config.port(target.port);
+    config.dbname(&r.dbname);
+    config.user(&r.user);
+    if let Some(p) = password {
+        config.password(p);
+    }
+    config.ssl_mode(match attempt {
+        Attempt::Plain => PgSsl::Disable,
+        Attempt::TlsIfOffered => PgSsl::Prefer,
+        Attempt::Tls => PgSsl::Require,
+    });
+    // The user's application_name wins; ibex's is libpq's fallback_application_name.
+    config.application_name(r.application_name.as_deref().unwrap_or(application_name));
+    config.options(session::startup_options(r.options.as_deref()));
+    if r.read_write {
+        config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+    }
+    config.connect_timeout(r.connect_timeout);
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(30));
+    config
+}
+
+/// The reason for one failed attempt, naming the fix where we know it.
+fn reason(err: &tokio_postgres::Error, r: &Resolved, tls: &tls::Tls, target: &Target, note: Option<&str>) -> String {
+    if let Some(text) = tls::explain(err, tls, &target.host, r.sslmode) {
+        return text;
+    }
     let text = describe_pg(err);
+    if err.as_db_error().is_none() && text.contains("password missing") {
+        let mut msg = "the server asks for a password and none is set: give pass=..., set PGPASSWORD, or add a line to ~/.pgpass (or the file PGPASSFILE names)".to_string();
+        if let Some(note) = note {
+            msg.push_str(&format!("; {note}"));
+        }
+        return msg;
+    }
+    if text.contains("database does not allow writes") || text.contains("read-only") && r.read_write {
+        return format!("{text} (target_session_attrs=read-write wants a primary)");
+    }
     // tokio-postgres reports a connect timeout as a bare "timeout": say which.
     if text.contains("timeout") && err.as_db_error().is_none() {
-        return format!("no answer within {} s ({text})", CONNECT_TIMEOUT.as_secs());
+        return format!("no answer within {} s ({text})", r.connect_timeout.as_secs());
     }
     text
 }

@@ -21,7 +21,7 @@ use super::bindings::row_transform::ibex::plugin::transforms;
 use super::bindings::sync_hooks::ibex::plugin::hooks;
 
 use super::convert::{self, ColumnKind, Value};
-use super::manifest::Manifest;
+use crate::catalog::manifest::Manifest;
 use super::roles;
 use crate::error::describe_pg;
 use crate::pg::{self, Client, ConnInfo};

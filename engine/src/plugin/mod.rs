@@ -8,14 +8,13 @@ pub mod conflict;
 pub mod convert;
 pub mod hooks;
 mod host;
-mod manifest;
 pub mod roles;
 mod runtime;
 pub mod transform;
 
 pub use convert::{ColumnKind, Value};
 pub use host::HostDbs;
-pub use manifest::{Manifest, OnError, PluginKind, table_name};
+pub use crate::catalog::manifest::{Manifest, OnError, PluginKind, table_name};
 pub use runtime::{LoadedPlugin, PluginRuntime};
 
 /// The sha256 of a component, in hex: its identity in the catalog.

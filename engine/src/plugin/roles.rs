@@ -35,16 +35,8 @@ pub const SCHEMA: &str = "ibex_plugin";
 /// The role of plugin `plugin` in the catalog `catalog_id`: at most 63
 /// bytes, unique per catalog and plugin.
 pub fn role_name(catalog_id: &str, plugin: &str) -> String {
-    let readable: String = plugin
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' })
-        .take(32)
-        .collect();
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in catalog_id.bytes().chain([0]).chain(plugin.bytes()) {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
+    let readable = crate::names::readable(plugin, 32);
+    let hash = crate::names::fnv1a32(catalog_id.bytes().chain([0]).chain(plugin.bytes()));
     format!("ibex_plugin_{readable}_{hash:08x}")
 }
 

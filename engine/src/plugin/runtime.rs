@@ -25,7 +25,7 @@ use wasmtime::{Config, Engine, Store, Trap};
 
 use super::bindings::{conflict_handler, row_transform, sync_hooks};
 use super::host::{HostDbs, HostState};
-use super::manifest::{Manifest, PluginKind};
+use crate::catalog::manifest::{Manifest, PluginKind};
 use crate::error::{Error, Result};
 
 /// How often the engine's epoch advances: the resolution of timeouts.

@@ -58,8 +58,29 @@ fn key_text(table: &TableSpec, alias: &str) -> String {
     }
 }
 
+/// The row as text, the same on every major: floats by their bits (their
+/// text form differs between 10-11 and 12+ even with pinned settings).
 fn row_text(table: &TableSpec, alias: &str) -> String {
-    format!("ROW({})::text", table.column_list_of(alias))
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let col = format!("{alias}.{}", quote_ident(&c.name));
+            match c.type_oid {
+                700 => format!("float4send({col})"),
+                701 => format!("float8send({col})"),
+                _ => col,
+            }
+        })
+        .collect();
+    format!("ROW({})::text", columns.join(", "))
+}
+
+/// A 64-bit hash of a text expression that every supported major computes
+/// alike (md5 is in all of them; `hashtextextended` is not in 10, and its
+/// results are only promised stable, not equal across builds).
+fn hash64(text: &str) -> String {
+    format!("('x' || left(md5({text}), 16))::bit(64)::int8")
 }
 
 /// bucket -> (rows, sum of row hashes as text)
@@ -68,10 +89,11 @@ async fn buckets(
     table: &TableSpec,
 ) -> std::result::Result<BTreeMap<i64, (i64, String)>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT abs(hashtextextended({key}, 0) % {BUCKETS}), count(*), sum(hashtextextended({row}, 7)::numeric)::text
+        "SELECT {key} & {mask}, count(*), sum({row}::numeric)::text
            FROM {table} t GROUP BY 1",
-        key = key_text(table, "t"),
-        row = row_text(table, "t"),
+        key = hash64(&key_text(table, "t")),
+        mask = BUCKETS - 1,
+        row = hash64(&row_text(table, "t")),
         table = table.quoted()
     );
     let rows = client.query(&sql, &[]).await?;
@@ -86,11 +108,13 @@ async fn rows_of(
 ) -> std::result::Result<BTreeMap<String, (Vec<String>, i64)>, tokio_postgres::Error> {
     let parts: Vec<String> = table.key.iter().map(|c| format!("t.{}::text", quote_ident(&c.name))).collect();
     let sql = format!(
-        "SELECT {key}, ARRAY[{parts}]::text[], hashtextextended({row}, 7) FROM {table} t
-          WHERE abs(hashtextextended({key}, 0) % {BUCKETS}) = ANY($1)",
+        "SELECT {key}, ARRAY[{parts}]::text[], {row} FROM {table} t
+          WHERE {key_hash} & {mask} = ANY($1)",
         key = key_text(table, "t"),
+        key_hash = hash64(&key_text(table, "t")),
+        mask = BUCKETS - 1,
         parts = parts.join(", "),
-        row = row_text(table, "t"),
+        row = hash64(&row_text(table, "t")),
         table = table.quoted()
     );
     let rows = client.query(&sql, &[&wanted]).await?;

@@ -12,13 +12,14 @@ use chrono::Utc;
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
-use super::cycle::{Cycle, CycleOutcome, RunPlugins};
+use super::cycle::{Cycle, CycleOutcome, RunPlugins, Transform};
 use super::plan::Plan;
 use super::validate::{self, TableSpec};
 use crate::catalog::{self, RunRecord, RunState};
 use crate::error::{Error, PgContext, Result};
 use crate::failpoint;
 use crate::pg;
+use crate::pg::version::Capabilities;
 use crate::plugin::hooks::HookPoint;
 use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::sync::hooks::Hooks;
@@ -37,6 +38,8 @@ pub struct Kid {
     /// Delta rows a run takes from a source: window_rows, halved after a
     /// run that outlasted run_timeout.
     window_limit: u64,
+    /// Per db (plan order): what its server can do, read at connect.
+    caps: Vec<Capabilities>,
 }
 
 /// The smallest window a timeout can shrink it to.
@@ -45,7 +48,7 @@ const MIN_WINDOW_ROWS: u64 = 1000;
 impl Kid {
     pub fn new(plan: Plan) -> Self {
         let window_limit = plan.settings.window_rows;
-        Kid { plan, clients: Vec::new(), specs: None, plugins: Default::default(), window_limit }
+        Kid { plan, clients: Vec::new(), specs: None, plugins: Default::default(), window_limit, caps: Vec::new() }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -86,11 +89,15 @@ impl Kid {
                     .batch_execute("SET standard_conforming_strings = on; SET client_min_messages = warning")
                     .await
                     .ctx(|| format!("setting up the connection to db {}", db.name))?;
-                Ok::<_, Error>(Arc::new(client))
+                let caps = crate::pg::version::detect(&client).await.map_err(|e| match e {
+                    Error::Refused(why) => Error::Refused(format!("db {}: {why}", db.name)),
+                    other => other,
+                })?;
+                Ok::<_, Error>((Arc::new(client), caps))
             }
         }))
         .await?;
-        self.clients = clients;
+        (self.clients, self.caps) = clients.into_iter().unzip();
         Ok(())
     }
 
@@ -302,13 +309,14 @@ impl Kid {
                 Error::Plugin(format!("plugin {} is not loaded for sync {}", t.plugin, self.plan.sync.name))
             })?;
             let target = t.target.as_ref().and_then(|name| self.plan.dbs.iter().position(|d| &d.name == name));
-            transforms.push((t.table, target, plugin));
+            transforms.push(Transform { table: t.table, target, plugin });
         }
         let hooks = self.hooks()?;
         let plugins = RunPlugins { conflict: conflict_plugin, transforms, hooks };
-        let outcome = Cycle::new(&self.plan, &specs, &self.clients, lock_tables, plugins, Some(self.window_limit))
-            .run(onetimecopy)
-            .await?;
+        let outcome =
+            Cycle::new(&self.plan, &specs, &self.clients, lock_tables, plugins, Some(self.window_limit), &self.caps)
+                .run(onetimecopy)
+                .await?;
         failpoint::check("after_commit")?;
         let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;
@@ -330,9 +338,12 @@ impl Kid {
     async fn advance_cursors(&self, cursors: &[(usize, String)]) -> Result<()> {
         let sync = &self.plan.sync.name;
         try_join_all(cursors.iter().map(|(db, snapshot)| async move {
+            let snapshot_type = self.caps.get(*db).map(|c| c.xids).unwrap_or_default().snapshot_type();
             self.clients[*db]
                 .execute(
-                    "UPDATE ibex.cursor SET snapshot = $2::text::pg_snapshot, updated_at = now() WHERE sync = $1",
+                    &format!(
+                        "UPDATE ibex.cursor SET snapshot = $2::text::{snapshot_type}, updated_at = now() WHERE sync = $1"
+                    ),
                     &[sync, snapshot],
                 )
                 .await

@@ -1,5 +1,5 @@
 //! Writes docs/RELIABILITY.md from the records the fault tests left in
-//! target/reliability/ (run by scripts/test.sh after the tests).
+//! target/reliability/ (scripts/reliability.sh runs the fault suite, then this).
 
 use std::fmt::Write;
 
@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     let mut doc = String::new();
     let _ = writeln!(
         doc,
-        "# Reliability\n\nWhat the fault-injection suite (`tests/tests/faults.rs`, part of `bash scripts/test.sh`) did in its last run ({date}), \
+        "# Reliability\n\nWhat the fault-injection suite (`tests/tests/faults.rs`; regenerate this page with `bash scripts/reliability.sh`) did in its last run ({date}), \
          and what ibex guarantees. Every fault ran under a write load on two masters; afterwards `ibex compare` had to report every db identical, \
          and every write the load saw committed had to be on every db, with its counter matching (a change applied twice or lost would show).\n"
     );
@@ -51,7 +51,8 @@ fn main() -> Result<()> {
   A crash at any point re-applies the same window next time, which is
   harmless: delete + copy of the current row is idempotent.
 - **Nothing echoes.** ibex writes with `session_replication_role = replica`,
-  so its own writes are never captured again.
+  so its own writes are never captured again, except on makedelta tables,
+  where they are captured with the writing sync's name and that sync skips them.
 - **Conflicts are decided, recorded and convergent.** A key changed on two
   sources in one window is settled by the sync's strategy; every decision is
   in `ibex.conflict`. Write conflicts with the application (serialization

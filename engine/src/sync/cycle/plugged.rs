@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Apply, Chunk, Cycle, PLUGIN_BATCH, Pending, temp_name};
+use super::merge::{Apply, Chunk, PLUGIN_BATCH, Pending};
+use super::{Cycle, temp_name};
 use crate::catalog::{ConflictRecord, Role};
 use crate::conflict::Decision;
 use crate::error::{Error, PgContext, Result};

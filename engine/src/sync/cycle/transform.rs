@@ -1,7 +1,7 @@
 //! Rows through a row transform: read typed from the source in batches,
 //! handed to the plugin, written to the target in COPY's text format.
 
-use super::Cycle;
+use super::{Cycle, Transform};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::copy_in_bytes;
 use crate::plugin::convert::{self, ColumnKind, push_copy_row};
@@ -15,14 +15,14 @@ impl<'a> Cycle<'a> {
     /// table and db first, then this table, then this db, then any.
     pub(super) fn transform_for(&self, ti: usize, d: usize) -> Option<&'a LoadedPlugin> {
         let id = self.tables[ti].id;
-        let rank = |t: &(Option<i32>, Option<usize>, &LoadedPlugin)| match (t.0, t.1) {
+        let rank = |t: &Transform| match (t.table, t.target) {
             (Some(table), Some(db)) if table == id && db == d => Some(0),
             (Some(table), None) if table == id => Some(1),
             (None, Some(db)) if db == d => Some(2),
             (None, None) => Some(3),
             _ => None,
         };
-        self.transforms.iter().filter_map(|t| rank(t).map(|r| (r, t.2))).min_by_key(|(r, _)| *r).map(|(_, p)| p)
+        self.transforms.iter().filter_map(|t| rank(t).map(|r| (r, t.plugin))).min_by_key(|(r, _)| *r).map(|(_, p)| p)
     }
 
     pub(super) async fn copy_transformed(&self, ti: usize, from: usize, rows_from: &str, target: usize) -> Result<u64> {

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use futures_util::future::try_join_all;
 
 use super::Cycle;
-use crate::capture::{Snapshot, Window, not_written_by, window_condition};
+use crate::capture::{Snapshot, Window, in_window_end, not_written_by, window_condition};
 use crate::error::{Error, PgContext, Result};
+use crate::pg::version::XidFlavour;
 use crate::pg::{QualifiedName, quote_literal};
 
 /// One source's window in this run.
@@ -19,6 +20,8 @@ pub(super) struct SourceWindow {
     /// The run's snapshot on this source.
     pub now: Snapshot,
     pub window: Window,
+    /// How this source writes transaction ids and snapshots.
+    pub xids: XidFlavour,
     /// Delta rows in the window and after it, when it was cut short.
     pub cut: Option<Cut>,
 }
@@ -30,8 +33,8 @@ pub(super) struct Cut {
 }
 
 impl SourceWindow {
-    pub fn new(now: &str, cursor: &str) -> Result<SourceWindow> {
-        Ok(SourceWindow { now: now.parse()?, window: Window::unbounded(cursor)?, cut: None })
+    pub fn new(now: &str, cursor: &str, xids: XidFlavour) -> Result<SourceWindow> {
+        Ok(SourceWindow { now: now.parse()?, window: Window::unbounded(cursor)?, xids, cut: None })
     }
 
     /// Where the cursor goes once every db committed.
@@ -73,23 +76,21 @@ impl<'a> Cycle<'a> {
     /// The rows of delta alias `d` this run applies from source `db`.
     pub(super) fn window(&self, db: usize) -> Result<String> {
         let w = self.source_window(db)?;
-        Ok(format!("{} AND {}", window_condition("d", &w.window), not_written_by("d", &self.plan.sync.name)))
+        Ok(format!("{} AND {}", window_condition("d", &w.window, w.xids), not_written_by("d", &self.plan.sync.name)))
     }
 
     /// All rows committed after the cursor, also past a cut window's end.
     pub(super) fn whole_window(&self, db: usize) -> Result<String> {
         let w = self.source_window(db)?;
         let whole = Window { cursor: w.window.cursor.clone(), end: None };
-        Ok(format!("{} AND {}", window_condition("d", &whole), not_written_by("d", &self.plan.sync.name)))
+        Ok(format!("{} AND {}", window_condition("d", &whole, w.xids), not_written_by("d", &self.plan.sync.name)))
     }
 
     /// True for rows of alias `d` inside the (cut) window.
     pub(super) fn in_window(&self, db: usize) -> Result<String> {
         let w = self.source_window(db)?;
         Ok(match &w.window.end {
-            Some(end) => {
-                format!("(d.txid < '{}'::xid8 AND pg_visible_in_snapshot(d.txid, '{end}'::pg_snapshot))", end.xmax)
-            }
+            Some(end) => format!("({})", in_window_end("d", end, w.xids)),
             None => "true".into(),
         })
     }

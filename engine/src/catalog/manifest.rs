@@ -1,5 +1,6 @@
 //! A plugin's manifest: what it is and what it may use. Set at `ibex add
-//! plugin` (key=value), stored in the catalog beside the component.
+//! plugin` (key=value), stored in the catalog beside the component. Data
+//! only: loading and running plugins is `crate::plugin`'s, which reads it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::ConflictStrategy;
+use super::ConflictStrategy;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,361 @@
+//! Tables changed on several sources: their changed keys merged in key
+//! order across the sources, each key changed on more than one settled by
+//! the strategy (or a plugin, see `plugged.rs`), applied chunk by chunk so
+//! memory stays flat however large the window.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use futures_util::future::try_join_all;
+
+use super::{Cycle, pg_micros, temp_name};
+use crate::catalog::ConflictRecord;
+use crate::conflict::{Decision, Version};
+use crate::error::{Error, PgContext, Result};
+use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
+use crate::pg::quote_ident;
+use crate::plugin::Value;
+use crate::plugin::convert::push_copy_row;
+
+/// A changed key read from one source, in key-byte order.
+pub(super) struct KeyRow {
+    fields: Vec<Vec<u8>>,
+    changed_at: i64,
+    shown: String,
+    /// Changed inside this run's (cut) window, not only after it.
+    inside: bool,
+}
+
+pub(super) struct Gather {
+    db: usize,
+    cursor: String,
+    buffer: VecDeque<KeyRow>,
+    exhausted: bool,
+}
+
+/// What happens to one changed key.
+pub(super) enum Apply {
+    /// Every other db gets this db's row (or loses the key).
+    From(usize),
+    /// Every db gets this row (a plugin's merge).
+    Merged(Vec<Value>),
+    /// Left as it is everywhere.
+    Skip,
+}
+
+/// Keys decided in the current chunk, with what to do with each.
+pub(super) type Chunk = Vec<(Vec<Vec<u8>>, Apply)>;
+
+/// A conflict waiting for the plugin's batch.
+pub(super) struct Pending {
+    pub fields: Vec<Vec<u8>>,
+    pub versions: Vec<Version>,
+    pub shown: String,
+}
+
+/// Conflicts handed to a plugin per call.
+pub(super) const PLUGIN_BATCH: usize = 1000;
+
+impl<'a> Cycle<'a> {
+    pub(super) async fn newest_per_source(&self) -> Result<Vec<(usize, i64)>> {
+        let mut out = Vec::new();
+        for src in self.plan.sources() {
+            let window = self.window(src)?;
+            let parts: Vec<String> = self
+                .tables
+                .iter()
+                .map(|t| format!("(SELECT max(d.changed_at) FROM {} d WHERE {window})", t.delta()))
+                .collect();
+            if parts.is_empty() {
+                continue;
+            }
+            let row = self.clients[src]
+                .query_one(&format!("SELECT greatest({})", parts.join(", ")), &[])
+                .await
+                .ctx(|| format!("finding the newest change on db {}", self.db_name(src)))?;
+            if let Some(at) = row.get::<_, Option<DateTime<Utc>>>(0) {
+                out.push((src, pg_micros(at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Several sources changed this table: merge their changed keys in
+    /// key order, settle the keys changed on more than one, and apply in
+    /// chunks of `chunk_keys` so memory stays flat however large the window.
+    pub(super) async fn apply_merged(&mut self, ti: usize, sources: &[usize]) -> Result<()> {
+        let table = &self.tables[ti];
+        let render = if table.key.len() == 1 {
+            format!("{}::text", table.key_list_of("d"))
+        } else {
+            format!("ROW({})::text", table.key_list_of("d"))
+        };
+        // Ordered by the keys' binary form: the same order on every db,
+        // whatever its collation, and the order Rust compares bytes in.
+        let order: Vec<String> =
+            table.key.iter().map(|c| format!("{}(d.{})", c.send_fn, quote_ident(&c.name))).collect();
+        let mut gathers = Vec::new();
+        // When a window was cut short, changes past its end are read too:
+        // they take part in settling keys changed inside, never alone.
+        let contended = self.contended();
+        for (n, &src) in sources.iter().enumerate() {
+            let cursor = format!("ibex_gather_{n}");
+            let window = if contended { self.whole_window(src)? } else { self.window(src)? };
+            let inside = if contended { self.in_window(src)? } else { "true".into() };
+            self.clients[src]
+                .batch_execute(&format!(
+                    "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {}, max(d.changed_at), {render}, bool_or({inside}) FROM {} d WHERE {window} GROUP BY {} ORDER BY {}",
+                    table.key_list_of("d"),
+                    table.delta(),
+                    table.key_list_of("d"),
+                    order.join(", ")
+                ))
+                .await
+                .ctx(|| format!("reading changed keys of {} on db {}", table.name, self.db_name(src)))?;
+            gathers.push(Gather { db: src, cursor, buffer: VecDeque::new(), exhausted: false });
+        }
+        let chunk_keys = self.plan.settings.chunk_keys;
+        let fetch = chunk_keys.clamp(100, 10_000);
+        let mut abort_keys: Vec<String> = Vec::new();
+        let mut chunk: Chunk = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        loop {
+            for g in gathers.iter_mut() {
+                if g.buffer.is_empty() && !g.exhausted {
+                    self.fetch(g, ti, fetch).await?;
+                }
+            }
+            let Some(min) = gathers.iter().filter_map(|g| g.buffer.front()).map(|k| &k.fields).min().cloned() else {
+                break;
+            };
+            let mut versions = Vec::new();
+            let mut shown = String::new();
+            let mut inside = false;
+            for g in gathers.iter_mut() {
+                if g.buffer.front().is_some_and(|k| k.fields == min)
+                    && let Some(k) = g.buffer.pop_front()
+                {
+                    versions.push(Version { db: g.db, changed_at: k.changed_at });
+                    shown = k.shown;
+                    inside |= k.inside;
+                }
+            }
+            if !inside {
+                continue; // changed only past the windows' ends: a later run's
+            }
+            if versions.len() == 1 {
+                // Once the run is failing for abort, only more keys to list matter.
+                if abort_keys.is_empty() {
+                    chunk.push((min, Apply::From(versions[0].db)));
+                }
+            } else {
+                self.conflicts += 1;
+                if self.conflict_plugin.is_some() {
+                    pending.push(Pending { fields: min, versions, shown });
+                    if pending.len() >= PLUGIN_BATCH {
+                        self.decide_with_plugin(ti, std::mem::take(&mut pending), &mut chunk).await?;
+                    }
+                } else {
+                    match self.resolver.decide(&versions) {
+                        Ok(decision) => {
+                            self.log_conflict(ti, &shown, &versions, decision);
+                            let apply = match decision {
+                                Decision::Winner { db, .. } => Apply::From(db),
+                                Decision::Skip => Apply::Skip,
+                            };
+                            chunk.push((min, apply));
+                        }
+                        Err(_) => {
+                            if abort_keys.len() < 20 {
+                                let dbs: Vec<&str> = versions.iter().map(|v| self.db_name(v.db)).collect();
+                                abort_keys.push(format!("{shown} ({})", dbs.join(", ")));
+                            }
+                        }
+                    }
+                }
+            }
+            // Applying as we go is safe under abort: a conflict found later
+            // fails the run and rolls every db back.
+            if chunk.len() >= chunk_keys && abort_keys.is_empty() {
+                self.flush(ti, std::mem::take(&mut chunk)).await?;
+            }
+        }
+        if !pending.is_empty() {
+            self.decide_with_plugin(ti, pending, &mut chunk).await?;
+        }
+        if !abort_keys.is_empty() {
+            return Err(Error::Sync(format!(
+                "conflict_strategy=abort: {} key{} of table {} changed on more than one source, so nothing was applied: {}",
+                self.conflicts,
+                if self.conflicts == 1 { "" } else { "s" },
+                self.tables[ti].name,
+                abort_keys.join("; ")
+            )));
+        }
+        if !chunk.is_empty() {
+            self.flush(ti, chunk).await?;
+        }
+        for g in &gathers {
+            self.clients[g.db]
+                .batch_execute(&format!("CLOSE {}", g.cursor))
+                .await
+                .ctx(|| format!("closing a cursor on db {}", self.db_name(g.db)))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn fetch(&self, g: &mut Gather, ti: usize, n: usize) -> Result<()> {
+        let nkeys = self.tables[ti].key.len();
+        let rows = self.clients[g.db]
+            .query(&format!("FETCH FORWARD {n} FROM {}", g.cursor), &[])
+            .await
+            .ctx(|| format!("reading changed keys of {} on db {}", self.tables[ti].name, self.db_name(g.db)))?;
+        if rows.len() < n {
+            g.exhausted = true;
+        }
+        for row in rows {
+            let mut fields = Vec::with_capacity(nkeys);
+            for i in 0..nkeys {
+                fields.push(row.try_get::<_, RawValue>(i).ctx(|| "reading a key".into())?.0);
+            }
+            g.buffer.push_back(KeyRow {
+                fields,
+                changed_at: pg_micros(row.try_get(nkeys).ctx(|| "reading a change time".into())?),
+                shown: row.try_get(nkeys + 1).ctx(|| "reading a key".into())?,
+                inside: row.try_get(nkeys + 2).ctx(|| "reading a key".into())?,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn log_conflict(&mut self, ti: usize, shown: &str, versions: &[Version], decision: Decision) {
+        if self.conflict_log.len() >= self.plan.settings.conflict_log_limit {
+            return;
+        }
+        let (winner, reason) = match decision {
+            Decision::Winner { db, reason } => (Some(self.db_name(db).to_string()), reason.as_str().to_string()),
+            Decision::Skip => (None, "skipped (conflict_strategy=skip)".to_string()),
+        };
+        self.conflict_log.push(ConflictRecord {
+            table: self.tables[ti].name.to_string(),
+            key: shown.to_string(),
+            dbs: versions.iter().map(|v| self.db_name(v.db).to_string()).collect(),
+            winner,
+            reason,
+        });
+    }
+
+    /// Applies one chunk of decided keys: every db deletes the keys it did
+    /// not win, then each winner's rows are copied to every other db.
+    pub(super) async fn flush(&mut self, ti: usize, chunk: Chunk) -> Result<()> {
+        let table = &self.tables[ti];
+        let dbs: Vec<usize> = self.plan.delta_dbs().collect();
+        let del = temp_name("del", table);
+        let send = temp_name("send", table);
+        let mut to_delete: Vec<BinaryCopyBuilder> = dbs.iter().map(|_| BinaryCopyBuilder::new()).collect();
+        let mut to_send: BTreeMap<usize, BinaryCopyBuilder> = BTreeMap::new();
+        let mut merged: Vec<&[Value]> = Vec::new();
+        for (fields, apply) in &chunk {
+            let winner = match apply {
+                Apply::From(w) => Some(*w),
+                Apply::Merged(row) => {
+                    merged.push(row);
+                    None
+                }
+                Apply::Skip => continue,
+            };
+            for (slot, &d) in dbs.iter().enumerate() {
+                if Some(d) != winner {
+                    to_delete[slot].push_row(fields.iter().map(Vec::as_slice));
+                }
+            }
+            if let Some(w) = winner {
+                to_send.entry(w).or_default().push_row(fields.iter().map(Vec::as_slice));
+            }
+        }
+
+        let load_sql = |name: &str| {
+            format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(name), table.key_list())
+        };
+        if self.guarded() {
+            // Each db's deletes and copies run together under its savepoint.
+            for (&d, data) in dbs.iter().zip(to_delete) {
+                self.ensure_temp(d, &del, table).await?;
+                if data.rows() > 0 {
+                    copy_in_bytes(&self.clients[d], &load_sql(&del), data.finish()).await?;
+                }
+            }
+            let winners: Vec<usize> = to_send.keys().copied().collect();
+            for (w, data) in to_send {
+                self.ensure_temp(w, &send, table).await?;
+                copy_in_bytes(&self.clients[w], &load_sql(&send), data.finish()).await?;
+            }
+            let rows_from = format!(
+                "FROM {} t JOIN pg_temp.{} k ON {} WHERE true",
+                table.quoted(),
+                quote_ident(&send),
+                table.key_join("t", "k")
+            );
+            for &d in &dbs {
+                let copies: Vec<(usize, String)> =
+                    winners.iter().filter(|&&w| w != d).map(|&w| (w, rows_from.clone())).collect();
+                let (deleted, inserted) = self.apply_guarded(ti, d, Some(&del), copies, &merged).await?;
+                self.count(ti, d, deleted as i64, inserted as i64);
+            }
+            return Ok(());
+        }
+        let this = &*self;
+        let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
+            let load = load_sql(&del);
+            let del = del.clone();
+            async move {
+                this.ensure_temp(d, &del, table).await?;
+                let rows = data.rows();
+                if rows == 0 {
+                    return Ok(0);
+                }
+                copy_in_bytes(&this.clients[d], &load, data.finish()).await?;
+                this.delete_loaded(d, &del, table, rows).await
+            }
+        }))
+        .await?;
+        for (&d, n) in dbs.iter().zip(deleted) {
+            self.count(ti, d, n as i64, 0);
+        }
+        for (w, data) in to_send {
+            self.ensure_temp(w, &send, table).await?;
+            copy_in_bytes(&self.clients[w], &load_sql(&send), data.finish()).await?;
+            let receivers: Vec<usize> = dbs.iter().copied().filter(|&d| d != w).collect();
+            if receivers.is_empty() {
+                continue;
+            }
+            let rows_from = format!(
+                "FROM {} t JOIN pg_temp.{} k ON {}",
+                table.quoted(),
+                quote_ident(&send),
+                table.key_join("t", "k")
+            );
+            let inserted = self.copy_rows(ti, w, &rows_from, &receivers).await?;
+            for (&d, n) in receivers.iter().zip(inserted) {
+                self.count(ti, d, 0, n as i64);
+            }
+        }
+        if !merged.is_empty() {
+            // Merged rows exist nowhere yet: every db gets them, in COPY's
+            // text format, which reads back every type exactly.
+            let mut text = String::new();
+            for row in &merged {
+                push_copy_row(&mut text, row);
+            }
+            let sql = format!("COPY {} ({}) FROM STDIN", table.quoted(), table.column_list());
+            let data = bytes::Bytes::from(text);
+            let inserted = try_join_all(dbs.iter().map(|&d| copy_in_bytes(&self.clients[d], &sql, data.clone())))
+                .await
+                .map_err(|e| self.table_error(e, ti))?;
+            for (&d, n) in dbs.iter().zip(inserted) {
+                self.count(ti, d, 0, n as i64);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Whole-table copies (fullcopy dbs, onetimecopy, after a TRUNCATE or a
+//! key change) and sequences.
+
+use std::collections::BTreeMap;
+
+use super::Cycle;
+use super::window::Probe;
+use crate::error::{PgContext, Result};
+use crate::pg::quote_literal;
+
+impl<'a> Cycle<'a> {
+    /// Whole-table copies: into fullcopy dbs every run, for onetimecopy,
+    /// and after a TRUNCATE on a source (the truncating source wins the table).
+    pub(super) async fn full_copies(&mut self, onetimecopy: i16, probe: &Probe) -> Result<()> {
+        let primary = self.plan.primary_source();
+        let fullcopy: Vec<usize> = self.plan.fullcopy_dbs().collect();
+        // (table, from) -> receivers
+        let mut jobs: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (ti, table) in self.tables.iter().enumerate() {
+            if !fullcopy.is_empty() {
+                jobs.entry((ti, primary)).or_default().extend(&fullcopy);
+            }
+            let whole_from =
+                probe.truncated.get(&table.name).map(|t| t.source).or(probe.resync.get(&table.name).copied());
+            if let Some(from) = whole_from {
+                let receivers = self.plan.delta_dbs().filter(|&d| d != from);
+                jobs.entry((ti, from)).or_default().extend(receivers);
+                continue;
+            }
+            match onetimecopy {
+                1 => {
+                    let receivers = self.plan.delta_dbs().filter(|&d| d != primary);
+                    jobs.entry((ti, primary)).or_default().extend(receivers);
+                }
+                2 => {
+                    for d in self.plan.delta_dbs().filter(|&d| d != primary).collect::<Vec<_>>() {
+                        let row = self.clients[d]
+                            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.quoted()), &[])
+                            .await
+                            .ctx(|| format!("checking whether {} is empty on db {}", table.name, self.db_name(d)))?;
+                        if row.get::<_, bool>(0) {
+                            jobs.entry((ti, primary)).or_default().push(d);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // Empty every receiving table first, one TRUNCATE per db, so foreign
+        // keys among the herd's tables do not stand in the way.
+        let mut per_db: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (&(ti, _), receivers) in &jobs {
+            for &d in receivers {
+                per_db.entry(d).or_default().push(ti);
+            }
+        }
+        for (&d, tis) in &per_db {
+            let names: Vec<String> = tis.iter().map(|&ti| self.tables[ti].quoted()).collect();
+            self.clients[d]
+                .batch_execute(&format!("TRUNCATE {}", names.join(", ")))
+                .await
+                .ctx(|| format!("emptying {} on db {} for a full copy", names.join(", "), self.db_name(d)))?;
+        }
+        for ((ti, from), receivers) in jobs {
+            let table = &self.tables[ti];
+            tracing::info!(sync = %self.plan.sync.name, table = %table.name, from = self.db_name(from), to = receivers.len(), "full copy");
+            let rows = self.copy_rows(ti, from, &format!("FROM {} t", table.quoted()), &receivers).await?;
+            for (&d, n) in receivers.iter().zip(rows) {
+                self.count(ti, d, 0, n as i64);
+                if self.plan.settings.analyze_after_copy {
+                    self.clients[d]
+                        .batch_execute(&format!("ANALYZE {}", self.tables[ti].quoted()))
+                        .await
+                        .ctx(|| format!("analyzing {} on db {}", self.tables[ti].name, self.db_name(d)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every db's sequences go up to the highest value any source has.
+    pub(super) async fn sync_sequences(&self) -> Result<()> {
+        for seq in &self.plan.sequences {
+            let mut values = Vec::new();
+            for (d, db) in self.plan.dbs.iter().enumerate() {
+                let row = self.clients[d]
+                    .query_one(&format!("SELECT last_value, is_called FROM {}", seq.quoted()), &[])
+                    .await
+                    .ctx(|| format!("reading sequence {seq} on db {}", db.name))?;
+                let (value, called): (i64, bool) = (row.get(0), row.get(1));
+                // The value the next nextval() hands out is what we compare.
+                let next = if called { value.saturating_add(1) } else { value };
+                values.push((next, value, called));
+            }
+            let Some(&(best_next, best_value, best_called)) =
+                self.plan.sources().map(|s| &values[s]).max_by_key(|(next, _, _)| *next)
+            else {
+                continue;
+            };
+            for (d, &(next, _, _)) in values.iter().enumerate() {
+                if next < best_next {
+                    self.clients[d]
+                        .query_one(
+                            &format!("SELECT setval({}, $1, $2)", quote_literal(&seq.quoted())),
+                            &[&best_value, &best_called],
+                        )
+                        .await
+                        .ctx(|| format!("setting sequence {seq} on db {}", self.db_name(d)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! PostgreSQL 10 to 18 as source, target and multi-master peer: each major
+//! from the npm builds (`tests/src/versions.rs`), the control catalog and
+//! the other side on Debian's 15. Every sync ends with identical tables and
+//! a clean `ibex compare`.
+
+use ibex_tests::{Cluster, Setup, versions};
+
+/// Types every supported major has, with values whose text form depends on
+/// session settings (dates, floats, bytea, intervals).
+const SCHEMA: &str = "CREATE TABLE items (
+        id int PRIMARY KEY, name text, n numeric, f8 float8, f4 float4, b bytea, ts timestamptz,
+        d date, iv interval, j jsonb, arr text[], u uuid)";
+
+fn rows(first: i32, tag: &str) -> String {
+    format!(
+        "INSERT INTO items SELECT i, '{tag} ' || i, i * 1.25, i / 3.0, 'NaN', decode(md5(i::text), 'hex'),
+                '2024-02-29 12:34:56.789+05:30'::timestamptz + i * interval '1 hour', '2000-01-01'::date + i,
+                i * interval '1 day 02:03:04.5', jsonb_build_object('i', i, 'tag', '{tag}'), ARRAY['{tag}', NULL, 'x,y'],
+                md5(i::text)::uuid
+           FROM generate_series({first}, {first} + 49) i"
+    )
+}
+
+fn add_db(s: &Setup, name: &str, cluster: &Cluster) {
+    s.add_db_on(name, "app", cluster.port()).ok();
+}
+
+fn app_db(cluster: &Cluster) {
+    cluster.create_db("app").unwrap();
+    cluster.psql("app", SCHEMA).unwrap();
+}
+
+fn compare_clean(s: &Setup, sync: &str) {
+    let out = s.ibex.run(&["compare", sync]);
+    assert_eq!(out.code, 0, "compare {sync} found differences:\n{}{}", out.stdout, out.stderr);
+}
+
+/// The rows' fingerprint with the text forms pinned and floats by their
+/// bits, so servers of different majors print the same values alike.
+fn fingerprint(cluster: &Cluster, db: &str, filter: &str) -> String {
+    cluster
+        .psql(
+            db,
+            &format!(
+                "SET extra_float_digits = 3; SET DateStyle = ISO; SET TimeZone = 'UTC'; SET IntervalStyle = postgres;
+                 SET bytea_output = hex;
+                 SELECT count(*) || ':' || coalesce(md5(string_agg(
+                     ROW(id, name, n, float8send(f8), float4send(f4), b, ts, d, iv, j, arr, u)::text, E'\\n' ORDER BY id)), '')
+                   FROM items {filter}"
+            ),
+        )
+        .unwrap()
+}
+
+fn hash(cluster: &Cluster) -> String {
+    fingerprint(cluster, "app", "")
+}
+
+#[test]
+fn every_major_as_source_and_as_target_of_fifteen() {
+    let s = Setup::new();
+    let hub = Cluster::start().unwrap();
+    for major in versions::MAJORS {
+        let other = Cluster::start_version(major).unwrap_or_else(|e| panic!("PostgreSQL {major}: {e:#}"));
+        app_db(&other);
+        hub.create_db(&format!("in{major}")).unwrap();
+        hub.psql(&format!("in{major}"), SCHEMA).unwrap();
+        hub.create_db(&format!("out{major}")).unwrap();
+        hub.psql(&format!("out{major}"), SCHEMA).unwrap();
+        let v = format!("v{major}");
+        add_db(&s, &v, &other);
+        s.add_db_on(&format!("in{major}"), &format!("in{major}"), hub.port()).ok();
+        s.add_db_on(&format!("out{major}"), &format!("out{major}"), hub.port()).ok();
+        if major == versions::MAJORS[0] {
+            // One table in the catalog, one herd for every sync.
+            s.ibex.run(&["add", "table", "items", &format!("db={v}"), "herd=h"]).ok();
+        }
+        // PG `major` -> 15, and 15 -> PG `major`.
+        s.ibex.run(&["add", "sync", &format!("up{major}"), "herd=h", &format!("dbs={v}:source,in{major}:target")]).ok();
+        s.ibex
+            .run(&["add", "sync", &format!("down{major}"), "herd=h", &format!("dbs=out{major}:source,{v}:target")])
+            .ok();
+        other.psql("app", &rows(1, "old")).unwrap();
+        other
+            .psql(
+                "app",
+                "UPDATE items SET name = 'moved', id = id + 1000 WHERE id <= 5; DELETE FROM items WHERE id = 10",
+            )
+            .unwrap();
+        let up = s.run(&format!("up{major}"));
+        assert_eq!(up["run"]["state"], "good", "PostgreSQL {major} as source: {up}");
+        assert_eq!(hash(&other), fingerprint(&hub, &format!("in{major}"), ""), "PostgreSQL {major} -> 15 differs");
+        compare_clean(&s, &format!("up{major}"));
+        hub.psql(&format!("out{major}"), &rows(500, "new")).unwrap();
+        let down = s.run(&format!("down{major}"));
+        assert_eq!(down["run"]["state"], "good", "PostgreSQL {major} as target: {down}");
+        assert_eq!(
+            fingerprint(&hub, &format!("out{major}"), ""),
+            fingerprint(&other, "app", "WHERE id BETWEEN 500 AND 549"),
+            "15 -> PostgreSQL {major} differs"
+        );
+        let version = other.server_version_num().unwrap();
+        assert_eq!(version / 10_000, major, "cluster of {major} runs {version}");
+        eprintln!("PostgreSQL {major} ({version}): source and target ok");
+    }
+}
+
+#[test]
+fn twelve_and_seventeen_as_multi_master_with_conflicts() {
+    let s = Setup::new();
+    let old = Cluster::start_version(12).unwrap();
+    let new = Cluster::start_version(17).unwrap();
+    for c in [&old, &new] {
+        app_db(c);
+        c.psql("app", &rows(1, "seed")).unwrap();
+    }
+    add_db(&s, "old", &old);
+    add_db(&s, "new", &new);
+    s.ibex.sh("add table items db=old herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=old:source,new:source conflict_strategy=latest").ok();
+    old.psql("app", "UPDATE items SET name = 'old wins?' WHERE id <= 10; INSERT INTO items SELECT 100 + i, 'old', 0, 0, 0, NULL, now(), NULL, NULL, NULL, NULL, NULL FROM generate_series(1, 5) i").unwrap();
+    new.psql(
+        "app",
+        "UPDATE items SET name = 'new is later' WHERE id BETWEEN 6 AND 15; DELETE FROM items WHERE id = 20",
+    )
+    .unwrap();
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert!(run["run"]["conflicts"].as_i64().unwrap() >= 5, "{run}");
+    assert_eq!(hash(&old), hash(&new), "12 and 17 differ after the run");
+    assert_eq!(old.psql("app", "SELECT name FROM items WHERE id = 8").unwrap(), "new is later");
+    assert_eq!(old.psql("app", "SELECT count(*) FROM items WHERE id = 20").unwrap(), "0");
+    compare_clean(&s, "mm");
+    // And back: the later change on 12 wins over 17's.
+    new.psql("app", "UPDATE items SET name = 'new' WHERE id = 30").unwrap();
+    old.psql("app", "UPDATE items SET name = 'old, later' WHERE id = 30").unwrap();
+    s.run("mm");
+    assert_eq!(new.psql("app", "SELECT name FROM items WHERE id = 30").unwrap(), "old, later");
+    compare_clean(&s, "mm");
+}
+
+/// examples/major-upgrade.sh end to end (12 -> 17 under writes): it must
+/// finish, compare clean twice, and print its timings.
+#[test]
+fn the_major_upgrade_example_runs() {
+    let root = ibex_tests::plugins::workspace_root();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("examples/major-upgrade.sh"))
+        .env("IBEX", ibex_tests::ibex::ibex_bin().unwrap())
+        .env("OLD_BIN", versions::pg_bin_dir_for(12).unwrap())
+        .env("NEW_BIN", versions::pg_bin_dir_for(17).unwrap())
+        .env("SCALE", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "the example failed:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("public.pgbench_accounts: identical (200000 rows each on 2 dbs)").count(), 2, "{stdout}");
+    assert!(stdout.contains("== done: PostgreSQL 12 -> 17 with a write freeze of"), "{stdout}");
+    assert!(!stderr.contains("warning:"), "the example warns: {stderr}");
+}
