@@ -9,13 +9,18 @@ pub fn fnv1a32(bytes: impl IntoIterator<Item = u8>) -> u32 {
 
 /// FNV-1a, 64 bits.
 pub fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes
+        .into_iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// `name` lowercased, with anything but ASCII letters, digits and `_` as
 /// `_`, at most `max` characters: safe inside an unquoted identifier.
 pub fn readable(name: &str, max: usize) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' }).take(max).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' })
+        .take(max)
+        .collect()
 }
 
 #[cfg(test)]

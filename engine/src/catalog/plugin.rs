@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 
-use crate::error::{Error, PgContext, Result};
 use super::manifest::{Manifest, OnError, PluginKind};
+use crate::error::{Error, PgContext, Result};
 
 #[derive(Debug, Clone)]
 pub struct PluginRecord {

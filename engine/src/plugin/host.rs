@@ -21,8 +21,8 @@ use super::bindings::row_transform::ibex::plugin::transforms;
 use super::bindings::sync_hooks::ibex::plugin::hooks;
 
 use super::convert::{self, ColumnKind, Value};
-use crate::catalog::manifest::Manifest;
 use super::roles;
+use crate::catalog::manifest::Manifest;
 use crate::error::describe_pg;
 use crate::pg::{self, Client, ConnInfo};
 

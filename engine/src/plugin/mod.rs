@@ -12,9 +12,9 @@ pub mod roles;
 mod runtime;
 pub mod transform;
 
+pub use crate::catalog::manifest::{Manifest, OnError, PluginKind, table_name};
 pub use convert::{ColumnKind, Value};
 pub use host::HostDbs;
-pub use crate::catalog::manifest::{Manifest, OnError, PluginKind, table_name};
 pub use runtime::{LoadedPlugin, PluginRuntime};
 
 /// The sha256 of a component, in hex: its identity in the catalog.

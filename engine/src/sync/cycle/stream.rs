@@ -27,7 +27,13 @@ impl<'a> Cycle<'a> {
     /// [WHERE ...]` clause) into each receiver: undecoded COPY for most,
     /// through the row transform for receivers that have one. Returns the
     /// rows each receiver took.
-    pub(super) async fn copy_rows(&self, ti: usize, from: usize, rows_from: &str, receivers: &[usize]) -> Result<Vec<u64>> {
+    pub(super) async fn copy_rows(
+        &self,
+        ti: usize,
+        from: usize,
+        rows_from: &str,
+        receivers: &[usize],
+    ) -> Result<Vec<u64>> {
         let table = &self.tables[ti];
         let (plain, transformed): (Vec<usize>, Vec<usize>) =
             receivers.iter().partition(|&&d| self.transform_for(ti, d).is_none());
