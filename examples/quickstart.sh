@@ -12,6 +12,27 @@ echo "== building ibex"
 cargo build --quiet --release -p ibex --manifest-path "$root/Cargo.toml"
 ibex="$root/target/release/ibex"
 
+# Tab completion for bash, and `man ibex` / `man ibex-add-db`. Root installs
+# system-wide; others under ~/.local/share, where bash-completion and man look.
+# (zsh and fish: `ibex completions zsh|fish`, see `ibex completions --help`.)
+install_docs() {
+    local completions man
+    if [ "$(id -u)" -eq 0 ]; then
+        completions=/etc/bash_completion.d/ibex
+        man=/usr/local/share/man/man1
+    else
+        completions="${XDG_DATA_HOME:-$HOME/.local/share}/bash-completion/completions/ibex"
+        man="${XDG_DATA_HOME:-$HOME/.local/share}/man/man1"
+    fi
+    # Chained with &&: set -e does not apply inside a function called with ||.
+    mkdir -p "$(dirname "$completions")" "$man" &&
+        "$ibex" completions bash > "$completions" &&
+        "$ibex" man --all "$man" >/dev/null &&  # ibex.1 and one page per subcommand
+        echo "   bash completions: $completions; man pages: $man/ibex.1 ..."
+}
+echo "== installing shell completions and man pages"
+install_docs || echo "warning: could not install completions or man pages; continuing" >&2
+
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 work=$(mktemp -d /tmp/ibex-quickstart.XXXXXX)
 port=$(( 20000 + RANDOM % 20000 ))

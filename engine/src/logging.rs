@@ -69,8 +69,15 @@ impl LevelHandle {
     }
 }
 
+/// Whether stderr goes to systemd's journal (or another log systemd keeps),
+/// which stamps each line itself.
+fn under_systemd() -> bool {
+    ["JOURNAL_STREAM", "INVOCATION_ID"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
 /// Installs the global subscriber: stderr or a file (appended), plain or
 /// JSON lines. `IBEX_LOG` (an EnvFilter) overrides the level for debugging.
+/// Plain lines on stderr under systemd carry no timestamp: journald adds one.
 pub fn init(level: LogLevel, format: LogFormat, file: Option<&Path>) -> Result<LevelHandle> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -89,10 +96,12 @@ pub fn init(level: LogLevel, format: LogFormat, file: Option<&Path>) -> Result<L
         None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
     };
     let registry = tracing_subscriber::registry().with(filter);
+    let plain = tracing_subscriber::fmt::layer().with_target(false).with_ansi(false);
     let result = match format {
-        LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer).with_target(false).with_ansi(false))
-            .try_init(),
+        LogFormat::Plain if file.is_none() && under_systemd() => {
+            registry.with(plain.with_writer(writer).without_time()).try_init()
+        }
+        LogFormat::Plain => registry.with(plain.with_writer(writer)).try_init(),
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().with_writer(writer).with_target(false).flatten_event(true))
             .try_init(),

@@ -434,3 +434,45 @@ fn pid_file_is_private_and_exclusive() {
     let stopped = run_at_home(&s.ibex, home.path(), &["--config", &config, "stop"]).ok();
     assert!(stopped.stdout.contains(&format!("Stopped ibex (pid {pid})")), "{}", stopped.stdout);
 }
+
+/// The VAC deletes what every cursor has passed even while an older
+/// transaction stays open (a purge bounded by the oldest xmin would keep
+/// everything written since it began), and it does so on a connection it
+/// keeps, not a fresh one per pass.
+#[test]
+fn vac_purges_past_a_long_open_transaction_on_kept_connections() {
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text)", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync vc herd=h dbs=src:source,dst:target").ok();
+    s.ibex.sh("set vac_interval=1s").ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let long = rt.block_on(async {
+        let client = s.cluster.connect("src").await.unwrap();
+        client.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.unwrap();
+        client
+    });
+    s.sql("src", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 5000) i");
+    let delta = delta_of(&s, "src", "t");
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    d.run(&["kick", "vc", "--wait", "60"]).ok();
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "5000");
+    let started = Instant::now();
+    while s.sql("src", &format!("SELECT count(*) FROM {delta}")) != "0" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the VAC kept applied rows behind an open transaction");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let vac_backends = || {
+        s.sql(
+            "src",
+            "SELECT coalesce(string_agg(pid::text, ',' ORDER BY pid), '') FROM pg_stat_activity
+              WHERE application_name = 'ibex vac' AND datname = 'src'",
+        )
+    };
+    let before = vac_backends();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!before.is_empty(), "no VAC connection on src");
+    assert_eq!(vac_backends(), before, "the VAC opened new connections between passes");
+    rt.block_on(long.batch_execute("COMMIT")).unwrap();
+}

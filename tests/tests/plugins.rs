@@ -1,6 +1,9 @@
 //! WebAssembly plugins in real syncs: the official conflict handlers, a
 //! sandbox that holds against hostile plugins, on_error, hot swap, and the
 //! plugin CLI.
+//!
+//! Long on purpose: one scenario per test, sharing the two-master fixture
+//! and the hostile plugin driver.
 
 use std::time::{Duration, Instant};
 

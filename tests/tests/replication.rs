@@ -1,6 +1,8 @@
 //! Scenario tests of the sync cycle against real clusters: topologies,
 //! conflicts under each strategy, full copies, sequences, crash recovery
 //! and concurrent load. Each ends by comparing every table on every db.
+//!
+//! Long on purpose: one scenario per test, sharing the `Masters` fixture.
 
 use std::thread;
 

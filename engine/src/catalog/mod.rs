@@ -2,6 +2,7 @@
 //! writes it (each command in one transaction, so a refused command leaves
 //! it unchanged) and NOTIFYs the daemon; the daemon reads it.
 
+pub mod capture;
 pub mod dbgroup;
 pub mod dbs;
 pub mod herd;

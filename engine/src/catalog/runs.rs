@@ -59,6 +59,8 @@ pub struct RunRecord {
     pub window_rows: Option<i64>,
     /// Delta rows still pending after it (catching up); None when it applied all.
     pub backlog: Option<i64>,
+    /// Seconds per phase (begin, probe, full_copy, apply, merge, sequences, commit, cursors).
+    pub phases: Vec<(String, f64)>,
 }
 
 impl RunRecord {
@@ -78,6 +80,7 @@ impl RunRecord {
             error: row.get("error"),
             window_rows: row.get("window_rows"),
             backlog: row.get("backlog"),
+            phases: serde_json::from_value(row.get("phases")).unwrap_or_default(),
         }
     }
 
@@ -96,7 +99,7 @@ pub struct ConflictRecord {
     pub reason: String,
 }
 
-const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error, window_rows, backlog FROM ibex.run";
+const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error, window_rows, backlog, phases FROM ibex.run";
 
 pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>) -> Result<i64> {
     let row = c
@@ -112,9 +115,11 @@ pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>
 pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[ConflictRecord]) -> Result<()> {
     let tables = serde_json::to_value(&run.tables)
         .map_err(|err| Error::Catalog(format!("cannot record table counts: {err}")))?;
+    let phases = serde_json::to_value(&run.phases)
+        .map_err(|err| Error::Catalog(format!("cannot record phase timings: {err}")))?;
     c.execute(
         "UPDATE ibex.run SET ended_at = $2, state = $3, inserted = $4, deleted = $5, conflicts = $6,
-                attempts = $7, tables = $8, error = $9, window_rows = $10, backlog = $11
+                attempts = $7, tables = $8, error = $9, window_rows = $10, backlog = $11, phases = $12
           WHERE id = $1",
         &[
             &run.id,
@@ -128,6 +133,7 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
             &run.error,
             &run.window_rows,
             &run.backlog,
+            &phases,
         ],
     )
     .await

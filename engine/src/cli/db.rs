@@ -5,27 +5,11 @@ use crate::catalog::{self, check_name};
 use crate::error::{Error, Result};
 use crate::pg::{self, ConnInfo};
 
-/// Keys `add db` and `update db` take: libpq's (see `pg::CONN_KEYS`) and
-/// Bucardo's spellings.
-const CONN_KEYS: &[&str] = &[
-    "dbname",
-    "host",
-    "hostaddr",
-    "port",
-    "user",
-    "pass",
-    "sslmode",
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "sslcrl",
-    "service",
-    "passfile",
-    "application_name",
-    "options",
-    "connect_timeout",
-    "target_session_attrs",
-];
+/// Keys `add db` and `update db` take: libpq's (see `pg::CONN_KEYS`),
+/// with Bucardo's spelling `pass` offered for the password.
+fn conn_keys() -> Vec<&'static str> {
+    pg::CONN_KEYS.iter().map(|k| if *k == "password" { "pass" } else { *k }).collect()
+}
 
 /// Applies connection keys from `params` onto `conn`; true if any changed.
 fn apply_conn_keys(params: &mut Params, conn: &mut ConnInfo) -> Result<bool> {
@@ -69,7 +53,7 @@ pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
         conn.dbname = params.require("dbname", "dbname=btest1")?;
     }
     apply_conn_keys(&mut params, &mut conn)?;
-    params.finish(CONN_KEYS)?;
+    params.finish(&conn_keys())?;
     let mut cat = ctx.catalog().await?;
     if catalog::dbs::exists(cat.client(), &args.name).await? {
         return Err(Error::duplicate_hint("db", &args.name, "pick another name or change it with `ibex update db`"));
@@ -123,7 +107,7 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
         }
         db.status = status;
     }
-    let mut known = CONN_KEYS.to_vec();
+    let mut known = conn_keys();
     known.push("status");
     params.finish(&known)?;
     if conn_changed {

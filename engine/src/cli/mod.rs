@@ -1,11 +1,16 @@
 //! The `ibex` command line, bucardo-style: `ibex VERB NOUN NAME key=value ...`.
 //! One file per command family; this one holds the grammar and dispatch.
+//!
+//! Long on purpose: the whole grammar (every command, its help and its
+//! example) is one clap definition, from which `--help`, the man pages and
+//! the shell completions are all generated.
 
 mod capture;
 mod compare;
 mod daemon;
 mod db;
 mod dbgroup;
+mod docs;
 mod herd;
 mod install;
 mod output;
@@ -132,6 +137,16 @@ pub enum Command {
     /// Show how syncs are doing: ibex status [SYNC]
     #[command(after_help = "Examples:\n  ibex status\n  ibex status foobar --json")]
     Status(StatusArgs),
+    /// Print a shell completion script (needs no control database)
+    #[command(
+        after_help = "Examples:\n  ibex completions bash > /etc/bash_completion.d/ibex\n  ibex completions zsh > ~/.zfunc/_ibex\n  ibex completions fish > ~/.config/fish/completions/ibex.fish"
+    )]
+    Completions(docs::CompletionsArgs),
+    /// Print the man page of ibex or of a subcommand, or write them all (needs no control database)
+    #[command(
+        after_help = "Examples:\n  ibex man > /usr/local/share/man/man1/ibex.1\n  ibex man add db | man -l -\n  ibex man --all /usr/local/share/man/man1"
+    )]
+    Man(docs::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -480,6 +495,12 @@ pub fn main() -> ExitCode {
 }
 
 pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
+    // Generated from the grammar alone: no ibex.toml, no catalog.
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(a),
+        Command::Man(a) => return docs::man(&out, a),
+        _ => {}
+    }
     let level: crate::logging::LogLevel = cli.log_level.as_deref().unwrap_or("terse").parse()?;
     let loaded = Loaded::load(cli.config.as_deref())?;
     let control = loaded.control(cli.control.as_deref())?;
@@ -551,6 +572,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Sync(SyncCmd::Run(a)) => return run::run_once(&ctx, a).await,
         Command::Status(a) => status::show(&ctx, a).await?,
         Command::Plugin(PluginCmd::Test(a)) => plugin::test(&ctx, a).await?,
+        Command::Completions(_) | Command::Man(_) => {} // handled at the top
     }
     Ok(ExitCode::SUCCESS)
 }

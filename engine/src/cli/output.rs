@@ -1,7 +1,7 @@
-//! How the CLI prints: aligned tables for people, JSON with `--json`,
+//! How the CLI prints: aligned tables (comfy-table) for people, JSON with `--json`,
 //! warnings and one-line errors on stderr.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -61,34 +61,33 @@ impl Output {
         }
     }
 
-    /// Prints rows under headers, columns padded to their widest cell.
+    /// Prints rows under headers: a header rule and column separators, no
+    /// outer borders, so the first line starts with the first header (scripts
+    /// and tests grep it). Cells are never wrapped or cut, and never colored.
     pub fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-        for row in rows {
-            for (i, cell) in row.iter().enumerate() {
-                if let Some(w) = widths.get_mut(i) {
-                    *w = (*w).max(cell.chars().count());
-                }
-            }
-        }
-        let render = |cells: Vec<&str>| {
-            let mut line = String::new();
-            for (i, cell) in cells.iter().enumerate() {
-                if i > 0 {
-                    line.push_str(" | ");
-                }
-                line.push_str(cell);
-                if i + 1 < cells.len() {
-                    line.push_str(&" ".repeat(widths[i].saturating_sub(cell.chars().count())));
-                }
-            }
-            line.trim_end().to_string()
-        };
-        self.line(render(headers.to_vec()));
-        for row in rows {
-            self.line(render(row.iter().map(String::as_str).collect()));
-        }
+        self.line(render_table(headers, rows, std::io::stdout().is_terminal()));
     }
+}
+
+/// Box-drawing lines in a terminal; plain ASCII when piped or logged.
+fn render_table(headers: &[&str], rows: &[Vec<String>], terminal: bool) -> String {
+    use comfy_table::{ContentArrangement, ContentLineStyle, LineStyle, Table, TableStyle};
+
+    let (bar, rule, cross) = if terminal { ('│', '─', '┼') } else { ('|', '-', '+') };
+    let style = TableStyle::new()
+        .header_lines(ContentLineStyle::none().junction(bar))
+        .header_separator(LineStyle::none().fill(rule).junction(cross))
+        .content_lines(ContentLineStyle::none().junction(bar));
+    let mut table = Table::new();
+    table.load_style(style).set_content_arrangement(ContentArrangement::Disabled).set_header(headers.to_vec());
+    for row in rows {
+        table.add_row(row.clone());
+    }
+    // No padding left of the first column: lines start with their first cell.
+    if let Some(first) = table.column_mut(0) {
+        first.set_padding((0, 1));
+    }
+    table.trim_fmt()
 }
 
 /// Prints a clap error as one line (help and version as they are) and

@@ -80,6 +80,10 @@ pub async fn run(
     let mut due: Option<Instant> = Some(Instant::now());
     let mut failures: u32 = 0;
     let mut last_run = Instant::now();
+    // The status page shows the last good and bad runs from before this start.
+    if let Ok(client) = ctx.catalog.get().await {
+        ctx.metrics.seed_last_runs(client.as_ref(), &name).await;
+    }
     loop {
         if *shutdown.borrow() {
             break;
@@ -122,6 +126,7 @@ pub async fn run(
         due = None;
         let Ok(_permit) = ctx.runs.acquire().await else { break };
         last_run = Instant::now();
+        ctx.metrics.run_started(&name);
         let outcome = match ctx.catalog.get().await {
             Ok(client) => kid.run(&client).await,
             Err(err) => Err(err),
@@ -129,6 +134,7 @@ pub async fn run(
         match outcome {
             Ok(record) => {
                 ctx.metrics.record_run(&record);
+                ctx.metrics.record_phases(&record.sync, &record.phases);
                 if record.state == RunState::Good {
                     failures = 0;
                     if let Some(left) = record.backlog.filter(|b| *b > 0) {
@@ -143,6 +149,7 @@ pub async fn run(
                 }
             }
             Err(err) => {
+                ctx.metrics.run_aborted(&name);
                 failures += 1;
                 due = Some(Instant::now() + backoff(failures));
                 tracing::error!(sync = %name, error = %err, "cannot record the run in the catalog; will retry");

@@ -15,7 +15,10 @@ use tokio::time::Instant;
 use super::ctl::{self, CtlCommand, CtlContext};
 use super::hub::Hub;
 use super::metrics::{self, Metrics};
-use super::{DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, pidfile, vac};
+use super::{
+    DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, notify as systemd,
+    pidfile, vac,
+};
 use crate::catalog::{self, CHANGED_CHANNEL, Catalog};
 use crate::error::{Error, PgContext, Result, describe_pg};
 use crate::logging::LogLevel;
@@ -122,7 +125,12 @@ async fn serve(options: DaemonOptions, listener: Listener) -> Result<()> {
     mcp.spawn_vac();
     mcp.reload().await;
     tracing::info!(pid = std::process::id(), syncs = mcp.ctls.len(), "ibex started");
+    systemd::ready(&format!("{} syncs running", mcp.ctls.len()));
+    if let Some(every) = systemd::spawn_watchdog() {
+        tracing::debug!(every_ms = every.as_millis() as u64, "pinging the systemd watchdog");
+    }
     let result = mcp.event_loop().await;
+    systemd::stopping();
     mcp.stop().await;
     result
 }
@@ -143,12 +151,14 @@ impl Mcp {
         let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Config(format!("signals: {e}")))?;
         let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::Config(format!("signals: {e}")))?;
         let mut reload_at: Option<Instant> = None;
+        // Reloads asked for (SIGHUP, `ibex reload`) are reported to systemd; catalog changes are not.
+        let mut asked = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
                 _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
-                _ = sighup.recv() => reload_at = Some(Instant::now()),
+                _ = sighup.recv() => { reload_at = Some(Instant::now()); asked = true; }
                 notice = self.listener.notices.recv() => match notice {
                     Some(n) if n.channel == PING => {
                         if let Err(err) = notify(&self.listener.client, PONG, &n.payload).await {
@@ -156,7 +166,7 @@ impl Mcp {
                         }
                     }
                     Some(n) if n.channel == STOP => { tracing::info!("stop requested"); return Ok(()); }
-                    Some(n) if n.channel == RELOAD => reload_at = Some(Instant::now()),
+                    Some(n) if n.channel == RELOAD => { reload_at = Some(Instant::now()); asked = true; }
                     Some(n) if n.channel == CHANGED_CHANNEL => {
                         reload_at.get_or_insert(Instant::now() + RELOAD_DEBOUNCE);
                     }
@@ -184,7 +194,9 @@ impl Mcp {
                 }
                 _ = async { match reload_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                     reload_at = None;
+                    if asked { systemd::reloading(); }
                     self.reload().await;
+                    if std::mem::take(&mut asked) { systemd::ready(&format!("{} syncs running", self.ctls.len())); }
                 }
                 _ = tick.tick() => self.restart_due().await,
             }

@@ -6,7 +6,9 @@ mod ctl;
 mod hub;
 mod mcp;
 pub mod metrics;
+mod notify;
 pub mod pidfile;
+mod status_page;
 mod vac;
 
 use std::path::PathBuf;

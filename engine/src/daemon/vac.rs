@@ -127,7 +127,7 @@ async fn purge_all(catalog: &SharedCatalog, connections: &mut Connections) -> Re
 }
 
 async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Connections) -> Result<u64> {
-    let (_, needs) = catalog::sync::capture_needs(catalog_client, db).await?;
+    let (_, needs) = catalog::capture::needs(catalog_client, db).await?;
     if needs.is_empty() {
         return Ok(0);
     }
@@ -212,7 +212,7 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: 
     metrics.retain_syncs(&syncs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
     let mut per_sync: BTreeMap<String, (Vec<(String, i64)>, f64)> = BTreeMap::new();
     for db in catalog::sync::dbs_in_syncs(client.as_ref()).await? {
-        let (_, needs) = catalog::sync::capture_needs(client.as_ref(), &db).await?;
+        let (_, needs) = catalog::capture::needs(client.as_ref(), &db).await?;
         if needs.is_empty() {
             continue;
         }

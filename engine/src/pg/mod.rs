@@ -4,6 +4,7 @@
 
 mod conninfo;
 pub mod copy;
+mod dsn;
 mod ident;
 pub mod introspect;
 pub mod listen;
@@ -13,7 +14,8 @@ pub mod session;
 mod tls;
 pub mod version;
 
-pub use conninfo::{ConnInfo, KEYS as CONN_KEYS, SslMode, redact_dsn};
+pub use conninfo::{ConnInfo, KEYS as CONN_KEYS, SslMode};
+pub use dsn::redact_dsn;
 pub use ident::{QualifiedName, quote_ident, quote_literal};
 
 use std::time::Duration;

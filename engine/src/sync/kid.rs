@@ -142,6 +142,7 @@ impl Kid {
             error: None,
             window_rows: None,
             backlog: None,
+            phases: Vec::new(),
         };
         let mut conflicts = Vec::new();
         match result {
@@ -152,6 +153,7 @@ impl Kid {
                 record.tables = outcome.tables;
                 record.window_rows = outcome.window_rows;
                 record.backlog = outcome.backlog;
+                record.phases = outcome.phases;
                 conflicts = outcome.conflict_log;
                 if outcome.did_onetimecopy {
                     // Done once: later runs only apply changes (as in Bucardo).
@@ -321,6 +323,8 @@ impl Kid {
         let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;
         tracing::debug!(sync = %self.plan.sync.name, us = clock.elapsed().as_micros() as u64, "step: cursors advanced");
+        let mut outcome = outcome;
+        outcome.phases.push(("cursors".into(), clock.elapsed().as_secs_f64()));
         let hooks = self.hooks()?;
         if hooks.at(HookPoint::AfterSync) {
             // The run is done: an answer here changes nothing, a failure is logged.

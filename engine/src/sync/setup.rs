@@ -16,7 +16,7 @@ use crate::pg::{self, introspect};
 /// it, possibly inside an uncommitted change) says.
 pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Result<CaptureReport> {
     let record = catalog::dbs::get(catalog_client, db).await?;
-    let (readers, needs) = catalog::sync::capture_needs(catalog_client, db).await?;
+    let (readers, needs) = catalog::capture::needs(catalog_client, db).await?;
     let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
     let owner = Owner { catalog_id, catalog: catalog_at };
     let mut client = pg::connect(&record.conn, "ibex capture").await?;

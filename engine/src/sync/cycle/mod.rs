@@ -49,6 +49,8 @@ pub struct CycleOutcome {
     pub window_rows: Option<i64>,
     /// Delta rows left for later runs, when some window was cut short.
     pub backlog: Option<i64>,
+    /// Seconds spent per phase (begin, probe, full_copy, apply, merge, sequences, commit).
+    pub phases: Vec<(String, f64)>,
 }
 
 pub struct Cycle<'a> {
@@ -78,20 +80,28 @@ pub struct Cycle<'a> {
     hooks: Hooks<'a>,
 }
 
-/// Logs (at verbose) how long each step of a run took.
+/// How long each phase of a run took: logged at verbose per step, and
+/// summed per phase (a fixed set of names) into the run's record.
 struct StepClock<'a> {
     sync: &'a str,
     last: std::time::Instant,
+    phases: Vec<(String, f64)>,
 }
 
 impl<'a> StepClock<'a> {
     fn new(sync: &'a str) -> Self {
-        StepClock { sync, last: std::time::Instant::now() }
+        StepClock { sync, last: std::time::Instant::now(), phases: Vec::new() }
     }
 
-    fn step(&mut self, what: &str) {
+    /// Ends a step of `phase` (`detail` says which table, for the log only).
+    fn step(&mut self, phase: &str, detail: &str) {
         let now = std::time::Instant::now();
-        tracing::debug!(sync = %self.sync, step = what, us = (now - self.last).as_micros() as u64, "step");
+        let took = now - self.last;
+        tracing::debug!(sync = %self.sync, step = phase, detail, us = took.as_micros() as u64, "step");
+        match self.phases.iter_mut().find(|(p, _)| p == phase) {
+            Some((_, seconds)) => *seconds += took.as_secs_f64(),
+            None => self.phases.push((phase.to_string(), took.as_secs_f64())),
+        }
         self.last = now;
     }
 }
@@ -193,7 +203,7 @@ impl<'a> Cycle<'a> {
     pub async fn run(mut self, onetimecopy: i16) -> Result<CycleOutcome> {
         let mut clock = StepClock::new(&self.plan.sync.name);
         self.begin().await?;
-        clock.step("begin");
+        clock.step("begin", "");
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeTxn).await?;
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeCheckRows).await?;
         let mut probe = Probe::default();
@@ -206,7 +216,7 @@ impl<'a> Cycle<'a> {
                 probe = self.probe(None).await?;
             }
         }
-        clock.step("probe");
+        clock.step("probe", "");
         if self.resolver.needs_newest_per_db() {
             let newest = self.newest_per_source().await?;
             self.resolver.set_newest_per_db(&newest);
@@ -215,6 +225,7 @@ impl<'a> Cycle<'a> {
         self.full_copies(onetimecopy, &probe).await?;
         self.reapply_after_truncates(&probe, &kept).await?;
         self.resynced(&probe).await?;
+        clock.step("full_copy", "");
         for ti in 0..self.tables.len() {
             let name = &self.tables[ti].name;
             if probe.truncated.contains_key(name) || probe.resync.contains_key(name) || onetimecopy == 1 {
@@ -232,18 +243,19 @@ impl<'a> Cycle<'a> {
                 1 => self.apply_single_source(ti, contenders[0]).await?,
                 _ => self.apply_merged(ti, &contenders).await?,
             }
-            clock.step(&format!("apply {}", self.tables[ti].name));
+            clock.step(if contenders.len() == 1 { "apply" } else { "merge" }, &self.tables[ti].name.to_string());
         }
         self.sync_sequences().await?;
-        clock.step("sequences");
+        clock.step("sequences", "");
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::AfterTxn).await?;
         self.commit().await?;
-        clock.step("commit");
+        clock.step("commit", "");
         let mut outcome = CycleOutcome {
             inserted: self.counts.values().map(|c| c.inserted).sum(),
             deleted: self.counts.values().map(|c| c.deleted).sum(),
             conflicts: self.conflicts,
             did_onetimecopy: onetimecopy != 0,
+            phases: std::mem::take(&mut clock.phases),
             ..CycleOutcome::default()
         };
         for (&(ti, db), &Counts { deleted, inserted }) in &self.counts {

@@ -120,14 +120,15 @@ impl<'a> Cycle<'a> {
         let step = std::time::Instant::now();
         let loaded = copy_fanout(&self.clients[src], &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
         tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
+        // The source's current rows of the window's keys.
+        let rows_from = format!(
+            "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
+            table.quoted(),
+            table.key_list_of("t"),
+            table.key_list_of("d"),
+            table.delta()
+        );
         if self.guarded() {
-            let rows_from = format!(
-                "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
-                table.quoted(),
-                table.key_list_of("t"),
-                table.key_list_of("d"),
-                table.delta()
-            );
             for (&d, &n) in receivers.iter().zip(&loaded) {
                 let delete = (n > 0).then_some(keys.as_str());
                 let (del, ins) = self.apply_guarded(ti, d, delete, vec![(src, rows_from.clone())], &[]).await?;
@@ -140,13 +141,6 @@ impl<'a> Cycle<'a> {
             try_join_all(receivers.iter().zip(&loaded).map(|(&d, &n)| self.delete_loaded(d, &keys, table, n))).await?;
         tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "changed rows deleted");
         let step = std::time::Instant::now();
-        let rows_from = format!(
-            "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
-            table.quoted(),
-            table.key_list_of("t"),
-            table.key_list_of("d"),
-            table.delta()
-        );
         let inserted = self.copy_rows(ti, src, &rows_from, &receivers).await?;
         tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "rows copied");
         for ((&d, del), ins) in receivers.iter().zip(deleted).zip(inserted) {
