@@ -402,6 +402,18 @@ pub async fn remove(c: &impl GenericClient, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Dbs of the dbgroups that syncs use: where capture may be installed.
+pub async fn dbs_in_syncs(c: &impl GenericClient) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT m.db FROM ibex.sync s JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup ORDER BY 1",
+            &[],
+        )
+        .await
+        .ctx(|| "listing the dbs of syncs".into())?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,16 +433,4 @@ mod tests {
         assert!(parse_duration("checktime", "soon").is_err());
         assert!(parse_duration("checktime", "-5").is_err());
     }
-}
-
-/// Dbs of the dbgroups that syncs use: where capture may be installed.
-pub async fn dbs_in_syncs(c: &impl GenericClient) -> Result<Vec<String>> {
-    let rows = c
-        .query(
-            "SELECT DISTINCT m.db FROM ibex.sync s JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup ORDER BY 1",
-            &[],
-        )
-        .await
-        .ctx(|| "listing the dbs of syncs".into())?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
