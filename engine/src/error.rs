@@ -53,8 +53,8 @@ pub enum Error {
     Sync(String),
 
     /// A WebAssembly plugin failed or cannot be used; the message names it.
-    #[error("{0}")]
-    Plugin(String),
+    #[error("{message}")]
+    Plugin { failure: PluginFailure, message: String },
 
     /// A sync hook asked to skip this run: nothing applied, changes wait.
     #[error("{0}")]
@@ -63,7 +63,7 @@ pub enum Error {
 
 /// What kind of failure an error is: what a caller (retry logic, the CLI's
 /// exit code, `--json` error objects) acts on, without reading its text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// Malformed input: fix the command.
@@ -106,6 +106,46 @@ impl ErrorKind {
     }
 }
 
+/// How a plugin failed: what an operator (and `--json`) acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginFailure {
+    /// It ran into one of its limits (fuel, time, memory, table, rows,
+    /// statements, log bytes): raise the limit or fix the plugin.
+    Limit,
+    /// It trapped (a panic, an unreachable, a bad memory access).
+    Trap,
+    /// It was refused something it asked for (a db or table not granted,
+    /// a statement ibex does not run) and gave up.
+    Denied,
+    /// Its answer cannot be applied (wrong shape, unknown db, a changed key).
+    Answer,
+    /// It returned an error of its own.
+    Error,
+    /// It cannot be loaded or run at all (not a component, wrong world,
+    /// altered bytes, not loaded for the sync).
+    Unusable,
+}
+
+/// Why a plugin call failed: the kind, and the sentence that says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCause {
+    pub failure: PluginFailure,
+    pub message: String,
+}
+
+impl PluginCause {
+    pub fn new(failure: PluginFailure, message: impl Into<String>) -> Self {
+        PluginCause { failure, message: message.into() }
+    }
+}
+
+impl fmt::Display for PluginCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// An optional trailing sentence of advice, printed after a `: `-free message.
 #[derive(Debug, Default, Clone)]
 pub struct Hint(pub Option<String>);
@@ -129,6 +169,16 @@ impl fmt::Display for Hint {
 }
 
 impl Error {
+    /// A plugin error of `failure`'s kind.
+    pub fn plugin(failure: PluginFailure, message: impl Into<String>) -> Self {
+        Error::Plugin { failure, message: message.into() }
+    }
+
+    /// A plugin that cannot be loaded or run at all.
+    pub fn plugin_unusable(message: impl Into<String>) -> Self {
+        Error::plugin(PluginFailure::Unusable, message)
+    }
+
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
     }
@@ -176,7 +226,7 @@ impl Error {
             Error::Config(_) => ErrorKind::Config,
             Error::Schema(_) => ErrorKind::Schema,
             Error::Sync(_) => ErrorKind::Failed,
-            Error::Plugin(_) => ErrorKind::Plugin,
+            Error::Plugin { .. } => ErrorKind::Plugin,
         }
     }
 

@@ -560,6 +560,20 @@ fn a_tenant_plugin_cannot_reach_past_its_grants() {
     }
     assert!(!std::path::Path::new(&marker).exists(), "COPY TO PROGRAM ran a shell command");
     assert_eq!(s.sql("m1", "SELECT v FROM secret"), "keep out");
+    // Callers tell failures apart by kind, not by text: exit code 9 for a
+    // plugin, and --json says how it failed.
+    for (mode, failure) in [("query:SELECT v FROM secret", "denied"), ("big_query", "limit"), ("bad_winner", "answer")]
+    {
+        s.ibex.run(&["update", "plugin", "hostile", &format!("config.mode={mode}")]).ok();
+        s.sql("m1", "UPDATE acct SET note = 'kind m1' WHERE id = 2");
+        s.sql("m2", "UPDATE acct SET note = 'kind m2' WHERE id = 2");
+        let out = s.ibex.run(&["sync", "run", "mm", "--json"]);
+        assert_eq!(out.code, 9, "mode {mode}: {}", out.stderr);
+        let json: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+        assert_eq!(json["run"]["error_kind"], "plugin", "{json}");
+        assert_eq!(json["run"]["plugin_failure"], failure, "mode {mode}: {json}");
+    }
     // What it was granted, it can do.
     let err = hostile_run(&s, "query:SELECT count(*) FROM acct");
     assert!(err.contains("ATTACK SUCCEEDED: query returned [[Value::Int(20)]]"), "{err}");

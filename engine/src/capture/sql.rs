@@ -323,4 +323,55 @@ mod tests {
             delta_table_name(&QualifiedName::new("public", "Odd \"Name\""))
         );
     }
+
+    fn table(writes: IbexWrites) -> CaptureTable {
+        CaptureTable {
+            name: QualifiedName::new("public", "t"),
+            key: vec![("id".into(), "integer".into())],
+            kick: true,
+            old_image: None,
+            ibex_writes: writes,
+        }
+    }
+
+    #[test]
+    fn windows_are_written_for_the_txid_index_in_both_flavours() {
+        let window = Window::unbounded("100:110:100,104").unwrap();
+        assert_eq!(
+            window_condition("d", &window, XidFlavour::Xid8),
+            "(d.txid >= '110'::xid8 OR d.txid = ANY('{100,104}'::xid8[]))"
+        );
+        assert_eq!(
+            window_condition("d", &window, XidFlavour::Txid),
+            "(d.txid >= 110::int8 OR d.txid = ANY('{100,104}'::int8[]))"
+        );
+        let cut = Window { cursor: "120:120:".parse().unwrap(), end: Some("118:130:125".parse().unwrap()) };
+        assert_eq!(
+            window_condition("d", &cut, XidFlavour::Txid),
+            "d.txid >= 120::int8 AND d.txid < 130::int8 AND txid_visible_in_snapshot(d.txid, '118:130:125'::txid_snapshot)"
+        );
+        assert_eq!(not_written_by("d", "o'k"), "(d.origin IS NULL OR d.origin <> 'o''k')");
+    }
+
+    #[test]
+    fn triggers_per_version_and_makedelta() {
+        let v10 = Capabilities::of_version(100023);
+        let v17 = Capabilities::of_version(170010);
+        let plain = install_table(&table(IbexWrites::Ignore), &v17);
+        assert!(plain.contains("EXECUTE FUNCTION") && !plain.contains("EXECUTE PROCEDURE"), "{plain}");
+        assert!(plain.contains("txid xid8 NOT NULL DEFAULT pg_current_xact_id()"), "{plain}");
+        // A BEFORE trigger may rewrite the key of an UPDATE that never names it.
+        assert!(plain.contains("AFTER UPDATE ON \"public\".\"t\" FOR EACH ROW WHEN"), "{plain}");
+        assert!(!plain.contains("ENABLE ALWAYS") && !plain.contains("ibex_origin"), "{plain}");
+        let old = install_table(&table(IbexWrites::WhenAsked), &v10);
+        assert!(old.contains("EXECUTE PROCEDURE") && !old.contains("EXECUTE FUNCTION"), "{old}");
+        assert!(old.contains("txid bigint NOT NULL DEFAULT txid_current()"), "{old}");
+        assert!(old.contains("ENABLE ALWAYS TRIGGER ibex_capture_insert"), "{old}");
+        assert!(old.contains("current_setting('ibex.makedelta', true)"), "{old}");
+        let all = install_table(&table(IbexWrites::All), &v17);
+        assert!(all.contains("ibex_origin := nullif(current_setting('ibex.origin', true), '')"), "{all}");
+        assert!(!all.contains("ibex.makedelta"), "a makedelta table captures every ibex write: {all}");
+        let schema = schema(&v10);
+        assert!(schema.contains("snapshot    txid_snapshot NOT NULL") && !schema.contains("xid8"), "{schema}");
+    }
 }

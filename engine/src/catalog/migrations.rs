@@ -195,7 +195,8 @@ COMMENT ON TABLE ibex.instance IS 'This catalog''s identity, recorded on every d
 ALTER TABLE ibex.sync ADD COLUMN makedelta boolean NOT NULL DEFAULT false;
 ALTER TABLE ibex.relation ADD COLUMN makedelta boolean NOT NULL DEFAULT false;
 ALTER TABLE ibex.run ADD COLUMN window_rows bigint, ADD COLUMN backlog bigint,
-                     ADD COLUMN phases jsonb NOT NULL DEFAULT '[]';
+                     ADD COLUMN phases jsonb NOT NULL DEFAULT '[]',
+                     ADD COLUMN error_kind text, ADD COLUMN plugin_failure text;
 COMMENT ON COLUMN ibex.run.phases IS 'Seconds per phase of the run: [[phase, seconds], ...]';
 COMMENT ON COLUMN ibex.run.backlog IS 'Delta rows still pending after a run that applied part of a large window; null when it applied all';
 ALTER TABLE ibex.plugin ADD COLUMN tables text[] NOT NULL DEFAULT '{}',

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{GenericClient, Row};
 
-use crate::error::{Error, PgContext, Result};
+use crate::error::{Error, ErrorKind, PgContext, PluginFailure, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,6 +61,9 @@ pub struct RunRecord {
     pub backlog: Option<i64>,
     /// Seconds per phase (begin, probe, full_copy, apply, merge, sequences, commit, cursors).
     pub phases: Vec<(String, f64)>,
+    /// A failed run's kind of error (see `ErrorKind`), and how a plugin failed.
+    pub error_kind: Option<ErrorKind>,
+    pub plugin_failure: Option<PluginFailure>,
 }
 
 impl RunRecord {
@@ -81,6 +84,12 @@ impl RunRecord {
             window_rows: row.get("window_rows"),
             backlog: row.get("backlog"),
             phases: serde_json::from_value(row.get("phases")).unwrap_or_default(),
+            error_kind: row
+                .get::<_, Option<String>>("error_kind")
+                .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),
+            plugin_failure: row
+                .get::<_, Option<String>>("plugin_failure")
+                .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),
         }
     }
 
@@ -99,7 +108,7 @@ pub struct ConflictRecord {
     pub reason: String,
 }
 
-const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error, window_rows, backlog, phases FROM ibex.run";
+const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, deleted, conflicts, attempts, tables, error, window_rows, backlog, phases, error_kind, plugin_failure FROM ibex.run";
 
 pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>) -> Result<i64> {
     let row = c
@@ -112,6 +121,11 @@ pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>
     Ok(row.get(0))
 }
 
+/// A serde enum's name as text (its JSON string), for a text column.
+fn as_text<T: Serialize>(value: &Option<T>) -> Option<String> {
+    value.as_ref().and_then(|v| serde_json::to_value(v).ok()).and_then(|v| v.as_str().map(str::to_string))
+}
+
 pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[ConflictRecord]) -> Result<()> {
     let tables = serde_json::to_value(&run.tables)
         .map_err(|err| Error::Catalog(format!("cannot record table counts: {err}")))?;
@@ -119,7 +133,8 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
         .map_err(|err| Error::Catalog(format!("cannot record phase timings: {err}")))?;
     c.execute(
         "UPDATE ibex.run SET ended_at = $2, state = $3, inserted = $4, deleted = $5, conflicts = $6,
-                attempts = $7, tables = $8, error = $9, window_rows = $10, backlog = $11, phases = $12
+                attempts = $7, tables = $8, error = $9, window_rows = $10, backlog = $11, phases = $12,
+                error_kind = $13, plugin_failure = $14
           WHERE id = $1",
         &[
             &run.id,
@@ -134,6 +149,8 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
             &run.window_rows,
             &run.backlog,
             &phases,
+            &as_text(&run.error_kind),
+            &as_text(&run.plugin_failure),
         ],
     )
     .await

@@ -484,9 +484,12 @@ pub fn main() -> ExitCode {
             // The kind decides the exit code; --json also gets an error object.
             let kind = err.kind();
             if out.json {
-                out.print_json(&serde_json::json!({
-                    "error": { "kind": kind, "exit_code": kind.exit_code(), "message": err.to_string() }
-                }));
+                let mut error =
+                    serde_json::json!({ "kind": kind, "exit_code": kind.exit_code(), "message": err.to_string() });
+                if let crate::error::Error::Plugin { failure, .. } = &err {
+                    error["plugin_failure"] = serde_json::json!(failure);
+                }
+                out.print_json(&serde_json::json!({ "error": error }));
             }
             out.error(&err.to_string());
             ExitCode::from(kind.exit_code())

@@ -16,18 +16,19 @@ fn read_component(path: &Path) -> Result<Vec<u8>> {
 /// Type-checks the component and settles its kind: the one given, or the
 /// only world it implements.
 fn settle_kind(runtime: &PluginRuntime, wasm: &[u8], file: &Path, given: Option<PluginKind>) -> Result<PluginKind> {
-    let kinds = runtime.kinds(wasm).map_err(|e| Error::Plugin(format!("{} is refused: {e}", file.display())))?;
+    let kinds =
+        runtime.kinds(wasm).map_err(|e| Error::plugin_unusable(format!("{} is refused: {e}", file.display())))?;
     let names = || kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
     match given {
         Some(kind) if kinds.contains(&kind) => Ok(kind),
-        Some(kind) => Err(Error::Plugin(format!(
+        Some(kind) => Err(Error::plugin_unusable(format!(
             "{} does not implement ibex:plugin/{kind}@0.1.0 (it implements: {})",
             file.display(),
             if kinds.is_empty() { "none".into() } else { names() }
         ))),
         None => match kinds.as_slice() {
             [kind] => Ok(*kind),
-            [] => Err(Error::Plugin(format!(
+            [] => Err(Error::plugin_unusable(format!(
                 "{} implements no ibex plugin world (conflict-handler, row-transform or sync-hooks of ibex:plugin@0.1.0)",
                 file.display()
             ))),
@@ -286,7 +287,7 @@ pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
                 &input.conflicts,
             )
             .await
-            .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
+            .map_err(|cause| Error::plugin(cause.failure, format!("plugin {} failed: {cause}", record.name)))?;
             ctx.out.print_json(&verdict);
         }
         PluginKind::RowTransform => {
@@ -309,7 +310,7 @@ pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
                 input.rows,
             )
             .await
-            .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
+            .map_err(|cause| Error::plugin(cause.failure, format!("plugin {} failed: {cause}", record.name)))?;
             ctx.out.print_json(&out);
         }
         PluginKind::SyncHooks => {
@@ -322,7 +323,7 @@ pub async fn test(ctx: &Context, args: PluginTestArgs) -> Result<()> {
             with_config(&mut input.sync);
             let action = crate::plugin::hooks::run_hook(&plugin, HostDbs::new(Vec::new()), &input.sync, &input.call)
                 .await
-                .map_err(|cause| Error::Plugin(format!("plugin {} failed: {cause}", record.name)))?;
+                .map_err(|cause| Error::plugin(cause.failure, format!("plugin {} failed: {cause}", record.name)))?;
             ctx.out.print_json(&action);
         }
     }

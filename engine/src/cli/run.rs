@@ -66,7 +66,8 @@ pub async fn run_once(ctx: &Context, args: SyncName) -> Result<ExitCode> {
                 record.sync,
                 record.error.as_deref().unwrap_or("unknown error")
             ));
-            ExitCode::FAILURE
+            // The same exit code as the error would have had on its own.
+            ExitCode::from(record.error_kind.map_or(1, |k| k.exit_code()))
         }
     })
 }

@@ -447,6 +447,8 @@ mod tests {
             window_rows: None,
             backlog: None,
             phases: vec![("apply".to_string(), 0.2)],
+            error_kind: None,
+            plugin_failure: None,
         }
     }
 

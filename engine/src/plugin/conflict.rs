@@ -7,7 +7,8 @@ use super::bindings::conflicts::{Conflict, Decision, Verdict};
 use super::bindings::types::{SyncInfo, TableInfo};
 use super::convert::ColumnKind;
 use super::host::HostDbs;
-use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure, settle};
+use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure, returned_error, settle};
+use crate::error::{PluginCause, PluginFailure};
 
 /// Asks the plugin to decide `conflicts`; the error says why it could not
 /// (trap, timeout, fuel, memory, an error it returned, or a nonsense answer).
@@ -18,10 +19,13 @@ pub async fn resolve(
     table: &TableInfo,
     kinds: &[ColumnKind],
     conflicts: &[Conflict],
-) -> Result<Verdict, String> {
-    let runtime = PluginRuntime::get().map_err(|e| e.to_string())?;
+) -> Result<Verdict, PluginCause> {
+    let runtime = PluginRuntime::get().map_err(|e| PluginCause::new(PluginFailure::Unusable, e.to_string()))?;
     let Pre::Conflict(pre) = &plugin.pre else {
-        return Err(format!("it is a {}, not a conflict handler", plugin.manifest.kind));
+        return Err(PluginCause::new(
+            PluginFailure::Unusable,
+            format!("it is a {}, not a conflict handler", plugin.manifest.kind),
+        ));
     };
     let mut store = runtime.store(plugin, dbs)?;
     let outcome = async {
@@ -32,10 +36,10 @@ pub async fn resolve(
     settle(plugin, &store)?;
     let verdict = match outcome {
         Ok(Ok(verdict)) => verdict,
-        Ok(Err(message)) => return Err(format!("it returned an error: {message}")),
+        Ok(Err(message)) => return Err(returned_error(&store, &message)),
         Err(err) => return Err(describe_failure(plugin, &err, &store.data().stderr_text())),
     };
-    check(&verdict, sync, kinds, conflicts)?;
+    check(&verdict, sync, kinds, conflicts).map_err(|why| PluginCause::new(PluginFailure::Answer, why))?;
     Ok(verdict)
 }
 

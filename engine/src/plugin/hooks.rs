@@ -6,6 +6,7 @@ use super::bindings::sync_hooks::ibex::plugin::hooks::{Action, HookCall};
 use super::bindings::types::SyncInfo;
 use super::host::HostDbs;
 use super::runtime::{LoadedPlugin, PluginRuntime, Pre, describe_failure, settle};
+use crate::error::{PluginCause, PluginFailure};
 
 pub use super::bindings::sync_hooks::ibex::plugin::hooks::{Action as HookAction, Failure, HookPoint};
 
@@ -42,10 +43,13 @@ pub async fn run_hook(
     dbs: Arc<HostDbs>,
     sync: &SyncInfo,
     call: &HookCall,
-) -> Result<Action, String> {
-    let runtime = PluginRuntime::get().map_err(|e| e.to_string())?;
+) -> Result<Action, PluginCause> {
+    let runtime = PluginRuntime::get().map_err(|e| PluginCause::new(PluginFailure::Unusable, e.to_string()))?;
     let Pre::Hooks(pre) = &plugin.pre else {
-        return Err(format!("it is a {}, not sync hooks", plugin.manifest.kind));
+        return Err(PluginCause::new(
+            PluginFailure::Unusable,
+            format!("it is a {}, not sync hooks", plugin.manifest.kind),
+        ));
     };
     let mut store = runtime.store(plugin, dbs)?;
     let outcome = async {

@@ -99,6 +99,9 @@ pub struct HostState {
     /// The first limit this call ran into: the call fails with it, even if
     /// the plugin ignored the error it was handed.
     pub limit_hit: Option<String>,
+    /// The host or the database refused the plugin something in this call
+    /// (a db not granted, permission denied): its own error then means Denied.
+    pub denied: bool,
 }
 
 impl HostState {
@@ -131,6 +134,7 @@ impl HostState {
             dbs,
             stderr,
             limit_hit: None,
+            denied: false,
         }
     }
 
@@ -234,6 +238,7 @@ impl host::Host for HostState {
 
     async fn query(&mut self, db: String, sql: String, params: Vec<Value>) -> Result<Vec<Vec<Value>>, String> {
         if !self.grants.contains(&db) {
+            self.denied = true;
             return Err(format!("db {db} is not granted to plugin {}: add it with grant={db}", self.plugin));
         }
         let dbs = self.dbs.clone();
@@ -254,7 +259,11 @@ impl host::Host for HostState {
             *slot = Some(client);
         }
         let client = slot.as_ref().ok_or("no connection")?;
-        match run_query(client, &self.role, &sql, &params, self.row_cap).await? {
+        let result = run_query(client, &self.role, &sql, &params, self.row_cap).await;
+        if result.as_ref().is_err_and(|e| e.contains("(SQLSTATE 42501)")) {
+            self.denied = true;
+        }
+        match result? {
             Ok(rows) => Ok(rows),
             Err(limit) => Err(self.hit(limit)),
         }
@@ -262,6 +271,7 @@ impl host::Host for HostState {
 
     async fn execute(&mut self, db: String, sql: String, params: Vec<Value>) -> Result<u64, String> {
         if !self.write_grants.contains(&db) {
+            self.denied = true;
             return Err(format!(
                 "db {db} is not granted for writing to plugin {}: add it with write={db}",
                 self.plugin
@@ -298,6 +308,9 @@ impl host::Host for HostState {
             }
             Err(err) => {
                 client.batch_execute("ROLLBACK TO SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
+                if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                    self.denied = true;
+                }
                 Err(describe_pg(&err))
             }
         }

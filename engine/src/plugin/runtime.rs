@@ -26,7 +26,7 @@ use wasmtime::{Config, Engine, Store, Trap};
 use super::bindings::{conflict_handler, row_transform, sync_hooks};
 use super::host::{HostDbs, HostState};
 use crate::catalog::manifest::{Manifest, PluginKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, PluginCause, PluginFailure, Result};
 
 /// How often the engine's epoch advances: the resolution of timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -150,7 +150,7 @@ pub(super) enum Pre {
 }
 
 fn plugin_error(msg: impl Into<String>) -> Error {
-    Error::Plugin(msg.into())
+    Error::plugin_unusable(msg)
 }
 
 impl PluginRuntime {
@@ -272,7 +272,7 @@ impl PluginRuntime {
     /// Prepares a plugin for calls; checks it against its manifest's world.
     pub fn load(&self, name: &str, sha256: &str, wasm: &[u8], role: &str, manifest: Manifest) -> Result<LoadedPlugin> {
         let component = self.component(sha256, wasm).map_err(|e| match e {
-            Error::Plugin(why) => plugin_error(format!("plugin {name}: {why}")),
+            Error::Plugin { message, .. } => plugin_error(format!("plugin {name}: {message}")),
             other => other,
         })?;
         let pre = self
@@ -303,15 +303,20 @@ impl PluginRuntime {
         &self,
         plugin: &LoadedPlugin,
         dbs: Arc<HostDbs>,
-    ) -> std::result::Result<Store<HostState>, String> {
+    ) -> std::result::Result<Store<HostState>, PluginCause> {
         let m = &plugin.manifest;
         let left = m.run_fuel.saturating_sub(dbs.spent(&plugin.name).fuel);
         if left == 0 {
-            return Err(format!("it used all its fuel for this run ({} units; raise it with run_fuel=)", m.run_fuel));
+            return Err(PluginCause::new(
+                PluginFailure::Limit,
+                format!("it used all its fuel for this run ({} units; raise it with run_fuel=)", m.run_fuel),
+            ));
         }
         let mut store = Store::new(&self.engine, HostState::new(&plugin.name, &plugin.role, m, dbs));
         store.limiter(|state| &mut state.limits);
-        store.set_fuel(m.fuel.min(left)).map_err(|e| format!("setting fuel: {e}"))?;
+        store
+            .set_fuel(m.fuel.min(left))
+            .map_err(|e| PluginCause::new(PluginFailure::Unusable, format!("setting fuel: {e}")))?;
         let ticks = (m.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -321,16 +326,23 @@ impl PluginRuntime {
 
 /// After a call: charges its fuel and statements to the run, and fails the
 /// call if it ran into a limit (even one whose error the plugin ignored).
-pub(super) fn settle(plugin: &LoadedPlugin, store: &Store<HostState>) -> std::result::Result<(), String> {
+pub(super) fn settle(plugin: &LoadedPlugin, store: &Store<HostState>) -> std::result::Result<(), PluginCause> {
     let m = &plugin.manifest;
     let state = store.data();
     let given = m.fuel.min(m.run_fuel.saturating_sub(state.dbs.spent(&plugin.name).fuel));
     let used = given.saturating_sub(store.get_fuel().unwrap_or(0));
     state.dbs.spend(&plugin.name, used, state.statements());
     match &state.limit_hit {
-        Some(limit) => Err(limit.clone()),
+        Some(limit) => Err(PluginCause::new(PluginFailure::Limit, limit.clone())),
         None => Ok(()),
     }
+}
+
+/// What the plugin's own error means: it gave up after the host refused it
+/// something (Denied), or failed on its own (Error).
+pub(super) fn returned_error(store: &Store<HostState>, message: &str) -> PluginCause {
+    let failure = if store.data().denied { PluginFailure::Denied } else { PluginFailure::Error };
+    PluginCause::new(failure, format!("it returned an error: {message}"))
 }
 
 fn first_line(err: &wasmtime::Error) -> String {
@@ -339,27 +351,38 @@ fn first_line(err: &wasmtime::Error) -> String {
 }
 
 /// Says why a call failed, in words an operator can act on.
-pub(super) fn describe_failure(plugin: &LoadedPlugin, err: &wasmtime::Error, stderr: &str) -> String {
+pub(super) fn describe_failure(plugin: &LoadedPlugin, err: &wasmtime::Error, stderr: &str) -> PluginCause {
     let m = &plugin.manifest;
-    let cause = match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => format!(
-            "it used all its fuel ({} units per call, {} per run; raise them with fuel= or run_fuel=)",
-            m.fuel, m.run_fuel
+    let (failure, cause) = match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => (
+            PluginFailure::Limit,
+            format!(
+                "it used all its fuel ({} units per call, {} per run; raise them with fuel= or run_fuel=)",
+                m.fuel, m.run_fuel
+            ),
         ),
-        Some(Trap::Interrupt) => format!("it ran longer than its timeout ({} ms)", m.timeout.as_millis()),
-        Some(Trap::StackOverflow) => "its stack overflowed".to_string(),
-        Some(trap) => format!("it trapped: {trap}"),
+        Some(Trap::Interrupt) => {
+            (PluginFailure::Limit, format!("it ran longer than its timeout ({} ms)", m.timeout.as_millis()))
+        }
+        Some(Trap::StackOverflow) => (PluginFailure::Limit, "its stack overflowed".to_string()),
+        Some(trap) => (PluginFailure::Trap, format!("it trapped: {trap}")),
         None => {
             let text = format!("{err:#}");
             if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
-                format!("it tried to use more than its memory cap ({} bytes; raise it with memory=)", m.memory)
+                (
+                    PluginFailure::Limit,
+                    format!("it tried to use more than its memory cap ({} bytes; raise it with memory=)", m.memory),
+                )
             } else if text.contains("table") && (text.contains("grow") || text.contains("limit")) {
-                format!(
-                    "it tried to grow a table past its table_elements limit ({}; raise it with table_elements=)",
-                    m.table_elements
+                (
+                    PluginFailure::Limit,
+                    format!(
+                        "it tried to grow a table past its table_elements limit ({}; raise it with table_elements=)",
+                        m.table_elements
+                    ),
                 )
             } else {
-                first_line(err)
+                (PluginFailure::Trap, first_line(err))
             }
         }
     };
@@ -370,5 +393,5 @@ pub(super) fn describe_failure(plugin: &LoadedPlugin, err: &wasmtime::Error, std
         .position(|l| l.contains("panicked"))
         .map(|i| format!(" ({})", lines[i..(i + 2).min(lines.len())].join(" ")))
         .unwrap_or_default();
-    format!("{cause}{panic}")
+    PluginCause::new(failure, format!("{cause}{panic}"))
 }

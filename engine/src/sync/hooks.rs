@@ -59,7 +59,7 @@ impl<'a> Hooks<'a> {
                 continue;
             }
             let action = run_hook(plugin, dbs.clone(), &sync_info(plan, plugin), &call).await.map_err(|cause| {
-                Error::Plugin(format!(
+                Error::plugin(cause.failure, format!(
                     "plugin {} failed at hook {} of sync {}: {cause}; nothing was applied and the changes stay pending",
                     plugin.name,
                     point.name(),
@@ -83,11 +83,10 @@ impl<'a> Hooks<'a> {
             Some((HookAction::Skip, plugin)) => {
                 Err(Error::Skipped(format!("hook {} of plugin {} skipped the run", point.name(), plugin.name)))
             }
-            Some((HookAction::Abort(message), plugin)) => Err(Error::Plugin(format!(
-                "hook {} of plugin {} aborted the run: {message}",
-                point.name(),
-                plugin.name
-            ))),
+            Some((HookAction::Abort(message), plugin)) => Err(Error::plugin(
+                crate::error::PluginFailure::Error,
+                format!("hook {} of plugin {} aborted the run: {message}", point.name(), plugin.name),
+            )),
             Some((other, plugin)) => {
                 tracing::warn!(plugin = %plugin.name, point = point.name(), answer = ?other, "hook answer means nothing at this point; going on");
                 Ok(())

@@ -143,6 +143,8 @@ impl Kid {
             window_rows: None,
             backlog: None,
             phases: Vec::new(),
+            error_kind: None,
+            plugin_failure: None,
         };
         let mut conflicts = Vec::new();
         match result {
@@ -176,6 +178,10 @@ impl Kid {
             Err(err) => {
                 record.state = RunState::Bad;
                 record.error = Some(err.to_string());
+                record.error_kind = Some(err.kind());
+                if let Error::Plugin { failure, .. } = &err {
+                    record.plugin_failure = Some(*failure);
+                }
                 self.disconnect();
                 self.specs = None;
             }
@@ -257,7 +263,7 @@ impl Kid {
         let mut attached = Vec::new();
         for (name, points) in &self.plan.hooks {
             let plugin = self.plugins.get(name).ok_or_else(|| {
-                Error::Plugin(format!("plugin {name} is not loaded for sync {}", self.plan.sync.name))
+                Error::plugin_unusable(format!("plugin {name} is not loaded for sync {}", self.plan.sync.name))
             })?;
             attached.push((plugin, points.iter().filter_map(|p| HookPoint::parse(p)).collect()));
         }
@@ -301,14 +307,14 @@ impl Kid {
         let onetimecopy = self.plan.sync.params.onetimecopy;
         let conflict_plugin = match &self.plan.sync.params.conflict_strategy {
             crate::catalog::ConflictStrategy::Plugin(name) => Some(self.plugins.get(name).ok_or_else(|| {
-                Error::Plugin(format!("plugin {name} is not loaded for sync {}", self.plan.sync.name))
+                Error::plugin_unusable(format!("plugin {name} is not loaded for sync {}", self.plan.sync.name))
             })?),
             _ => None,
         };
         let mut transforms = Vec::new();
         for t in &self.plan.transforms {
             let plugin = self.plugins.get(&t.plugin).ok_or_else(|| {
-                Error::Plugin(format!("plugin {} is not loaded for sync {}", t.plugin, self.plan.sync.name))
+                Error::plugin_unusable(format!("plugin {} is not loaded for sync {}", t.plugin, self.plan.sync.name))
             })?;
             let target = t.target.as_ref().and_then(|name| self.plan.dbs.iter().position(|d| &d.name == name));
             transforms.push(Transform { table: t.table, target, plugin });

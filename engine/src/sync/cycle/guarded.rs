@@ -205,13 +205,16 @@ impl<'a> Cycle<'a> {
                     }
                 }
                 Some((HookAction::Abort(message), plugin)) => {
-                    return Err(Error::Plugin(format!(
-                        "exception hook of plugin {} aborted the run after {} on table {} of db {}: {message}",
-                        plugin.name,
-                        db_error.message(),
-                        table.name,
-                        self.plan.dbs[d].name
-                    )));
+                    return Err(Error::plugin(
+                        crate::error::PluginFailure::Error,
+                        format!(
+                            "exception hook of plugin {} aborted the run after {} on table {} of db {}: {message}",
+                            plugin.name,
+                            db_error.message(),
+                            table.name,
+                            self.plan.dbs[d].name
+                        ),
+                    ));
                 }
                 _ => return Err(err),
             }

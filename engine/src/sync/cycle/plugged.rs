@@ -8,7 +8,7 @@ use super::merge::{Apply, Chunk, PLUGIN_BATCH, Pending};
 use super::{Cycle, temp_name};
 use crate::catalog::{ConflictRecord, Role};
 use crate::conflict::Decision;
-use crate::error::{Error, PgContext, Result};
+use crate::error::{Error, PgContext, PluginCause, PluginFailure, Result};
 use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
 use crate::pg::quote_ident;
 use crate::plugin::bindings::conflicts::{self as wit, Conflict, Operation, Verdict};
@@ -75,21 +75,25 @@ impl<'a> Cycle<'a> {
         let table = self.table_info(ti);
         let outcome =
             crate::plugin::conflict::resolve(plugin, self.host_dbs.clone(), &sync, &table, &kinds, &conflicts).await;
-        let verdict = outcome.and_then(|v| self.check_roles(v));
+        let verdict =
+            outcome.and_then(|v| self.check_roles(v).map_err(|why| PluginCause::new(PluginFailure::Answer, why)));
         match verdict {
             Ok(verdict) => {
                 self.apply_verdict(ti, plugin, verdict, batch, chunk);
                 Ok(())
             }
             Err(cause) => match &plugin.manifest.on_error {
-                OnError::Abort => Err(Error::Plugin(format!(
-                    "plugin {} failed deciding {} conflict{} of table {} in sync {}: {cause}; nothing was applied and the changes stay pending (on_error=abort)",
-                    plugin.name,
-                    batch.len(),
-                    if batch.len() == 1 { "" } else { "s" },
-                    self.tables[ti].name,
-                    self.plan.sync.name
-                ))),
+                OnError::Abort => Err(Error::plugin(
+                    cause.failure,
+                    format!(
+                        "plugin {} failed deciding {} conflict{} of table {} in sync {}: {cause}; nothing was applied and the changes stay pending (on_error=abort)",
+                        plugin.name,
+                        batch.len(),
+                        if batch.len() == 1 { "" } else { "s" },
+                        self.tables[ti].name,
+                        self.plan.sync.name
+                    ),
+                )),
                 OnError::Fallback(strategy) => {
                     tracing::warn!(
                         plugin = %plugin.name, sync = %self.plan.sync.name, table = %self.tables[ti].name,

@@ -71,7 +71,7 @@ impl<'a> Cycle<'a> {
             )
             .await
             .map_err(|cause| {
-                Error::Plugin(format!(
+                Error::plugin(cause.failure, format!(
                     "plugin {} failed transforming rows of table {} for db {} in sync {}: {cause}; nothing was applied and the changes stay pending",
                     plugin.name, table.name, self.plan.dbs[target].name, self.plan.sync.name
                 ))
