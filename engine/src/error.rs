@@ -215,8 +215,14 @@ impl Error {
             Error::Duplicate { .. } | Error::Refused(_) | Error::Skipped(_) => ErrorKind::Refused,
             Error::Connect { .. } => ErrorKind::Down,
             Error::Postgres { source, .. } => match source.code() {
-                // No SQLSTATE: the client lost the connection (I/O, closed).
-                None => ErrorKind::Down,
+                // No SQLSTATE: the client lost the connection (I/O, closed),
+                // or it could not even send the statement (a bug of ours).
+                None if source.is_closed()
+                    || std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>()) =>
+                {
+                    ErrorKind::Down
+                }
+                None => ErrorKind::Failed,
                 // 08: connection exceptions; 57P0x: the server is shutting down or ended the session.
                 Some(code) if code.code().starts_with("08") || code.code().starts_with("57P0") => ErrorKind::Down,
                 Some(_) if self.is_transient() => ErrorKind::Retryable,

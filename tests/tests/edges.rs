@@ -476,3 +476,69 @@ fn vac_purges_past_a_long_open_transaction_on_kept_connections() {
     assert_eq!(vac_backends(), before, "the VAC opened new connections between passes");
     rt.block_on(long.batch_execute("COMMIT")).unwrap();
 }
+
+/// Three masters whose keys come from a bigserial: validate warns until the
+/// sequences are staggered; after `ibex sequences stagger`, rows inserted on
+/// all three at once get distinct keys, and a run has no conflict.
+#[test]
+fn staggered_sequences_keep_three_masters_from_colliding() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, v text);
+         INSERT INTO notes (v) SELECT 'seed ' || i FROM generate_series(1, 5) i;",
+        &["m1", "m2", "m3"],
+    );
+    s.ibex.sh("add table notes db=m1 herd=h").ok();
+    let added = s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source,m3:source").ok();
+    assert!(has_warning(&added, "ibex sequences stagger mm"), "no stagger warning:\n{}", added.stderr);
+    let staggered = s.ibex.sh("sequences stagger mm").ok();
+    assert!(staggered.stdout.contains("increment 10"), "{}", staggered.stdout);
+    let validated = s.ibex.sh("validate mm").ok();
+    assert!(!has_warning(&validated, "stagger"), "still warns after staggering:\n{}", validated.stderr);
+    // The same statements on every master at once.
+    let writers: Vec<_> = ["m1", "m2", "m3"]
+        .into_iter()
+        .map(|db| {
+            let port = s.cluster.port();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    let out = Command::new("psql")
+                        .args([
+                            "-X",
+                            "-q",
+                            "-h",
+                            "127.0.0.1",
+                            "-U",
+                            "postgres",
+                            "-p",
+                            &port.to_string(),
+                            "-d",
+                            db,
+                            "-c",
+                        ])
+                        .arg(format!("INSERT INTO notes (v) VALUES ('{db} {i}')"))
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(count(&run, "conflicts"), 0, "keys collided: {run}");
+    s.assert_same(&["m1", "m2", "m3"], &["notes"]);
+    assert_eq!(s.sql("m3", "SELECT count(*) || '/' || count(DISTINCT id) FROM notes"), "65/65");
+    // Each master's new keys have its own residue modulo the increment.
+    for (db, residue) in [("m1", 1), ("m2", 2), ("m3", 3)] {
+        assert_eq!(
+            s.sql("m1", &format!("SELECT count(*) FROM notes WHERE v LIKE '{db} %' AND id % 10 = {residue}")),
+            "20",
+            "keys made on {db}"
+        );
+    }
+}

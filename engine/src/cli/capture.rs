@@ -69,6 +69,9 @@ impl Affected {
             }
             let mut kid = Kid::new(plan);
             let tables = kid.validate().await?.len();
+            for warning in kid.stagger_warnings().await? {
+                out.warn(warning);
+            }
             lines.push(format!(
                 "Validated sync {sync}: {tables} table{} on {} dbs",
                 plural(tables),

@@ -17,6 +17,7 @@ mod output;
 mod params;
 mod plugin;
 mod run;
+mod sequences;
 mod settings;
 mod status;
 mod sync;
@@ -102,6 +103,9 @@ pub enum Command {
     /// Work with plugins offline
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// Sequences of multi-master syncs
+    #[command(subcommand)]
+    Sequences(SequencesCmd),
     /// Start the daemon (detached unless --foreground)
     #[command(
         after_help = "Runs the MCP, one CTL per active sync and the VAC. One daemon per catalog.\n\nExamples:\n  ibex start\n  ibex start --foreground   # for systemd or containers"
@@ -322,6 +326,15 @@ pub struct PluginTestArgs {
     /// A JSON batch, e.g. {"sync": ..., "table": ..., "conflicts": [...]} for a conflict handler
     #[arg(long, value_name = "FILE.json")]
     pub input: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SequencesCmd {
+    /// Give each source's sequences a common increment and its own offset, so keys never collide
+    #[command(
+        after_help = "The sequences that fill columns (serial, identity) of the sync's tables get INCREMENT BY N\n(default: ten, or twice the sources) and, on the i-th source of the dbgroup, values that are\ni+1 modulo N, above any value handed out so far. Keys: increment=N\n\nExample:\n  ibex sequences stagger foobar"
+    )]
+    Stagger(NamedParams),
 }
 
 #[derive(Subcommand, Debug)]
@@ -575,6 +588,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Sync(SyncCmd::Run(a)) => return run::run_once(&ctx, a).await,
         Command::Status(a) => status::show(&ctx, a).await?,
         Command::Plugin(PluginCmd::Test(a)) => plugin::test(&ctx, a).await?,
+        Command::Sequences(SequencesCmd::Stagger(a)) => sequences::stagger(&ctx, a).await?,
         Command::Completions(_) | Command::Man(_) => {} // handled at the top
     }
     Ok(ExitCode::SUCCESS)

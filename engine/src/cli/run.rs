@@ -6,6 +6,7 @@ use super::capture::Affected;
 use super::{Context, SyncName, SyncNames, status};
 use crate::catalog::{self, RunState};
 use crate::error::Result;
+use crate::sync::progress::{self, Progress};
 use crate::sync::{Kid, Plan};
 
 pub async fn validate(ctx: &Context, args: SyncNames) -> Result<()> {
@@ -38,16 +39,36 @@ pub async fn run_once(ctx: &Context, args: SyncName) -> Result<ExitCode> {
     // runs, each committed: go on until it is all applied (or one fails).
     let mut runs = 0;
     let mut conflicts = Vec::new();
+    let started = std::time::Instant::now();
+    // Over the delta rows of the whole backlog, once the first run shows one.
+    let mut progress: Option<Progress> = None;
     let record = loop {
         let record = kid.run(cat.client()).await?;
         runs += 1;
         conflicts.extend(catalog::runs::conflicts(cat.client(), record.id).await?);
         if !ctx.out.json {
-            status::print_run(&ctx.out, &record);
+            progress::suspend(|| status::print_run(&ctx.out, &record));
         }
-        if record.state != RunState::Good || record.backlog.unwrap_or(0) == 0 {
+        let applied = record.window_rows.unwrap_or(0).max(0) as u64;
+        let backlog = record.backlog.unwrap_or(0).max(0) as u64;
+        if record.state != RunState::Good || backlog == 0 {
+            // A failed run drops the bar (the error says why).
+            if let Some(mut p) = progress.take()
+                && record.state == RunState::Good
+            {
+                // The last part is the rest of the window, however large.
+                let total = p.total().unwrap_or(0).max(p.done() + applied);
+                p.set_done(total);
+                p.finish();
+            }
             break record;
         }
+        let p = progress.get_or_insert_with(|| {
+            Progress::new(format!("sync {}: catching up", record.sync), "delta rows", None).since(started)
+        });
+        // The backlog is re-measured each run (new changes keep arriving).
+        p.set_total(Some(p.done() + applied + backlog), false);
+        p.advance(applied);
         tracing::info!(sync = %record.sync, backlog = record.backlog, "catching up: running the next part");
     };
     if ctx.out.json {

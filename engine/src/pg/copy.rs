@@ -84,6 +84,17 @@ pub async fn copy_in_bytes(client: &Client, copy_in_sql: &str, data: Bytes) -> R
 /// `COPY ... FROM STDIN` at the same time; memory stays at one chunk.
 /// Returns the rows each receiver took, in order.
 pub async fn copy_fanout(source: &Client, copy_out_sql: &str, receivers: &[(&Client, String)]) -> Result<Vec<u64>> {
+    copy_fanout_with_progress(source, copy_out_sql, receivers, |_| {}).await
+}
+
+/// `copy_fanout`, calling `forwarded` with each piece of COPY data once
+/// every receiver has taken it (for progress reports).
+pub async fn copy_fanout_with_progress(
+    source: &Client,
+    copy_out_sql: &str,
+    receivers: &[(&Client, String)],
+    mut forwarded: impl FnMut(&[u8]) + Send,
+) -> Result<Vec<u64>> {
     let stream = source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}"))?;
     let mut sinks = Vec::with_capacity(receivers.len());
     for sink in try_join_all(receivers.iter().map(|(client, sql)| async move {
@@ -109,6 +120,7 @@ pub async fn copy_fanout(source: &Client, copy_out_sql: &str, receivers: &[(&Cli
                 async move { sink.send(piece).await.ctx(|| format!("writing {sql}")) }
             }))
             .await?;
+            forwarded(&piece);
         }
         if done {
             break;

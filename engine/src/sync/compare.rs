@@ -15,6 +15,7 @@ use crate::capture::delta_table_name;
 use crate::catalog::Role;
 use crate::error::{PgContext, Result};
 use crate::pg::{QualifiedName, quote_ident};
+use crate::sync::progress::Progress;
 
 /// Buckets per table: enough to narrow a difference to a few thousand rows
 /// of a million-row table.
@@ -130,12 +131,19 @@ pub async fn compare(
     with_keys: bool,
 ) -> Result<Vec<TableDiff>> {
     let mut out = Vec::new();
-    for table in specs.iter().filter(|t| only.is_none_or(|o| &t.name == o)) {
+    let tables: Vec<&TableSpec> = specs.iter().filter(|t| only.is_none_or(|o| &t.name == o)).collect();
+    let mut progress = Progress::new(format!("sync {}: compare", plan.sync.name), "rows", None);
+    if let Some(total) = estimate_rows(plan, clients, &tables).await {
+        progress.set_total(Some(total), true);
+    }
+    for table in tables {
         let mut per_db = Vec::new();
         for (i, client) in clients.iter().enumerate() {
-            per_db.push(
-                buckets(client, table).await.ctx(|| format!("hashing {} on db {}", table.name, plan.dbs[i].name))?,
-            );
+            let hashed =
+                buckets(client, table).await.ctx(|| format!("hashing {} on db {}", table.name, plan.dbs[i].name))?;
+            progress.set_detail(format!("{} on db {}", table.name, plan.dbs[i].name));
+            progress.advance(hashed.values().map(|(n, _)| *n).sum::<i64>().max(0) as u64);
+            per_db.push(hashed);
         }
         let all: BTreeSet<i64> = per_db.iter().flat_map(|b| b.keys().copied()).collect();
         let differing: Vec<i64> =
@@ -189,7 +197,32 @@ pub async fn compare(
         }
         out.push(diff);
     }
+    progress.finish();
     Ok(out)
+}
+
+/// The rows compare will hash: each db's `reltuples` of the tables, summed;
+/// None when any is unknown (never analyzed) or cannot be read.
+async fn estimate_rows(plan: &Plan, clients: &[&Client], tables: &[&TableSpec]) -> Option<u64> {
+    let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+    let mut total = 0.0;
+    for (i, client) in clients.iter().enumerate() {
+        // Outside any transaction: a failure here only costs the ETA.
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(c.reltuples::float8), 0), coalesce(bool_and(c.reltuples >= 1), true)
+                   FROM unnest($1::text[]) n(name) JOIN pg_class c ON c.oid = n.name::regclass",
+                &[&names],
+            )
+            .await
+            .inspect_err(|e| tracing::debug!(db = %plan.dbs[i].name, error = %e, "no row estimate for compare"))
+            .ok()?;
+        if !row.get::<_, bool>(1) {
+            return None;
+        }
+        total += row.get::<_, f64>(0);
+    }
+    Some(total as u64)
 }
 
 /// Where reconcile marks a differing key changed, so that the next cycle

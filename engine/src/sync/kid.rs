@@ -382,6 +382,14 @@ impl Kid {
 }
 
 impl Kid {
+    /// Warnings about sequences a multi-master sync's keys come from that
+    /// are not staggered (see `stagger.rs`).
+    pub async fn stagger_warnings(&mut self) -> Result<Vec<String>> {
+        self.connect().await?;
+        let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
+        super::stagger::unstaggered(&self.plan, &clients).await
+    }
+
     /// Compares the sync's tables (or one) on every db.
     pub async fn compare(
         &mut self,

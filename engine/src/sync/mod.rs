@@ -6,7 +6,9 @@ mod cycle;
 pub mod hooks;
 mod kid;
 pub mod plan;
+pub mod progress;
 pub mod setup;
+pub mod stagger;
 pub mod validate;
 
 pub use cycle::CycleOutcome;

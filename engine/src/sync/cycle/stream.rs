@@ -9,8 +9,9 @@ use tokio_postgres::Client;
 
 use super::{Cycle, temp_name};
 use crate::error::{Error, PgContext, Result};
-use crate::pg::copy::copy_fanout;
+use crate::pg::copy::{copy_fanout, copy_fanout_with_progress};
 use crate::pg::quote_ident;
+use crate::sync::progress::CopyProgress;
 use crate::sync::validate::TableSpec;
 
 impl<'a> Cycle<'a> {
@@ -34,6 +35,18 @@ impl<'a> Cycle<'a> {
         rows_from: &str,
         receivers: &[usize],
     ) -> Result<Vec<u64>> {
+        self.copy_rows_reporting(ti, from, rows_from, receivers, None).await
+    }
+
+    /// `copy_rows`, counting the rows of the undecoded COPY into `progress`.
+    pub(super) async fn copy_rows_reporting(
+        &self,
+        ti: usize,
+        from: usize,
+        rows_from: &str,
+        receivers: &[usize],
+        mut progress: Option<&mut CopyProgress>,
+    ) -> Result<Vec<u64>> {
         let table = &self.tables[ti];
         let (plain, transformed): (Vec<usize>, Vec<usize>) =
             receivers.iter().partition(|&&d| self.transform_for(ti, d).is_none());
@@ -44,8 +57,14 @@ impl<'a> Cycle<'a> {
             let in_sql =
                 format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
             let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
-            let rows =
-                copy_fanout(&self.clients[from], &out_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+            let forwarded = |piece: &[u8]| {
+                if let Some(p) = progress.as_deref_mut() {
+                    p.forwarded(piece);
+                }
+            };
+            let rows = copy_fanout_with_progress(&self.clients[from], &out_sql, &targets, forwarded)
+                .await
+                .map_err(|e| self.table_error(e, ti))?;
             counts.extend(plain.iter().copied().zip(rows));
         }
         for d in transformed {

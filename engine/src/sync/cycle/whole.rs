@@ -7,6 +7,7 @@ use super::Cycle;
 use super::window::Probe;
 use crate::error::{PgContext, Result};
 use crate::pg::quote_literal;
+use crate::sync::progress::CopyProgress;
 
 impl<'a> Cycle<'a> {
     /// Whole-table copies: into fullcopy dbs every run, for onetimecopy,
@@ -67,7 +68,11 @@ impl<'a> Cycle<'a> {
         for ((ti, from), receivers) in jobs {
             let table = &self.tables[ti];
             tracing::info!(sync = %self.plan.sync.name, table = %table.name, from = self.db_name(from), to = receivers.len(), "full copy");
-            let rows = self.copy_rows(ti, from, &format!("FROM {} t", table.quoted()), &receivers).await?;
+            let mut progress = self.copy_progress(ti, from, &receivers).await?;
+            let rows = self
+                .copy_rows_reporting(ti, from, &format!("FROM {} t", table.quoted()), &receivers, Some(&mut progress))
+                .await?;
+            progress.finish(rows.iter().copied().max().unwrap_or(0));
             for (&d, n) in receivers.iter().zip(rows) {
                 self.count(ti, d, 0, n as i64);
                 if self.plan.settings.analyze_after_copy {
@@ -79,6 +84,28 @@ impl<'a> Cycle<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Progress of copying table `ti` whole from `from`, with the source's
+    /// row estimate (and size, for tables never analyzed) as the total.
+    async fn copy_progress(&self, ti: usize, from: usize, receivers: &[usize]) -> Result<CopyProgress> {
+        let table = &self.tables[ti];
+        let row = self.clients[from]
+            .query_one(
+                "SELECT c.reltuples::float8, pg_table_size(c.oid) FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&table.quoted()],
+            )
+            .await
+            .ctx(|| format!("estimating the rows of {} on db {}", table.name, self.db_name(from)))?;
+        let to: Vec<&str> = receivers.iter().map(|&d| self.db_name(d)).collect();
+        let label = format!(
+            "sync {}: full copy of {} from {} to {}",
+            self.plan.sync.name,
+            table.name,
+            self.db_name(from),
+            to.join(", ")
+        );
+        Ok(CopyProgress::new(label, !table.text_format, row.get(0), row.get(1)))
     }
 
     /// Every db's sequences go up to the highest value any source has.
