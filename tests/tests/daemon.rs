@@ -339,11 +339,12 @@ fn json_logs() {
     d.start().unwrap();
     s.sql("a", "INSERT INTO t VALUES (1)");
     eventually(Duration::from_secs(5), "the row", || s.sql("b", "SELECT count(*) FROM t") == "1");
-    let log = d.log();
-    let runs: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .filter(|v| v["message"] == "run done")
-        .collect();
-    assert!(runs.iter().any(|r| r["sync"] == "j" && r["inserted"] == 1), "{log}");
+    // The run is logged once it is recorded, a moment after its commit.
+    let logged = |log: &str| {
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .filter(|v| v["message"] == "run done")
+            .any(|r| r["sync"] == "j" && r["inserted"] == 1)
+    };
+    eventually(Duration::from_secs(5), "the run's JSON log line", || logged(&d.log()));
 }

@@ -542,3 +542,41 @@ fn staggered_sequences_keep_three_masters_from_colliding() {
         );
     }
 }
+
+/// Errors are said at the normal log level, and recovery too: a source
+/// that is down when the daemon starts is reported by its listener, which
+/// says so again when it is back (it used to log at debug only).
+#[test]
+fn a_listener_that_cannot_connect_says_so_and_recovers() {
+    let s = Setup::new();
+    let mut far = ibex_tests::Cluster::start().unwrap();
+    far.create_db("src").unwrap();
+    far.psql("src", "CREATE TABLE t (id int PRIMARY KEY, v text)").unwrap();
+    s.cluster.create_db("dst").unwrap();
+    s.sql("dst", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.add_db_on("src", "src", far.port()).ok();
+    s.add_db("dst", "dst").ok();
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync ls herd=h dbs=src:source,dst:target").ok();
+    far.stop().unwrap();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let started = Instant::now();
+    while !d.log().contains("autokick listener cannot connect") {
+        assert!(started.elapsed() < Duration::from_secs(20), "no warning about the listener:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let warning =
+        d.log().lines().find(|l| l.contains("autokick listener cannot connect")).unwrap_or_default().to_string();
+    assert!(warning.contains("WARN") && warning.contains("db=src"), "{warning}");
+    far.restart().unwrap();
+    far.psql("src", "INSERT INTO t VALUES (1, 'after the outage')").unwrap();
+    while !d.log().contains("autokick listener connected again") {
+        assert!(started.elapsed() < Duration::from_secs(90), "no word of the recovery:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while s.sql("dst", "SELECT count(*) FROM t") != "1" {
+        assert!(started.elapsed() < Duration::from_secs(120), "the row never arrived:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -56,3 +56,33 @@ fn onetimecopy_and_compare_report_progress_off_a_terminal() {
         compared.stderr
     );
 }
+
+#[test]
+fn catch_up_reports_progress_over_its_runs() {
+    let s = Setup::new();
+    for db in ["src", "dst"] {
+        s.cluster.create_db(db).unwrap();
+        s.sql(db, "CREATE TABLE big (id int PRIMARY KEY, v text)");
+        s.add_db(db, db).ok();
+    }
+    s.ibex.sh("add table big db=src herd=h").ok();
+    s.ibex.sh("add sync cu herd=h dbs=src:source,dst:target").ok();
+    // A backlog of 100,000 delta rows in 20 transactions, applied 20,000 a run.
+    for part in 0..20 {
+        let first = part * 5000 + 1;
+        s.sql(
+            "src",
+            &format!("INSERT INTO big SELECT i, md5(i::text) FROM generate_series({first}, {}) i", first + 4999),
+        );
+    }
+    s.ibex.sh("set window_rows=20000").ok();
+    let out = quick(&s).sh("--log-level normal sync run cu").ok();
+    let lines = progress_lines(&out.stderr, "sync cu: catching up");
+    let periodic: Vec<&&str> = lines.iter().filter(|l| !l.contains(": done,")).collect();
+    assert!(periodic.len() >= 2, "expected two or more progress lines, got:\n{}", out.stderr);
+    for line in &periodic {
+        assert!(line.contains(" of ") && line.contains(" delta rows/s") && line.contains("ETA"), "{line:?}");
+    }
+    assert!(lines.iter().any(|l| l.contains(": done, 100,000 delta rows in ")), "no final line in:\n{}", out.stderr);
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM big"), "100000");
+}

@@ -79,11 +79,18 @@ impl RunRecord {
             deleted: row.get("deleted"),
             conflicts: row.get("conflicts"),
             attempts: row.get("attempts"),
-            tables: serde_json::from_value(tables).unwrap_or_default(),
+            tables: serde_json::from_value(tables).unwrap_or_else(|err| {
+                // A run's counts are history, not state: say so, show none.
+                tracing::warn!(run = row.get::<_, i64>("id"), error = %err, "unreadable table counts in the catalog");
+                Vec::new()
+            }),
             error: row.get("error"),
             window_rows: row.get("window_rows"),
             backlog: row.get("backlog"),
-            phases: serde_json::from_value(row.get("phases")).unwrap_or_default(),
+            phases: serde_json::from_value(row.get("phases")).unwrap_or_else(|err| {
+                tracing::warn!(run = row.get::<_, i64>("id"), error = %err, "unreadable phase timings in the catalog");
+                Vec::new()
+            }),
             error_kind: row
                 .get::<_, Option<String>>("error_kind")
                 .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),

@@ -53,13 +53,12 @@ pub async fn run_once(ctx: &Context, args: SyncName) -> Result<ExitCode> {
         let backlog = record.backlog.unwrap_or(0).max(0) as u64;
         if record.state != RunState::Good || backlog == 0 {
             // A failed run drops the bar (the error says why).
-            if let Some(mut p) = progress.take()
+            if let Some(p) = progress.take()
                 && record.state == RunState::Good
             {
                 // The last part is the rest of the window, however large.
                 let total = p.total().unwrap_or(0).max(p.done() + applied);
-                p.set_done(total);
-                p.finish();
+                p.finish_at(total);
             }
             break record;
         }

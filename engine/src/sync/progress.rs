@@ -200,6 +200,12 @@ impl Progress {
         self.close(true);
     }
 
+    /// `finish` with the final count (no periodic line for it first).
+    pub fn finish_at(mut self, done: u64) {
+        self.done = done;
+        self.close(true);
+    }
+
     fn close(&mut self, completed: bool) {
         if self.finished {
             return;
@@ -441,11 +447,9 @@ impl CopyProgress {
 
     /// The copy is complete; `rows` is what the receivers took (some may
     /// have gone through a row transform, which this did not see).
-    pub fn finish(mut self, rows: u64) {
-        if rows > self.progress.done() {
-            self.progress.done = rows;
-        }
-        self.progress.finish();
+    pub fn finish(self, rows: u64) {
+        let done = rows.max(self.progress.done());
+        self.progress.finish_at(done);
     }
 }
 
