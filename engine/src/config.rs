@@ -95,9 +95,13 @@ impl Loaded {
 }
 
 /// Where ibex keeps its own state on this host (pid file, default log,
-/// compiled plugins): `/run/ibex` for root, else `$XDG_STATE_HOME/ibex`
-/// (or `~/.local/state/ibex`). Created private (0700) by whoever writes it.
+/// compiled plugins): `$IBEX_STATE_DIR` if set, else `/run/ibex` for root,
+/// else `$XDG_STATE_HOME/ibex` (or `~/.local/state/ibex`). Created private
+/// (0700) by whoever writes it.
 pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("IBEX_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/run/ibex");

@@ -613,7 +613,11 @@ fn a_tenant_plugin_cannot_reach_past_its_grants() {
 /// in the catalog is ignored, and a tampered cache file is recompiled.
 #[test]
 fn tampered_plugin_code_is_never_run() {
-    let s = two_masters("plugin:");
+    let mut s = two_masters("plugin:");
+    // Its own state directory: other tests running latest-wins at the same
+    // time would otherwise find (and mend) the flipped cache file first.
+    let state = tempfile::tempdir().unwrap();
+    s.ibex.envs.push(("IBEX_STATE_DIR".into(), state.path().display().to_string()));
     s.ibex.run(&["add", "plugin", "lw", &wasm(plugins::official("latest-wins").unwrap())]).ok();
     add_sync(&s, "plugin:lw");
     let sha = s.sql("ibex", "SELECT sha256 FROM ibex.plugin WHERE name = 'lw'");
@@ -623,8 +627,8 @@ fn tampered_plugin_code_is_never_run() {
     s.sql("m2", "UPDATE acct SET note = 'b' WHERE id = 2");
     assert_eq!(s.run("mm")["run"]["state"], "good");
     // The host's cache holds the code it compiled, authenticated; flip a byte.
-    let cache = std::path::Path::new("/run/ibex/plugin-cache");
-    let file = std::fs::read_dir(cache)
+    let cache = state.path().join("plugin-cache");
+    let file = std::fs::read_dir(&cache)
         .unwrap()
         .flatten()
         .map(|e| e.path())
