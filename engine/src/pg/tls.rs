@@ -119,7 +119,7 @@ pub(crate) fn setup(r: &Resolved) -> Result<Tls> {
         }
     }
     let verifier: Arc<dyn ServerCertVerifier> = if verify == Verify::Nothing {
-        Arc::new(AcceptAny(provider.clone()))
+        Arc::new(Lenient { chain: None, provider: provider.clone() })
     } else {
         let mut builder = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         if let Some(crl) = r.sslcrl.as_deref() {
@@ -131,7 +131,11 @@ pub(crate) fn setup(r: &Resolved) -> Result<Tls> {
         let webpki = builder
             .build()
             .map_err(|err| Error::Config(format!("cannot use {roots_desc}: {err}; check the certificate files")))?;
-        if verify == Verify::Chain { Arc::new(ChainOnly(webpki)) } else { webpki }
+        if verify == Verify::Chain {
+            Arc::new(Lenient { chain: Some(webpki), provider: provider.clone() })
+        } else {
+            webpki
+        }
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -188,51 +192,18 @@ fn client_cert(r: &Resolved) -> Result<Option<ClientCert>> {
     Ok(Some((chain, private, cert.display().to_string())))
 }
 
-/// For require/prefer/allow without a root certificate: encryption only.
+/// Checks short of verify-full (which is webpki's verifier as it is): none
+/// at all (require/prefer/allow without a root certificate: encryption
+/// only), or the chain without the host name (verify-ca; webpki checks the
+/// name last, after the chain). Handshake signatures are always checked.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    /// The chain's verifier, for verify-ca; None checks no certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// verify-ca: webpki's checks minus the host name, which webpki checks
-/// last, after the chain.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -241,7 +212,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -255,7 +227,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -264,11 +236,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -29,6 +29,13 @@ pub fn syncdone_channel(sync: &str) -> String {
     format!("ibex_syncdone_{sync}")
 }
 
+/// The application name of a KID's sessions, by which `ibex status` finds
+/// them in pg_stat_activity (a user's own application_name takes
+/// precedence, see `pg::open`).
+pub fn application_name(sync: &str) -> String {
+    format!("ibex kid {sync}")
+}
+
 pub struct Kid {
     plan: Plan,
     clients: Vec<Arc<Client>>,
@@ -75,7 +82,7 @@ impl Kid {
         if self.connected() {
             return Ok(());
         }
-        let app = format!("ibex kid {}", self.plan.sync.name);
+        let app = application_name(&self.plan.sync.name);
         let clients = try_join_all(self.plan.dbs.iter().map(|db| {
             let app = app.clone();
             async move {

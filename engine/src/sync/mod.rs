@@ -12,6 +12,6 @@ pub mod stagger;
 pub mod validate;
 
 pub use cycle::CycleOutcome;
-pub use kid::{Kid, syncdone_channel};
+pub use kid::{Kid, application_name as kid_application_name, syncdone_channel};
 pub use plan::Plan;
 pub use validate::TableSpec;

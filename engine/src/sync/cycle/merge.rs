@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, VecDeque};
 use chrono::{DateTime, Utc};
 use futures_util::future::try_join_all;
 
-use super::{Cycle, pg_micros, temp_name};
+use super::{Cycle, pg_micros, read_key, temp_name};
 use crate::catalog::ConflictRecord;
 use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
-use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
+use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes};
 use crate::pg::quote_ident;
 use crate::plugin::Value;
 use crate::plugin::convert::push_copy_row;
@@ -214,12 +214,8 @@ impl<'a> Cycle<'a> {
             g.exhausted = true;
         }
         for row in rows {
-            let mut fields = Vec::with_capacity(nkeys);
-            for i in 0..nkeys {
-                fields.push(row.try_get::<_, RawValue>(i).ctx(|| "reading a key".into())?.0);
-            }
             g.buffer.push_back(KeyRow {
-                fields,
+                fields: read_key(&row, nkeys)?,
                 changed_at: pg_micros(row.try_get(nkeys).ctx(|| "reading a change time".into())?),
                 shown: row.try_get(nkeys + 1).ctx(|| "reading a key".into())?,
                 inside: row.try_get(nkeys + 2).ctx(|| "reading a key".into())?,

@@ -106,10 +106,21 @@ impl<'a> StepClock<'a> {
     }
 }
 
-/// Microseconds since 2000-01-01 UTC, PostgreSQL's timestamp unit.
+/// Microseconds since 2000-01-01 UTC, PostgreSQL's timestamp unit: change
+/// times travel between steps in it (and back into SQL by `pg_time`).
 fn pg_micros(t: DateTime<Utc>) -> i64 {
     let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().unwrap_or_default();
     (t - epoch).num_microseconds().unwrap_or(i64::MAX)
+}
+
+/// `pg_micros`' inverse, as a SQL timestamptz expression.
+fn pg_time(micros: i64) -> String {
+    format!("('2000-01-01 00:00:00+00'::timestamptz + {micros} * interval '1 microsecond')")
+}
+
+/// The first `columns` fields of a row, as raw (binary) key values.
+fn read_key(row: &tokio_postgres::Row, columns: usize) -> Result<Vec<Vec<u8>>> {
+    (0..columns).map(|i| Ok(row.try_get::<_, crate::pg::copy::RawValue>(i).ctx(|| "reading a key".into())?.0)).collect()
 }
 
 /// Names of per-connection temporary key tables, unique per table shape.

@@ -12,20 +12,15 @@
 use std::collections::BTreeMap;
 
 use super::window::Probe;
-use super::{Cycle, temp_name};
+use super::{Cycle, pg_micros, pg_time, read_key, temp_name};
 use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
-use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
+use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes};
 use crate::pg::{quote_ident, quote_literal};
 
 /// Per truncated table: each source's keys changed after the TRUNCATE,
 /// with their latest change time (microseconds since 2000).
 pub(super) type Kept = BTreeMap<usize, BTreeMap<usize, BTreeMap<Vec<Vec<u8>>, i64>>>;
-
-/// `'2000-01-01'::timestamptz` + `micros`, as SQL.
-fn pg_time(micros: i64) -> String {
-    format!("('2000-01-01 00:00:00+00'::timestamptz + {micros} * interval '1 microsecond')")
-}
 
 impl<'a> Cycle<'a> {
     /// Before the truncated tables are emptied: each source's keys changed
@@ -67,7 +62,7 @@ impl<'a> Cycle<'a> {
                 let rows = self.clients[src]
                     .query(
                         &format!(
-                            "SELECT {keys}, (extract(epoch FROM max(d.changed_at) - '2000-01-01 00:00:00+00'::timestamptz) * 1000000)::int8
+                            "SELECT {keys}, max(d.changed_at)
                                FROM {delta} d WHERE {window} AND d.changed_at > {after} GROUP BY {keys}",
                             keys = table.key_list_of("d"),
                             delta = table.delta()
@@ -75,15 +70,14 @@ impl<'a> Cycle<'a> {
                         &[],
                     )
                     .await
-                    .ctx(|| format!("reading changes of {} after a TRUNCATE on db {}", table.name, self.db_name(src)))?;
+                    .ctx(|| {
+                        format!("reading changes of {} after a TRUNCATE on db {}", table.name, self.db_name(src))
+                    })?;
                 let nk = table.key.len();
                 let mut keys = BTreeMap::new();
                 for row in rows {
-                    let mut fields = Vec::with_capacity(nk);
-                    for i in 0..nk {
-                        fields.push(row.try_get::<_, RawValue>(i).ctx(|| "reading a key".into())?.0);
-                    }
-                    keys.insert(fields, row.try_get::<_, i64>(nk).ctx(|| "reading a change time".into())?);
+                    let at = row.try_get(nk).ctx(|| "reading a change time".into())?;
+                    keys.insert(read_key(&row, nk)?, pg_micros(at));
                 }
                 if !keys.is_empty() {
                     per_source.insert(src, keys);

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use futures_util::future::try_join_all;
 
-use super::Cycle;
+use chrono::{DateTime, Utc};
+
+use super::{Cycle, pg_micros};
 use crate::capture::{Snapshot, Window, in_window_end, not_written_by, window_condition};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::version::XidFlavour;
@@ -113,10 +115,19 @@ impl<'a> Cycle<'a> {
             async move {
                 let window = self.window(src)?;
                 let whole = self.whole_window(src)?;
+                // Per table, the delta rows in the window: counted up to the
+                // limit + 1 when the run may cut windows, else 0 or 1.
                 let changed: Vec<String> = self
                     .tables
                     .iter()
-                    .map(|t| format!("EXISTS (SELECT 1 FROM {} d WHERE {window})", t.delta()))
+                    .map(|t| match count_limit {
+                        Some(limit) => format!(
+                            "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
+                            t.delta(),
+                            limit.saturating_add(1)
+                        ),
+                        None => format!("(EXISTS (SELECT 1 FROM {} d WHERE {window}))::int", t.delta()),
+                    })
                     .collect();
                 let beyond: Vec<String> = if contended {
                     self.tables
@@ -128,10 +139,9 @@ impl<'a> Cycle<'a> {
                 };
                 // Truncates and whole-table copies come back as parallel arrays (one row in all).
                 let sql = format!(
-                    "WITH x AS (SELECT schema_name, rel_name,
-                                       (extract(epoch FROM max(changed_at) - '2000-01-01 00:00:00+00'::timestamptz) * 1000000)::int8 AS at
+                    "WITH x AS (SELECT schema_name, rel_name, max(changed_at) AS at
                                   FROM ibex.truncate_log d WHERE {window} GROUP BY 1, 2)
-                     SELECT ARRAY[{}]::bool[], ARRAY[{}]::bool[], t.s, t.r, t.a,
+                     SELECT ARRAY[{}]::int8[], ARRAY[{}]::bool[], t.s, t.r, t.a,
                             (SELECT array_agg(schema_name) FROM ibex.resync WHERE sync = {sync}),
                             (SELECT array_agg(rel_name) FROM ibex.resync WHERE sync = {sync})
                        FROM (SELECT array_agg(schema_name ORDER BY schema_name, rel_name) AS s,
@@ -146,11 +156,16 @@ impl<'a> Cycle<'a> {
                     .ctx(|| format!("looking for changes on db {}", self.db_name(src)))?;
                 let read = |e| Error::Postgres { context: "reading the probe".into(), source: e };
                 Ok::<_, Error>((
-                    row.try_get::<_, Vec<bool>>(0).map_err(read)?,
+                    row.try_get::<_, Vec<i64>>(0).map_err(read)?,
                     row.try_get::<_, Vec<bool>>(1).map_err(read)?,
                     row.try_get::<_, Option<Vec<String>>>(2).map_err(read)?.unwrap_or_default(),
                     row.try_get::<_, Option<Vec<String>>>(3).map_err(read)?.unwrap_or_default(),
-                    row.try_get::<_, Option<Vec<i64>>>(4).map_err(read)?.unwrap_or_default(),
+                    row.try_get::<_, Option<Vec<DateTime<Utc>>>>(4)
+                        .map_err(read)?
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(pg_micros)
+                        .collect::<Vec<_>>(),
                     row.try_get::<_, Option<Vec<String>>>(5).map_err(read)?.unwrap_or_default(),
                     row.try_get::<_, Option<Vec<String>>>(6).map_err(read)?.unwrap_or_default(),
                 ))
@@ -158,9 +173,11 @@ impl<'a> Cycle<'a> {
         }))
         .await?;
         let mut probe = Probe::default();
-        for (&src, (flags, beyond, schemas, names, times, resync_schemas, resync_names)) in sources.iter().zip(answers)
-        {
-            probe.changed.insert(src, flags);
+        for (&src, (rows, beyond, schemas, names, times, resync_schemas, resync_names)) in sources.iter().zip(answers) {
+            if count_limit.is_some() {
+                probe.window_rows.insert(src, rows.iter().sum());
+            }
+            probe.changed.insert(src, rows.iter().map(|&n| n > 0).collect());
             if contended {
                 probe.beyond.insert(src, beyond);
             }
@@ -181,42 +198,7 @@ impl<'a> Cycle<'a> {
                 }
             }
         }
-        if let Some(limit) = count_limit {
-            probe.window_rows = self.count_windows(&probe, limit).await?;
-        }
         Ok(probe)
-    }
-
-    /// Per source with changes: the delta rows of its changed tables, each
-    /// counted up to `limit + 1` (all an empty or small window costs is
-    /// the probe itself).
-    async fn count_windows(&self, probe: &Probe, limit: u64) -> Result<BTreeMap<usize, i64>> {
-        let busy: Vec<(usize, Vec<usize>)> = probe
-            .changed
-            .iter()
-            .map(|(&src, flags)| (src, flags.iter().enumerate().filter(|(_, f)| **f).map(|(ti, _)| ti).collect()))
-            .filter(|(_, tables): &(usize, Vec<usize>)| !tables.is_empty())
-            .collect();
-        let counts = try_join_all(busy.iter().map(|(src, tables)| async move {
-            let window = self.whole_window(*src)?;
-            let parts: Vec<String> = tables
-                .iter()
-                .map(|&ti| {
-                    format!(
-                        "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
-                        self.tables[ti].delta(),
-                        limit.saturating_add(1)
-                    )
-                })
-                .collect();
-            let row = self.clients[*src]
-                .query_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
-                .await
-                .ctx(|| format!("measuring the window on db {}", self.db_name(*src)))?;
-            Ok::<_, Error>((*src, row.get::<_, i64>(0)))
-        }))
-        .await?;
-        Ok(counts.into_iter().collect())
     }
 
     /// `SELECT d.txid FROM delta d WHERE <window> UNION ALL ...` over the
@@ -242,37 +224,34 @@ impl<'a> Cycle<'a> {
         for src in over {
             let Some(changed) = probe.changed.get(&src) else { continue };
             let union = self.delta_union(src, changed)?;
+            // One scan: rows per transaction, summed in txid order; the
+            // cut falls on the transaction holding the limit's next row.
             let row = self.clients[src]
-                .query_one(
+                .query_opt(
                     &format!(
-                        "SELECT (SELECT u.txid::text FROM ({union}) u ORDER BY u.txid OFFSET {limit} LIMIT 1),
-                                (SELECT min(u.txid)::text FROM ({union}) u)"
+                        "WITH per AS (SELECT u.txid, count(*) AS n FROM ({union}) u GROUP BY u.txid),
+                              upto AS (SELECT txid, n, sum(n) OVER (ORDER BY txid) AS upto FROM per)
+                         SELECT txid::text, (upto - n)::int8, upto::int8, (SELECT sum(n) FROM per)::int8
+                           FROM upto WHERE upto > {limit} ORDER BY txid LIMIT 1"
                     ),
                     &[],
                 )
                 .await
                 .ctx(|| format!("finding where to cut the window on db {}", self.db_name(src)))?;
-            let parse = |i: usize| -> Result<Option<u64>> {
-                let text: Option<String> =
-                    row.try_get(i).map_err(|e| Error::Postgres { context: "reading a cut".into(), source: e })?;
-                text.map(|t| t.parse::<u64>().map_err(|_| Error::Sync(format!("unreadable transaction id {t:?}"))))
-                    .transpose()
-            };
-            let (Some(at), Some(first)) = (parse(0)?, parse(1)?) else { continue };
+            let Some(row) = row else { continue };
+            let read = |e| Error::Postgres { context: "reading a cut".into(), source: e };
+            let text: String = row.try_get(0).map_err(read)?;
+            let at: u64 = text.parse().map_err(|_| Error::Sync(format!("unreadable transaction id {text:?}")))?;
+            let (before, through, total): (i64, i64, i64) =
+                (row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?, row.try_get(3).map_err(read)?);
             // The first transaction alone is over the limit: take it whole.
-            let boundary = if at <= first { first + 1 } else { at };
+            let (boundary, rows) = if before == 0 { (at + 1, through) } else { (at, before) };
             let Some(w) = self.windows[src].as_mut() else { continue };
             let end = Snapshot::bounded(&w.window.cursor, &w.now, boundary);
             if end == w.now {
                 continue;
             }
             w.window.end = Some(end);
-            let inside = self.in_window(src)?;
-            let counts = self.clients[src]
-                .query_one(&format!("SELECT count(*) FILTER (WHERE {inside}), count(*) FROM ({union}) d"), &[])
-                .await
-                .ctx(|| format!("measuring the backlog on db {}", self.db_name(src)))?;
-            let (rows, total): (i64, i64) = (counts.get(0), counts.get(1));
             tracing::info!(
                 sync = %self.plan.sync.name,
                 db = self.db_name(src),
