@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod daemon;
+pub mod declare;
 pub mod error;
 pub mod failpoint;
 pub mod logging;

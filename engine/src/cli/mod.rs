@@ -10,6 +10,7 @@ mod compare;
 mod daemon;
 mod db;
 mod dbgroup;
+mod declare;
 mod docs;
 mod herd;
 mod install;
@@ -141,6 +142,19 @@ pub enum Command {
     /// Show how syncs are doing: ibex status [SYNC]
     #[command(after_help = "Examples:\n  ibex status\n  ibex status foobar --json")]
     Status(StatusArgs),
+    /// Show what `ibex apply FILE` would change: add, change, remove per object
+    #[command(
+        after_help = "Compares a TOML description of the catalog (dbs, tables, sequences, herds, dbgroups, syncs,\nplugins, settings) with the catalog and prints the difference; changes nothing.\n\nExample:\n  ibex plan ibex-catalog.toml --json"
+    )]
+    Plan(declare::PlanArgs),
+    /// Make the catalog match a TOML file, in one transaction (asks first, or --yes)
+    #[command(
+        after_help = "Prints the plan, then applies it in one catalog transaction through the same checks as\nthe add/update/remove commands (capture is installed or repaired on the syncs' dbs).\nObjects left out of the file are removed. Without a terminal, --yes is required.\n\nExamples:\n  ibex apply ibex-catalog.toml\n  ibex apply ibex-catalog.toml --yes"
+    )]
+    Apply(declare::ApplyArgs),
+    /// Write the catalog as a TOML file that `ibex apply` reads back (no passwords)
+    #[command(after_help = "Examples:\n  ibex dump > ibex-catalog.toml\n  ibex dump ibex-catalog.toml")]
+    Dump(declare::DumpArgs),
     /// Print a shell completion script (needs no control database)
     #[command(
         after_help = "Examples:\n  ibex completions bash > /etc/bash_completion.d/ibex\n  ibex completions zsh > ~/.zfunc/_ibex\n  ibex completions fish > ~/.config/fish/completions/ibex.fish"
@@ -589,6 +603,9 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Status(a) => status::show(&ctx, a).await?,
         Command::Plugin(PluginCmd::Test(a)) => plugin::test(&ctx, a).await?,
         Command::Sequences(SequencesCmd::Stagger(a)) => sequences::stagger(&ctx, a).await?,
+        Command::Plan(a) => declare::plan(&ctx, a).await?,
+        Command::Apply(a) => declare::apply(&ctx, a).await?,
+        Command::Dump(a) => declare::dump(&ctx, a).await?,
         Command::Completions(_) | Command::Man(_) => {} // handled at the top
     }
     Ok(ExitCode::SUCCESS)
