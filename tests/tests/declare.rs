@@ -235,3 +235,76 @@ fn bad_files_say_where_and_change_nothing() {
 
     assert_eq!(s.snapshot(), before, "a refused file changed the catalog");
 }
+
+#[test]
+fn plugins_and_their_attachments_dump_and_build_another_catalog() {
+    let s = Setup::new();
+    two_dbs(&s);
+    for copy in ["c", "d"] {
+        s.cluster.clone_db("a", copy).unwrap();
+    }
+    for db in ["a", "b"] {
+        s.add_db(db, db).ok();
+    }
+    let merge = ibex_tests::plugins::official("additive-merge").unwrap();
+    let mask = ibex_tests::plugins::official("mask-columns").unwrap();
+    let fixer = ibex_tests::plugins::official("unique-fixer").unwrap();
+    s.ibex.sh("add table items other db=a herd=h").ok();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    s.ibex
+        .run(&["add", "plugin", "merge", &path(&merge), "config.columns=n", "grant=a", "on_error=fallback=latest"])
+        .ok();
+    s.ibex.run(&["add", "plugin", "mask", &path(&mask), "config.columns=v", "memory=32MiB", "timeout=2s"]).ok();
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "fixer",
+            &path(&fixer),
+            "grant=a,b",
+            "write=a,b",
+            "write_tables=items",
+            "config.column=v",
+        ])
+        .ok();
+    s.ibex.sh("add sync ab herd=h dbs=a:source,b:source conflict_strategy=plugin:merge").ok();
+    s.ibex.sh("add transform mask sync=ab table=items target=b").ok();
+    s.ibex.sh("add hook fixer sync=ab when=exception,before_sync").ok();
+
+    let dumped = s.ibex.sh("dump").ok().stdout;
+    for needle in [
+        "[plugin.merge]",
+        "on_error = \"fallback=latest\"",
+        "memory = 33554432",
+        "write_tables = [\"items\"]",
+        "conflict_strategy = \"plugin:merge\"",
+        "[[sync.ab.transform]]",
+        "[[sync.ab.hook]]",
+    ] {
+        assert!(dumped.contains(needle), "the dump lacks {needle:?}:\n{dumped}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "dump.toml", &dumped);
+    assert!(run(&s, &["plan"], &file).ok().stdout.contains("No changes"));
+
+    // Another catalog, other databases, the components from files.
+    let other = ibex_tests::Ibex::new(s.cluster.dsn("ibex2")).unwrap();
+    other.sh("install").ok();
+    let mut text = dumped.replace("dbname = \"a\"", "dbname = \"c\"").replace("dbname = \"b\"", "dbname = \"d\"");
+    let no_path = write(dir.path(), "no-path.toml", &text);
+    other.run(&["plan", no_path.to_str().unwrap()]).fails_with("add path = \"FILE.wasm\"");
+    for (name, wasm) in [("merge", &merge), ("mask", &mask), ("fixer", &fixer)] {
+        text =
+            text.replacen(&format!("[plugin.{name}]\n"), &format!("[plugin.{name}]\npath = \"{}\"\n", path(wasm)), 1);
+    }
+    let with_paths = write(dir.path(), "with-paths.toml", &text);
+    other.run(&["apply", with_paths.to_str().unwrap(), "--yes"]).ok();
+    let rebuilt = other.sh("dump").ok().stdout;
+    let expected = dumped.replace("dbname = \"a\"", "dbname = \"c\"").replace("dbname = \"b\"", "dbname = \"d\"");
+    assert_eq!(rebuilt, expected, "the rebuilt catalog dumps differently");
+    // A component that is not the one the file names is refused.
+    let wrong = write(dir.path(), "wrong.toml", &text.replacen(&path(&mask), &path(&merge), 1));
+    let third = ibex_tests::Ibex::new(s.cluster.dsn("ibex3")).unwrap();
+    third.sh("install").ok();
+    third.run(&["apply", wrong.to_str().unwrap(), "--yes"]).fails_with("it is not the component you meant");
+}

@@ -25,7 +25,7 @@ fn spanned<T>(value: T) -> Spanned<T> {
 pub fn to_config(state: &State) -> Config {
     let mut config = Config::default();
     for (key, value) in &state.settings {
-        config.settings.insert(key.clone(), Scalar::Text(value.clone()));
+        config.settings.insert(key.clone(), spanned(Scalar::Text(value.clone())));
     }
     for (name, db) in &state.dbs {
         let c = &db.conn;

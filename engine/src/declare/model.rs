@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 pub struct Config {
     /// `ibex set` keys; keys left out keep their value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub settings: BTreeMap<String, Scalar>,
+    pub settings: BTreeMap<String, Spanned<Scalar>>,
     #[serde(default, rename = "db", skip_serializing_if = "BTreeMap::is_empty")]
     pub dbs: BTreeMap<String, Spanned<DbSpec>>,
     #[serde(default, rename = "plugin", skip_serializing_if = "BTreeMap::is_empty")]
@@ -316,8 +316,18 @@ mod tests {
         )
         .parse()
         .unwrap();
-        assert_eq!(config.settings["retry_limit"], Scalar::Int(5));
+        assert_eq!(config.settings["retry_limit"].get_ref(), &Scalar::Int(5));
         assert_eq!(config.dbs["t1"].get_ref().port, Some(PortSpec::One(5433)));
         assert_eq!(config.syncs["s"].get_ref().herd.get_ref(), "h");
+    }
+
+    #[test]
+    fn the_readme_example_reads() {
+        let readme = include_str!("../../../README.md");
+        let section = readme.split("## Configuration as code").nth(1).expect("the README section");
+        let example = section.split("```toml\n").nth(1).and_then(|s| s.split("```").next()).expect("its example");
+        let config = source(example).parse().unwrap();
+        assert_eq!(config.syncs["foobar"].get_ref().transform.len(), 1);
+        assert_eq!(config.plugins["merge"].get_ref().config["columns"], "balance");
     }
 }

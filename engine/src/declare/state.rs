@@ -151,15 +151,15 @@ impl State {
     pub fn resolve(config: &Config, src: &Source, current: &State) -> Result<State> {
         let mut state = State::default();
         for (key, value) in &config.settings {
-            let normal = catalog::setting::normalize(key, &value.to_string())
-                .map_err(|e| Error::usage(format!("{}: [settings] {key}: {e}", src.at(None))))?;
+            let normal = catalog::setting::normalize(key, &value.get_ref().to_string())
+                .map_err(|e| src.error(value.span(), format!("[settings] {key}: {e}")))?;
             state.settings.insert(key.clone(), normal);
         }
         for (name, spec) in &config.dbs {
             let at = spec.span();
             let fail = |e: Error| src.error(at.clone(), format!("db {name}: {e}"));
             check_name("db", name).map_err(fail)?;
-            let state_db = resolve_db(name, spec.get_ref(), current.dbs.get(name), src)?;
+            let state_db = resolve_db(name, spec, current.dbs.get(name), src)?;
             if !matches!(state_db.status.as_str(), "active" | "inactive") {
                 return Err(fail(Error::usage(format!("bad status {:?}: use active or inactive", state_db.status))));
             }
@@ -303,7 +303,13 @@ fn insert_relation(
     Ok(())
 }
 
-fn resolve_db(name: &str, spec: &super::model::DbSpec, current: Option<&DbState>, src: &Source) -> Result<DbState> {
+fn resolve_db(
+    name: &str,
+    spanned: &toml::Spanned<super::model::DbSpec>,
+    current: Option<&DbState>,
+    src: &Source,
+) -> Result<DbState> {
+    let spec = spanned.get_ref();
     let mut conn = ConnInfo { dbname: spec.dbname.clone().unwrap_or_default(), ..ConnInfo::default() };
     let texts = [
         ("host", spec.host.clone()),
@@ -329,11 +335,11 @@ fn resolve_db(name: &str, spec: &super::model::DbSpec, current: Option<&DbState>
     ];
     for (key, value) in texts {
         if let Some(value) = value {
-            conn.set(key, &value).map_err(|e| Error::usage(format!("{}: db {name}: {e}", src.at(None))))?;
+            conn.set(key, &value).map_err(|e| src.error(spanned.span(), format!("db {name}: {e}")))?;
         }
     }
     if conn.dbname.is_empty() && conn.service.is_none() {
-        return Err(Error::usage(format!("{}: db {name}: dbname is required (or service = \"NAME\")", src.at(None))));
+        return Err(src.error(spanned.span(), format!("db {name}: dbname is required (or service = \"NAME\")")));
     }
     let password_env = spec.password_env.as_ref().map(|v| v.get_ref().clone());
     conn.password = match &spec.password_env {
