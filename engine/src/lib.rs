@@ -16,5 +16,6 @@ pub mod names;
 pub mod pg;
 pub mod plugin;
 pub mod sync;
+pub mod target;
 
 pub use error::{Error, Result};

@@ -11,6 +11,8 @@ pub struct DbRecord {
     pub name: String,
     pub conn: ConnInfo,
     pub status: String,
+    /// None for PostgreSQL; else the foreign target (only ever a sync's target).
+    pub target: Option<crate::target::TargetSpec>,
 }
 
 /// What `list dbs` shows: everything but the password, which is only said
@@ -35,7 +37,12 @@ impl DbRecord {
         let conn: ConnInfo = serde_json::from_value(conn).map_err(|err| {
             Error::Catalog(format!("db {name:?} has unreadable connection info in the catalog: {err}"))
         })?;
-        Ok(DbRecord { name, conn, status: row.get("status") })
+        let target: Option<serde_json::Value> = row.get("target");
+        let target = target
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|err| Error::Catalog(format!("db {name:?} has an unreadable target in the catalog: {err}")))?;
+        Ok(DbRecord { name, conn, status: row.get("status"), target })
     }
 
     pub fn view(&self, used_by_syncs: Vec<String>) -> DbView {
@@ -75,9 +82,22 @@ pub async fn add(c: &impl GenericClient, name: &str, conn: &ConnInfo) -> Result<
     Ok(())
 }
 
+/// Adds a db that is not PostgreSQL; `conn` only names it for listings.
+pub async fn add_foreign(c: &impl GenericClient, name: &str, spec: &crate::target::TargetSpec) -> Result<()> {
+    if exists(c, name).await? {
+        return Err(Error::duplicate_hint("db", name, "pick another name or change it with `ibex update db`"));
+    }
+    let conn = ConnInfo { dbname: spec.describe(), ..ConnInfo::default() };
+    let target = serde_json::to_value(spec).map_err(|err| Error::Catalog(format!("cannot store the target: {err}")))?;
+    c.execute("INSERT INTO ibex.db (name, conn, target) VALUES ($1, $2, $3)", &[&name, &conn_json(&conn)?, &target])
+        .await
+        .ctx(|| format!("adding db {name:?}"))?;
+    Ok(())
+}
+
 pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
     let row = c
-        .query_opt("SELECT name, conn, status FROM ibex.db WHERE name = $1", &[&name])
+        .query_opt("SELECT name, conn, status, target FROM ibex.db WHERE name = $1", &[&name])
         .await
         .ctx(|| format!("reading db {name:?}"))?
         .ok_or_else(|| Error::not_found_hint("db", name, "list them with `ibex list dbs`"))?;
@@ -85,8 +105,10 @@ pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
 }
 
 pub async fn list(c: &impl GenericClient) -> Result<Vec<DbRecord>> {
-    let rows =
-        c.query("SELECT name, conn, status FROM ibex.db ORDER BY name", &[]).await.ctx(|| "listing dbs".into())?;
+    let rows = c
+        .query("SELECT name, conn, status, target FROM ibex.db ORDER BY name", &[])
+        .await
+        .ctx(|| "listing dbs".into())?;
     rows.iter().map(DbRecord::from_row).collect()
 }
 

@@ -207,6 +207,14 @@ UPDATE ibex.plugin SET precompiled = NULL;
 COMMENT ON COLUMN ibex.plugin.precompiled IS 'Unused (always null): each host compiles the component itself, see docs/PLUGINS-SECURITY.md';
 "#,
     },
+    Migration {
+        version: 6,
+        description: "databases that are not PostgreSQL (sqlite, flatfile targets)",
+        sql: r#"
+ALTER TABLE ibex.db ADD COLUMN target jsonb;
+COMMENT ON COLUMN ibex.db.target IS 'Null for PostgreSQL (conn says where); else the foreign target, e.g. {"type": "sqlite", "path": "/x.db"}';
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

@@ -44,9 +44,62 @@ async fn check_connects(name: &str, conn: &ConnInfo) -> Result<()> {
     })
 }
 
+/// `type=sqlite path=FILE` or `type=flatfile dir=DIR dialect=postgres|mysql`:
+/// a db that is not PostgreSQL (None for `type=postgres` or no type).
+fn foreign_target(params: &mut Params) -> Result<Option<crate::target::TargetSpec>> {
+    use crate::target::{Dialect, TargetSpec};
+    let Some(kind) = params.take("type") else { return Ok(None) };
+    let absolute = |key: &str, value: String| {
+        let path = std::path::PathBuf::from(&value);
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(Error::usage(format!(
+                "{key}={value} is relative: give an absolute path, as the daemon may run elsewhere"
+            )))
+        }
+    };
+    let spec = match kind.as_str() {
+        "postgres" | "postgresql" => return Ok(None),
+        "sqlite" => {
+            TargetSpec::Sqlite { path: absolute("path", params.require("path", "path=/var/lib/ibex/copy.db")?)? }
+        }
+        "flatfile" => TargetSpec::Flatfile {
+            dir: absolute("dir", params.require("dir", "dir=/var/lib/ibex/sql")?)?,
+            dialect: Dialect::parse(&params.take("dialect").unwrap_or_else(|| "postgres".into()))?,
+        },
+        other => {
+            return Err(Error::usage(format!(
+                "unknown db type {other:?}: use type=postgres (the default), type=sqlite path=FILE or type=flatfile dir=DIR dialect=postgres|mysql"
+            )));
+        }
+    };
+    let keys: &[&str] = match spec {
+        crate::target::TargetSpec::Sqlite { .. } => &["type", "path"],
+        crate::target::TargetSpec::Flatfile { .. } => &["type", "dir", "dialect"],
+    };
+    params.finish(keys)?;
+    Ok(Some(spec))
+}
+
 pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
     check_name("db", &args.name)?;
     let mut params = Params::parse_pairs_only(&args.params)?;
+    if let Some(spec) = foreign_target(&mut params)? {
+        let mut cat = ctx.catalog().await?;
+        if catalog::dbs::exists(cat.client(), &args.name).await? {
+            return Err(Error::duplicate_hint(
+                "db",
+                &args.name,
+                "pick another name or change it with `ibex update db`",
+            ));
+        }
+        spec.check()?;
+        let name = args.name.clone();
+        cat.change(async |tx| catalog::dbs::add_foreign(tx, &name, &spec).await).await?;
+        ctx.out.done(format!("Added db {} ({}; a target only)", args.name, spec.describe()));
+        return Ok(());
+    }
     // With service=, the service's entry may name the database.
     let mut conn = ConnInfo::default();
     if params.remaining().iter().all(|(k, _)| k != "service") {

@@ -53,6 +53,9 @@ pub struct Plan {
     pub transforms: Vec<PlanTransform>,
     /// Sync hooks: plugin and the points it runs at, in attachment order.
     pub hooks: Vec<(String, Vec<String>)>,
+    /// Targets that are not PostgreSQL (`target/`), apart from `dbs`:
+    /// nothing that connects to a sync's dbs sees them.
+    pub foreign: Vec<crate::target::ForeignDb>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +78,23 @@ impl Plan {
         let record = catalog::sync::get(catalog, sync).await?;
         let group = catalog::dbgroup::get(catalog, &record.dbgroup).await?;
         let mut dbs = Vec::new();
+        let mut foreign = Vec::new();
         for member in &group.members {
             let db = catalog::dbs::get(catalog, &member.db).await?;
+            if let Some(spec) = db.target {
+                if member.role != Role::Target {
+                    return Err(Error::Refused(format!(
+                        "db {} is a {} db and can only be a target, but dbgroup {} gives it the role {}: sources and fullcopy dbs must be PostgreSQL; use {}:target",
+                        db.name,
+                        spec.type_name(),
+                        group.name,
+                        member.role,
+                        db.name
+                    )));
+                }
+                foreign.push(crate::target::ForeignDb { name: db.name, spec });
+                continue;
+            }
             dbs.push(PlanDb { name: db.name, conn: db.conn, role: member.role, priority: member.priority });
         }
         if !dbs.iter().any(|d| d.role == Role::Source) {
@@ -150,9 +168,17 @@ impl Plan {
             if used.table.is_some() && table.is_none() {
                 continue; // the table left the herd
             }
+            if let Some(db) = foreign.iter().find(|f| used.target_db.as_ref() == Some(&f.name)) {
+                return Err(Error::Refused(format!(
+                    "plugin {} transforms rows for db {} only, a {} db: attach it to every target instead (without target=)",
+                    used.plugin,
+                    db.name,
+                    db.spec.type_name()
+                )));
+            }
             transforms.push(PlanTransform { plugin: used.plugin, table, target: used.target_db });
         }
-        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms, hooks })
+        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms, hooks, foreign })
     }
 
     pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {

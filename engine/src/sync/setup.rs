@@ -16,6 +16,9 @@ use crate::pg::{self, introspect};
 /// it, possibly inside an uncommitted change) says.
 pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Result<CaptureReport> {
     let record = catalog::dbs::get(catalog_client, db).await?;
+    if record.target.is_some() {
+        return Ok(CaptureReport::default()); // not PostgreSQL: nothing is captured there
+    }
     let (readers, needs) = catalog::capture::needs(catalog_client, db).await?;
     let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
     let owner = Owner { catalog_id, catalog: catalog_at };

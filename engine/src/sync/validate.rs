@@ -147,6 +147,7 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
             }
         }
     }
+    problems.extend(crate::target::unmappable(&plan.foreign, &specs));
     if !problems.is_empty() {
         return Err(Error::Schema(format!("sync {} cannot run: {}", plan.sync.name, problems.join("; "))));
     }

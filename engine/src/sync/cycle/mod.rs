@@ -78,6 +78,8 @@ pub struct Cycle<'a> {
     sync_winner: Option<usize>,
     transforms: Vec<Transform<'a>>,
     hooks: Hooks<'a>,
+    /// Targets that are not PostgreSQL; db index `plan.dbs.len() + i` in counts.
+    foreign: Vec<crate::target::Slot>,
 }
 
 /// How long each phase of a run took: logged at verbose per step, and
@@ -196,11 +198,15 @@ impl<'a> Cycle<'a> {
             sync_winner: None,
             transforms,
             hooks,
+            foreign: plan.foreign.iter().cloned().map(crate::target::Slot::new).collect(),
         }
     }
 
     fn db_name(&self, db: usize) -> &str {
-        &self.plan.dbs[db].name
+        match self.plan.dbs.get(db) {
+            Some(d) => &d.name,
+            None => self.foreign.get(db - self.plan.dbs.len()).map_or("?", |f| f.db.name.as_str()),
+        }
     }
 
     fn count(&mut self, table: usize, db: usize, deleted: i64, inserted: i64) {
@@ -236,6 +242,7 @@ impl<'a> Cycle<'a> {
         self.full_copies(onetimecopy, &probe).await?;
         self.reapply_after_truncates(&probe, &kept).await?;
         self.resynced(&probe).await?;
+        self.foreign_full_copies(onetimecopy, &probe).await?;
         clock.step("full_copy", "");
         for ti in 0..self.tables.len() {
             let name = &self.tables[ti].name;
@@ -254,6 +261,7 @@ impl<'a> Cycle<'a> {
                 1 => self.apply_single_source(ti, contenders[0]).await?,
                 _ => self.apply_merged(ti, &contenders).await?,
             }
+            self.apply_foreign(ti, &inside).await?;
             clock.step(if contenders.len() == 1 { "apply" } else { "merge" }, &self.tables[ti].name.to_string());
         }
         self.sync_sequences().await?;
@@ -350,10 +358,19 @@ impl<'a> Cycle<'a> {
         }))
         .await?;
         self.windows = results;
+        for slot in &self.foreign {
+            slot.begin(&sync)?;
+        }
         Ok(())
     }
 
     async fn commit(&self) -> Result<()> {
+        // Foreign targets first: if one fails, nothing is committed anywhere
+        // (a PostgreSQL commit failing after them is harmless: the next run
+        // deletes and writes the same keys again).
+        for slot in &self.foreign {
+            slot.commit()?;
+        }
         try_join_all(self.plan.dbs.iter().enumerate().map(|(d, db)| async move {
             self.clients[d].batch_execute("COMMIT").await.ctx(|| format!("committing on db {}", db.name))
         }))

@@ -8,11 +8,12 @@ use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
 use super::{Cycle, temp_name};
-use crate::error::{Error, PgContext, Result};
+use crate::error::{Error, Result};
 use crate::pg::copy::{copy_fanout, copy_fanout_with_progress};
 use crate::pg::quote_ident;
 use crate::sync::progress::CopyProgress;
 use crate::sync::validate::TableSpec;
+use crate::target;
 
 impl<'a> Cycle<'a> {
     pub(super) fn table_error(&self, err: Error, ti: usize) -> Error {
@@ -54,8 +55,7 @@ impl<'a> Cycle<'a> {
         if !plain.is_empty() {
             let out_sql =
                 format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
-            let in_sql =
-                format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
+            let in_sql = target::postgres::copy_in_sql(table);
             let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
             let forwarded = |piece: &[u8]| {
                 if let Some(p) = progress.as_deref_mut() {
@@ -73,47 +73,14 @@ impl<'a> Cycle<'a> {
         Ok(receivers.iter().map(|d| counts.get(d).copied().unwrap_or(0)).collect())
     }
 
-    /// An empty key table on this connection. It lives as long as the
-    /// connection; ON COMMIT DELETE ROWS empties it in place at every commit
-    /// (TRUNCATE would make a new file each time), and within one run the
-    /// merge empties it with DELETE before reusing it.
+    /// An empty key table on this connection (see `target::postgres`).
     pub(super) async fn ensure_temp(&self, db: usize, name: &str, table: &TableSpec) -> Result<()> {
-        self.clients[db]
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS; DELETE FROM pg_temp.{}",
-                quote_ident(name),
-                table.key_definitions(),
-                quote_ident(name)
-            ))
-            .await
-            .ctx(|| format!("preparing a key table on db {}", self.db_name(db)))
+        target::postgres::ensure_key_table(&self.clients[db], self.db_name(db), name, table).await
     }
 
     /// Deletes at `db` the keys loaded into its temp table `keys`.
     pub(super) async fn delete_loaded(&self, db: usize, keys: &str, table: &TableSpec, loaded: u64) -> Result<u64> {
-        let client = &self.clients[db];
-        if loaded == 0 {
-            return Ok(0);
-        }
-        if loaded > 1000 {
-            // Without statistics the planner guesses the key table is tiny.
-            client
-                .batch_execute(&format!("ANALYZE pg_temp.{}", quote_ident(keys)))
-                .await
-                .ctx(|| format!("analyzing keys on db {}", self.db_name(db)))?;
-        }
-        client
-            .execute(
-                &format!(
-                    "DELETE FROM {} t USING pg_temp.{} k WHERE {}",
-                    table.quoted(),
-                    quote_ident(keys),
-                    table.key_join("t", "k")
-                ),
-                &[],
-            )
-            .await
-            .ctx(|| format!("deleting changed rows of {} on db {}", table.name, self.db_name(db)))
+        target::postgres::delete_loaded(&self.clients[db], self.db_name(db), keys, table, loaded).await
     }
 
     /// Only one source changed this table: no conflicts are possible, so
@@ -166,5 +133,82 @@ impl<'a> Cycle<'a> {
             self.count(ti, d, del as i64, ins as i64);
         }
         Ok(())
+    }
+}
+
+impl<'a> Cycle<'a> {
+    /// Table `ti`'s changes into the foreign targets, from each source that
+    /// changed it in this run's window: that source's changed keys are
+    /// deleted there and its rows for them written. Each source already
+    /// holds the settled rows (it received the winners above), so a key
+    /// changed on two sources is written twice with the same row.
+    pub(super) async fn apply_foreign(&mut self, ti: usize, sources: &[usize]) -> Result<()> {
+        if self.foreign.is_empty() {
+            return Ok(());
+        }
+        let table = &self.tables[ti];
+        let all: Vec<usize> = (0..self.foreign.len()).collect();
+        let slots: Vec<&target::Slot> = self.foreign.iter().collect();
+        let mut totals = vec![(0u64, 0u64); slots.len()];
+        for &src in sources {
+            let window = self.window(src)?;
+            let keys_sql = format!(
+                "COPY (SELECT DISTINCT {} FROM {} d WHERE {window}) TO STDOUT",
+                table.key_list_of("d"),
+                table.delta()
+            );
+            let deleted = target::feed::delete_keys(&self.clients[src], self.db_name(src), table, &keys_sql, &slots)
+                .await
+                .map_err(|e| self.table_error(e, ti))?;
+            let rows_from = format!(
+                "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
+                table.quoted(),
+                table.key_list_of("t"),
+                table.key_list_of("d"),
+                table.delta()
+            );
+            let inserted = self.foreign_rows(ti, src, &rows_from, &all).await?;
+            for ((total, del), ins) in totals.iter_mut().zip(deleted).zip(inserted) {
+                total.0 += del;
+                total.1 += ins;
+            }
+        }
+        let first = self.plan.dbs.len();
+        for (i, (del, ins)) in totals.into_iter().enumerate() {
+            self.count(ti, first + i, del as i64, ins as i64);
+        }
+        Ok(())
+    }
+
+    /// Writes the rows `rows_from` selects on `from` into the foreign
+    /// targets `receivers` (indexes into `self.foreign`): one COPY text read
+    /// for those without a row transform, the transform's rows for the
+    /// others. Returns the rows each took.
+    pub(super) async fn foreign_rows(
+        &self,
+        ti: usize,
+        from: usize,
+        rows_from: &str,
+        receivers: &[usize],
+    ) -> Result<Vec<u64>> {
+        let table = &self.tables[ti];
+        let first = self.plan.dbs.len();
+        let (plain, transformed): (Vec<usize>, Vec<usize>) =
+            receivers.iter().partition(|&&i| self.transform_for(ti, first + i).is_none());
+        let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+        if !plain.is_empty() {
+            let slots: Vec<&target::Slot> = plain.iter().map(|&i| &self.foreign[i]).collect();
+            let rows_sql = format!("COPY (SELECT {} {rows_from}) TO STDOUT", table.column_list_of("t"));
+            let written = target::feed::write_rows(&self.clients[from], self.db_name(from), table, &rows_sql, &slots)
+                .await
+                .map_err(|e| self.table_error(e, ti))?;
+            counts.extend(plain.iter().copied().zip(written));
+        }
+        for i in transformed {
+            let sink = super::transform::RowSink::Foreign(&self.foreign[i]);
+            let written = self.transformed_rows(ti, from, rows_from, first + i, &sink).await?;
+            counts.insert(i, written);
+        }
+        Ok(receivers.iter().map(|i| counts.get(i).copied().unwrap_or(0)).collect())
     }
 }

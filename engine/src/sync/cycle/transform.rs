@@ -7,6 +7,12 @@ use crate::pg::copy::copy_in_bytes;
 use crate::plugin::convert::{self, ColumnKind, push_copy_row};
 use crate::plugin::{LoadedPlugin, Value};
 
+/// Where a transform's rows go: a PostgreSQL target by COPY, or a foreign one.
+pub(super) enum RowSink<'s> {
+    Postgres { client: &'s tokio_postgres::Client, in_sql: String },
+    Foreign(&'s crate::target::Slot),
+}
+
 /// Rows handed to a transform per call.
 const TRANSFORM_BATCH: usize = 1000;
 
@@ -26,6 +32,25 @@ impl<'a> Cycle<'a> {
     }
 
     pub(super) async fn copy_transformed(&self, ti: usize, from: usize, rows_from: &str, target: usize) -> Result<u64> {
+        let sink = RowSink::Postgres {
+            client: &self.clients[target],
+            // The transform's rows are COPY text, whatever format the table copies in.
+            in_sql: format!("COPY {} ({}) FROM STDIN", self.tables[ti].quoted(), self.tables[ti].column_list()),
+        };
+        self.transformed_rows(ti, from, rows_from, target, &sink).await
+    }
+
+    /// Rows `rows_from` selects on `from`, through the transform for
+    /// `target`, handed to `sink` in batches as COPY text. Returns the
+    /// rows written.
+    pub(super) async fn transformed_rows(
+        &self,
+        ti: usize,
+        from: usize,
+        rows_from: &str,
+        target: usize,
+        sink: &RowSink<'_>,
+    ) -> Result<u64> {
         let table = &self.tables[ti];
         let Some(plugin) = self.transform_for(ti, target) else { return Ok(0) };
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
@@ -36,9 +61,14 @@ impl<'a> Cycle<'a> {
             .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {} {rows_from}", select.join(", ")))
             .await
             .ctx(|| format!("reading rows of {} on db {}", table.name, self.plan.dbs[from].name))?;
-        let sync = self.sync_info(plugin);
+        let mut sync = self.sync_info(plugin);
+        // Foreign targets follow the sync's PostgreSQL dbs (their indexes in this run).
+        sync.dbs.extend(self.foreign.iter().map(|f| crate::plugin::bindings::types::DbInfo {
+            name: f.db.name.clone(),
+            role: crate::plugin::bindings::types::Role::Target,
+            priority: 0,
+        }));
         let info = self.table_info(ti);
-        let in_sql = format!("COPY {} ({}) FROM STDIN", table.quoted(), table.column_list());
         let mut written = 0;
         loop {
             let rows = source
@@ -73,7 +103,7 @@ impl<'a> Cycle<'a> {
             .map_err(|cause| {
                 Error::plugin(cause.failure, format!(
                     "plugin {} failed transforming rows of table {} for db {} in sync {}: {cause}; nothing was applied and the changes stay pending",
-                    plugin.name, table.name, self.plan.dbs[target].name, self.plan.sync.name
+                    plugin.name, table.name, self.db_name(target), self.plan.sync.name
                 ))
             })?;
             let mut text = String::new();
@@ -81,9 +111,12 @@ impl<'a> Cycle<'a> {
                 push_copy_row(&mut text, row);
             }
             if !text.is_empty() {
-                written += copy_in_bytes(&self.clients[target], &in_sql, bytes::Bytes::from(text))
-                    .await
-                    .map_err(|e| self.table_error(e, ti))?;
+                written += match sink {
+                    RowSink::Postgres { client, in_sql } => copy_in_bytes(client, in_sql, bytes::Bytes::from(text))
+                        .await
+                        .map_err(|e| self.table_error(e, ti))?,
+                    RowSink::Foreign(slot) => crate::target::feed::write_copy_text(table, slot, &text)?,
+                };
             }
             if last {
                 break;

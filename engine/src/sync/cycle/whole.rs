@@ -8,6 +8,7 @@ use super::window::Probe;
 use crate::error::{PgContext, Result};
 use crate::pg::quote_literal;
 use crate::sync::progress::CopyProgress;
+use crate::target;
 
 impl<'a> Cycle<'a> {
     /// Whole-table copies: into fullcopy dbs every run, for onetimecopy,
@@ -137,6 +138,49 @@ impl<'a> Cycle<'a> {
                         .await
                         .ctx(|| format!("setting sequence {seq} on db {}", self.db_name(d)))?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Cycle<'a> {
+    /// Whole-table copies into foreign targets: for onetimecopy (1 always,
+    /// 2 into empty tables) from the primary source, and after a TRUNCATE
+    /// or a resync from the source that decided the table.
+    pub(super) async fn foreign_full_copies(&mut self, onetimecopy: i16, probe: &Probe) -> Result<()> {
+        if self.foreign.is_empty() {
+            return Ok(());
+        }
+        let primary = self.plan.primary_source();
+        let first = self.plan.dbs.len();
+        for (ti, table) in self.tables.iter().enumerate() {
+            let whole_from =
+                probe.truncated.get(&table.name).map(|t| t.source).or(probe.resync.get(&table.name).copied());
+            let (from, receivers): (usize, Vec<usize>) = match (whole_from, onetimecopy) {
+                (Some(from), _) => (from, (0..self.foreign.len()).collect()),
+                (None, 1) => (primary, (0..self.foreign.len()).collect()),
+                (None, 2) => {
+                    let mut empty = Vec::new();
+                    for (i, slot) in self.foreign.iter().enumerate() {
+                        if target::feed::is_empty(table, slot)? {
+                            empty.push(i);
+                        }
+                    }
+                    (primary, empty)
+                }
+                _ => continue,
+            };
+            if receivers.is_empty() {
+                continue;
+            }
+            tracing::info!(sync = %self.plan.sync.name, table = %table.name, from = self.db_name(from), to = receivers.len(), "full copy to foreign targets");
+            let slots: Vec<&target::Slot> = receivers.iter().map(|&i| &self.foreign[i]).collect();
+            let deleted = target::feed::delete_all(table, &slots)?;
+            let inserted = self.foreign_rows(ti, from, &format!("FROM {} t", table.quoted()), &receivers).await?;
+            let counts = deleted.into_iter().zip(inserted);
+            for (&i, (del, ins)) in receivers.iter().zip(counts) {
+                self.count(ti, first + i, del as i64, ins as i64);
             }
         }
         Ok(())

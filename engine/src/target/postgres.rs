@@ -1,0 +1,58 @@
+//! A PostgreSQL target: the changed keys are loaded into a temporary key
+//! table and deleted with one join, then the winning rows arrive by COPY
+//! straight from the source, undecoded (the fan-out itself is
+//! `pg::copy::copy_fanout`, driven by the cycle, since one COPY out of the
+//! source feeds every PostgreSQL target at once).
+
+use tokio_postgres::Client;
+
+use crate::error::{PgContext, Result};
+use crate::pg::quote_ident;
+use crate::sync::validate::TableSpec;
+
+/// `COPY table (columns) FROM STDIN ...`: what receives the source's rows.
+pub fn copy_in_sql(table: &TableSpec) -> String {
+    format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options())
+}
+
+/// An empty key table on this connection. It lives as long as the
+/// connection; ON COMMIT DELETE ROWS empties it in place at every commit
+/// (TRUNCATE would make a new file each time), and within one run the
+/// merge empties it with DELETE before reusing it.
+pub async fn ensure_key_table(client: &Client, db: &str, name: &str, table: &TableSpec) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS; DELETE FROM pg_temp.{}",
+            quote_ident(name),
+            table.key_definitions(),
+            quote_ident(name)
+        ))
+        .await
+        .ctx(|| format!("preparing a key table on db {db}"))
+}
+
+/// Deletes the keys loaded into the temp table `keys` (`loaded` of them).
+pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableSpec, loaded: u64) -> Result<u64> {
+    if loaded == 0 {
+        return Ok(0);
+    }
+    if loaded > 1000 {
+        // Without statistics the planner guesses the key table is tiny.
+        client
+            .batch_execute(&format!("ANALYZE pg_temp.{}", quote_ident(keys)))
+            .await
+            .ctx(|| format!("analyzing keys on db {db}"))?;
+    }
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {} t USING pg_temp.{} k WHERE {}",
+                table.quoted(),
+                quote_ident(keys),
+                table.key_join("t", "k")
+            ),
+            &[],
+        )
+        .await
+        .ctx(|| format!("deleting changed rows of {} on db {db}", table.name))
+}

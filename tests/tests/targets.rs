@@ -1,0 +1,286 @@
+//! Targets other than PostgreSQL (issue 16, item 3): a SQLite file kept
+//! equal to the source through inserts, updates, deletes, key changes, a
+//! TRUNCATE and a table of many types; SQL files (flatfile) whose replay
+//! into an empty PostgreSQL database gives the source's contents; the MySQL
+//! dialect's text; foreign dbs refused as sources and unmappable columns
+//! refused at `add sync`, naming the column.
+
+use std::path::Path;
+
+use ibex_tests::Setup;
+use rusqlite::types::ValueRef;
+
+/// Tables of the scenarios: a plain one and one with many types. `gen` is
+/// generated, so it is never copied.
+const SCHEMA: &str = r#"
+    CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int, price numeric(10,2));
+    CREATE TABLE kinds (
+        id int, tag text,
+        i2 int2, i4 int4, i8 int8, num numeric, f4 float4, f8 float8, bo boolean,
+        t text, vc varchar(20), ch char(3), b bytea, j json, jb jsonb, arr int[], tarr text[], u uuid,
+        d date, tm time, ts timestamp, tstz timestamptz, iv interval, ip inet,
+        gen int GENERATED ALWAYS AS (i2 * 2) STORED,
+        PRIMARY KEY (id, tag));
+"#;
+
+/// Columns of `kinds` that COPY carries (all but the generated one).
+const KIND_COLUMNS: &str =
+    "id, tag, i2, i4, i8, num, f4, f8, bo, t, vc, ch, b, j, jb, arr, tarr, u, d, tm, ts, tstz, iv, ip";
+
+const KIND_ROWS: &str = r#"
+    INSERT INTO kinds (id, tag, i2, i4, i8, num, f4, f8, bo, t, vc, ch, b, j, jb, arr, tarr, u, d, tm, ts, tstz, iv, ip) VALUES
+      (1, 'ünïcødé ☃', -32768, 2147483647, -9223372036854775808, 123456789012345678901234567890.123456789012345678901234567890,
+       1.5, -2.25, true, E'quote '' dq " back\\slash tab\t nl\n cr\r end', 'varchar', 'abc', '\x00ff10', '{"a": [1, 2.50, null]}',
+       '{"b": {"c": true}}', ARRAY[1, NULL, 3], ARRAY['x', NULL, 'y,z', '"q"'], 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+       '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.5', '2020-01-01 00:00:00+05:30', '1 year 2 mons -3 days 04:05:06.7', '10.1.2.3/8'),
+      (2, '', NULL, NULL, NULL, 'NaN', 'NaN', 'Infinity', false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL),
+      (3, 'big', 1, 1, 1, 0.1, 0.1, 0.1, NULL, repeat('long text ', 20000), '', '', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 5000) i)::bytea,
+       NULL, NULL, ARRAY[[1, 2], [3, 4]], '{}', NULL, 'infinity', '00:00', '-infinity', 'infinity', '0', '::1');
+"#;
+
+/// A source db `src` with the tables, registered; herd `h` holds both.
+fn source(s: &Setup, rows: bool) {
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", SCHEMA);
+    if rows {
+        s.sql("src", "INSERT INTO items SELECT i, 'item ' || i, i * 10, i * 1.25 FROM generate_series(1, 50) i");
+        s.sql("src", KIND_ROWS);
+    }
+    s.add_db("src", "src").ok();
+    s.ibex.sh("add table items kinds db=src herd=h").ok();
+}
+
+/// Rows of `table` on the PostgreSQL db, each column as PostgreSQL's text.
+fn pg_rows(s: &Setup, db: &str, table: &str, columns: &str) -> Vec<Vec<Option<String>>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = s.cluster.connect(db).await.unwrap();
+        // The text protocol gives each type's output text, as COPY does
+        // (a cast to text would trim char(n)'s padding).
+        let sql = format!(
+            "SET TimeZone = 'UTC'; SET extra_float_digits = 3; SELECT {columns} FROM {table} ORDER BY {}",
+            order_of(table)
+        );
+        let mut rows = Vec::new();
+        for message in client.simple_query(&sql).await.unwrap() {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = message {
+                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+            }
+        }
+        rows
+    })
+}
+
+fn order_of(table: &str) -> &'static str {
+    if table == "kinds" { "id, tag" } else { "id" }
+}
+
+/// Rows of `table` in the SQLite file, each value written as PostgreSQL
+/// writes its text (booleans are 0/1 there, bytea a blob, floats reals).
+fn sqlite_rows(path: &Path, table: &str, columns: &str) -> Vec<Vec<Option<String>>> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let names: Vec<&str> = columns.split(", ").collect();
+    let quoted: Vec<String> = names.iter().map(|c| format!("\"{c}\"")).collect();
+    let sql = format!("SELECT {} FROM \"{table}\" ORDER BY {}", quoted.join(", "), order_of(table));
+    let mut stmt = conn.prepare(&sql).unwrap();
+    let rows = stmt
+        .query_map([], |row| {
+            let mut out = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                out.push(match row.get_ref(i)? {
+                    ValueRef::Null => None,
+                    ValueRef::Integer(v) if *name == "bo" => Some(if v == 1 { "t" } else { "f" }.to_string()),
+                    ValueRef::Integer(v) => Some(v.to_string()),
+                    ValueRef::Real(v) if v == f64::INFINITY => Some("Infinity".into()),
+                    ValueRef::Real(v) if v == f64::NEG_INFINITY => Some("-Infinity".into()),
+                    ValueRef::Real(v) => Some(v.to_string()),
+                    ValueRef::Text(t) => Some(String::from_utf8(t.to_vec()).unwrap()),
+                    ValueRef::Blob(b) => {
+                        Some(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+                    }
+                });
+            }
+            Ok(out)
+        })
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+fn assert_sqlite_equal(s: &Setup, path: &Path) {
+    for (table, columns) in [("items", "id, name, qty, price"), ("kinds", KIND_COLUMNS)] {
+        let want = pg_rows(s, "src", table, columns);
+        let got = sqlite_rows(path, table, columns);
+        assert_eq!(want.len(), got.len(), "row count of {table}");
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w, g, "a row of {table} differs");
+        }
+    }
+}
+
+fn changes(s: &Setup) {
+    s.sql(
+        "src",
+        r#"
+        INSERT INTO items VALUES (1001, 'new', 1, 9.99), (1002, 'newer', NULL, NULL);
+        UPDATE items SET qty = qty + 1, name = name || E' \\ ''x''' WHERE id % 7 = 0;
+        DELETE FROM items WHERE id IN (2, 4, 1002);
+        UPDATE items SET id = 5000 WHERE id = 3;
+        UPDATE kinds SET tag = 'renamed', f8 = 3.75, bo = NOT bo WHERE id = 1;
+        UPDATE kinds SET b = '\x', arr = NULL WHERE id = 3;
+        DELETE FROM kinds WHERE id = 2;
+        INSERT INTO kinds (id, tag, t, tarr) VALUES (4, E'tab\there', E'\\N is not null', '{"a\\\\b"}');
+        "#,
+    );
+}
+
+#[test]
+fn sqlite_target_equals_source() {
+    let s = Setup::new();
+    source(&s, true);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("copy.db");
+    let out = s.ibex.run(&["add", "db", "lite", "type=sqlite", &format!("path={}", file.display())]).ok();
+    assert!(out.stdout.contains("a target only"), "{}", out.stdout);
+    s.ibex.sh("add sync tolite herd=h dbs=src:source,lite:target onetimecopy=2").ok();
+    // The first run copies the existing rows whole (the tables are empty).
+    let run = s.run("tolite");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_sqlite_equal(&s, &file);
+    // Inserts, updates, deletes and a key change, over two runs.
+    changes(&s);
+    let run = s.run("tolite");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_sqlite_equal(&s, &file);
+    s.sql("src", "UPDATE items SET id = id + 10000 WHERE id < 20; INSERT INTO items VALUES (7, 'back', 7, 7)");
+    s.run("tolite");
+    assert_sqlite_equal(&s, &file);
+    // A TRUNCATE on the source empties the table there too, later rows follow.
+    s.sql("src", "TRUNCATE items; INSERT INTO items VALUES (1, 'after truncate', 1, 1)");
+    let run = s.run("tolite");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_sqlite_equal(&s, &file);
+    assert_eq!(sqlite_rows(&file, "items", "id").len(), 1);
+    // Nothing changed: nothing written.
+    let run = s.run("tolite");
+    assert_eq!(run["run"]["inserted"], 0, "{run}");
+}
+
+#[test]
+fn foreign_dbs_are_targets_only_and_unmappable_columns_are_refused() {
+    let s = Setup::new();
+    source(&s, false);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.db");
+    s.ibex.run(&["add", "db", "lite", "type=sqlite", "path=relative.db"]).fails_with("absolute path");
+    s.ibex.run(&["add", "db", "lite", "type=oracle"]).fails_with("unknown db type");
+    s.ibex.run(&["add", "db", "lite", "type=sqlite", &format!("path={}", file.display())]).ok();
+    s.ibex
+        .sh("add sync back herd=h dbs=lite:source,src:target")
+        .fails_with("db lite is a sqlite db and can only be a target");
+    // The catalog is unchanged by the refused sync.
+    s.ibex.sh("list syncs").ok();
+    assert_eq!(s.sql("ibex", "SELECT count(*) FROM ibex.sync"), "0");
+
+    // The MySQL dialect has no arrays; SQLite has no enums.
+    s.sql("src", "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE TABLE feel (id int PRIMARY KEY, m mood)");
+    s.ibex.sh("add table feel db=src herd=f").ok();
+    s.ibex.sh("add sync feelings herd=f dbs=src:source,lite:target").fails_with("column m of table public.feel");
+    s.ibex.run(&["add", "db", "my", "type=flatfile", &format!("dir={}", dir.path().display()), "dialect=mysql"]).ok();
+    s.ibex.sh("add sync tomy herd=h dbs=src:source,my:target").fails_with("column arr of table public.kinds");
+}
+
+/// Replays a flatfile directory's files in order into db `into`.
+fn replay(s: &Setup, dir: &Path, into: &str) -> usize {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    for file in &files {
+        // psql -f: a file can be larger than one command-line argument may be.
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(s.cluster.port().to_string())
+            .args(["-d", into, "-f"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "replaying {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    files.len()
+}
+
+#[test]
+fn flatfile_postgres_dialect_replays_to_the_source() {
+    let s = Setup::new();
+    source(&s, true);
+    let dir = tempfile::tempdir().unwrap();
+    s.ibex
+        .run(&["add", "db", "files", "type=flatfile", &format!("dir={}", dir.path().display()), "dialect=postgres"])
+        .ok();
+    s.ibex.sh("add sync tofiles herd=h dbs=src:source,files:target onetimecopy=1").ok();
+    let run = s.run("tofiles");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    changes(&s);
+    s.run("tofiles");
+    s.sql(
+        "src",
+        "UPDATE items SET id = id + 10000 WHERE id < 20; TRUNCATE kinds; INSERT INTO kinds (id, tag) VALUES (9, 'x')",
+    );
+    s.run("tofiles");
+    // An empty run leaves no file.
+    s.run("tofiles");
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 3, "one file per run that changed something");
+    s.cluster.create_db("replay").unwrap();
+    assert_eq!(replay(&s, dir.path(), "replay"), 3);
+    // `gen` is generated on the source and never copied: compare the rest.
+    for (table, columns) in [("items", "id, name, qty, price"), ("kinds", KIND_COLUMNS)] {
+        assert_eq!(pg_rows(&s, "src", table, columns), pg_rows(&s, "replay", table, columns), "table {table}");
+    }
+    assert_eq!(s.sql("replay", "SELECT count(*) FROM items"), s.sql("src", "SELECT count(*) FROM items"));
+}
+
+#[test]
+fn flatfile_mysql_dialect_writes_mysql_sql() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        r#"CREATE TABLE prices (id int PRIMARY KEY, name text, price numeric(8,2), ok boolean, b bytea,
+                                    at timestamptz, day date, doc jsonb);
+           INSERT INTO prices VALUES (1, E'it''s a \\ back`slash', 1.50, true, '\xdeadbeef', '2024-05-06 07:08:09.5+02', '2024-01-31', '{"k": 1}');"#,
+    );
+    s.add_db("src", "src").ok();
+    s.ibex.sh("add table prices db=src herd=h").ok();
+    let dir = tempfile::tempdir().unwrap();
+    s.ibex.run(&["add", "db", "my", "type=flatfile", &format!("dir={}", dir.path().display()), "dialect=mysql"]).ok();
+    s.ibex.sh("add sync tomy herd=h dbs=src:source,my:target onetimecopy=1").ok();
+    s.run("tomy");
+    s.sql("src", "DELETE FROM prices WHERE id = 1; INSERT INTO prices (id, ok) VALUES (2, false)");
+    s.run("tomy");
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    let first = std::fs::read_to_string(&files[0]).unwrap();
+    for needle in [
+        "SET time_zone = '+00:00';",
+        "CREATE TABLE IF NOT EXISTS `prices` (`id` INT NOT NULL, `name` LONGTEXT, `price` DECIMAL(8,2), `ok` BOOLEAN, `b` LONGBLOB, `at` DATETIME(6), `day` DATE, `doc` JSON, PRIMARY KEY (`id`));",
+        "START TRANSACTION;",
+        "DELETE FROM `prices`;",
+        "INSERT INTO `prices` (`id`, `name`, `price`, `ok`, `b`, `at`, `day`, `doc`) VALUES\n(1, 'it''s a \\\\ back`slash', 1.50, TRUE, X'deadbeef', '2024-05-06 05:08:09.5', '2024-01-31', '{\"k\": 1}');",
+        "COMMIT;",
+    ] {
+        assert!(first.contains(needle), "missing {needle:?} in:\n{first}");
+    }
+    assert!(
+        first.find("CREATE TABLE") < first.find("START TRANSACTION"),
+        "DDL commits implicitly in MySQL: it comes first"
+    );
+    let second = std::fs::read_to_string(&files[1]).unwrap();
+    let delete = second.lines().find(|l| l.starts_with("DELETE FROM `prices` WHERE ")).unwrap_or_default();
+    assert!(delete.contains("(`id` = 1)") && delete.contains("(`id` = 2)"), "{second}");
+    assert!(second.contains("VALUES\n(2, NULL, NULL, FALSE, NULL, NULL, NULL, NULL);"), "{second}");
+}
