@@ -59,6 +59,11 @@ pub enum Error {
     /// A sync hook asked to skip this run: nothing applied, changes wait.
     #[error("{0}")]
     Skipped(String),
+
+    /// This process no longer holds the sync's lease: another daemon took
+    /// it over, so nothing of this run may commit (see `daemon/lease.rs`).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// What kind of failure an error is: what a caller (retry logic, the CLI's
@@ -212,7 +217,7 @@ impl Error {
         match self {
             Error::Usage(_) => ErrorKind::Usage,
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Duplicate { .. } | Error::Refused(_) | Error::Skipped(_) => ErrorKind::Refused,
+            Error::Duplicate { .. } | Error::Refused(_) | Error::Skipped(_) | Error::Fenced(_) => ErrorKind::Refused,
             Error::Connect { .. } => ErrorKind::Down,
             Error::Postgres { source, .. } => match source.code() {
                 // No SQLSTATE: the client lost the connection (I/O, closed),
@@ -226,6 +231,7 @@ impl Error {
                 // 08: connection exceptions; 57P0x: the server is shutting down or ended the session.
                 Some(code) if code.code().starts_with("08") || code.code().starts_with("57P0") => ErrorKind::Down,
                 Some(_) if self.is_transient() => ErrorKind::Retryable,
+                Some(_) if self.is_fenced() => ErrorKind::Refused,
                 Some(_) => ErrorKind::Failed,
             },
             Error::Catalog(_) => ErrorKind::Catalog,
@@ -234,6 +240,13 @@ impl Error {
             Error::Sync(_) => ErrorKind::Failed,
             Error::Plugin { .. } => ErrorKind::Plugin,
         }
+    }
+
+    /// True when a newer holder of the sync's lease has run it: this
+    /// process must stop running it (a run refused by `ibex.fence()` on a
+    /// db, SQLSTATE IBXFN, or a cursor advance refused by the same check).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Error::Fenced(_)) || self.sqlstate().is_some_and(|c| c.code() == FENCED_SQLSTATE)
     }
 
     /// True when retrying the whole cycle can succeed: serialization
@@ -248,6 +261,9 @@ impl Error {
         )
     }
 }
+
+/// What `ibex.fence()` raises on a db (see `capture/sql.rs`).
+pub const FENCED_SQLSTATE: &str = "IBXFN";
 
 /// One line for a PostgreSQL error: the server's message with its detail and
 /// hint, or the client-side cause (closed connection, I/O).

@@ -64,6 +64,26 @@ CREATE TABLE IF NOT EXISTS ibex.resync (
     reason       text NOT NULL,
     PRIMARY KEY (sync, schema_name, rel_name)
 );
+-- Fencing for daemons that share a catalog (see engine/src/daemon/lease.rs):
+-- each run on this db first records its sync's lease token here, and is
+-- refused if a newer holder has already been here. The row lock it takes
+-- lasts until the run commits, so runs of one sync never overlap.
+CREATE TABLE IF NOT EXISTS ibex.fence (
+    sync        text PRIMARY KEY,
+    token       bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION ibex.fence(p_sync text, p_token bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO ibex.fence AS f (sync, token) VALUES (p_sync, p_token)
+    ON CONFLICT (sync) DO UPDATE SET token = excluded.token, updated_at = now() WHERE f.token <= excluded.token;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sync % was run here by a newer lease holder: this run''s lease (token %) is stale', p_sync, p_token
+            USING ERRCODE = 'IBXFN';
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION ibex.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -215,6 +215,31 @@ ALTER TABLE ibex.db ADD COLUMN target jsonb;
 COMMENT ON COLUMN ibex.db.target IS 'Null for PostgreSQL (conn says where); else the foreign target, e.g. {"type": "sqlite", "path": "/x.db"}';
 "#,
     },
+    Migration {
+        version: 7,
+        description: "several daemons per catalog, each sync leased by one",
+        sql: r#"
+DROP TABLE ibex.daemon;
+CREATE TABLE ibex.daemon (
+    id           text PRIMARY KEY,
+    pid          int NOT NULL,
+    host         text NOT NULL,
+    backend_pid  int NOT NULL,
+    version      text NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    seen_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ibex.daemon IS 'Daemons serving this catalog; one is alive while its backend_pid is in pg_stat_activity';
+CREATE TABLE ibex.lease (
+    sync        text PRIMARY KEY REFERENCES ibex.sync (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    holder      text,
+    token       bigint NOT NULL DEFAULT 0,
+    expires_at  timestamptz NOT NULL DEFAULT now(),
+    taken_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ibex.lease IS 'Which daemon runs each sync, until expires_at (renewed by the holder); token grows at every takeover and fences older holders out on the dbs';
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

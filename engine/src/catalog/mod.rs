@@ -4,8 +4,10 @@
 
 pub mod capture;
 pub mod dbgroup;
+pub mod daemons;
 pub mod dbs;
 pub mod herd;
+pub mod lease;
 pub mod manifest;
 pub mod migrations;
 mod names;

@@ -71,6 +71,12 @@ const KNOWN: &[Known] = &[
         kind: Kind::Count { max: 1_000_000_000 },
         about: "delta rows one run takes from a source; a larger backlog is applied in consecutive runs, each committed (halved automatically after a run outlasts run_timeout)",
     },
+    Known {
+        key: "lease_ttl",
+        default: "10s",
+        kind: Kind::Duration,
+        about: "how long a daemon's lease on a sync lasts unrenewed; another daemon takes the sync over after it (see `ibex list daemons`)",
+    },
     Known { key: "analyze_after_copy", default: "true", kind: Kind::Bool, about: "ANALYZE tables after a full copy" },
 ];
 

@@ -30,18 +30,10 @@ fn log_file(loaded: &Loaded, pid_file: &std::path::Path) -> Option<PathBuf> {
     })
 }
 
-/// Whether a daemon serves this catalog: (pid, host) if its catalog
-/// connection is alive.
-async fn running_daemon(cat: &Catalog) -> Result<Option<(i32, String)>> {
-    let row = cat
-        .client()
-        .query_opt(
-            "SELECT d.pid, d.host FROM ibex.daemon d WHERE EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.backend_pid)",
-            &[],
-        )
-        .await
-        .ctx(|| "looking for a running daemon".into())?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+/// The daemons serving this catalog (several, for availability): those
+/// whose catalog connection is alive, oldest first.
+async fn running_daemons(cat: &Catalog) -> Result<Vec<catalog::daemons::DaemonRecord>> {
+    catalog::daemons::list(cat.client()).await
 }
 
 pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_level: Option<&str>) -> Result<ExitCode> {
@@ -50,10 +42,14 @@ pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_leve
         return Err(Error::Refused(format!("ibex is already running (pid {pid}); stop it with `ibex stop`")));
     }
     let cat = Catalog::open(&ctx.control).await?;
-    if let Some((pid, host)) = running_daemon(&cat).await? {
-        return Err(Error::Refused(format!(
-            "ibex is already running against this catalog (pid {pid} on {host}); stop it with `ibex stop`"
-        )));
+    let others = running_daemons(&cat).await?;
+    if !others.is_empty() {
+        let shown: Vec<String> = others.iter().map(|d| format!("pid {} on {}", d.pid, d.host)).collect();
+        ctx.out.line(format!(
+            "Joining {} running daemon(s) of this catalog ({}): each sync is run by the daemon that holds its lease",
+            others.len(),
+            shown.join(", ")
+        ));
     }
     let level_name = match cli_log_level {
         Some(l) => l.to_string(),
@@ -125,13 +121,12 @@ pub async fn start(ctx: &Context, loaded: &Loaded, args: StartArgs, cli_log_leve
 pub async fn stop(ctx: &Context, loaded: &Loaded, args: TimeoutArgs) -> Result<ExitCode> {
     let pid_path = pid_file(ctx, loaded);
     let cat = Catalog::open(&ctx.control).await?;
-    let remote = running_daemon(&cat).await?;
-    // The pid file's process is signalled only if it is the ibex daemon
+    let remote = running_daemons(&cat).await?;
+    // The pid file's process is signalled only if it is an ibex daemon
     // that this catalog says serves it, on this host.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    let local = pidfile::running(&pid_path)
-        .filter(|pid| remote.as_ref().is_some_and(|(rpid, rhost)| *rpid as u32 == *pid && *rhost == host));
-    if local.is_none() && remote.is_none() {
+    let local = pidfile::running(&pid_path).filter(|pid| remote.iter().any(|d| d.pid as u32 == *pid && d.host == host));
+    if local.is_none() && remote.is_empty() {
         ctx.out.done("ibex is not running");
         return Ok(ExitCode::SUCCESS);
     }
@@ -139,11 +134,19 @@ pub async fn stop(ctx: &Context, loaded: &Loaded, args: TimeoutArgs) -> Result<E
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {
         let local_gone = local.is_none_or(|pid| !pidfile::alive(pid));
-        let remote_gone = running_daemon(&cat).await?.is_none();
+        let remote_gone = running_daemons(&cat).await?.is_empty();
         if local_gone && remote_gone {
-            ctx.out.done(match local.or(remote.map(|r| r.0 as u32)) {
-                Some(pid) => format!("Stopped ibex (pid {pid})"),
-                None => "Stopped ibex".into(),
+            let pids: Vec<String> = local
+                .map(|p| p.to_string())
+                .into_iter()
+                .chain(remote.iter().map(|d| d.pid.to_string()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            ctx.out.done(match pids.len() {
+                0 => "Stopped ibex".into(),
+                1 => format!("Stopped ibex (pid {})", pids[0]),
+                _ => format!("Stopped {} ibex daemons (pids {})", pids.len(), pids.join(", ")),
             });
             return Ok(ExitCode::SUCCESS);
         }
@@ -223,7 +226,7 @@ pub async fn kick(ctx: &Context, args: KickArgs) -> Result<ExitCode> {
             return Err(Error::Refused(format!("sync {sync} is inactive: activate it with `ibex activate {sync}`")));
         }
     }
-    if running_daemon(&cat).await?.is_none() {
+    if running_daemons(&cat).await?.is_empty() {
         return Err(Error::Refused(
             "ibex is not running: start it with `ibex start`, or run a cycle now with `ibex sync run SYNC`".into(),
         ));
@@ -275,4 +278,33 @@ pub async fn kick(ctx: &Context, args: KickArgs) -> Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `ibex list daemons`: every live daemon, and the syncs it runs.
+pub async fn list(ctx: &Context) -> Result<()> {
+    let cat = ctx.catalog().await?;
+    let daemons = running_daemons(&cat).await?;
+    if ctx.out.json {
+        ctx.out.print_json(&daemons);
+        return Ok(());
+    }
+    if daemons.is_empty() {
+        ctx.out.line("No daemon is running: start one with `ibex start`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = daemons
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.host.clone(),
+                d.pid.to_string(),
+                d.version.clone(),
+                d.started_at.with_timezone(&chrono::Local).format("%b %d %H:%M:%S").to_string(),
+                d.syncs.join(" "),
+            ]
+        })
+        .collect();
+    ctx.out.table(&["Id", "Host", "Pid", "Version", "Started", "Syncs"], &rows);
+    Ok(())
 }

@@ -272,7 +272,7 @@ pub enum AddCmd {
     /// Register a database (connects once to check)
     #[command(
         alias = "database",
-        after_help = "Keys: dbname (required unless service= names it), host (a,b for several), port, user, pass,\nsslmode (disable|allow|prefer|require|verify-ca|verify-full), sslrootcert (a file, or system),\nsslcert, sslkey, sslcrl, service, passfile, application_name, options, connect_timeout,\ntarget_session_attrs (any|read-write). What is left out comes from the service file, PG* variables\nand ~/.pgpass, as with libpq.\n\nExamples:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret\n  ibex add db t2 service=prod sslmode=verify-full sslrootcert=/etc/ibex/ca.crt"
+        after_help = "Keys: dbname (required unless service= names it), host (a,b for several), port, user, pass,\nsslmode (disable|allow|prefer|require|verify-ca|verify-full), sslrootcert (a file, or system),\nsslcert, sslkey, sslcrl, service, passfile, application_name, options, connect_timeout,\ntarget_session_attrs (any|read-write). What is left out comes from the service file, PG* variables\nand ~/.pgpass, as with libpq.\n\nTargets that are not PostgreSQL (never a source; see README, \"Targets other than PostgreSQL\"):\n  type=sqlite path=/ABS/FILE.db    type=flatfile dir=/ABS/DIR dialect=postgres|mysql\n\nExamples:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret\n  ibex add db t2 service=prod sslmode=verify-full sslrootcert=/etc/ibex/ca.crt\n  ibex add db lite type=sqlite path=/var/lib/ibex/reports.db"
     )]
     Db(NamedParams),
     /// Register tables found on a db, optionally into a herd
@@ -406,6 +406,9 @@ pub enum ListCmd {
     /// Plugins, their limits and where they are used
     #[command(alias = "plugin")]
     Plugins,
+    /// Running daemons of this catalog and the syncs whose lease each holds
+    #[command(alias = "daemon")]
+    Daemons,
 }
 
 #[derive(Subcommand, Debug)]
@@ -573,6 +576,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
             ListCmd::Dbgroups => dbgroup::list(&ctx).await?,
             ListCmd::Syncs => sync::list(&ctx).await?,
             ListCmd::Plugins => plugin::list(&ctx).await?,
+            ListCmd::Daemons => daemon::list(&ctx).await?,
         },
         Command::Update(cmd) => match cmd {
             UpdateCmd::Db(a) => db::update(&ctx, a).await?,

@@ -15,6 +15,8 @@ struct SyncStatus {
     status: String,
     last_good: Option<RunRecord>,
     last_bad: Option<RunRecord>,
+    /// Which daemon runs the sync (its lease), if one does.
+    lease: Option<catalog::lease::LeaseView>,
 }
 
 /// "3m2s" style: the two largest units.
@@ -59,7 +61,8 @@ fn state(good: &Option<RunRecord>, bad: &Option<RunRecord>) -> &'static str {
 async fn collect(c: &tokio_postgres::Client, name: &str, status: String) -> Result<SyncStatus> {
     let last_good = catalog::runs::last(c, name, RunState::Good).await?;
     let last_bad = catalog::runs::last(c, name, RunState::Bad).await?;
-    Ok(SyncStatus { name: name.to_string(), state: state(&last_good, &last_bad), status, last_good, last_bad })
+    let lease = catalog::lease::list(c).await?.into_iter().find(|l| l.sync == name && l.live);
+    Ok(SyncStatus { name: name.to_string(), state: state(&last_good, &last_bad), status, last_good, last_bad, lease })
 }
 
 pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
@@ -155,6 +158,13 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
                 ("Herd / dbs", format!("{} / {}", sync.herd, dbs.join(" "))),
                 ("Tables in sync", herd.members.len().to_string()),
                 ("Status", p.status.clone()),
+                (
+                    "Run by daemon",
+                    match &status.lease {
+                        Some(l) => format!("{} (lease token {})", l.holder.as_deref().unwrap_or(""), l.token),
+                        None => "none (no daemon holds its lease)".into(),
+                    },
+                ),
                 ("Conflict strategy", p.conflict_strategy.to_string()),
                 ("Check time", format_duration(p.checktime)),
                 ("Autokick / kidsalive", format!("{} / {}", yes(p.autokick), yes(p.kidsalive))),

@@ -67,6 +67,7 @@ pub struct CtlContext {
 
 pub async fn run(
     plan: Plan,
+    lease: i64,
     ctx: CtlContext,
     mut commands: mpsc::UnboundedReceiver<CtlCommand>,
     mut shutdown: watch::Receiver<bool>,
@@ -76,6 +77,7 @@ pub async fn run(
     let (wake_tx, mut wakes) = mpsc::unbounded_channel();
     let mut forwarders = if plan.sync.params.autokick { subscribe(&plan, &ctx.hub, &wake_tx) } else { Vec::new() };
     let mut kid = Kid::new(plan);
+    kid.hold_lease(lease);
     // Run once at start: changes may have waited while the daemon was down.
     let mut due: Option<Instant> = Some(Instant::now());
     let mut failures: u32 = 0;

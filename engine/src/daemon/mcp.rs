@@ -1,7 +1,10 @@
-//! The MCP: takes the catalog's daemon lock (one daemon per catalog),
-//! writes the pid file, listens on the control database, starts one CTL per
-//! active sync and the VAC, restarts whatever dies (with backoff), follows
-//! catalog changes, and stops cleanly on SIGTERM, SIGINT or `ibex stop`.
+//! The MCP: registers the daemon in the catalog (several may serve one
+//! catalog), writes the pid file, listens on the control database, takes
+//! the lease of every active sync no other daemon holds and starts one CTL
+//! per leased sync (see `lease.rs`), renews its leases and gives up the
+//! ones it lost, starts the VAC, restarts whatever dies (with backoff),
+//! follows catalog changes, and stops cleanly on SIGTERM, SIGINT or
+//! `ibex stop`, releasing its leases.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +18,12 @@ use tokio::time::Instant;
 use super::ctl::{self, CtlCommand, CtlContext};
 use super::hub::Hub;
 use super::metrics::{self, Metrics};
+use super::lease::{self as fencing, holder_id};
 use super::{
     DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, notify as systemd,
     pidfile, vac,
 };
-use crate::catalog::{self, CHANGED_CHANNEL, Catalog};
+use crate::catalog::{self, CHANGED_CHANNEL, Catalog, lease};
 use crate::error::{Error, PgContext, Result, describe_pg};
 use crate::logging::LogLevel;
 use crate::pg::listen::{Listener, notify};
@@ -29,11 +33,12 @@ use crate::sync::Plan;
 const STOP_GRACE: Duration = Duration::from_secs(20);
 /// Catalog changes arriving together cause one reload.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
-const DAEMON_LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('ibex daemon'))";
 
 struct CtlHandle {
     commands: mpsc::UnboundedSender<CtlCommand>,
     plan: Plan,
+    /// The lease token its runs fence with.
+    lease: i64,
 }
 
 struct Mcp {
@@ -51,6 +56,13 @@ struct Mcp {
     /// Runs at once across all syncs (setting max_parallel_runs).
     runs: Arc<tokio::sync::Semaphore>,
     runs_size: usize,
+    /// This daemon's name in `ibex.daemon` and `ibex.lease`.
+    id: String,
+    /// Syncs whose lease this daemon holds, with their tokens.
+    leases: HashMap<String, i64>,
+    lease_ttl: Duration,
+    /// When the leases were last renewed, by this host's clock.
+    renewed: Instant,
 }
 
 /// Runs the daemon in this process until it is told to stop.
@@ -64,40 +76,38 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     // Checks the catalog exists and is at this binary's version.
     drop(Catalog::open(&options.control).await?);
     let listener = Listener::connect(&options.control, "ibex mcp").await?;
-    take_daemon_lock(&listener).await?;
+    let id = holder_id();
+    register(&listener, &id).await?;
     pidfile::write(&options.pid_file)?;
-    let result = serve(options.clone(), listener).await;
+    let result = serve(options.clone(), listener, id).await;
     pidfile::remove(&options.pid_file);
     result
 }
 
-async fn take_daemon_lock(listener: &Listener) -> Result<()> {
-    let got: bool = listener.client.query_one(DAEMON_LOCK, &[]).await.ctx(|| "taking the daemon lock".into())?.get(0);
-    if !got {
-        let row = listener
-            .client
-            .query_opt("SELECT pid, host FROM ibex.daemon", &[])
-            .await
-            .ctx(|| "reading the running daemon".into())?;
-        let who =
-            row.map(|r| format!(" (pid {} on {})", r.get::<_, i32>(0), r.get::<_, String>(1))).unwrap_or_default();
-        return Err(Error::Refused(format!("another ibex daemon is already running against this catalog{who}")));
-    }
+/// Records this daemon in the catalog (`ibex list daemons`), forgetting
+/// daemons whose catalog session is gone.
+async fn register(listener: &Listener, id: &str) -> Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     listener
         .client
+        .batch_execute(
+            "DELETE FROM ibex.daemon d WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.backend_pid)",
+        )
+        .await
+        .ctx(|| "forgetting daemons that are gone".into())?;
+    listener
+        .client
         .execute(
-            "INSERT INTO ibex.daemon (pid, host, backend_pid, version) VALUES ($1, $2, pg_backend_pid(), $3)
-             ON CONFLICT (singleton) DO UPDATE SET pid = excluded.pid, host = excluded.host,
-                 backend_pid = excluded.backend_pid, version = excluded.version, started_at = now()",
-            &[&(std::process::id() as i32), &host, &env!("CARGO_PKG_VERSION")],
+            "INSERT INTO ibex.daemon (id, pid, host, backend_pid, version) VALUES ($1, $2, $3, pg_backend_pid(), $4)
+             ON CONFLICT (id) DO UPDATE SET backend_pid = excluded.backend_pid, seen_at = now()",
+            &[&id, &(std::process::id() as i32), &host, &env!("CARGO_PKG_VERSION")],
         )
         .await
         .ctx(|| "registering the daemon".into())?;
     Ok(())
 }
 
-async fn serve(options: DaemonOptions, listener: Listener) -> Result<()> {
+async fn serve(options: DaemonOptions, listener: Listener, id: String) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     if let Some(address) = &options.metrics_address {
         let socket = tokio::net::TcpListener::bind(address)
@@ -120,6 +130,10 @@ async fn serve(options: DaemonOptions, listener: Listener) -> Result<()> {
         hub: Arc::new(Hub::default()),
         runs: Arc::new(tokio::sync::Semaphore::new(1)),
         runs_size: 1,
+        id,
+        leases: HashMap::new(),
+        lease_ttl: lease::DEFAULT_TTL,
+        renewed: Instant::now(),
     };
     mcp.listen_all().await?;
     mcp.spawn_vac();
@@ -179,6 +193,8 @@ impl Mcp {
                     }
                     None => {
                         tracing::error!("lost the control database connection; reconnecting");
+                        // Its leases cannot be renewed: another daemon may take the syncs.
+                        self.drop_all_leases("the control database connection was lost");
                         self.reconnect().await?;
                         reload_at = Some(Instant::now());
                     }
@@ -198,7 +214,10 @@ impl Mcp {
                     self.reload().await;
                     if std::mem::take(&mut asked) { systemd::ready(&format!("{} syncs running", self.ctls.len())); }
                 }
-                _ = tick.tick() => self.restart_due().await,
+                _ = tick.tick() => {
+                    self.restart_due().await;
+                    self.tend_leases().await;
+                }
             }
         }
     }
@@ -255,7 +274,7 @@ impl Mcp {
         loop {
             match Listener::connect(&self.options.control, "ibex mcp").await {
                 Ok(listener) => {
-                    take_daemon_lock(&listener).await?;
+                    register(&listener, &self.id).await?;
                     self.listener = listener;
                     self.listen_all().await?;
                     tracing::info!("control database connection back");
@@ -286,6 +305,11 @@ impl Mcp {
                 Err(err) => tracing::warn!(error = %err, "reload: cannot read log_level; keeping the current level"),
             }
         }
+        match catalog::setting::get(client.as_ref(), "lease_ttl").await.map(|s| humantime::parse_duration(&s.value)) {
+            Ok(Ok(ttl)) => self.lease_ttl = ttl,
+            Ok(Err(err)) => tracing::warn!(error = %err, "reload: lease_ttl is not a duration; unchanged"),
+            Err(err) => tracing::warn!(error = %err, "reload: cannot read lease_ttl; unchanged"),
+        }
         match catalog::setting::get(client.as_ref(), "max_parallel_runs").await {
             Ok(setting) => match setting.value.parse::<usize>() {
                 Ok(wanted) => self.resize_runs(wanted),
@@ -305,6 +329,13 @@ impl Mcp {
         let active: Vec<String> =
             syncs.iter().filter(|s| s.params.status == "active").map(|s| s.name.clone()).collect();
         let gone: Vec<String> = self.ctls.keys().filter(|s| !active.contains(s)).cloned().collect();
+        let released: Vec<String> = self.leases.keys().filter(|s| !active.contains(s)).cloned().collect();
+        for name in released {
+            self.leases.remove(&name);
+            if let Err(err) = lease::release(client.as_ref(), &self.id, Some(&name)).await {
+                tracing::warn!(sync = %name, error = %err, "cannot release the lease of a sync no longer active (it expires by itself)");
+            }
+        }
         for name in gone {
             // Dropping the sender ends the CTL after its current run.
             self.ctls.remove(&name);
@@ -325,7 +356,33 @@ impl Mcp {
                     continue;
                 }
             };
+            let token = match self.leases.get(name) {
+                Some(&token) => token,
+                None => match lease::take(client.as_ref(), name, &self.id, self.lease_ttl).await {
+                    Ok(Some(taken)) => {
+                        if let Some(from) = &taken.from {
+                            tracing::warn!(sync = %name, from = %from, token = taken.token, "took over the sync from a daemon that stopped renewing its lease");
+                            end_stale_sessions(&plan, from).await;
+                        } else {
+                            tracing::info!(sync = %name, token = taken.token, "took the sync's lease");
+                        }
+                        self.leases.insert(name.clone(), taken.token);
+                        taken.token
+                    }
+                    // Another daemon runs it.
+                    Ok(None) => continue,
+                    Err(err) => {
+                        tracing::warn!(sync = %name, error = %err, "cannot take the sync's lease");
+                        continue;
+                    }
+                },
+            };
             match self.ctls.get_mut(name) {
+                Some(ctl) if ctl.lease != token => {
+                    // Lost and taken again: the old CTL's runs are fenced out.
+                    self.ctls.remove(name);
+                    self.spawn_ctl(name, plan, token).await;
+                }
                 Some(ctl) if ctl.plan != plan => {
                     ctl.plan = plan.clone();
                     if ctl.commands.send(CtlCommand::NewPlan(Box::new(plan))).is_err() {
@@ -334,7 +391,7 @@ impl Mcp {
                     }
                 }
                 Some(_) => {}
-                None => self.spawn_ctl(name, plan).await,
+                None => self.spawn_ctl(name, plan, token).await,
             }
         }
         let summary = format!("{} syncs running", self.ctls.len());
@@ -360,7 +417,7 @@ impl Mcp {
         }
     }
 
-    async fn spawn_ctl(&mut self, name: &str, plan: Plan) {
+    async fn spawn_ctl(&mut self, name: &str, plan: Plan, lease: i64) {
         let (tx, rx) = mpsc::unbounded_channel();
         let context = CtlContext {
             catalog: self.catalog.clone(),
@@ -368,17 +425,75 @@ impl Mcp {
             hub: self.hub.clone(),
             runs: self.runs.clone(),
         };
-        let task = ctl::run(plan.clone(), context, rx, self.shutdown.subscribe());
+        let task = ctl::run(plan.clone(), lease, context, rx, self.shutdown.subscribe());
         let owned = name.to_string();
         let handle = self.tasks.spawn(async move {
             task.await;
             owned
         });
         self.task_names.insert(handle.id(), name.to_string());
-        self.ctls.insert(name.to_string(), CtlHandle { commands: tx, plan });
+        self.ctls.insert(name.to_string(), CtlHandle { commands: tx, plan, lease });
         if let Err(err) = self.listener.listen(&kick_channel(name)).await {
             tracing::warn!(sync = %name, error = %err, "cannot listen for kicks");
         }
+    }
+
+    /// Every second: renews the leases when a third of their life has
+    /// passed, stops the syncs whose lease was lost, and takes syncs that
+    /// nobody holds (their holder stopped renewing).
+    async fn tend_leases(&mut self) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let client = match self.catalog.get().await {
+            Ok(c) => c,
+            Err(err) => {
+                self.renewal_failed(&err.to_string());
+                return;
+            }
+        };
+        if self.renewed.elapsed() >= self.lease_ttl / 3 {
+            match lease::renew(client.as_ref(), &self.id, self.lease_ttl).await {
+                Ok(held) => {
+                    self.renewed = Instant::now();
+                    let held: HashMap<String, i64> = held.into_iter().collect();
+                    let lost: Vec<String> =
+                        self.leases.iter().filter(|(s, t)| held.get(*s) != Some(t)).map(|(s, _)| s.clone()).collect();
+                    for name in lost {
+                        tracing::warn!(sync = %name, "lost the sync's lease (it expired or another daemon took it); stopped running it here");
+                        self.leases.remove(&name);
+                        self.ctls.remove(&name);
+                    }
+                }
+                Err(err) => {
+                    self.renewal_failed(&err.to_string());
+                    return;
+                }
+            }
+        }
+        match lease::untaken(client.as_ref()).await {
+            Ok(names) if names.iter().any(|n| !self.waiting_to_restart(n)) => self.reload().await,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot look for syncs to take over"),
+        }
+    }
+
+    /// Leases not renewed for two thirds of their life may be taken by
+    /// another daemon at any moment: stop running their syncs first.
+    fn renewal_failed(&mut self, why: &str) {
+        tracing::warn!(error = %why, "cannot renew the daemon's leases");
+        if !self.leases.is_empty() && self.renewed.elapsed() >= self.lease_ttl * 2 / 3 {
+            self.drop_all_leases("its leases could not be renewed in time");
+        }
+    }
+
+    fn drop_all_leases(&mut self, why: &str) {
+        if self.leases.is_empty() {
+            return;
+        }
+        tracing::error!(syncs = self.leases.len(), reason = why, "stopped running this daemon's syncs; another daemon may take them");
+        self.leases.clear();
+        self.ctls.clear();
     }
 
     /// Asks every task to stop, waits for running cycles to finish, then
@@ -392,12 +507,26 @@ impl Mcp {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
-        if let Err(err) =
-            self.listener.client.execute("DELETE FROM ibex.daemon WHERE backend_pid = pg_backend_pid()", &[]).await
-        {
+        if let Err(err) = lease::release(&self.listener.client, &self.id, None).await {
+            tracing::warn!(error = %err, "cannot release the daemon's leases; they expire by themselves");
+        }
+        if let Err(err) = self.listener.client.execute("DELETE FROM ibex.daemon WHERE id = $1", &[&self.id]).await {
             // The row only counts while this backend lives: harmless, but say so.
             tracing::warn!(error = %describe_pg(&err), "cannot remove the daemon's row from the catalog");
         }
         tracing::info!("ibex stopped");
+    }
+}
+
+/// After a takeover: ends the sessions the sync's previous holder may still
+/// have open on its dbs, so that, resumed, it cannot commit a run. Failing
+/// that, the fence still refuses its runs; say so and go on.
+async fn end_stale_sessions(plan: &Plan, from: &str) {
+    for db in &plan.dbs {
+        match fencing::end_stale_sessions(db, &plan.sync.name).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(sync = %plan.sync.name, db = %db.name, sessions = n, previous = %from, "ended the previous holder's sessions"),
+            Err(err) => tracing::warn!(sync = %plan.sync.name, db = %db.name, error = %err, "cannot end the previous holder's sessions; the fence still refuses its runs"),
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 mod ctl;
 mod hub;
+mod lease;
 mod mcp;
 pub mod metrics;
 mod notify;

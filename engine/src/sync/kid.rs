@@ -47,6 +47,11 @@ pub struct Kid {
     window_limit: u64,
     /// Per db (plan order): what its server can do, read at connect.
     caps: Vec<Capabilities>,
+    /// The lease token a daemon holds for this sync; None outside a daemon,
+    /// where each run fences with the catalog's current token.
+    lease: Option<i64>,
+    /// The token this run fences with on the sources (`ibex.fence()`).
+    fence: i64,
 }
 
 /// The smallest window a timeout can shrink it to.
@@ -55,7 +60,16 @@ const MIN_WINDOW_ROWS: u64 = 1000;
 impl Kid {
     pub fn new(plan: Plan) -> Self {
         let window_limit = plan.settings.window_rows;
-        Kid { plan, clients: Vec::new(), specs: None, plugins: Default::default(), window_limit, caps: Vec::new() }
+        Kid {
+            plan,
+            clients: Vec::new(),
+            specs: None,
+            plugins: Default::default(),
+            window_limit,
+            caps: Vec::new(),
+            lease: None,
+            fence: 0,
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -68,6 +82,12 @@ impl Kid {
         self.plan = plan;
         self.disconnect();
         self.specs = None;
+    }
+
+    /// Runs from now on fence with this lease token (a daemon took the
+    /// sync's lease, see `daemon/lease.rs`).
+    pub fn hold_lease(&mut self, token: i64) {
+        self.lease = Some(token);
     }
 
     pub fn disconnect(&mut self) {
@@ -125,6 +145,10 @@ impl Kid {
         let started_at = Utc::now();
         let sync = self.plan.sync.name.clone();
         let clock = std::time::Instant::now();
+        self.fence = match self.lease {
+            Some(token) => token,
+            None => catalog::lease::current_token(catalog_client, &sync).await?,
+        };
         let id = catalog::runs::start(catalog_client, &sync, started_at).await?;
         tracing::debug!(sync = %sync, us = clock.elapsed().as_micros() as u64, "step: run recorded");
         let (result, attempts) = match self.load_plugins(catalog_client).await {
@@ -330,6 +354,7 @@ impl Kid {
         let plugins = RunPlugins { conflict: conflict_plugin, transforms, hooks };
         let outcome =
             Cycle::new(&self.plan, &specs, &self.clients, lock_tables, plugins, Some(self.window_limit), &self.caps)
+                .fenced(self.fence)
                 .run(onetimecopy)
                 .await?;
         failpoint::check("after_commit")?;
@@ -353,20 +378,31 @@ impl Kid {
     /// snapshots. A crash before this re-applies the same changes next
     /// time, which delete + copy of current rows makes harmless.
     async fn advance_cursors(&self, cursors: &[(usize, String)]) -> Result<()> {
-        let sync = &self.plan.sync.name;
-        try_join_all(cursors.iter().map(|(db, snapshot)| async move {
-            let snapshot_type = self.caps.get(*db).map(|c| c.xids).unwrap_or_default().snapshot_type();
-            self.clients[*db]
-                .execute(
-                    &format!(
-                        "UPDATE ibex.cursor SET snapshot = $2::text::{snapshot_type}, updated_at = now() WHERE sync = $1"
-                    ),
-                    &[sync, snapshot],
-                )
-                .await
-                .ctx(|| format!("advancing the cursor of sync {sync} on db {}", self.plan.dbs[*db].name))
-        }))
-        .await?;
+        try_join_all(cursors.iter().map(|(db, snapshot)| self.advance_cursor(*db, snapshot))).await?;
+        Ok(())
+    }
+
+    /// One source's cursor, only while no newer lease holder ran the sync there.
+    async fn advance_cursor(&self, db: usize, snapshot: &str) -> Result<()> {
+        let sync = self.plan.sync.name.as_str();
+        let snapshot_type = self.caps.get(db).map(|c| c.xids).unwrap_or_default().snapshot_type();
+        let name = self.plan.dbs[db].name.as_str();
+        let moved = self.clients[db]
+            .execute(
+                &format!(
+                    "UPDATE ibex.cursor SET snapshot = $2::text::{snapshot_type}, updated_at = now()
+                      WHERE sync = $1 AND NOT EXISTS (SELECT 1 FROM ibex.fence f WHERE f.sync = $1 AND f.token > $3)"
+                ),
+                &[&sync, &snapshot, &self.fence],
+            )
+            .await
+            .ctx(|| format!("advancing the cursor of sync {sync} on db {name}"))?;
+        if moved == 0 {
+            return Err(Error::Fenced(format!(
+                "the cursor of sync {sync} on db {name} did not advance: another daemon took over the sync's lease (token {} is stale); its next run applies these changes again",
+                self.fence
+            )));
+        }
         Ok(())
     }
 }

@@ -13,5 +13,5 @@ pub mod validate;
 
 pub use cycle::CycleOutcome;
 pub use kid::{Kid, application_name as kid_application_name, syncdone_channel};
-pub use plan::Plan;
+pub use plan::{Plan, PlanDb};
 pub use validate::TableSpec;

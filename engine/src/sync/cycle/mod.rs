@@ -78,6 +78,9 @@ pub struct Cycle<'a> {
     sync_winner: Option<usize>,
     transforms: Vec<Transform<'a>>,
     hooks: Hooks<'a>,
+    /// The lease token this run records on each source before reading
+    /// (`ibex.fence()`); None records nothing.
+    fence: Option<i64>,
     /// Targets that are not PostgreSQL; db index `plan.dbs.len() + i` in counts.
     foreign: Vec<crate::target::Slot>,
 }
@@ -199,7 +202,14 @@ impl<'a> Cycle<'a> {
             transforms,
             hooks,
             foreign: plan.foreign.iter().cloned().map(crate::target::Slot::new).collect(),
+            fence: None,
         }
+    }
+
+    /// Runs fenced by a sync lease token (see `daemon/lease.rs`).
+    pub fn fenced(mut self, token: i64) -> Self {
+        self.fence = Some(token);
+        self
     }
 
     fn db_name(&self, db: usize) -> &str {
@@ -327,6 +337,11 @@ impl<'a> Cycle<'a> {
             }
             let source = db.role == Role::Source;
             let xids = self.caps.get(i).map(|c| c.xids).unwrap_or_default();
+            if source && let Some(token) = self.fence {
+                // Before the snapshot is read: a stale holder stops here,
+                // and runs of one sync queue on the fence row's lock.
+                sql.push_str(&format!(" SELECT ibex.fence({}, {token});", quote_literal(&sync)));
+            }
             if source {
                 sql.push_str(&format!(
                     " SELECT {}::text, (SELECT snapshot::text FROM ibex.cursor WHERE sync = {});",
@@ -342,7 +357,7 @@ impl<'a> Cycle<'a> {
                 if !source {
                     return Ok(None);
                 }
-                let row = messages.iter().find_map(|m| match m {
+                let row = messages.iter().rev().find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
                     _ => None,
                 });
@@ -380,6 +395,15 @@ impl<'a> Cycle<'a> {
 }
 
 fn begin_error(db: &str, sync: &str, err: tokio_postgres::Error) -> Error {
+    if err.code().is_some_and(|c| c.code() == crate::error::FENCED_SQLSTATE) {
+        return Error::Fenced(format!(
+            "db {db} refused this run: another daemon took over the lease of sync {sync}, so this one stops running it"
+        ));
+    }
+    // Capture installed before leases existed: validate adds the fence.
+    if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
+        return Error::Sync(format!("capture on db {db} predates sync leases: run `ibex validate {sync}` to update it"));
+    }
     if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
         return Error::Sync(format!("capture is not installed on db {db}: run `ibex validate {sync}`"));
     }
