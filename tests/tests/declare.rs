@@ -55,6 +55,30 @@ fn run(s: &Setup, args: &[&str], file: &Path) -> Outcome {
     s.ibex.run(&all)
 }
 
+/// `ibex apply FILE` on a terminal (script(1) gives it one), answering the
+/// confirmation with `answer`. The terminal merges stdout and stderr.
+fn apply_on_terminal(s: &Setup, file: &Path, answer: &str) -> Outcome {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let line = format!("{} apply {}", s.ibex.bin.display(), file.display());
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("IBEX_CONTROL", &s.ibex.control)
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running script(1)");
+    child.stdin.take().expect("script's stdin").write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().expect("waiting for script(1)");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
 #[test]
 fn apply_on_an_empty_catalog_builds_a_working_two_master_sync() {
     let s = Setup::new();
@@ -76,7 +100,15 @@ fn apply_on_an_empty_catalog_builds_a_working_two_master_sync() {
     run(&s, &["apply"], &file).fails_with("--yes");
     assert_eq!(s.snapshot(), empty, "a refused apply changed the catalog");
 
-    let applied = run(&s, &["apply", "--yes"], &file).ok();
+    // On a terminal it asks; anything but yes changes nothing.
+    let declined = apply_on_terminal(&s, &file, "n");
+    assert_ne!(declined.code, 0, "{declined:?}");
+    assert!(declined.stdout.contains("Apply these changes (7 to add"), "{}", declined.stdout);
+    assert!(declined.stdout.contains("the plan was not confirmed"), "{}", declined.stdout);
+    assert_eq!(s.snapshot(), empty, "a declined apply changed the catalog");
+
+    let applied = apply_on_terminal(&s, &file, "y");
+    assert_eq!(applied.code, 0, "{applied:?}");
     assert!(applied.stdout.contains("Validated sync ab"), "{}", applied.stdout);
     s.sql("a", "INSERT INTO items VALUES (1, 'from a')");
     s.sql("b", "INSERT INTO other VALUES (7, 70)");
