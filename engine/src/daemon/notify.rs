@@ -21,7 +21,7 @@ fn try_send(states: &[NotifyState]) -> std::io::Result<()> {
     sd_notify::notify(states)
 }
 
-/// The daemon is up: it holds the daemon lock and has started its syncs.
+/// The daemon is up: it is registered in the catalog and has started the syncs it leases.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
