@@ -178,6 +178,11 @@ fn foreign_dbs_are_targets_only_and_unmappable_columns_are_refused() {
     s.ibex
         .sh("add sync back herd=h dbs=lite:source,src:target")
         .fails_with("db lite is a sqlite db and can only be a target");
+    let listed = s.ibex.sh("list dbs --json").ok().json();
+    let lite = listed.as_array().unwrap().iter().find(|d| d["name"] == "lite").cloned().unwrap_or_default();
+    assert_eq!(lite["type"], "sqlite", "{listed}");
+    s.ibex.sh("update db lite path=/elsewhere.db").fails_with("db lite is a sqlite db: only status= can change");
+    s.ibex.sh("update db lite status=inactive").ok();
     // The catalog is unchanged by the refused sync.
     s.ibex.sh("list syncs").ok();
     assert_eq!(s.sql("ibex", "SELECT count(*) FROM ibex.sync"), "0");

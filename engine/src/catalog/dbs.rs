@@ -28,6 +28,9 @@ pub struct DbView {
     pub sslmode: Option<&'static str>,
     pub status: String,
     pub used_by_syncs: Vec<String>,
+    /// postgres, or the foreign target's type (sqlite, flatfile).
+    #[serde(rename = "type")]
+    pub db_type: &'static str,
 }
 
 impl DbRecord {
@@ -56,6 +59,7 @@ impl DbRecord {
             sslmode: self.conn.sslmode.map(|m| m.as_str()),
             status: self.status.clone(),
             used_by_syncs,
+            db_type: self.target.as_ref().map_or("postgres", |t| t.type_name()),
         }
     }
 }

@@ -130,6 +130,21 @@ pub async fn list(ctx: &Context) -> Result<()> {
         "No dbs: add one with `ibex add db NAME dbname=...`",
         &["Name", "Status", "Dbname", "Host", "Port", "User", "Password", "Sslmode", "Syncs"],
         |v| {
+            if v.db_type != "postgres" {
+                // A foreign target: Dbname says what and where; nothing else applies.
+                let none = || "-".to_string();
+                return vec![
+                    v.name.clone(),
+                    v.status.clone(),
+                    v.dbname.clone(),
+                    none(),
+                    none(),
+                    none(),
+                    none(),
+                    none(),
+                    v.used_by_syncs.join(","),
+                ];
+            }
             vec![
                 v.name.clone(),
                 v.status.clone(),
@@ -153,6 +168,15 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     }
     let mut cat = ctx.catalog().await?;
     let mut db = catalog::dbs::get(cat.client(), &args.name).await?;
+    if let Some(target) = &db.target
+        && params.remaining().iter().any(|(k, _)| k != "status")
+    {
+        return Err(Error::usage(format!(
+            "db {} is a {} db: only status= can change; to point it elsewhere, remove it and add it again",
+            args.name,
+            target.type_name()
+        )));
+    }
     let conn_changed = apply_conn_keys(&mut params, &mut db.conn)?;
     if let Some(status) = params.take("status") {
         if status != "active" && status != "inactive" {
