@@ -100,9 +100,18 @@ impl Bucardo {
         Ok(())
     }
 
-    pub fn start(&self) -> Result<()> {
+    /// `bucardo start`, without waiting: Bucardo's MCP daemonizes and gets
+    /// to work at once, so a timed scenario starts its clock before this.
+    pub fn launch(&self) -> Result<()> {
         let _ = std::fs::remove_file(self.home.path().join("pid/fullstopbucardo"));
         self.cmd(&["start"])?;
+        Ok(())
+    }
+
+    /// `bucardo start`, then waits for the MCP and gives it a moment to
+    /// fork its controllers and kids.
+    pub fn start(&self) -> Result<()> {
+        self.launch()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.home.path().join("pid/bucardo.mcp.pid").exists() {
             if Instant::now() > deadline {
@@ -110,9 +119,12 @@ impl Bucardo {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // The MCP forks the CTLs and KIDs after it starts; give them a moment.
         std::thread::sleep(Duration::from_secs(2));
         Ok(())
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
     }
 
     pub fn stop(&self) {
@@ -126,15 +138,47 @@ impl Bucardo {
         }
     }
 
-    /// Bucardo's processes: those working in its home.
+    /// Bucardo's processes: those working in its home, and their children.
     pub fn pids(&self) -> Vec<u32> {
-        pids_in(self.home.path())
+        process_tree(self.home.path())
+    }
+
+    /// What Bucardo's own `syncrun` table says about the runs of `sync`
+    /// that started after `after` (a timestamp from its database).
+    pub fn runs_since(&self, cluster: &Cluster, sync: &str, after: &str) -> Result<RunSummary> {
+        let counts = cluster.psql(
+            "bucardo",
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE lastgood OR lastempty OR status LIKE 'Complete%'),
+                        count(*) FILTER (WHERE lastbad OR status LIKE 'Failed%')
+                   FROM bucardo.syncrun WHERE sync = '{sync}' AND started >= '{after}'"
+            ),
+        )?;
+        let mut parts = counts.split('|').map(|v| v.trim().parse::<u64>());
+        let mut next = || parts.next().and_then(|v| v.ok()).context("reading bucardo.syncrun counts");
+        let (runs, completed, failed) = (next()?, next()?, next()?);
+        let first_failure = cluster.psql(
+            "bucardo",
+            &format!(
+                "SELECT status FROM bucardo.syncrun WHERE sync = '{sync}' AND started >= '{after}'
+                    AND (lastbad OR status LIKE 'Failed%') ORDER BY started LIMIT 1"
+            ),
+        )?;
+        let kid_deaths = std::fs::read_to_string(self.home.path().join("log/log.bucardo"))
+            .map(|log| log.lines().filter(|l| l.contains("Kid has died")).count() as u64)
+            .unwrap_or(0);
+        Ok(RunSummary { runs, completed, failed, first_failure: first_failure.trim().to_string(), kid_deaths })
+    }
+
+    /// Bucardo's clock, to mark the start of a measured stretch.
+    pub fn now(&self, cluster: &Cluster) -> Result<String> {
+        cluster.psql("bucardo", "SELECT now()")
     }
 
     /// Kicks the sync and waits for its run to end (from Bucardo's own
     /// `syncrun` table); returns the run's duration by Bucardo's clock.
     pub fn kick_and_wait(&self, cluster: &Cluster, sync: &str, timeout: Duration) -> Result<Option<Duration>> {
-        let before = cluster.psql("bucardo", "SELECT now()")?;
+        let before = self.now(cluster)?;
         self.cmd(&["kick", sync])?;
         self.wait_for_run(cluster, sync, &before, timeout)
     }
@@ -171,16 +215,56 @@ impl Drop for Bucardo {
     }
 }
 
-pub fn pids_in(dir: &Path) -> Vec<u32> {
+/// What Bucardo's `syncrun` table recorded for a stretch of a run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub runs: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// The status text of the first failed run ("" when none failed).
+    pub first_failure: String,
+    /// "Kid has died" lines in Bucardo's log (the whole install's life).
+    pub kid_deaths: u64,
+}
+
+/// Every process whose working directory is `dir` and whose name Bucardo
+/// set, and all their descendants, read afresh from /proc on each call so
+/// that kids forked after the start are counted.
+pub fn process_tree(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
+    let procs: Vec<(u32, u32)> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter_map(|pid| parent_of(pid).map(|ppid| (pid, ppid)))
+        .collect();
+    let mut tree: Vec<u32> = procs
+        .iter()
+        .map(|&(pid, _)| pid)
         .filter(|pid| {
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
                 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"Bucardo"))
         })
-        .collect()
+        .collect();
+    // Descendants, however deep: add children of members until none is new.
+    loop {
+        let before = tree.len();
+        for &(pid, ppid) in &procs {
+            if tree.contains(&ppid) && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+        if tree.len() == before {
+            return tree;
+        }
+    }
+}
+
+/// The parent pid from /proc/PID/stat (the field after the command name,
+/// which may itself contain spaces and parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -192,36 +276,44 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples the summed RSS of a set of processes until stopped; the peak.
+/// Samples the summed RSS of Bucardo's process tree every 100 ms until
+/// stopped, re-reading the tree on every sample; keeps the peak.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<Mutex<u64>>,
+    most_processes: Arc<Mutex<usize>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RssSampler {
-    pub fn start(find: impl Fn() -> Vec<u32> + Send + 'static) -> RssSampler {
+    pub fn start(home: &Path) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(Mutex::new(0));
-        let (s, p) = (stop.clone(), peak.clone());
+        let most_processes = Arc::new(Mutex::new(0));
+        let (s, p, m, home) = (stop.clone(), peak.clone(), most_processes.clone(), home.to_path_buf());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let total: u64 = find().into_iter().map(rss_kib).sum();
+                let pids = process_tree(&home);
+                let total: u64 = pids.iter().copied().map(rss_kib).sum();
                 if let Ok(mut peak) = p.lock() {
                     *peak = (*peak).max(total);
+                }
+                if let Ok(mut most) = m.lock() {
+                    *most = (*most).max(pids.len());
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        RssSampler { stop, peak, thread: Some(thread) }
+        RssSampler { stop, peak, most_processes, thread: Some(thread) }
     }
 
-    /// Stops sampling; the peak in KiB.
-    pub fn finish(mut self) -> u64 {
+    /// Stops sampling; the peak summed RSS in KiB and the most processes
+    /// seen in one sample.
+    pub fn finish(mut self) -> (u64, usize) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peak.lock().map(|p| *p).unwrap_or(0)
+        (self.peak.lock().map(|p| *p).unwrap_or(0), self.most_processes.lock().map(|m| *m).unwrap_or(0))
     }
 }
