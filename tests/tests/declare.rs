@@ -148,6 +148,9 @@ fn a_dump_applies_back_as_a_no_op_and_holds_no_password() {
     s.ibex.sh("update table items capture_old=true").ok();
     s.ibex.sh("set retry_limit=5").ok();
     s.ibex.sh("update db b status=inactive").ok();
+    let files = tempfile::tempdir().unwrap();
+    let dir_arg = format!("dir={}", files.path().display());
+    s.ibex.run(&["add", "db", "files", "type=flatfile", &dir_arg, "dialect=mysql"]).ok();
 
     let dumped = s.ibex.sh("dump").ok().stdout;
     assert!(!dumped.contains("hunter2"), "the dump holds a password:\n{dumped}");
@@ -163,6 +166,8 @@ fn a_dump_applies_back_as_a_no_op_and_holds_no_password() {
         "[sequence.\"public.items_seq\"]",
         "retry_limit = \"5\"",
         "status = \"inactive\"",
+        "type = \"flatfile\"",
+        "dialect = \"mysql\"",
     ] {
         assert!(dumped.contains(needle), "the dump lacks {needle:?}:\n{dumped}");
     }
@@ -203,15 +208,19 @@ fn plan_shows_a_change_and_apply_makes_it() {
     run(&s, &["apply", "--yes"], &first).ok();
     assert!(s.sql("a", "SELECT count(*) FROM ibex.captured WHERE rel_name = 'other'") == "1");
 
-    let second = write(
-        dir.path(),
-        "v2.toml",
-        &two_master_file(&s, "checktime = \"30s\"\nconflict_strategy = \"a,b\"\n", &["items"]),
-    );
+    let files = tempfile::tempdir().unwrap();
+    let flatfile = format!("[db.files]\ntype = \"flatfile\"\ndir = \"{}\"\n\n", files.path().display());
+    let v2 = flatfile + &two_master_file(&s, "checktime = \"30s\"\nconflict_strategy = \"a,b\"\n", &["items"]);
+    let second = write(dir.path(), "v2.toml", &v2);
     let plan = run(&s, &["plan"], &second).ok().stdout;
-    for line in
-        ["~ herd h", "~ sync ab", "checktime: off → 30s", "conflict_strategy: latest → a,b", "- table public.other"]
-    {
+    for line in [
+        "+ db files",
+        "~ herd h",
+        "~ sync ab",
+        "checktime: off → 30s",
+        "conflict_strategy: latest → a,b",
+        "- table public.other",
+    ] {
         assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
     }
     run(&s, &["apply", "--yes"], &second).ok();
@@ -221,6 +230,8 @@ fn plan_shows_a_change_and_apply_makes_it() {
     let tables = s.ibex.run(&["list", "tables", "--json"]).ok().json();
     let names: Vec<&str> = tables.as_array().unwrap().iter().filter_map(|t| t["name"]["name"].as_str()).collect();
     assert_eq!(names, vec!["items"], "{tables}");
+    let dbs = s.ibex.run(&["list", "dbs", "--json"]).ok().json();
+    assert!(dbs.to_string().contains("flatfile"), "{dbs}");
     // Capture left the table no sync reads any more.
     assert_eq!(s.sql("a", "SELECT count(*) FROM ibex.captured WHERE rel_name = 'other'"), "0");
     assert!(run(&s, &["plan"], &second).ok().stdout.contains("No changes"));

@@ -56,13 +56,29 @@ pub async fn apply(tx: &Transaction<'_>, plan: &Plan, current: &State, desired: 
 
     for step in plan.steps.iter().filter(|s| s.object == "db" && s.action != Action::Remove) {
         let Some(db) = desired.dbs.get(&step.name) else { continue };
-        let conn_changed = current.dbs.get(&step.name).is_none_or(|c| c.conn != db.conn);
-        if conn_changed {
-            check_connects(&step.name, &db.conn).await?;
+        let old = current.dbs.get(&step.name);
+        if let Some(old) = old
+            && old.target != db.target
+        {
+            return Err(Error::Refused(format!(
+                "db {}: its type or where its rows go cannot change in place: take it out of the file (and out of its dbgroups), apply, then add it back",
+                step.name
+            )));
         }
-        match step.action {
-            Action::Add => catalog::dbs::add(tx, &step.name, &db.conn).await?,
-            _ => catalog::dbs::update(tx, &step.name, &db.conn, &db.status).await?,
+        match &db.target {
+            Some(target) if old.is_none() => {
+                target.check()?;
+                catalog::dbs::add_foreign(tx, &step.name, target).await?;
+            }
+            _ => {
+                if old.is_none_or(|c| c.conn != db.conn) && db.target.is_none() {
+                    check_connects(&step.name, &db.conn).await?;
+                }
+                match step.action {
+                    Action::Add => catalog::dbs::add(tx, &step.name, &db.conn).await?,
+                    _ => catalog::dbs::update(tx, &step.name, &db.conn, &db.status).await?,
+                }
+            }
         }
         if step.action == Action::Add && db.status != "active" {
             catalog::dbs::update(tx, &step.name, &db.conn, &db.status).await?;

@@ -12,6 +12,7 @@ use super::state::State;
 use crate::catalog::RelKind;
 use crate::catalog::sync::format_duration;
 use crate::error::{Error, Result};
+use crate::target::TargetSpec;
 
 const HEADER: &str = "# The ibex catalog as configuration: `ibex plan FILE` shows what `ibex apply FILE`
 # would change; objects left out of the file are removed by apply.
@@ -28,6 +29,10 @@ pub fn to_config(state: &State) -> Config {
         config.settings.insert(key.clone(), spanned(Scalar::Text(value.clone())));
     }
     for (name, db) in &state.dbs {
+        if let Some(target) = &db.target {
+            config.dbs.insert(name.clone(), spanned(foreign_spec(target, &db.status)));
+            continue;
+        }
         let c = &db.conn;
         let port = if c.ports.len() > 1 {
             Some(PortSpec::Many(c.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")))
@@ -35,6 +40,10 @@ pub fn to_config(state: &State) -> Config {
             c.port.map(PortSpec::One)
         };
         let spec = DbSpec {
+            db_type: None,
+            path: None,
+            dir: None,
+            dialect: None,
             dbname: (!c.dbname.is_empty()).then(|| c.dbname.clone()),
             host: c.host.clone(),
             port,
@@ -136,6 +145,23 @@ pub fn to_config(state: &State) -> Config {
         config.syncs.insert(name.clone(), spanned(spec));
     }
     config
+}
+
+/// A db that is not PostgreSQL: its type and where its rows go.
+fn foreign_spec(target: &TargetSpec, status: &str) -> DbSpec {
+    let mut spec = DbSpec {
+        db_type: Some(target.type_name().to_string()),
+        status: (status != "active").then(|| status.to_string()),
+        ..DbSpec::default()
+    };
+    match target {
+        TargetSpec::Sqlite { path } => spec.path = Some(path.display().to_string()),
+        TargetSpec::Flatfile { dir, dialect } => {
+            spec.dir = Some(dir.display().to_string());
+            spec.dialect = Some(dialect.as_str().to_string());
+        }
+    }
+    spec
 }
 
 /// The file's text, with the comments that say what is not in it.

@@ -71,6 +71,16 @@ pub enum PortSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbSpec {
+    /// postgres (the default), or a target that is not PostgreSQL: sqlite
+    /// (with `path`) or flatfile (with `dir` and `dialect`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub db_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialect: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

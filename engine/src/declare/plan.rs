@@ -208,6 +208,7 @@ fn conn_fields(d: &DbState) -> BTreeMap<String, String> {
         }
     }
     fields.insert("status".into(), d.status.clone());
+    fields.insert("type".into(), d.target.as_ref().map_or("postgres", |t| t.type_name()).to_string());
     fields
 }
 

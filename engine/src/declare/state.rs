@@ -12,6 +12,7 @@ use crate::catalog::manifest::{Manifest, PluginKind, table_name};
 use crate::catalog::{self, DbGroup, DbGroupMember, RelKind, SyncParams, SyncRecord, check_name};
 use crate::error::{Error, Result};
 use crate::pg::ConnInfo;
+use crate::target::{Dialect, TargetSpec};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbState {
@@ -19,6 +20,8 @@ pub struct DbState {
     pub status: String,
     /// The variable the password came from (files only).
     pub password_env: Option<String>,
+    /// None for PostgreSQL; else the foreign target.
+    pub target: Option<TargetSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +107,9 @@ impl State {
             }
         }
         for db in catalog::dbs::list(c).await? {
-            state.dbs.insert(db.name, DbState { conn: db.conn, status: db.status, password_env: None });
+            state
+                .dbs
+                .insert(db.name, DbState { conn: db.conn, status: db.status, password_env: None, target: db.target });
         }
         for p in catalog::plugin::list(c).await? {
             state.plugins.insert(p.name, PluginState { sha256: p.sha256, manifest: p.manifest, path: None });
@@ -310,6 +315,18 @@ fn resolve_db(
     src: &Source,
 ) -> Result<DbState> {
     let spec = spanned.get_ref();
+    if let Some(target) = foreign_target(spec).map_err(|e| src.error(spanned.span(), format!("db {name}: {e}")))? {
+        // As `ibex add db type=...` keeps it: the connection only names it.
+        let conn = ConnInfo { dbname: target.describe(), ..ConnInfo::default() };
+        let status = spec.status.clone().unwrap_or_else(|| "active".into());
+        return Ok(DbState { conn, status, password_env: None, target: Some(target) });
+    }
+    if spec.path.is_some() || spec.dir.is_some() || spec.dialect.is_some() {
+        return Err(src.error(
+            spanned.span(),
+            format!("db {name}: path, dir and dialect belong to type = \"sqlite\" or \"flatfile\""),
+        ));
+    }
     let mut conn = ConnInfo { dbname: spec.dbname.clone().unwrap_or_default(), ..ConnInfo::default() };
     let texts = [
         ("host", spec.host.clone()),
@@ -355,7 +372,58 @@ fn resolve_db(
         // Left out: the stored password (if any) stays.
         None => current.and_then(|c| c.conn.password.clone()),
     };
-    Ok(DbState { conn, status: spec.status.clone().unwrap_or_else(|| "active".into()), password_env })
+    Ok(DbState { conn, status: spec.status.clone().unwrap_or_else(|| "active".into()), password_env, target: None })
+}
+
+/// `type = "sqlite"` / `"flatfile"`: a target that is not PostgreSQL, with
+/// the keys `ibex add db type=...` takes and nothing else.
+fn foreign_target(spec: &super::model::DbSpec) -> Result<Option<TargetSpec>> {
+    let absolute = |key: &str, value: &Option<String>| -> Result<std::path::PathBuf> {
+        let value = value.clone().ok_or_else(|| Error::usage(format!("{key} is required for this type")))?;
+        let path = std::path::PathBuf::from(&value);
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(Error::usage(format!(
+                "{key} = {value:?} is relative: give an absolute path, as the daemon may run elsewhere"
+            )))
+        }
+    };
+    let target = match spec.db_type.as_deref() {
+        None | Some("postgres" | "postgresql") => return Ok(None),
+        Some("sqlite") => TargetSpec::Sqlite { path: absolute("path", &spec.path)? },
+        Some("flatfile") => TargetSpec::Flatfile {
+            dir: absolute("dir", &spec.dir)?,
+            dialect: Dialect::parse(spec.dialect.as_deref().unwrap_or("postgres"))?,
+        },
+        Some(other) => {
+            return Err(Error::usage(format!(
+                "unknown type {other:?}: use postgres (the default), sqlite (with path) or flatfile (with dir and dialect)"
+            )));
+        }
+    };
+    let pg_keys = spec.dbname.is_some()
+        || spec.host.is_some()
+        || spec.port.is_some()
+        || spec.user.is_some()
+        || spec.password_env.is_some()
+        || spec.service.is_some()
+        || spec.sslmode.is_some();
+    let misplaced = match &target {
+        TargetSpec::Sqlite { .. } => spec.dir.is_some() || spec.dialect.is_some(),
+        TargetSpec::Flatfile { .. } => spec.path.is_some(),
+    };
+    if pg_keys || misplaced {
+        return Err(Error::usage(format!(
+            "a {} db takes only {} (and status)",
+            target.type_name(),
+            match target {
+                TargetSpec::Sqlite { .. } => "path",
+                TargetSpec::Flatfile { .. } => "dir and dialect",
+            }
+        )));
+    }
+    Ok(Some(target))
 }
 
 fn resolve_manifest(p: &super::model::PluginSpec) -> Result<Manifest> {
