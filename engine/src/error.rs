@@ -60,6 +60,11 @@ pub enum Error {
     #[error("{0}")]
     Skipped(String),
 
+    /// A table's columns changed on a db since the sync checked them: the
+    /// run is rolled back and the tables checked again.
+    #[error("{0}")]
+    SchemaChanged(String),
+
     /// This process no longer holds the sync's lease: another daemon took
     /// it over, so nothing of this run may commit (see `daemon/lease.rs`).
     #[error("{0}")]
@@ -236,7 +241,7 @@ impl Error {
             },
             Error::Catalog(_) => ErrorKind::Catalog,
             Error::Config(_) => ErrorKind::Config,
-            Error::Schema(_) => ErrorKind::Schema,
+            Error::Schema(_) | Error::SchemaChanged(_) => ErrorKind::Schema,
             Error::Sync(_) => ErrorKind::Failed,
             Error::Plugin { .. } => ErrorKind::Plugin,
         }

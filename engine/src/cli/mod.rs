@@ -10,6 +10,7 @@ mod compare;
 mod daemon;
 mod db;
 mod dbgroup;
+mod ddl;
 mod declare;
 mod docs;
 mod herd;
@@ -101,6 +102,11 @@ pub enum Command {
     /// Run syncs in the foreground
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// Run one schema change on every db of a sync, in a safe order
+    #[command(
+        after_help = "Additions run on targets first, removals (DROP, RENAME) on sources first; the statement\nruns in a transaction opened on every db before any commits, so a failure anywhere applies it\nnowhere. Capture is updated after; running syncs pick the new columns up at their next run.\n\nExamples:\n  ibex ddl foobar 'ALTER TABLE acct ADD COLUMN note text'\n  ibex ddl foobar 'ALTER TABLE acct DROP COLUMN note' --lock-timeout 30s"
+    )]
+    Ddl(DdlArgs),
     /// Work with plugins offline
     #[command(subcommand)]
     Plugin(PluginCmd),
@@ -109,7 +115,7 @@ pub enum Command {
     Sequences(SequencesCmd),
     /// Start the daemon (detached unless --foreground)
     #[command(
-        after_help = "Runs the MCP, one CTL per active sync and the VAC. One daemon per catalog.\n\nExamples:\n  ibex start\n  ibex start --foreground   # for systemd or containers"
+        after_help = "Runs the MCP, one CTL per sync it leases and the VAC. Several daemons may serve one catalog: each sync is run by the one holding its lease.\n\nExamples:\n  ibex start\n  ibex start --foreground   # for systemd or containers"
     )]
     Start(StartArgs),
     /// Stop the daemon: running cycles finish or roll back
@@ -231,6 +237,18 @@ pub struct ReconcileArgs {
 pub struct StatusArgs {
     #[arg(value_name = "SYNC")]
     pub sync: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DdlArgs {
+    #[arg(value_name = "SYNC")]
+    pub sync: String,
+    /// The statement, e.g. 'ALTER TABLE acct ADD COLUMN note text'
+    #[arg(value_name = "SQL")]
+    pub statement: String,
+    /// Give up on a db where the table stays locked this long (nothing is applied anywhere)
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub lock_timeout: String,
 }
 
 #[derive(Args, Debug)]
@@ -607,6 +625,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<ExitCode> {
         Command::Status(a) => status::show(&ctx, a).await?,
         Command::Plugin(PluginCmd::Test(a)) => plugin::test(&ctx, a).await?,
         Command::Sequences(SequencesCmd::Stagger(a)) => sequences::stagger(&ctx, a).await?,
+        Command::Ddl(a) => ddl::run(&ctx, a).await?,
         Command::Plan(a) => declare::plan(&ctx, a).await?,
         Command::Apply(a) => declare::apply(&ctx, a).await?,
         Command::Dump(a) => declare::dump(&ctx, a).await?,

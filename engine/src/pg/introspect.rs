@@ -197,6 +197,22 @@ pub struct LiveColumn {
     pub oids_in_binary: bool,
 }
 
+/// A query whose one value fingerprints the columns (names, types,
+/// generated or not) of `tables`: a run compares it with the value read
+/// when the tables were last checked, in the round trip that opens its
+/// transaction, so that a column added or changed since is noticed at once
+/// instead of being left out of the copies.
+pub fn shape_query(tables: &[QualifiedName]) -> String {
+    let names: Vec<String> = tables.iter().map(|t| format!("to_regclass({})", super::quote_literal(&t.quoted()))).collect();
+    format!(
+        "SELECT md5(coalesce(string_agg(a.attrelid::regclass::text || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                                        || coalesce(to_jsonb(a) ->> 'attgenerated', ''), ',' ORDER BY a.attrelid::regclass::text, a.attnum), ''))
+           FROM pg_attribute a
+          WHERE a.attrelid = ANY (ARRAY[{}]::regclass[]) AND a.attnum > 0 AND NOT a.attisdropped",
+        if names.is_empty() { "NULL".to_string() } else { names.join(", ") }
+    )
+}
+
 /// The columns of `table` in attribute order, or None if it does not exist.
 pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Option<Vec<LiveColumn>>> {
     let rows = c

@@ -52,6 +52,9 @@ pub struct Kid {
     lease: Option<i64>,
     /// The token this run fences with on the sources (`ibex.fence()`).
     fence: i64,
+    /// Per db, the fingerprint of the tables' columns when `specs` were
+    /// made; each run checks it (see `introspect::shape_query`).
+    shapes: Vec<String>,
 }
 
 /// The smallest window a timeout can shrink it to.
@@ -69,6 +72,7 @@ impl Kid {
             caps: Vec::new(),
             lease: None,
             fence: 0,
+            shapes: Vec::new(),
         }
     }
 
@@ -134,7 +138,20 @@ impl Kid {
         self.connect().await?;
         if self.specs.is_none() {
             let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
+            // Read before the check: a change during it shows at the next run.
+            let shape = crate::pg::introspect::shape_query(
+                &self.plan.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            );
+            let mut shapes = Vec::with_capacity(clients.len());
+            for (client, db) in clients.iter().zip(&self.plan.dbs) {
+                let row = client
+                    .query_one(&shape, &[])
+                    .await
+                    .ctx(|| format!("reading the columns of the sync's tables on db {}", db.name))?;
+                shapes.push(row.try_get::<_, String>(0).ctx(|| "reading a column fingerprint".into())?);
+            }
             self.specs = Some(validate::check(&self.plan, &clients).await?);
+            self.shapes = shapes;
         }
         Ok(self.specs.as_deref().unwrap_or_default())
     }
@@ -278,6 +295,13 @@ impl Kid {
             };
             match result {
                 Ok(outcome) => return (Ok(outcome), attempt),
+                Err(Error::SchemaChanged(why)) if attempt < limit => {
+                    // Check the tables again: the next attempt copies the
+                    // new columns, or fails naming what differs.
+                    tracing::info!(sync = %self.plan.sync.name, reason = %why, "checking the tables again");
+                    self.disconnect();
+                    self.specs = None;
+                }
                 Err(err) if err.is_transient() && attempt < limit => {
                     tracing::info!(sync = %self.plan.sync.name, attempt, error = %err, "retrying with the tables locked");
                     // Dropping the connections rolls every database back.
@@ -355,6 +379,7 @@ impl Kid {
         let outcome =
             Cycle::new(&self.plan, &specs, &self.clients, lock_tables, plugins, Some(self.window_limit), &self.caps)
                 .fenced(self.fence)
+                .expecting_shapes(&self.shapes)
                 .run(onetimecopy)
                 .await?;
         failpoint::check("after_commit")?;

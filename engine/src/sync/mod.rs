@@ -3,6 +3,7 @@
 
 pub mod compare;
 mod cycle;
+pub mod ddl;
 pub mod hooks;
 mod kid;
 pub mod plan;

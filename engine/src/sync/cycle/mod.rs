@@ -81,6 +81,9 @@ pub struct Cycle<'a> {
     /// The lease token this run records on each source before reading
     /// (`ibex.fence()`); None records nothing.
     fence: Option<i64>,
+    /// Per db, the tables' column fingerprint when they were checked
+    /// (`introspect::shape_query`); empty checks nothing.
+    shapes: &'a [String],
     /// Targets that are not PostgreSQL; db index `plan.dbs.len() + i` in counts.
     foreign: Vec<crate::target::Slot>,
 }
@@ -203,7 +206,15 @@ impl<'a> Cycle<'a> {
             hooks,
             foreign: plan.foreign.iter().cloned().map(crate::target::Slot::new).collect(),
             fence: None,
+            shapes: &[],
         }
+    }
+
+    /// Checks, as each db's transaction opens, that the tables' columns
+    /// are still as they were when `shapes` were read.
+    pub fn expecting_shapes(mut self, shapes: &'a [String]) -> Self {
+        self.shapes = shapes;
+        self
     }
 
     /// Runs fenced by a sync lease token (see `daemon/lease.rs`).
@@ -314,6 +325,8 @@ impl<'a> Cycle<'a> {
     async fn begin(&mut self) -> Result<()> {
         let params = &self.plan.sync.params;
         let locks: Vec<String> = self.tables.iter().map(TableSpec::quoted).collect();
+        let names: Vec<crate::pg::QualifiedName> = self.tables.iter().map(|t| t.name.clone()).collect();
+        let shape_query = crate::pg::introspect::shape_query(&names);
         let sync = self.plan.sync.name.clone();
         let results = try_join_all(self.plan.dbs.iter().enumerate().map(|(i, db)| {
             // synchronous_commit: the cursors advance after these commits, so
@@ -342,6 +355,10 @@ impl<'a> Cycle<'a> {
                 // and runs of one sync queue on the fence row's lock.
                 sql.push_str(&format!(" SELECT ibex.fence({}, {token});", quote_literal(&sync)));
             }
+            let expected = self.shapes.get(i).cloned();
+            if expected.is_some() {
+                sql.push_str(&format!(" {shape_query};"));
+            }
             if source {
                 sql.push_str(&format!(
                     " SELECT {}::text, (SELECT snapshot::text FROM ibex.cursor WHERE sync = {});",
@@ -354,13 +371,25 @@ impl<'a> Cycle<'a> {
             let name = db.name.clone();
             async move {
                 let messages = client.simple_query(&sql).await.map_err(|e| begin_error(&name, &sync, e))?;
+                let mut rows: Vec<_> = messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                        _ => None,
+                    })
+                    .collect();
+                // Last: the snapshot and cursor (sources), before it the shape.
+                let row = if source { rows.pop() } else { None };
+                if let Some(expected) = expected
+                    && rows.last().and_then(|r| r.get(0)) != Some(expected.as_str())
+                {
+                    return Err(Error::SchemaChanged(format!(
+                        "the columns of a table of sync {sync} changed on db {name} since they were checked"
+                    )));
+                }
                 if !source {
                     return Ok(None);
                 }
-                let row = messages.iter().rev().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
-                    _ => None,
-                });
                 let snapshot = row.and_then(|r| r.get(0)).map(str::to_string);
                 let cursor = row.and_then(|r| r.get(1)).map(str::to_string);
                 match (snapshot, cursor) {

@@ -1,0 +1,89 @@
+//! Schema changes on a running multi-master sync: `ibex ddl` adds a
+//! column on every db while writes go on, the daemon's running sync picks
+//! it up at its next run (no restart, nothing lost, the new column's values
+//! replicate), a drop works the same way, and a statement that fails on
+//! one db is applied on none.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ibex_tests::{Daemon, Setup};
+
+const DBS: [&str; 3] = ["m1", "m2", "m3"];
+
+fn converge(s: &Setup, what: &str, check: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if DBS.iter().all(|db| s.sql(db, check) == expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", DBS.map(|db| s.sql(db, check)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ibex_ddl_changes_three_masters_under_writes_and_the_running_sync_follows() {
+    let s = Arc::new(Setup::new());
+    s.cluster.create_db("m1").unwrap();
+    s.sql("m1", "CREATE TABLE acct (id int PRIMARY KEY, n int NOT NULL DEFAULT 0); INSERT INTO acct SELECT i, 0 FROM generate_series(1, 300) i");
+    s.dbs_from("m1", &DBS);
+    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source,m3:source").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+
+    // Writers on two masters, on keys of their own (101..=300), all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU32::new(0));
+    let writers: Vec<_> = [("m1", 0), ("m2", 1)]
+        .into_iter()
+        .map(|(db, parity)| {
+            let (s, stop, writes) = (s.clone(), stop.clone(), writes.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = 100 + (i % 100) * 2 + parity + 1;
+                    s.sql(db, &format!("UPDATE acct SET n = n + 1 WHERE id = {id}"));
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let added = s.ibex.run(&["ddl", "mm", "ALTER TABLE acct ADD COLUMN note text"]).ok();
+    assert!(added.stdout.contains("Changed the schema of sync mm"), "{}", added.stdout);
+    for db in DBS {
+        assert_eq!(s.sql(db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'note'"), "1");
+    }
+    // The new column's values replicate, through the daemon's running sync.
+    s.sql("m1", "UPDATE acct SET note = 'from m1' WHERE id BETWEEN 1 AND 20");
+    s.sql("m3", "UPDATE acct SET note = 'from m3' WHERE id BETWEEN 21 AND 40");
+    converge(&s, "notes replicated", "SELECT count(note) FROM acct", "40");
+
+    // A statement that fails on one db (the column exists only there) is applied on none.
+    s.sql("m3", "ALTER TABLE acct ADD COLUMN only_here int");
+    s.ibex.run(&["ddl", "mm", "ALTER TABLE acct ADD COLUMN only_here int"]).fails_with("applied on no db");
+    for db in ["m1", "m2"] {
+        assert_eq!(s.sql(db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'only_here'"), "0");
+    }
+    s.sql("m3", "ALTER TABLE acct DROP COLUMN only_here");
+
+    let dropped = s.ibex.run(&["ddl", "mm", "ALTER TABLE acct DROP COLUMN note"]).ok();
+    assert!(dropped.stdout.contains("Changed the schema"), "{}", dropped.stdout);
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let total = writes.load(Ordering::Relaxed);
+    assert!(total > 20, "the writers barely ran ({total} updates)");
+    // Every update on either master reached all three: n sums to the writes.
+    converge(&s, "every update replicated", "SELECT sum(n) FROM acct", &total.to_string());
+    s.assert_same(&DBS, &["acct"]);
+    let log = d.log();
+    assert!(log.contains("checking the tables again"), "the running sync did not notice the change:\n{log}");
+}
