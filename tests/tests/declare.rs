@@ -210,7 +210,8 @@ fn plan_shows_a_change_and_apply_makes_it() {
 
     let files = tempfile::tempdir().unwrap();
     let flatfile = format!("[db.files]\ntype = \"flatfile\"\ndir = \"{}\"\n\n", files.path().display());
-    let v2 = flatfile + &two_master_file(&s, "checktime = \"30s\"\nconflict_strategy = \"a,b\"\n", &["items"]);
+    let v2 = flatfile
+        + &two_master_file(&s, "checktime = \"30s\"\nconflict_strategy = \"a,b\"\nonetimecopy = 1\n", &["items"]);
     let second = write(dir.path(), "v2.toml", &v2);
     let plan = run(&s, &["plan"], &second).ok().stdout;
     for line in [
@@ -223,10 +224,13 @@ fn plan_shows_a_change_and_apply_makes_it() {
     ] {
         assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
     }
+    // onetimecopy asks for a copy when a sync is added; it is no change later.
+    assert!(!plan.contains("onetimecopy"), "{plan}");
     run(&s, &["apply", "--yes"], &second).ok();
     let syncs = s.ibex.run(&["list", "syncs", "--json"]).ok().json();
     assert_eq!(syncs[0]["checktime"], "30s", "{syncs}");
     assert_eq!(syncs[0]["conflict_strategy"], "a,b", "{syncs}");
+    assert_eq!(syncs[0]["onetimecopy"], 0, "{syncs}");
     let tables = s.ibex.run(&["list", "tables", "--json"]).ok().json();
     let names: Vec<&str> = tables.as_array().unwrap().iter().filter_map(|t| t["name"]["name"].as_str()).collect();
     assert_eq!(names, vec!["items"], "{tables}");

@@ -264,7 +264,12 @@ impl State {
             state.dbgroups.insert(name.clone(), members);
         }
         for (name, spec) in &config.syncs {
-            let sync = resolve_sync(name, spec, config, src, &state)?;
+            let mut sync = resolve_sync(name, spec, config, src, &state)?;
+            // onetimecopy asks for one full copy, and the run that makes it sets
+            // it back to 0: it counts when a sync is added, never as a change.
+            if let Some(old) = current.syncs.get(name) {
+                sync.record.params.onetimecopy = old.record.params.onetimecopy;
+            }
             state.syncs.insert(name.clone(), sync);
         }
         Ok(state)
