@@ -84,7 +84,16 @@ impl FromStr for OnError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_millis())
+}
+
+fn as_text<S: serde::Serializer>(v: &OnError, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Serialized as `ibex list plugins --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Manifest {
     pub kind: PluginKind,
     /// Fuel per call (about one unit per wasm instruction).
@@ -92,15 +101,18 @@ pub struct Manifest {
     /// Linear memory cap in bytes.
     pub memory: u64,
     /// Wall-clock limit per call.
+    #[serde(rename = "timeout_ms", serialize_with = "as_millis")]
     pub timeout: Duration,
     /// Dbs the plugin may read with `host.query`.
     pub grants: Vec<String>,
     /// Dbs the plugin may write with `host.execute` (in the run's transaction).
     pub write_grants: Vec<String>,
+    #[serde(serialize_with = "as_text")]
     pub on_error: OnError,
     /// `config.KEY=VALUE` pairs handed to every call.
     pub config: Vec<(String, String)>,
     /// Rows a `host.query` may return.
+    #[serde(rename = "query_rows")]
     pub query_row_cap: u64,
     /// Conflict handlers: hand each version's current row (and the base).
     /// Off for handlers that decide on change times and dbs alone: then

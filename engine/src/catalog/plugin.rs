@@ -17,53 +17,21 @@ pub struct PluginRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A plugin as `ibex list plugins` shows it: the record, its manifest's
+/// fields alongside, and the syncs that use it.
 #[derive(Debug, Serialize)]
-pub struct PluginView {
-    pub name: String,
-    pub kind: String,
-    pub sha256: String,
+pub struct PluginView<'a> {
+    pub name: &'a str,
+    pub sha256: &'a str,
     pub size: i64,
-    pub fuel: u64,
-    pub memory: u64,
-    pub timeout_ms: u128,
-    pub grants: Vec<String>,
-    pub write_grants: Vec<String>,
-    pub on_error: String,
-    pub query_rows: u64,
-    pub tables: Vec<String>,
-    pub write_tables: Vec<String>,
-    pub max_statements: u64,
-    pub log_bytes: u64,
-    pub table_elements: u64,
-    pub run_fuel: u64,
-    pub config: Vec<(String, String)>,
+    #[serde(flatten)]
+    pub manifest: &'a Manifest,
     pub used_by: Vec<String>,
 }
 
 impl PluginRecord {
-    pub fn view(&self, used_by: Vec<String>) -> PluginView {
-        let m = &self.manifest;
-        PluginView {
-            name: self.name.clone(),
-            kind: m.kind.to_string(),
-            sha256: self.sha256.clone(),
-            size: self.size,
-            fuel: m.fuel,
-            memory: m.memory,
-            timeout_ms: m.timeout.as_millis(),
-            grants: m.grants.clone(),
-            write_grants: m.write_grants.clone(),
-            on_error: m.on_error.to_string(),
-            query_rows: m.query_row_cap,
-            tables: m.tables.clone(),
-            write_tables: m.write_tables.clone(),
-            max_statements: m.max_statements,
-            log_bytes: m.log_bytes,
-            table_elements: m.table_elements,
-            run_fuel: m.run_fuel,
-            config: m.config.clone(),
-            used_by,
-        }
+    pub fn view(&self, used_by: Vec<String>) -> PluginView<'_> {
+        PluginView { name: &self.name, sha256: &self.sha256, size: self.size, manifest: &self.manifest, used_by }
     }
 
     fn from_row(row: &Row) -> Result<Self> {

@@ -132,8 +132,9 @@ fn describe_access(m: &Manifest) -> String {
 
 pub async fn list(ctx: &Context) -> Result<()> {
     let cat = ctx.catalog().await?;
+    let plugins = catalog::plugin::list(cat.client()).await?;
     let mut views = Vec::new();
-    for p in catalog::plugin::list(cat.client()).await? {
+    for p in &plugins {
         let uses = catalog::plugin::uses(cat.client(), &p.name).await?;
         views.push(p.view(uses));
     }
@@ -143,13 +144,18 @@ pub async fn list(ctx: &Context) -> Result<()> {
         &["Plugin", "Kind", "Size", "Sha256", "Limits", "Grants", "On error", "Used by"],
         |v| {
             vec![
-                v.name.clone(),
-                v.kind.clone(),
+                v.name.to_string(),
+                v.manifest.kind.to_string(),
                 format!("{} KiB", (v.size as u64).div_ceil(1024)),
                 v.sha256[..12].to_string(),
-                format!("{} MiB / {} ms / {} fuel", v.memory / (1024 * 1024), v.timeout_ms, v.fuel),
-                v.grants.join(","),
-                v.on_error.clone(),
+                format!(
+                    "{} MiB / {} ms / {} fuel",
+                    v.manifest.memory / (1024 * 1024),
+                    v.manifest.timeout.as_millis(),
+                    v.manifest.fuel
+                ),
+                v.manifest.grants.join(","),
+                v.manifest.on_error.to_string(),
                 v.used_by.join("; "),
             ]
         },
