@@ -1,0 +1,78 @@
+//! Bulk one-way apply against the raw pipe, and each engine's peak RSS.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Bench, bucardo_dbs, check_same, ibex_dbs, last_ibex_run, raw_pipe, scale_for};
+use crate::bucardo::RssSampler;
+use crate::measure::run_measured;
+use crate::report::{Better, Figure, Goal, Measure};
+
+/// Scenarios 2 and 7: one-way apply of `rows` changed rows: rows/s against the raw
+/// pipe, and each engine's peak RSS, again at `rss_rows`.
+pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
+    for (id, size) in [("memory_rows", rows), ("memory_rss_rows", rss_rows)] {
+        eprintln!("== bulk one-way: {size} changed rows");
+        let s = bench.setup()?;
+        s.cluster.create_pgbench_db("tmpl", scale_for(size))?;
+        // ibex
+        ibex_dbs(&s, "tmpl", &["isrc", "idst"]);
+        s.ibex.sh("add table pgbench_accounts db=isrc herd=h").ok();
+        s.ibex.sh("add sync bulk herd=h dbs=isrc:source,idst:target autokick=false").ok();
+        s.sql("isrc", &format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {size}"));
+        s.sql("isrc", "VACUUM ANALYZE");
+        s.sql("idst", "VACUUM ANALYZE");
+        let cost = run_measured(s.ibex.command(&["sync", "run", "bulk"]))?;
+        let ibex_secs = last_ibex_run(&s)?;
+        check_same(&s, "ibex", &["isrc", "idst"], &["pgbench_accounts"])?;
+        bench.profile(&s, "bulk", &format!("{size} changed rows"), "bulk")?;
+        // Bucardo
+        let b = bench.bucardo(&s)?;
+        bucardo_dbs(&s, &b, "tmpl", &["bsrc", "bdst"])?;
+        b.cmd(&["add", "table", "pgbench_accounts", "db=bsrc", "relgroup=h"])?;
+        b.cmd(&["add", "sync", "bulk", "relgroup=h", "dbs=bsrc:source,bdst:target", "autokick=0"])?;
+        s.sql("bsrc", &format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {size}"));
+        s.sql("bsrc", "VACUUM ANALYZE");
+        s.sql("bdst", "VACUUM ANALYZE");
+        b.start()?;
+        let sampler = RssSampler::start(b.home());
+        let bucardo_time = b.kick_and_wait(&s.cluster, "bulk", Duration::from_secs(3600))?;
+        let (bucardo_rss, processes) = sampler.finish();
+        eprintln!("  Bucardo: up to {processes} processes in one RSS sample");
+        b.stop();
+        if bucardo_time.is_some() {
+            check_same(&s, "Bucardo", &["bsrc", "bdst"], &["pgbench_accounts"])?;
+        }
+        let unfinished = "its run did not end in 60 min";
+        if id == "memory_rows" {
+            s.sql("idst", "CREATE TABLE raw_copy (LIKE pgbench_accounts INCLUDING ALL)");
+            let raw = raw_pipe(
+                &s.cluster,
+                "isrc",
+                &format!("COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)"),
+                "idst",
+                "COPY raw_copy FROM STDIN WITH (FORMAT binary)",
+            )?;
+            bench.add(
+                Measure::new("bulk", "bulk one-way", format!("{size} changed rows applied"), "rows/s", Better::Higher)
+                    .ibex(Figure::of(size as f64 / ibex_secs))
+                    .bucardo(Figure::or_missing(bucardo_time.map(|d| size as f64 / d.as_secs_f64()), unfinished))
+                    .reference(Figure::of(size as f64 / raw.as_secs_f64()), "raw COPY pipe")
+                    .goal(Goal::ReferenceAtLeast(0.5), ">= 0.5 of the raw pipe"),
+            );
+        }
+        let bucardo_mib = bucardo_rss as f64 / 1024.0;
+        bench.add(
+            Measure::new(id, "memory", format!("peak RSS, {size} changed rows"), "MiB", Better::Lower)
+                .ibex(Figure::of(cost.peak_rss_kib as f64 / 1024.0))
+                .bucardo(match bucardo_time {
+                    Some(_) => Figure::of(bucardo_mib),
+                    None => Figure::missing(format!("{unfinished} (peak until then {bucardo_mib:.0} MiB)")),
+                })
+                .reference(Figure::missing("no raw reference: the goal is absolute"), "")
+                .goal(Goal::Below(128.0), "< 128 MiB, flat"),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! What capture costs the application: a bulk UPDATE and pgbench TPS.
+
+use anyhow::{Context, Result};
+
+use super::{Bench, bucardo_dbs, scale_for};
+use crate::measure::{percentile, timed};
+use crate::report::{Better, Figure, Goal, Measure};
+
+/// Scenario 3: What capture costs the application: a bulk UPDATE and pgbench TPS,
+/// with each engine's triggers, against the same without any.
+pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
+    eprintln!("== capture cost: UPDATE of {rows} rows, pgbench TPS");
+    let s = bench.setup()?;
+    s.cluster.create_pgbench_db("bare", scale_for(rows))?;
+    s.dbs_from("bare", &["ib", "ib_sink"]);
+    s.ibex.sh("add all tables db=ib herd=h");
+    s.ibex.sh("add sync cap herd=h dbs=ib:source,ib_sink:target").ok();
+    let b = bench.bucardo(&s)?;
+    bucardo_dbs(&s, &b, "bare", &["bu", "bu_sink"])?;
+    b.cmd(&["add", "table", "pgbench_accounts", "pgbench_branches", "pgbench_tellers", "db=bu", "relgroup=h"])?;
+    b.cmd(&["add", "sync", "cap", "relgroup=h", "dbs=bu:source,bu_sink:target"])?;
+    let update = format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {rows}");
+    let empty_deltas = |db: &str| -> Result<()> {
+        s.cluster.psql(
+            db,
+            "DO $$ DECLARE t text; BEGIN
+               FOR t IN SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+                         WHERE (schemaname = 'ibex' AND tablename LIKE 'delta%')
+                            OR (schemaname = 'bucardo' AND (tablename LIKE 'delta%' OR tablename LIKE 'track%')) LOOP
+                 EXECUTE 'TRUNCATE ' || t;
+               END LOOP; END $$",
+        )?;
+        Ok(())
+    };
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..3 {
+        for (i, db) in ["bare", "ib", "bu"].into_iter().enumerate() {
+            empty_deltas(db)?;
+            s.sql(db, "VACUUM ANALYZE pgbench_accounts");
+            let (_, t) = timed(|| Ok(s.sql(db, &update)))?;
+            times[i].push(t.as_secs_f64());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let [bare, ib, bu] = times;
+    let no_median = "no timing";
+    bench.add(
+        Measure::new(
+            "capture_update",
+            "capture cost",
+            format!("UPDATE of {rows} rows (median of 3)"),
+            "s",
+            Better::Lower,
+        )
+        .ibex(Figure::or_missing(median(ib), no_median))
+        .bucardo(Figure::or_missing(median(bu), no_median))
+        .reference(Figure::or_missing(median(bare), no_median), "no triggers")
+        .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
+    );
+    let tps = |db: &str| -> Result<f64> {
+        empty_deltas(db)?;
+        let out = s.cluster.pgbench(db, &["-n", "-c", "2", "-j", "2", "-T", "20"])?;
+        out.lines()
+            .find(|l| l.starts_with("tps"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .context("no tps in pgbench output")
+    };
+    let (bare_tps, ib_tps, bu_tps) = (tps("bare")?, tps("ib")?, tps("bu")?);
+    bench.add(
+        Measure::new("capture_tps", "capture cost", "pgbench TPS (-c 2 -j 2 -T 20)", "tps", Better::Higher)
+            .ibex(Figure::of(ib_tps))
+            .bucardo(Figure::of(bu_tps))
+            .reference(Figure::of(bare_tps), "no triggers")
+            .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of no triggers"),
+    );
+    Ok(())
+}
