@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod ibex;
 pub mod load;
+pub mod mariadb;
 pub mod plugins;
 pub mod proxy;
 pub mod setup;

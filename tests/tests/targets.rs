@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use ibex_tests::Setup;
+use ibex_tests::mariadb::MariaDb;
 use rusqlite::types::ValueRef;
 
 /// Tables of the scenarios: a plain one and one with many types. `gen` is
@@ -272,7 +273,7 @@ fn flatfile_mysql_dialect_writes_mysql_sql() {
     let first = std::fs::read_to_string(&files[0]).unwrap();
     for needle in [
         "SET time_zone = '+00:00';",
-        "CREATE TABLE IF NOT EXISTS `prices` (`id` INT NOT NULL, `name` LONGTEXT, `price` DECIMAL(8,2), `ok` BOOLEAN, `b` LONGBLOB, `at` DATETIME(6), `day` DATE, `doc` JSON, PRIMARY KEY (`id`));",
+        "CREATE TABLE IF NOT EXISTS `prices` (`id` INT NOT NULL, `name` LONGTEXT, `price` DECIMAL(8,2), `ok` BOOLEAN, `b` LONGBLOB, `at` DATETIME(6), `day` DATE, `doc` JSON, PRIMARY KEY (`id`)) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;",
         "START TRANSACTION;",
         "DELETE FROM `prices`;",
         "INSERT INTO `prices` (`id`, `name`, `price`, `ok`, `b`, `at`, `day`, `doc`) VALUES\n(1, 'it''s a \\\\ back`slash', 1.50, TRUE, X'deadbeef', '2024-05-06 05:08:09.5', '2024-01-31', '{\"k\": 1}');",
@@ -353,4 +354,84 @@ fn two_masters_feed_one_sqlite_target() {
     let columns = "id, name, qty, price";
     assert_eq!(pg_rows(&s, "m1", "items", columns), sqlite_rows(&file, "items", columns));
     assert_eq!(s.sql("m1", "SELECT name FROM items WHERE id = 5"), "from m2");
+}
+
+/// Each row of `money` as one line, rendered alike by PostgreSQL and MariaDB.
+fn money_lines_pg(s: &Setup, db: &str) -> String {
+    s.sql(
+        db,
+        "SELECT concat_ws('|', id, coalesce(md5(name), 'NULL'), coalesce(vc, 'NULL'), coalesce(rtrim(ch), 'NULL'),
+                coalesce(i2::text, 'NULL'), coalesce(i8::text, 'NULL'), coalesce(f8::text, 'NULL'), coalesce(num::text, 'NULL'),
+                coalesce(ok::int::text, 'NULL'), coalesce(upper(encode(b, 'hex')), 'NULL'),
+                coalesce(to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), 'NULL'),
+                coalesce(to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US'), 'NULL'), coalesce(day::text, 'NULL'),
+                coalesce(to_char('2000-01-01'::date + tm, 'HH24:MI:SS.US'), 'NULL'), coalesce(u::text, 'NULL'),
+                coalesce(doc::text, 'NULL'), coalesce(ip::text, 'NULL'))
+           FROM money ORDER BY id",
+    )
+}
+
+fn money_lines_mariadb(m: &MariaDb, db: &str) -> String {
+    m.sql(
+        db,
+        "SELECT concat_ws('|', `id`, coalesce(md5(`name`), 'NULL'), coalesce(`vc`, 'NULL'), coalesce(`ch`, 'NULL'),
+                coalesce(`i2`, 'NULL'), coalesce(`i8`, 'NULL'), coalesce(`f8`, 'NULL'), coalesce(`num`, 'NULL'),
+                coalesce(`ok`, 'NULL'), coalesce(hex(`b`), 'NULL'), coalesce(`at`, 'NULL'), coalesce(`ts`, 'NULL'),
+                coalesce(`day`, 'NULL'), coalesce(`tm`, 'NULL'), coalesce(`u`, 'NULL'), coalesce(`doc`, 'NULL'),
+                coalesce(`ip`, 'NULL'))
+           FROM `money` ORDER BY `id`",
+    )
+    .unwrap()
+}
+
+#[test]
+fn flatfile_mysql_dialect_replays_into_mariadb() {
+    let maria = MariaDb::start().unwrap();
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        r#"
+        CREATE TABLE money (id int PRIMARY KEY, name text, vc varchar(20), ch char(3), i2 int2, i8 int8, f8 float8,
+            num numeric(12,3), ok boolean, b bytea, at timestamptz, ts timestamp, day date, tm time, u uuid, doc jsonb, ip inet);
+        CREATE TABLE tags (name text, n int, note text, PRIMARY KEY (name, n));
+        INSERT INTO money VALUES
+          (1, 'ünïcødé ☃', E'it''s \\ `q`', 'ab', -32768, -9223372036854775808, 2.25, 1.5, true, '\x00ff10',
+           '2024-05-06 07:08:09.5+02', '1999-12-31 23:59:59.123456', '2024-02-29', '23:59:59.5',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2.5, null], "s": "x\"y"}', '10.1.2.3/8'),
+          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, '\x', NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+        INSERT INTO money (id, name, num) SELECT i, repeat('row ', i), i / 7.0 FROM generate_series(3, 300) i;
+        INSERT INTO tags SELECT 'tag ' || (i % 5), i, 'note ' || i FROM generate_series(1, 20) i;
+        "#,
+    );
+    s.add_db("src", "src").ok();
+    s.ibex.sh("add table money tags db=src herd=h").ok();
+    let dir = tempfile::tempdir().unwrap();
+    s.ibex.run(&["add", "db", "my", "type=flatfile", &format!("dir={}", dir.path().display()), "dialect=mysql"]).ok();
+    s.ibex.sh("add sync tomy herd=h dbs=src:source,my:target onetimecopy=1").ok();
+    assert_eq!(s.run("tomy")["run"]["state"], "good");
+    s.sql(
+        "src",
+        r#"UPDATE money SET name = name || ' changed', ok = NOT ok, f8 = 0.5 WHERE id % 10 = 1;
+           DELETE FROM money WHERE id IN (2, 50, 51);
+           UPDATE money SET id = 1000 WHERE id = 3;
+           INSERT INTO money (id, name, b) VALUES (2000, E'new\nline\ttab \\ end', '\x0a0d');
+           UPDATE tags SET name = 'renamed' WHERE n = 4;
+           DELETE FROM tags WHERE n = 5;"#,
+    );
+    assert_eq!(s.run("tomy")["run"]["state"], "good");
+    s.sql("src", "TRUNCATE tags; INSERT INTO tags VALUES ('after', 1, NULL)");
+    assert_eq!(s.run("tomy")["run"]["state"], "good");
+    maria.sql("mysql", "CREATE DATABASE replay").unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 3);
+    for file in &files {
+        maria.run_file("replay", file).unwrap();
+    }
+    let want = money_lines_pg(&s, "src");
+    assert_eq!(want.lines().count(), 298);
+    assert_eq!(money_lines_mariadb(&maria, "replay"), want);
+    let tags = "SELECT concat_ws('|', name, n, coalesce(note, 'NULL')) FROM tags ORDER BY name, n";
+    assert_eq!(maria.sql("replay", tags).unwrap(), s.sql("src", tags));
 }

@@ -123,9 +123,10 @@ impl FlatfileWriter {
             let is_key = table.key.contains(&i);
             let type_sql = match self.dialect {
                 Dialect::Postgres => c.type_sql.clone(),
-                // MySQL keys cannot be unbounded text.
+                // MySQL keys cannot be unbounded text; 255 characters leave room for
+                // three such columns in InnoDB's 3072-byte keys.
                 Dialect::Mysql if is_key && matches!(c.kind, Kind::Text | Kind::Varchar(None) | Kind::Json) => {
-                    "VARCHAR(768)".into()
+                    "VARCHAR(255)".into()
                 }
                 Dialect::Mysql => c
                     .kind
@@ -142,6 +143,11 @@ impl FlatfileWriter {
             sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(&table.name.schema)));
         }
         sql.push_str(&format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table_name(table), defs.join(", ")));
+        if self.dialect == Dialect::Mysql {
+            // Any text, compared byte for byte as PostgreSQL compares keys
+            // (the server's default may be latin1, case-insensitive).
+            sql.push_str(" DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin");
+        }
         Ok(sql)
     }
 
