@@ -349,6 +349,15 @@ fn plugins_and_their_attachments_dump_and_build_another_catalog() {
     let rebuilt = other.sh("dump").ok().stdout;
     let expected = dumped.replace("dbname = \"a\"", "dbname = \"c\"").replace("dbname = \"b\"", "dbname = \"d\"");
     assert_eq!(rebuilt, expected, "the rebuilt catalog dumps differently");
+    // A manifest change: the plan names the field, apply makes it.
+    assert!(text.contains("timeout = \"2s\""), "{text}");
+    let longer = write(dir.path(), "longer.toml", &text.replacen("timeout = \"2s\"", "timeout = \"5s\"", 1));
+    let plan = other.run(&["plan", longer.to_str().unwrap()]).ok().stdout;
+    assert!(plan.contains("~ plugin mask") && plan.contains("timeout: 2s → 5s"), "{plan}");
+    other.run(&["apply", longer.to_str().unwrap(), "--yes"]).ok();
+    let plugins = other.run(&["list", "plugins", "--json"]).ok().json();
+    let mask_view = plugins.as_array().unwrap().iter().find(|p| p["name"] == "mask").expect("plugin mask");
+    assert_eq!(mask_view["timeout_ms"], 5000, "{plugins}");
     // A component that is not the one the file names is refused.
     let wrong = write(dir.path(), "wrong.toml", &text.replacen(&path(&mask), &path(&merge), 1));
     let third = ibex_tests::Ibex::new(s.cluster.dsn("ibex3")).unwrap();
