@@ -87,3 +87,49 @@ fn ibex_ddl_changes_three_masters_under_writes_and_the_running_sync_follows() {
     let log = d.log();
     assert!(log.contains("checking the tables again"), "the running sync did not notice the change:\n{log}");
 }
+
+/// `ddl=addcol`: a column added on the source by hand (outside ibex) while
+/// the daemon runs the sync is added on the target, with its type,
+/// default and NOT NULL, before rows with it are applied; with the default
+/// `ddl=fail` the same change stops the run, naming table, db and column.
+#[test]
+fn addcol_follows_a_column_added_on_the_source_and_fail_names_it() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", "CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct SELECT i, i FROM generate_series(1, 50) i");
+    s.dbs_from("src", &["src", "dst", "other"]);
+    s.ibex.sh("add table acct db=src herd=h").ok();
+    s.ibex.sh("add sync follow herd=h dbs=src:source,dst:target ddl=addcol").ok();
+    s.ibex.sh("add sync strict herd=h dbs=src:source,other:target").ok();
+    s.ibex.sh("deactivate strict").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("src", "UPDATE acct SET n = n + 1 WHERE id <= 5");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.sql("dst", "SELECT sum(n) FROM acct") != s.sql("src", "SELECT sum(n) FROM acct") {
+        assert!(Instant::now() < deadline, "the first changes never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    s.sql("src", "ALTER TABLE acct ADD COLUMN note varchar(20) COLLATE \"C\" NOT NULL DEFAULT 'none'");
+    s.sql("src", "UPDATE acct SET note = 'set on src' WHERE id <= 10");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.sql("dst", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'note'") != "1"
+        || s.sql("dst", "SELECT count(*) FROM acct WHERE note = 'set on src'") != "10"
+    {
+        assert!(Instant::now() < deadline, "addcol did not bring the column and its values:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        s.sql("dst", "SELECT format_type(atttypid, atttypmod) || ' ' || attnotnull || ' ' || pg_get_expr(adbin, adrelid) FROM pg_attribute JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum WHERE attrelid = 'acct'::regclass AND attname = 'note'"),
+        "character varying(20) true 'none'::character varying"
+    );
+    s.assert_same(&["src", "dst"], &["acct"]);
+    assert!(d.log().contains("ddl=addcol: added a column"), "{}", d.log());
+
+    // The strict sync (ddl=fail) refuses to run, naming what differs.
+    let failed = s.ibex.run(&["sync", "run", "strict"]);
+    assert!(!failed.success());
+    let said = format!("{}{}", failed.stdout, failed.stderr);
+    assert!(said.contains("table public.acct on db other lacks column note"), "{said}");
+}

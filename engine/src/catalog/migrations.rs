@@ -217,7 +217,7 @@ COMMENT ON COLUMN ibex.db.target IS 'Null for PostgreSQL (conn says where); else
     },
     Migration {
         version: 7,
-        description: "several daemons per catalog, each sync leased by one",
+        description: "several daemons per catalog, each sync leased by one; a sync's ddl policy",
         sql: r#"
 DROP TABLE ibex.daemon;
 CREATE TABLE ibex.daemon (
@@ -237,6 +237,7 @@ CREATE TABLE ibex.lease (
     expires_at  timestamptz NOT NULL DEFAULT now(),
     taken_at    timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE ibex.sync ADD COLUMN ddl text NOT NULL DEFAULT 'fail' CHECK (ddl IN ('fail', 'addcol'));
 COMMENT ON TABLE ibex.lease IS 'Which daemon runs each sync, until expires_at (renewed by the holder); token grows at every takeover and fences older holders out on the dbs';
 "#,
     },

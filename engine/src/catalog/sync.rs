@@ -136,6 +136,41 @@ impl FromStr for IsolationLevel {
     }
 }
 
+/// What a run does when a table's columns differ between dbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DdlPolicy {
+    /// The run fails, naming the table, db and column.
+    #[default]
+    Fail,
+    /// A column a source has and another db lacks is added there (same
+    /// type, collation, default, NOT NULL) before rows with it are
+    /// applied; any other difference fails the run.
+    Addcol,
+}
+
+impl DdlPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DdlPolicy::Fail => "fail",
+            DdlPolicy::Addcol => "addcol",
+        }
+    }
+}
+
+impl FromStr for DdlPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fail" => Ok(DdlPolicy::Fail),
+            "addcol" => Ok(DdlPolicy::Addcol),
+            other => Err(Error::usage(format!(
+                "bad ddl {other:?}: use fail (a run stops on a schema difference) or addcol (columns a source gained are added on the other dbs)"
+            ))),
+        }
+    }
+}
+
 /// The parameters of a sync that `add sync` and `update sync` set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncParams {
@@ -149,6 +184,7 @@ pub struct SyncParams {
     pub isolation_level: IsolationLevel,
     /// Rows this sync applies are captured where other syncs read them.
     pub makedelta: bool,
+    pub ddl: DdlPolicy,
 }
 
 impl Default for SyncParams {
@@ -163,6 +199,7 @@ impl Default for SyncParams {
             lock_timeout: None,
             isolation_level: IsolationLevel::RepeatableRead,
             makedelta: false,
+            ddl: DdlPolicy::Fail,
         }
     }
 }
@@ -178,6 +215,7 @@ impl SyncParams {
         "lock_timeout",
         "isolation_level",
         "makedelta",
+        "ddl",
     ];
 
     /// Sets one parameter from its text form; `key` must be one of `KEYS`.
@@ -210,6 +248,7 @@ impl SyncParams {
             "lock_timeout" => self.lock_timeout = parse_duration(key, value)?,
             "isolation_level" => self.isolation_level = value.parse()?,
             "makedelta" => self.makedelta = parse_bool(key, value)?,
+            "ddl" => self.ddl = value.parse()?,
             other => {
                 return Err(Error::usage(format!(
                     "unknown sync parameter {other:?}: use one of {}",
@@ -281,6 +320,7 @@ pub struct SyncView {
     pub lock_timeout: String,
     pub isolation_level: IsolationLevel,
     pub makedelta: bool,
+    pub ddl: DdlPolicy,
 }
 
 impl SyncRecord {
@@ -300,6 +340,7 @@ impl SyncRecord {
             lock_timeout: format_duration(p.lock_timeout),
             isolation_level: p.isolation_level,
             makedelta: p.makedelta,
+            ddl: p.ddl,
         }
     }
 
@@ -322,6 +363,7 @@ impl SyncRecord {
                 lock_timeout: ms("lock_timeout_ms"),
                 isolation_level: row.get::<_, String>("isolation_level").parse()?,
                 makedelta: row.get("makedelta"),
+                ddl: row.get::<_, String>("ddl").parse()?,
             },
             name,
         })
@@ -329,7 +371,7 @@ impl SyncRecord {
 }
 
 const SELECT: &str = "SELECT name, herd, dbgroup, status, conflict_strategy, autokick, checktime_ms, onetimecopy,
-        kidsalive, lock_timeout_ms, isolation_level, makedelta FROM ibex.sync";
+        kidsalive, lock_timeout_ms, isolation_level, makedelta, ddl FROM ibex.sync";
 
 fn millis(d: Option<Duration>) -> Option<i64> {
     d.map(|d| d.as_millis().min(i64::MAX as u128) as i64)
@@ -360,7 +402,7 @@ pub async fn update(c: &impl GenericClient, sync: &SyncRecord) -> Result<()> {
     c.execute(
         "UPDATE ibex.sync SET herd = $2, dbgroup = $3, status = $4, conflict_strategy = $5, autokick = $6,
                 checktime_ms = $7, onetimecopy = $8, kidsalive = $9, lock_timeout_ms = $10,
-                isolation_level = $11, makedelta = $12, updated_at = now()
+                isolation_level = $11, makedelta = $12, ddl = $13, updated_at = now()
           WHERE name = $1",
         &[
             &sync.name,
@@ -375,6 +417,7 @@ pub async fn update(c: &impl GenericClient, sync: &SyncRecord) -> Result<()> {
             &millis(p.lock_timeout),
             &p.isolation_level.as_sql(),
             &p.makedelta,
+            &p.ddl.as_str(),
         ],
     )
     .await

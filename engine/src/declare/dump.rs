@@ -125,6 +125,7 @@ pub fn to_config(state: &State) -> Config {
             lock_timeout: Some(format_duration(p.lock_timeout)),
             isolation_level: Some(p.isolation_level.as_sql().to_string()),
             makedelta: Some(p.makedelta),
+            ddl: Some(p.ddl.as_str().to_string()),
             transform: s
                 .uses
                 .iter()

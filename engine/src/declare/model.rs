@@ -180,6 +180,8 @@ pub struct SyncSpec {
     pub isolation_level: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub makedelta: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<String>,
     /// Row transforms attached to the sync (`ibex add transform`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transform: Vec<TransformSpec>,

@@ -271,6 +271,7 @@ fn sync_fields(s: &SyncState) -> Vec<(&'static str, String)> {
         ("lock_timeout", format_duration(p.lock_timeout)),
         ("isolation_level", p.isolation_level.as_sql().to_string()),
         ("makedelta", p.makedelta.to_string()),
+        ("ddl", p.ddl.as_str().to_string()),
         ("transforms", uses("transform")),
         ("hooks", uses("hook")),
     ]

@@ -511,6 +511,7 @@ fn resolve_sync(
         ("lock_timeout", s.lock_timeout.clone()),
         ("isolation_level", s.isolation_level.clone()),
         ("makedelta", s.makedelta.map(|b| b.to_string())),
+        ("ddl", s.ddl.clone()),
     ];
     for (key, value) in texts {
         if let Some(value) = value {

@@ -213,6 +213,32 @@ pub fn shape_query(tables: &[QualifiedName]) -> String {
     )
 }
 
+/// How to add `column` of `table` elsewhere, as this db has it: its type,
+/// collation (when not the type's), default or generation expression, and
+/// NOT NULL. None if the column does not exist.
+pub async fn column_definition(c: &impl GenericClient, table: &QualifiedName, column: &str) -> Result<Option<String>> {
+    let row = c
+        .query_opt(
+            "SELECT format_type(a.atttypid, a.atttypmod)
+                    || CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
+                            THEN ' COLLATE ' || quote_ident(n.nspname) || '.' || quote_ident(co.collname) ELSE '' END
+                    || CASE WHEN coalesce(to_jsonb(a) ->> 'attgenerated', '') = 's'
+                            THEN ' GENERATED ALWAYS AS (' || pg_get_expr(d.adbin, d.adrelid) || ') STORED'
+                            ELSE coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '') END
+                    || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+               FROM pg_attribute a
+               JOIN pg_type t ON t.oid = a.atttypid
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+               LEFT JOIN pg_collation co ON co.oid = a.attcollation
+               LEFT JOIN pg_namespace n ON n.oid = co.collnamespace
+              WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.quoted(), &column],
+        )
+        .await
+        .ctx(|| format!("reading the definition of {table}.{column}"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// The columns of `table` in attribute order, or None if it does not exist.
 pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Option<Vec<LiveColumn>>> {
     let rows = c

@@ -9,6 +9,7 @@
 //! `introspect::shape_query`).
 
 use futures_util::future::try_join_all;
+use tokio_postgres::Client;
 
 use super::plan::{Plan, PlanDb};
 use super::setup;
@@ -117,6 +118,53 @@ async fn change(plan: &Plan, statement: &str, lock_timeout_ms: u64) -> Result<Ve
         committed.push(db.name.clone());
     }
     Ok(committed)
+}
+
+/// The `ddl=addcol` policy: every column a source has and another db of
+/// the sync lacks is added there, defined as on that source. Returns one
+/// line per column added (empty when there was nothing to add). Other
+/// differences are left for the table check to report.
+pub async fn add_missing_columns(plan: &Plan, clients: &[&Client]) -> Result<Vec<String>> {
+    let mut added = Vec::new();
+    for table in &plan.tables {
+        let mut present = Vec::with_capacity(clients.len());
+        for client in clients {
+            present.push(pg::introspect::columns(*client, &table.name).await?);
+        }
+        for (s, source) in plan.dbs.iter().enumerate().filter(|(_, d)| d.role == Role::Source) {
+            let Some(source_columns) = &present[s] else { continue };
+            for column in source_columns {
+                for (t, db) in plan.dbs.iter().enumerate() {
+                    let Some(columns) = &present[t] else { continue };
+                    if t == s || columns.iter().any(|c| c.name == column.name) {
+                        continue;
+                    }
+                    if added.iter().any(|(tt, name): &(usize, String)| *tt == t && *name == column.name) {
+                        continue;
+                    }
+                    let Some(definition) = pg::introspect::column_definition(clients[s], &table.name, &column.name).await?
+                    else {
+                        continue;
+                    };
+                    let sql = format!(
+                        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {definition}",
+                        table.name.quoted(),
+                        pg::quote_ident(&column.name)
+                    );
+                    clients[t].batch_execute(&sql).await.map_err(|err| Error::Postgres {
+                        context: format!(
+                            "ddl=addcol: adding column {}.{} ({definition}) on db {} as on db {}",
+                            table.name, column.name, db.name, source.name
+                        ),
+                        source: err,
+                    })?;
+                    tracing::warn!(sync = %plan.sync.name, table = %table.name, column = %column.name, db = %db.name, from = %source.name, definition = %definition, "ddl=addcol: added a column a source has");
+                    added.push((t, column.name.clone()));
+                }
+            }
+        }
+    }
+    Ok(added.into_iter().map(|(t, c)| format!("added column {c} on db {}", plan.dbs[t].name)).collect())
 }
 
 #[cfg(test)]
