@@ -97,6 +97,9 @@ pub fn table(results: &Results, source: &Path) -> String {
     if !p.full_scale {
         out.push_str("**Small-scale run: not the scales the goals are stated for.**\n\n");
     }
+    if p.ibex.contains("/debug/") {
+        out.push_str("**Debug build of ibex: build with `--release` for figures to publish.**\n\n");
+    }
     let settings: Vec<String> = p.postgres_settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     out.push_str(&format!(
         "From [`{}`]({}): `{}`, started {} on commit `{}`{}; {} cores ({}), {} GiB RAM; PostgreSQL {} ({}); {}; ibex {}.\n\n",
@@ -250,7 +253,7 @@ mod tests {
         assert!(table.contains("5. At fault: Bucardo \\| its kid died"), "{table}");
         assert!(table.contains("scenario plugin failed: boom"), "{table}");
         assert!(table.contains("scenario tutorial was not run for this file"), "{table}");
-        assert!(!table.contains("Small-scale"), "{table}");
+        assert!(!table.contains("Small-scale") && !table.contains("Debug build"), "{table}");
     }
 
     #[test]
