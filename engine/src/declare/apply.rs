@@ -61,7 +61,7 @@ pub async fn apply(tx: &Transaction<'_>, plan: &Plan, current: &State, desired: 
             && old.target != db.target
         {
             return Err(Error::Refused(format!(
-                "db {}: its type or where its rows go cannot change in place: take it out of the file (and out of its dbgroups), apply, then add it back",
+                "db {}: a db's type, and a foreign db's settings, cannot change in place (`ibex update db` changes only a foreign db's status): take it out of the file (and out of its dbgroups), apply, then add it back",
                 step.name
             )));
         }

@@ -44,6 +44,7 @@ pub fn to_config(state: &State) -> Config {
             path: None,
             dir: None,
             dialect: None,
+            socket: None,
             dbname: (!c.dbname.is_empty()).then(|| c.dbname.clone()),
             host: c.host.clone(),
             port,
@@ -161,6 +162,14 @@ fn foreign_spec(target: &TargetSpec, status: &str) -> DbSpec {
             spec.dir = Some(dir.display().to_string());
             spec.dialect = Some(dialect.as_str().to_string());
         }
+        // The password stays in the catalog, as for PostgreSQL dbs.
+        TargetSpec::Mariadb(m) => {
+            spec.dbname = Some(m.dbname.clone());
+            spec.user = Some(m.user.clone());
+            spec.host = m.host.clone();
+            spec.port = m.port.map(PortSpec::One);
+            spec.socket = m.socket.as_ref().map(|s| s.display().to_string());
+        }
     }
     spec
 }
@@ -174,7 +183,7 @@ pub fn to_toml(state: &State) -> Result<String> {
         out.push_str(line);
         out.push('\n');
         if let Some(name) = header_name(line, "db")
-            && state.dbs.get(&name).is_some_and(|d| d.conn.password.is_some())
+            && state.dbs.get(&name).is_some_and(has_password)
         {
             out.push_str(
                 "# A password is stored in the catalog; it is not written here and apply keeps it.\n\
@@ -189,6 +198,13 @@ pub fn to_toml(state: &State) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+fn has_password(db: &super::state::DbState) -> bool {
+    match &db.target {
+        Some(TargetSpec::Mariadb(m)) => m.password.is_some(),
+        _ => db.conn.password.is_some(),
+    }
 }
 
 /// The NAME of a `[section.NAME]` header line, quoted or not.

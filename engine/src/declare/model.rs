@@ -72,7 +72,8 @@ pub enum PortSpec {
 #[serde(deny_unknown_fields)]
 pub struct DbSpec {
     /// postgres (the default), or a target that is not PostgreSQL: sqlite
-    /// (with `path`) or flatfile (with `dir` and `dialect`).
+    /// (with `path`), flatfile (with `dir` and `dialect`) or mariadb (with
+    /// `dbname`, `user`, `host`/`port` or `socket`, `password_env`).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub db_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +82,9 @@ pub struct DbSpec {
     pub dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dialect: Option<String>,
+    /// A MariaDB server's unix socket (type = "mariadb").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

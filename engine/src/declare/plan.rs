@@ -223,6 +223,11 @@ fn db_changes(c: &DbState, d: &DbState) -> Vec<FieldChange> {
         .filter(|k| old.get(*k) != new.get(*k))
         .map(|k| change(k, old.get(k).unwrap_or(&unset), new.get(k).unwrap_or(&unset)))
         .collect();
+    if c.target != d.target && changes.is_empty() {
+        // Only what the listing hides changed: a foreign target's password.
+        let new = d.password_env.as_ref().map_or("(set)".to_string(), |v| format!("(from ${v})"));
+        changes.push(change("password", "(stored)", &new));
+    }
     if c.conn.password != d.conn.password {
         let new = match (&d.conn.password, &d.password_env) {
             (None, _) => "(none)".to_string(),

@@ -320,11 +320,16 @@ fn resolve_db(
     src: &Source,
 ) -> Result<DbState> {
     let spec = spanned.get_ref();
-    if let Some(target) = foreign_target(spec).map_err(|e| src.error(spanned.span(), format!("db {name}: {e}")))? {
+    let at = |e: Error| match e {
+        Error::Usage(m) if m.starts_with(&src.path.display().to_string()) => Error::Usage(m),
+        other => src.error(spanned.span(), format!("db {name}: {other}")),
+    };
+    if let Some(target) = foreign_target(name, spanned, current, src).map_err(at)? {
         // As `ibex add db type=...` keeps it: the connection only names it.
         let conn = ConnInfo { dbname: target.describe(), ..ConnInfo::default() };
         let status = spec.status.clone().unwrap_or_else(|| "active".into());
-        return Ok(DbState { conn, status, password_env: None, target: Some(target) });
+        let password_env = spec.password_env.as_ref().map(|v| v.get_ref().clone());
+        return Ok(DbState { conn, status, password_env, target: Some(target) });
     }
     if spec.path.is_some() || spec.dir.is_some() || spec.dialect.is_some() {
         return Err(src.error(
@@ -365,24 +370,22 @@ fn resolve_db(
     }
     let password_env = spec.password_env.as_ref().map(|v| v.get_ref().clone());
     conn.password = match &spec.password_env {
-        Some(var) => Some(std::env::var(var.get_ref()).map_err(|_| {
-            src.error(
-                var.span(),
-                format!(
-                    "db {name}: password_env names ${}, which is not set: export it, or leave password_env out to keep the stored password (.pgpass works too)",
-                    var.get_ref()
-                ),
-            )
-        })?),
+        Some(var) => Some(env_password(name, var, src)?),
         // Left out: the stored password (if any) stays.
         None => current.and_then(|c| c.conn.password.clone()),
     };
     Ok(DbState { conn, status: spec.status.clone().unwrap_or_else(|| "active".into()), password_env, target: None })
 }
 
-/// `type = "sqlite"` / `"flatfile"`: a target that is not PostgreSQL, with
-/// the keys `ibex add db type=...` takes and nothing else.
-fn foreign_target(spec: &super::model::DbSpec) -> Result<Option<TargetSpec>> {
+/// `type = "sqlite"`, `"flatfile"` or `"mariadb"`: a target that is not
+/// PostgreSQL, with the keys `ibex add db type=...` takes and nothing else.
+fn foreign_target(
+    name: &str,
+    spanned: &toml::Spanned<super::model::DbSpec>,
+    current: Option<&DbState>,
+    src: &Source,
+) -> Result<Option<TargetSpec>> {
+    let spec = spanned.get_ref();
     let absolute = |key: &str, value: &Option<String>| -> Result<std::path::PathBuf> {
         let value = value.clone().ok_or_else(|| Error::usage(format!("{key} is required for this type")))?;
         let path = std::path::PathBuf::from(&value);
@@ -394,6 +397,9 @@ fn foreign_target(spec: &super::model::DbSpec) -> Result<Option<TargetSpec>> {
             )))
         }
     };
+    let required = |key: &str, value: &Option<String>| {
+        value.clone().ok_or_else(|| Error::usage(format!("{key} is required for type = \"mariadb\"")))
+    };
     let target = match spec.db_type.as_deref() {
         None | Some("postgres" | "postgresql") => return Ok(None),
         Some("sqlite") => TargetSpec::Sqlite { path: absolute("path", &spec.path)? },
@@ -401,34 +407,85 @@ fn foreign_target(spec: &super::model::DbSpec) -> Result<Option<TargetSpec>> {
             dir: absolute("dir", &spec.dir)?,
             dialect: Dialect::parse(spec.dialect.as_deref().unwrap_or("postgres"))?,
         },
+        Some("mariadb" | "mysql") => {
+            let port = match &spec.port {
+                None => None,
+                Some(PortSpec::One(p)) => Some(*p),
+                Some(PortSpec::Many(p)) => {
+                    return Err(Error::usage(format!("bad port {p:?}: a mariadb db takes one port, e.g. port = 3306")));
+                }
+            };
+            let socket = match &spec.socket {
+                Some(_) => Some(absolute("socket", &spec.socket)?),
+                None => None,
+            };
+            // As for PostgreSQL dbs: from the environment, else the stored one.
+            let stored = match current.and_then(|c| c.target.as_ref()) {
+                Some(TargetSpec::Mariadb(old)) => old.password.clone(),
+                _ => None,
+            };
+            let password = match &spec.password_env {
+                Some(var) => Some(env_password(name, var, src)?),
+                None => stored,
+            };
+            TargetSpec::Mariadb(crate::target::mariadb::MariadbConn {
+                host: spec.host.clone(),
+                port,
+                socket,
+                user: required("user", &spec.user)?,
+                password,
+                dbname: required("dbname", &spec.dbname)?,
+            })
+        }
         Some(other) => {
             return Err(Error::usage(format!(
-                "unknown type {other:?}: use postgres (the default), sqlite (with path) or flatfile (with dir and dialect)"
+                "unknown type {other:?}: use postgres (the default), sqlite (with path), flatfile (with dir and dialect) or mariadb"
             )));
         }
     };
-    let pg_keys = spec.dbname.is_some()
+    let libpq_only = spec.sslmode.is_some()
+        || spec.sslrootcert.is_some()
+        || spec.sslcert.is_some()
+        || spec.sslkey.is_some()
+        || spec.sslcrl.is_some()
+        || spec.service.is_some()
+        || spec.passfile.is_some()
+        || spec.application_name.is_some()
+        || spec.options.is_some()
+        || spec.connect_timeout.is_some()
+        || spec.target_session_attrs.is_some();
+    let connection = spec.dbname.is_some()
         || spec.host.is_some()
         || spec.port.is_some()
         || spec.user.is_some()
-        || spec.password_env.is_some()
-        || spec.service.is_some()
-        || spec.sslmode.is_some();
-    let misplaced = match &target {
-        TargetSpec::Sqlite { .. } => spec.dir.is_some() || spec.dialect.is_some(),
-        TargetSpec::Flatfile { .. } => spec.path.is_some(),
+        || spec.password_env.is_some();
+    let (misplaced, takes) = match &target {
+        TargetSpec::Sqlite { .. } => {
+            (connection || spec.dir.is_some() || spec.dialect.is_some() || spec.socket.is_some(), "path")
+        }
+        TargetSpec::Flatfile { .. } => (connection || spec.path.is_some() || spec.socket.is_some(), "dir and dialect"),
+        TargetSpec::Mariadb(_) => (
+            spec.path.is_some() || spec.dir.is_some() || spec.dialect.is_some(),
+            "dbname, user, host, port, socket and password_env",
+        ),
     };
-    if pg_keys || misplaced {
-        return Err(Error::usage(format!(
-            "a {} db takes only {} (and status)",
-            target.type_name(),
-            match target {
-                TargetSpec::Sqlite { .. } => "path",
-                TargetSpec::Flatfile { .. } => "dir and dialect",
-            }
-        )));
+    if libpq_only || misplaced {
+        return Err(Error::usage(format!("a {} db takes only {takes} (and status)", target.type_name())));
     }
     Ok(Some(target))
+}
+
+/// The password a `password_env` variable holds.
+fn env_password(name: &str, var: &toml::Spanned<String>, src: &Source) -> Result<String> {
+    std::env::var(var.get_ref()).map_err(|_| {
+        src.error(
+            var.span(),
+            format!(
+                "db {name}: password_env names ${}, which is not set: export it, or leave password_env out to keep the stored password (.pgpass works too)",
+                var.get_ref()
+            ),
+        )
+    })
 }
 
 fn resolve_manifest(p: &super::model::PluginSpec) -> Result<Manifest> {
