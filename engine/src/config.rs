@@ -94,6 +94,11 @@ impl Loaded {
     }
 }
 
+/// This host's name, as daemons record it in the catalog (empty if unreadable).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
 /// Where ibex keeps its own state on this host (pid file, default log,
 /// compiled plugins): `$IBEX_STATE_DIR` if set, else `/run/ibex` for root,
 /// else `$XDG_STATE_HOME/ibex` (or `~/.local/state/ibex`). Created private

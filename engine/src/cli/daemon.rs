@@ -124,7 +124,7 @@ pub async fn stop(ctx: &Context, loaded: &Loaded, args: TimeoutArgs) -> Result<E
     let remote = running_daemons(&cat).await?;
     // The pid file's process is signalled only if it is an ibex daemon
     // that this catalog says serves it, on this host.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = crate::config::hostname();
     let local = pidfile::running(&pid_path).filter(|pid| remote.iter().any(|d| d.pid as u32 == *pid && d.host == host));
     if local.is_none() && remote.is_empty() {
         ctx.out.done("ibex is not running");

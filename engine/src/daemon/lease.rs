@@ -34,6 +34,6 @@ pub async fn end_stale_sessions(db: &PlanDb, sync: &str) -> Result<u64> {
 /// This daemon's name in `ibex.lease.holder` and `ibex.daemon.id`: host,
 /// pid and a random part (a pid is reused after a restart).
 pub fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = crate::config::hostname();
     format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
 }

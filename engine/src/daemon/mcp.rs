@@ -87,7 +87,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 /// Records this daemon in the catalog (`ibex list daemons`), forgetting
 /// daemons whose catalog session is gone.
 async fn register(listener: &Listener, id: &str) -> Result<()> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = crate::config::hostname();
     listener
         .client
         .batch_execute(
