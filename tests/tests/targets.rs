@@ -356,6 +356,28 @@ fn two_masters_feed_one_sqlite_target() {
     assert_eq!(s.sql("m1", "SELECT name FROM items WHERE id = 5"), "from m2");
 }
 
+/// Tables with every type the MySQL side maps, and rows for them.
+const MONEY: &str = r#"
+        CREATE TABLE money (id int PRIMARY KEY, name text, vc varchar(20), ch char(3), i2 int2, i8 int8, f8 float8,
+            num numeric(12,3), ok boolean, b bytea, at timestamptz, ts timestamp, day date, tm time, u uuid, doc jsonb, ip inet);
+        CREATE TABLE tags (name text, n int, note text, PRIMARY KEY (name, n));
+        INSERT INTO money VALUES
+          (1, 'ünïcødé ☃', E'it''s \\ `q`', 'ab', -32768, -9223372036854775808, 2.25, 1.5, true, '\x00ff10',
+           '2024-05-06 07:08:09.5+02', '1999-12-31 23:59:59.123456', '2024-02-29', '23:59:59.5',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2.5, null], "s": "x\"y"}', '10.1.2.3/8'),
+          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, '\x', NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+        INSERT INTO money (id, name, num) SELECT i, repeat('row ', i), i / 7.0 FROM generate_series(3, 300) i;
+        INSERT INTO tags SELECT 'tag ' || (i % 5), i, 'note ' || i FROM generate_series(1, 20) i;
+        "#;
+
+/// Inserts, updates, deletes and key changes of `MONEY`'s tables.
+const MONEY_CHANGES: &str = r#"UPDATE money SET name = name || ' changed', ok = NOT ok, f8 = 0.5 WHERE id % 10 = 1;
+           DELETE FROM money WHERE id IN (2, 50, 51);
+           UPDATE money SET id = 1000 WHERE id = 3;
+           INSERT INTO money (id, name, b) VALUES (2000, E'new\nline\ttab \\ end', '\x0a0d');
+           UPDATE tags SET name = 'renamed' WHERE n = 4;
+           DELETE FROM tags WHERE n = 5;"#;
+
 /// Each row of `money` as one line, rendered alike by PostgreSQL and MariaDB.
 fn money_lines_pg(s: &Setup, db: &str) -> String {
     s.sql(
@@ -389,36 +411,14 @@ fn flatfile_mysql_dialect_replays_into_mariadb() {
     let maria = MariaDb::start().unwrap();
     let s = Setup::new();
     s.cluster.create_db("src").unwrap();
-    s.sql(
-        "src",
-        r#"
-        CREATE TABLE money (id int PRIMARY KEY, name text, vc varchar(20), ch char(3), i2 int2, i8 int8, f8 float8,
-            num numeric(12,3), ok boolean, b bytea, at timestamptz, ts timestamp, day date, tm time, u uuid, doc jsonb, ip inet);
-        CREATE TABLE tags (name text, n int, note text, PRIMARY KEY (name, n));
-        INSERT INTO money VALUES
-          (1, 'ünïcødé ☃', E'it''s \\ `q`', 'ab', -32768, -9223372036854775808, 2.25, 1.5, true, '\x00ff10',
-           '2024-05-06 07:08:09.5+02', '1999-12-31 23:59:59.123456', '2024-02-29', '23:59:59.5',
-           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2.5, null], "s": "x\"y"}', '10.1.2.3/8'),
-          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, '\x', NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-        INSERT INTO money (id, name, num) SELECT i, repeat('row ', i), i / 7.0 FROM generate_series(3, 300) i;
-        INSERT INTO tags SELECT 'tag ' || (i % 5), i, 'note ' || i FROM generate_series(1, 20) i;
-        "#,
-    );
+    s.sql("src", MONEY);
     s.add_db("src", "src").ok();
     s.ibex.sh("add table money tags db=src herd=h").ok();
     let dir = tempfile::tempdir().unwrap();
     s.ibex.run(&["add", "db", "my", "type=flatfile", &format!("dir={}", dir.path().display()), "dialect=mysql"]).ok();
     s.ibex.sh("add sync tomy herd=h dbs=src:source,my:target onetimecopy=1").ok();
     assert_eq!(s.run("tomy")["run"]["state"], "good");
-    s.sql(
-        "src",
-        r#"UPDATE money SET name = name || ' changed', ok = NOT ok, f8 = 0.5 WHERE id % 10 = 1;
-           DELETE FROM money WHERE id IN (2, 50, 51);
-           UPDATE money SET id = 1000 WHERE id = 3;
-           INSERT INTO money (id, name, b) VALUES (2000, E'new\nline\ttab \\ end', '\x0a0d');
-           UPDATE tags SET name = 'renamed' WHERE n = 4;
-           DELETE FROM tags WHERE n = 5;"#,
-    );
+    s.sql("src", MONEY_CHANGES);
     assert_eq!(s.run("tomy")["run"]["state"], "good");
     s.sql("src", "TRUNCATE tags; INSERT INTO tags VALUES ('after', 1, NULL)");
     assert_eq!(s.run("tomy")["run"]["state"], "good");
@@ -434,4 +434,47 @@ fn flatfile_mysql_dialect_replays_into_mariadb() {
     assert_eq!(money_lines_mariadb(&maria, "replay"), want);
     let tags = "SELECT concat_ws('|', name, n, coalesce(note, 'NULL')) FROM tags ORDER BY name, n";
     assert_eq!(maria.sql("replay", tags).unwrap(), s.sql("src", tags));
+}
+
+#[test]
+fn mariadb_target_equals_source() {
+    let maria = MariaDb::start().unwrap();
+    maria.sql("mysql", "CREATE DATABASE copy").unwrap();
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", MONEY);
+    s.add_db("src", "src").ok();
+    s.ibex.sh("add table money tags db=src herd=h").ok();
+    let socket = format!("socket={}", maria.socket().display());
+    s.ibex
+        .run(&["add", "db", "maria", "type=mariadb", &socket, "user=root", "dbname=nosuchdb"])
+        .fails_with("cannot connect");
+    let out = s.ibex.run(&["add", "db", "maria", "type=mariadb", &socket, "user=root", "dbname=copy"]).ok();
+    assert!(out.stdout.contains("a target only"), "{}", out.stdout);
+    s.ibex.sh("add sync tomaria herd=h dbs=src:source,maria:target onetimecopy=2").ok();
+    let tags = "SELECT concat_ws('|', name, n, coalesce(note, 'NULL')) FROM tags ORDER BY name, n";
+    let same = || {
+        assert_eq!(money_lines_mariadb(&maria, "copy"), money_lines_pg(&s, "src"));
+        assert_eq!(maria.sql("copy", tags).unwrap(), s.sql("src", tags));
+    };
+    assert_eq!(s.run("tomaria")["run"]["state"], "good");
+    same();
+    s.sql("src", MONEY_CHANGES);
+    let run = s.run("tomaria");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    same();
+    s.sql(
+        "src",
+        "TRUNCATE tags; INSERT INTO tags VALUES ('after', 1, NULL); UPDATE money SET id = id + 5000 WHERE id < 10",
+    );
+    assert_eq!(s.run("tomaria")["run"]["state"], "good");
+    same();
+    assert_eq!(maria.sql("copy", "SELECT count(*) FROM `tags`").unwrap(), "1");
+    // A value MySQL cannot hold fails the run, naming it; nothing is applied.
+    s.sql("src", "UPDATE money SET f8 = 'NaN' WHERE id = 1000");
+    let err = s.run_fails("tomaria", "has no representation in MySQL");
+    assert!(err.contains("column f8 of table public.money"), "{err}");
+    s.sql("src", "UPDATE money SET f8 = 1 WHERE id = 1000");
+    assert_eq!(s.run("tomaria")["run"]["state"], "good");
+    same();
 }

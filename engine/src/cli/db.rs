@@ -68,15 +68,34 @@ fn foreign_target(params: &mut Params) -> Result<Option<crate::target::TargetSpe
             dir: absolute("dir", params.require("dir", "dir=/var/lib/ibex/sql")?)?,
             dialect: Dialect::parse(&params.take("dialect").unwrap_or_else(|| "postgres".into()))?,
         },
+        "mariadb" | "mysql" => {
+            let port = match params.take("port") {
+                Some(p) => Some(p.parse::<u16>().map_err(|_| Error::usage(format!("bad port {p:?}: e.g. port=3306")))?),
+                None => None,
+            };
+            let socket = match params.take("socket") {
+                Some(s) => Some(absolute("socket", s)?),
+                None => None,
+            };
+            TargetSpec::Mariadb(crate::target::mariadb::MariadbConn {
+                host: params.take("host"),
+                port,
+                socket,
+                user: params.require("user", "user=ibex")?,
+                password: params.take_any(&["password", "pass"]),
+                dbname: params.require("dbname", "dbname=reports")?,
+            })
+        }
         other => {
             return Err(Error::usage(format!(
-                "unknown db type {other:?}: use type=postgres (the default), type=sqlite path=FILE or type=flatfile dir=DIR dialect=postgres|mysql"
+                "unknown db type {other:?}: use type=postgres (the default), type=sqlite path=FILE, type=flatfile dir=DIR dialect=postgres|mysql or type=mariadb dbname= user= [host= port= socket= password=]"
             )));
         }
     };
     let keys: &[&str] = match spec {
         crate::target::TargetSpec::Sqlite { .. } => &["type", "path"],
         crate::target::TargetSpec::Flatfile { .. } => &["type", "dir", "dialect"],
+        crate::target::TargetSpec::Mariadb(_) => &["type", "host", "port", "socket", "user", "password", "dbname"],
     };
     params.finish(keys)?;
     Ok(Some(spec))

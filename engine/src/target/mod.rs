@@ -10,8 +10,10 @@
 pub mod copytext;
 pub mod feed;
 pub mod flatfile;
+pub mod mariadb;
 pub mod postgres;
 pub mod sqlite;
+pub mod sqltext;
 pub mod types;
 
 use std::path::PathBuf;
@@ -59,6 +61,8 @@ pub enum TargetSpec {
     Sqlite { path: PathBuf },
     /// A directory that gets one SQL file per run that changed something.
     Flatfile { dir: PathBuf, dialect: Dialect },
+    /// A MariaDB or MySQL server.
+    Mariadb(mariadb::MariadbConn),
 }
 
 impl TargetSpec {
@@ -66,6 +70,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Sqlite { .. } => "sqlite",
             TargetSpec::Flatfile { .. } => "flatfile",
+            TargetSpec::Mariadb(_) => "mariadb",
         }
     }
 
@@ -74,6 +79,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Sqlite { path } => format!("sqlite {}", path.display()),
             TargetSpec::Flatfile { dir, dialect } => format!("flatfile {} ({})", dir.display(), dialect.as_str()),
+            TargetSpec::Mariadb(conn) => conn.describe(),
         }
     }
 
@@ -83,6 +89,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Sqlite { path } => sqlite::SqliteWriter::open("check", path).map(drop),
             TargetSpec::Flatfile { dir, .. } => flatfile::check_dir(dir),
+            TargetSpec::Mariadb(conn) => mariadb::check("check", conn),
         }
     }
 
@@ -93,7 +100,7 @@ impl TargetSpec {
             Err(why) => return Some(why),
         };
         match self {
-            TargetSpec::Flatfile { dialect: Dialect::Mysql, .. } => kind.mysql_type().err(),
+            TargetSpec::Flatfile { dialect: Dialect::Mysql, .. } | TargetSpec::Mariadb(_) => kind.mysql_type().err(),
             _ => None,
         }
     }
@@ -184,6 +191,7 @@ pub fn open(db: &ForeignDb, sync: &str) -> Result<Box<dyn Writer>> {
     let writer: Box<dyn Writer> = match &db.spec {
         TargetSpec::Sqlite { path } => Box::new(sqlite::SqliteWriter::open(&db.name, path)?.begin()?),
         TargetSpec::Flatfile { dir, dialect } => Box::new(flatfile::FlatfileWriter::new(&db.name, dir, *dialect, sync)),
+        TargetSpec::Mariadb(conn) => Box::new(mariadb::MariadbWriter::begin(&db.name, conn)?),
     };
     Ok(writer)
 }
