@@ -478,3 +478,53 @@ fn mariadb_target_equals_source() {
     assert_eq!(s.run("tomaria")["run"]["state"], "good");
     same();
 }
+
+#[test]
+fn a_bulk_change_reaches_three_foreign_targets_in_one_run() {
+    let maria = MariaDb::start().unwrap();
+    maria.sql("mysql", "CREATE DATABASE bulk").unwrap();
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int, price numeric(10,2))");
+    s.add_db("src", "src").ok();
+    s.ibex.sh("add table items db=src herd=h").ok();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bulk.db");
+    let sql_dir = dir.path().join("sql");
+    std::fs::create_dir(&sql_dir).unwrap();
+    s.ibex.run(&["add", "db", "lite", "type=sqlite", &format!("path={}", file.display())]).ok();
+    s.ibex.run(&["add", "db", "files", "type=flatfile", &format!("dir={}", sql_dir.display())]).ok();
+    let socket = format!("socket={}", maria.socket().display());
+    s.ibex.run(&["add", "db", "maria", "type=mariadb", &socket, "user=root", "dbname=bulk"]).ok();
+    s.ibex.sh("add sync bulk herd=h dbs=src:source,lite:target,files:target,maria:target").ok();
+    let rows = 50_000;
+    s.sql(
+        "src",
+        &format!("INSERT INTO items SELECT i, 'item ' || i, i % 97, i * 0.01 FROM generate_series(1, {rows}) i"),
+    );
+    let started = std::time::Instant::now();
+    let run = s.run("bulk");
+    let took = started.elapsed();
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["inserted"], 3 * rows, "{run}");
+    eprintln!("{rows} inserted rows into sqlite, flatfile and mariadb in one run: {took:?}");
+    s.sql("src", "UPDATE items SET qty = qty + 1 WHERE id % 3 = 0; DELETE FROM items WHERE id % 5 = 0");
+    let started = std::time::Instant::now();
+    assert_eq!(s.run("bulk")["run"]["state"], "good");
+    eprintln!("an update of 1/3 and a delete of 1/5 of them: {:?}", started.elapsed());
+    let want = s.sql("src", "SELECT count(*) || '|' || sum(qty) || '|' || sum(price) FROM items");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let lite: String = conn
+        .query_row(
+            "SELECT count(*) || '|' || sum(qty) || '|' || printf('%.2f', sum(CAST(price AS REAL))) FROM items",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(lite, want);
+    let mariadb = maria.sql("bulk", "SELECT concat(count(*), '|', sum(qty), '|', sum(price)) FROM `items`").unwrap();
+    assert_eq!(mariadb, want);
+    s.cluster.create_db("replay").unwrap();
+    replay(&s, &sql_dir, "replay");
+    s.assert_same(&["src", "replay"], &["items"]);
+}
