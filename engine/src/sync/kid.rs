@@ -375,7 +375,7 @@ impl Kid {
             let plugin = self.plugins.get(&t.plugin).ok_or_else(|| {
                 Error::plugin_unusable(format!("plugin {} is not loaded for sync {}", t.plugin, self.plan.sync.name))
             })?;
-            let target = t.target.as_ref().and_then(|name| self.plan.dbs.iter().position(|d| &d.name == name));
+            let target = t.target.as_ref().and_then(|name| self.plan.db_index(name));
             transforms.push(Transform { table: t.table, target, plugin });
         }
         let hooks = self.hooks()?;

@@ -168,17 +168,18 @@ impl Plan {
             if used.table.is_some() && table.is_none() {
                 continue; // the table left the herd
             }
-            if let Some(db) = foreign.iter().find(|f| used.target_db.as_ref() == Some(&f.name)) {
-                return Err(Error::Refused(format!(
-                    "plugin {} transforms rows for db {} only, a {} db: attach it to every target instead (without target=)",
-                    used.plugin,
-                    db.name,
-                    db.spec.type_name()
-                )));
-            }
             transforms.push(PlanTransform { plugin: used.plugin, table, target: used.target_db });
         }
         Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms, hooks, foreign })
+    }
+
+    /// A db's index in a run: its place in `dbs`, or for a foreign target
+    /// `dbs.len()` plus its place in `foreign`.
+    pub fn db_index(&self, name: &str) -> Option<usize> {
+        self.dbs
+            .iter()
+            .position(|d| d.name == name)
+            .or_else(|| self.foreign.iter().position(|f| f.name == name).map(|i| self.dbs.len() + i))
     }
 
     pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {
