@@ -290,22 +290,39 @@ impl host::Host for HostState {
         let target = self.dbs.find(&db).ok_or_else(|| format!("db {db} is not in this sync"))?;
         let client = target.client.as_ref().ok_or_else(|| format!("db {db} has no open transaction in this run"))?;
         self.statements += 1;
-        // Parsed first: the extended protocol refuses a string of several statements.
-        let types = vec![Type::TEXT; params.len()];
-        client.prepare_typed(sql.trim().trim_end_matches(';'), &types).await.map_err(|e| describe_pg(&e))?;
-        // In the run's transaction, as the plugin's role (the function runs as it).
-        let mut args: Vec<Option<String>> = vec![Some(sql.trim().trim_end_matches(';').to_string())];
+        let statement = sql.trim().trim_end_matches(';');
+        let mut args: Vec<Option<String>> = vec![Some(statement.to_string())];
         args.extend(text_params(&params));
         let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
         let call = format!("SELECT {}({})", roles::execute_function(&self.role), placeholders.join(", "));
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        // A savepoint keeps a refused statement from failing the whole run.
-        client.batch_execute("SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
-        match client.query_one(&call, &refs).await {
-            Ok(row) => {
-                client.batch_execute("RELEASE SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
-                Ok(row.try_get::<_, i64>(0).map_err(|e| describe_pg(&e))?.max(0) as u64)
+        // Two round trips, requests pipelined in order: (1) open a savepoint
+        // (a refused statement must not fail the whole run), parse the
+        // plugin's statement (the extended protocol refuses a string of
+        // several) and the call of its role's function; (2) run the call in
+        // the run's transaction, as the plugin's role, and release.
+        let types = vec![Type::TEXT; params.len()];
+        let (savepoint, parsed, prepared) = futures_util::future::join3(
+            client.batch_execute("SAVEPOINT ibex_plugin_execute"),
+            client.prepare_typed(statement, &types),
+            client.prepare(&call),
+        )
+        .await;
+        savepoint.map_err(|e| describe_pg(&e))?;
+        let prepared = match parsed.and(prepared) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                client.batch_execute("ROLLBACK TO SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
+                return Err(describe_pg(&err));
             }
+        };
+        let (ran, released) = futures_util::future::join(
+            client.query_one(&prepared, &refs),
+            client.batch_execute("RELEASE SAVEPOINT ibex_plugin_execute"),
+        )
+        .await;
+        match ran.and_then(|row| released.map(|()| row)) {
+            Ok(row) => Ok(row.try_get::<_, i64>(0).map_err(|e| describe_pg(&e))?.max(0) as u64),
             Err(err) => {
                 client.batch_execute("ROLLBACK TO SAVEPOINT ibex_plugin_execute").await.map_err(|e| describe_pg(&e))?;
                 if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
