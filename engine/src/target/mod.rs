@@ -2,10 +2,11 @@
 //! `target/` room). Sources are always PostgreSQL. A PostgreSQL target takes
 //! a table's changes as DELETE of the changed keys and a COPY of the
 //! winning rows (`postgres.rs`, fanned out from the source undecoded). A
-//! foreign target (`sqlite.rs`, `flatfile.rs`) takes the same two steps
-//! through `Writer`: the rows arrive as COPY text from the source,
-//! decoded field by field (`copytext.rs`), and are written in the target's
-//! own types (`types.rs`).
+//! foreign target (`sqlite.rs`, `flatfile.rs`, `mariadb.rs`) takes the same
+//! two steps through `Writer`: the rows arrive as COPY text from the
+//! source, decoded field by field (`copytext.rs`), and are written in the
+//! target's own types (`types.rs`), as SQL text for the MySQL side and the
+//! files (`sqltext.rs`).
 
 pub mod copytext;
 pub mod feed;
@@ -169,8 +170,9 @@ impl Shape {
 
 /// What the cycle's apply step does to one foreign target: within one
 /// transaction (or file), per table, delete the changed keys and write the
-/// rows the source holds for them now. Calls are short and synchronous
-/// (a local file), so they run on the cycle's task.
+/// rows the source holds for them now. Calls are synchronous and run on
+/// the cycle's task: local files for SQLite and flatfile, and for MariaDB
+/// a network round trip inside `block_in_place` (see `mariadb.rs`).
 pub trait Writer: Send {
     /// Makes the table if it is missing (idempotent).
     fn prepare(&mut self, table: &Shape) -> Result<()>;
