@@ -5,6 +5,10 @@
 //! ones it lost, starts the VAC, restarts whatever dies (with backoff),
 //! follows catalog changes, and stops cleanly on SIGTERM, SIGINT or
 //! `ibex stop`, releasing its leases.
+//!
+//! Long on purpose: the MCP is one state machine (its event loop and what
+//! each event does to its tasks and leases); the lease rows are
+//! `catalog/lease.rs`, fencing a previous holder `lease.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +21,8 @@ use tokio::time::Instant;
 
 use super::ctl::{self, CtlCommand, CtlContext};
 use super::hub::Hub;
-use super::metrics::{self, Metrics};
 use super::lease::{self as fencing, holder_id};
+use super::metrics::{self, Metrics};
 use super::{
     DaemonOptions, PING, PONG, RELOAD, RELOADED, STOP, SharedCatalog, backoff, kick_channel, notify as systemd,
     pidfile, vac,
@@ -491,7 +495,11 @@ impl Mcp {
         if self.leases.is_empty() {
             return;
         }
-        tracing::error!(syncs = self.leases.len(), reason = why, "stopped running this daemon's syncs; another daemon may take them");
+        tracing::error!(
+            syncs = self.leases.len(),
+            reason = why,
+            "stopped running this daemon's syncs; another daemon may take them"
+        );
         self.leases.clear();
         self.ctls.clear();
     }
@@ -525,8 +533,12 @@ async fn end_stale_sessions(plan: &Plan, from: &str) {
     for db in &plan.dbs {
         match fencing::end_stale_sessions(db, &plan.sync.name).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(sync = %plan.sync.name, db = %db.name, sessions = n, previous = %from, "ended the previous holder's sessions"),
-            Err(err) => tracing::warn!(sync = %plan.sync.name, db = %db.name, error = %err, "cannot end the previous holder's sessions; the fence still refuses its runs"),
+            Ok(n) => {
+                tracing::warn!(sync = %plan.sync.name, db = %db.name, sessions = n, previous = %from, "ended the previous holder's sessions")
+            }
+            Err(err) => {
+                tracing::warn!(sync = %plan.sync.name, db = %db.name, error = %err, "cannot end the previous holder's sessions; the fence still refuses its runs")
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The catalog's configuration as one value, read from the catalog or
 //! resolved from a file (every value checked, every reference followed), so
 //! that the plan compares like with like.
+//!
+//! Long on purpose: one resolver per kind of object (dbs, plugins, tables,
+//! herds, dbgroups, syncs), each short, kept beside the value they fill.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

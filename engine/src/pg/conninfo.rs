@@ -6,6 +6,9 @@
 //! gives wins, then the `service=` entry, then the PG* environment, then
 //! the defaults; `~/.pgpass` supplies a missing password per host.
 //!
+//! Long on purpose: libpq's keys, their layering and their checks are one
+//! set of rules, kept together (with their tests) so they cannot drift.
+//!
 //! Long on purpose: libpq's layering of DSN, service file, environment
 //! and defaults is one piece of logic, with its tests.
 

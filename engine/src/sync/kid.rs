@@ -143,13 +143,13 @@ impl Kid {
             let shape = crate::pg::introspect::shape_query(
                 &self.plan.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
             );
-            let mut shapes = read_shapes(&self.plan, &clients, &shape).await?;
+            let mut shapes = validate::shapes(&self.plan, &clients, &shape).await?;
             let specs = match validate::check(&self.plan, &clients).await {
                 Err(Error::Schema(why)) if self.plan.sync.params.ddl == DdlPolicy::Addcol => {
                     if super::ddl::add_missing_columns(&self.plan, &clients).await?.is_empty() {
                         return Err(Error::Schema(why));
                     }
-                    shapes = read_shapes(&self.plan, &clients, &shape).await?;
+                    shapes = validate::shapes(&self.plan, &clients, &shape).await?;
                     validate::check(&self.plan, &clients).await?
                 }
                 checked => checked?,
@@ -434,19 +434,6 @@ impl Kid {
         }
         Ok(())
     }
-}
-
-/// Per db, the fingerprint of the sync's tables' columns (`shape`).
-async fn read_shapes(plan: &Plan, clients: &[&Client], shape: &str) -> Result<Vec<String>> {
-    let mut shapes = Vec::with_capacity(clients.len());
-    for (client, db) in clients.iter().zip(&plan.dbs) {
-        let row = client
-            .query_one(shape, &[])
-            .await
-            .ctx(|| format!("reading the columns of the sync's tables on db {}", db.name))?;
-        shapes.push(row.try_get::<_, String>(0).ctx(|| "reading a column fingerprint".into())?);
-    }
-    Ok(shapes)
 }
 
 async fn reset_onetimecopy(catalog_client: &Client, sync: &str) -> Result<()> {

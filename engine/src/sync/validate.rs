@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::plan::Plan;
 use crate::capture::delta_table_name;
-use crate::error::{Error, Result};
+use crate::error::{Error, PgContext, Result};
 use crate::pg::introspect::{self, LiveColumn};
 use crate::pg::{QualifiedName, quote_ident};
 
@@ -154,6 +154,19 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
     let fks =
         introspect::foreign_keys(clients[primary], &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()).await?;
     Ok(dependency_order(specs, &fks))
+}
+
+/// Per db, the fingerprint of the sync's tables' columns (`shape`).
+pub async fn shapes(plan: &Plan, clients: &[&Client], shape: &str) -> Result<Vec<String>> {
+    let mut shapes = Vec::with_capacity(clients.len());
+    for (client, db) in clients.iter().zip(&plan.dbs) {
+        let row = client
+            .query_one(shape, &[])
+            .await
+            .ctx(|| format!("reading the columns of the sync's tables on db {}", db.name))?;
+        shapes.push(row.try_get::<_, String>(0).ctx(|| "reading a column fingerprint".into())?);
+    }
+    Ok(shapes)
 }
 
 fn compare(
