@@ -445,3 +445,26 @@ impl Cluster {
         )
     }
 }
+
+impl Cluster {
+    /// Makes the server durable like a production one (`fsync`,
+    /// `full_page_writes`, `synchronous_commit` on; the template turns them
+    /// off for speed), for crash scenarios: a commit it acknowledged must
+    /// survive a SIGKILL. The checkpoint flushes what was written before.
+    pub fn make_durable(&self) -> Result<()> {
+        self.psql("postgres", "ALTER SYSTEM SET fsync = on")?;
+        self.psql("postgres", "ALTER SYSTEM SET full_page_writes = on")?;
+        self.psql("postgres", "ALTER SYSTEM SET synchronous_commit = on")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        // The reload reaches the backends asynchronously; wait until it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.psql("postgres", "SHOW fsync")? != "on" {
+            if Instant::now() > deadline {
+                bail!("fsync did not turn on after the reload");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.psql("postgres", "CHECKPOINT")?;
+        Ok(())
+    }
+}

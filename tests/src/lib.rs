@@ -2,8 +2,10 @@
 //! pg_ctl in temporary directories on free ports (as the `postgres` user
 //! when the tests run as root), and a runner for the real `ibex` binary.
 
+pub mod audit;
 pub mod cluster;
 pub mod daemon;
+pub mod faults;
 pub mod ibex;
 pub mod load;
 pub mod mariadb;

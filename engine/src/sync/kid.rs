@@ -387,6 +387,7 @@ impl Kid {
                 .run(onetimecopy)
                 .await?;
         failpoint::check("after_commit")?;
+        failpoint::hit("before_cursor_advance").await?;
         let clock = std::time::Instant::now();
         self.advance_cursors(&outcome.new_cursors).await?;
         tracing::debug!(sync = %self.plan.sync.name, us = clock.elapsed().as_micros() as u64, "step: cursors advanced");

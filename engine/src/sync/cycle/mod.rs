@@ -255,6 +255,7 @@ impl<'a> Cycle<'a> {
             }
         }
         clock.step("probe", "");
+        crate::failpoint::hit("after_capture_read").await?;
         if self.resolver.needs_newest_per_db() {
             let newest = self.newest_per_source().await?;
             self.resolver.set_newest_per_db(&newest);
@@ -285,6 +286,7 @@ impl<'a> Cycle<'a> {
             self.apply_foreign(ti, &inside).await?;
             clock.step(if contenders.len() == 1 { "apply" } else { "merge" }, &self.tables[ti].name.to_string());
         }
+        crate::failpoint::hit("mid_apply").await?;
         self.sync_sequences().await?;
         clock.step("sequences", "");
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::AfterTxn).await?;
@@ -416,6 +418,7 @@ impl<'a> Cycle<'a> {
             slot.commit()?;
         }
         try_join_all(self.plan.dbs.iter().enumerate().map(|(d, db)| async move {
+            crate::failpoint::hit_after_first(d, "between_commits").await?;
             self.clients[d].batch_execute("COMMIT").await.ctx(|| format!("committing on db {}", db.name))
         }))
         .await?;

@@ -58,6 +58,7 @@ impl<'a> Cycle<'a> {
             let in_sql = target::postgres::copy_in_sql(table);
             let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
             let forwarded = |piece: &[u8]| {
+                crate::failpoint::pause_blocking("mid_copy");
                 if let Some(p) = progress.as_deref_mut() {
                     p.forwarded(piece);
                 }
