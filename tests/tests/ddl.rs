@@ -57,7 +57,13 @@ fn ibex_ddl_changes_three_masters_under_writes_and_the_running_sync_follows() {
     let added = s.ibex.run(&["ddl", "mm", "ALTER TABLE acct ADD COLUMN note text"]).ok();
     assert!(added.stdout.contains("Changed the schema of sync mm"), "{}", added.stdout);
     for db in DBS {
-        assert_eq!(s.sql(db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'note'"), "1");
+        assert_eq!(
+            s.sql(
+                db,
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'note'"
+            ),
+            "1"
+        );
     }
     // The new column's values replicate, through the daemon's running sync.
     s.sql("m1", "UPDATE acct SET note = 'from m1' WHERE id BETWEEN 1 AND 20");
@@ -96,7 +102,10 @@ fn ibex_ddl_changes_three_masters_under_writes_and_the_running_sync_follows() {
 fn addcol_follows_a_column_added_on_the_source_and_fail_names_it() {
     let s = Setup::new();
     s.cluster.create_db("src").unwrap();
-    s.sql("src", "CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct SELECT i, i FROM generate_series(1, 50) i");
+    s.sql(
+        "src",
+        "CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct SELECT i, i FROM generate_series(1, 50) i",
+    );
     s.dbs_from("src", &["src", "dst", "other"]);
     s.ibex.sh("add table acct db=src herd=h").ok();
     s.ibex.sh("add sync follow herd=h dbs=src:source,dst:target ddl=addcol").ok();
@@ -114,7 +123,10 @@ fn addcol_follows_a_column_added_on_the_source_and_fail_names_it() {
     s.sql("src", "ALTER TABLE acct ADD COLUMN note varchar(20) COLLATE \"C\" NOT NULL DEFAULT 'none'");
     s.sql("src", "UPDATE acct SET note = 'set on src' WHERE id <= 10");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s.sql("dst", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'note'") != "1"
+    while s.sql(
+        "dst",
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'acct' AND column_name = 'note'",
+    ) != "1"
         || s.sql("dst", "SELECT count(*) FROM acct WHERE note = 'set on src'") != "10"
     {
         assert!(Instant::now() < deadline, "addcol did not bring the column and its values:\n{}", d.log());

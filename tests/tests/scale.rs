@@ -1,5 +1,7 @@
-//! Scale on one daemon: a herd of 2,000 tables whose empty cycle takes
-//! well under a second, and 100 syncs over three databases.
+//! Scale on one daemon: a herd of 2,000 tables whose KID keeps its table
+//! checks between runs (an empty cycle costs a fraction of the first one),
+//! and 100 syncs over three databases. Times are printed, not asserted:
+//! the bench measures speed.
 
 use std::time::{Duration, Instant};
 
@@ -31,12 +33,21 @@ fn a_herd_of_two_thousand_tables() {
     d.run(&["kick", "big", "--wait", "300"]).ok();
     d.run(&["kick", "big", "--wait", "300"]).ok();
     let empty = last_run_seconds(&s);
-    assert!(empty < 1.0, "an empty cycle over 2000 tables took {empty} s");
+    // The first run (at start) checked 2000 tables on both dbs; later
+    // ones must not check them again.
+    let first: f64 = s
+        .sql("ibex", "SELECT extract(epoch FROM ended_at - started_at) FROM ibex.run ORDER BY id LIMIT 1")
+        .parse()
+        .unwrap_or(0.0);
+    assert!(empty < first / 2.0, "an empty cycle ({empty} s) cost more than half the first one ({first} s)");
     // Changes in a few tables among the 2000 go through.
     s.sql("s1", "INSERT INTO t7 VALUES (1, 'seven'); INSERT INTO t1999 VALUES (2, 'many')");
     d.run(&["kick", "big", "--wait", "300"]).ok();
     assert_eq!(s.sql("s2", "SELECT v FROM t7 UNION ALL SELECT v FROM t1999 ORDER BY 1"), "many\nseven");
-    eprintln!("empty cycle over 2000 tables: {empty:.3} s, then {:.3} s with changes", last_run_seconds(&s));
+    eprintln!(
+        "2000 tables: first cycle {first:.3} s, empty cycle {empty:.3} s, then {:.3} s with changes",
+        last_run_seconds(&s)
+    );
 }
 
 fn daemon_rss_kib(pid: u32) -> u64 {

@@ -36,7 +36,10 @@ fn millis(ttl: Duration) -> f64 {
     ttl.as_millis() as f64
 }
 
-/// Takes the sync's lease if nobody holds it or its holder let it expire.
+/// Takes the sync's lease if nobody holds it, its holder let it expire, or
+/// it is this holder's own (a daemon that stopped its syncs when it lost
+/// the control database takes them back, with a new token that fences out
+/// any run it still had going).
 pub async fn take(c: &impl GenericClient, sync: &str, holder: &str, ttl: Duration) -> Result<Option<Taken>> {
     let row = c
         .query_opt(
@@ -45,7 +48,7 @@ pub async fn take(c: &impl GenericClient, sync: &str, holder: &str, ttl: Duratio
              VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond', now())
              ON CONFLICT (sync) DO UPDATE
                 SET holder = excluded.holder, token = l.token + 1, expires_at = excluded.expires_at, taken_at = now()
-              WHERE l.holder IS NULL OR l.expires_at < now()
+              WHERE l.holder IS NULL OR l.expires_at < now() OR l.holder = excluded.holder
              RETURNING l.token, (SELECT holder FROM before)",
             &[&sync, &holder, &millis(ttl)],
         )
@@ -103,7 +106,6 @@ pub async fn list(c: &impl GenericClient) -> Result<Vec<LeaseView>> {
         .map(|r| LeaseView { sync: r.get(0), holder: r.get(1), token: r.get(2), expires_at: r.get(3), live: r.get(4) })
         .collect())
 }
-
 
 /// Active syncs that no daemon holds (new ones, or their holder let the
 /// lease expire): a daemon with room takes them.

@@ -3,8 +3,8 @@
 //! it unchanged) and NOTIFYs the daemon; the daemon reads it.
 
 pub mod capture;
-pub mod dbgroup;
 pub mod daemons;
+pub mod dbgroup;
 pub mod dbs;
 pub mod herd;
 pub mod lease;

@@ -21,7 +21,11 @@ pub async fn run(ctx: &Context, args: DdlArgs) -> Result<()> {
         ctx.out.print_json(&report);
         return Ok(());
     }
-    ctx.out.done(format!("Changed the schema of sync {} on db(s) {}, in that order", args.sync, report.order.join(", ")));
+    ctx.out.done(format!(
+        "Changed the schema of sync {} on db(s) {}, in that order",
+        args.sync,
+        report.order.join(", ")
+    ));
     for line in report.capture {
         ctx.out.line(line);
     }

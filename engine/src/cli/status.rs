@@ -177,12 +177,7 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
                 ctx.out.line(format!("{label:<32}: {value}"));
             }
             if let Some(run) = &running {
-                ctx.out.line(format!(
-                    "{:<32}: run {} started {} ago",
-                    "Running now",
-                    run.run,
-                    ago(run.started_at)
-                ));
+                ctx.out.line(format!("{:<32}: run {} started {} ago", "Running now", run.run, ago(run.started_at)));
                 for db in &run.dbs {
                     let label = format!("  on db {}", db.db);
                     match (&db.error, db.sessions.as_slice()) {

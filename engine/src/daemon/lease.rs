@@ -11,9 +11,9 @@
 //! daemon that was stopped mid-run cannot commit when it resumes. Expiry
 //! is judged by the control database's clock alone.
 
-use crate::sync::PlanDb;
 use crate::error::{PgContext, Result};
 use crate::pg;
+use crate::sync::PlanDb;
 
 /// Ends the sessions a previous holder may still have on a db of the sync
 /// (a daemon stopped mid-run keeps its transactions open): rolled back,

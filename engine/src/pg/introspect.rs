@@ -203,7 +203,8 @@ pub struct LiveColumn {
 /// transaction, so that a column added or changed since is noticed at once
 /// instead of being left out of the copies.
 pub fn shape_query(tables: &[QualifiedName]) -> String {
-    let names: Vec<String> = tables.iter().map(|t| format!("to_regclass({})", super::quote_literal(&t.quoted()))).collect();
+    let names: Vec<String> =
+        tables.iter().map(|t| format!("to_regclass({})", super::quote_literal(&t.quoted()))).collect();
     format!(
         "SELECT md5(coalesce(string_agg(a.attrelid::regclass::text || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                                         || coalesce(to_jsonb(a) ->> 'attgenerated', ''), ',' ORDER BY a.attrelid::regclass::text, a.attnum), ''))

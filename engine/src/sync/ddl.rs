@@ -142,7 +142,8 @@ pub async fn add_missing_columns(plan: &Plan, clients: &[&Client]) -> Result<Vec
                     if added.iter().any(|(tt, name): &(usize, String)| *tt == t && *name == column.name) {
                         continue;
                     }
-                    let Some(definition) = pg::introspect::column_definition(clients[s], &table.name, &column.name).await?
+                    let Some(definition) =
+                        pg::introspect::column_definition(clients[s], &table.name, &column.name).await?
                     else {
                         continue;
                     };

@@ -434,7 +434,9 @@ fn begin_error(db: &str, sync: &str, err: tokio_postgres::Error) -> Error {
     }
     // Capture installed before leases existed: validate adds the fence.
     if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
-        return Error::Sync(format!("capture on db {db} predates sync leases: run `ibex validate {sync}` to update it"));
+        return Error::Sync(format!(
+            "capture on db {db} predates sync leases: run `ibex validate {sync}` to update it"
+        ));
     }
     if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
         return Error::Sync(format!("capture is not installed on db {db}: run `ibex validate {sync}`"));

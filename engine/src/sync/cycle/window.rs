@@ -16,6 +16,9 @@ use crate::error::{Error, PgContext, Result};
 use crate::pg::version::XidFlavour;
 use crate::pg::{QualifiedName, quote_literal};
 
+/// Herds up to this size have their windows counted by the probe itself.
+const FOLD_COUNTS_UP_TO_TABLES: usize = 64;
+
 /// One source's window in this run.
 #[derive(Debug, Clone)]
 pub(super) struct SourceWindow {
@@ -107,6 +110,9 @@ impl<'a> Cycle<'a> {
 
     /// Per source, in one query each and all sources at once.
     pub(super) async fn probe(&self, count_limit: Option<u64>) -> Result<Probe> {
+        // Counting in the probe saves a round trip, but a count costs more to
+        // plan than an EXISTS: for large herds, count only the changed tables.
+        let fold = count_limit.filter(|_| self.tables.len() <= FOLD_COUNTS_UP_TO_TABLES);
         let sources: Vec<usize> = self.plan.sources().collect();
         let contended = self.contended();
         let sync = quote_literal(&self.plan.sync.name);
@@ -120,7 +126,7 @@ impl<'a> Cycle<'a> {
                 let changed: Vec<String> = self
                     .tables
                     .iter()
-                    .map(|t| match count_limit {
+                    .map(|t| match fold {
                         Some(limit) => format!(
                             "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
                             t.delta(),
@@ -174,7 +180,7 @@ impl<'a> Cycle<'a> {
         .await?;
         let mut probe = Probe::default();
         for (&src, (rows, beyond, schemas, names, times, resync_schemas, resync_names)) in sources.iter().zip(answers) {
-            if count_limit.is_some() {
+            if fold.is_some() {
                 probe.window_rows.insert(src, rows.iter().sum());
             }
             probe.changed.insert(src, rows.iter().map(|&n| n > 0).collect());
@@ -198,7 +204,42 @@ impl<'a> Cycle<'a> {
                 }
             }
         }
+        if let Some(limit) = count_limit.filter(|_| fold.is_none()) {
+            probe.window_rows = self.count_windows(&probe, limit).await?;
+        }
         Ok(probe)
+    }
+
+    /// Per source with changes: the delta rows of its changed tables, each
+    /// counted up to `limit + 1` (all an empty or small window costs is
+    /// the probe itself).
+    async fn count_windows(&self, probe: &Probe, limit: u64) -> Result<BTreeMap<usize, i64>> {
+        let busy: Vec<(usize, Vec<usize>)> = probe
+            .changed
+            .iter()
+            .map(|(&src, flags)| (src, flags.iter().enumerate().filter(|(_, f)| **f).map(|(ti, _)| ti).collect()))
+            .filter(|(_, tables): &(usize, Vec<usize>)| !tables.is_empty())
+            .collect();
+        let counts = try_join_all(busy.iter().map(|(src, tables)| async move {
+            let window = self.whole_window(*src)?;
+            let parts: Vec<String> = tables
+                .iter()
+                .map(|&ti| {
+                    format!(
+                        "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
+                        self.tables[ti].delta(),
+                        limit.saturating_add(1)
+                    )
+                })
+                .collect();
+            let row = self.clients[*src]
+                .query_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
+                .await
+                .ctx(|| format!("measuring the window on db {}", self.db_name(*src)))?;
+            Ok::<_, Error>((*src, row.get::<_, i64>(0)))
+        }))
+        .await?;
+        Ok(counts.into_iter().collect())
     }
 
     /// `SELECT d.txid FROM delta d WHERE <window> UNION ALL ...` over the
