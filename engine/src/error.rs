@@ -60,6 +60,11 @@ pub enum Error {
     #[error("{0}")]
     Skipped(String),
 
+    /// A `ddl=pause` sync with several sources holds every table while one
+    /// differs between dbs: nothing applied, changes wait (`sync/pause.rs`).
+    #[error("{0}")]
+    Paused(String),
+
     /// A table's columns changed on a db since the sync checked them: the
     /// run is rolled back and the tables checked again.
     #[error("{0}")]
@@ -241,7 +246,7 @@ impl Error {
             },
             Error::Catalog(_) => ErrorKind::Catalog,
             Error::Config(_) => ErrorKind::Config,
-            Error::Schema(_) | Error::SchemaChanged(_) => ErrorKind::Schema,
+            Error::Schema(_) | Error::SchemaChanged(_) | Error::Paused(_) => ErrorKind::Schema,
             Error::Sync(_) => ErrorKind::Failed,
             Error::Plugin { .. } => ErrorKind::Plugin,
         }

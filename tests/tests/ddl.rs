@@ -144,4 +144,149 @@ fn addcol_follows_a_column_added_on_the_source_and_fail_names_it() {
     assert!(!failed.success());
     let said = format!("{}{}", failed.stdout, failed.stderr);
     assert!(said.contains("table public.acct on db other lacks column note"), "{said}");
+
+    // What addcol cannot add (a changed type) pauses the table instead.
+    s.sql("src", "ALTER TABLE acct ALTER COLUMN n TYPE bigint");
+    s.sql("src", "UPDATE acct SET n = n + 1 WHERE id = 1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = s.ibex.run(&["status", "follow"]).ok().stdout;
+        if status.contains("paused: column public.acct.n is integer on db dst but bigint on db src") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "addcol did not fall back to pause:\n{status}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `check` gives the same answer on every db of `dbs`.
+fn same_everywhere(s: &Setup, d: &Daemon, dbs: &[&str], what: &str, check: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answers: Vec<String> = dbs.iter().map(|db| s.sql(db, check)).collect();
+        if answers.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {answers:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `ddl=pause` with one source: a column added on the source by hand holds
+/// back only that table (the other keeps replicating, `status` says why),
+/// its changes wait, and once the target has the column too the table
+/// resumes by itself with every change made meanwhile (updates, deletes,
+/// inserts), copied whole in one transaction.
+#[test]
+fn pause_holds_back_only_the_drifted_table_and_resumes_by_itself() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        "CREATE TABLE acct (id int PRIMARY KEY, n int NOT NULL);
+         CREATE TABLE other (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO acct SELECT i, 0 FROM generate_series(1, 100) i;
+         INSERT INTO other SELECT i, 0 FROM generate_series(1, 100) i",
+    );
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("add table acct other db=src herd=h").ok();
+    s.ibex.sh("add sync follow herd=h dbs=src:source,dst:target ddl=pause").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("src", "UPDATE acct SET n = 1 WHERE id <= 10");
+    same_everywhere(&s, &d, &["src", "dst"], "the first changes never arrived", "SELECT sum(n) FROM acct");
+
+    s.sql("src", "ALTER TABLE acct ADD COLUMN note text");
+    s.sql("src", "UPDATE acct SET n = n + 1, note = 'while paused' WHERE id <= 20");
+    s.sql("src", "DELETE FROM acct WHERE id > 90");
+    s.sql("src", "INSERT INTO acct (id, n, note) SELECT i, 7, 'new' FROM generate_series(101, 110) i");
+    s.sql("src", "UPDATE other SET n = n + 5 WHERE id <= 50");
+    // The other table goes on while acct waits.
+    same_everywhere(&s, &d, &["src", "dst"], "the table that did not change stopped too", "SELECT sum(n) FROM other");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = s.ibex.run(&["status", "follow"]).ok().stdout;
+        if status.contains("Table public.acct")
+            && status.contains("paused: table public.acct on db dst lacks column note")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status does not say acct is paused:\n{status}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM acct WHERE id > 90"), "10", "acct was applied while paused");
+    // More changes, while it waits, to both tables.
+    s.sql("src", "UPDATE acct SET n = n + 100 WHERE id BETWEEN 30 AND 39");
+    s.sql("src", "UPDATE other SET n = n + 1");
+    same_everywhere(&s, &d, &["src", "dst"], "other stopped", "SELECT sum(n) FROM other");
+
+    // The repair: the target gets the column; acct resumes by itself.
+    s.sql("dst", "ALTER TABLE acct ADD COLUMN note text");
+    same_everywhere(
+        &s,
+        &d,
+        &["src", "dst"],
+        "acct did not resume",
+        "SELECT count(*) || ' ' || sum(n) || ' ' || count(note) FROM acct",
+    );
+    s.assert_same(&["src", "dst"], &["acct", "other"]);
+    let status = s.ibex.run(&["status", "follow"]).ok().stdout;
+    assert!(!status.contains("paused:"), "still paused after the repair:\n{status}");
+    assert!(d.log().contains("resumed"), "{}", d.log());
+    // Later changes flow one by one again.
+    s.sql("src", "UPDATE acct SET note = 'after' WHERE id = 1");
+    same_everywhere(&s, &d, &["src", "dst"], "acct stopped after resuming", "SELECT note FROM acct WHERE id = 1");
+}
+
+/// `ddl=pause` with two masters: a column added on one master by hand
+/// holds the whole sync (a whole copy from one master would overwrite the
+/// other's changes); both masters' changes wait, and once the other
+/// master has the column too every change arrives, nothing lost.
+#[test]
+fn pause_on_two_masters_holds_the_sync_and_loses_nothing() {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql("m1", "CREATE TABLE acct (id int PRIMARY KEY, n int NOT NULL); INSERT INTO acct SELECT i, 0 FROM generate_series(1, 100) i");
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source ddl=pause").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("m1", "UPDATE acct SET n = 1 WHERE id <= 10");
+    same_everywhere(&s, &d, &["m1", "m2"], "the first changes never arrived", "SELECT sum(n) FROM acct");
+
+    s.sql("m2", "ALTER TABLE acct ADD COLUMN extra int");
+    // Odd keys written on m1, even ones on m2, while the sync waits.
+    for round in 0..5 {
+        s.sql("m1", &format!("UPDATE acct SET n = n + 1 WHERE id % 2 = 1 AND id > {round}"));
+        s.sql("m2", &format!("UPDATE acct SET n = n + 1, extra = {round} WHERE id % 2 = 0 AND id > {round}"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = s.ibex.run(&["status", "mm"]).ok().stdout;
+        if status.contains("Paused")
+            && status.contains("paused: table public.acct")
+            && status.contains("whole sync waits")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status does not say mm is paused:\n{status}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m1_sum = s.sql("m1", "SELECT sum(n) FROM acct WHERE id % 2 = 1");
+    let m2_sum = s.sql("m2", "SELECT sum(n) FROM acct WHERE id % 2 = 0");
+    assert_ne!(
+        s.sql("m2", "SELECT sum(n) FROM acct WHERE id % 2 = 1"),
+        m1_sum,
+        "m1's changes were applied while paused"
+    );
+
+    s.sql("m1", "ALTER TABLE acct ADD COLUMN extra int");
+    same_everywhere(&s, &d, &["m1", "m2"], "mm did not resume", "SELECT sum(n) || ' ' || count(extra) FROM acct");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m2", "SELECT sum(n) FROM acct WHERE id % 2 = 1"), m1_sum, "a change of m1 was lost");
+    assert_eq!(s.sql("m1", "SELECT sum(n) FROM acct WHERE id % 2 = 0"), m2_sum, "a change of m2 was lost");
+    let status = s.ibex.run(&["status", "mm"]).ok().stdout;
+    assert!(!status.contains("paused:"), "still paused after the repair:\n{status}");
 }

@@ -320,15 +320,29 @@ async fn keep_pending_as_resync(
                 reader.sync, reader.sync
             )));
         }
-        tx.execute(
-            "INSERT INTO ibex.resync (sync, schema_name, rel_name, reason) VALUES ($1, $2, $3, 'key columns changed')
-             ON CONFLICT DO NOTHING",
-            &[&reader.sync, &table.schema, &table.name],
-        )
-        .await
-        .ctx(|| format!("scheduling a whole-table copy of {shown}"))?;
+        schedule_resync(tx, &reader.sync, table, "key columns changed").await?;
         report.resyncs.push(format!("{}: {shown}", reader.sync));
     }
+    Ok(())
+}
+
+/// Asks `sync` to copy `table` whole from this db at the first run that
+/// applies the table (see `sync/cycle/whole.rs`); the run forgets the ask
+/// in its own transaction.
+pub async fn schedule_resync(
+    client: &impl tokio_postgres::GenericClient,
+    sync: &str,
+    table: &QualifiedName,
+    reason: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO ibex.resync (sync, schema_name, rel_name, reason) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sync, schema_name, rel_name) DO UPDATE SET reason = excluded.reason",
+            &[&sync, &table.schema, &table.name, &reason],
+        )
+        .await
+        .ctx(|| format!("scheduling a whole-table copy of {table} for sync {sync}"))?;
     Ok(())
 }
 

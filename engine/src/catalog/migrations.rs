@@ -241,6 +241,23 @@ ALTER TABLE ibex.sync ADD COLUMN ddl text NOT NULL DEFAULT 'fail' CHECK (ddl IN 
 COMMENT ON TABLE ibex.lease IS 'Which daemon runs each sync, until expires_at (renewed by the holder); token grows at every takeover and fences older holders out on the dbs';
 "#,
     },
+    Migration {
+        version: 8,
+        description: "ddl=pause: tables a sync holds back until their columns match again",
+        sql: r#"
+ALTER TABLE ibex.sync DROP CONSTRAINT sync_ddl_check;
+ALTER TABLE ibex.sync ADD CONSTRAINT sync_ddl_check CHECK (ddl IN ('fail', 'pause', 'addcol'));
+CREATE TABLE ibex.paused_table (
+    sync        text NOT NULL REFERENCES ibex.sync (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    table_name  text NOT NULL,
+    reason      text NOT NULL,
+    whole_sync  boolean NOT NULL,
+    since       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sync, table_name)
+);
+COMMENT ON TABLE ibex.paused_table IS 'Tables a ddl=pause sync does not apply while their columns differ between dbs; whole_sync when the sync holds every table (several sources)';
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

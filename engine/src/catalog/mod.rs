@@ -11,6 +11,7 @@ pub mod lease;
 pub mod manifest;
 pub mod migrations;
 mod names;
+pub mod paused;
 pub mod plugin;
 pub mod relation;
 pub mod runs;

@@ -143,9 +143,13 @@ pub enum DdlPolicy {
     /// The run fails, naming the table, db and column.
     #[default]
     Fail,
+    /// The sync stops applying the table (every table, when it has several
+    /// sources) while capture goes on, and resumes by itself once the
+    /// columns match everywhere (see `sync/pause.rs`).
+    Pause,
     /// A column a source has and another db lacks is added there (same
     /// type, collation, default, NOT NULL) before rows with it are
-    /// applied; any other difference fails the run.
+    /// applied; any other difference pauses the table as `Pause` does.
     Addcol,
 }
 
@@ -153,6 +157,7 @@ impl DdlPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
             DdlPolicy::Fail => "fail",
+            DdlPolicy::Pause => "pause",
             DdlPolicy::Addcol => "addcol",
         }
     }
@@ -163,9 +168,10 @@ impl FromStr for DdlPolicy {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "fail" => Ok(DdlPolicy::Fail),
+            "pause" => Ok(DdlPolicy::Pause),
             "addcol" => Ok(DdlPolicy::Addcol),
             other => Err(Error::usage(format!(
-                "bad ddl {other:?}: use fail (a run stops on a schema difference) or addcol (columns a source gained are added on the other dbs)"
+                "bad ddl {other:?}: use fail (a run stops on a schema difference), pause (the differing table waits, capture goes on, and it resumes once the columns match) or addcol (columns a source gained are added on the other dbs; other differences pause)"
             ))),
         }
     }

@@ -318,7 +318,7 @@ pub enum AddCmd {
     Dbgroup(DbGroupArgs),
     /// Create a sync: a herd replicated among the dbs of a dbgroup
     #[command(
-        after_help = "Keys: herd (or tables=T1,T2), dbs (a dbgroup, or DB:ROLE,DB:ROLE), conflict_strategy\n(latest|latest_all_tables|abort|skip|random|db1,db2,...), autokick (true), checktime (off),\nonetimecopy (0|1|2), kidsalive (true), status (active|inactive), lock_timeout, isolation_level,\nmakedelta (false), ddl (fail|addcol)\n\nExample:\n  ibex add sync foobar herd=therd dbs=tgroup autokick=false"
+        after_help = "Keys: herd (or tables=T1,T2), dbs (a dbgroup, or DB:ROLE,DB:ROLE), conflict_strategy\n(latest|latest_all_tables|abort|skip|random|db1,db2,...), autokick (true), checktime (off),\nonetimecopy (0|1|2), kidsalive (true), status (active|inactive), lock_timeout, isolation_level,\nmakedelta (false), ddl (fail|pause|addcol)\n\nExample:\n  ibex add sync foobar herd=therd dbs=tgroup autokick=false"
     )]
     Sync(NamedParams),
     /// Add a WebAssembly plugin (conflict handler, row transform or sync hooks)

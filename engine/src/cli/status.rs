@@ -17,6 +17,8 @@ struct SyncStatus {
     last_bad: Option<RunRecord>,
     /// Which daemon runs the sync (its lease), if one does.
     lease: Option<catalog::lease::LeaseView>,
+    /// Tables its ddl policy holds back (`ddl=pause`).
+    paused: Vec<catalog::paused::PausedTable>,
 }
 
 /// "3m2s" style: the two largest units.
@@ -62,7 +64,13 @@ async fn collect(c: &tokio_postgres::Client, name: &str, status: String) -> Resu
     let last_good = catalog::runs::last(c, name, RunState::Good).await?;
     let last_bad = catalog::runs::last(c, name, RunState::Bad).await?;
     let lease = catalog::lease::list(c).await?.into_iter().find(|l| l.sync == name && l.live);
-    Ok(SyncStatus { name: name.to_string(), state: state(&last_good, &last_bad), status, last_good, last_bad, lease })
+    let paused = catalog::paused::list(c, name).await?;
+    let state = match state(&last_good, &last_bad) {
+        "Good" if paused.iter().any(|p| p.whole_sync) => "Paused",
+        "Good" if !paused.is_empty() => "Good, tables paused",
+        other => other,
+    };
+    Ok(SyncStatus { name: name.to_string(), state, status, last_good, last_bad, lease, paused })
 }
 
 pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
@@ -175,6 +183,12 @@ pub async fn show(ctx: &Context, args: StatusArgs) -> Result<()> {
             ];
             for (label, value) in lines {
                 ctx.out.line(format!("{label:<32}: {value}"));
+            }
+            for p in &status.paused {
+                let what = if p.whole_sync { "the whole sync waits" } else { "this table waits" };
+                let since = p.since.map(|t| format!(", since {} ago", ago(t))).unwrap_or_default();
+                let label = format!("Table {}", p.table);
+                ctx.out.line(format!("{label:<32}: paused: {} ({what}{since})", p.reason));
             }
             if let Some(run) = &running {
                 ctx.out.line(format!("{:<32}: run {} started {} ago", "Running now", run.run, ago(run.started_at)));

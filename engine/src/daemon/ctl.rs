@@ -137,6 +137,11 @@ pub async fn run(
             Ok(record) => {
                 ctx.metrics.record_run(&record);
                 ctx.metrics.record_phases(&record.sync, &record.phases);
+                if !kid.paused().is_empty() {
+                    // Held back by the ddl policy: look again soon, writes or not.
+                    let recheck = Instant::now() + crate::sync::pause::RECHECK;
+                    due = Some(due.map_or(recheck, |d| d.min(recheck)));
+                }
                 if record.state == RunState::Good {
                     failures = 0;
                     if let Some(left) = record.backlog.filter(|b| *b > 0) {

@@ -56,6 +56,10 @@ pub struct Kid {
     /// Per db, the fingerprint of the tables' columns when `specs` were
     /// made; each run checks it (see `introspect::shape_query`).
     shapes: Vec<String>,
+    /// Tables held back by the ddl policy (see `pause.rs`), as last checked.
+    paused: Vec<catalog::paused::PausedTable>,
+    /// What the catalog last heard of `paused` (None: not written yet).
+    paused_recorded: Option<Vec<catalog::paused::PausedTable>>,
 }
 
 /// The smallest window a timeout can shrink it to.
@@ -74,11 +78,18 @@ impl Kid {
             lease: None,
             fence: 0,
             shapes: Vec::new(),
+            paused: Vec::new(),
+            paused_recorded: None,
         }
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Tables the ddl policy holds back, as the last check found them.
+    pub fn paused(&self) -> &[catalog::paused::PausedTable] {
+        &self.paused
     }
 
     /// Replaces the plan (after a catalog change); connections are redone.
@@ -144,15 +155,33 @@ impl Kid {
                 &self.plan.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
             );
             let mut shapes = validate::shapes(&self.plan, &clients, &shape).await?;
-            let specs = match validate::check(&self.plan, &clients).await {
-                Err(Error::Schema(why)) if self.plan.sync.params.ddl == DdlPolicy::Addcol => {
-                    if super::ddl::add_missing_columns(&self.plan, &clients).await?.is_empty() {
-                        return Err(Error::Schema(why));
-                    }
-                    shapes = validate::shapes(&self.plan, &clients, &shape).await?;
-                    validate::check(&self.plan, &clients).await?
+            let mut checked = validate::check_tables(&self.plan, &clients).await?;
+            let policy = self.plan.sync.params.ddl;
+            if policy == DdlPolicy::Addcol
+                && !checked.is_clean()
+                && !super::ddl::add_missing_columns(&self.plan, &clients).await?.is_empty()
+            {
+                shapes = validate::shapes(&self.plan, &clients, &shape).await?;
+                checked = validate::check_tables(&self.plan, &clients).await?;
+            }
+            let specs = match policy {
+                DdlPolicy::Fail => {
+                    self.paused.clear();
+                    checked.strict(&self.plan)?
                 }
-                checked => checked?,
+                // Differences of the sync as a whole (a missing sequence, an
+                // unmappable type) are not a table's to wait for.
+                _ if !checked.other.is_empty() => checked.strict(&self.plan)?,
+                DdlPolicy::Pause | DdlPolicy::Addcol => {
+                    let held = super::pause::hold(&self.plan, &clients, &checked.drift).await?;
+                    super::pause::log_changes(&self.plan.sync.name, &self.paused, &held);
+                    self.paused = held;
+                    if self.paused.iter().any(|p| p.whole_sync) {
+                        // Checked again at every run until the tables match.
+                        return Err(Error::Paused(super::pause::summary(&self.paused)));
+                    }
+                    checked.specs
+                }
             };
             self.specs = Some(specs);
             self.shapes = shapes;
@@ -227,6 +256,10 @@ impl Kid {
                 record.error = Some(format!("skipped: {why}"));
                 self.disconnect();
             }
+            Err(Error::Paused(why)) => {
+                // As the ddl policy asks: nothing applied, the changes wait.
+                record.error = Some(format!("paused: {why}"));
+            }
             Err(err) => {
                 record.state = RunState::Bad;
                 record.error = Some(err.to_string());
@@ -237,6 +270,13 @@ impl Kid {
                 self.disconnect();
                 self.specs = None;
             }
+        }
+        if record.error.is_none() && !self.paused.is_empty() {
+            record.error = Some(format!("paused: {}", super::pause::summary(&self.paused)));
+        }
+        if self.paused_recorded.as_ref() != Some(&self.paused) {
+            catalog::paused::record(catalog_client, &sync, &self.paused).await?;
+            self.paused_recorded = Some(self.paused.clone());
         }
         record.ended_at = Some(Utc::now());
         catalog::runs::finish(catalog_client, &record, &conflicts).await?;

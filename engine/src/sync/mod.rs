@@ -6,6 +6,7 @@ mod cycle;
 pub mod ddl;
 pub mod hooks;
 mod kid;
+pub mod pause;
 pub mod plan;
 pub mod progress;
 pub mod setup;

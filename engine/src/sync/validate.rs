@@ -75,13 +75,58 @@ impl TableSpec {
     }
 }
 
+/// What `check_tables` found: the tables that match on every db, and the
+/// differences, per table (a `ddl=pause` sync holds those tables back)
+/// and of the sync as a whole (missing sequences, unmappable types).
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Tables that match everywhere, in foreign-key order.
+    pub specs: Vec<TableSpec>,
+    pub drift: Vec<Drift>,
+    pub other: Vec<String>,
+}
+
+/// How one table differs between the sync's dbs.
+#[derive(Debug, Clone)]
+pub struct Drift {
+    pub table: QualifiedName,
+    pub problems: Vec<String>,
+}
+
+impl Checked {
+    pub fn is_clean(&self) -> bool {
+        self.drift.is_empty() && self.other.is_empty()
+    }
+
+    /// Every difference, in table order, then the sync's own.
+    pub fn problems(&self) -> Vec<String> {
+        self.drift.iter().flat_map(|d| d.problems.iter().cloned()).chain(self.other.iter().cloned()).collect()
+    }
+
+    /// The specs, or the error naming every difference.
+    pub fn strict(self, plan: &Plan) -> Result<Vec<TableSpec>> {
+        if self.is_clean() {
+            Ok(self.specs)
+        } else {
+            Err(Error::Schema(format!("sync {} cannot run: {}", plan.sync.name, self.problems().join("; "))))
+        }
+    }
+}
+
 /// Reads every table on every db and compares them with the primary
 /// source. All differences are reported at once.
 pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
+    check_tables(plan, clients).await?.strict(plan)
+}
+
+/// Like `check`, but a table that differs is left out of the specs and
+/// named in `drift` instead of failing the whole check.
+pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
     let primary = plan.primary_source();
-    let mut problems = Vec::new();
     let mut specs = Vec::new();
+    let mut drift = Vec::new();
     for table in &plan.tables {
+        let mut problems = Vec::new();
         let mut per_db = Vec::new();
         for (i, db) in plan.dbs.iter().enumerate() {
             match introspect::columns(clients[i], &table.name).await? {
@@ -93,6 +138,7 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
             }
         }
         let Some(reference) = per_db[primary].clone() else {
+            drift.push(Drift { table: table.name.clone(), problems });
             continue;
         };
         for (i, cols) in per_db.iter().enumerate() {
@@ -120,6 +166,10 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
                 None => problems.push(format!("key column {col} of table {} is missing", table.name)),
             }
         }
+        if !problems.is_empty() {
+            drift.push(Drift { table: table.name.clone(), problems });
+            continue;
+        }
         let columns: Vec<LiveColumn> = reference.iter().filter(|c| !c.generated).cloned().collect();
         specs.push(TableSpec {
             id: table.id,
@@ -130,6 +180,7 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
             capture_old: table.capture_old,
         });
     }
+    let mut problems = Vec::new();
     for seq in &plan.sequences {
         for (i, db) in plan.dbs.iter().enumerate() {
             let row = clients[i]
@@ -148,12 +199,9 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
         }
     }
     problems.extend(crate::target::unmappable(&plan.foreign, &specs));
-    if !problems.is_empty() {
-        return Err(Error::Schema(format!("sync {} cannot run: {}", plan.sync.name, problems.join("; "))));
-    }
     let fks =
         introspect::foreign_keys(clients[primary], &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()).await?;
-    Ok(dependency_order(specs, &fks))
+    Ok(Checked { specs: dependency_order(specs, &fks), drift, other: problems })
 }
 
 /// Per db, the fingerprint of the sync's tables' columns (`shape`).

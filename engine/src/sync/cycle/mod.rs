@@ -327,7 +327,9 @@ impl<'a> Cycle<'a> {
     async fn begin(&mut self) -> Result<()> {
         let params = &self.plan.sync.params;
         let locks: Vec<String> = self.tables.iter().map(TableSpec::quoted).collect();
-        let names: Vec<crate::pg::QualifiedName> = self.tables.iter().map(|t| t.name.clone()).collect();
+        // Every table of the sync, also those a ddl=pause sync holds back:
+        // a repair of one of them is what makes it check them again.
+        let names: Vec<crate::pg::QualifiedName> = self.plan.tables.iter().map(|t| t.name.clone()).collect();
         let shape_query = crate::pg::introspect::shape_query(&names);
         let sync = self.plan.sync.name.clone();
         let results = try_join_all(self.plan.dbs.iter().enumerate().map(|(i, db)| {
