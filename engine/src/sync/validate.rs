@@ -78,7 +78,7 @@ impl TableSpec {
 /// Reads every table on every db and compares them with the primary
 /// source. All differences are reported at once.
 pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
-    let primary = plan.primary_source();
+    let primary = plan.primary_source().index();
     let mut problems = Vec::new();
     let mut specs = Vec::new();
     for table in &plan.tables {
