@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod declare;
 pub mod error;
 pub mod failpoint;
+pub mod ids;
 pub mod logging;
 pub mod names;
 pub mod pg;

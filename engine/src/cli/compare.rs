@@ -65,7 +65,7 @@ pub async fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<ExitCode> {
     }
     for d in found.iter().filter(|d| !d.identical) {
         for k in &d.keys {
-            let on: Vec<&str> = marks_for(kid.plan(), k).into_iter().map(|i| kid.plan().dbs[i].name.as_str()).collect();
+            let on: Vec<&str> = marks_for(kid.plan(), k).into_iter().map(|i| kid.plan().db(i).name.as_str()).collect();
             let versions: Vec<String> = k.versions.iter().map(|v| v.join("+")).collect();
             ctx.out.line(format!(
                 "{} key {}: versions {}{}; {} on {}",

@@ -5,12 +5,13 @@
 use rand::Rng;
 
 use crate::catalog::ConflictStrategy;
+use crate::ids::DbId;
 
-/// One source's change of a key: which db (index into the sync's dbs) and
+/// One source's change of a key: which db (of the sync's dbs) and
 /// when (microseconds since 2000-01-01, PostgreSQL's timestamptz).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
-    pub db: usize,
+    pub db: DbId,
     pub changed_at: i64,
 }
 
@@ -18,7 +19,7 @@ pub struct Version {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Every other db gets this db's row (or loses the row, if it was deleted there).
-    Winner { db: usize, reason: Reason },
+    Winner { db: DbId, reason: Reason },
     /// The key is left as it is on each db.
     Skip,
 }
@@ -58,7 +59,7 @@ pub struct Resolver {
     strategy: ConflictStrategy,
     dbs: Vec<Contender>,
     /// For latest_all_tables: the db with the newest change of the run.
-    run_winner: Option<usize>,
+    run_winner: Option<DbId>,
 }
 
 /// `abort` strategy: the run must fail.
@@ -72,9 +73,8 @@ impl Resolver {
 
     /// latest_all_tables needs, before any decision, the newest change time
     /// of each source over every table of the window.
-    pub fn set_newest_per_db(&mut self, newest: &[(usize, i64)]) {
-        let versions: Vec<Version> = newest.iter().map(|&(db, changed_at)| Version { db, changed_at }).collect();
-        self.run_winner = (!versions.is_empty()).then(|| self.latest(&versions).0);
+    pub fn set_newest_per_db(&mut self, newest: &[Version]) {
+        self.run_winner = (!newest.is_empty()).then(|| self.latest(newest).0);
     }
 
     pub fn needs_newest_per_db(&self) -> bool {
@@ -98,7 +98,7 @@ impl Resolver {
                 }
             },
             ConflictStrategy::Ordered(order) => {
-                let first = order.iter().find_map(|name| versions.iter().find(|v| &self.dbs[v.db].name == name));
+                let first = order.iter().find_map(|name| versions.iter().find(|v| &self.contender(v.db).name == name));
                 match first {
                     Some(v) => Decision::Winner { db: v.db, reason: Reason::Ordered },
                     None => {
@@ -124,16 +124,19 @@ impl Resolver {
 
     /// Newest change wins; a tie goes to the higher priority, then to the
     /// name that sorts first, so every run decides the same way.
-    fn latest(&self, versions: &[Version]) -> (usize, Reason) {
+    fn latest(&self, versions: &[Version]) -> (DbId, Reason) {
         let rank = |v: &Version| {
-            let db = &self.dbs[v.db];
+            let db = self.contender(v.db);
             (v.changed_at, db.priority, std::cmp::Reverse(db.name.as_str()))
         };
         let best = versions.iter().max_by(|a, b| rank(a).cmp(&rank(b))).copied().unwrap_or(versions[0]);
         let tied: Vec<&Version> = versions.iter().filter(|v| v.changed_at == best.changed_at).collect();
         let reason = if tied.len() == 1 {
             Reason::Latest
-        } else if tied.iter().filter(|v| v.db != best.db).all(|v| self.dbs[v.db].priority < self.dbs[best.db].priority)
+        } else if tied
+            .iter()
+            .filter(|v| v.db != best.db)
+            .all(|v| self.contender(v.db).priority < self.contender(best.db).priority)
         {
             Reason::Priority
         } else {
@@ -142,8 +145,12 @@ impl Resolver {
         (best.db, reason)
     }
 
-    pub fn db_name(&self, db: usize) -> &str {
-        &self.dbs[db].name
+    pub fn db_name(&self, db: DbId) -> &str {
+        &self.contender(db).name
+    }
+
+    fn contender(&self, db: DbId) -> &Contender {
+        &self.dbs[db.index()]
     }
 }
 
@@ -160,31 +167,35 @@ mod tests {
     }
 
     fn v(db: usize, changed_at: i64) -> Version {
-        Version { db, changed_at }
+        Version { db: DbId::new(db), changed_at }
+    }
+
+    fn winner(db: usize, reason: Reason) -> Result<Decision, MustAbort> {
+        Ok(Decision::Winner { db: DbId::new(db), reason })
     }
 
     #[test]
     fn latest_prefers_newest_then_priority_then_name() {
         let r = Resolver::new(ConflictStrategy::Latest, dbs());
-        assert_eq!(r.decide(&[v(0, 10), v(1, 20)]), Ok(Decision::Winner { db: 1, reason: Reason::Latest }));
-        assert_eq!(r.decide(&[v(0, 10), v(2, 10)]), Ok(Decision::Winner { db: 2, reason: Reason::Priority }));
-        assert_eq!(r.decide(&[v(2, 10), v(0, 10)]), Ok(Decision::Winner { db: 2, reason: Reason::Priority }));
-        assert_eq!(r.decide(&[v(0, 10), v(1, 10)]), Ok(Decision::Winner { db: 1, reason: Reason::Name }));
-        assert_eq!(r.decide(&[v(1, 10), v(0, 10)]), Ok(Decision::Winner { db: 1, reason: Reason::Name }));
+        assert_eq!(r.decide(&[v(0, 10), v(1, 20)]), winner(1, Reason::Latest));
+        assert_eq!(r.decide(&[v(0, 10), v(2, 10)]), winner(2, Reason::Priority));
+        assert_eq!(r.decide(&[v(2, 10), v(0, 10)]), winner(2, Reason::Priority));
+        assert_eq!(r.decide(&[v(0, 10), v(1, 10)]), winner(1, Reason::Name));
+        assert_eq!(r.decide(&[v(1, 10), v(0, 10)]), winner(1, Reason::Name));
     }
 
     #[test]
     fn ordered_list_then_latest() {
         let r = Resolver::new(ConflictStrategy::Ordered(vec!["c".into(), "b".into()]), dbs());
-        assert_eq!(r.decide(&[v(0, 99), v(2, 1)]), Ok(Decision::Winner { db: 2, reason: Reason::Ordered }));
-        assert_eq!(r.decide(&[v(0, 1), v(1, 99)]), Ok(Decision::Winner { db: 0, reason: Reason::Ordered }));
+        assert_eq!(r.decide(&[v(0, 99), v(2, 1)]), winner(2, Reason::Ordered));
+        assert_eq!(r.decide(&[v(0, 1), v(1, 99)]), winner(0, Reason::Ordered));
     }
 
     #[test]
     fn latest_all_tables_uses_the_run_winner() {
         let mut r = Resolver::new(ConflictStrategy::LatestAllTables, dbs());
-        r.set_newest_per_db(&[(0, 50), (1, 40)]);
-        assert_eq!(r.decide(&[v(0, 1), v(1, 30)]), Ok(Decision::Winner { db: 0, reason: Reason::LatestAllTables }));
+        r.set_newest_per_db(&[v(0, 50), v(1, 40)]);
+        assert_eq!(r.decide(&[v(0, 1), v(1, 30)]), winner(0, Reason::LatestAllTables));
     }
 
     #[test]
@@ -195,7 +206,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             if let Ok(Decision::Winner { db, .. }) = r.decide(&[v(0, 1), v(1, 2)]) {
-                seen.insert(db);
+                seen.insert(db.index());
             }
         }
         assert_eq!(seen.len(), 2);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::plan::Plan;
+use super::plan::{DbId, Plan};
 use super::validate::TableSpec;
 use crate::capture::delta_table_name;
 use crate::catalog::Role;
@@ -138,10 +138,9 @@ pub async fn compare(
     }
     for table in tables {
         let mut per_db = Vec::new();
-        for (i, client) in clients.iter().enumerate() {
-            let hashed =
-                buckets(client, table).await.ctx(|| format!("hashing {} on db {}", table.name, plan.dbs[i].name))?;
-            progress.set_detail(format!("{} on db {}", table.name, plan.dbs[i].name));
+        for (client, db) in clients.iter().zip(&plan.dbs) {
+            let hashed = buckets(client, table).await.ctx(|| format!("hashing {} on db {}", table.name, db.name))?;
+            progress.set_detail(format!("{} on db {}", table.name, db.name));
             progress.advance(hashed.values().map(|(n, _)| *n).sum::<i64>().max(0) as u64);
             per_db.push(hashed);
         }
@@ -162,11 +161,11 @@ pub async fn compare(
         };
         if with_keys && !differing.is_empty() {
             let mut seen: Vec<BTreeMap<String, (Vec<String>, i64)>> = Vec::new();
-            for (i, client) in clients.iter().enumerate() {
+            for (client, db) in clients.iter().zip(&plan.dbs) {
                 seen.push(
                     rows_of(client, table, &differing)
                         .await
-                        .ctx(|| format!("reading keys of {} on db {}", table.name, plan.dbs[i].name))?,
+                        .ctx(|| format!("reading keys of {} on db {}", table.name, db.name))?,
                 );
             }
             let keys: BTreeSet<&String> = seen.iter().flat_map(|m| m.keys()).collect();
@@ -206,7 +205,7 @@ pub async fn compare(
 async fn estimate_rows(plan: &Plan, clients: &[&Client], tables: &[&TableSpec]) -> Option<u64> {
     let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
     let mut total = 0.0;
-    for (i, client) in clients.iter().enumerate() {
+    for (client, db) in clients.iter().zip(&plan.dbs) {
         // Outside any transaction: a failure here only costs the ETA.
         let row = client
             .query_one(
@@ -215,7 +214,7 @@ async fn estimate_rows(plan: &Plan, clients: &[&Client], tables: &[&TableSpec]) 
                 &[&names],
             )
             .await
-            .inspect_err(|e| tracing::debug!(db = %plan.dbs[i].name, error = %e, "no row estimate for compare"))
+            .inspect_err(|e| tracing::debug!(db = %db.name, error = %e, "no row estimate for compare"))
             .ok()?;
         if !row.get::<_, bool>(1) {
             return None;
@@ -232,13 +231,13 @@ async fn estimate_rows(plan: &Plan, clients: &[&Client], tables: &[&TableSpec]) 
 /// priority then name, as the marks share one change time); on one source
 /// holding it when only some dbs lack it; on the first source when no
 /// source has it (it is removed everywhere).
-pub fn marks_for(plan: &Plan, key: &KeyDiff) -> Vec<usize> {
-    let sources: Vec<usize> = plan.sources().collect();
+pub fn marks_for(plan: &Plan, key: &KeyDiff) -> Vec<DbId> {
+    let sources: Vec<DbId> = plan.sources().collect();
     if sources.len() == 1 {
         return sources;
     }
-    let holders: Vec<usize> =
-        sources.iter().copied().filter(|&s| key.versions.iter().any(|v| v.contains(&plan.dbs[s].name))).collect();
+    let holders: Vec<DbId> =
+        sources.iter().copied().filter(|&s| key.versions.iter().any(|v| v.contains(&plan.db(s).name))).collect();
     let source_versions = key
         .versions
         .iter()

@@ -12,7 +12,7 @@ use chrono::Utc;
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
-use super::cycle::{Cycle, CycleOutcome, RunPlugins, Transform};
+use super::cycle::{Cycle, CycleOutcome, NewCursor, RunPlugins, Transform};
 use super::plan::Plan;
 use super::validate::{self, TableSpec};
 use crate::catalog::sync::DdlPolicy;
@@ -447,8 +447,8 @@ impl Kid {
     /// After every db committed: the sources' cursors move to this run's
     /// snapshots. A crash before this re-applies the same changes next
     /// time, which delete + copy of current rows makes harmless.
-    async fn advance_cursors(&self, cursors: &[(usize, String)]) -> Result<()> {
-        try_join_all(cursors.iter().map(|(db, snapshot)| self.advance_cursor(*db, snapshot))).await?;
+    async fn advance_cursors(&self, cursors: &[NewCursor]) -> Result<()> {
+        try_join_all(cursors.iter().map(|c| self.advance_cursor(c.db.index(), &c.snapshot))).await?;
         Ok(())
     }
 
@@ -527,15 +527,15 @@ impl Kid {
         let mut made = Vec::new();
         for diff in diffs {
             let Some(table) = specs.iter().find(|t| t.name.to_string() == diff.table) else { continue };
-            let mut per_db: std::collections::BTreeMap<usize, Vec<&super::compare::KeyDiff>> = Default::default();
+            let mut per_db: std::collections::BTreeMap<super::DbId, Vec<&super::compare::KeyDiff>> = Default::default();
             for key in &diff.keys {
                 for db in super::compare::marks_for(&self.plan, key) {
                     per_db.entry(db).or_default().push(key);
                 }
             }
             for (db, keys) in per_db {
-                let n = super::compare::mark(&self.clients[db], table, &keys, at).await?;
-                made.push((diff.table.clone(), self.plan.dbs[db].name.clone(), n));
+                let n = super::compare::mark(&self.clients[db.index()], table, &keys, at).await?;
+                made.push((diff.table.clone(), self.plan.db(db).name.clone(), n));
             }
         }
         Ok(made)

@@ -13,7 +13,7 @@ pub mod setup;
 pub mod stagger;
 pub mod validate;
 
-pub use cycle::CycleOutcome;
+pub use cycle::{CycleOutcome, NewCursor};
 pub use kid::{Kid, application_name as kid_application_name, syncdone_channel};
-pub use plan::{Plan, PlanDb};
+pub use plan::{DbId, Plan, PlanDb, TableId};
 pub use validate::TableSpec;

@@ -37,7 +37,7 @@ pub async fn hold(plan: &Plan, clients: &[&Client], drift: &[Drift]) -> Result<V
         if !whole_sync {
             let source = plan.primary_source();
             let why = format!("held back by ddl={}: {reason}", plan.sync.params.ddl.as_str());
-            capture::schedule_resync(clients[source], &plan.sync.name, &d.table, &why).await?;
+            capture::schedule_resync(clients[source.index()], &plan.sync.name, &d.table, &why).await?;
         }
         held.push(PausedTable { table: d.table.to_string(), reason, whole_sync, since: None });
     }

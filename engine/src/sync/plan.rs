@@ -9,6 +9,8 @@ use crate::catalog::{self, RelKind, Role, SyncRecord};
 use crate::error::{Error, Result};
 use crate::pg::{ConnInfo, QualifiedName};
 
+pub use crate::ids::{DbId, TableId};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanDb {
     pub name: String,
@@ -173,30 +175,60 @@ impl Plan {
         Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms, hooks, foreign })
     }
 
-    /// A db's index in a run: its place in `dbs`, or for a foreign target
+    /// A db's id in a run: its place in `dbs`, or for a foreign target
     /// `dbs.len()` plus its place in `foreign`.
-    pub fn db_index(&self, name: &str) -> Option<usize> {
+    pub fn db_index(&self, name: &str) -> Option<DbId> {
         self.dbs
             .iter()
             .position(|d| d.name == name)
-            .or_else(|| self.foreign.iter().position(|f| f.name == name).map(|i| self.dbs.len() + i))
+            .map(DbId::new)
+            .or_else(|| self.foreign.iter().position(|f| f.name == name).map(|i| self.foreign_id(i)))
     }
 
-    pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {
-        self.dbs.iter().enumerate().filter(|(_, d)| d.role == Role::Source).map(|(i, _)| i)
+    /// A PostgreSQL db of the sync (not a foreign target).
+    pub fn db(&self, db: DbId) -> &PlanDb {
+        &self.dbs[db.index()]
+    }
+
+    /// The sync's PostgreSQL dbs, in dbgroup order.
+    pub fn db_ids(&self) -> impl Iterator<Item = DbId> + use<> {
+        (0..self.dbs.len()).map(DbId::new)
+    }
+
+    /// The id of `foreign[i]`: after every PostgreSQL db.
+    pub fn foreign_id(&self, i: usize) -> DbId {
+        DbId::new(self.dbs.len() + i)
+    }
+
+    /// The foreign targets, in the order of `foreign`.
+    pub fn foreign_ids(&self) -> impl Iterator<Item = DbId> + use<> {
+        let first = self.dbs.len();
+        (0..self.foreign.len()).map(move |i| DbId::new(first + i))
+    }
+
+    fn with_role(&self, keep: impl Fn(Role) -> bool) -> impl Iterator<Item = DbId> {
+        self.db_ids().filter(move |&d| keep(self.db(d).role))
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = DbId> + '_ {
+        self.with_role(|r| r == Role::Source)
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = DbId> + '_ {
+        self.with_role(|r| r == Role::Target)
     }
 
     /// The db full copies come from: the first source.
-    pub fn primary_source(&self) -> usize {
-        self.sources().next().unwrap_or(0)
+    pub fn primary_source(&self) -> DbId {
+        self.sources().next().unwrap_or(DbId::new(0))
     }
 
     /// Dbs that take delta changes (sources and targets, not fullcopy).
-    pub fn delta_dbs(&self) -> impl Iterator<Item = usize> + '_ {
-        self.dbs.iter().enumerate().filter(|(_, d)| d.role != Role::Fullcopy).map(|(i, _)| i)
+    pub fn delta_dbs(&self) -> impl Iterator<Item = DbId> + '_ {
+        self.with_role(|r| r != Role::Fullcopy)
     }
 
-    pub fn fullcopy_dbs(&self) -> impl Iterator<Item = usize> + '_ {
-        self.dbs.iter().enumerate().filter(|(_, d)| d.role == Role::Fullcopy).map(|(i, _)| i)
+    pub fn fullcopy_dbs(&self) -> impl Iterator<Item = DbId> + '_ {
+        self.with_role(|r| r == Role::Fullcopy)
     }
 }

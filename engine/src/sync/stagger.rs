@@ -6,7 +6,7 @@
 
 use tokio_postgres::Client;
 
-use super::plan::Plan;
+use super::plan::{DbId, Plan};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::{QualifiedName, quote_literal};
 
@@ -45,14 +45,14 @@ pub async fn feeding_sequences(client: &Client, plan: &Plan) -> Result<Vec<Feedi
 /// What `validate` should say about a multi-master sync whose tables take
 /// keys from sequences that are not staggered on some source.
 pub async fn unstaggered(plan: &Plan, clients: &[&Client]) -> Result<Vec<String>> {
-    let sources: Vec<usize> = plan.sources().collect();
+    let sources: Vec<DbId> = plan.sources().collect();
     if sources.len() < 2 {
         return Ok(Vec::new());
     }
     let mut warnings = Vec::new();
     for &src in &sources {
-        for feed in feeding_sequences(clients[src], plan).await? {
-            let increment: i64 = clients[src]
+        for feed in feeding_sequences(clients[src.index()], plan).await? {
+            let increment: i64 = clients[src.index()]
                 .query_one(
                     "SELECT increment_by FROM pg_sequences WHERE format('%I.%I', schemaname, sequencename)::regclass = $1::text::regclass",
                     &[&feed.sequence],
@@ -63,7 +63,7 @@ pub async fn unstaggered(plan: &Plan, clients: &[&Client]) -> Result<Vec<String>
             if increment < sources.len() as i64 {
                 warnings.push(format!(
                     "sync {} is multi-master and {}.{} takes its values from sequence {} (increment {increment}) on db {}: keys made on different masters can collide; run `ibex sequences stagger {}`",
-                    plan.sync.name, feed.table, feed.column, feed.sequence, plan.dbs[src].name, plan.sync.name
+                    plan.sync.name, feed.table, feed.column, feed.sequence, plan.db(src).name, plan.sync.name
                 ));
             }
         }
@@ -76,7 +76,7 @@ pub async fn unstaggered(plan: &Plan, clients: &[&Client]) -> Result<Vec<String>
 /// order) hands out values ≡ i + 1 (mod increment), all above every value
 /// any source has handed out. One transaction per source.
 pub async fn stagger(plan: &Plan, clients: &mut [Client], increment: Option<i64>) -> Result<Vec<String>> {
-    let sources: Vec<usize> = plan.sources().collect();
+    let sources: Vec<DbId> = plan.sources().collect();
     let increment = increment.unwrap_or_else(|| (2 * sources.len() as i64).max(10));
     if increment < sources.len() as i64 {
         return Err(Error::usage(format!(
@@ -88,7 +88,7 @@ pub async fn stagger(plan: &Plan, clients: &mut [Client], increment: Option<i64>
     }
     let first =
         sources.first().copied().ok_or_else(|| Error::Sync(format!("sync {} has no source", plan.sync.name)))?;
-    let feeds = feeding_sequences(&clients[first], plan).await?;
+    let feeds = feeding_sequences(&clients[first.index()], plan).await?;
     if feeds.is_empty() {
         return Ok(vec![format!("sync {}: no table of its herd takes values from a sequence", plan.sync.name)]);
     }
@@ -105,26 +105,29 @@ pub async fn stagger(plan: &Plan, clients: &mut [Client], increment: Option<i64>
         // Above every value any source has handed out, rounded up to the increment.
         let mut highest = 0i64;
         for &src in &sources {
-            let row = clients[src]
+            let row = clients[src.index()]
                 .query_one(&format!("SELECT last_value FROM {}", feed.sequence), &[])
                 .await
-                .ctx(|| format!("reading sequence {} on db {}", feed.sequence, plan.dbs[src].name))?;
+                .ctx(|| format!("reading sequence {} on db {}", feed.sequence, plan.db(src).name))?;
             highest = highest.max(row.get(0));
         }
         let base = (highest / increment + 1) * increment;
         for (i, &src) in sources.iter().enumerate() {
             let start = base + i as i64 + 1;
-            let tx = clients[src].transaction().await.ctx(|| "starting the stagger".into())?;
+            let tx = clients[src.index()].transaction().await.ctx(|| "starting the stagger".into())?;
             tx.batch_execute(&format!("ALTER SEQUENCE {} INCREMENT BY {increment}", feed.sequence))
                 .await
-                .ctx(|| format!("staggering {} on db {}", feed.sequence, plan.dbs[src].name))?;
+                .ctx(|| format!("staggering {} on db {}", feed.sequence, plan.db(src).name))?;
             tx.execute(&format!("SELECT setval({}, $1, false)", quote_literal(&feed.sequence)), &[&start])
                 .await
-                .ctx(|| format!("staggering {} on db {}", feed.sequence, plan.dbs[src].name))?;
+                .ctx(|| format!("staggering {} on db {}", feed.sequence, plan.db(src).name))?;
             tx.commit().await.ctx(|| "committing the stagger".into())?;
             lines.push(format!(
                 "db {}: {} (for {}.{}) starts at {start}, increment {increment}",
-                plan.dbs[src].name, feed.sequence, feed.table, feed.column
+                plan.db(src).name,
+                feed.sequence,
+                feed.table,
+                feed.column
             ));
         }
     }

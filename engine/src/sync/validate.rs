@@ -122,7 +122,7 @@ pub async fn check(plan: &Plan, clients: &[&Client]) -> Result<Vec<TableSpec>> {
 /// Like `check`, but a table that differs is left out of the specs and
 /// named in `drift` instead of failing the whole check.
 pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
-    let primary = plan.primary_source();
+    let primary = plan.primary_source().index();
     let mut specs = Vec::new();
     let mut drift = Vec::new();
     for table in &plan.tables {

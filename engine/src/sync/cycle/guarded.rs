@@ -12,6 +12,7 @@ use crate::pg::{Client, quote_ident};
 use crate::plugin::Value;
 use crate::plugin::convert::{self, ColumnKind, push_copy_row};
 use crate::plugin::hooks::{Failure, HookAction, HookPoint};
+use crate::sync::plan::{DbId, TableId};
 
 /// Tries per table and db before the run gives up.
 const EXCEPTION_RETRIES: u32 = 5;
@@ -24,23 +25,23 @@ impl<'a> Cycle<'a> {
     }
 
     /// Copies rows into one db: undecoded, or through its transform.
-    async fn copy_one(&self, ti: usize, from: usize, rows_from: &str, d: usize) -> Result<u64> {
+    async fn copy_one(&self, ti: TableId, from: DbId, rows_from: &str, d: DbId) -> Result<u64> {
         if self.transform_for(ti, d).is_some() {
             return self.copy_transformed(ti, from, rows_from, d).await;
         }
-        let table = &self.tables[ti];
+        let table = self.table(ti);
         let out_sql =
             format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
         let in_sql = format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
-        let counts = copy_fanout(&self.clients[from], &out_sql, &[(&*self.clients[d] as &Client, in_sql)])
+        let counts = copy_fanout(self.client(from), &out_sql, &[(self.client(d) as &Client, in_sql)])
             .await
             .map_err(|e| self.table_error(e, ti))?;
         Ok(counts.first().copied().unwrap_or(0))
     }
 
     /// Replaces the key table `drop` on `db` with the dropped keys.
-    async fn load_dropped(&self, ti: usize, db: usize, dropped: &[Vec<Value>]) -> Result<()> {
-        let table = &self.tables[ti];
+    async fn load_dropped(&self, ti: TableId, db: DbId, dropped: &[Vec<Value>]) -> Result<()> {
+        let table = self.table(ti);
         let name = temp_name("drop", table);
         self.ensure_temp(db, &name, table).await?;
         let mut text = String::new();
@@ -48,13 +49,13 @@ impl<'a> Cycle<'a> {
             push_copy_row(&mut text, key);
         }
         let sql = format!("COPY pg_temp.{} ({}) FROM STDIN", quote_ident(&name), table.key_list());
-        copy_in_bytes(&self.clients[db], &sql, bytes::Bytes::from(text)).await?;
+        copy_in_bytes(self.client(db), &sql, bytes::Bytes::from(text)).await?;
         Ok(())
     }
 
     /// The rows the copies would write (the first FAILURE_ROWS), typed.
-    async fn failing_rows(&self, ti: usize, copies: &[(usize, String)], filter: &str) -> Result<Vec<Vec<Value>>> {
-        let table = &self.tables[ti];
+    async fn failing_rows(&self, ti: TableId, copies: &[(DbId, String)], filter: &str) -> Result<Vec<Vec<Value>>> {
+        let table = self.table(ti);
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let select: Vec<String> = table.columns.iter().zip(&kinds).map(|(c, k)| k.select("t", &c.name)).collect();
         let mut out = Vec::new();
@@ -64,7 +65,7 @@ impl<'a> Cycle<'a> {
             }
             let sql = format!("SELECT {} {rows_from}{filter} LIMIT {}", select.join(", "), FAILURE_ROWS - out.len());
             let rows =
-                self.clients[*from].query(&sql, &[]).await.ctx(|| format!("reading the rows of {}", table.name))?;
+                self.client(*from).query(&sql, &[]).await.ctx(|| format!("reading the rows of {}", table.name))?;
             for row in rows {
                 let values = kinds
                     .iter()
@@ -83,13 +84,13 @@ impl<'a> Cycle<'a> {
     /// (deleted, inserted).
     pub(super) async fn apply_guarded(
         &mut self,
-        ti: usize,
-        d: usize,
+        ti: TableId,
+        d: DbId,
         delete_keys: Option<&str>,
-        copies: Vec<(usize, String)>,
+        copies: Vec<(DbId, String)>,
         merged: &[&[Value]],
     ) -> Result<(u64, u64)> {
-        let table = &self.tables[ti];
+        let table = self.table(ti);
         let drop = quote_ident(&temp_name("drop", table));
         let key_positions: Vec<usize> =
             table.key.iter().filter_map(|k| table.columns.iter().position(|c| c.name == k.name)).collect();
@@ -101,7 +102,7 @@ impl<'a> Cycle<'a> {
             } else {
                 format!(" AND NOT EXISTS (SELECT 1 FROM pg_temp.{drop} x WHERE {})", table.key_join("t", "x"))
             };
-            let client = &self.clients[d];
+            let client = self.client(d);
             client.batch_execute("SAVEPOINT ibex_apply").await.ctx(|| "setting a savepoint".into())?;
             let attempt_result: Result<(u64, u64)> = async {
                 let deleted = match delete_keys {
@@ -116,7 +117,7 @@ impl<'a> Cycle<'a> {
                             &[],
                         )
                         .await
-                        .ctx(|| format!("deleting changed rows of {} on db {}", table.name, self.plan.dbs[d].name))?,
+                        .ctx(|| format!("deleting changed rows of {} on db {}", table.name, self.plan.db(d).name))?,
                     None => 0,
                 };
                 let mut inserted = 0;
@@ -162,7 +163,7 @@ impl<'a> Cycle<'a> {
                 .await
                 .ctx(|| "rolling back to the savepoint".into())?;
             let failure = Failure {
-                db: d as u32,
+                db: d.index() as u32,
                 table: self.table_info(ti),
                 sqlstate: db_error.code().code().to_string(),
                 message: db_error.message().to_string(),
@@ -172,10 +173,10 @@ impl<'a> Cycle<'a> {
             };
             match self.hooks.run(self.plan, &self.host_dbs, HookPoint::Exception, Some(failure)).await? {
                 Some((HookAction::Retry, plugin)) => {
-                    tracing::info!(plugin = %plugin.name, table = %table.name, db = %self.plan.dbs[d].name, attempt, "exception hook asked to retry");
+                    tracing::info!(plugin = %plugin.name, table = %table.name, db = %self.plan.db(d).name, attempt, "exception hook asked to retry");
                 }
                 Some((HookAction::DropKeys(keys), plugin)) => {
-                    tracing::info!(plugin = %plugin.name, table = %table.name, db = %self.plan.dbs[d].name, keys = keys.len(), "exception hook left keys out");
+                    tracing::info!(plugin = %plugin.name, table = %table.name, db = %self.plan.db(d).name, keys = keys.len(), "exception hook left keys out");
                     for key in &keys {
                         if self.conflict_log.len() < self.plan.settings.conflict_log_limit {
                             self.conflict_log.push(ConflictRecord {
@@ -185,11 +186,11 @@ impl<'a> Cycle<'a> {
                                     .map(|v| convert::to_text(v).unwrap_or_else(|| "NULL".into()))
                                     .collect::<Vec<_>>()
                                     .join(","),
-                                dbs: vec![self.plan.dbs[d].name.clone()],
+                                dbs: vec![self.plan.db(d).name.clone()],
                                 winner: None,
                                 reason: format!(
                                     "left out on db {} by hook {} after: {}",
-                                    self.plan.dbs[d].name,
+                                    self.plan.db(d).name,
                                     plugin.name,
                                     db_error.message()
                                 ),
@@ -212,7 +213,7 @@ impl<'a> Cycle<'a> {
                             plugin.name,
                             db_error.message(),
                             table.name,
-                            self.plan.dbs[d].name
+                            self.plan.db(d).name
                         ),
                     ));
                 }
@@ -223,7 +224,7 @@ impl<'a> Cycle<'a> {
         Err(Error::Sync(format!(
             "table {} on db {} still fails after {EXCEPTION_RETRIES} tries under the exception hook: {}",
             table.name,
-            self.plan.dbs[d].name,
+            self.plan.db(d).name,
             last_error.map(|e| e.to_string()).unwrap_or_default()
         )))
     }

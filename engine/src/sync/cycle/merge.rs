@@ -16,6 +16,7 @@ use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes};
 use crate::pg::quote_ident;
 use crate::plugin::Value;
 use crate::plugin::convert::push_copy_row;
+use crate::sync::plan::{DbId, TableId};
 
 /// A changed key read from one source, in key-byte order.
 pub(super) struct KeyRow {
@@ -27,7 +28,7 @@ pub(super) struct KeyRow {
 }
 
 pub(super) struct Gather {
-    db: usize,
+    db: DbId,
     cursor: String,
     buffer: VecDeque<KeyRow>,
     exhausted: bool,
@@ -36,7 +37,7 @@ pub(super) struct Gather {
 /// What happens to one changed key.
 pub(super) enum Apply {
     /// Every other db gets this db's row (or loses the key).
-    From(usize),
+    From(DbId),
     /// Every db gets this row (a plugin's merge).
     Merged(Vec<Value>),
     /// Left as it is everywhere.
@@ -57,7 +58,7 @@ pub(super) struct Pending {
 pub(super) const PLUGIN_BATCH: usize = 1000;
 
 impl<'a> Cycle<'a> {
-    pub(super) async fn newest_per_source(&self) -> Result<Vec<(usize, i64)>> {
+    pub(super) async fn newest_per_source(&self) -> Result<Vec<Version>> {
         let mut out = Vec::new();
         for src in self.plan.sources() {
             let window = self.window(src)?;
@@ -69,12 +70,13 @@ impl<'a> Cycle<'a> {
             if parts.is_empty() {
                 continue;
             }
-            let row = self.clients[src]
+            let row = self
+                .client(src)
                 .query_one(&format!("SELECT greatest({})", parts.join(", ")), &[])
                 .await
                 .ctx(|| format!("finding the newest change on db {}", self.db_name(src)))?;
             if let Some(at) = row.get::<_, Option<DateTime<Utc>>>(0) {
-                out.push((src, pg_micros(at)));
+                out.push(Version { db: src, changed_at: pg_micros(at) });
             }
         }
         Ok(out)
@@ -83,8 +85,8 @@ impl<'a> Cycle<'a> {
     /// Several sources changed this table: merge their changed keys in
     /// key order, settle the keys changed on more than one, and apply in
     /// chunks of `chunk_keys` so memory stays flat however large the window.
-    pub(super) async fn apply_merged(&mut self, ti: usize, sources: &[usize]) -> Result<()> {
-        let table = &self.tables[ti];
+    pub(super) async fn apply_merged(&mut self, ti: TableId, sources: &[DbId]) -> Result<()> {
+        let table = self.table(ti);
         let render = if table.key.len() == 1 {
             format!("{}::text", table.key_list_of("d"))
         } else {
@@ -102,7 +104,7 @@ impl<'a> Cycle<'a> {
             let cursor = format!("ibex_gather_{n}");
             let window = if contended { self.whole_window(src)? } else { self.window(src)? };
             let inside = if contended { self.in_window(src)? } else { "true".into() };
-            self.clients[src]
+            self.client(src)
                 .batch_execute(&format!(
                     "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {}, max(d.changed_at), {render}, bool_or({inside}) FROM {} d WHERE {window} GROUP BY {} ORDER BY {}",
                     table.key_list_of("d"),
@@ -188,7 +190,7 @@ impl<'a> Cycle<'a> {
                 "conflict_strategy=abort: {} key{} of table {} changed on more than one source, so nothing was applied: {}",
                 self.conflicts,
                 if self.conflicts == 1 { "" } else { "s" },
-                self.tables[ti].name,
+                self.table(ti).name,
                 abort_keys.join("; ")
             )));
         }
@@ -196,7 +198,7 @@ impl<'a> Cycle<'a> {
             self.flush(ti, chunk).await?;
         }
         for g in &gathers {
-            self.clients[g.db]
+            self.client(g.db)
                 .batch_execute(&format!("CLOSE {}", g.cursor))
                 .await
                 .ctx(|| format!("closing a cursor on db {}", self.db_name(g.db)))?;
@@ -204,12 +206,13 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    pub(super) async fn fetch(&self, g: &mut Gather, ti: usize, n: usize) -> Result<()> {
-        let nkeys = self.tables[ti].key.len();
-        let rows = self.clients[g.db]
+    pub(super) async fn fetch(&self, g: &mut Gather, ti: TableId, n: usize) -> Result<()> {
+        let nkeys = self.table(ti).key.len();
+        let rows = self
+            .client(g.db)
             .query(&format!("FETCH FORWARD {n} FROM {}", g.cursor), &[])
             .await
-            .ctx(|| format!("reading changed keys of {} on db {}", self.tables[ti].name, self.db_name(g.db)))?;
+            .ctx(|| format!("reading changed keys of {} on db {}", self.table(ti).name, self.db_name(g.db)))?;
         if rows.len() < n {
             g.exhausted = true;
         }
@@ -224,7 +227,7 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    pub(super) fn log_conflict(&mut self, ti: usize, shown: &str, versions: &[Version], decision: Decision) {
+    pub(super) fn log_conflict(&mut self, ti: TableId, shown: &str, versions: &[Version], decision: Decision) {
         if self.conflict_log.len() >= self.plan.settings.conflict_log_limit {
             return;
         }
@@ -233,7 +236,7 @@ impl<'a> Cycle<'a> {
             Decision::Skip => (None, "skipped (conflict_strategy=skip)".to_string()),
         };
         self.conflict_log.push(ConflictRecord {
-            table: self.tables[ti].name.to_string(),
+            table: self.table(ti).name.to_string(),
             key: shown.to_string(),
             dbs: versions.iter().map(|v| self.db_name(v.db).to_string()).collect(),
             winner,
@@ -243,13 +246,13 @@ impl<'a> Cycle<'a> {
 
     /// Applies one chunk of decided keys: every db deletes the keys it did
     /// not win, then each winner's rows are copied to every other db.
-    pub(super) async fn flush(&mut self, ti: usize, chunk: Chunk) -> Result<()> {
-        let table = &self.tables[ti];
-        let dbs: Vec<usize> = self.plan.delta_dbs().collect();
+    pub(super) async fn flush(&mut self, ti: TableId, chunk: Chunk) -> Result<()> {
+        let table = self.table(ti);
+        let dbs: Vec<DbId> = self.plan.delta_dbs().collect();
         let del = temp_name("del", table);
         let send = temp_name("send", table);
         let mut to_delete: Vec<BinaryCopyBuilder> = dbs.iter().map(|_| BinaryCopyBuilder::new()).collect();
-        let mut to_send: BTreeMap<usize, BinaryCopyBuilder> = BTreeMap::new();
+        let mut to_send: BTreeMap<DbId, BinaryCopyBuilder> = BTreeMap::new();
         let mut merged: Vec<&[Value]> = Vec::new();
         for (fields, apply) in &chunk {
             let winner = match apply {
@@ -278,13 +281,13 @@ impl<'a> Cycle<'a> {
             for (&d, data) in dbs.iter().zip(to_delete) {
                 self.ensure_temp(d, &del, table).await?;
                 if data.rows() > 0 {
-                    copy_in_bytes(&self.clients[d], &load_sql(&del), data.finish()).await?;
+                    copy_in_bytes(self.client(d), &load_sql(&del), data.finish()).await?;
                 }
             }
-            let winners: Vec<usize> = to_send.keys().copied().collect();
+            let winners: Vec<DbId> = to_send.keys().copied().collect();
             for (w, data) in to_send {
                 self.ensure_temp(w, &send, table).await?;
-                copy_in_bytes(&self.clients[w], &load_sql(&send), data.finish()).await?;
+                copy_in_bytes(self.client(w), &load_sql(&send), data.finish()).await?;
             }
             let rows_from = format!(
                 "FROM {} t JOIN pg_temp.{} k ON {} WHERE true",
@@ -293,7 +296,7 @@ impl<'a> Cycle<'a> {
                 table.key_join("t", "k")
             );
             for &d in &dbs {
-                let copies: Vec<(usize, String)> =
+                let copies: Vec<(DbId, String)> =
                     winners.iter().filter(|&&w| w != d).map(|&w| (w, rows_from.clone())).collect();
                 let (deleted, inserted) = self.apply_guarded(ti, d, Some(&del), copies, &merged).await?;
                 self.count(ti, d, deleted as i64, inserted as i64);
@@ -310,7 +313,7 @@ impl<'a> Cycle<'a> {
                 if rows == 0 {
                     return Ok(0);
                 }
-                copy_in_bytes(&this.clients[d], &load, data.finish()).await?;
+                copy_in_bytes(this.client(d), &load, data.finish()).await?;
                 this.delete_loaded(d, &del, table, rows).await
             }
         }))
@@ -320,8 +323,8 @@ impl<'a> Cycle<'a> {
         }
         for (w, data) in to_send {
             self.ensure_temp(w, &send, table).await?;
-            copy_in_bytes(&self.clients[w], &load_sql(&send), data.finish()).await?;
-            let receivers: Vec<usize> = dbs.iter().copied().filter(|&d| d != w).collect();
+            copy_in_bytes(self.client(w), &load_sql(&send), data.finish()).await?;
+            let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != w).collect();
             if receivers.is_empty() {
                 continue;
             }
@@ -345,7 +348,7 @@ impl<'a> Cycle<'a> {
             }
             let sql = format!("COPY {} ({}) FROM STDIN", table.quoted(), table.column_list());
             let data = bytes::Bytes::from(text);
-            let inserted = try_join_all(dbs.iter().map(|&d| copy_in_bytes(&self.clients[d], &sql, data.clone())))
+            let inserted = try_join_all(dbs.iter().map(|&d| copy_in_bytes(self.client(d), &sql, data.clone())))
                 .await
                 .map_err(|e| self.table_error(e, ti))?;
             for (&d, n) in dbs.iter().zip(inserted) {

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
-use super::plan::Plan;
+use super::plan::{DbId, Plan, TableId};
 use super::validate::TableSpec;
 use crate::catalog::{ConflictRecord, ConflictStrategy, Role, TableCounts};
 use crate::conflict::{Contender, Resolver};
@@ -33,6 +33,13 @@ mod window;
 
 use window::{Probe, SourceWindow};
 
+/// Where one source's cursor goes once every db committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCursor {
+    pub db: DbId,
+    pub snapshot: String,
+}
+
 /// What a successful attempt did.
 #[derive(Debug, Default)]
 pub struct CycleOutcome {
@@ -42,7 +49,7 @@ pub struct CycleOutcome {
     pub conflicts: i64,
     pub conflict_log: Vec<ConflictRecord>,
     /// The snapshot each source's cursor advances to, once all committed.
-    pub new_cursors: Vec<(usize, String)>,
+    pub new_cursors: Vec<NewCursor>,
     /// Whether this attempt made the one-time full copy.
     pub did_onetimecopy: bool,
     /// Delta rows applied, when some window was cut short.
@@ -59,14 +66,14 @@ pub struct Cycle<'a> {
     clients: &'a [Arc<Client>],
     lock_tables: bool,
     resolver: Resolver,
-    /// Per db: the window of this run, for sources.
+    /// Per db (by `DbId::index`): the window of this run, for sources.
     windows: Vec<Option<SourceWindow>>,
     /// Delta rows one run may take from a source (window_rows).
     window_limit: Option<u64>,
     /// Per db: what its server can do (transaction id flavour).
     caps: &'a [Capabilities],
-    /// Rows changed, per (table index, db index).
-    counts: BTreeMap<(usize, usize), Counts>,
+    /// Rows changed, per table and db.
+    counts: BTreeMap<(TableId, DbId), Counts>,
     conflicts: i64,
     conflict_log: Vec<ConflictRecord>,
     /// The conflict handler, when the strategy is `plugin:NAME`.
@@ -74,8 +81,8 @@ pub struct Cycle<'a> {
     /// What plugin calls of this run may reach.
     host_dbs: Arc<HostDbs>,
     /// Winners a plugin chose "always": per table, and for the whole run.
-    table_winner: BTreeMap<usize, usize>,
-    sync_winner: Option<usize>,
+    table_winner: BTreeMap<TableId, DbId>,
+    sync_winner: Option<DbId>,
     transforms: Vec<Transform<'a>>,
     hooks: Hooks<'a>,
     /// The lease token this run records on each source before reading
@@ -84,7 +91,7 @@ pub struct Cycle<'a> {
     /// Per db, the tables' column fingerprint when they were checked
     /// (`introspect::shape_query`); empty checks nothing.
     shapes: &'a [String],
-    /// Targets that are not PostgreSQL; db index `plan.dbs.len() + i` in counts.
+    /// Targets that are not PostgreSQL; `foreign[i]` is db `plan.foreign_id(i)`.
     foreign: Vec<crate::target::Slot>,
 }
 
@@ -151,8 +158,8 @@ struct Counts {
 pub struct Transform<'a> {
     /// The relation id of the table it applies to; None: every table.
     pub table: Option<i32>,
-    /// The db index it applies to; None: every target.
-    pub target: Option<usize>,
+    /// The db it applies to; None: every target.
+    pub target: Option<DbId>,
     pub plugin: &'a LoadedPlugin,
 }
 
@@ -223,14 +230,39 @@ impl<'a> Cycle<'a> {
         self
     }
 
-    fn db_name(&self, db: usize) -> &str {
-        match self.plan.dbs.get(db) {
+    fn db_name(&self, db: DbId) -> &str {
+        match self.plan.dbs.get(db.index()) {
             Some(d) => &d.name,
-            None => self.foreign.get(db - self.plan.dbs.len()).map_or("?", |f| f.db.name.as_str()),
+            None => self.foreign_slot(db).map_or("?", |f| f.db.name.as_str()),
         }
     }
 
-    fn count(&mut self, table: usize, db: usize, deleted: i64, inserted: i64) {
+    /// A foreign target's slot, for a db id past the PostgreSQL dbs.
+    fn foreign_slot(&self, db: DbId) -> Option<&crate::target::Slot> {
+        db.index().checked_sub(self.plan.dbs.len()).and_then(|i| self.foreign.get(i))
+    }
+
+    /// A foreign target's slot (`db` must be one of `plan.foreign_ids()`).
+    fn foreign_target(&self, db: DbId) -> &crate::target::Slot {
+        &self.foreign[db.index() - self.plan.dbs.len()]
+    }
+
+    /// A PostgreSQL db's connection.
+    fn client(&self, db: DbId) -> &'a Client {
+        &self.clients[db.index()]
+    }
+
+    /// One of the run's tables.
+    fn table(&self, ti: TableId) -> &'a TableSpec {
+        &self.tables[ti.index()]
+    }
+
+    /// The run's tables, in order.
+    fn table_ids(&self) -> impl Iterator<Item = TableId> + use<> {
+        TableId::all(self.tables.len())
+    }
+
+    fn count(&mut self, table: TableId, db: DbId, deleted: i64, inserted: i64) {
         let entry = self.counts.entry((table, db)).or_default();
         entry.deleted += deleted;
         entry.inserted += inserted;
@@ -266,25 +298,25 @@ impl<'a> Cycle<'a> {
         self.resynced(&probe).await?;
         self.foreign_full_copies(onetimecopy, &probe).await?;
         clock.step("full_copy", "");
-        for ti in 0..self.tables.len() {
-            let name = &self.tables[ti].name;
+        for ti in self.table_ids() {
+            let name = &self.table(ti).name;
             if probe.truncated.contains_key(name) || probe.resync.contains_key(name) || onetimecopy == 1 {
                 continue; // copied whole above
             }
-            let flag = |m: &std::collections::BTreeMap<usize, Vec<bool>>, s: usize| m.get(&s).is_some_and(|c| c[ti]);
-            let inside: Vec<usize> = self.plan.sources().filter(|&s| flag(&probe.changed, s)).collect();
+            let flag = |m: &BTreeMap<DbId, Vec<bool>>, s: DbId| m.get(&s).is_some_and(|c| c[ti.index()]);
+            let inside: Vec<DbId> = self.plan.sources().filter(|&s| flag(&probe.changed, s)).collect();
             if inside.is_empty() {
                 continue;
             }
             // Sources whose later changes to this table must take part in settling its keys.
-            let contenders: Vec<usize> =
+            let contenders: Vec<DbId> =
                 self.plan.sources().filter(|&s| flag(&probe.changed, s) || flag(&probe.beyond, s)).collect();
             match contenders.len() {
                 1 => self.apply_single_source(ti, contenders[0]).await?,
                 _ => self.apply_merged(ti, &contenders).await?,
             }
             self.apply_foreign(ti, &inside).await?;
-            clock.step(if contenders.len() == 1 { "apply" } else { "merge" }, &self.tables[ti].name.to_string());
+            clock.step(if contenders.len() == 1 { "apply" } else { "merge" }, &self.table(ti).name.to_string());
         }
         crate::failpoint::hit("mid_apply").await?;
         self.sync_sequences().await?;
@@ -302,16 +334,16 @@ impl<'a> Cycle<'a> {
         };
         for (&(ti, db), &Counts { deleted, inserted }) in &self.counts {
             outcome.tables.push(TableCounts {
-                table: self.tables[ti].name.to_string(),
+                table: self.table(ti).name.to_string(),
                 db: self.db_name(db).to_string(),
                 deleted,
                 inserted,
             });
         }
         outcome.conflict_log = std::mem::take(&mut self.conflict_log);
-        for (db, window) in self.windows.iter().enumerate() {
+        for (db, window) in self.plan.db_ids().zip(&self.windows) {
             if let Some(w) = window {
-                outcome.new_cursors.push((db, w.next_cursor()));
+                outcome.new_cursors.push(NewCursor { db, snapshot: w.next_cursor() });
             }
         }
         let cuts: Vec<_> = self.windows.iter().flatten().filter_map(|w| w.cut).collect();
@@ -332,7 +364,8 @@ impl<'a> Cycle<'a> {
         let names: Vec<crate::pg::QualifiedName> = self.plan.tables.iter().map(|t| t.name.clone()).collect();
         let shape_query = crate::pg::introspect::shape_query(&names);
         let sync = self.plan.sync.name.clone();
-        let results = try_join_all(self.plan.dbs.iter().enumerate().map(|(i, db)| {
+        let results = try_join_all(self.plan.db_ids().map(|i| {
+            let db = self.plan.db(i);
             // synchronous_commit: the cursors advance after these commits, so
             // they must survive a crash of the db (even if its default is
             // off), or the rows would be lost for good.
@@ -353,13 +386,13 @@ impl<'a> Cycle<'a> {
                 sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
             }
             let source = db.role == Role::Source;
-            let xids = self.caps.get(i).map(|c| c.xids).unwrap_or_default();
+            let xids = self.caps.get(i.index()).map(|c| c.xids).unwrap_or_default();
             if source && let Some(token) = self.fence {
                 // Before the snapshot is read: a stale holder stops here,
                 // and runs of one sync queue on the fence row's lock.
                 sql.push_str(&format!(" SELECT ibex.fence({}, {token});", quote_literal(&sync)));
             }
-            let expected = self.shapes.get(i).cloned();
+            let expected = self.shapes.get(i.index()).cloned();
             if expected.is_some() {
                 sql.push_str(&format!(" {shape_query};"));
             }
@@ -370,7 +403,7 @@ impl<'a> Cycle<'a> {
                     quote_literal(&sync)
                 ));
             }
-            let client = &self.clients[i];
+            let client = self.client(i);
             let sync = sync.clone();
             let name = db.name.clone();
             async move {
@@ -419,9 +452,9 @@ impl<'a> Cycle<'a> {
         for slot in &self.foreign {
             slot.commit()?;
         }
-        try_join_all(self.plan.dbs.iter().enumerate().map(|(d, db)| async move {
-            crate::failpoint::hit_after_first(d, "between_commits").await?;
-            self.clients[d].batch_execute("COMMIT").await.ctx(|| format!("committing on db {}", db.name))
+        try_join_all(self.plan.db_ids().map(|d| async move {
+            crate::failpoint::hit_after_first(d.index(), "between_commits").await?;
+            self.client(d).batch_execute("COMMIT").await.ctx(|| format!("committing on db {}", self.plan.db(d).name))
         }))
         .await?;
         Ok(())

@@ -15,6 +15,7 @@ use crate::plugin::bindings::conflicts::{self as wit, Conflict, Operation, Verdi
 use crate::plugin::bindings::types::{Column, SyncInfo, TableInfo};
 use crate::plugin::convert::{self, ColumnKind};
 use crate::plugin::{LoadedPlugin, OnError, Value};
+use crate::sync::plan::{DbId, TableId};
 
 /// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
@@ -26,8 +27,8 @@ impl<'a> Cycle<'a> {
         crate::sync::hooks::sync_info(self.plan, plugin)
     }
 
-    pub(super) fn table_info(&self, ti: usize) -> TableInfo {
-        let table = &self.tables[ti];
+    pub(super) fn table_info(&self, ti: TableId) -> TableInfo {
+        let table = self.table(ti);
         TableInfo {
             schema: table.name.schema.clone(),
             name: table.name.name.clone(),
@@ -43,21 +44,26 @@ impl<'a> Cycle<'a> {
         }
     }
 
-    fn log_plugin_decision(&mut self, ti: usize, pending: &Pending, winner: Option<usize>, reason: String) {
+    fn log_plugin_decision(&mut self, ti: TableId, pending: &Pending, winner: Option<DbId>, reason: String) {
         if self.conflict_log.len() >= self.plan.settings.conflict_log_limit {
             return;
         }
         self.conflict_log.push(ConflictRecord {
-            table: self.tables[ti].name.to_string(),
+            table: self.table(ti).name.to_string(),
             key: pending.shown.clone(),
-            dbs: pending.versions.iter().map(|v| self.plan.dbs[v.db].name.clone()).collect(),
-            winner: winner.map(|w| self.plan.dbs[w].name.clone()),
+            dbs: pending.versions.iter().map(|v| self.plan.db(v.db).name.clone()).collect(),
+            winner: winner.map(|w| self.plan.db(w).name.clone()),
             reason,
         });
     }
 
     /// Decides a batch of conflicts with the sync's conflict handler.
-    pub(super) async fn decide_with_plugin(&mut self, ti: usize, batch: Vec<Pending>, chunk: &mut Chunk) -> Result<()> {
+    pub(super) async fn decide_with_plugin(
+        &mut self,
+        ti: TableId,
+        batch: Vec<Pending>,
+        chunk: &mut Chunk,
+    ) -> Result<()> {
         let Some(plugin) = self.conflict_plugin else {
             return Err(Error::Sync("no conflict handler is loaded".into()));
         };
@@ -70,7 +76,7 @@ impl<'a> Cycle<'a> {
             return Ok(());
         }
         let conflicts = self.conflicts_for_plugin(ti, &batch).await?;
-        let kinds: Vec<ColumnKind> = self.tables[ti].columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
+        let kinds: Vec<ColumnKind> = self.table(ti).columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let sync = self.sync_info(plugin);
         let table = self.table_info(ti);
         let outcome =
@@ -90,20 +96,20 @@ impl<'a> Cycle<'a> {
                         plugin.name,
                         batch.len(),
                         if batch.len() == 1 { "" } else { "s" },
-                        self.tables[ti].name,
+                        self.table(ti).name,
                         self.plan.sync.name
                     ),
                 )),
                 OnError::Fallback(strategy) => {
                     tracing::warn!(
-                        plugin = %plugin.name, sync = %self.plan.sync.name, table = %self.tables[ti].name,
+                        plugin = %plugin.name, sync = %self.plan.sync.name, table = %self.table(ti).name,
                         fallback = %strategy, "conflict handler failed ({cause}); deciding with the fallback"
                     );
                     for p in batch {
                         let decision = self.resolver.decide(&p.versions).map_err(|_| {
                             Error::Sync(format!(
                                 "plugin {} failed ({cause}) and its fallback {strategy} refused the conflicts of table {}",
-                                plugin.name, self.tables[ti].name
+                                plugin.name, self.table(ti).name
                             ))
                         })?;
                         self.log_conflict(ti, &p.shown, &p.versions, decision);
@@ -136,7 +142,7 @@ impl<'a> Cycle<'a> {
 
     fn apply_verdict(
         &mut self,
-        ti: usize,
+        ti: TableId,
         plugin: &LoadedPlugin,
         verdict: Verdict,
         batch: Vec<Pending>,
@@ -147,13 +153,13 @@ impl<'a> Cycle<'a> {
             Verdict::PerKey(decisions) => decisions,
             Verdict::TableWinner(choice) => {
                 if choice.always {
-                    self.table_winner.insert(ti, choice.db as usize);
+                    self.table_winner.insert(ti, DbId::new(choice.db as usize));
                 }
                 whole(choice.db)
             }
             Verdict::SyncWinner(choice) => {
                 if choice.always {
-                    self.sync_winner = Some(choice.db as usize);
+                    self.sync_winner = Some(DbId::new(choice.db as usize));
                 }
                 whole(choice.db)
             }
@@ -161,7 +167,8 @@ impl<'a> Cycle<'a> {
         for (p, decision) in batch.into_iter().zip(decisions) {
             let (apply, winner, reason) = match decision {
                 wit::Decision::Winner(db) => {
-                    (Apply::From(db as usize), Some(db as usize), format!("plugin {}", plugin.name))
+                    let db = DbId::new(db as usize);
+                    (Apply::From(db), Some(db), format!("plugin {}", plugin.name))
                 }
                 wit::Decision::Merged(row) => (Apply::Merged(row), None, format!("merged by plugin {}", plugin.name)),
                 wit::Decision::Skip => (Apply::Skip, None, format!("skipped by plugin {}", plugin.name)),
@@ -173,9 +180,9 @@ impl<'a> Cycle<'a> {
 
     /// The batch as the plugin sees it: each version with the row as it is
     /// now on its db (read in the run's snapshot).
-    async fn conflicts_for_plugin(&self, ti: usize, batch: &[Pending]) -> Result<Vec<Conflict>> {
+    async fn conflicts_for_plugin(&self, ti: TableId, batch: &[Pending]) -> Result<Vec<Conflict>> {
         debug_assert!(batch.len() <= PLUGIN_BATCH);
-        let table = &self.tables[ti];
+        let table = self.table(ti);
         let wants_rows = self.conflict_plugin.is_none_or(|p| p.manifest.rows);
         if !wants_rows {
             // Change times and dbs are enough: no rows are read, keys are
@@ -193,7 +200,7 @@ impl<'a> Cycle<'a> {
                         .versions
                         .iter()
                         .map(|v| wit::Version {
-                            db: v.db as u32,
+                            db: v.db.index() as u32,
                             changed_at: v.changed_at.saturating_add(PG_EPOCH_UNIX_MICROS),
                             operation: Operation::Update,
                             row: None,
@@ -206,20 +213,20 @@ impl<'a> Cycle<'a> {
                 return Ok(conflicts);
             }
         }
-        let dbs: Vec<usize> = batch
+        let dbs: Vec<DbId> = batch
             .iter()
             .flat_map(|p| p.versions.iter().map(|v| v.db))
-            .collect::<BTreeSet<usize>>()
+            .collect::<BTreeSet<DbId>>()
             .into_iter()
             .collect();
         // Every db at once: each read is a few round trips.
         let per_db = futures_util::future::try_join_all(dbs.iter().map(|&db| async move {
             let rows = self.fetch_rows(ti, db, batch).await?;
-            let bases = if self.tables[ti].capture_old { self.fetch_bases(ti, db).await? } else { HashMap::new() };
+            let bases = if self.table(ti).capture_old { self.fetch_bases(ti, db).await? } else { HashMap::new() };
             Ok::<_, Error>((db, rows, bases))
         }))
         .await?;
-        let mut fetched: HashMap<usize, Fetched> = HashMap::new();
+        let mut fetched: HashMap<DbId, Fetched> = HashMap::new();
         let mut bases: HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)> = HashMap::new();
         for (db, rows, db_bases) in per_db {
             fetched.insert(db, rows);
@@ -240,14 +247,14 @@ impl<'a> Cycle<'a> {
                     key = key_values;
                 }
                 versions.push(wit::Version {
-                    db: v.db as u32,
+                    db: v.db.index() as u32,
                     changed_at: v.changed_at.saturating_add(PG_EPOCH_UNIX_MICROS),
                     operation: if row.is_some() { Operation::Update } else { Operation::Delete },
                     row,
                 });
             }
             let base = bases.remove(&p.fields).map(|(_, row)| row);
-            if self.tables[ti].capture_old && base.is_none() {
+            if self.table(ti).capture_old && base.is_none() {
                 // Old images are kept, yet none: the key is new in this window.
                 for v in versions.iter_mut().filter(|v| v.row.is_some()) {
                     v.operation = Operation::Insert;
@@ -260,8 +267,8 @@ impl<'a> Cycle<'a> {
 
     /// Reads, on one source, the first old image in the window of each key
     /// loaded in the fetch table (see `fetch_rows`), with its change time.
-    async fn fetch_bases(&self, ti: usize, db: usize) -> Result<HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)>> {
-        let table = &self.tables[ti];
+    async fn fetch_bases(&self, ti: TableId, db: DbId) -> Result<HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)>> {
+        let table = self.table(ti);
         let temp = temp_name("fetch", table);
         let window = self.window(db)?;
         let sql = format!(
@@ -274,10 +281,11 @@ impl<'a> Cycle<'a> {
             temp = quote_ident(&temp),
             join = table.key_join("d", "k"),
         );
-        let rows = self.clients[db]
+        let rows = self
+            .client(db)
             .query(&sql, &[])
             .await
-            .ctx(|| format!("reading old images of {} on db {}", table.name, self.plan.dbs[db].name))?;
+            .ctx(|| format!("reading old images of {} on db {}", table.name, self.plan.db(db).name))?;
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let nk = table.key.len();
         let mut out = HashMap::new();
@@ -301,8 +309,8 @@ impl<'a> Cycle<'a> {
     }
 
     /// Reads, on one db, the key values and current row of every key of the batch.
-    async fn fetch_rows(&self, ti: usize, db: usize, batch: &[Pending]) -> Result<Fetched> {
-        let table = &self.tables[ti];
+    async fn fetch_rows(&self, ti: TableId, db: DbId, batch: &[Pending]) -> Result<Fetched> {
+        let table = self.table(ti);
         let temp = temp_name("fetch", table);
         self.ensure_temp(db, &temp, table).await?;
         let mut data = BinaryCopyBuilder::new();
@@ -311,7 +319,7 @@ impl<'a> Cycle<'a> {
         }
         let load =
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&temp), table.key_list());
-        copy_in_bytes(&self.clients[db], &load, data.finish()).await?;
+        copy_in_bytes(self.client(db), &load, data.finish()).await?;
         let key_kinds: Vec<ColumnKind> = table.key.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let col_kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let first_key = quote_ident(&table.key[0].name);
@@ -330,10 +338,11 @@ impl<'a> Cycle<'a> {
             table.quoted(),
             table.key_join("t", "k")
         );
-        let rows = self.clients[db]
+        let rows = self
+            .client(db)
             .query(&sql, &[])
             .await
-            .ctx(|| format!("reading conflicting rows of {} on db {}", table.name, self.plan.dbs[db].name))?;
+            .ctx(|| format!("reading conflicting rows of {} on db {}", table.name, self.plan.db(db).name))?;
         let nk = table.key.len();
         let mut out = Fetched::new();
         for row in rows {

@@ -11,15 +11,16 @@ use super::{Cycle, temp_name};
 use crate::error::{Error, Result};
 use crate::pg::copy::{copy_fanout, copy_fanout_with_progress};
 use crate::pg::quote_ident;
+use crate::sync::plan::{DbId, TableId};
 use crate::sync::progress::CopyProgress;
 use crate::sync::validate::TableSpec;
 use crate::target;
 
 impl<'a> Cycle<'a> {
-    pub(super) fn table_error(&self, err: Error, ti: usize) -> Error {
+    pub(super) fn table_error(&self, err: Error, ti: TableId) -> Error {
         match err {
             Error::Postgres { context, source } => {
-                Error::Postgres { context: format!("{context} (table {})", self.tables[ti].name), source }
+                Error::Postgres { context: format!("{context} (table {})", self.table(ti).name), source }
             }
             other => other,
         }
@@ -31,10 +32,10 @@ impl<'a> Cycle<'a> {
     /// rows each receiver took.
     pub(super) async fn copy_rows(
         &self,
-        ti: usize,
-        from: usize,
+        ti: TableId,
+        from: DbId,
         rows_from: &str,
-        receivers: &[usize],
+        receivers: &[DbId],
     ) -> Result<Vec<u64>> {
         self.copy_rows_reporting(ti, from, rows_from, receivers, None).await
     }
@@ -42,28 +43,28 @@ impl<'a> Cycle<'a> {
     /// `copy_rows`, counting the rows of the undecoded COPY into `progress`.
     pub(super) async fn copy_rows_reporting(
         &self,
-        ti: usize,
-        from: usize,
+        ti: TableId,
+        from: DbId,
         rows_from: &str,
-        receivers: &[usize],
+        receivers: &[DbId],
         mut progress: Option<&mut CopyProgress>,
     ) -> Result<Vec<u64>> {
-        let table = &self.tables[ti];
-        let (plain, transformed): (Vec<usize>, Vec<usize>) =
+        let table = self.table(ti);
+        let (plain, transformed): (Vec<DbId>, Vec<DbId>) =
             receivers.iter().partition(|&&d| self.transform_for(ti, d).is_none());
-        let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut counts: BTreeMap<DbId, u64> = BTreeMap::new();
         if !plain.is_empty() {
             let out_sql =
                 format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
             let in_sql = target::postgres::copy_in_sql(table);
-            let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (&*self.clients[d], in_sql.clone())).collect();
+            let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (self.client(d), in_sql.clone())).collect();
             let forwarded = |piece: &[u8]| {
                 crate::failpoint::pause_blocking("mid_copy");
                 if let Some(p) = progress.as_deref_mut() {
                     p.forwarded(piece);
                 }
             };
-            let rows = copy_fanout_with_progress(&self.clients[from], &out_sql, &targets, forwarded)
+            let rows = copy_fanout_with_progress(self.client(from), &out_sql, &targets, forwarded)
                 .await
                 .map_err(|e| self.table_error(e, ti))?;
             counts.extend(plain.iter().copied().zip(rows));
@@ -75,20 +76,20 @@ impl<'a> Cycle<'a> {
     }
 
     /// An empty key table on this connection (see `target::postgres`).
-    pub(super) async fn ensure_temp(&self, db: usize, name: &str, table: &TableSpec) -> Result<()> {
-        target::postgres::ensure_key_table(&self.clients[db], self.db_name(db), name, table).await
+    pub(super) async fn ensure_temp(&self, db: DbId, name: &str, table: &TableSpec) -> Result<()> {
+        target::postgres::ensure_key_table(self.client(db), self.db_name(db), name, table).await
     }
 
     /// Deletes at `db` the keys loaded into its temp table `keys`.
-    pub(super) async fn delete_loaded(&self, db: usize, keys: &str, table: &TableSpec, loaded: u64) -> Result<u64> {
-        target::postgres::delete_loaded(&self.clients[db], self.db_name(db), keys, table, loaded).await
+    pub(super) async fn delete_loaded(&self, db: DbId, keys: &str, table: &TableSpec, loaded: u64) -> Result<u64> {
+        target::postgres::delete_loaded(self.client(db), self.db_name(db), keys, table, loaded).await
     }
 
     /// Only one source changed this table: no conflicts are possible, so
     /// keys and rows stream from it straight into every other db.
-    pub(super) async fn apply_single_source(&mut self, ti: usize, src: usize) -> Result<()> {
-        let table = &self.tables[ti];
-        let receivers: Vec<usize> = self.plan.delta_dbs().filter(|&d| d != src).collect();
+    pub(super) async fn apply_single_source(&mut self, ti: TableId, src: DbId) -> Result<()> {
+        let table = self.table(ti);
+        let receivers: Vec<DbId> = self.plan.delta_dbs().filter(|&d| d != src).collect();
         if receivers.is_empty() {
             return Ok(());
         }
@@ -102,10 +103,9 @@ impl<'a> Cycle<'a> {
         );
         let load_sql =
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&keys), table.key_list());
-        let targets: Vec<(&Client, String)> =
-            receivers.iter().map(|&d| (&*self.clients[d], load_sql.clone())).collect();
+        let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (self.client(d), load_sql.clone())).collect();
         let step = std::time::Instant::now();
-        let loaded = copy_fanout(&self.clients[src], &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+        let loaded = copy_fanout(self.client(src), &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
         tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
         // The source's current rows of the window's keys.
         let rows_from = format!(
@@ -143,12 +143,12 @@ impl<'a> Cycle<'a> {
     /// deleted there and its rows for them written. Each source already
     /// holds the settled rows (it received the winners above), so a key
     /// changed on two sources is written twice with the same row.
-    pub(super) async fn apply_foreign(&mut self, ti: usize, sources: &[usize]) -> Result<()> {
+    pub(super) async fn apply_foreign(&mut self, ti: TableId, sources: &[DbId]) -> Result<()> {
         if self.foreign.is_empty() {
             return Ok(());
         }
-        let table = &self.tables[ti];
-        let all: Vec<usize> = (0..self.foreign.len()).collect();
+        let table = self.table(ti);
+        let all: Vec<DbId> = self.plan.foreign_ids().collect();
         let slots: Vec<&target::Slot> = self.foreign.iter().collect();
         let mut totals = vec![(0u64, 0u64); slots.len()];
         for &src in sources {
@@ -158,7 +158,7 @@ impl<'a> Cycle<'a> {
                 table.key_list_of("d"),
                 table.delta()
             );
-            let deleted = target::feed::delete_keys(&self.clients[src], self.db_name(src), table, &keys_sql, &slots)
+            let deleted = target::feed::delete_keys(self.client(src), self.db_name(src), table, &keys_sql, &slots)
                 .await
                 .map_err(|e| self.table_error(e, ti))?;
             let rows_from = format!(
@@ -174,42 +174,40 @@ impl<'a> Cycle<'a> {
                 total.1 += ins;
             }
         }
-        let first = self.plan.dbs.len();
-        for (i, (del, ins)) in totals.into_iter().enumerate() {
-            self.count(ti, first + i, del as i64, ins as i64);
+        for (d, (del, ins)) in all.into_iter().zip(totals) {
+            self.count(ti, d, del as i64, ins as i64);
         }
         Ok(())
     }
 
     /// Writes the rows `rows_from` selects on `from` into the foreign
-    /// targets `receivers` (indexes into `self.foreign`): one COPY text read
+    /// targets `receivers`: one COPY text read
     /// for those without a row transform, the transform's rows for the
     /// others. Returns the rows each took.
     pub(super) async fn foreign_rows(
         &self,
-        ti: usize,
-        from: usize,
+        ti: TableId,
+        from: DbId,
         rows_from: &str,
-        receivers: &[usize],
+        receivers: &[DbId],
     ) -> Result<Vec<u64>> {
-        let table = &self.tables[ti];
-        let first = self.plan.dbs.len();
-        let (plain, transformed): (Vec<usize>, Vec<usize>) =
-            receivers.iter().partition(|&&i| self.transform_for(ti, first + i).is_none());
-        let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+        let table = self.table(ti);
+        let (plain, transformed): (Vec<DbId>, Vec<DbId>) =
+            receivers.iter().partition(|&&d| self.transform_for(ti, d).is_none());
+        let mut counts: BTreeMap<DbId, u64> = BTreeMap::new();
         if !plain.is_empty() {
-            let slots: Vec<&target::Slot> = plain.iter().map(|&i| &self.foreign[i]).collect();
+            let slots: Vec<&target::Slot> = plain.iter().map(|&d| self.foreign_target(d)).collect();
             let rows_sql = format!("COPY (SELECT {} {rows_from}) TO STDOUT", table.column_list_of("t"));
-            let written = target::feed::write_rows(&self.clients[from], self.db_name(from), table, &rows_sql, &slots)
+            let written = target::feed::write_rows(self.client(from), self.db_name(from), table, &rows_sql, &slots)
                 .await
                 .map_err(|e| self.table_error(e, ti))?;
             counts.extend(plain.iter().copied().zip(written));
         }
-        for i in transformed {
-            let sink = super::transform::RowSink::Foreign(&self.foreign[i]);
-            let written = self.transformed_rows(ti, from, rows_from, first + i, &sink).await?;
-            counts.insert(i, written);
+        for d in transformed {
+            let sink = super::transform::RowSink::Foreign(self.foreign_target(d));
+            let written = self.transformed_rows(ti, from, rows_from, d, &sink).await?;
+            counts.insert(d, written);
         }
-        Ok(receivers.iter().map(|i| counts.get(i).copied().unwrap_or(0)).collect())
+        Ok(receivers.iter().map(|d| counts.get(d).copied().unwrap_or(0)).collect())
     }
 }

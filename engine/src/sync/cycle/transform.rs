@@ -6,6 +6,7 @@ use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::copy_in_bytes;
 use crate::plugin::convert::{self, ColumnKind, push_copy_row};
 use crate::plugin::{LoadedPlugin, Value};
+use crate::sync::plan::{DbId, TableId};
 
 /// Where a transform's rows go: a PostgreSQL target by COPY, or a foreign one.
 pub(super) enum RowSink<'s> {
@@ -19,8 +20,8 @@ const TRANSFORM_BATCH: usize = 1000;
 impl<'a> Cycle<'a> {
     /// The transform for rows of table `ti` going to db `d`: one for this
     /// table and db first, then this table, then this db, then any.
-    pub(super) fn transform_for(&self, ti: usize, d: usize) -> Option<&'a LoadedPlugin> {
-        let id = self.tables[ti].id;
+    pub(super) fn transform_for(&self, ti: TableId, d: DbId) -> Option<&'a LoadedPlugin> {
+        let id = self.table(ti).id;
         let rank = |t: &Transform| match (t.table, t.target) {
             (Some(table), Some(db)) if table == id && db == d => Some(0),
             (Some(table), None) if table == id => Some(1),
@@ -31,11 +32,11 @@ impl<'a> Cycle<'a> {
         self.transforms.iter().filter_map(|t| rank(t).map(|r| (r, t.plugin))).min_by_key(|(r, _)| *r).map(|(_, p)| p)
     }
 
-    pub(super) async fn copy_transformed(&self, ti: usize, from: usize, rows_from: &str, target: usize) -> Result<u64> {
+    pub(super) async fn copy_transformed(&self, ti: TableId, from: DbId, rows_from: &str, target: DbId) -> Result<u64> {
         let sink = RowSink::Postgres {
-            client: &self.clients[target],
+            client: self.client(target),
             // The transform's rows are COPY text, whatever format the table copies in.
-            in_sql: format!("COPY {} ({}) FROM STDIN", self.tables[ti].quoted(), self.tables[ti].column_list()),
+            in_sql: format!("COPY {} ({}) FROM STDIN", self.table(ti).quoted(), self.table(ti).column_list()),
         };
         self.transformed_rows(ti, from, rows_from, target, &sink).await
     }
@@ -45,22 +46,22 @@ impl<'a> Cycle<'a> {
     /// rows written.
     pub(super) async fn transformed_rows(
         &self,
-        ti: usize,
-        from: usize,
+        ti: TableId,
+        from: DbId,
         rows_from: &str,
-        target: usize,
+        target: DbId,
         sink: &RowSink<'_>,
     ) -> Result<u64> {
-        let table = &self.tables[ti];
+        let table = self.table(ti);
         let Some(plugin) = self.transform_for(ti, target) else { return Ok(0) };
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let select: Vec<String> = table.columns.iter().zip(&kinds).map(|(c, k)| k.select("t", &c.name)).collect();
         let cursor = "ibex_transform";
-        let source = &self.clients[from];
+        let source = self.client(from);
         source
             .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {} {rows_from}", select.join(", ")))
             .await
-            .ctx(|| format!("reading rows of {} on db {}", table.name, self.plan.dbs[from].name))?;
+            .ctx(|| format!("reading rows of {} on db {}", table.name, self.plan.db(from).name))?;
         let mut sync = self.sync_info(plugin);
         // Foreign targets follow the sync's PostgreSQL dbs (their indexes in this run).
         sync.dbs.extend(self.foreign.iter().map(|f| crate::plugin::bindings::types::DbInfo {
@@ -74,7 +75,7 @@ impl<'a> Cycle<'a> {
             let rows = source
                 .query(&format!("FETCH FORWARD {TRANSFORM_BATCH} FROM {cursor}"), &[])
                 .await
-                .ctx(|| format!("reading rows of {} on db {}", table.name, self.plan.dbs[from].name))?;
+                .ctx(|| format!("reading rows of {} on db {}", table.name, self.plan.db(from).name))?;
             if rows.is_empty() {
                 break;
             }
@@ -93,8 +94,8 @@ impl<'a> Cycle<'a> {
                 plugin,
                 self.host_dbs.clone(),
                 &sync,
-                from as u32,
-                target as u32,
+                from.index() as u32,
+                target.index() as u32,
                 &info,
                 &kinds,
                 batch,

@@ -17,10 +17,11 @@ use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes};
 use crate::pg::{quote_ident, quote_literal};
+use crate::sync::plan::{DbId, TableId};
 
 /// Per truncated table: each source's keys changed after the TRUNCATE,
 /// with their latest change time (microseconds since 2000).
-pub(super) type Kept = BTreeMap<usize, BTreeMap<usize, BTreeMap<Vec<Vec<u8>>, i64>>>;
+pub(super) type Kept = BTreeMap<TableId, BTreeMap<DbId, BTreeMap<Vec<Vec<u8>>, i64>>>;
 
 impl<'a> Cycle<'a> {
     /// Before the truncated tables are emptied: each source's keys changed
@@ -28,8 +29,8 @@ impl<'a> Cycle<'a> {
     pub(super) async fn keep_after_truncates(&self, probe: &Probe) -> Result<Kept> {
         let mut kept = Kept::new();
         for (name, truncated) in &probe.truncated {
-            let Some(ti) = self.tables.iter().position(|t| &t.name == name) else { continue };
-            let table = &self.tables[ti];
+            let Some(ti) = self.table_ids().find(|&ti| &self.table(ti).name == name) else { continue };
+            let table = self.table(ti);
             let after = pg_time(truncated.at);
             let mut per_source = BTreeMap::new();
             for src in self.plan.sources().collect::<Vec<_>>() {
@@ -41,7 +42,7 @@ impl<'a> Cycle<'a> {
                 );
                 if src != truncated.source {
                     let keep = quote_ident(&temp_name("keep", table));
-                    self.clients[src]
+                    self.client(src)
                         .batch_execute(&format!(
                             "DROP TABLE IF EXISTS pg_temp.{keep};
                              CREATE TEMP TABLE {keep} ON COMMIT DROP AS
@@ -59,7 +60,8 @@ impl<'a> Cycle<'a> {
                             )
                         })?;
                 }
-                let rows = self.clients[src]
+                let rows = self
+                    .client(src)
                     .query(
                         &format!(
                             "SELECT {keys}, max(d.changed_at)
@@ -92,7 +94,7 @@ impl<'a> Cycle<'a> {
     /// settled and applied on every db.
     pub(super) async fn reapply_after_truncates(&mut self, probe: &Probe, kept: &Kept) -> Result<()> {
         for (&ti, per_source) in kept {
-            let Some(truncated) = probe.truncated.get(&self.tables[ti].name).copied() else { continue };
+            let Some(truncated) = probe.truncated.get(&self.table(ti).name).copied() else { continue };
             let mut keys: BTreeMap<&Vec<Vec<u8>>, Vec<Version>> = BTreeMap::new();
             for (&src, changed) in per_source {
                 for (key, &at) in changed {
@@ -100,7 +102,7 @@ impl<'a> Cycle<'a> {
                 }
             }
             // What each winner other than the truncating source brings back.
-            let mut from: BTreeMap<usize, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
+            let mut from: BTreeMap<DbId, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
             for (key, versions) in keys {
                 let winner = if versions.len() == 1 {
                     Some(versions[0].db)
@@ -118,7 +120,7 @@ impl<'a> Cycle<'a> {
                         Err(_) => {
                             return Err(Error::Sync(format!(
                                 "conflict_strategy=abort: a key of table {} changed after a TRUNCATE on more than one source, so nothing was applied",
-                                self.tables[ti].name
+                                self.table(ti).name
                             )));
                         }
                     }
@@ -136,9 +138,9 @@ impl<'a> Cycle<'a> {
 
     /// Replaces `keys` on every db by source `src`'s rows kept aside before
     /// the TRUNCATE (a key it deleted stays deleted).
-    async fn bring_back(&mut self, ti: usize, src: usize, keys: &[Vec<Vec<u8>>]) -> Result<()> {
-        let table = &self.tables[ti];
-        let dbs: Vec<usize> = self.plan.delta_dbs().collect();
+    async fn bring_back(&mut self, ti: TableId, src: DbId, keys: &[Vec<Vec<u8>>]) -> Result<()> {
+        let table = self.table(ti);
+        let dbs: Vec<DbId> = self.plan.delta_dbs().collect();
         let del = temp_name("del", table);
         let send = temp_name("send", table);
         let keep = quote_ident(&temp_name("keep", table));
@@ -152,21 +154,22 @@ impl<'a> Cycle<'a> {
         let data = data.finish();
         for &d in &dbs {
             self.ensure_temp(d, &del, table).await?;
-            copy_in_bytes(&self.clients[d], &load_sql(&del), data.clone()).await?;
+            copy_in_bytes(self.client(d), &load_sql(&del), data.clone()).await?;
             let deleted = self.delete_loaded(d, &del, table, keys.len() as u64).await?;
             self.count(ti, d, deleted as i64, 0);
         }
         self.ensure_temp(src, &send, table).await?;
-        copy_in_bytes(&self.clients[src], &load_sql(&send), data).await?;
+        copy_in_bytes(self.client(src), &load_sql(&send), data).await?;
         let rows_from =
             format!("FROM pg_temp.{keep} t JOIN pg_temp.{} k ON {}", quote_ident(&send), table.key_join("t", "k"));
-        let receivers: Vec<usize> = dbs.iter().copied().filter(|&d| d != src).collect();
+        let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != src).collect();
         let inserted = self.copy_rows(ti, src, &rows_from, &receivers).await?;
         for (&d, n) in receivers.iter().zip(inserted) {
             self.count(ti, d, 0, n as i64);
         }
         // The source itself was emptied too: its own kept rows go back in.
-        let own = self.clients[src]
+        let own = self
+            .client(src)
             .execute(
                 &format!(
                     "INSERT INTO {} ({}) SELECT {} {rows_from}",
@@ -186,7 +189,7 @@ impl<'a> Cycle<'a> {
     /// pending) are done: forget them, in the run's transaction.
     pub(super) async fn resynced(&self, probe: &Probe) -> Result<()> {
         for (name, &src) in &probe.resync {
-            self.clients[src]
+            self.client(src)
                 .execute(
                     &format!(
                         "DELETE FROM ibex.resync WHERE sync = {} AND schema_name = $1 AND rel_name = $2",

@@ -15,6 +15,7 @@ use crate::capture::{Snapshot, Window, in_window_end, not_written_by, window_con
 use crate::error::{Error, PgContext, Result};
 use crate::pg::version::XidFlavour;
 use crate::pg::{QualifiedName, quote_literal};
+use crate::sync::plan::{DbId, TableId};
 
 /// Herds up to this size have their windows counted by the probe itself.
 const FOLD_COUNTS_UP_TO_TABLES: usize = 64;
@@ -51,48 +52,48 @@ impl SourceWindow {
 /// A table truncated on a source in the window: the latest truncate wins.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Truncated {
-    pub source: usize,
+    pub source: DbId,
     /// Its change time, in microseconds since 2000-01-01 UTC.
     pub at: i64,
 }
 
-/// What the probe found, per source (db index) and table (index in the plan's tables).
+/// What the probe found, per source and table (flags by `TableId::index`).
 #[derive(Debug, Default)]
 pub(super) struct Probe {
     /// Tables with changes in the (possibly cut) window.
-    pub changed: BTreeMap<usize, Vec<bool>>,
+    pub changed: BTreeMap<DbId, Vec<bool>>,
     /// Tables with changes past a cut window's end (only when several
     /// sources may contend for keys and some window was cut).
-    pub beyond: BTreeMap<usize, Vec<bool>>,
+    pub beyond: BTreeMap<DbId, Vec<bool>>,
     pub truncated: BTreeMap<QualifiedName, Truncated>,
     /// Tables to copy whole from a source (their key changed with changes pending).
-    pub resync: BTreeMap<QualifiedName, usize>,
+    pub resync: BTreeMap<QualifiedName, DbId>,
     /// Delta rows in each source's whole window, counted up to the limit + 1.
-    pub window_rows: BTreeMap<usize, i64>,
+    pub window_rows: BTreeMap<DbId, i64>,
 }
 
 impl<'a> Cycle<'a> {
-    fn source_window(&self, db: usize) -> Result<&SourceWindow> {
-        self.windows[db]
+    fn source_window(&self, db: DbId) -> Result<&SourceWindow> {
+        self.windows[db.index()]
             .as_ref()
             .ok_or_else(|| Error::Sync(format!("db {} has no window in this run", self.db_name(db))))
     }
 
     /// The rows of delta alias `d` this run applies from source `db`.
-    pub(super) fn window(&self, db: usize) -> Result<String> {
+    pub(super) fn window(&self, db: DbId) -> Result<String> {
         let w = self.source_window(db)?;
         Ok(format!("{} AND {}", window_condition("d", &w.window, w.xids), not_written_by("d", &self.plan.sync.name)))
     }
 
     /// All rows committed after the cursor, also past a cut window's end.
-    pub(super) fn whole_window(&self, db: usize) -> Result<String> {
+    pub(super) fn whole_window(&self, db: DbId) -> Result<String> {
         let w = self.source_window(db)?;
         let whole = Window { cursor: w.window.cursor.clone(), end: None };
         Ok(format!("{} AND {}", window_condition("d", &whole, w.xids), not_written_by("d", &self.plan.sync.name)))
     }
 
     /// True for rows of alias `d` inside the (cut) window.
-    pub(super) fn in_window(&self, db: usize) -> Result<String> {
+    pub(super) fn in_window(&self, db: DbId) -> Result<String> {
         let w = self.source_window(db)?;
         Ok(match &w.window.end {
             Some(end) => format!("({})", in_window_end("d", end, w.xids)),
@@ -113,7 +114,7 @@ impl<'a> Cycle<'a> {
         // Counting in the probe saves a round trip, but a count costs more to
         // plan than an EXISTS: for large herds, count only the changed tables.
         let fold = count_limit.filter(|_| self.tables.len() <= FOLD_COUNTS_UP_TO_TABLES);
-        let sources: Vec<usize> = self.plan.sources().collect();
+        let sources: Vec<DbId> = self.plan.sources().collect();
         let contended = self.contended();
         let sync = quote_literal(&self.plan.sync.name);
         let answers = try_join_all(sources.iter().map(|&src| {
@@ -156,7 +157,8 @@ impl<'a> Cycle<'a> {
                     changed.join(", "),
                     beyond.join(", "),
                 );
-                let row = self.clients[src]
+                let row = self
+                    .client(src)
                     .query_one(&sql, &[])
                     .await
                     .ctx(|| format!("looking for changes on db {}", self.db_name(src)))?;
@@ -213,12 +215,12 @@ impl<'a> Cycle<'a> {
     /// Per source with changes: the delta rows of its changed tables, each
     /// counted up to `limit + 1` (all an empty or small window costs is
     /// the probe itself).
-    async fn count_windows(&self, probe: &Probe, limit: u64) -> Result<BTreeMap<usize, i64>> {
-        let busy: Vec<(usize, Vec<usize>)> = probe
+    async fn count_windows(&self, probe: &Probe, limit: u64) -> Result<BTreeMap<DbId, i64>> {
+        let busy: Vec<(DbId, Vec<TableId>)> = probe
             .changed
             .iter()
-            .map(|(&src, flags)| (src, flags.iter().enumerate().filter(|(_, f)| **f).map(|(ti, _)| ti).collect()))
-            .filter(|(_, tables): &(usize, Vec<usize>)| !tables.is_empty())
+            .map(|(&src, flags)| (src, self.table_ids().zip(flags).filter(|(_, f)| **f).map(|(ti, _)| ti).collect()))
+            .filter(|(_, tables): &(DbId, Vec<TableId>)| !tables.is_empty())
             .collect();
         let counts = try_join_all(busy.iter().map(|(src, tables)| async move {
             let window = self.whole_window(*src)?;
@@ -227,12 +229,13 @@ impl<'a> Cycle<'a> {
                 .map(|&ti| {
                     format!(
                         "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
-                        self.tables[ti].delta(),
+                        self.table(ti).delta(),
                         limit.saturating_add(1)
                     )
                 })
                 .collect();
-            let row = self.clients[*src]
+            let row = self
+                .client(*src)
                 .query_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
                 .await
                 .ctx(|| format!("measuring the window on db {}", self.db_name(*src)))?;
@@ -244,7 +247,7 @@ impl<'a> Cycle<'a> {
 
     /// `SELECT d.txid FROM delta d WHERE <window> UNION ALL ...` over the
     /// tables of the sync that changed on one source.
-    fn delta_union(&self, src: usize, changed: &[bool]) -> Result<String> {
+    fn delta_union(&self, src: DbId, changed: &[bool]) -> Result<String> {
         let window = self.whole_window(src)?;
         Ok(self
             .tables
@@ -260,14 +263,15 @@ impl<'a> Cycle<'a> {
     /// transaction where the limit is reached (a transaction is never
     /// split: one larger than the limit makes a window of its own).
     pub(super) async fn cut_windows(&mut self, probe: &Probe, limit: u64) -> Result<()> {
-        let over: Vec<usize> =
+        let over: Vec<DbId> =
             probe.window_rows.iter().filter(|(_, rows)| **rows > limit as i64).map(|(&src, _)| src).collect();
         for src in over {
             let Some(changed) = probe.changed.get(&src) else { continue };
             let union = self.delta_union(src, changed)?;
             // One scan: rows per transaction, summed in txid order; the
             // cut falls on the transaction holding the limit's next row.
-            let row = self.clients[src]
+            let row = self
+                .client(src)
                 .query_opt(
                     &format!(
                         "WITH per AS (SELECT u.txid, count(*) AS n FROM ({union}) u GROUP BY u.txid),
@@ -287,7 +291,7 @@ impl<'a> Cycle<'a> {
                 (row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?, row.try_get(3).map_err(read)?);
             // The first transaction alone is over the limit: take it whole.
             let (boundary, rows) = if before == 0 { (at + 1, through) } else { (at, before) };
-            let Some(w) = self.windows[src].as_mut() else { continue };
+            let Some(w) = self.windows[src.index()].as_mut() else { continue };
             let end = Snapshot::bounded(&w.window.cursor, &w.now, boundary);
             if end == w.now {
                 continue;
@@ -300,7 +304,7 @@ impl<'a> Cycle<'a> {
                 backlog = total - rows,
                 "window larger than window_rows: applying it in parts"
             );
-            if let Some(w) = self.windows[src].as_mut() {
+            if let Some(w) = self.windows[src.index()].as_mut() {
                 w.cut = Some(Cut { rows, backlog: total - rows });
             }
         }
