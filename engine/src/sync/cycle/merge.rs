@@ -323,15 +323,16 @@ impl<'a> Cycle<'a> {
         }
         for (w, data) in to_send {
             self.ensure_temp(w, &send, table).await?;
+            let sending = data.rows();
             copy_in_bytes(self.client(w), &load_sql(&send), data.finish()).await?;
             let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != w).collect();
             if receivers.is_empty() {
                 continue;
             }
             let rows_from = format!(
-                "FROM {} t JOIN pg_temp.{} k ON {}",
+                "FROM {} t JOIN {} k ON {}",
                 table.quoted(),
-                quote_ident(&send),
+                crate::target::postgres::loaded_keys(&send, sending),
                 table.key_join("t", "k")
             );
             let inserted = self.copy_rows(ti, w, &rows_from, &receivers).await?;

@@ -332,9 +332,9 @@ impl<'a> Cycle<'a> {
             .chain(table.columns.iter().zip(&col_kinds).map(|(c, kind)| kind.select("t", &c.name)))
             .collect();
         let sql = format!(
-            "SELECT {} FROM pg_temp.{} k LEFT JOIN {} t ON {}",
+            "SELECT {} FROM {} k LEFT JOIN {} t ON {}",
             select.join(", "),
-            quote_ident(&temp),
+            crate::target::postgres::loaded_keys(&temp, batch.len() as u64),
             table.quoted(),
             table.key_join("t", "k")
         );
