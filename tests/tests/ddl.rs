@@ -148,13 +148,24 @@ fn addcol_follows_a_column_added_on_the_source_and_fail_names_it() {
     // What addcol cannot add (a changed type) pauses the table instead.
     s.sql("src", "ALTER TABLE acct ALTER COLUMN n TYPE bigint");
     s.sql("src", "UPDATE acct SET n = n + 1 WHERE id = 1");
+    status_says(
+        &s,
+        &d,
+        "follow",
+        &["paused: column public.acct.n is integer on db dst but bigint on db src"],
+        "addcol did not fall back to pause",
+    );
+}
+
+/// Waits until `ibex status SYNC` contains every one of `needles`.
+fn status_says(s: &Setup, d: &Daemon, sync: &str, needles: &[&str], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = s.ibex.run(&["status", "follow"]).ok().stdout;
-        if status.contains("paused: column public.acct.n is integer on db dst but bigint on db src") {
-            break;
+        let status = s.ibex.run(&["status", sync]).ok().stdout;
+        if needles.iter().all(|n| status.contains(n)) {
+            return;
         }
-        assert!(Instant::now() < deadline, "addcol did not fall back to pause:\n{status}\n{}", d.log());
+        assert!(Instant::now() < deadline, "{what}:\n{status}\n{}", d.log());
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -203,17 +214,13 @@ fn pause_holds_back_only_the_drifted_table_and_resumes_by_itself() {
     s.sql("src", "UPDATE other SET n = n + 5 WHERE id <= 50");
     // The other table goes on while acct waits.
     same_everywhere(&s, &d, &["src", "dst"], "the table that did not change stopped too", "SELECT sum(n) FROM other");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = s.ibex.run(&["status", "follow"]).ok().stdout;
-        if status.contains("Table public.acct")
-            && status.contains("paused: table public.acct on db dst lacks column note")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "status does not say acct is paused:\n{status}\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    status_says(
+        &s,
+        &d,
+        "follow",
+        &["Table public.acct", "paused: table public.acct on db dst lacks column note"],
+        "status does not say acct is paused",
+    );
     assert_eq!(s.sql("dst", "SELECT count(*) FROM acct WHERE id > 90"), "10", "acct was applied while paused");
     // More changes, while it waits, to both tables.
     s.sql("src", "UPDATE acct SET n = n + 100 WHERE id BETWEEN 30 AND 39");
@@ -262,18 +269,13 @@ fn pause_on_two_masters_holds_the_sync_and_loses_nothing() {
         s.sql("m2", &format!("UPDATE acct SET n = n + 1, extra = {round} WHERE id % 2 = 0 AND id > {round}"));
         std::thread::sleep(Duration::from_millis(300));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = s.ibex.run(&["status", "mm"]).ok().stdout;
-        if status.contains("Paused")
-            && status.contains("paused: table public.acct")
-            && status.contains("whole sync waits")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "status does not say mm is paused:\n{status}\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    status_says(
+        &s,
+        &d,
+        "mm",
+        &["Paused", "paused: table public.acct", "whole sync waits"],
+        "status does not say mm is paused",
+    );
     let m1_sum = s.sql("m1", "SELECT sum(n) FROM acct WHERE id % 2 = 1");
     let m2_sum = s.sql("m2", "SELECT sum(n) FROM acct WHERE id % 2 = 0");
     assert_ne!(
