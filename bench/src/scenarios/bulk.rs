@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::{Bench, bucardo_dbs, check_same, ibex_dbs, last_ibex_run, raw_pipe, scale_for};
 use crate::bucardo::RssSampler;
-use crate::measure::run_measured;
+use crate::measure::{run_measured, timed};
 use crate::report::{Better, Figure, Goal, Measure};
 
 /// Scenarios 2 and 7: one-way apply of `rows` changed rows: rows/s against the raw
@@ -60,6 +60,32 @@ pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
                     .bucardo(Figure::or_missing(bucardo_time.map(|d| size as f64 / d.as_secs_f64()), unfinished))
                     .reference(Figure::of(size as f64 / raw.as_secs_f64()), "raw COPY pipe")
                     .goal(Goal::ReferenceAtLeast(0.5), ">= 0.5 of the raw pipe"),
+            );
+            // The floor of delete + copy: the same rows deleted on the
+            // (vacuumed) target as one statement, then piped in again.
+            s.sql("idst", "VACUUM ANALYZE pgbench_accounts");
+            let (_, delete) =
+                timed(|| s.cluster.psql("idst", &format!("DELETE FROM pgbench_accounts WHERE aid <= {size}")))?;
+            let refill = raw_pipe(
+                &s.cluster,
+                "isrc",
+                &format!("COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)"),
+                "idst",
+                "COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)",
+            )?;
+            check_same(&s, "the raw delete + copy", &["isrc", "idst"], &["pgbench_accounts"])?;
+            bench.add(
+                Measure::new(
+                    "bulk_floor",
+                    "bulk one-way",
+                    format!("{size} changed rows applied, against their raw DELETE + COPY"),
+                    "rows/s",
+                    Better::Higher,
+                )
+                .ibex(Figure::of(size as f64 / ibex_secs))
+                .bucardo(Figure::or_missing(bucardo_time.map(|d| size as f64 / d.as_secs_f64()), unfinished))
+                .reference(Figure::of(size as f64 / (delete + refill).as_secs_f64()), "raw DELETE, then COPY pipe")
+                .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of raw delete + copy"),
             );
         }
         let bucardo_mib = bucardo_rss as f64 / 1024.0;

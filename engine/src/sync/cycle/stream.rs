@@ -96,10 +96,13 @@ impl<'a> Cycle<'a> {
         let window = self.window(src)?;
         let keys = temp_name("del", table);
         try_join_all(receivers.iter().map(|&d| self.ensure_temp(d, &keys, table))).await?;
+        // In key order: the delete then visits the target's rows in index
+        // (for most tables, physical) order; in hash order 1M deletes took
+        // three times as long.
         let key_sql = format!(
-            "COPY (SELECT DISTINCT {} FROM {} d WHERE {window}) TO STDOUT WITH (FORMAT binary)",
-            table.key_list_of("d"),
-            table.delta()
+            "COPY (SELECT DISTINCT {keys} FROM {} d WHERE {window} ORDER BY {keys}) TO STDOUT WITH (FORMAT binary)",
+            table.delta(),
+            keys = table.key_list_of("d"),
         );
         let load_sql =
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&keys), table.key_list());
