@@ -4,6 +4,11 @@
 //! run starts unlocked again), halves its window when a run outlasts
 //! run_timeout, records every run in the catalog and announces it with
 //! `ibex_syncdone_<sync>`.
+//!
+//! Over 500 lines because the KID owns the state every run shares (its
+//! connections, table checks, held tables, lease token, loaded plugins);
+//! the decisions live elsewhere: the cycle in `cycle/`, what waits under
+//! a ddl policy in `pause.rs`, the checks in `validate.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
