@@ -194,6 +194,42 @@ impl Rig {
         self.audit(&committed)
     }
 
+    /// When the audit found something, writes what explains it to
+    /// target/reliability/ID.evidence.txt: the daemon's log, every row
+    /// version that arrived more than once on a db (with its transaction and
+    /// time), and the cursor moves of every source.
+    pub fn evidence(&self, d: &Daemon, id: &str, tally: &Tally) -> Result<()> {
+        if tally.lost == 0 && tally.doubled == 0 && tally.differing == 0 {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for db in DBS {
+            let c = self.cluster(db);
+            text.push_str(&format!(
+                "== {db}: row versions that arrived more than once (tbl, key, xid, at, row)\n{}\n",
+                c.psql(
+                    db,
+                    "SELECT a.tbl, a.key, a.xid, a.at, a.row_text FROM ibex_audit.arrival a
+                      WHERE a.by_ibex AND (a.tbl, a.key, a.row_text) IN
+                            (SELECT tbl, key, row_text FROM ibex_audit.arrival WHERE by_ibex
+                              GROUP BY 1, 2, 3 HAVING count(*) > 1)
+                      ORDER BY a.tbl, a.key, a.at"
+                )?
+            ));
+            if MASTERS.contains(&db) {
+                text.push_str(&format!(
+                    "== {db}: cursor moves\n{}\n",
+                    c.psql(db, "SELECT sync, at FROM ibex_audit.cursor_move ORDER BY at")?
+                ));
+            }
+        }
+        text.push_str(&format!("== the daemon's log\n{}", d.log()));
+        let dir = crate::plugins::workspace_root().join("target/reliability");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{id}.evidence.txt")), text)?;
+        Ok(())
+    }
+
     /// The audit of every db against the writers' acknowledged commits.
     pub fn audit(&self, committed: &[(String, Vec<i32>)]) -> Result<Tally> {
         let dbs: Vec<AuditedDb> = DBS
@@ -249,4 +285,185 @@ impl MaxTime {
     pub fn get(&self) -> Option<u64> {
         self.0
     }
+}
+
+/// Whether a daemon log line is about sync `sync` (`sync=NAME` field).
+fn about_sync(line: &str, sync: &str) -> bool {
+    let field = format!("sync={sync}");
+    line.split_whitespace().any(|word| word == field)
+}
+
+/// How many good runs of `sync` the daemon's log shows.
+pub fn runs_done(d: &Daemon, sync: &str) -> usize {
+    d.log().lines().filter(|l| l.contains(RUN_DONE) && about_sync(l, sync)).count()
+}
+
+/// Waits until the daemon's log shows more than `seen` good runs of `sync`.
+pub fn wait_run_done(d: &Daemon, sync: &str, seen: usize, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while runs_done(d, sync) <= seen {
+        if Instant::now() > deadline {
+            bail!("no new good run of {sync} in the daemon's log within {within:?}:\n{}", tail(&d.log(), 40));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Waits until the backlog of `sync` is drained while the writers still
+/// write: its last `runs` good runs each inserted fewer than `rows` rows
+/// (a run cut at its window, after run_timeout halved it, inserts about
+/// twice the window). Settling with a backlog of several windows would copy
+/// the same current row once per window after the writers stopped, which
+/// the audit cannot tell from a window applied twice.
+pub fn wait_caught_up(d: &Daemon, sync: &str, runs: usize, rows: u64, within: Duration) -> Result<()> {
+    let inserted = |line: &str| -> Option<u64> {
+        line.split_whitespace().find_map(|w| w.strip_prefix("inserted=")).and_then(|n| n.parse().ok())
+    };
+    wait_until(d, &format!("{sync} caught up ({runs} good runs inserting under {rows} rows each)"), within, || {
+        let log = d.log();
+        let last: Vec<u64> =
+            log.lines().filter(|l| l.contains(RUN_DONE) && about_sync(l, sync)).filter_map(inserted).collect();
+        last.len() >= runs && last[last.len() - runs..].iter().all(|&n| n < rows)
+    })
+}
+
+/// The daemon's `run failed` lines of `sync` that contain one of `needles`.
+pub fn failed_runs_with(d: &Daemon, sync: &str, needles: &[&str]) -> usize {
+    d.log()
+        .lines()
+        .filter(|l| l.contains("run failed") && about_sync(l, sync) && needles.iter().any(|n| l.contains(n)))
+        .count()
+}
+
+/// The daemon's lines about `sync` that say a run failed or outlasted
+/// run_timeout (the kid retries those within the run).
+pub fn run_trouble(d: &Daemon, sync: &str) -> usize {
+    d.log()
+        .lines()
+        .filter(|l| (l.contains("run failed") || l.contains("longer than run_timeout")) && about_sync(l, sync))
+        .count()
+}
+
+/// Runs `sql` on `db` (on `port`) with psql every `pause` until finished,
+/// counting the statements that succeeded: a load of its own for a second
+/// sync.
+pub struct SqlLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<thread::JoinHandle<u64>>,
+}
+
+impl SqlLoop {
+    /// `sql` may use `{n}`, replaced by 1, 2, 3...
+    pub fn start(port: u16, db: &str, sql: &str, pause: Duration) -> SqlLoop {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (db, sql) = (db.to_string(), sql.to_string());
+        let handle = thread::spawn(move || {
+            let mut ok = 0;
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                let status = Command::new("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                    .arg(port.to_string())
+                    .args(["-d", &db, "-c", &sql.replace("{n}", &n.to_string())])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if status.is_ok_and(|s| s.success()) {
+                    ok += 1;
+                }
+                thread::sleep(pause);
+            }
+            ok
+        });
+        SqlLoop { stop, handle: Some(handle) }
+    }
+
+    /// Stops and returns how many statements succeeded.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for SqlLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A small tmpfs mounted for a test (root only), unmounted and removed on
+/// drop, also when the test panics. `resize` changes its size in place.
+pub struct Tmpfs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `megabytes` MB on a new directory owned by
+    /// `postgres` (for a tablespace).
+    pub fn mount(megabytes: u32) -> Result<Tmpfs> {
+        let dir = tempfile::Builder::new().prefix("ibex-tmpfs-").tempdir()?.keep();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m,mode=0700"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            bail!("mount -t tmpfs was refused ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        let fs = Tmpfs { dir };
+        let out = Command::new("chown").args(["postgres:postgres"]).arg(&fs.dir).output()?;
+        if !out.status.success() {
+            bail!("chown postgres {}: {}", fs.dir.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(fs)
+    }
+
+    /// Free bytes on the tmpfs.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&self.dir).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).and_then(|l| l.trim().parse().ok()).ok_or_else(|| anyhow!("df said {text:?}"))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a server still holding a file open cannot keep it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Whether the long form runs (`IBEX_FAULT_REPS` set, as
+/// scripts/reliability.sh does): faults that last minutes there last
+/// seconds in the test suite's short form.
+pub fn long_form() -> bool {
+    std::env::var("IBEX_FAULT_REPS").is_ok()
+}
+
+/// Waits until `done()` holds, failing with `what` and the daemon's log.
+pub fn wait_until(d: &Daemon, what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}:\n{}", tail(&d.log(), 40));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The first daemon log line containing every one of `needles`, from its
+/// `error=` field on (or the whole line), cut to `max` characters and with
+/// no `|` (it goes into a Markdown table).
+pub fn logged_error(d: &Daemon, needles: &[&str], max: usize) -> Option<String> {
+    let log = d.log();
+    let line = log.lines().find(|l| needles.iter().all(|n| l.contains(n)))?;
+    let text = line.split_once("error=").map_or(line, |(_, e)| e).replace("\\\"", "'").replace(['"', '|'], "");
+    Some(text.chars().take(max).collect())
 }

@@ -100,3 +100,86 @@ impl FaultProxy {
         self.mode.store(PASS, Ordering::Relaxed);
     }
 }
+
+/// Every packet to and from a local TCP port dropped by the kernel
+/// (iptables, as root): no RST, no ACK, the peer just goes silent, as on a
+/// dead network path. The rules go on `heal` or drop (also when the test
+/// panics).
+pub struct PacketDrop {
+    port: u16,
+    active: bool,
+}
+
+fn iptables(action: &str, port: u16, direction: &str) -> Result<()> {
+    let out = std::process::Command::new("iptables")
+        .args([action, "INPUT", "-p", "tcp", direction, &port.to_string(), "-j", "DROP"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run iptables ({e}): install it (apt-get install iptables)"))?;
+    if !out.status.success() {
+        anyhow::bail!("iptables {action} ... {direction} {port} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl PacketDrop {
+    /// Drops every packet whose source or destination port is `port`.
+    pub fn start(port: u16) -> Result<PacketDrop> {
+        let mut drop = PacketDrop { port, active: true };
+        iptables("-A", port, "--dport")?;
+        if let Err(e) = iptables("-A", port, "--sport") {
+            drop.active = false;
+            let _ = iptables("-D", port, "--dport");
+            return Err(e);
+        }
+        Ok(drop)
+    }
+
+    /// Lets packets through again.
+    pub fn heal(&mut self) -> Result<()> {
+        if self.active {
+            iptables("-D", self.port, "--dport")?;
+            iptables("-D", self.port, "--sport")?;
+            self.active = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PacketDrop {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = iptables("-D", self.port, "--dport");
+            let _ = iptables("-D", self.port, "--sport");
+        }
+    }
+}
+
+/// The kernel's TCP keepalive probing (`net.ipv4.tcp_keepalive_intvl` and
+/// `_probes`: what a socket that sets only its idle time, as ibex's do,
+/// gets) set for a test and put back on drop.
+pub struct KeepaliveProbes {
+    saved: Vec<(&'static str, String)>,
+}
+
+const KEEPALIVE_KEYS: [&str; 2] = ["/proc/sys/net/ipv4/tcp_keepalive_intvl", "/proc/sys/net/ipv4/tcp_keepalive_probes"];
+
+impl KeepaliveProbes {
+    /// Probes every `interval_s` seconds, `probes` unanswered ones kill the connection.
+    pub fn set(interval_s: u32, probes: u32) -> Result<KeepaliveProbes> {
+        let mut guard = KeepaliveProbes { saved: Vec::new() };
+        for (key, value) in KEEPALIVE_KEYS.iter().zip([interval_s, probes]) {
+            let old = std::fs::read_to_string(key)?.trim().to_string();
+            std::fs::write(key, value.to_string()).map_err(|e| anyhow::anyhow!("writing {key}: {e}"))?;
+            guard.saved.push((key, old));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for KeepaliveProbes {
+    fn drop(&mut self) {
+        for (key, old) in &self.saved {
+            let _ = std::fs::write(key, old);
+        }
+    }
+}

@@ -3,7 +3,10 @@
 //! a run is paused inside its apply transaction, SIGKILL of the daemon at
 //! every failpoint of the cycle, network stalls longer than run_timeout
 //! and connections cut mid-COPY (a TCP proxy), ibex's backends terminated,
-//! clocks skewed by an hour under `latest`. After each, `ibex compare` must
+//! clocks skewed by an hour under `latest`, a target's disk filling up
+//! mid-apply, the control database restarted mid-run, a partition of one
+//! db for minutes while another sync goes on, and TCP keepalive expiry on
+//! a path whose packets the kernel drops. After each, `ibex compare` must
 //! find every db equal and the independent audit (`tests/src/audit.rs`)
 //! must find nothing lost, doubled or differing. Each test records what it
 //! did in target/reliability/ for docs/RELIABILITY.md; `IBEX_FAULT_REPS`
@@ -14,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use ibex_tests::audit::{AuditedDb, Tally, check};
 use ibex_tests::faults::{
-    self, MaxTime, RUN_DONE, Rig, SYNC, ScenarioRecord, ibex_inside_apply, kill_postgres, log_count, reps, wait_log,
+    self, DBS, MaxTime, RUN_DONE, Rig, SYNC, ScenarioRecord, SqlLoop, Tmpfs, failed_runs_with, ibex_inside_apply,
+    kill_postgres, log_count, logged_error, long_form, reps, run_trouble, runs_done, wait_log, wait_run_done,
+    wait_until,
 };
-use ibex_tests::proxy::FaultProxy;
-use ibex_tests::{Daemon, Setup};
+use ibex_tests::proxy::{FaultProxy, KeepaliveProbes, PacketDrop};
+use ibex_tests::{Cluster, Daemon, Setup};
 
 /// Fails the test unless the audit is clean.
 fn assert_clean(what: &str, tally: &Tally) {
@@ -399,4 +404,344 @@ fn clock_skew_of_an_hour_under_latest() {
     for (skew, as_documented) in outcomes {
         assert!(as_documented, "skew {skew}: not the documented outcome: {observed:?}");
     }
+}
+
+/// What PostgreSQL says when a file cannot grow (SQLSTATE 53100, disk_full).
+const DISK_FULL: [&str; 3] = ["could not extend", "No space left on device", "53100"];
+
+/// Fills tablespace `ibex_small` on `db` with table `filler`, in ever
+/// smaller batches, until not even one row fits.
+fn fill_tablespace(c: &Cluster, db: &str) {
+    c.psql(db, "CREATE TABLE filler (x text) TABLESPACE ibex_small").expect("creating the filler");
+    for batch in [2000, 100, 5, 1] {
+        for _ in 0..10_000 {
+            let insert =
+                format!("INSERT INTO filler SELECT repeat(md5(i::text), 30) FROM generate_series(1, {batch}) i");
+            match c.psql(db, &insert) {
+                Ok(_) => {}
+                Err(e) if DISK_FULL.iter().any(|n| format!("{e:#}").contains(n)) => break,
+                Err(e) => panic!("filling the tablespace: {e:#}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_targets_disk_fills_up_mid_apply() {
+    let started = Instant::now();
+    let full = 5;
+    let n = reps(full, 1);
+    // Mounted before the rig, so it is unmounted after the clusters stopped.
+    let disk = Tmpfs::mount(24).expect("mounting a 24 MB tmpfs (the fault suite runs as root)");
+    let rig = Rig::new(&[], false, |_, port| port).expect("the rig");
+    let t = rig.cluster("t");
+    t.psql("postgres", &format!("CREATE TABLESPACE ibex_small LOCATION '{}'", disk.dir.display()))
+        .expect("a tablespace on the tmpfs");
+    t.psql(
+        "t",
+        "ALTER TABLE writes SET TABLESPACE ibex_small; ALTER INDEX writes_pkey SET TABLESPACE ibex_small;
+         ALTER TABLE counter SET TABLESPACE ibex_small; ALTER INDEX counter_pkey SET TABLESPACE ibex_small",
+    )
+    .expect("moving t's tables onto the tmpfs");
+    let mut d = daemon(&rig, "");
+    d.start().expect("starting the daemon");
+    let load = rig.writers();
+    wait_run_done(&d, SYNC, 0, Duration::from_secs(120)).expect("a first good run");
+    let mut recovery = MaxTime::default();
+    let (mut done, mut failed) = (0, 0);
+    for rep in 0..n {
+        let before = failed_runs_with(&d, SYNC, &DISK_FULL);
+        fill_tablespace(t, "t");
+        assert!(disk.free_bytes().expect("df") < 64 * 1024, "rep {rep}: the tmpfs is not full");
+        // The masters write on; every run must now fail on t, and be retried.
+        wait_until(&d, "two runs failing on the full disk", Duration::from_secs(120), || {
+            failed_runs_with(&d, SYNC, &DISK_FULL) >= before + 2
+        })
+        .unwrap_or_else(|e| panic!("rep {rep}: {e}"));
+        assert!(d.run(&["ping"]).success(), "the daemon must carry on with a full disk:\n{}", d.log());
+        let runs = runs_done(&d, SYNC);
+        t.psql("t", "DROP TABLE filler").expect("freeing the space");
+        let freed = Instant::now();
+        wait_run_done(&d, SYNC, runs, Duration::from_secs(180)).expect("a good run once there is space");
+        recovery.add(freed.elapsed());
+        failed += failed_runs_with(&d, SYNC, &DISK_FULL) - before;
+        done += 1;
+    }
+    let error = logged_error(&d, &["run failed", "could not extend"], 400)
+        .and_then(|e| e.find("could not extend").map(|at| e[at..].chars().take(140).collect::<String>()))
+        .unwrap_or_else(|| "no 'could not extend' error logged".into());
+    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
+    faults::record(&ScenarioRecord {
+        id: "disk_full".into(),
+        scenario: "a target's disk full mid-apply (its tables in a tablespace on a 24 MB tmpfs, filled up by another \
+                   table while the masters write; space freed by dropping that table)"
+            .into(),
+        reps_planned: n,
+        reps_full: full,
+        reps: done,
+        faults: done as u64,
+        tally: Some(tally),
+        max_recovery_ms: recovery.get(),
+        observed: Some(format!("{failed} runs failed and were retried while full, e.g. {error}")),
+        server_version: rig.server_version().expect("version"),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+    .expect("recording");
+    rig.evidence(&d, "disk_full", &tally).expect("writing the evidence");
+    assert_clean("disk full", &tally);
+}
+
+#[test]
+fn the_control_database_restarted_mid_run() {
+    let started = Instant::now();
+    let full = 10;
+    let n = reps(full, 2);
+    // Every db on a cluster of its own: the control's cluster holds only the catalog.
+    let mut rig = Rig::new(&DBS, false, |_, port| port).expect("the rig");
+    rig.setup.ibex.sh("set run_timeout=60s").ok();
+    let mut d = daemon(&rig, "mid_apply=sleep(1500)");
+    d.start().expect("starting the daemon");
+    let load = rig.writers();
+    let mut recovery = MaxTime::default();
+    let mut done = 0;
+    let failed_before = log_count(&d, "run failed");
+    for rep in 0..n {
+        // A run paused inside its apply transaction on every db.
+        let seen = log_count(&d, "failpoint mid_apply reached");
+        wait_log(&d, "failpoint mid_apply reached", seen, Duration::from_secs(120)).expect("a run reaching apply");
+        let runs = runs_done(&d, SYNC);
+        let restarted = Instant::now();
+        rig.setup.cluster.restart().unwrap_or_else(|e| panic!("rep {rep}: restarting the control's PostgreSQL: {e:#}"));
+        wait_run_done(&d, SYNC, runs, Duration::from_secs(180)).expect("a good run after the control's restart");
+        recovery.add(restarted.elapsed());
+        done += 1;
+    }
+    let failed = log_count(&d, "run failed") - failed_before;
+    assert!(d.run(&["ping"]).success(), "the daemon must carry on:\n{}", d.log());
+    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
+    faults::record(&ScenarioRecord {
+        id: "control_restart".into(),
+        scenario: "the control database's PostgreSQL restarted (pg_ctl restart -m fast) while a run is paused inside \
+                   its apply transaction"
+            .into(),
+        reps_planned: n,
+        reps_full: full,
+        reps: done,
+        faults: done as u64,
+        tally: Some(tally),
+        max_recovery_ms: recovery.get(),
+        observed: Some(format!("{failed} runs failed across the restarts; the daemon reconnected by itself")),
+        server_version: rig.server_version().expect("version"),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+    .expect("recording");
+    rig.evidence(&d, "control_restart", &tally).expect("writing the evidence");
+    assert_clean("control restart", &tally);
+}
+
+#[test]
+fn a_partition_of_one_db_for_minutes_while_another_sync_goes_on() {
+    let started = Instant::now();
+    let full = 2;
+    let n = reps(full, 2);
+    let window = if long_form() { Duration::from_secs(120) } else { Duration::from_secs(15) };
+    let mut proxies: Vec<(String, FaultProxy)> = Vec::new();
+    let rig = Rig::new(&[], false, |db, port| {
+        let proxy = FaultProxy::start(port).expect("starting a fault proxy");
+        let port = proxy.port;
+        proxies.push((db.to_string(), proxy));
+        port
+    })
+    .expect("the rig");
+    let proxy = |db: &str| &proxies.iter().find(|(name, _)| name == db).expect("a proxy per db").1;
+    // A second sync for each victim, without it, on a table and herd of its own.
+    let side = |victim: &str| if victim == "t" { "side_m2" } else { "side_t" };
+    let ibex = &rig.setup.ibex;
+    for db in DBS {
+        rig.cluster(db)
+            .psql(db, "CREATE TABLE side_m2 (id int PRIMARY KEY); CREATE TABLE side_t (id int PRIMARY KEY)")
+            .expect("the second syncs' tables");
+    }
+    for (sync, target) in [("side_m2", "m2"), ("side_t", "t")] {
+        ibex.sh(&format!("add table {sync} db=m1 herd=h_{sync}")).ok();
+        ibex.sh(&format!("add sync {sync} herd=h_{sync} dbs=m1:source,{target}:target")).ok();
+    }
+    ibex.sh("set run_timeout=5s").ok();
+    let mut d = daemon(&rig, "");
+    d.start().expect("starting the daemon");
+    let load = rig.writers();
+    let side_load = SqlLoop::start(
+        rig.cluster("m1").port(),
+        "m1",
+        "INSERT INTO side_m2 VALUES ({n}); INSERT INTO side_t VALUES ({n})",
+        Duration::from_millis(100),
+    );
+    for sync in [SYNC, "side_m2", "side_t"] {
+        wait_run_done(&d, sync, 0, Duration::from_secs(120)).expect("a first good run of every sync");
+    }
+    let mut recovery = MaxTime::default();
+    let mut observed = Vec::new();
+    let mut done = 0;
+    for rep in 0..n {
+        let victim = ["t", "m2"][rep as usize % 2];
+        let other = side(victim);
+        let (side_runs, failed) = (runs_done(&d, other), run_trouble(&d, SYNC));
+        proxy(victim).blackhole();
+        thread::sleep(window);
+        let side_during = runs_done(&d, other) - side_runs;
+        let failed_during = run_trouble(&d, SYNC) - failed;
+        let runs = runs_done(&d, SYNC);
+        proxy(victim).heal();
+        let healed = Instant::now();
+        assert!(failed_during >= 1, "rep {rep}: no run of {SYNC} failed while {victim} was cut off:\n{}", d.log());
+        assert!(
+            side_during >= 3,
+            "rep {rep}: {other} completed only {side_during} good runs while {victim} was cut off:\n{}",
+            d.log()
+        );
+        wait_run_done(&d, SYNC, runs, Duration::from_secs(240)).expect("a good run after the partition");
+        recovery.add(healed.elapsed());
+        observed.push(format!(
+            "{victim} cut off: {other} {side_during} good runs, {SYNC} {failed_during} failed or timed-out runs meanwhile"
+        ));
+        done += 1;
+    }
+    let side_writes = side_load.finish();
+    assert!(side_writes > 0, "the second syncs' load wrote nothing");
+    faults::wait_caught_up(&d, SYNC, 3, 500, Duration::from_secs(240)).expect("the backlog drained under load");
+    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
+    faults::record(&ScenarioRecord {
+        id: "partition".into(),
+        scenario: format!(
+            "a partition of one db for {} s (its TCP proxy black-holed: new connections hang, open ones stall), \
+             alternately t and m2, while a second sync without it (m1 → m2 or m1 → t, a table of its own) goes on",
+            window.as_secs()
+        ),
+        reps_planned: n,
+        reps_full: full,
+        reps: done,
+        faults: done as u64,
+        tally: Some(tally),
+        max_recovery_ms: recovery.get(),
+        observed: Some(observed.join("; ")),
+        server_version: rig.server_version().expect("version"),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+    .expect("recording");
+    rig.evidence(&d, "partition", &tally).expect("writing the evidence");
+    assert_clean("partition", &tally);
+}
+
+/// How many established connections to local port `port` have a TCP
+/// keepalive timer running (`ss -o`).
+fn keepalive_timers(port: u16) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", "dport", "=", &format!(":{port}")])
+        .output()
+        .expect("running ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("timer:(keepalive")).count()
+}
+
+#[test]
+fn tcp_keepalive_expiry_when_packets_are_dropped() {
+    let started = Instant::now();
+    let full = 2;
+    let n = reps(full, 1);
+    // ibex reaches m2 through a proxy port whose packets the kernel drops
+    // (the writers go to m2 directly); the proxy itself only passes bytes.
+    let mut path: Option<FaultProxy> = None;
+    let rig = Rig::new(&[], false, |db, port| {
+        if db != "m2" {
+            return port;
+        }
+        let proxy = FaultProxy::start(port).expect("starting a proxy");
+        let port = proxy.port;
+        path = Some(proxy);
+        port
+    })
+    .expect("the rig");
+    let path_port = path.as_ref().expect("m2's proxy").port;
+    let run_timeout = Duration::from_secs(5);
+    rig.setup.ibex.sh("set run_timeout=5s").ok();
+    // ibex's sockets keep alive after 30 s idle (engine/src/pg/mod.rs) and
+    // leave the probing to the kernel: 2 s × 3 probes here instead of
+    // 75 s × 9, so a dead path is declared dead after ~36 s, not ~12 min.
+    let _probes = KeepaliveProbes::set(2, 3).expect("setting the kernel's keepalive probing (root)");
+    let mut d = daemon(&rig, "");
+    d.start().expect("starting the daemon");
+    let load = rig.writers();
+    wait_run_done(&d, SYNC, 0, Duration::from_secs(120)).expect("a first good run");
+    let silence = if long_form() { Duration::from_secs(60) } else { Duration::from_secs(40) };
+    // The daemon's LISTEN connection to m2 sends nothing and the proxy
+    // never closes it, so while every packet is dropped only its keepalive
+    // can end it (hub.rs logs the end; the error itself is a debug line).
+    let expired = |d: &Daemon| {
+        d.log()
+            .lines()
+            .filter(|l| l.contains("autokick connection closed") && l.split_whitespace().any(|w| w == "db=m2"))
+            .count()
+    };
+    let mut recovery = MaxTime::default();
+    let mut observed = Vec::new();
+    let mut done = 0;
+    let timeouts_before = log_count(&d, "longer than run_timeout");
+    let reconnected = |d: &Daemon| {
+        d.log()
+            .lines()
+            .filter(|l| l.contains("autokick listener connected again") && l.split_whitespace().any(|w| w == "db=m2"))
+            .count()
+    };
+    for rep in 0..n {
+        // The listening connection of the previous repetition is back.
+        wait_until(&d, "m2's listening connection back", Duration::from_secs(180), || reconnected(&d) >= expired(&d))
+            .unwrap_or_else(|e| panic!("rep {rep}: {e}"));
+        let (expiries, failed) = (expired(&d), run_trouble(&d, SYNC));
+        let mut dropping = PacketDrop::start(path_port).expect("dropping packets with iptables (root)");
+        let dropped = Instant::now();
+        let armed = keepalive_timers(path_port);
+        assert!(armed >= 1, "rep {rep}: no connection to m2's path has a keepalive timer:\n{}", d.log());
+        wait_until(
+            &d,
+            "the keepalive of m2's listening connection expiring",
+            silence + Duration::from_secs(60),
+            || expired(&d) > expiries,
+        )
+        .unwrap_or_else(|e| panic!("rep {rep}: {e}"));
+        let noticed = dropped.elapsed();
+        thread::sleep(silence.saturating_sub(dropped.elapsed()));
+        let failed_during = run_trouble(&d, SYNC) - failed;
+        let runs = runs_done(&d, SYNC);
+        dropping.heal().expect("removing the iptables rules");
+        let healed = Instant::now();
+        assert!(failed_during >= 1, "rep {rep}: no run of {SYNC} failed while m2 was silent:\n{}", d.log());
+        wait_run_done(&d, SYNC, runs, Duration::from_secs(180)).expect("a good run once packets flow");
+        recovery.add(healed.elapsed());
+        observed.push(format!("keepalive expiry after {:.0} s ({armed} connections with a keepalive timer), {failed_during} failed or timed-out runs", noticed.as_secs_f64()));
+        done += 1;
+    }
+    let timeouts = log_count(&d, "longer than run_timeout") - timeouts_before;
+    faults::wait_caught_up(&d, SYNC, 3, 500, Duration::from_secs(240)).expect("the backlog drained under load");
+    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
+    faults::record(&ScenarioRecord {
+        id: "keepalive".into(),
+        scenario: format!(
+            "every packet between ibex and m2 dropped by the kernel (iptables DROP: no RST) for {} s; TCP keepalive \
+             (ibex: 30 s idle; kernel probing 2 s × 3) expires the idle LISTEN connection, runs hit run_timeout ({} s; \
+             {timeouts} expiries seen) or connect_timeout",
+            silence.as_secs(),
+            run_timeout.as_secs()
+        ),
+        reps_planned: n,
+        reps_full: full,
+        reps: done,
+        faults: done as u64,
+        tally: Some(tally),
+        max_recovery_ms: recovery.get(),
+        observed: Some(observed.join("; ")),
+        server_version: rig.server_version().expect("version"),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+    .expect("recording");
+    rig.evidence(&d, "keepalive", &tally).expect("writing the evidence");
+    assert_clean("keepalive expiry", &tally);
 }

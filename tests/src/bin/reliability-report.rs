@@ -14,8 +14,18 @@ use ibex_tests::faults::ScenarioRecord;
 use ibex_tests::plugins::workspace_root;
 
 /// The scenarios of tests/tests/faults.rs that must have left a record.
-const SCENARIOS: [&str; 6] =
-    ["pg_kill_source", "pg_kill_target", "daemon_kill", "network", "terminated_connections", "clock_skew"];
+const SCENARIOS: [&str; 10] = [
+    "pg_kill_source",
+    "pg_kill_target",
+    "daemon_kill",
+    "network",
+    "terminated_connections",
+    "disk_full",
+    "control_restart",
+    "partition",
+    "keepalive",
+    "clock_skew",
+];
 
 fn read_records(dir: &Path) -> Result<Vec<ScenarioRecord>> {
     let mut records: Vec<ScenarioRecord> = Vec::new();
@@ -144,7 +154,8 @@ fn main() -> Result<()> {
          - **re-applied**: a row version arriving again while the master's cursor had not moved since: the documented \
            idempotent re-apply of a window whose run committed but died before the cursor advance (expected, not an error);\n\
          - **differing**: a row or counter whose contents on a db differ from the master's;\n\
-         - **max recovery**: the longest time from a fault (or its end, for stalls) to the daemon's next good run.\n\n\
+         - **max recovery**: the longest time from a fault (or its end, for stalls, partitions and dropped packets; \
+           the moment space was freed, for a full disk) to the daemon's next good run.\n\n\
          `tests/tests/faults.rs::the_audit_catches_planted_loss_double_apply_and_difference` proves these counters \
          see a planted loss, a planted double apply (a cursor put back by hand), a planted difference, and tell a \
          crash's re-apply apart.\n"
@@ -218,16 +229,36 @@ const PROSE: &str = r#"
   itself lost. The crash scenarios above run with `fsync = on`.
 - **Writes on a target are not replicated** and may be overwritten by the
   next change of the same key from a source.
-- **DDL is not replicated.** Change the table on every db, then
-  `ibex validate SYNC`; until then the sync fails with the difference named.
+- **DDL made by hand on one db is not replicated.** Schema changes go
+  through `ibex ddl SYNC 'SQL'`, which runs the statement on every db of the
+  sync and commits it on all or none. A change made on one db only is met
+  by the sync's `ddl` policy (see the README, "Schema changes"): with
+  `ddl=fail` (the default) the runs fail naming the table, db and column
+  that differ; with `ddl=pause` the table (or, with several sources, the
+  whole sync) waits while capture goes on, and resumes by itself once the
+  dbs match; `ddl=addcol` adds a column a source gained on the other dbs
+  and pauses on any other difference. Nothing is lost while a sync fails or
+  waits, but until someone makes the dbs match, their changes do not flow.
 
 ## Not exercised by this suite
 
-Named so that nobody reads the table as covering them: a target's disk
-filling up mid-apply; the control database restarted mid-run; a partition
-of one db lasting minutes while other syncs go on; TCP keepalive expiry (a
-userspace proxy keeps the TCP connection alive, so a stall reaches
-`run_timeout`, not the keepalive).
+Named so that nobody reads the table as covering them:
+
+- **TCP keepalive with the kernel's default probing.** ibex's connections
+  start keepalive probes after 30 s idle and leave their interval and count
+  to the kernel (75 s × 9 by default, about 12 minutes before a dead peer is
+  declared). The keepalive row above shortens the kernel's probing to
+  2 s × 3 for the run, so what it shows is that the expiry is noticed and
+  recovered from, not how long it takes with the defaults.
+- **Keepalive on a connection with data in flight.** A connection waiting
+  for an answer to something it sent is ended by TCP retransmission
+  (`tcp_retries2`, about 15 minutes by default), not by keepalive; in the
+  runs above `run_timeout` ends such a run first. A `run_timeout` longer
+  than the retransmission timeout is not exercised.
+- **A disk filling up on a source** (its delta tables) or on the control
+  database; only a target's tables on a full tablespace are.
+- **The control database lost for good** or moved to another server; only
+  a restart of its PostgreSQL is.
 
 ## A database gone for a day
 
