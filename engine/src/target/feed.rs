@@ -4,10 +4,10 @@
 use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::Client;
 
+use super::TableSpec;
 use super::copytext::LineSplitter;
 use super::{Shape, Slot, TextRow};
 use crate::error::{Error, PgContext, Result};
-use crate::sync::validate::TableSpec;
 
 /// Rows handed on per batch.
 pub const BATCH_ROWS: usize = 1000;

@@ -15,6 +15,7 @@ pub mod mariadb;
 pub mod postgres;
 pub mod sqlite;
 pub mod sqltext;
+mod table;
 pub mod types;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::pg::QualifiedName;
 use crate::pg::introspect::LiveColumn;
 pub use copytext::TextRow;
+pub use table::TableSpec;
 use types::Kind;
 
 /// Which SQL a flatfile target writes.
@@ -242,7 +244,7 @@ impl Slot {
 }
 
 /// A problem line for each column some foreign target cannot take.
-pub fn unmappable(foreign: &[ForeignDb], tables: &[crate::sync::validate::TableSpec]) -> Vec<String> {
+pub fn unmappable(foreign: &[ForeignDb], tables: &[TableSpec]) -> Vec<String> {
     let mut problems = Vec::new();
     for db in foreign {
         for table in tables {

@@ -6,9 +6,9 @@
 
 use tokio_postgres::Client;
 
+use super::TableSpec;
 use crate::error::{PgContext, Result};
 use crate::pg::quote_ident;
-use crate::sync::validate::TableSpec;
 
 /// `COPY table (columns) FROM STDIN ...`: what receives the source's rows.
 pub fn copy_in_sql(table: &TableSpec) -> String {
