@@ -208,8 +208,8 @@ impl Mcp {
                         Ok((id, _)) => (*id, false),
                         Err(err) => (err.id(), err.is_panic()),
                     };
-                    if let Some(name) = self.task_names.remove(&id) {
-                        self.task_ended(name, panicked);
+                    if let Some(name) = self.task_names.remove(&id) && self.task_ended(name, panicked) {
+                        reload_at = Some(Instant::now());
                     }
                 }
                 _ = async { match reload_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
@@ -227,10 +227,15 @@ impl Mcp {
     }
 
     /// A CTL or the VAC ended without being asked to: start it again later.
-    fn task_ended(&mut self, name: String, panicked: bool) {
-        // A CTL whose sync was removed or deactivated ends as it should.
-        if *self.shutdown.borrow() || (name != "VAC" && !self.ctls.contains_key(&name)) {
-            return;
+    /// Returns true when a CTL told to stop has finished: the caller reloads,
+    /// which starts its successor if the sync is still this daemon's to run.
+    fn task_ended(&mut self, name: String, panicked: bool) -> bool {
+        if *self.shutdown.borrow() {
+            return false;
+        }
+        // A CTL whose sync was removed, deactivated or re-leased ends as it should.
+        if name != "VAC" && !self.ctls.contains_key(&name) {
+            return true;
         }
 
         let count = self.restarts.get(&name).map_or(0, |(c, _)| *c) + 1;
@@ -238,6 +243,14 @@ impl Mcp {
         tracing::error!(task = %name, panicked, restart_in_s = delay.as_secs(), "task ended unexpectedly; restarting");
         self.ctls.remove(&name);
         self.restarts.insert(name, (count, Some(Instant::now() + delay)));
+        false
+    }
+
+    /// A CTL told to stop (lease lost or re-taken, sync deactivated) finishes
+    /// its current run first. Its successor waits for that: two runs of one
+    /// sync at once would read the same window and apply it twice.
+    fn finishing(&self, name: &str) -> bool {
+        !self.ctls.contains_key(name) && self.task_names.values().any(|n| n == name)
     }
 
     fn waiting_to_restart(&self, name: &str) -> bool {
@@ -352,6 +365,10 @@ impl Mcp {
             if self.waiting_to_restart(name) {
                 continue;
             }
+            if self.finishing(name) {
+                tracing::info!(sync = %name, "the sync's previous CTL is finishing its run; starting its successor after it");
+                continue;
+            }
 
             let plan = match Plan::load(client.as_ref(), name).await {
                 Ok(p) => p,
@@ -383,9 +400,9 @@ impl Mcp {
             };
             match self.ctls.get_mut(name) {
                 Some(ctl) if ctl.lease != token => {
-                    // Lost and taken again: the old CTL's runs are fenced out.
+                    // Lost and taken again: the old CTL's runs are fenced out;
+                    // its successor starts once it has finished (`finishing`).
                     self.ctls.remove(name);
-                    self.spawn_ctl(name, plan, token).await;
                 }
                 Some(ctl) if ctl.plan != plan => {
                     ctl.plan = plan.clone();
