@@ -23,6 +23,8 @@ const LAYOUT: &[(&str, &str, &str)] = &[
     ("memory_rows", "bulk", "memory: peak RSS, bulk size"),
     ("memory_rss_rows", "bulk", "memory: peak RSS, large size"),
     ("capture_update", "capture", "capture cost: bulk UPDATE"),
+    ("capture_insert", "capture", "capture cost: bulk INSERT"),
+    ("capture_delete", "capture", "capture cost: bulk DELETE"),
     ("capture_tps", "capture", "capture cost: pgbench TPS"),
     ("latency_oneway_p50", "latency", "autokick latency: one-way p50"),
     ("latency_oneway_p99", "latency", "autokick latency: one-way p99"),

@@ -1,4 +1,5 @@
-//! What capture costs the application: a bulk UPDATE and pgbench TPS.
+//! What capture costs the application: a bulk UPDATE, INSERT and DELETE,
+//! and pgbench TPS.
 
 use anyhow::{Context, Result};
 
@@ -6,10 +7,11 @@ use super::{Bench, bucardo_dbs, scale_for};
 use crate::measure::{percentile, timed};
 use crate::report::{Better, Figure, Goal, Measure};
 
-/// Scenario 3: What capture costs the application: a bulk UPDATE and pgbench TPS,
-/// with each engine's triggers, against the same without any.
+/// Scenario 3: What capture costs the application: a bulk UPDATE, INSERT
+/// and DELETE, and pgbench TPS, with each engine's triggers, against the
+/// same without any.
 pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
-    eprintln!("== capture cost: UPDATE of {rows} rows, pgbench TPS");
+    eprintln!("== capture cost: UPDATE, INSERT and DELETE of {rows} rows, pgbench TPS");
     let s = bench.setup()?;
     s.cluster.create_pgbench_db("bare", scale_for(rows))?;
     s.dbs_from("bare", &["ib", "ib_sink"]);
@@ -19,7 +21,20 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     bucardo_dbs(&s, &b, "bare", &["bu", "bu_sink"])?;
     b.cmd(&["add", "table", "pgbench_accounts", "pgbench_branches", "pgbench_tellers", "db=bu", "relgroup=h"])?;
     b.cmd(&["add", "sync", "cap", "relgroup=h", "dbs=bu:source,bu_sink:target"])?;
-    let update = format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {rows}");
+    // INSERT then DELETE of the same rows leave the table as it was.
+    let offset = rows * 10;
+    let statements = [
+        ("update", "UPDATE", format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {rows}")),
+        (
+            "insert",
+            "INSERT",
+            format!(
+                "INSERT INTO pgbench_accounts (aid, bid, abalance, filler) \
+                 SELECT aid + {offset}, bid, abalance, filler FROM pgbench_accounts WHERE aid <= {rows}"
+            ),
+        ),
+        ("delete", "DELETE", format!("DELETE FROM pgbench_accounts WHERE aid > {offset}")),
+    ];
     let empty_deltas = |db: &str| -> Result<()> {
         s.cluster.psql(
             db,
@@ -32,34 +47,38 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
         )?;
         Ok(())
     };
-    let mut times: [Vec<f64>; 3] = Default::default();
+    // times[statement][engine]: bare, ibex, Bucardo.
+    let mut times: [[Vec<f64>; 3]; 3] = Default::default();
     for _ in 0..3 {
         for (i, db) in ["bare", "ib", "bu"].into_iter().enumerate() {
-            empty_deltas(db)?;
-            s.sql(db, "VACUUM ANALYZE pgbench_accounts");
-            let (_, t) = timed(|| Ok(s.sql(db, &update)))?;
-            times[i].push(t.as_secs_f64());
+            for (k, (_, _, sql)) in statements.iter().enumerate() {
+                empty_deltas(db)?;
+                s.sql(db, "VACUUM ANALYZE pgbench_accounts");
+                let (_, t) = timed(|| Ok(s.sql(db, sql)))?;
+                times[k][i].push(t.as_secs_f64());
+            }
         }
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         percentile(&v, 0.5)
     };
-    let [bare, ib, bu] = times;
     let no_median = "no timing";
-    bench.add(
-        Measure::new(
-            "capture_update",
-            "capture cost",
-            format!("UPDATE of {rows} rows (median of 3)"),
-            "s",
-            Better::Lower,
-        )
-        .ibex(Figure::or_missing(median(ib), no_median))
-        .bucardo(Figure::or_missing(median(bu), no_median))
-        .reference(Figure::or_missing(median(bare), no_median), "no triggers")
-        .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
-    );
+    for ((id, verb, _), [bare, ib, bu]) in statements.iter().zip(times) {
+        bench.add(
+            Measure::new(
+                &format!("capture_{id}"),
+                "capture cost",
+                format!("{verb} of {rows} rows (median of 3)"),
+                "s",
+                Better::Lower,
+            )
+            .ibex(Figure::or_missing(median(ib), no_median))
+            .bucardo(Figure::or_missing(median(bu), no_median))
+            .reference(Figure::or_missing(median(bare), no_median), "no triggers")
+            .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
+        );
+    }
     let tps = |db: &str| -> Result<f64> {
         empty_deltas(db)?;
         let out = s.cluster.pgbench(db, &["-n", "-c", "2", "-j", "2", "-T", "20"])?;
