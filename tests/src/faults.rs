@@ -33,10 +33,10 @@ pub fn reps(full: u32, short: u32) -> u32 {
     }
 }
 
-/// What one scenario did, for docs/RELIABILITY.md. Every field is measured
-/// by the run.
+/// What a scenario tells of itself; the rest of its record is measured
+/// when it ends (`Rig::finish`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ScenarioRecord {
+pub struct Scenario {
     /// A stable id (the file name).
     pub id: String,
     /// What was done, in words.
@@ -48,12 +48,20 @@ pub struct ScenarioRecord {
     pub reps: u32,
     /// Faults injected in all (a repetition may inject several).
     pub faults: u64,
-    /// None for scenarios whose outcome is a decision, not a copy.
-    pub tally: Option<Tally>,
     /// The longest time from a fault to the next good run, in ms.
     pub max_recovery_ms: Option<u64>,
     /// What was observed, when the outcome is a decision (clock skew).
     pub observed: Option<String>,
+}
+
+/// What one scenario did, for docs/RELIABILITY.md. Every field is measured
+/// by the run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ScenarioRecord {
+    #[serde(flatten)]
+    pub done: Scenario,
+    /// None for scenarios whose outcome is a decision, not a copy.
+    pub tally: Option<Tally>,
     /// `SELECT version()` of the servers involved.
     pub server_version: String,
     /// Wall-clock seconds the scenario took.
@@ -64,7 +72,7 @@ pub struct ScenarioRecord {
 pub fn record(rec: &ScenarioRecord) -> Result<()> {
     let dir = crate::plugins::workspace_root().join("target/reliability");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(format!("{}.json", rec.id)), serde_json::to_string_pretty(rec)?)?;
+    std::fs::write(dir.join(format!("{}.json", rec.done.id)), serde_json::to_string_pretty(rec)?)?;
     Ok(())
 }
 
@@ -98,14 +106,7 @@ pub fn log_count(d: &Daemon, needle: &str) -> usize {
 
 /// Waits until the daemon's log holds more than `seen` lines with `needle`.
 pub fn wait_log(d: &Daemon, needle: &str, seen: usize, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    while log_count(d, needle) <= seen {
-        if Instant::now() > deadline {
-            bail!("no new {needle:?} line in the daemon's log within {within:?}:\n{}", tail(&d.log(), 40));
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    wait_until(d, &format!("a new {needle:?} line in the daemon's log"), within, || log_count(d, needle) > seen)
 }
 
 /// The last `n` lines of a log, for failure messages.
@@ -192,6 +193,23 @@ impl Rig {
         let committed: Vec<(String, Vec<i32>)> = writers.into_iter().map(|w| (w.db.clone(), w.finish())).collect();
         converge(d, within)?;
         self.audit(&committed)
+    }
+
+    /// Ends a scenario that copied rows: settles and audits (`settle`),
+    /// records what it did with the tally, and writes the evidence when the
+    /// audit found something. Returns the tally.
+    pub fn finish(&self, d: &Daemon, writers: Vec<Writer>, started: Instant, done: Scenario) -> Result<Tally> {
+        let tally = self.settle(d, writers, Duration::from_secs(240)).context("settling")?;
+        let id = done.id.clone();
+        record(&ScenarioRecord {
+            done,
+            tally: Some(tally),
+            server_version: self.server_version()?,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+        .context("recording")?;
+        self.evidence(d, &id, &tally).context("writing the evidence")?;
+        Ok(tally)
     }
 
     /// When the audit found something, writes what explains it to

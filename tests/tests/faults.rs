@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use ibex_tests::audit::{AuditedDb, Tally, check};
 use ibex_tests::faults::{
-    self, DBS, MaxTime, RUN_DONE, Rig, SYNC, ScenarioRecord, SqlLoop, Tmpfs, failed_runs_with, ibex_inside_apply,
-    kill_postgres, log_count, logged_error, long_form, reps, run_trouble, runs_done, wait_log, wait_run_done,
-    wait_until,
+    self, DBS, MaxTime, RUN_DONE, Rig, SYNC, Scenario, ScenarioRecord, SqlLoop, Tmpfs, failed_runs_with,
+    ibex_inside_apply, kill_postgres, log_count, logged_error, long_form, reps, run_trouble, runs_done, wait_log,
+    wait_run_done, wait_until,
 };
 use ibex_tests::proxy::{FaultProxy, KeepaliveProbes, PacketDrop};
 use ibex_tests::{Cluster, Daemon, Setup};
@@ -147,21 +147,17 @@ fn sigkill_postgres_inside_the_apply(victim: &str, id: &str, scenario: &str) {
         done += 1;
     }
     assert!(d.run(&["ping"]).success(), "the daemon must carry on:\n{}", d.log());
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: id.into(),
         scenario: scenario.into(),
         reps_planned: n,
         reps_full: full,
         reps: done,
         faults: done as u64,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: None,
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean(scenario, &tally);
 }
 
@@ -216,8 +212,7 @@ fn sigkill_of_the_daemon_at_every_failpoint() {
             recovery.add(killed.elapsed());
         }
     }
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "daemon_kill".into(),
         scenario: format!(
             "SIGKILL of the ibex daemon paused at each failpoint of the cycle ({}), fsync on",
@@ -227,13 +222,10 @@ fn sigkill_of_the_daemon_at_every_failpoint() {
         reps_full: full * POINTS.len() as u32,
         reps: at_points,
         faults: kills,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: None,
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("daemon kills", &tally);
 }
 
@@ -285,8 +277,7 @@ fn network_stalls_past_run_timeout_and_cuts_mid_copy() {
     }
     let timeouts = log_count(&d, "longer than run_timeout") - timeouts_before;
     assert!(timeouts as u64 >= stalls, "only {timeouts} run_timeout expiries for {stalls} stalls:\n{}", d.log());
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "network".into(),
         scenario: format!(
             "network stalls of {} s (3 × run_timeout; {timeouts} run_timeout expiries seen) and every connection cut while a COPY is open (TCP proxy), alternately on t and m2",
@@ -296,13 +287,10 @@ fn network_stalls_past_run_timeout_and_cuts_mid_copy() {
         reps_full: full,
         reps: stalls.min(cuts) as u32,
         faults: stalls + cuts,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: None,
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("network faults", &tally);
 }
 
@@ -335,21 +323,17 @@ fn terminated_engine_connections() {
         rounds += u32::from(terminated > 0);
     }
     assert!(d.run(&["ping"]).success(), "the daemon must survive:\n{}", d.log());
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "terminated_connections".into(),
         scenario: "pg_terminate_backend of ibex's connections at pseudo-random moments".into(),
         reps_planned: n,
         reps_full: full,
         reps: rounds,
         faults: killed,
-        tally: Some(tally),
         max_recovery_ms: None,
         observed: None,
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("terminated connections", &tally);
 }
 
@@ -388,15 +372,18 @@ fn clock_skew_of_an_hour_under_latest() {
         outcomes.push((skew, winner == expected && on_a == on_b));
     }
     faults::record(&ScenarioRecord {
-        id: "clock_skew".into(),
-        scenario: "clock skew of ±1 h on master a under `latest` (a changes a row, b changes it 50 ms later)".into(),
-        reps_planned: 2,
-        reps_full: 2,
-        reps: observed.len() as u32,
-        faults: observed.len() as u64,
+        done: Scenario {
+            id: "clock_skew".into(),
+            scenario: "clock skew of ±1 h on master a under `latest` (a changes a row, b changes it 50 ms later)"
+                .into(),
+            reps_planned: 2,
+            reps_full: 2,
+            reps: observed.len() as u32,
+            faults: observed.len() as u64,
+            max_recovery_ms: None,
+            observed: Some(observed.join("; ")),
+        },
         tally: None,
-        max_recovery_ms: None,
-        observed: Some(observed.join("; ")),
         server_version,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -470,8 +457,7 @@ fn a_targets_disk_fills_up_mid_apply() {
     let error = logged_error(&d, &["run failed", "could not extend"], 400)
         .and_then(|e| e.find("could not extend").map(|at| e[at..].chars().take(140).collect::<String>()))
         .unwrap_or_else(|| "no 'could not extend' error logged".into());
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "disk_full".into(),
         scenario: "a target's disk full mid-apply (its tables in a tablespace on a 24 MB tmpfs, filled up by another \
                    table while the masters write; space freed by dropping that table)"
@@ -480,14 +466,10 @@ fn a_targets_disk_fills_up_mid_apply() {
         reps_full: full,
         reps: done,
         faults: done as u64,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: Some(format!("{failed} runs failed and were retried while full, e.g. {error}")),
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
-    rig.evidence(&d, "disk_full", &tally).expect("writing the evidence");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("disk full", &tally);
 }
 
@@ -518,8 +500,7 @@ fn the_control_database_restarted_mid_run() {
     }
     let failed = log_count(&d, "run failed") - failed_before;
     assert!(d.run(&["ping"]).success(), "the daemon must carry on:\n{}", d.log());
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "control_restart".into(),
         scenario: "the control database's PostgreSQL restarted (pg_ctl restart -m fast) while a run is paused inside \
                    its apply transaction"
@@ -528,14 +509,10 @@ fn the_control_database_restarted_mid_run() {
         reps_full: full,
         reps: done,
         faults: done as u64,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: Some(format!("{failed} runs failed across the restarts; the daemon reconnected by itself")),
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
-    rig.evidence(&d, "control_restart", &tally).expect("writing the evidence");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("control restart", &tally);
 }
 
@@ -609,8 +586,7 @@ fn a_partition_of_one_db_for_minutes_while_another_sync_goes_on() {
     let side_writes = side_load.finish();
     assert!(side_writes > 0, "the second syncs' load wrote nothing");
     faults::wait_caught_up(&d, SYNC, 3, 500, Duration::from_secs(240)).expect("the backlog drained under load");
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "partition".into(),
         scenario: format!(
             "a partition of one db for {} s (its TCP proxy black-holed: new connections hang, open ones stall), \
@@ -621,14 +597,10 @@ fn a_partition_of_one_db_for_minutes_while_another_sync_goes_on() {
         reps_full: full,
         reps: done,
         faults: done as u64,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: Some(observed.join("; ")),
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
-    rig.evidence(&d, "partition", &tally).expect("writing the evidence");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("partition", &tally);
 }
 
@@ -721,8 +693,7 @@ fn tcp_keepalive_expiry_when_packets_are_dropped() {
     }
     let timeouts = log_count(&d, "longer than run_timeout") - timeouts_before;
     faults::wait_caught_up(&d, SYNC, 3, 500, Duration::from_secs(240)).expect("the backlog drained under load");
-    let tally = rig.settle(&d, load, Duration::from_secs(240)).expect("settling");
-    faults::record(&ScenarioRecord {
+    let done = Scenario {
         id: "keepalive".into(),
         scenario: format!(
             "every packet between ibex and m2 dropped by the kernel (iptables DROP: no RST) for {} s; TCP keepalive \
@@ -735,13 +706,9 @@ fn tcp_keepalive_expiry_when_packets_are_dropped() {
         reps_full: full,
         reps: done,
         faults: done as u64,
-        tally: Some(tally),
         max_recovery_ms: recovery.get(),
         observed: Some(observed.join("; ")),
-        server_version: rig.server_version().expect("version"),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-    .expect("recording");
-    rig.evidence(&d, "keepalive", &tally).expect("writing the evidence");
+    };
+    let tally = rig.finish(&d, load, started, done).expect("settling and recording");
     assert_clean("keepalive expiry", &tally);
 }

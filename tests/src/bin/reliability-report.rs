@@ -39,21 +39,21 @@ fn read_records(dir: &Path) -> Result<Vec<ScenarioRecord>> {
         }
     }
     for id in SCENARIOS {
-        if !records.iter().any(|r| r.id == id) {
+        if !records.iter().any(|r| r.done.id == id) {
             bail!("scenario {id} left no record in {}: did its test run and pass?", dir.display());
         }
     }
     for r in &records {
-        if r.reps < r.reps_planned {
+        if r.done.reps < r.done.reps_planned {
             bail!(
                 "scenario {} ran {} repetitions of the {} it states: the report would overstate it",
-                r.id,
-                r.reps,
-                r.reps_planned
+                r.done.id,
+                r.done.reps,
+                r.done.reps_planned
             );
         }
     }
-    records.sort_by_key(|r| SCENARIOS.iter().position(|id| *id == r.id).unwrap_or(SCENARIOS.len()));
+    records.sort_by_key(|r| SCENARIOS.iter().position(|id| *id == r.done.id).unwrap_or(SCENARIOS.len()));
     Ok(records)
 }
 
@@ -113,8 +113,8 @@ fn main() -> Result<()> {
     versions.dedup();
     let reduced: Vec<String> = records
         .iter()
-        .filter(|r| r.reps_planned < r.reps_full)
-        .map(|r| format!("{} ({} of {})", r.id, r.reps_planned, r.reps_full))
+        .filter(|r| r.done.reps_planned < r.done.reps_full)
+        .map(|r| format!("{} ({} of {})", r.done.id, r.done.reps_planned, r.done.reps_full))
         .collect();
 
     let mut doc = String::new();
@@ -170,16 +170,16 @@ fn main() -> Result<()> {
         let _ = writeln!(
             doc,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario,
-            r.reps,
-            r.faults,
+            r.done.scenario,
+            r.done.reps,
+            r.done.faults,
             cell(t.map(|t| t.written)),
             cell(t.map(|t| t.lost)),
             cell(t.map(|t| t.doubled)),
             cell(t.map(|t| t.reapplied)),
             cell(t.map(|t| t.differing)),
-            r.max_recovery_ms.map_or_else(|| "n/a".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
-            r.observed.as_deref().unwrap_or(""),
+            r.done.max_recovery_ms.map_or_else(|| "n/a".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            r.done.observed.as_deref().unwrap_or(""),
         );
     }
     doc.push_str(PROSE);
