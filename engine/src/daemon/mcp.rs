@@ -226,8 +226,8 @@ impl Mcp {
         }
     }
 
-    /// A CTL or the VAC ended without being asked to: start it again later.
-    /// Returns true when a CTL told to stop has finished: the caller reloads,
+    /// A CTL or the VAC ended. One that ended without being asked to starts
+    /// again later (with a backoff). Returns true when a CTL told to stop has finished: the caller reloads,
     /// which starts its successor if the sync is still this daemon's to run.
     fn task_ended(&mut self, name: String, panicked: bool) -> bool {
         if *self.shutdown.borrow() {

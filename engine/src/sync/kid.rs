@@ -2,8 +2,8 @@
 //! (kidsalive), retries a cycle after serialization failures, deadlocks and
 //! lock timeouts (locking the tables on the retry so it converges; the next
 //! run starts unlocked again), halves its window when a run outlasts
-//! run_timeout (and lets it grow back after quick runs), records every run in the catalog and announces it with
-//! `ibex_syncdone_<sync>`.
+//! run_timeout (and doubles it back after quick runs), records every run in
+//! the catalog and announces it with `ibex_syncdone_<sync>`.
 //!
 //! Over 500 lines because the KID owns the state every run shares (its
 //! connections, table checks, held tables, lease token, loaded plugins);
@@ -49,7 +49,7 @@ pub struct Kid {
     /// Plugins of the plan, loaded (by name; reloaded when the sha changes).
     plugins: std::collections::HashMap<String, LoadedPlugin>,
     /// Delta rows a run takes from a source: window_rows, halved after a
-    /// run that outlasted run_timeout.
+    /// run that outlasted run_timeout, doubled back after quick runs.
     window_limit: u64,
     /// Per db (plan order): what its server can do, read at connect.
     caps: Vec<Capabilities>,
