@@ -160,6 +160,9 @@ shared_buffers = 64MB
 max_wal_size = 2GB
 log_min_messages = warning
 log_line_prefix = '%m [%p] %d '
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
 ",
     );
     // Before 14 passwords are stored as md5, which the scram-sha-256 line of

@@ -62,6 +62,16 @@ fn seed_tutorial_four_sources_and_a_target() {
 
 #[test]
 fn one_way_inserts_updates_deletes_and_key_changes() {
+    one_way("trigger");
+}
+
+/// The same with the source's changes read from a logical replication slot.
+#[test]
+fn one_way_inserts_updates_deletes_and_key_changes_with_wal_capture() {
+    one_way("wal");
+}
+
+fn one_way(capture: &str) {
     let s = Setup::new();
     s.cluster.create_db("src").unwrap();
     s.sql(
@@ -71,10 +81,13 @@ fn one_way_inserts_updates_deletes_and_key_changes() {
          INSERT INTO items SELECT i, 'item ' || i, i FROM generate_series(1, 50) i;",
     );
     s.dbs_from("src", &["src", "r1", "r2", "r3"]);
+    s.ibex.run(&["update", "db", "src", &format!("capture={capture}")]).ok();
     s.ibex.sh("add table items pairs db=src herd=h").ok();
     s.ibex.sh("add sync push herd=h dbs=src:source,r1:target,r2:target,r3:target").ok();
     // Capture lives only where changes are read.
     assert_eq!(s.sql("r1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "0");
+    let row_triggers = s.sql("src", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex_capture_insert'");
+    assert_eq!(row_triggers, if capture == "wal" { "0" } else { "2" });
     s.sql(
         "src",
         "INSERT INTO items SELECT i, 'new ' || i, 0 FROM generate_series(51, 150) i;
@@ -270,6 +283,15 @@ fn merge_in_small_chunks_keeps_every_key() {
 
 #[test]
 fn every_type_and_odd_name_round_trips() {
+    every_type("trigger");
+}
+
+#[test]
+fn every_type_and_odd_name_round_trips_with_wal_capture() {
+    every_type("wal");
+}
+
+fn every_type(capture: &str) {
     let s = Setup::new();
     s.cluster.create_db("tsrc").unwrap();
     s.sql(
@@ -293,6 +315,9 @@ fn every_type_and_odd_name_round_trips() {
         "#,
     );
     s.dbs_from("tsrc", &["tsrc", "tdst"]);
+    for db in ["tsrc", "tdst"] {
+        s.ibex.run(&["update", "db", db, &format!("capture={capture}")]).ok();
+    }
     s.ibex
         .run(&[
             "add",

@@ -16,8 +16,12 @@
 //! and tag ibex's rows with the writing sync, which skips them.
 //!
 //! One catalog owns a db's capture (`ibex.owner`); another is refused.
+//!
+//! With `capture=wal` on a db, a logical replication slot replaces the row
+//! triggers and fills the same delta tables (see `wal.rs`).
 
 mod sql;
+pub mod wal;
 mod window;
 
 use std::collections::BTreeMap;
@@ -32,6 +36,36 @@ use crate::pg::QualifiedName;
 
 /// The channel the kick triggers notify; the payload is `schema.table`.
 pub const KICK_CHANNEL: &str = "ibex_changed";
+
+/// How a db's changes are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Statement triggers write the delta rows in the writing transaction.
+    #[default]
+    Trigger,
+    /// A logical replication slot, decoded into the delta rows before each run.
+    Wal,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Trigger => "trigger",
+            CaptureMode::Wal => "wal",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<CaptureMode> {
+        match text {
+            "trigger" => Ok(CaptureMode::Trigger),
+            "wal" => Ok(CaptureMode::Wal),
+            other => Err(Error::Usage(format!(
+                "unknown capture {other:?}: use capture=trigger (the default) or capture=wal (a logical replication slot; needs wal_level = logical)"
+            ))),
+        }
+    }
+}
 
 /// A table to capture on one database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +157,38 @@ pub async fn reconcile(
     owner: &Owner,
     tables: &[CaptureTable],
     readers: &[Reader],
+    mode: CaptureMode,
+) -> Result<CaptureReport> {
+    let wanted = !tables.is_empty() || !readers.is_empty();
+    let slot = slot_of(client, owner).await?;
+    // The slot is made beforehand (`create_wal_slot`, outside any catalog
+    // transaction: its creation waits for every open transaction of the
+    // server). Without it, capture stays on triggers: nothing is missed.
+    let effective =
+        if mode == CaptureMode::Wal && slot_exists(client, &slot).await? { mode } else { CaptureMode::Trigger };
+    let mut report = reconcile_in_transaction(client, owner, tables, readers, effective).await?;
+    if mode == CaptureMode::Wal && effective == CaptureMode::Trigger && wanted {
+        report.warnings.push(format!(
+            "the WAL capture slot {slot} is missing, so capture stays on triggers: run `ibex update db DB capture=wal` to create it"
+        ));
+    }
+    if effective == CaptureMode::Trigger {
+        // Back on triggers: what the slot still holds goes into the delta
+        // tables first (the triggers already capture what follows).
+        if wanted {
+            wal::materialize(client).await?;
+        }
+        forget_slot(client, &slot, mode == CaptureMode::Trigger).await?;
+    }
+    Ok(report)
+}
+
+async fn reconcile_in_transaction(
+    client: &mut Client,
+    owner: &Owner,
+    tables: &[CaptureTable],
+    readers: &[Reader],
+    mode: CaptureMode,
 ) -> Result<CaptureReport> {
     let tx = client.transaction().await.ctx(|| "starting capture setup".into())?;
     // One installer at a time per database.
@@ -155,6 +221,14 @@ pub async fn reconcile(
     )
     .await
     .ctx(|| "recording the catalog that owns capture".into())?;
+    if mode == CaptureMode::Wal {
+        tx.execute(
+            "INSERT INTO ibex.wal (slot_name) VALUES ($1) ON CONFLICT (singleton) DO UPDATE SET slot_name = excluded.slot_name",
+            &[&slot_of(&tx, owner).await?],
+        )
+        .await
+        .ctx(|| "recording the WAL capture slot".into())?;
+    }
 
     let installed = installed_tables(&tx).await?;
     let syncs: Vec<String> = readers.iter().map(|r| r.sync.clone()).collect();
@@ -166,16 +240,18 @@ pub async fn reconcile(
                 if existing.key_columns == key_names
                     && existing.old_image == table.old_image.is_some()
                     && existing.kick == table.kick
-                    && existing.ibex_writes == table.ibex_writes.as_str() =>
+                    && existing.ibex_writes == table.ibex_writes.as_str()
+                    && existing.capture == mode.as_str() =>
             {
-                if triggers_complete(&tx, table).await? {
+                if triggers_complete(&tx, table, mode).await? {
                     // Leave a healthy capture alone: reinstalling would lock the table.
                     continue;
                 }
                 report.repaired.push(shown.clone());
             }
             Some(existing) if existing.key_columns == key_names => {
-                // Old images, the kick or makedelta switched: same delta, new function.
+                // Old images, the kick, makedelta or the capture mode
+                // switched: same delta, new function or triggers.
                 report.repaired.push(shown.clone());
             }
             Some(_) => {
@@ -189,13 +265,15 @@ pub async fn reconcile(
             }
             None => report.installed.push(shown.clone()),
         }
-        tx.batch_execute(&sql::install_table(table, &caps)).await.ctx(|| format!("installing capture on {shown}"))?;
+        tx.batch_execute(&sql::install_table(table, &caps, mode))
+            .await
+            .ctx(|| format!("installing capture on {shown}"))?;
         tx.execute(
-            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image, ibex_writes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image, ibex_writes, capture)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (schema_name, rel_name) DO UPDATE
                 SET delta_table = excluded.delta_table, key_columns = excluded.key_columns, kick = excluded.kick,
-                    old_image = excluded.old_image, ibex_writes = excluded.ibex_writes",
+                    old_image = excluded.old_image, ibex_writes = excluded.ibex_writes, capture = excluded.capture",
             &[
                 &table.name.schema,
                 &table.name.name,
@@ -204,6 +282,7 @@ pub async fn reconcile(
                 &table.kick,
                 &table.old_image.is_some(),
                 &table.ibex_writes.as_str(),
+                &mode.as_str(),
             ],
         )
         .await
@@ -254,7 +333,81 @@ pub async fn reconcile(
 
 /// Removes everything this catalog installed on a database.
 pub async fn uninstall(client: &mut Client, owner: &Owner) -> Result<CaptureReport> {
-    reconcile(client, owner, &[], &[]).await
+    reconcile(client, owner, &[], &[], CaptureMode::Trigger).await
+}
+
+/// Creates the WAL capture slot of `owner`'s catalog on the db unless it
+/// exists; true if it was created. Call it outside any transaction of a
+/// catalog on the same server: the server waits for every transaction
+/// open at that moment to end (and refuses it inside one that wrote).
+pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<bool> {
+    let slot = slot_of(client, owner).await?;
+    let wal_level: String =
+        client.query_one("SELECT current_setting('wal_level')", &[]).await.ctx(|| "reading wal_level".into())?.get(0);
+    if slot_exists(client, &slot).await? {
+        return Ok(false);
+    }
+    if wal_level != "logical" {
+        return Err(Error::Refused(format!(
+            "capture=wal needs wal_level = logical, and this server has {wal_level}: set it (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL; on a managed service, its logical replication setting) or keep capture=trigger"
+        )));
+    }
+    client
+        .query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", &[&slot])
+        .await
+        .ctx(|| format!("creating the WAL capture slot {slot} (test_decoding; it needs a free max_replication_slots, and a superuser or the REPLICATION attribute)"))?;
+    Ok(true)
+}
+
+/// Drops the WAL capture slot of `owner`'s catalog (a db leaving ibex).
+pub async fn drop_wal_slot(client: &Client, owner: &Owner) -> Result<()> {
+    forget_slot(client, &slot_of(client, owner).await?, true).await
+}
+
+/// The name of `owner`'s slot for the db `client` is connected to.
+async fn slot_of(client: &impl tokio_postgres::GenericClient, owner: &Owner) -> Result<String> {
+    let dbname: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .ctx(|| "reading the database name".into())?
+        .get(0);
+    Ok(wal::slot_name(&owner.catalog_id, &dbname))
+}
+
+async fn slot_exists(client: &Client, slot: &str) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", &[&slot])
+        .await
+        .ctx(|| "looking for the WAL capture slot".into())?
+        .get(0))
+}
+
+/// Stops reading the slot: forgets it on the db, and drops it when `drop`
+/// (a slot left behind by a crash in between is dropped by the next
+/// reconcile of a trigger-captured db).
+async fn forget_slot(client: &Client, slot: &str, drop: bool) -> Result<()> {
+    let recorded: bool = client
+        .query_one("SELECT to_regclass('ibex.wal') IS NOT NULL", &[])
+        .await
+        .ctx(|| "looking for WAL capture".into())?
+        .get(0);
+    if recorded {
+        client
+            .execute("DELETE FROM ibex.wal WHERE slot_name = $1", &[&slot])
+            .await
+            .ctx(|| "forgetting the WAL capture slot".into())?;
+    }
+    if drop {
+        client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                  WHERE slot_name = $1 AND database = current_database()",
+                &[&slot],
+            )
+            .await
+            .ctx(|| format!("dropping the WAL capture slot {slot}"))?;
+    }
+    Ok(())
 }
 
 async fn current_owner(tx: &tokio_postgres::Transaction<'_>) -> Result<Option<Owner>> {
@@ -351,11 +504,15 @@ struct Installed {
     old_image: bool,
     kick: bool,
     ibex_writes: String,
+    capture: String,
 }
 
 async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeMap<QualifiedName, Installed>> {
     let rows = tx
-        .query("SELECT schema_name, rel_name, key_columns, old_image, kick, ibex_writes FROM ibex.captured", &[])
+        .query(
+            "SELECT schema_name, rel_name, key_columns, old_image, kick, ibex_writes, capture FROM ibex.captured",
+            &[],
+        )
         .await
         .ctx(|| "reading captured tables".into())?;
     Ok(rows
@@ -363,15 +520,25 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
         .map(|r| {
             (
                 QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                Installed { key_columns: r.get(2), old_image: r.get(3), kick: r.get(4), ibex_writes: r.get(5) },
+                Installed {
+                    key_columns: r.get(2),
+                    old_image: r.get(3),
+                    kick: r.get(4),
+                    ibex_writes: r.get(5),
+                    capture: r.get(6),
+                },
             )
         })
         .collect())
 }
 
-/// True when the table still has every capture trigger (and no other ibex
-/// trigger) and its delta table exists.
-async fn triggers_complete(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<bool> {
+/// True when the table still has every capture trigger of `mode` (and no
+/// other ibex trigger) and its delta table exists.
+async fn triggers_complete(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &CaptureTable,
+    mode: CaptureMode,
+) -> Result<bool> {
     let row = tx
         .query_one(
             "SELECT coalesce(array_agg(t.tgname::text ORDER BY t.tgname), '{}'),
@@ -383,7 +550,7 @@ async fn triggers_complete(tx: &tokio_postgres::Transaction<'_>, table: &Capture
         .ctx(|| format!("checking the triggers of {}", table.name))?;
     let names: Vec<String> = row.get(0);
     let delta_exists: bool = row.get(1);
-    let mut wanted: Vec<&str> = sql::CAPTURE_TRIGGERS.to_vec();
+    let mut wanted: Vec<&str> = sql::triggers_of(mode, table.kick);
     wanted.sort_unstable();
     Ok(delta_exists && names == wanted)
 }

@@ -3,13 +3,23 @@
 
 use std::fmt::Write;
 
-use super::{CaptureTable, IbexWrites, KICK_CHANNEL, Window};
+use super::{CaptureMode, CaptureTable, IbexWrites, KICK_CHANNEL, Window};
 use crate::pg::version::{Capabilities, XidFlavour};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
 
 pub const CAPTURE_TRIGGERS: &[&str] =
     &["ibex_capture_delete", "ibex_capture_insert", "ibex_capture_key", "ibex_capture_truncate", "ibex_capture_update"];
 pub const KICK_TRIGGER: &str = "ibex_kick";
+
+/// The ibex triggers a captured table carries. With WAL capture only
+/// TRUNCATE keeps a trigger (and the kick, which wakes the daemon).
+pub fn triggers_of(mode: CaptureMode, kick: bool) -> Vec<&'static str> {
+    match mode {
+        CaptureMode::Trigger => CAPTURE_TRIGGERS.to_vec(),
+        CaptureMode::Wal if kick => vec!["ibex_capture_truncate", KICK_TRIGGER],
+        CaptureMode::Wal => vec!["ibex_capture_truncate"],
+    }
+}
 
 /// Objects shared by all captured tables of a database, in the server's flavour.
 pub fn schema(caps: &Capabilities) -> String {
@@ -84,6 +94,24 @@ BEGIN
     END IF;
 END
 $$;
+-- WAL capture (capture=wal): the slot, and the position decoded up to
+-- (written with the delta rows; the slot is advanced to it after commit).
+CREATE TABLE IF NOT EXISTS ibex.wal (
+    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    slot_name         text NOT NULL,
+    materialized_lsn  pg_lsn,
+    materialized_at   timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS capture text NOT NULL DEFAULT 'trigger';
+-- The kick of WAL-captured tables: nothing else fires in their writers.
+CREATE OR REPLACE FUNCTION ibex.kick() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_notify('ibex_changed', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
 CREATE OR REPLACE FUNCTION ibex.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -152,7 +180,7 @@ pub fn not_written_by(alias: &str, sync: &str) -> String {
 }
 
 /// Installs (or repairs) the capture of one table. Idempotent.
-pub fn install_table(table: &CaptureTable, caps: &Capabilities) -> String {
+pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode) -> String {
     let execute = caps.execute_trigger_function();
     let x = caps.xids;
     let target = table.name.quoted();
@@ -246,6 +274,23 @@ $ibex$;",
     // DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs 14+.
     for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
         let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {target};");
+    }
+    if mode == CaptureMode::Wal {
+        // The slot sees the rows; TRUNCATE keeps its trigger.
+        let _ = writeln!(
+            sql,
+            "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT {execute} ibex.capture_truncate();"
+        );
+        if table.kick {
+            let _ = writeln!(
+                sql,
+                "CREATE TRIGGER {KICK_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {target} FOR EACH STATEMENT {execute} ibex.kick();"
+            );
+        }
+        if table.ibex_writes != IbexWrites::Ignore {
+            let _ = writeln!(sql, "ALTER TABLE {target} ENABLE ALWAYS TRIGGER ibex_capture_truncate;");
+        }
+        return sql;
     }
     let _ = writeln!(
         sql,
@@ -377,20 +422,23 @@ mod tests {
     fn triggers_per_version_and_makedelta() {
         let v10 = Capabilities::of_version(100023);
         let v17 = Capabilities::of_version(170010);
-        let plain = install_table(&table(IbexWrites::Ignore), &v17);
+        let plain = install_table(&table(IbexWrites::Ignore), &v17, CaptureMode::Trigger);
         assert!(plain.contains("EXECUTE FUNCTION") && !plain.contains("EXECUTE PROCEDURE"), "{plain}");
         assert!(plain.contains("txid xid8 NOT NULL DEFAULT pg_current_xact_id()"), "{plain}");
         // A BEFORE trigger may rewrite the key of an UPDATE that never names it.
         assert!(plain.contains("AFTER UPDATE ON \"public\".\"t\" FOR EACH ROW WHEN"), "{plain}");
         assert!(!plain.contains("ENABLE ALWAYS") && !plain.contains("ibex_origin"), "{plain}");
-        let old = install_table(&table(IbexWrites::WhenAsked), &v10);
+        let old = install_table(&table(IbexWrites::WhenAsked), &v10, CaptureMode::Trigger);
         assert!(old.contains("EXECUTE PROCEDURE") && !old.contains("EXECUTE FUNCTION"), "{old}");
         assert!(old.contains("txid bigint NOT NULL DEFAULT txid_current()"), "{old}");
         assert!(old.contains("ENABLE ALWAYS TRIGGER ibex_capture_insert"), "{old}");
         assert!(old.contains("current_setting('ibex.makedelta', true)"), "{old}");
-        let all = install_table(&table(IbexWrites::All), &v17);
+        let all = install_table(&table(IbexWrites::All), &v17, CaptureMode::Trigger);
         assert!(all.contains("ibex_origin := nullif(current_setting('ibex.origin', true), '')"), "{all}");
         assert!(!all.contains("ibex.makedelta"), "a makedelta table captures every ibex write: {all}");
+        let wal = install_table(&table(IbexWrites::Ignore), &v17, CaptureMode::Wal);
+        assert!(wal.contains("CREATE TRIGGER ibex_capture_truncate") && wal.contains("ibex.kick()"), "{wal}");
+        assert!(!wal.contains("CREATE TRIGGER ibex_capture_insert"), "{wal}");
         let schema = schema(&v10);
         assert!(schema.contains("snapshot    txid_snapshot NOT NULL") && !schema.contains("xid8"), "{schema}");
     }

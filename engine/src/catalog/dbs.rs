@@ -13,6 +13,8 @@ pub struct DbRecord {
     pub status: String,
     /// None for PostgreSQL; else the foreign target (only ever a sync's target).
     pub target: Option<crate::target::TargetSpec>,
+    /// How changes are captured where the db is a source.
+    pub capture: crate::capture::CaptureMode,
 }
 
 /// What `list dbs` shows: everything but the password, which is only said
@@ -31,6 +33,7 @@ pub struct DbView {
     /// postgres, or the foreign target's type (sqlite, flatfile).
     #[serde(rename = "type")]
     pub db_type: &'static str,
+    pub capture: crate::capture::CaptureMode,
 }
 
 impl DbRecord {
@@ -45,7 +48,9 @@ impl DbRecord {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|err| Error::Catalog(format!("db {name:?} has an unreadable target in the catalog: {err}")))?;
-        Ok(DbRecord { name, conn, status: row.get("status"), target })
+        let capture = crate::capture::CaptureMode::parse(row.get("capture"))
+            .map_err(|err| Error::Catalog(format!("db {name:?} has an unreadable capture mode: {err}")))?;
+        Ok(DbRecord { name, conn, status: row.get("status"), target, capture })
     }
 
     pub fn view(&self, used_by_syncs: Vec<String>) -> DbView {
@@ -60,6 +65,7 @@ impl DbRecord {
             status: self.status.clone(),
             used_by_syncs,
             db_type: self.target.as_ref().map_or("postgres", |t| t.type_name()),
+            capture: self.capture,
         }
     }
 }
@@ -76,13 +82,21 @@ pub async fn exists(c: &impl GenericClient, name: &str) -> Result<bool> {
     Ok(row.is_some())
 }
 
-pub async fn add(c: &impl GenericClient, name: &str, conn: &ConnInfo) -> Result<()> {
+pub async fn add(
+    c: &impl GenericClient,
+    name: &str,
+    conn: &ConnInfo,
+    capture: crate::capture::CaptureMode,
+) -> Result<()> {
     if exists(c, name).await? {
         return Err(Error::duplicate_hint("db", name, "pick another name or change it with `ibex update db`"));
     }
-    c.execute("INSERT INTO ibex.db (name, conn) VALUES ($1, $2)", &[&name, &conn_json(conn)?])
-        .await
-        .ctx(|| format!("adding db {name:?}"))?;
+    c.execute(
+        "INSERT INTO ibex.db (name, conn, capture) VALUES ($1, $2, $3)",
+        &[&name, &conn_json(conn)?, &capture.as_str()],
+    )
+    .await
+    .ctx(|| format!("adding db {name:?}"))?;
     Ok(())
 }
 
@@ -101,7 +115,7 @@ pub async fn add_foreign(c: &impl GenericClient, name: &str, spec: &crate::targe
 
 pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
     let row = c
-        .query_opt("SELECT name, conn, status, target FROM ibex.db WHERE name = $1", &[&name])
+        .query_opt("SELECT name, conn, status, target, capture FROM ibex.db WHERE name = $1", &[&name])
         .await
         .ctx(|| format!("reading db {name:?}"))?
         .ok_or_else(|| Error::not_found_hint("db", name, "list them with `ibex list dbs`"))?;
@@ -110,16 +124,17 @@ pub async fn get(c: &impl GenericClient, name: &str) -> Result<DbRecord> {
 
 pub async fn list(c: &impl GenericClient) -> Result<Vec<DbRecord>> {
     let rows = c
-        .query("SELECT name, conn, status, target FROM ibex.db ORDER BY name", &[])
+        .query("SELECT name, conn, status, target, capture FROM ibex.db ORDER BY name", &[])
         .await
         .ctx(|| "listing dbs".into())?;
     rows.iter().map(DbRecord::from_row).collect()
 }
 
-pub async fn update(c: &impl GenericClient, name: &str, conn: &ConnInfo, status: &str) -> Result<()> {
+pub async fn update(c: &impl GenericClient, db: &DbRecord) -> Result<()> {
+    let name = &db.name;
     c.execute(
-        "UPDATE ibex.db SET conn = $2, status = $3, updated_at = now() WHERE name = $1",
-        &[&name, &conn_json(conn)?, &status],
+        "UPDATE ibex.db SET conn = $2, status = $3, capture = $4, updated_at = now() WHERE name = $1",
+        &[name, &conn_json(&db.conn)?, &db.status, &db.capture.as_str()],
     )
     .await
     .ctx(|| format!("updating db {name:?}"))?;

@@ -258,6 +258,14 @@ CREATE TABLE ibex.paused_table (
 COMMENT ON TABLE ibex.paused_table IS 'Tables a ddl=pause sync does not apply while their columns differ between dbs; whole_sync when the sync holds every table (several sources)';
 "#,
     },
+    Migration {
+        version: 9,
+        description: "capture=wal: a db's changes read from a logical replication slot",
+        sql: r#"
+ALTER TABLE ibex.db ADD COLUMN capture text NOT NULL DEFAULT 'trigger' CHECK (capture IN ('trigger', 'wal'));
+COMMENT ON COLUMN ibex.db.capture IS 'trigger: row changes captured by triggers; wal: by a logical replication slot (engine/src/capture/wal.rs)';
+"#,
+    },
 ];
 
 /// The schema version this binary expects.

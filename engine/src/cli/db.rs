@@ -125,14 +125,34 @@ pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
         conn.dbname = params.require("dbname", "dbname=btest1")?;
     }
     apply_conn_keys(&mut params, &mut conn)?;
-    params.finish(&conn_keys())?;
+    let capture = match params.take("capture") {
+        Some(text) => crate::capture::CaptureMode::parse(&text)?,
+        None => crate::capture::CaptureMode::Trigger,
+    };
+    let mut known = conn_keys();
+    known.push("capture");
+    params.finish(&known)?;
     let mut cat = ctx.catalog().await?;
     if catalog::dbs::exists(cat.client(), &args.name).await? {
         return Err(Error::duplicate_hint("db", &args.name, "pick another name or change it with `ibex update db`"));
     }
     check_connects(&args.name, &conn).await?;
     let name = args.name.clone();
-    cat.change(async |tx| catalog::dbs::add(tx, &name, &conn).await).await?;
+    let record = catalog::dbs::DbRecord {
+        name: name.clone(),
+        conn: conn.clone(),
+        status: "active".into(),
+        target: None,
+        capture,
+    };
+    let created = crate::sync::setup::prepare_wal_slot(cat.client(), &record).await?;
+    let added = cat.change(async |tx| catalog::dbs::add(tx, &name, &conn, capture).await).await;
+    if let Err(err) = added {
+        if created && let Err(drop_err) = crate::sync::setup::drop_wal_slot(cat.client(), &record).await {
+            ctx.out.warn(format!("the WAL capture slot made on db {name} was not dropped: {drop_err}"));
+        }
+        return Err(err);
+    }
     ctx.out.done(format!("Added db {} ({})", args.name, conn.describe()));
     Ok(())
 }
@@ -197,6 +217,11 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
         )));
     }
     let conn_changed = apply_conn_keys(&mut params, &mut db.conn)?;
+    let capture_before = db.capture;
+    let capture_given = params.take("capture");
+    if let Some(capture) = &capture_given {
+        db.capture = crate::capture::CaptureMode::parse(capture)?;
+    }
     if let Some(status) = params.take("status") {
         if status != "active" && status != "inactive" {
             return Err(Error::usage(format!("bad status {status:?}: use active or inactive")));
@@ -204,13 +229,45 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
         db.status = status;
     }
     let mut known = conn_keys();
-    known.push("status");
+    known.extend(["status", "capture"]);
     params.finish(&known)?;
     if conn_changed {
         check_connects(&args.name, &db.conn).await?;
     }
-    cat.change(async |tx| catalog::dbs::update(tx, &db.name, &db.conn, &db.status).await).await?;
+    // The slot first, outside the catalog's transaction (see
+    // `capture::create_wal_slot`); a refusal (wal_level, slots) changes nothing.
+    let created =
+        if capture_given.is_some() { crate::sync::setup::prepare_wal_slot(cat.client(), &db).await? } else { false };
+    let switched = db.capture != capture_before || created;
+    let mut report = None;
+    let changed = cat
+        .change(async |tx| {
+            catalog::dbs::update(tx, &db).await?;
+            if switched {
+                // The switch happens on the db with the catalog change.
+                report = Some(crate::sync::setup::reconcile_db(tx, &db.name).await?);
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(err) = changed {
+        if created && let Err(drop_err) = crate::sync::setup::drop_wal_slot(cat.client(), &db).await {
+            ctx.out.warn(format!("the WAL capture slot made on db {} was not dropped: {drop_err}", db.name));
+        }
+        return Err(err);
+    }
     ctx.out.done(format!("Updated db {}", args.name));
+    if switched {
+        ctx.out.done(format!("db {}: capture is now {}", args.name, db.capture.as_str()));
+    }
+    if let Some(report) = report {
+        for warning in &report.warnings {
+            ctx.out.warn(warning.clone());
+        }
+        if let Some(line) = crate::sync::setup::describe(&db.name, &report) {
+            ctx.out.done(line);
+        }
+    }
     Ok(())
 }
 
@@ -223,6 +280,10 @@ pub async fn remove(ctx: &Context, args: Names) -> Result<()> {
                 // No sync reads it any more: take capture off it, if reachable.
                 if let Err(err) = crate::sync::setup::reconcile_db(tx, name).await {
                     ctx.out.warn(format!("capture on db {name} was not removed: {err}"));
+                }
+                let record = catalog::dbs::get(tx, name).await?;
+                if let Err(err) = crate::sync::setup::drop_wal_slot(tx, &record).await {
+                    ctx.out.warn(format!("the WAL capture slot on db {name} was not dropped: {err}"));
                 }
             }
             catalog::dbs::remove(tx, name).await?;

@@ -69,19 +69,25 @@ pub async fn apply(tx: &Transaction<'_>, plan: &Plan, current: &State, desired: 
             Some(target) if old.is_none() => {
                 target.check()?;
                 catalog::dbs::add_foreign(tx, &step.name, target).await?;
+                if db.status != "active" {
+                    let mut record = catalog::dbs::get(tx, &step.name).await?;
+                    record.status = db.status.clone();
+                    catalog::dbs::update(tx, &record).await?;
+                }
             }
             _ => {
                 if old.is_none_or(|c| c.conn != db.conn) && db.target.is_none() {
                     check_connects(&step.name, &db.conn).await?;
                 }
-                match step.action {
-                    Action::Add => catalog::dbs::add(tx, &step.name, &db.conn).await?,
-                    _ => catalog::dbs::update(tx, &step.name, &db.conn, &db.status).await?,
+                if step.action == Action::Add {
+                    catalog::dbs::add(tx, &step.name, &db.conn, crate::capture::CaptureMode::Trigger).await?;
                 }
+                // The capture mode is not declared (yet): it stays as set.
+                let mut record = catalog::dbs::get(tx, &step.name).await?;
+                record.conn = db.conn.clone();
+                record.status = db.status.clone();
+                catalog::dbs::update(tx, &record).await?;
             }
-        }
-        if step.action == Action::Add && db.status != "active" {
-            catalog::dbs::update(tx, &step.name, &db.conn, &db.status).await?;
         }
     }
 

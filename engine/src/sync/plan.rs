@@ -17,6 +17,14 @@ pub struct PlanDb {
     pub conn: ConnInfo,
     pub role: Role,
     pub priority: i32,
+    pub capture: crate::capture::CaptureMode,
+}
+
+impl PlanDb {
+    /// A source whose changes come from a logical replication slot.
+    pub fn reads_wal(&self) -> bool {
+        self.role == Role::Source && self.capture == crate::capture::CaptureMode::Wal
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +105,13 @@ impl Plan {
                 foreign.push(crate::target::ForeignDb { name: db.name, spec });
                 continue;
             }
-            dbs.push(PlanDb { name: db.name, conn: db.conn, role: member.role, priority: member.priority });
+            dbs.push(PlanDb {
+                name: db.name,
+                conn: db.conn,
+                role: member.role,
+                priority: member.priority,
+                capture: db.capture,
+            });
         }
         if !dbs.iter().any(|d| d.role == Role::Source) {
             return Err(Error::Sync(format!(

@@ -66,13 +66,42 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
     let tables: Vec<CaptureTable> = tables.into_values().collect();
     let readers: Vec<Reader> =
         readers.into_iter().map(|r| Reader { sync: r.sync, multi_source: r.multi_source }).collect();
-    let mut report = capture::reconcile(&mut client, &owner, &tables, &readers).await.map_err(|err| match err {
-        Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
-        Error::Refused(why) => Error::Refused(format!("db {db}: {why}")),
-        other => other,
-    })?;
-    report.warnings = warnings;
+    let mut report =
+        capture::reconcile(&mut client, &owner, &tables, &readers, record.capture).await.map_err(|err| match err {
+            Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
+            Error::Refused(why) => Error::Refused(format!("db {db}: {why}")),
+            other => other,
+        })?;
+    report.warnings.extend(warnings);
     Ok(report)
+}
+
+/// Makes the WAL capture slot on `db` (when its capture is wal), before
+/// the catalog change that needs it: see `capture::create_wal_slot`, which
+/// must not run inside a catalog transaction. True if it was created.
+pub async fn prepare_wal_slot(catalog_client: &impl GenericClient, record: &catalog::dbs::DbRecord) -> Result<bool> {
+    if record.capture != capture::CaptureMode::Wal || record.target.is_some() {
+        return Ok(false);
+    }
+    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
+    let client = pg::connect(&record.conn, "ibex capture").await?;
+    capture::create_wal_slot(&client, &Owner { catalog_id, catalog: catalog_at }).await.map_err(|err| match err {
+        Error::Refused(why) => Error::Refused(format!("db {}: {why}", record.name)),
+        Error::Postgres { context, source } => {
+            Error::Postgres { context: format!("{context} on db {}", record.name), source }
+        }
+        other => other,
+    })
+}
+
+/// Drops `db`'s WAL capture slot (when its capture is wal), as it leaves.
+pub async fn drop_wal_slot(catalog_client: &impl GenericClient, record: &catalog::dbs::DbRecord) -> Result<()> {
+    if record.capture != capture::CaptureMode::Wal || record.target.is_some() {
+        return Ok(());
+    }
+    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
+    let client = pg::connect(&record.conn, "ibex capture").await?;
+    capture::drop_wal_slot(&client, &Owner { catalog_id, catalog: catalog_at }).await
 }
 
 /// One line per db that changed, for the CLI.

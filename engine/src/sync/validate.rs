@@ -83,6 +83,11 @@ pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
             if i != primary {
                 compare(&table.name, &plan.dbs[primary].name, &reference, &plan.dbs[i].name, cols, &mut problems);
             }
+            if plan.dbs[i].reads_wal()
+                && let Some(why) = wal_identity_problem(clients[i], &table.name, &table.key).await?
+            {
+                problems.push(format!("table {} on db {} (capture=wal): {why}", table.name, plan.dbs[i].name));
+            }
             if !introspect::has_key(clients[i], &table.name, &table.key).await? {
                 problems.push(format!(
                     "table {} on db {} has no primary key or unique NOT NULL index on ({})",
@@ -135,10 +140,81 @@ pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
             }
         }
     }
+    for (i, db) in plan.dbs.iter().enumerate() {
+        if db.reads_wal() {
+            problems.extend(wal_server_problems(clients[i], &db.name).await?);
+        }
+    }
     problems.extend(crate::target::unmappable(&plan.foreign, &specs));
     let fks =
         introspect::foreign_keys(clients[primary], &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()).await?;
     Ok(Checked { specs: dependency_order(specs, &fks), drift, other: problems })
+}
+
+/// Why a WAL-captured table's decoded DELETEs and key changes would lack
+/// the key: its REPLICA IDENTITY must hold every key column.
+async fn wal_identity_problem(client: &Client, table: &QualifiedName, key: &[String]) -> Result<Option<String>> {
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text,
+                    coalesce((SELECT array_agg(a.attname::text) FROM pg_index i
+                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                               WHERE i.indrelid = c.oid
+                                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))),
+                             '{}')
+               FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[&table.quoted()],
+        )
+        .await
+        .ctx(|| format!("reading the replica identity of {table}"))?;
+    let Some(row) = row else { return Ok(None) };
+    let identity: String = row.get(0);
+    let columns: Vec<String> = row.get(1);
+    if identity == "f" || key.iter().all(|k| columns.contains(k)) && identity != "n" {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "its REPLICA IDENTITY does not hold the key ({}), so a decoded DELETE or key change would come without it: `ALTER TABLE {} REPLICA IDENTITY FULL`, or make ({}) its primary key",
+        key.join(", "),
+        table.quoted(),
+        key.join(", ")
+    )))
+}
+
+/// What a server lacks for WAL capture: `wal_level = logical`, and the
+/// slot (which `ibex update db DB capture=wal` creates, given a free
+/// `max_replication_slots`).
+async fn wal_server_problems(client: &Client, db: &str) -> Result<Vec<String>> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'),
+                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name LIKE 'ibex\\_%'
+                               AND plugin = 'test_decoding' AND database = current_database())",
+            &[],
+        )
+        .await
+        .ctx(|| format!("checking WAL capture on db {db}"))?;
+    let wal_level: String = row.get(0);
+    let free: i32 = row.get(1);
+    let has_slot: bool = row.get(2);
+    let mut problems = Vec::new();
+    if wal_level != "logical" {
+        problems.push(format!(
+            "db {db} has capture=wal but wal_level = {wal_level}: set wal_level = logical and restart PostgreSQL (on a managed service, turn on its logical replication setting), or `ibex update db {db} capture=trigger`"
+        ));
+    }
+    if !has_slot {
+        problems.push(format!(
+            "db {db} has capture=wal but no capture slot{}: run `ibex update db {db} capture=wal` to create it",
+            if free <= 0 {
+                " and no free replication slot (raise max_replication_slots and restart PostgreSQL)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(problems)
 }
 
 /// Per db, the fingerprint of the sync's tables' columns (`shape`).

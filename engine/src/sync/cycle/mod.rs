@@ -272,6 +272,8 @@ impl<'a> Cycle<'a> {
     /// which rolls back every database.
     pub async fn run(mut self, onetimecopy: i16) -> Result<CycleOutcome> {
         let mut clock = StepClock::new(&self.plan.sync.name);
+        self.materialize_wal().await?;
+        clock.step("materialize", "");
         self.begin().await?;
         clock.step("begin", "");
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeTxn).await?;
@@ -354,6 +356,25 @@ impl<'a> Cycle<'a> {
         Ok(outcome)
     }
 
+    /// Sources with WAL capture: what their slot holds goes into the delta
+    /// tables now, before the run's snapshot, so the run sees it.
+    async fn materialize_wal(&self) -> Result<()> {
+        try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
+            let decoded = crate::capture::wal::materialize(self.client(i)).await.map_err(|err| match err {
+                Error::Postgres { context, source } => {
+                    Error::Postgres { context: format!("{context} on db {}", self.plan.db(i).name), source }
+                }
+                other => other,
+            })?;
+            if decoded.keys > 0 {
+                tracing::debug!(db = %self.plan.db(i).name, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
+            }
+            Ok::<_, Error>(())
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Opens the transaction on every db at once, one round trip each; on
     /// sources the same round trip reads the run's snapshot and the cursor.
     async fn begin(&mut self) -> Result<()> {
@@ -377,6 +398,15 @@ impl<'a> Cycle<'a> {
                 quote_literal(&sync),
                 if params.makedelta { "on" } else { "off" }
             );
+            if db.capture == crate::capture::CaptureMode::Wal {
+                // First in the transaction, so it decodes ahead of the rows
+                // ibex writes: the db's slot skips them (see capture/wal.rs).
+                sql.push_str(&format!(
+                    " SELECT 1 WHERE pg_logical_emit_message(true, {}, {}) IS NULL;",
+                    quote_literal(crate::capture::wal::MARKER_PREFIX),
+                    quote_literal(&crate::capture::wal::marker_body(&sync, params.makedelta))
+                ));
+            }
             if let Some(timeout) = params.lock_timeout {
                 sql.push_str(&format!(" SET LOCAL lock_timeout = '{}ms';", timeout.as_millis()));
             }

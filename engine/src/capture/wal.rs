@@ -1,0 +1,607 @@
+//! WAL capture (`capture=wal` on a db): a logical replication slot instead
+//! of row triggers. The application's transactions write nothing extra;
+//! before each run reads a source, [`materialize`] decodes what the slot
+//! holds and writes the changed keys into the same delta tables the
+//! triggers fill, so windows, conflicts, plugins and delete + copy work as
+//! they do for trigger capture.
+//!
+//! Exactness: the delta rows carry the materializing transaction's id, not
+//! the decoded one. To every cursor that transaction is one that committed
+//! after it, exactly as if the triggers had captured the changes late; a
+//! decoded id could already be visible in a cursor and be skipped. The
+//! position decoded up to is written in `ibex.wal` in the same
+//! transaction; the slot is advanced to it only after that commit, and
+//! first thing on the next call, so a crash in between re-reads nothing
+//! twice and loses nothing.
+//!
+//! The slot uses `test_decoding`, whose output names each column, so a
+//! column added or dropped since the change was written cannot shift the
+//! key (pgoutput's tuples are positional, and its relation messages are
+//! cached per backend). ibex's own applies are skipped: each apply
+//! transaction on a WAL db first emits the transactional message
+//! [`MARKER_PREFIX`] (see `sync/cycle/mod.rs`), which decodes ahead of its
+//! changes. Replication origins would need a superuser before 15.
+//! TRUNCATE keeps its statement trigger (on 10 nothing else would see it).
+
+use std::collections::BTreeMap;
+
+use futures_util::TryStreamExt;
+use tokio_postgres::Client;
+
+use super::{IbexWrites, delta_table_name};
+use crate::error::{Error, PgContext, Result};
+use crate::pg::{QualifiedName, quote_ident};
+
+/// The prefix of the logical message that marks ibex's apply transactions.
+pub const MARKER_PREFIX: &str = "ibex";
+
+/// Changes decoded per transaction of the materializer (whole source
+/// transactions are never split, so one may exceed it).
+const BATCH_CHANGES: i32 = 50_000;
+
+/// Keys written per INSERT into a delta table.
+const INSERT_CHUNK: usize = 20_000;
+
+/// The logical message body an apply transaction emits: the writing sync,
+/// and whether its writes are to be captured too (makedelta).
+pub fn marker_body(sync: &str, makedelta: bool) -> String {
+    format!("{sync}\n{}", if makedelta { "makedelta" } else { "plain" })
+}
+
+/// The slot of one catalog's capture on database `dbname`: slots are
+/// named per server, so the name holds both. Lower-case, at most 63 bytes.
+pub fn slot_name(catalog_id: &str, dbname: &str) -> String {
+    let clean: String =
+        catalog_id.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).take(32).collect();
+    format!("ibex_{clean}_{:08x}", crate::names::fnv1a32(dbname.bytes()))
+}
+
+/// What one call decoded and wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Materialized {
+    /// Transactions of the application decoded (ibex's own excluded).
+    pub transactions: u64,
+    /// Keys written into delta tables.
+    pub keys: u64,
+    /// ibex's own apply transactions skipped.
+    pub skipped: u64,
+}
+
+/// A captured table as the materializer writes it.
+struct Target {
+    delta: String,
+    /// Key column names and their types on this db.
+    key: Vec<(String, String)>,
+    ibex_writes: IbexWrites,
+    /// Decoded keys, one vector per key column, the origin (makedelta)
+    /// and the commit time of the change's transaction (for `latest`).
+    columns: Vec<Vec<String>>,
+    origin: Vec<Option<String>>,
+    changed_at: Vec<Option<String>>,
+}
+
+/// Decodes everything the db's slot holds up to now into the delta tables,
+/// in transactions of about [`BATCH_CHANGES`] changes. Does nothing on a
+/// db without WAL capture. Safe to call from several runs at once (they
+/// queue on an advisory lock).
+pub async fn materialize(client: &Client) -> Result<Materialized> {
+    let mut total = Materialized::default();
+    loop {
+        let (done, batch) = materialize_batch(client).await?;
+        total.transactions += batch.transactions;
+        total.keys += batch.keys;
+        total.skipped += batch.skipped;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+/// One transaction of [`materialize`]; true when the slot is drained.
+async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
+    let mut report = Materialized::default();
+    // Decoding reads only flushed WAL: a commit made with synchronous_commit
+    // = off may not be yet, and its kick would find nothing. A synchronous
+    // commit that wrote WAL flushes all WAL before it (a bare xid would
+    // commit asynchronously); skipped when nothing waits.
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = on;
+             SELECT pg_logical_emit_message(true, 'ibex-flush', '')
+              WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();
+             COMMIT",
+        )
+        .await
+        .ctx(|| "flushing the WAL before decoding it".into())?;
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ibex wal'))",
+        )
+        .await
+        .ctx(|| "starting to read the WAL capture slot".into())?;
+    let result = async {
+        let Some(row) = client
+            .query_opt(
+                "SELECT slot_name, materialized_lsn::text, pg_current_wal_lsn()::text,
+                        current_setting('server_version_num')::int FROM ibex.wal",
+                &[],
+            )
+            .await
+            .ctx(|| "reading the WAL capture position".into())?
+        else {
+            return Ok((true, report));
+        };
+        let slot: String = row.get(0);
+        let done_upto: Option<String> = row.get(1);
+        let upto: String = row.get(2);
+        let version: i32 = row.get(3);
+        if let Some(done) = &done_upto {
+            advance(client, &slot, done, version).await?;
+        }
+        let mut targets = targets(client).await?;
+        let rows = client
+            .query_raw(
+                "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3,
+                     'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1')",
+                [&slot as &(dyn tokio_postgres::types::ToSql + Sync), &upto, &BATCH_CHANGES],
+            )
+            .await
+            .ctx(|| format!("decoding the WAL capture slot {slot}"))?;
+        futures_util::pin_mut!(rows);
+        let mut decoder = Decoder::default();
+        let mut seen: i32 = 0;
+        let mut last_commit: Option<String> = None;
+        while let Some(row) = rows.try_next().await.ctx(|| format!("decoding the WAL capture slot {slot}"))? {
+            seen += 1;
+            let lsn: String = row.get(0);
+            let data: String = row.get(1);
+            if decoder.line(&data, &mut targets, &mut report)? {
+                last_commit = Some(lsn);
+            }
+        }
+        for target in targets.values_mut() {
+            report.keys += write_keys(client, target).await?;
+        }
+        if let Some(lsn) = &last_commit {
+            client
+                .execute("UPDATE ibex.wal SET materialized_lsn = $1::text::pg_lsn, materialized_at = now()", &[lsn])
+                .await
+                .ctx(|| "recording the WAL capture position".into())?;
+        }
+        Ok((seen < BATCH_CHANGES || last_commit.is_none(), report))
+    }
+    .await;
+    match result {
+        Ok((done, report)) => {
+            client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into())?;
+            // The slot may let go of the WAL now; if this fails the next
+            // call advances it first.
+            if let Err(err) = advance_after_commit(client).await {
+                tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will");
+            }
+            Ok((done, report))
+        }
+        Err(err) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(err)
+        }
+    }
+}
+
+async fn advance_after_commit(client: &Client) -> Result<()> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT slot_name, materialized_lsn::text, current_setting('server_version_num')::int FROM ibex.wal
+              WHERE materialized_lsn IS NOT NULL",
+            &[],
+        )
+        .await
+        .ctx(|| "reading the WAL capture position".into())?
+    else {
+        return Ok(());
+    };
+    advance(client, &row.get::<_, String>(0), &row.get::<_, String>(1), row.get(2)).await
+}
+
+/// Moves the slot's confirmed position up to `lsn` (never back): from 11
+/// with `pg_replication_slot_advance`, on 10 by consuming the changes.
+async fn advance(client: &Client, slot: &str, lsn: &str, version: i32) -> Result<()> {
+    let sql = if version >= 110_000 {
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn
+            AND pg_replication_slot_advance($1, $2::text::pg_lsn) IS NOT NULL"
+    } else {
+        "SELECT count(*) FROM pg_replication_slots s, pg_logical_slot_get_changes($1, $2::text::pg_lsn, NULL)
+          WHERE s.slot_name = $1 AND s.confirmed_flush_lsn < $2::text::pg_lsn"
+    };
+    client.query(sql, &[&slot, &lsn]).await.ctx(|| format!("advancing the WAL capture slot {slot} to {lsn}"))?;
+    Ok(())
+}
+
+/// The captured tables, by their name as test_decoding prints it.
+async fn targets(client: &Client) -> Result<BTreeMap<String, Target>> {
+    let rows = client
+        .query(
+            "SELECT c.schema_name, c.rel_name, c.key_columns, c.ibex_writes,
+                    array(SELECT format_type(a.atttypid, a.atttypmod) FROM unnest(c.key_columns) WITH ORDINALITY k(name, i)
+                            JOIN pg_attribute a ON a.attrelid = to_regclass('ibex.' || quote_ident(c.delta_table))
+                             AND a.attname = k.name ORDER BY k.i),
+                    quote_ident(c.schema_name) || '.' || quote_ident(c.rel_name)
+               FROM ibex.captured c",
+            &[],
+        )
+        .await
+        .ctx(|| "reading the captured tables".into())?;
+    let mut targets = BTreeMap::new();
+    for row in rows {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let names: Vec<String> = row.get(2);
+        let types: Vec<String> = row.get(4);
+        if names.len() != types.len() {
+            return Err(Error::Sync(format!(
+                "the delta table of {name} lacks key columns: run `ibex validate` to repair capture"
+            )));
+        }
+        let ibex_writes = match row.get::<_, String>(3).as_str() {
+            "all" => IbexWrites::All,
+            "when-asked" => IbexWrites::WhenAsked,
+            _ => IbexWrites::Ignore,
+        };
+        // As test_decoding prints it: the server's own quoting (keywords too).
+        let printed: String = row.get(5);
+        targets.insert(
+            printed,
+            Target {
+                delta: format!("ibex.{}", quote_ident(&delta_table_name(&name))),
+                columns: vec![Vec::new(); names.len()],
+                key: names.into_iter().zip(types).collect(),
+                ibex_writes,
+                origin: Vec::new(),
+                changed_at: Vec::new(),
+            },
+        );
+    }
+    Ok(targets)
+}
+
+/// Writes and forgets a table's decoded keys; returns how many.
+async fn write_keys(client: &Client, target: &mut Target) -> Result<u64> {
+    let total = target.origin.len();
+    if total == 0 {
+        return Ok(0);
+    }
+    let names: Vec<String> = target.key.iter().map(|(c, _)| quote_ident(c)).collect();
+    let casts: Vec<String> = target.key.iter().enumerate().map(|(i, (_, ty))| format!("k{i}::{ty}")).collect();
+    let aliases: Vec<String> = (0..target.key.len()).map(|i| format!("k{i}")).collect();
+    let params: Vec<String> = (1..=target.key.len() + 2).map(|i| format!("${i}::text[]")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}, origin, changed_at) SELECT {}, o, coalesce(t::timestamptz, clock_timestamp())
+           FROM unnest({}) AS u({}, o, t)",
+        target.delta,
+        names.join(", "),
+        casts.join(", "),
+        params.join(", "),
+        aliases.join(", ")
+    );
+    let statement =
+        client.prepare(&sql).await.ctx(|| format!("preparing the write of decoded keys into {}", target.delta))?;
+    let mut start = 0;
+    while start < total {
+        let end = (start + INSERT_CHUNK).min(total);
+        let mut values: Vec<Vec<Option<&str>>> =
+            target.columns.iter().map(|col| col[start..end].iter().map(|v| Some(v.as_str())).collect()).collect();
+        values.push(target.origin[start..end].iter().map(|o| o.as_deref()).collect());
+        values.push(target.changed_at[start..end].iter().map(|t| t.as_deref()).collect());
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        client.execute(&statement, &refs).await.ctx(|| format!("writing decoded keys into {}", target.delta))?;
+        start = end;
+    }
+    for col in &mut target.columns {
+        col.clear();
+    }
+    target.origin.clear();
+    target.changed_at.clear();
+    Ok(total as u64)
+}
+
+/// Reads test_decoding's lines in order and files the keys of each
+/// application transaction under its table.
+#[derive(Default)]
+struct Decoder {
+    /// The open transaction is ibex's: the writing sync and whether its
+    /// writes are captured (makedelta).
+    ibex: Option<(String, bool)>,
+    /// Tables the open transaction changed, with where its keys start.
+    touched: Vec<(String, usize)>,
+}
+
+impl Decoder {
+    /// Takes one line; true when it ended a transaction.
+    fn line(&mut self, data: &str, targets: &mut BTreeMap<String, Target>, report: &mut Materialized) -> Result<bool> {
+        if data == "BEGIN" {
+            // With skip-empty-xacts a transactional message may print ahead
+            // of its BEGIN (PostgreSQL 15 does): the marker state is reset
+            // at COMMIT only.
+            self.touched.clear();
+            return Ok(false);
+        }
+        if let Some(rest) = data.strip_prefix("COMMIT") {
+            match &self.ibex {
+                Some(_) => report.skipped += 1,
+                None => report.transactions += 1,
+            }
+            // `COMMIT (at 2026-12-02 10:00:00.123+00)`: the change time of
+            // each of its keys.
+            let at = rest.trim().strip_prefix("(at ").and_then(|t| t.strip_suffix(')'));
+            for (table, start) in self.touched.drain(..) {
+                if let Some(target) = targets.get_mut(&table) {
+                    for slot in &mut target.changed_at[start..] {
+                        *slot = at.map(str::to_string);
+                    }
+                }
+            }
+            self.ibex = None;
+            return Ok(true);
+        }
+        if let Some(rest) = data.strip_prefix("message: transactional: 1 prefix: ") {
+            if let Some((prefix, body)) = rest.split_once(", sz: ")
+                && prefix == MARKER_PREFIX
+            {
+                let content = body.split_once(" content:").map_or("", |(_, c)| c);
+                let (sync, mode) = content.split_once('\n').unwrap_or((content, "plain"));
+                self.ibex = Some((sync.to_string(), mode == "makedelta"));
+            }
+            return Ok(false);
+        }
+        let Some(rest) = data.strip_prefix("table ") else {
+            return Ok(false); // non-transactional messages and the like
+        };
+        let change = parse_change(rest).ok_or_else(|| {
+            Error::Sync(format!("cannot read a decoded change of the WAL capture slot: {}", shorten(data)))
+        })?;
+        let Some(target) = targets.get_mut(change.table) else {
+            return Ok(false); // a table no sync reads
+        };
+        let origin = match &self.ibex {
+            None => None,
+            Some((sync, makedelta)) => match (target.ibex_writes, makedelta) {
+                (IbexWrites::All, _) | (IbexWrites::WhenAsked, true) => Some(sync.clone()),
+                _ => return Ok(false),
+            },
+        };
+        let tuples: Vec<&str> = match change.op {
+            "INSERT" => vec![change.tuple],
+            "DELETE" => vec![change.tuple],
+            "UPDATE" => match change.tuple.strip_prefix("old-key:").and_then(|t| t.split_once(" new-tuple:")) {
+                Some((old, new)) => vec![old, new],
+                None => vec![change.tuple],
+            },
+            _ => return Ok(false), // TRUNCATE: its statement trigger logs it
+        };
+        if !self.touched.iter().any(|(t, _)| t == change.table) {
+            self.touched.push((change.table.to_string(), target.origin.len()));
+        }
+        for tuple in tuples {
+            let key = key_of(tuple, &target.key).map_err(|why| {
+                Error::Sync(format!(
+                    "a decoded {} of {} has no usable key ({why}): {}",
+                    change.op,
+                    change.table,
+                    if why.contains("no-tuple-data") || why.contains("missing") {
+                        "its REPLICA IDENTITY must include the sync's key columns (`ALTER TABLE ... REPLICA IDENTITY FULL`, or a primary key on them); `ibex validate` checks this"
+                    } else {
+                        "use capture=trigger for this db"
+                    }
+                ))
+            })?;
+            for (col, value) in target.columns.iter_mut().zip(key) {
+                col.push(value);
+            }
+            target.origin.push(origin.clone());
+            target.changed_at.push(None);
+        }
+        Ok(false)
+    }
+}
+
+fn shorten(text: &str) -> String {
+    if text.len() <= 200 {
+        return text.to_string();
+    }
+    let mut end = 200;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// One decoded change: `schema.table: OP: tuple`.
+struct Change<'a> {
+    table: &'a str,
+    op: &'a str,
+    tuple: &'a str,
+}
+
+fn parse_change(rest: &str) -> Option<Change<'_>> {
+    // The table name may be quoted and contain ": ", so skip over quotes.
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    let mut quoted = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => quoted = !quoted,
+            b':' if !quoted && bytes.get(i + 1) == Some(&b' ') => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    let table = rest.get(..i)?;
+    let after = rest.get(i + 2..)?;
+    let (op, tuple) = after.split_once(':')?;
+    Some(Change { table, op, tuple: tuple.strip_prefix(' ').unwrap_or(tuple) })
+}
+
+/// The values of `key` columns in a printed tuple (` name[type]:value ...`).
+fn key_of(tuple: &str, key: &[(String, String)]) -> std::result::Result<Vec<String>, String> {
+    if tuple.trim() == "(no-tuple-data)" {
+        return Err("no-tuple-data".into());
+    }
+    let columns = parse_tuple(tuple).ok_or_else(|| format!("unreadable tuple {}", shorten(tuple)))?;
+    let mut values = Vec::with_capacity(key.len());
+    for (name, _) in key {
+        match columns.iter().find(|(n, _)| n == name) {
+            Some((_, Value::Text(v))) => values.push(v.clone()),
+            Some((_, Value::Null)) => return Err(format!("key column {name} is null")),
+            Some((_, Value::UnchangedToast)) => {
+                return Err(format!("key column {name} is an unchanged TOAST value the decoder does not print"));
+            }
+            None => return Err(format!("key column {name} missing")),
+        }
+    }
+    Ok(values)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Value {
+    Text(String),
+    Null,
+    UnchangedToast,
+}
+
+/// Splits test_decoding's `name[type]:value` list. Names are printed by
+/// `quote_identifier`, types by `format_type` (an array type ends in `[]`,
+/// hence the search for `]:`), values bare (numbers, booleans, null) or in
+/// single quotes with quotes doubled (`B'...'` for bit strings).
+fn parse_tuple(text: &str) -> Option<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let (name, after) = if let Some(quoted) = rest.strip_prefix('"') {
+            let (name, used) = read_quoted(quoted, '"')?;
+            (name, &quoted[used..])
+        } else {
+            let end = rest.find('[')?;
+            (rest[..end].to_string(), &rest[end..])
+        };
+        let after = after.strip_prefix('[')?;
+        let type_end = after.find("]:")?;
+        let after = &after[type_end + 2..];
+        let (value, after) = if let Some(quoted) = after.strip_prefix('\'') {
+            let (value, used) = read_quoted(quoted, '\'')?;
+            (Value::Text(value), &quoted[used..])
+        } else if let Some(quoted) = after.strip_prefix("B'") {
+            let (value, used) = read_quoted(quoted, '\'')?;
+            (Value::Text(value), &quoted[used..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            let word = &after[..end];
+            let value = match word {
+                "null" => Value::Null,
+                "unchanged-toast-datum" => Value::UnchangedToast,
+                _ => Value::Text(word.to_string()),
+            };
+            (value, &after[end..])
+        };
+        out.push((name, value));
+        rest = after.trim_start();
+    }
+    Some(out)
+}
+
+/// Reads up to the closing `quote` (doubled inside); returns the text and
+/// the bytes used, closing quote included.
+fn read_quoted(text: &str, quote: char) -> Option<(String, usize)> {
+    let mut value = String::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == quote {
+            if chars.peek().is_some_and(|&(_, n)| n == quote) {
+                chars.next();
+                value.push(quote);
+                continue;
+            }
+            return Some((value, i + c.len_utf8()));
+        }
+        value.push(c);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cols: &[&str]) -> Vec<(String, String)> {
+        cols.iter().map(|c| (c.to_string(), "text".to_string())).collect()
+    }
+
+    #[test]
+    fn reads_tuples_as_test_decoding_prints_them() {
+        let tuple = r#"id[integer]:7 "Odd ""col"""[text]:'it''s: a [x]:' tags[text[]]:'{a,b}' b[bit(3)]:B'101' n[text]:null big[text]:unchanged-toast-datum f[boolean]:true"#;
+        let parsed = parse_tuple(tuple).unwrap();
+        assert_eq!(parsed[0], ("id".into(), Value::Text("7".into())));
+        assert_eq!(parsed[1], ("Odd \"col\"".into(), Value::Text("it's: a [x]:".into())));
+        assert_eq!(parsed[2], ("tags".into(), Value::Text("{a,b}".into())));
+        assert_eq!(parsed[3], ("b".into(), Value::Text("101".into())));
+        assert_eq!(parsed[4], ("n".into(), Value::Null));
+        assert_eq!(parsed[5], ("big".into(), Value::UnchangedToast));
+        assert_eq!(parsed[6], ("f".into(), Value::Text("true".into())));
+        assert_eq!(key_of(tuple, &key(&["Odd \"col\"", "id"])).unwrap(), vec!["it's: a [x]:", "7"]);
+        assert!(key_of(tuple, &key(&["n"])).unwrap_err().contains("null"));
+        assert!(key_of(tuple, &key(&["big"])).unwrap_err().contains("TOAST"));
+        assert!(key_of("(no-tuple-data)", &key(&["id"])).unwrap_err().contains("no-tuple-data"));
+    }
+
+    #[test]
+    fn reads_changes_with_quoted_table_names() {
+        let c = parse_change(r#""we: ird"."T": UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:2"#).unwrap();
+        assert_eq!((c.table, c.op), (r#""we: ird"."T""#, "UPDATE"));
+        assert_eq!(c.tuple, "old-key: id[integer]:1 new-tuple: id[integer]:2");
+    }
+
+    #[test]
+    fn skips_ibex_transactions_unless_makedelta() {
+        let mut targets = BTreeMap::new();
+        for (name, writes) in [("public.t", IbexWrites::Ignore), ("public.m", IbexWrites::WhenAsked)] {
+            targets.insert(
+                name.to_string(),
+                Target {
+                    delta: String::new(),
+                    key: key(&["id"]),
+                    ibex_writes: writes,
+                    columns: vec![Vec::new()],
+                    origin: Vec::new(),
+                    changed_at: Vec::new(),
+                },
+            );
+        }
+        let mut report = Materialized::default();
+        let mut d = Decoder::default();
+        let marker = format!("message: transactional: 1 prefix: ibex, sz: 9 content:{}", marker_body("s1", true));
+        for line in [
+            "BEGIN",
+            "table public.t: INSERT: id[integer]:1",
+            "table public.t: UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:2 v[text]:'x'",
+            "COMMIT",
+            marker.as_str(),
+            "BEGIN",
+            "table public.t: INSERT: id[integer]:3",
+            "table public.m: INSERT: id[integer]:4",
+            "COMMIT",
+            "BEGIN",
+            "table public.t: TRUNCATE: (no-flags)",
+            "table public.other: DELETE: id[integer]:9",
+            "table public.t: DELETE: id[integer]:5",
+            "COMMIT (at 2026-12-02 10:00:00.5+00)",
+        ] {
+            d.line(line, &mut targets, &mut report).unwrap();
+        }
+        assert_eq!(targets["public.t"].columns[0], vec!["1", "1", "2", "5"]);
+        assert_eq!(targets["public.m"].columns[0], vec!["4"]);
+        assert_eq!(targets["public.m"].origin, vec![Some("s1".to_string())]);
+        let at = Some("2026-12-02 10:00:00.5+00".to_string());
+        assert_eq!(targets["public.t"].changed_at, vec![None, None, None, at]);
+        assert_eq!(report, Materialized { transactions: 2, keys: 0, skipped: 1 });
+        assert!(d.line("table public.t: DELETE: (no-tuple-data)", &mut targets, &mut report).is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! WAL capture (`capture=wal`): a db's changes read from a logical
+//! replication slot instead of triggers. One-way, the type table and kill -9
+//! run in replication.rs and daemon.rs with WAL variants; here: masters
+//! mixing WAL and trigger capture with conflicts, TRUNCATE, switching a db
+//! between modes with changes pending, and what validate says a db lacks.
+
+use ibex_tests::Setup;
+use serde_json::Value;
+
+fn count(run: &Value, key: &str) -> i64 {
+    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
+}
+
+fn three_masters(captures: [&str; 3]) -> Setup {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql(
+        "m1",
+        "CREATE TABLE acct (id int PRIMARY KEY, val text);
+         INSERT INTO acct SELECT i, 'v' || i FROM generate_series(1, 20) i;",
+    );
+    s.dbs_from("m1", &["m1", "m2", "m3"]);
+    for (db, capture) in ["m1", "m2", "m3"].iter().zip(captures) {
+        s.ibex.run(&["update", "db", db, &format!("capture={capture}")]).ok();
+    }
+    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=m1:source,m2:source,m3:source conflict_strategy=latest autokick=false").ok();
+    s
+}
+
+#[test]
+fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
+    let s = three_masters(["wal", "wal", "trigger"]);
+    // One slot per WAL db (all three live on one server here).
+    let slots = s.sql("m1", "SELECT string_agg(database::text, ',' ORDER BY database) FROM pg_replication_slots");
+    assert_eq!(slots, "m1,m2");
+    // The same key on all three, newest last; and changes of one key each.
+    s.sql("m3", "UPDATE acct SET val = 'm3 old' WHERE id = 1");
+    s.sql("m1", "UPDATE acct SET val = 'm1 mid' WHERE id = 1");
+    s.sql("m2", "UPDATE acct SET val = 'm2 newest' WHERE id = 1");
+    s.sql("m1", "INSERT INTO acct VALUES (101, 'from m1'); DELETE FROM acct WHERE id = 2");
+    s.sql("m2", "INSERT INTO acct VALUES (102, 'from m2'); UPDATE acct SET id = 1003 WHERE id = 3");
+    s.sql("m3", "INSERT INTO acct VALUES (103, 'from m3'); DELETE FROM acct WHERE id = 4");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert!(count(&run, "conflicts") >= 1, "{run}");
+    s.assert_same(&["m1", "m2", "m3"], &["acct"]);
+    assert_eq!(s.sql("m3", "SELECT val FROM acct WHERE id = 1"), "m2 newest");
+    assert_eq!(s.sql("m1", "SELECT count(*) FROM acct WHERE id IN (2, 3, 4)"), "0");
+    assert_eq!(
+        s.sql("m1", "SELECT string_agg(id::text, ',' ORDER BY id) FROM acct WHERE id > 100"),
+        "101,102,103,1003"
+    );
+    // What ibex wrote on the WAL dbs is not decoded back as a change.
+    let again = s.run("mm");
+    assert_eq!(count(&again, "inserted") + count(&again, "deleted"), 0, "{again}");
+    // A delete racing an update of the same key: latest wins, everywhere.
+    s.sql("m1", "DELETE FROM acct WHERE id = 5");
+    s.sql("m3", "UPDATE acct SET val = 'kept' WHERE id = 5");
+    s.run("mm");
+    s.assert_same(&["m1", "m2", "m3"], &["acct"]);
+    assert_eq!(s.sql("m1", "SELECT val FROM acct WHERE id = 5"), "kept");
+    // The slot lets go of what was decoded: its position follows the runs.
+    let behind = s.sql(
+        "m2",
+        "SELECT bool_and(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) < 1000000) FROM pg_replication_slots",
+    );
+    assert_eq!(behind, "t");
+}
+
+#[test]
+fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i",
+    );
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("update db src capture=wal").ok();
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").ok();
+    s.sql("src", "INSERT INTO t VALUES (500, 'before')");
+    s.sql("src", "TRUNCATE t");
+    s.sql("src", "INSERT INTO t VALUES (1, 'after'), (2, 'after')");
+    let run = s.run("push");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["src", "dst"], &["t"]);
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "2");
+}
+
+#[test]
+fn switching_capture_mode_keeps_pending_changes_and_drops_the_slot() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").ok();
+    // Changes captured by triggers, then the switch, then changes in the slot.
+    s.sql("src", "INSERT INTO t VALUES (1, 'trigger')");
+    let switched = s.ibex.sh("update db src capture=wal").ok();
+    assert!(switched.stdout.contains("capture is now wal"), "{}", switched.stdout);
+    s.sql("src", "INSERT INTO t VALUES (2, 'wal'); UPDATE t SET v = 'wal too' WHERE id = 1");
+    s.run("push");
+    s.assert_same(&["src", "dst"], &["t"]);
+    assert_eq!(s.sql("dst", "SELECT string_agg(v, ',' ORDER BY id) FROM t"), "wal too,wal");
+    // Back to triggers with a change still in the slot: it is kept.
+    s.sql("src", "INSERT INTO t VALUES (3, 'pending in the slot')");
+    s.ibex.sh("update db src capture=trigger").ok();
+    assert_eq!(s.sql("src", "SELECT count(*) FROM pg_replication_slots"), "0");
+    s.sql("src", "INSERT INTO t VALUES (4, 'trigger again')");
+    s.run("push");
+    s.assert_same(&["src", "dst"], &["t"]);
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "4");
+    // A db that leaves ibex takes its slot with it.
+    s.ibex.sh("update db src capture=wal").ok();
+    assert_eq!(s.sql("src", "SELECT count(*) FROM pg_replication_slots"), "1");
+    s.ibex.sh("remove sync push").ok();
+    s.ibex.sh("remove db src").ok();
+    assert_eq!(s.sql("src", "SELECT count(*) FROM pg_replication_slots"), "0");
+}
+
+#[test]
+fn validate_names_what_a_db_lacks_for_wal_capture() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    // No key in the replica identity: a decoded DELETE would have no key.
+    s.sql(
+        "src",
+        "CREATE TABLE u (code text NOT NULL, v text); CREATE UNIQUE INDEX u_code ON u (code);
+         ALTER TABLE u REPLICA IDENTITY NOTHING",
+    );
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("update db src capture=wal").ok();
+    s.ibex.sh("add table u db=src herd=h pkey=code").ok();
+    let out = s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").fails_with("REPLICA IDENTITY");
+    assert!(out.stderr.contains("ALTER TABLE \"public\".\"u\" REPLICA IDENTITY FULL"), "{}", out.stderr);
+    s.sql("src", "ALTER TABLE u REPLICA IDENTITY FULL");
+    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").ok();
+    s.ibex.sh("validate push").ok();
+    s.sql("src", "INSERT INTO u VALUES ('a', '1'), ('b', '2'); DELETE FROM u WHERE code = 'a'");
+    s.run("push");
+    s.assert_same(&["src", "dst"], &["u"]);
+    // A server without wal_level = logical: refused, saying what to set.
+    s.cluster.psql("postgres", "ALTER SYSTEM SET wal_level = replica").unwrap();
+    s.ibex.sh("update db src capture=trigger").ok();
+    let mut cluster = s.cluster;
+    cluster.restart().unwrap();
+    let ibex = s.ibex;
+    let refused = ibex.sh("update db src capture=wal").fails_with("wal_level = logical");
+    assert!(refused.stderr.contains("capture=trigger"), "{}", refused.stderr);
+    let listed = ibex.sh("list dbs --json").ok().json();
+    let src = listed.as_array().unwrap().iter().find(|d| d["name"] == "src").unwrap().clone();
+    assert_eq!(src["capture"], "trigger", "a refused switch changes nothing: {src}");
+}
