@@ -139,6 +139,50 @@ fn twelve_and_seventeen_as_multi_master_with_conflicts() {
     compare_clean(&s, "mm");
 }
 
+/// WAL capture on the oldest major (no `pg_replication_slot_advance`: the
+/// slot is moved by consuming its changes) and the newest, as two masters.
+#[test]
+fn ten_and_eighteen_as_masters_with_wal_capture() {
+    let s = Setup::new();
+    let old = Cluster::start_version(10).unwrap();
+    let new = Cluster::start_version(18).unwrap();
+    for c in [&old, &new] {
+        app_db(c);
+        c.psql("app", &rows(1, "seed")).unwrap();
+    }
+    add_db(&s, "old", &old);
+    add_db(&s, "new", &new);
+    for db in ["old", "new"] {
+        s.ibex.run(&["update", "db", db, "capture=wal"]).ok();
+    }
+    s.ibex.sh("add table items db=old herd=h").ok();
+    s.ibex.sh("add sync mm herd=h dbs=old:source,new:source conflict_strategy=latest").ok();
+    old.psql("app", "UPDATE items SET name = 'old first' WHERE id <= 10; UPDATE items SET id = 1000 WHERE id = 25")
+        .unwrap();
+    new.psql("app", "UPDATE items SET name = 'new later' WHERE id BETWEEN 6 AND 15; DELETE FROM items WHERE id = 20")
+        .unwrap();
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert!(run["run"]["conflicts"].as_i64().unwrap() >= 5, "{run}");
+    assert_eq!(hash(&old), hash(&new), "10 and 18 differ after the run");
+    assert_eq!(old.psql("app", "SELECT name FROM items WHERE id = 8").unwrap(), "new later");
+    assert_eq!(new.psql("app", "SELECT count(*) FROM items WHERE id IN (20, 25)").unwrap(), "0");
+    assert_eq!(new.psql("app", "SELECT count(*) FROM items WHERE id = 1000").unwrap(), "1");
+    // Nothing ibex wrote comes back, and both slots moved on.
+    let again = s.run("mm");
+    assert_eq!(again["run"]["inserted"].as_i64().unwrap() + again["run"]["deleted"].as_i64().unwrap(), 0, "{again}");
+    for c in [&old, &new] {
+        let lag = c
+            .psql(
+                "app",
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) < 1000000 FROM pg_replication_slots",
+            )
+            .unwrap();
+        assert_eq!(lag, "t");
+    }
+    compare_clean(&s, "mm");
+}
+
 /// examples/major-upgrade.sh end to end (12 -> 17 under writes): it must
 /// finish, compare clean twice, and print its timings.
 #[test]

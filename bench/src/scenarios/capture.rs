@@ -1,5 +1,5 @@
 //! What capture costs the application: a bulk UPDATE, INSERT and DELETE,
-//! and pgbench TPS.
+//! and pgbench TPS, with trigger capture and with WAL capture.
 
 use anyhow::{Context, Result};
 
@@ -14,9 +14,11 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     eprintln!("== capture cost: UPDATE, INSERT and DELETE of {rows} rows, pgbench TPS");
     let s = bench.setup()?;
     s.cluster.create_pgbench_db("bare", scale_for(rows))?;
-    s.dbs_from("bare", &["ib", "ib_sink"]);
+    s.dbs_from("bare", &["ib", "ib_sink", "iw", "iw_sink"]);
+    s.ibex.sh("update db iw capture=wal").ok();
     s.ibex.sh("add all tables db=ib herd=h");
     s.ibex.sh("add sync cap herd=h dbs=ib:source,ib_sink:target").ok();
+    s.ibex.sh("add sync capw herd=h dbs=iw:source,iw_sink:target").ok();
     let b = bench.bucardo(&s)?;
     bucardo_dbs(&s, &b, "bare", &["bu", "bu_sink"])?;
     b.cmd(&["add", "table", "pgbench_accounts", "pgbench_branches", "pgbench_tellers", "db=bu", "relgroup=h"])?;
@@ -47,10 +49,10 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
         )?;
         Ok(())
     };
-    // times[statement][engine]: bare, ibex, Bucardo.
-    let mut times: [[Vec<f64>; 3]; 3] = Default::default();
+    // times[statement][engine]: bare, ibex, Bucardo, ibex with WAL capture.
+    let mut times: [[Vec<f64>; 4]; 3] = Default::default();
     for _ in 0..3 {
-        for (i, db) in ["bare", "ib", "bu"].into_iter().enumerate() {
+        for (i, db) in ["bare", "ib", "bu", "iw"].into_iter().enumerate() {
             for (k, (_, _, sql)) in statements.iter().enumerate() {
                 empty_deltas(db)?;
                 s.sql(db, "VACUUM ANALYZE pgbench_accounts");
@@ -64,7 +66,21 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
         percentile(&v, 0.5)
     };
     let no_median = "no timing";
-    for ((id, verb, _), [bare, ib, bu]) in statements.iter().zip(times) {
+    let no_wal = "Bucardo has no WAL capture";
+    for ((id, verb, _), [bare, ib, bu, iw]) in statements.iter().zip(times) {
+        bench.add(
+            Measure::new(
+                &format!("capture_wal_{id}"),
+                "capture cost",
+                format!("{verb} of {rows} rows, capture=wal (median of 3)"),
+                "s",
+                Better::Lower,
+            )
+            .ibex(Figure::or_missing(median(iw), no_median))
+            .bucardo(Figure::missing(no_wal))
+            .reference(Figure::or_missing(median(bare.clone()), no_median), "no triggers")
+            .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
+        );
         bench.add(
             Measure::new(
                 &format!("capture_{id}"),
@@ -88,7 +104,20 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             .and_then(|v| v.parse().ok())
             .context("no tps in pgbench output")
     };
-    let (bare_tps, ib_tps, bu_tps) = (tps("bare")?, tps("ib")?, tps("bu")?);
+    let (bare_tps, ib_tps, bu_tps, iw_tps) = (tps("bare")?, tps("ib")?, tps("bu")?, tps("iw")?);
+    bench.add(
+        Measure::new(
+            "capture_wal_tps",
+            "capture cost",
+            "pgbench TPS (-c 2 -j 2 -T 20), capture=wal",
+            "tps",
+            Better::Higher,
+        )
+        .ibex(Figure::of(iw_tps))
+        .bucardo(Figure::missing(no_wal))
+        .reference(Figure::of(bare_tps), "no triggers")
+        .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of no triggers"),
+    );
     bench.add(
         Measure::new("capture_tps", "capture cost", "pgbench TPS (-c 2 -j 2 -T 20)", "tps", Better::Higher)
             .ibex(Figure::of(ib_tps))

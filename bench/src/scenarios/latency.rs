@@ -163,6 +163,23 @@ pub fn latency(bench: &mut Bench, samples: u64) -> Result<()> {
         let (ibex_ms, ibex_lost) = ibex_ms?;
         let ibex_missing = ibex_lost.map(|l| format!("mark {} never arrived on {} within 60 s", l.id, l.db));
         bench.profile(&s, "latency", &format!("{label}, every run under load"), "lat")?;
+        // ibex, the sources on WAL capture
+        let wnames = ["w1", "w2", "w3"];
+        ibex_dbs(&s, "tmpl", &wnames);
+        for db in &wnames[..masters] {
+            s.ibex.run(&["update", "db", db, "capture=wal"]).ok();
+        }
+        s.ibex.run(&["add", "sync", "latw", "herd=h", &format!("dbs={}", roles(&wnames))]).ok();
+        s.ibex.run(&["deactivate", "lat"]).ok();
+        let mut daemon = Daemon::configure(&s.ibex)?;
+        daemon.start()?;
+        let loads = steady_load(&s.cluster, &wnames[..masters])?;
+        let wal_ms = runtime.block_on(marks(&s.cluster, &wnames, masters, samples));
+        stop_load(loads);
+        drop(daemon);
+        let (wal_ms, wal_lost) = wal_ms?;
+        let wal_missing = wal_lost.map(|l| format!("mark {} never arrived on {} within 60 s", l.id, l.db));
+        bench.profile(&s, "latency", &format!("{label}, capture=wal, every run under load"), "latw")?;
         // Bucardo
         let b = bench.bucardo(&s)?;
         let bnames = ["k1", "k2", "k3"];
@@ -207,6 +224,20 @@ pub fn latency(bench: &mut Bench, samples: u64) -> Result<()> {
                 Some(why) => Figure::missing(why.clone()),
                 None => Figure::or_missing(percentile(ms, q), "no samples"),
             };
+            let mut wal = Measure::new(
+                &format!("latency_wal_{key}_{name}"),
+                "autokick latency",
+                format!("{label} {name}, capture=wal ({samples} marks, 100 tps pgbench per master)"),
+                "ms",
+                Better::Lower,
+            )
+            .ibex(figure(&wal_ms, &wal_missing))
+            .bucardo(Figure::missing("Bucardo has no WAL capture"))
+            .reference(Figure::missing("no raw reference: the goal is absolute"), "");
+            if let Some(limit) = goal {
+                wal = wal.goal(Goal::Below(limit), &goal_text);
+            }
+            bench.add(wal);
             let mut m = Measure::new(
                 &format!("latency_{key}_{name}"),
                 "autokick latency",

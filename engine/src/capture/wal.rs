@@ -73,11 +73,19 @@ struct Target {
     /// Key column names and their types on this db.
     key: Vec<(String, String)>,
     ibex_writes: IbexWrites,
-    /// Decoded keys, one vector per key column, the origin (makedelta)
-    /// and the commit time of the change's transaction (for `latest`).
+    /// Decoded keys, one vector per key column, and for each key its
+    /// transaction (an index into `Decoder::txns`).
     columns: Vec<Vec<String>>,
-    origin: Vec<Option<String>>,
-    changed_at: Vec<Option<String>>,
+    txn: Vec<u32>,
+}
+
+/// A decoded transaction, as its keys are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Txn {
+    /// The commit time: the change time of its keys (for `latest`).
+    at: Option<String>,
+    /// The sync that wrote it, where ibex's own writes are kept (makedelta).
+    origin: Option<String>,
 }
 
 /// Decodes everything the db's slot holds up to now into the delta tables,
@@ -160,7 +168,7 @@ async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
             }
         }
         for target in targets.values_mut() {
-            report.keys += write_keys(client, target).await?;
+            report.keys += write_keys(client, target, &decoder.txns).await?;
         }
         if let Some(lsn) = &last_commit {
             client
@@ -255,8 +263,7 @@ async fn targets(client: &Client) -> Result<BTreeMap<String, Target>> {
                 columns: vec![Vec::new(); names.len()],
                 key: names.into_iter().zip(types).collect(),
                 ibex_writes,
-                origin: Vec::new(),
-                changed_at: Vec::new(),
+                txn: Vec::new(),
             },
         );
     }
@@ -264,8 +271,8 @@ async fn targets(client: &Client) -> Result<BTreeMap<String, Target>> {
 }
 
 /// Writes and forgets a table's decoded keys; returns how many.
-async fn write_keys(client: &Client, target: &mut Target) -> Result<u64> {
-    let total = target.origin.len();
+async fn write_keys(client: &Client, target: &mut Target, txns: &[Txn]) -> Result<u64> {
+    let total = target.txn.len();
     if total == 0 {
         return Ok(0);
     }
@@ -289,8 +296,9 @@ async fn write_keys(client: &Client, target: &mut Target) -> Result<u64> {
         let end = (start + INSERT_CHUNK).min(total);
         let mut values: Vec<Vec<Option<&str>>> =
             target.columns.iter().map(|col| col[start..end].iter().map(|v| Some(v.as_str())).collect()).collect();
-        values.push(target.origin[start..end].iter().map(|o| o.as_deref()).collect());
-        values.push(target.changed_at[start..end].iter().map(|t| t.as_deref()).collect());
+        let of = |i: &u32| txns.get(*i as usize);
+        values.push(target.txn[start..end].iter().map(|i| of(i).and_then(|t| t.origin.as_deref())).collect());
+        values.push(target.txn[start..end].iter().map(|i| of(i).and_then(|t| t.at.as_deref())).collect());
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
         client.execute(&statement, &refs).await.ctx(|| format!("writing decoded keys into {}", target.delta))?;
@@ -299,8 +307,7 @@ async fn write_keys(client: &Client, target: &mut Target) -> Result<u64> {
     for col in &mut target.columns {
         col.clear();
     }
-    target.origin.clear();
-    target.changed_at.clear();
+    target.txn.clear();
     Ok(total as u64)
 }
 
@@ -311,8 +318,8 @@ struct Decoder {
     /// The open transaction is ibex's: the writing sync and whether its
     /// writes are captured (makedelta).
     ibex: Option<(String, bool)>,
-    /// Tables the open transaction changed, with where its keys start.
-    touched: Vec<(String, usize)>,
+    /// The transactions decoded so far; the open one is next.
+    txns: Vec<Txn>,
 }
 
 impl Decoder {
@@ -322,7 +329,6 @@ impl Decoder {
             // With skip-empty-xacts a transactional message may print ahead
             // of its BEGIN (PostgreSQL 15 does): the marker state is reset
             // at COMMIT only.
-            self.touched.clear();
             return Ok(false);
         }
         if let Some(rest) = data.strip_prefix("COMMIT") {
@@ -332,15 +338,9 @@ impl Decoder {
             }
             // `COMMIT (at 2026-12-02 10:00:00.123+00)`: the change time of
             // each of its keys.
-            let at = rest.trim().strip_prefix("(at ").and_then(|t| t.strip_suffix(')'));
-            for (table, start) in self.touched.drain(..) {
-                if let Some(target) = targets.get_mut(&table) {
-                    for slot in &mut target.changed_at[start..] {
-                        *slot = at.map(str::to_string);
-                    }
-                }
-            }
-            self.ibex = None;
+            let at = rest.trim().strip_prefix("(at ").and_then(|t| t.strip_suffix(')')).map(str::to_string);
+            let origin = self.ibex.take().map(|(sync, _)| sync);
+            self.txns.push(Txn { at, origin });
             return Ok(true);
         }
         if let Some(rest) = data.strip_prefix("message: transactional: 1 prefix: ") {
@@ -362,13 +362,14 @@ impl Decoder {
         let Some(target) = targets.get_mut(change.table) else {
             return Ok(false); // a table no sync reads
         };
-        let origin = match &self.ibex {
-            None => None,
-            Some((sync, makedelta)) => match (target.ibex_writes, makedelta) {
-                (IbexWrites::All, _) | (IbexWrites::WhenAsked, true) => Some(sync.clone()),
-                _ => return Ok(false),
-            },
-        };
+        if let Some((_, makedelta)) = &self.ibex {
+            match (target.ibex_writes, makedelta) {
+                (IbexWrites::All, _) | (IbexWrites::WhenAsked, true) => {}
+                _ => return Ok(false), // ibex's own write, not captured here
+            }
+        }
+        let txn = u32::try_from(self.txns.len())
+            .map_err(|_| Error::Sync("too many transactions in one decoded batch".into()))?;
         let tuples: Vec<&str> = match change.op {
             "INSERT" => vec![change.tuple],
             "DELETE" => vec![change.tuple],
@@ -378,9 +379,6 @@ impl Decoder {
             },
             _ => return Ok(false), // TRUNCATE: its statement trigger logs it
         };
-        if !self.touched.iter().any(|(t, _)| t == change.table) {
-            self.touched.push((change.table.to_string(), target.origin.len()));
-        }
         for tuple in tuples {
             let key = key_of(tuple, &target.key).map_err(|why| {
                 Error::Sync(format!(
@@ -397,8 +395,7 @@ impl Decoder {
             for (col, value) in target.columns.iter_mut().zip(key) {
                 col.push(value);
             }
-            target.origin.push(origin.clone());
-            target.changed_at.push(None);
+            target.txn.push(txn);
         }
         Ok(false)
     }
@@ -570,8 +567,7 @@ mod tests {
                     key: key(&["id"]),
                     ibex_writes: writes,
                     columns: vec![Vec::new()],
-                    origin: Vec::new(),
-                    changed_at: Vec::new(),
+                    txn: Vec::new(),
                 },
             );
         }
@@ -598,9 +594,11 @@ mod tests {
         }
         assert_eq!(targets["public.t"].columns[0], vec!["1", "1", "2", "5"]);
         assert_eq!(targets["public.m"].columns[0], vec!["4"]);
-        assert_eq!(targets["public.m"].origin, vec![Some("s1".to_string())]);
-        let at = Some("2026-12-02 10:00:00.5+00".to_string());
-        assert_eq!(targets["public.t"].changed_at, vec![None, None, None, at]);
+        // Keys point at their transaction: its commit time and writer.
+        assert_eq!(targets["public.t"].txn, vec![0, 0, 0, 2]);
+        assert_eq!(targets["public.m"].txn, vec![1]);
+        assert_eq!(d.txns[1].origin.as_deref(), Some("s1"));
+        assert_eq!(d.txns[2], Txn { at: Some("2026-12-02 10:00:00.5+00".into()), origin: None });
         assert_eq!(report, Materialized { transactions: 2, keys: 0, skipped: 1 });
         assert!(d.line("table public.t: DELETE: (no-tuple-data)", &mut targets, &mut report).is_err());
     }

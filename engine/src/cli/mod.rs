@@ -290,7 +290,7 @@ pub enum AddCmd {
     /// Register a database (connects once to check)
     #[command(
         alias = "database",
-        after_help = "Keys: dbname (required unless service= names it), host (a,b for several), port, user, pass,\nsslmode (disable|allow|prefer|require|verify-ca|verify-full), sslrootcert (a file, or system),\nsslcert, sslkey, sslcrl, service, passfile, application_name, options, connect_timeout,\ntarget_session_attrs (any|read-write). What is left out comes from the service file, PG* variables\nand ~/.pgpass, as with libpq.\n\nTargets that are not PostgreSQL (never a source; see README, \"Targets other than PostgreSQL\"):\n  type=sqlite path=/ABS/FILE.db    type=flatfile dir=/ABS/DIR dialect=postgres|mysql\n  type=mariadb dbname=X user=U [password= host= port= socket=/ABS/SOCK]\n\nExamples:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret\n  ibex add db t2 service=prod sslmode=verify-full sslrootcert=/etc/ibex/ca.crt\n  ibex add db lite type=sqlite path=/var/lib/ibex/reports.db"
+        after_help = "Keys: dbname (required unless service= names it), host (a,b for several), port, user, pass,\nsslmode (disable|allow|prefer|require|verify-ca|verify-full), sslrootcert (a file, or system),\nsslcert, sslkey, sslcrl, service, passfile, application_name, options, connect_timeout,\ntarget_session_attrs (any|read-write). What is left out comes from the service file, PG* variables\nand ~/.pgpass, as with libpq.\ncapture=trigger|wal: how changes are read where the db is a source (wal: a logical replication\nslot; needs wal_level = logical; see README, \"WAL capture\").\n\nTargets that are not PostgreSQL (never a source; see README, \"Targets other than PostgreSQL\"):\n  type=sqlite path=/ABS/FILE.db    type=flatfile dir=/ABS/DIR dialect=postgres|mysql\n  type=mariadb dbname=X user=U [password= host= port= socket=/ABS/SOCK]\n\nExamples:\n  ibex add db t1 dbname=btest1 host=10.0.0.5 port=5432 user=repl pass=secret\n  ibex add db t2 service=prod sslmode=verify-full sslrootcert=/etc/ibex/ca.crt\n  ibex add db lite type=sqlite path=/var/lib/ibex/reports.db"
     )]
     Db(NamedParams),
     /// Register tables found on a db, optionally into a herd
@@ -434,7 +434,7 @@ pub enum UpdateCmd {
     /// Change how to reach a db (checks the new settings by connecting)
     #[command(
         alias = "database",
-        after_help = "Keys: as for add db, and status (active|inactive)\n\nExample:\n  ibex update db t1 host=10.0.0.6 pass=newsecret sslmode=verify-full"
+        after_help = "Keys: as for add db, and status (active|inactive), capture (trigger|wal: switching keeps every pending change)\n\nExamples:\n  ibex update db t1 host=10.0.0.6 pass=newsecret sslmode=verify-full\n  ibex update db t1 capture=wal"
     )]
     Db(NamedParams),
     /// Change how a table is captured
