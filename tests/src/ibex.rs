@@ -64,6 +64,11 @@ impl Outcome {
     }
 }
 
+/// A count of a `sync run --json` report (`inserted`, `deleted`, `conflicts`...).
+pub fn run_count(run: &serde_json::Value, key: &str) -> i64 {
+    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
+}
+
 /// The CLI pointed at one control database.
 #[derive(Debug, Clone)]
 pub struct Ibex {

@@ -16,5 +16,5 @@ pub mod versions;
 
 pub use cluster::Cluster;
 pub use daemon::Daemon;
-pub use ibex::{Ibex, Outcome, catalog_snapshot};
+pub use ibex::{Ibex, Outcome, catalog_snapshot, run_count};
 pub use setup::Setup;

@@ -6,14 +6,9 @@
 
 use std::thread;
 
-use ibex_tests::Setup;
-use serde_json::Value;
+use ibex_tests::{Setup, run_count};
 
 const PGBENCH_TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_tellers"];
-
-fn count(run: &Value, key: &str) -> i64 {
-    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
-}
 
 #[test]
 fn seed_tutorial_four_sources_and_a_target() {
@@ -43,8 +38,8 @@ fn seed_tutorial_four_sources_and_a_target() {
     let run = s.run("foobar");
     assert_eq!(run["run"]["state"], "good");
     // The one branch row was changed on all four sources: a conflict at least.
-    assert!(count(&run, "conflicts") >= 1, "{run}");
-    assert!(count(&run, "inserted") > 4000, "{run}");
+    assert!(run_count(&run, "conflicts") >= 1, "{run}");
+    assert!(run_count(&run, "inserted") > 4000, "{run}");
     s.assert_same(&["btest1", "btest2", "btest3", "btest4", "btest5"], PGBENCH_TABLES);
     let conflicts = run["conflicts"].as_array().unwrap();
     let branch = conflicts.iter().find(|c| c["table"] == "public.pgbench_branches").expect("branch conflict logged");
@@ -53,7 +48,7 @@ fn seed_tutorial_four_sources_and_a_target() {
     assert_eq!(branch["reason"], "latest change");
     // Nothing echoes back: the next run has nothing to do.
     let again = s.run("foobar");
-    assert_eq!(count(&again, "inserted") + count(&again, "deleted"), 0, "{again}");
+    assert_eq!(run_count(&again, "inserted") + run_count(&again, "deleted"), 0, "{again}");
     let status = s.ibex.sh("status").ok().stdout;
     assert!(status.contains("foobar") && status.contains("Good"), "{status}");
     let detail = s.ibex.sh("status foobar --json").ok().json();
@@ -105,7 +100,7 @@ fn one_way(capture: &str) {
     assert_eq!(s.sql("r3", "SELECT string_agg(b, ',' ORDER BY b) FROM pairs WHERE a = 1"), "a,c");
     // Targets never capture what ibex writes, so nothing flows back.
     let again = s.run("push");
-    assert_eq!(count(&again, "inserted"), 0);
+    assert_eq!(run_count(&again, "inserted"), 0);
     // A change made on a target is not replicated (it is not a source).
     s.sql("r1", "UPDATE items SET name = 'local' WHERE id = 10");
     s.sql("src", "UPDATE items SET qty = -1 WHERE id = 11");
@@ -177,7 +172,7 @@ fn latest_wins_per_key_and_deletes_conflict_too() {
     // A key changed on one master only is no conflict.
     m.set("m2", 5, "solo");
     let run = m.s.run("mm");
-    assert_eq!(count(&run, "conflicts"), 4, "{run}");
+    assert_eq!(run_count(&run, "conflicts"), 4, "{run}");
     m.same();
     assert_eq!(m.val("m1", 1), "third");
     assert_eq!(m.val("m2", 2), "late");
@@ -233,7 +228,7 @@ fn skip_strategy_leaves_conflicts_and_reports_them() {
     m.set("k2", 3, "k2 value");
     m.set("k2", 4, "applied");
     let run = m.s.run("mm");
-    assert_eq!(count(&run, "conflicts"), 1);
+    assert_eq!(run_count(&run, "conflicts"), 1);
     assert_eq!(m.val("k1", 3), "k1 value");
     assert_eq!(m.val("k2", 3), "k2 value");
     assert_eq!(m.val("k1", 4), "applied");
@@ -250,7 +245,7 @@ fn random_strategy_converges_on_one_version() {
         m.set("r2", id, "r2");
     }
     let run = m.s.run("mm");
-    assert_eq!(count(&run, "conflicts"), 10);
+    assert_eq!(run_count(&run, "conflicts"), 10);
     m.same();
 }
 
@@ -274,7 +269,7 @@ fn merge_in_small_chunks_keeps_every_key() {
     m.s.sql("c2", "INSERT INTO acct SELECT i, 'c2 ' || i FROM generate_series(300, 600) i");
     m.s.sql("c1", "UPDATE acct SET val = 'c1 later' WHERE id BETWEEN 350 AND 360");
     let run = m.s.run("mm");
-    assert_eq!(count(&run, "conflicts"), 101, "{run}");
+    assert_eq!(run_count(&run, "conflicts"), 101, "{run}");
     m.same();
     assert_eq!(m.s.sql("c2", "SELECT count(*) FROM acct"), "521");
     assert_eq!(m.val("c2", 355), "c1 later");
@@ -456,12 +451,12 @@ fn a_crash_after_commit_reapplies_without_loss_or_doubling() {
     assert_eq!(s.sql("f2", "SELECT n FROM counter"), "1");
     assert_eq!(s.ibex.sh("status crashy --json").ok().json()["status"]["state"], "Bad");
     let again = s.run("crashy");
-    assert_eq!(count(&again, "inserted"), 151, "the same changes are applied again: {again}");
+    assert_eq!(run_count(&again, "inserted"), 151, "the same changes are applied again: {again}");
     s.assert_same(&["f1", "f2"], &["counter", "log"]);
     assert_eq!(s.sql("f1", "SELECT n FROM counter"), "1");
     assert_eq!(s.sql("f2", "SELECT count(*) FROM log"), "150");
     let quiet = s.run("crashy");
-    assert_eq!(count(&quiet, "inserted"), 0);
+    assert_eq!(run_count(&quiet, "inserted"), 0);
 }
 
 #[test]
@@ -511,7 +506,7 @@ fn onetimecopy_fullcopy_truncate_and_sequences() {
     s.sql("o1", "UPDATE pgbench_accounts SET abalance = 1 WHERE aid <= 10");
     s.sql("fc", "DELETE FROM pgbench_accounts WHERE aid > 99990");
     let run = s.run("full");
-    assert_eq!(count(&run, "inserted"), 100_000 + 1 + 2, "{run}");
+    assert_eq!(run_count(&run, "inserted"), 100_000 + 1 + 2, "{run}");
     s.assert_same(&["o1", "fc"], PGBENCH_TABLES);
 }
 

@@ -149,6 +149,14 @@ fn ten_and_eighteen_as_masters_with_wal_capture() {
     for c in [&old, &new] {
         app_db(c);
         c.psql("app", &rows(1, "seed")).unwrap();
+        // Keys stored out of line (2,240 bytes): an UPDATE keeping one
+        // decodes it only from the old key that 10.20 and later log.
+        c.psql(
+            "app",
+            "CREATE TABLE docs (k text PRIMARY KEY, v int); ALTER TABLE docs ALTER COLUMN k SET STORAGE EXTERNAL;
+             INSERT INTO docs SELECT string_agg(md5(i::text || n::text), ''), n FROM generate_series(1, 70) i, generate_series(1, 3) n GROUP BY n",
+        )
+        .unwrap();
     }
     add_db(&s, "old", &old);
     add_db(&s, "new", &new);
@@ -156,9 +164,14 @@ fn ten_and_eighteen_as_masters_with_wal_capture() {
         s.ibex.run(&["update", "db", db, "capture=wal"]).ok();
     }
     s.ibex.sh("add table items db=old herd=h").ok();
+    s.ibex.sh("add table docs db=old herd=h").ok();
     s.ibex.sh("add sync mm herd=h dbs=old:source,new:source conflict_strategy=latest").ok();
-    old.psql("app", "UPDATE items SET name = 'old first' WHERE id <= 10; UPDATE items SET id = 1000 WHERE id = 25")
-        .unwrap();
+    old.psql(
+        "app",
+        "UPDATE items SET name = 'old first' WHERE id <= 10; UPDATE items SET id = 1000 WHERE id = 25;
+         UPDATE docs SET v = v + 10",
+    )
+    .unwrap();
     new.psql("app", "UPDATE items SET name = 'new later' WHERE id BETWEEN 6 AND 15; DELETE FROM items WHERE id = 20")
         .unwrap();
     let run = s.run("mm");
@@ -168,6 +181,7 @@ fn ten_and_eighteen_as_masters_with_wal_capture() {
     assert_eq!(old.psql("app", "SELECT name FROM items WHERE id = 8").unwrap(), "new later");
     assert_eq!(new.psql("app", "SELECT count(*) FROM items WHERE id IN (20, 25)").unwrap(), "0");
     assert_eq!(new.psql("app", "SELECT count(*) FROM items WHERE id = 1000").unwrap(), "1");
+    assert_eq!(new.psql("app", "SELECT sum(v) FROM docs").unwrap(), "36");
     // Nothing ibex wrote comes back, and both slots moved on.
     let again = s.run("mm");
     assert_eq!(again["run"]["inserted"].as_i64().unwrap() + again["run"]["deleted"].as_i64().unwrap(), 0, "{again}");

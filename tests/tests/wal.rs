@@ -4,12 +4,7 @@
 //! mixing WAL and trigger capture with conflicts, TRUNCATE, switching a db
 //! between modes with changes pending, and what validate says a db lacks.
 
-use ibex_tests::Setup;
-use serde_json::Value;
-
-fn count(run: &Value, key: &str) -> i64 {
-    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
-}
+use ibex_tests::{Setup, run_count};
 
 fn three_masters(captures: [&str; 3]) -> Setup {
     let s = Setup::new();
@@ -43,7 +38,7 @@ fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
     s.sql("m3", "INSERT INTO acct VALUES (103, 'from m3'); DELETE FROM acct WHERE id = 4");
     let run = s.run("mm");
     assert_eq!(run["run"]["state"], "good", "{run}");
-    assert!(count(&run, "conflicts") >= 1, "{run}");
+    assert!(run_count(&run, "conflicts") >= 1, "{run}");
     s.assert_same(&["m1", "m2", "m3"], &["acct"]);
     assert_eq!(s.sql("m3", "SELECT val FROM acct WHERE id = 1"), "m2 newest");
     assert_eq!(s.sql("m1", "SELECT count(*) FROM acct WHERE id IN (2, 3, 4)"), "0");
@@ -53,7 +48,7 @@ fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
     );
     // What ibex wrote on the WAL dbs is not decoded back as a change.
     let again = s.run("mm");
-    assert_eq!(count(&again, "inserted") + count(&again, "deleted"), 0, "{again}");
+    assert_eq!(run_count(&again, "inserted") + run_count(&again, "deleted"), 0, "{again}");
     // A delete racing an update of the same key: latest wins, everywhere.
     s.sql("m1", "DELETE FROM acct WHERE id = 5");
     s.sql("m3", "UPDATE acct SET val = 'kept' WHERE id = 5");
@@ -87,6 +82,30 @@ fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
     assert_eq!(run["run"]["state"], "good", "{run}");
     s.assert_same(&["src", "dst"], &["t"]);
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "2");
+}
+
+#[test]
+fn an_update_keeping_a_toasted_key_reaches_the_target() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    // A 2,240-byte key stored out of line: an UPDATE of another column
+    // decodes it as an unchanged TOAST value in the new tuple.
+    s.sql(
+        "src",
+        "CREATE TABLE big (k text PRIMARY KEY, v int); ALTER TABLE big ALTER COLUMN k SET STORAGE EXTERNAL;
+         INSERT INTO big SELECT string_agg(md5(i::text || n::text), ''), n FROM generate_series(1, 70) i, generate_series(1, 3) n GROUP BY n",
+    );
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("update db src capture=wal").ok();
+    s.ibex.sh("add table big db=src herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").ok();
+    assert_eq!(s.sql("src", "SELECT count(*) FROM big WHERE pg_column_size(k) > 2000"), "3");
+    s.sql("src", "UPDATE big SET v = v + 10");
+    let run = s.run("push");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run_count(&run, "inserted"), 3, "{run}");
+    s.assert_same(&["src", "dst"], &["big"]);
+    assert_eq!(s.sql("dst", "SELECT sum(v) FROM big"), "36");
 }
 
 #[test]

@@ -130,6 +130,49 @@ fn bucardo_latency_failure(
     Ok(format!("mark {} never arrived on {} within 60 s. At fault: {verdict}; {arrival}", lost.id, lost.db))
 }
 
+/// `name:source` for the first `masters` of `names`, `name:target` for the rest.
+fn roles(names: &[&str], masters: usize) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}:{}", if i < masters { "source" } else { "target" }))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One ibex latency run: dbs `names` (the sources on WAL capture when `wal`), sync `sync` kept by the daemon while the
+/// masters are under load; the marks' times in ms, or why one never came,
+/// and the run phases profiled under `label`. The sync is deactivated after.
+#[allow(clippy::too_many_arguments)]
+fn ibex_latency(
+    bench: &mut Bench,
+    s: &Setup,
+    runtime: &tokio::runtime::Runtime,
+    names: &[&str],
+    sync: &str,
+    masters: usize,
+    samples: u64,
+    wal: bool,
+    label: &str,
+) -> Result<(Vec<f64>, Option<String>)> {
+    if wal {
+        for db in &names[..masters] {
+            s.ibex.run(&["update", "db", db, "capture=wal"]).ok();
+        }
+    }
+    s.ibex.run(&["add", "sync", sync, "herd=h", &format!("dbs={}", roles(names, masters))]).ok();
+    let mut daemon = Daemon::configure(&s.ibex)?;
+    daemon.start()?;
+    let loads = steady_load(&s.cluster, &names[..masters])?;
+    let result = runtime.block_on(marks(&s.cluster, names, masters, samples));
+    stop_load(loads);
+    drop(daemon);
+    let (ms, lost) = result?;
+    bench.profile(s, "latency", label, sync)?;
+    s.ibex.run(&["deactivate", sync]).ok();
+    Ok((ms, lost.map(|l| format!("mark {} never arrived on {} within 60 s", l.id, l.db))))
+}
+
 /// Scenario 4: Autokick latency under a steady pgbench load (100 tps per source):
 /// commit on a source to visible on every other db.
 pub fn latency(bench: &mut Bench, samples: u64) -> Result<()> {
@@ -141,45 +184,30 @@ pub fn latency(bench: &mut Bench, samples: u64) -> Result<()> {
         let s = bench.setup()?;
         s.cluster.create_pgbench_db("tmpl", 1)?;
         s.sql("tmpl", "CREATE TABLE marks (id int PRIMARY KEY, src text)");
-        let roles = |names: &[&str]| -> String {
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("{n}:{}", if i < masters { "source" } else { "target" }))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        // ibex
-        let inames = ["l1", "l2", "l3"];
-        ibex_dbs(&s, "tmpl", &inames);
+        ibex_dbs(&s, "tmpl", &["l1", "l2", "l3", "w1", "w2", "w3"]);
         s.ibex.sh("add all tables db=l1 herd=h");
-        s.ibex.run(&["add", "sync", "lat", "herd=h", &format!("dbs={}", roles(&inames))]).ok();
-        let mut daemon = Daemon::configure(&s.ibex)?;
-        daemon.start()?;
-        let loads = steady_load(&s.cluster, &inames[..masters])?;
-        let ibex_ms = runtime.block_on(marks(&s.cluster, &inames, masters, samples));
-        stop_load(loads);
-        drop(daemon);
-        let (ibex_ms, ibex_lost) = ibex_ms?;
-        let ibex_missing = ibex_lost.map(|l| format!("mark {} never arrived on {} within 60 s", l.id, l.db));
-        bench.profile(&s, "latency", &format!("{label}, every run under load"), "lat")?;
-        // ibex, the sources on WAL capture
-        let wnames = ["w1", "w2", "w3"];
-        ibex_dbs(&s, "tmpl", &wnames);
-        for db in &wnames[..masters] {
-            s.ibex.run(&["update", "db", db, "capture=wal"]).ok();
-        }
-        s.ibex.run(&["add", "sync", "latw", "herd=h", &format!("dbs={}", roles(&wnames))]).ok();
-        s.ibex.run(&["deactivate", "lat"]).ok();
-        let mut daemon = Daemon::configure(&s.ibex)?;
-        daemon.start()?;
-        let loads = steady_load(&s.cluster, &wnames[..masters])?;
-        let wal_ms = runtime.block_on(marks(&s.cluster, &wnames, masters, samples));
-        stop_load(loads);
-        drop(daemon);
-        let (wal_ms, wal_lost) = wal_ms?;
-        let wal_missing = wal_lost.map(|l| format!("mark {} never arrived on {} within 60 s", l.id, l.db));
-        bench.profile(&s, "latency", &format!("{label}, capture=wal, every run under load"), "latw")?;
+        let (ibex_ms, ibex_missing) = ibex_latency(
+            bench,
+            &s,
+            &runtime,
+            &["l1", "l2", "l3"],
+            "lat",
+            masters,
+            samples,
+            false,
+            &format!("{label}, every run under load"),
+        )?;
+        let (wal_ms, wal_missing) = ibex_latency(
+            bench,
+            &s,
+            &runtime,
+            &["w1", "w2", "w3"],
+            "latw",
+            masters,
+            samples,
+            true,
+            &format!("{label}, capture=wal, every run under load"),
+        )?;
         // Bucardo
         let b = bench.bucardo(&s)?;
         let bnames = ["k1", "k2", "k3"];
@@ -194,7 +222,7 @@ pub fn latency(bench: &mut Bench, samples: u64) -> Result<()> {
             "db=k1",
             "relgroup=h",
         ])?;
-        let members: Vec<String> = roles(&bnames).split(',').map(str::to_string).collect();
+        let members: Vec<String> = roles(&bnames, masters).split(',').map(str::to_string).collect();
         let mut args = vec!["add", "dbgroup", "g"];
         args.extend(members.iter().map(String::as_str));
         b.cmd(&args)?;
@@ -224,34 +252,36 @@ pub fn latency(bench: &mut Bench, samples: u64) -> Result<()> {
                 Some(why) => Figure::missing(why.clone()),
                 None => Figure::or_missing(percentile(ms, q), "no samples"),
             };
-            let mut wal = Measure::new(
-                &format!("latency_wal_{key}_{name}"),
-                "autokick latency",
-                format!("{label} {name}, capture=wal ({samples} marks, 100 tps pgbench per master)"),
-                "ms",
-                Better::Lower,
-            )
-            .ibex(figure(&wal_ms, &wal_missing))
-            .bucardo(Figure::missing("Bucardo has no WAL capture"))
-            .reference(Figure::missing("no raw reference: the goal is absolute"), "");
-            if let Some(limit) = goal {
-                wal = wal.goal(Goal::Below(limit), &goal_text);
+            let rows = [
+                (
+                    format!("latency_wal_{key}_{name}"),
+                    ", capture=wal",
+                    figure(&wal_ms, &wal_missing),
+                    Figure::missing("Bucardo has no WAL capture"),
+                ),
+                (
+                    format!("latency_{key}_{name}"),
+                    "",
+                    figure(&ibex_ms, &ibex_missing),
+                    figure(&bucardo_ms, &bucardo_missing),
+                ),
+            ];
+            for (id, capture, ibex, bucardo) in rows {
+                let mut m = Measure::new(
+                    &id,
+                    "autokick latency",
+                    format!("{label} {name}{capture} ({samples} marks, 100 tps pgbench per master)"),
+                    "ms",
+                    Better::Lower,
+                )
+                .ibex(ibex)
+                .bucardo(bucardo)
+                .reference(Figure::missing("no raw reference: the goal is absolute"), "");
+                if let Some(limit) = goal {
+                    m = m.goal(Goal::Below(limit), &goal_text);
+                }
+                bench.add(m);
             }
-            bench.add(wal);
-            let mut m = Measure::new(
-                &format!("latency_{key}_{name}"),
-                "autokick latency",
-                format!("{label} {name} ({samples} marks, 100 tps pgbench per master)"),
-                "ms",
-                Better::Lower,
-            )
-            .ibex(figure(&ibex_ms, &ibex_missing))
-            .bucardo(figure(&bucardo_ms, &bucardo_missing))
-            .reference(Figure::missing("no raw reference: the goal is absolute"), "");
-            if let Some(limit) = goal {
-                m = m.goal(Goal::Below(limit), &goal_text);
-            }
-            bench.add(m);
         }
     }
     Ok(())

@@ -166,19 +166,23 @@ pub async fn reconcile(
     // server). Without it, capture stays on triggers: nothing is missed.
     let effective =
         if mode == CaptureMode::Wal && slot_exists(client, &slot).await? { mode } else { CaptureMode::Trigger };
-    let mut report = reconcile_in_transaction(client, owner, tables, readers, effective).await?;
+    let mut report = reconcile_in_transaction(client, owner, &slot, tables, readers, effective).await?;
     if mode == CaptureMode::Wal && effective == CaptureMode::Trigger && wanted {
         report.warnings.push(format!(
             "the WAL capture slot {slot} is missing, so capture stays on triggers: run `ibex update db DB capture=wal` to create it"
         ));
     }
-    if effective == CaptureMode::Trigger {
+    if effective == CaptureMode::Trigger && wal_recorded(client).await? {
         // Back on triggers: what the slot still holds goes into the delta
         // tables first (the triggers already capture what follows).
         if wanted {
             wal::materialize(client).await?;
         }
-        forget_slot(client, &slot, mode == CaptureMode::Trigger).await?;
+        client.execute("DELETE FROM ibex.wal", &[]).await.ctx(|| "forgetting the WAL capture slot".into())?;
+    }
+    if mode == CaptureMode::Trigger {
+        // Also a slot left behind by a crash between the two steps above.
+        drop_slot(client, &slot).await?;
     }
     Ok(report)
 }
@@ -186,6 +190,7 @@ pub async fn reconcile(
 async fn reconcile_in_transaction(
     client: &mut Client,
     owner: &Owner,
+    slot: &str,
     tables: &[CaptureTable],
     readers: &[Reader],
     mode: CaptureMode,
@@ -224,7 +229,7 @@ async fn reconcile_in_transaction(
     if mode == CaptureMode::Wal {
         tx.execute(
             "INSERT INTO ibex.wal (slot_name) VALUES ($1) ON CONFLICT (singleton) DO UPDATE SET slot_name = excluded.slot_name",
-            &[&slot_of(&tx, owner).await?],
+            &[&slot],
         )
         .await
         .ctx(|| "recording the WAL capture slot".into())?;
@@ -361,11 +366,11 @@ pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<bool> {
 
 /// Drops the WAL capture slot of `owner`'s catalog (a db leaving ibex).
 pub async fn drop_wal_slot(client: &Client, owner: &Owner) -> Result<()> {
-    forget_slot(client, &slot_of(client, owner).await?, true).await
+    drop_slot(client, &slot_of(client, owner).await?).await
 }
 
 /// The name of `owner`'s slot for the db `client` is connected to.
-async fn slot_of(client: &impl tokio_postgres::GenericClient, owner: &Owner) -> Result<String> {
+async fn slot_of(client: &Client, owner: &Owner) -> Result<String> {
     let dbname: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -382,31 +387,33 @@ async fn slot_exists(client: &Client, slot: &str) -> Result<bool> {
         .get(0))
 }
 
-/// Stops reading the slot: forgets it on the db, and drops it when `drop`
-/// (a slot left behind by a crash in between is dropped by the next
-/// reconcile of a trigger-captured db).
-async fn forget_slot(client: &Client, slot: &str, drop: bool) -> Result<()> {
-    let recorded: bool = client
+/// Whether the db records a WAL capture slot (it is, or was until a
+/// switch back to triggers, read by WAL capture).
+async fn wal_recorded(client: &Client) -> Result<bool> {
+    let table: bool = client
         .query_one("SELECT to_regclass('ibex.wal') IS NOT NULL", &[])
         .await
         .ctx(|| "looking for WAL capture".into())?
         .get(0);
-    if recorded {
-        client
-            .execute("DELETE FROM ibex.wal WHERE slot_name = $1", &[&slot])
-            .await
-            .ctx(|| "forgetting the WAL capture slot".into())?;
+    if !table {
+        return Ok(false);
     }
-    if drop {
-        client
-            .query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                  WHERE slot_name = $1 AND database = current_database()",
-                &[&slot],
-            )
-            .await
-            .ctx(|| format!("dropping the WAL capture slot {slot}"))?;
-    }
+    Ok(client
+        .query_one("SELECT EXISTS (SELECT 1 FROM ibex.wal)", &[])
+        .await
+        .ctx(|| "looking for WAL capture".into())?
+        .get(0))
+}
+
+async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
+    client
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
+        .await
+        .ctx(|| format!("dropping the WAL capture slot {slot}"))?;
     Ok(())
 }
 

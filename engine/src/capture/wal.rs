@@ -93,21 +93,6 @@ struct Txn {
 /// db without WAL capture. Safe to call from several runs at once (they
 /// queue on an advisory lock).
 pub async fn materialize(client: &Client) -> Result<Materialized> {
-    let mut total = Materialized::default();
-    loop {
-        let (done, batch) = materialize_batch(client).await?;
-        total.transactions += batch.transactions;
-        total.keys += batch.keys;
-        total.skipped += batch.skipped;
-        if done {
-            return Ok(total);
-        }
-    }
-}
-
-/// One transaction of [`materialize`]; true when the slot is drained.
-async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
-    let mut report = Materialized::default();
     // Decoding reads only flushed WAL: a commit made with synchronous_commit
     // = off may not be yet, and its kick would find nothing. A synchronous
     // commit that wrote WAL flushes all WAL before it (a bare xid would
@@ -121,6 +106,45 @@ async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
         )
         .await
         .ctx(|| "flushing the WAL before decoding it".into())?;
+    let mut total = Materialized::default();
+    loop {
+        let batch = materialize_batch(client).await?;
+        total.transactions += batch.report.transactions;
+        total.keys += batch.report.keys;
+        total.skipped += batch.report.skipped;
+        if let Some(position) = &batch.position {
+            // The slot may let go of the WAL now; if this fails the next
+            // call advances it first.
+            if let Err(err) = advance(client, position).await {
+                tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will");
+            }
+        }
+        if batch.drained {
+            return Ok(total);
+        }
+    }
+}
+
+/// Where a db's slot stands, as `ibex.wal` records it.
+struct SlotPosition {
+    slot: String,
+    /// The commit decoded up to (`pg_lsn` as text).
+    lsn: String,
+    /// `server_version_num`: how the slot is advanced.
+    version: i32,
+}
+
+/// What one transaction of [`materialize`] did.
+struct Batch {
+    report: Materialized,
+    /// The position it recorded, to advance the slot to once committed.
+    position: Option<SlotPosition>,
+    /// The slot held nothing more up to the LSN this batch read to.
+    drained: bool,
+}
+
+/// One transaction of [`materialize`].
+async fn materialize_batch(client: &Client) -> Result<Batch> {
     client
         .batch_execute(
             "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ibex wal'))",
@@ -128,6 +152,7 @@ async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
         .await
         .ctx(|| "starting to read the WAL capture slot".into())?;
     let result = async {
+        let mut report = Materialized::default();
         let Some(row) = client
             .query_opt(
                 "SELECT slot_name, materialized_lsn::text, pg_current_wal_lsn()::text,
@@ -137,14 +162,15 @@ async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
             .await
             .ctx(|| "reading the WAL capture position".into())?
         else {
-            return Ok((true, report));
+            return Ok(Batch { report, position: None, drained: true });
         };
         let slot: String = row.get(0);
         let done_upto: Option<String> = row.get(1);
         let upto: String = row.get(2);
         let version: i32 = row.get(3);
-        if let Some(done) = &done_upto {
-            advance(client, &slot, done, version).await?;
+        if let Some(lsn) = done_upto {
+            // A crash after the last commit left the slot behind.
+            advance(client, &SlotPosition { slot: slot.clone(), lsn, version }).await?;
         }
         let mut targets = targets(client).await?;
         let rows = client
@@ -176,45 +202,31 @@ async fn materialize_batch(client: &Client) -> Result<(bool, Materialized)> {
                 .await
                 .ctx(|| "recording the WAL capture position".into())?;
         }
-        Ok((seen < BATCH_CHANGES || last_commit.is_none(), report))
+        let drained = seen < BATCH_CHANGES || last_commit.is_none();
+        Ok(Batch { report, position: last_commit.map(|lsn| SlotPosition { slot, lsn, version }), drained })
     }
     .await;
     match result {
-        Ok((done, report)) => {
+        Ok(batch) => {
             client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into())?;
-            // The slot may let go of the WAL now; if this fails the next
-            // call advances it first.
-            if let Err(err) = advance_after_commit(client).await {
-                tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will");
-            }
-            Ok((done, report))
+            Ok(batch)
         }
         Err(err) => {
-            let _ = client.batch_execute("ROLLBACK").await;
+            // The first error is the one to report; the KID drops this
+            // connection anyway.
+            if let Err(rollback) = client.batch_execute("ROLLBACK").await {
+                tracing::warn!(error = %rollback, "could not roll back a failed read of the WAL capture slot");
+            }
             Err(err)
         }
     }
 }
 
-async fn advance_after_commit(client: &Client) -> Result<()> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT slot_name, materialized_lsn::text, current_setting('server_version_num')::int FROM ibex.wal
-              WHERE materialized_lsn IS NOT NULL",
-            &[],
-        )
-        .await
-        .ctx(|| "reading the WAL capture position".into())?
-    else {
-        return Ok(());
-    };
-    advance(client, &row.get::<_, String>(0), &row.get::<_, String>(1), row.get(2)).await
-}
-
 /// Moves the slot's confirmed position up to `lsn` (never back): from 11
 /// with `pg_replication_slot_advance`, on 10 by consuming the changes.
-async fn advance(client: &Client, slot: &str, lsn: &str, version: i32) -> Result<()> {
-    let sql = if version >= 110_000 {
+async fn advance(client: &Client, position: &SlotPosition) -> Result<()> {
+    let SlotPosition { slot, lsn, version } = position;
+    let sql = if *version >= 110_000 {
         "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn
             AND pg_replication_slot_advance($1, $2::text::pg_lsn) IS NOT NULL"
     } else {
@@ -379,23 +391,31 @@ impl Decoder {
             },
             _ => return Ok(false), // TRUNCATE: its statement trigger logs it
         };
+        // An UPDATE that keeps a TOASTed key prints it as unchanged in the
+        // new tuple; the old key (logged when the key is stored out of
+        // line, from 15, or with REPLICA IDENTITY FULL) holds its value.
+        let mut previous: Option<Vec<String>> = None;
         for tuple in tuples {
-            let key = key_of(tuple, &target.key).map_err(|why| {
+            let key = key_of(tuple, &target.key, previous.as_deref()).map_err(|why| {
                 Error::Sync(format!(
                     "a decoded {} of {} has no usable key ({why}): {}",
                     change.op,
                     change.table,
-                    if why.contains("no-tuple-data") || why.contains("missing") {
+                    if why.contains("no-tuple-data") || why.contains("missing") || why.contains("TOAST") {
                         "its REPLICA IDENTITY must include the sync's key columns (`ALTER TABLE ... REPLICA IDENTITY FULL`, or a primary key on them); `ibex validate` checks this"
                     } else {
                         "use capture=trigger for this db"
                     }
                 ))
             })?;
-            for (col, value) in target.columns.iter_mut().zip(key) {
-                col.push(value);
+            if previous.as_ref() == Some(&key) {
+                continue; // the key did not change
+            }
+            for (col, value) in target.columns.iter_mut().zip(&key) {
+                col.push(value.clone());
             }
             target.txn.push(txn);
+            previous = Some(key);
         }
         Ok(false)
     }
@@ -439,19 +459,28 @@ fn parse_change(rest: &str) -> Option<Change<'_>> {
 }
 
 /// The values of `key` columns in a printed tuple (` name[type]:value ...`).
-fn key_of(tuple: &str, key: &[(String, String)]) -> std::result::Result<Vec<String>, String> {
+fn key_of(
+    tuple: &str,
+    key: &[(String, String)],
+    old_key: Option<&[String]>,
+) -> std::result::Result<Vec<String>, String> {
     if tuple.trim() == "(no-tuple-data)" {
         return Err("no-tuple-data".into());
     }
     let columns = parse_tuple(tuple).ok_or_else(|| format!("unreadable tuple {}", shorten(tuple)))?;
     let mut values = Vec::with_capacity(key.len());
-    for (name, _) in key {
+    for (i, (name, _)) in key.iter().enumerate() {
         match columns.iter().find(|(n, _)| n == name) {
             Some((_, Value::Text(v))) => values.push(v.clone()),
             Some((_, Value::Null)) => return Err(format!("key column {name} is null")),
-            Some((_, Value::UnchangedToast)) => {
-                return Err(format!("key column {name} is an unchanged TOAST value the decoder does not print"));
-            }
+            Some((_, Value::UnchangedToast)) => match old_key.and_then(|old| old.get(i)) {
+                Some(unchanged) => values.push(unchanged.clone()),
+                None => {
+                    return Err(format!(
+                        "key column {name} is an unchanged TOAST value, printed without it, and no old key was logged"
+                    ));
+                }
+            },
             None => return Err(format!("key column {name} missing")),
         }
     }
@@ -543,10 +572,13 @@ mod tests {
         assert_eq!(parsed[4], ("n".into(), Value::Null));
         assert_eq!(parsed[5], ("big".into(), Value::UnchangedToast));
         assert_eq!(parsed[6], ("f".into(), Value::Text("true".into())));
-        assert_eq!(key_of(tuple, &key(&["Odd \"col\"", "id"])).unwrap(), vec!["it's: a [x]:", "7"]);
-        assert!(key_of(tuple, &key(&["n"])).unwrap_err().contains("null"));
-        assert!(key_of(tuple, &key(&["big"])).unwrap_err().contains("TOAST"));
-        assert!(key_of("(no-tuple-data)", &key(&["id"])).unwrap_err().contains("no-tuple-data"));
+        assert_eq!(key_of(tuple, &key(&["Odd \"col\"", "id"]), None).unwrap(), vec!["it's: a [x]:", "7"]);
+        assert!(key_of(tuple, &key(&["n"]), None).unwrap_err().contains("null"));
+        assert!(key_of(tuple, &key(&["big"]), None).unwrap_err().contains("TOAST"));
+        assert!(key_of("(no-tuple-data)", &key(&["id"]), None).unwrap_err().contains("no-tuple-data"));
+        // An unchanged TOASTed key is the old key's value.
+        let old = vec!["7".to_string(), "long".to_string()];
+        assert_eq!(key_of(tuple, &key(&["id", "big"]), Some(&old)).unwrap(), vec!["7", "long"]);
     }
 
     #[test]

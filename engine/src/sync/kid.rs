@@ -402,14 +402,13 @@ impl Kid {
         if self.plan.plugins.iter().all(|r| self.plugins.contains_key(&r.name)) {
             return Ok(());
         }
-        let (catalog_id, _) = catalog::identity(catalog_client).await?;
         for r in &self.plan.plugins {
             if self.plugins.contains_key(&r.name) {
                 continue;
             }
             let record = catalog::plugin::get(catalog_client, &r.name).await?;
             let wasm = catalog::plugin::bytes(catalog_client, &r.name).await?;
-            let role = crate::plugin::roles::role_name(&catalog_id, &record.name);
+            let role = crate::plugin::roles::role_name(&self.plan.catalog_id, &record.name);
             let loaded = PluginRuntime::get()?.load(&record.name, &record.sha256, &wasm, &role, record.manifest)?;
             self.plugins.insert(r.name.clone(), loaded);
         }

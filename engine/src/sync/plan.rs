@@ -50,6 +50,9 @@ pub struct RunSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub sync: SyncRecord,
+    /// The catalog's id: it names what the catalog owns on each db (the
+    /// WAL capture slot, plugin roles).
+    pub catalog_id: String,
     /// In dbgroup order: the first source is the primary one (full copies
     /// come from it).
     pub dbs: Vec<PlanDb>,
@@ -86,6 +89,7 @@ pub struct PluginRef {
 impl Plan {
     pub async fn load(catalog: &impl GenericClient, sync: &str) -> Result<Plan> {
         let record = catalog::sync::get(catalog, sync).await?;
+        let (catalog_id, _) = catalog::identity(catalog).await?;
         let group = catalog::dbgroup::get(catalog, &record.dbgroup).await?;
         let mut dbs = Vec::new();
         let mut foreign = Vec::new();
@@ -186,7 +190,7 @@ impl Plan {
             }
             transforms.push(PlanTransform { plugin: used.plugin, table, target: used.target_db });
         }
-        Ok(Plan { sync: record, dbs, tables, sequences, settings, plugins, transforms, hooks, foreign })
+        Ok(Plan { sync: record, catalog_id, dbs, tables, sequences, settings, plugins, transforms, hooks, foreign })
     }
 
     /// A db's id in a run: its place in `dbs`, or for a foreign target

@@ -20,9 +20,7 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
         return Ok(CaptureReport::default()); // not PostgreSQL: nothing is captured there
     }
     let (readers, needs) = catalog::capture::needs(catalog_client, db).await?;
-    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
-    let owner = Owner { catalog_id, catalog: catalog_at };
-    let mut client = pg::connect(&record.conn, "ibex capture").await?;
+    let (owner, mut client) = open_as_owner(catalog_client, &record).await?;
     let mut tables: BTreeMap<pg::QualifiedName, CaptureTable> = BTreeMap::new();
     let mut warnings = Vec::new();
     for need in needs {
@@ -66,14 +64,30 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
     let tables: Vec<CaptureTable> = tables.into_values().collect();
     let readers: Vec<Reader> =
         readers.into_iter().map(|r| Reader { sync: r.sync, multi_source: r.multi_source }).collect();
-    let mut report =
-        capture::reconcile(&mut client, &owner, &tables, &readers, record.capture).await.map_err(|err| match err {
-            Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
-            Error::Refused(why) => Error::Refused(format!("db {db}: {why}")),
-            other => other,
-        })?;
+    let mut report = capture::reconcile(&mut client, &owner, &tables, &readers, record.capture)
+        .await
+        .map_err(|err| naming_db(err, db))?;
     report.warnings.extend(warnings);
     Ok(report)
+}
+
+/// The catalog as the owner of capture, and a connection to `record`'s db.
+async fn open_as_owner(
+    catalog_client: &impl GenericClient,
+    record: &catalog::dbs::DbRecord,
+) -> Result<(Owner, tokio_postgres::Client)> {
+    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
+    let client = pg::connect(&record.conn, "ibex capture").await?;
+    Ok((Owner { catalog_id, catalog: catalog_at }, client))
+}
+
+/// A capture error, saying which db it happened on.
+fn naming_db(err: Error, db: &str) -> Error {
+    match err {
+        Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
+        Error::Refused(why) => Error::Refused(format!("db {db}: {why}")),
+        other => other,
+    }
 }
 
 /// Makes the WAL capture slot on `db` (when its capture is wal), before
@@ -83,15 +97,8 @@ pub async fn prepare_wal_slot(catalog_client: &impl GenericClient, record: &cata
     if record.capture != capture::CaptureMode::Wal || record.target.is_some() {
         return Ok(false);
     }
-    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
-    let client = pg::connect(&record.conn, "ibex capture").await?;
-    capture::create_wal_slot(&client, &Owner { catalog_id, catalog: catalog_at }).await.map_err(|err| match err {
-        Error::Refused(why) => Error::Refused(format!("db {}: {why}", record.name)),
-        Error::Postgres { context, source } => {
-            Error::Postgres { context: format!("{context} on db {}", record.name), source }
-        }
-        other => other,
-    })
+    let (owner, client) = open_as_owner(catalog_client, record).await?;
+    capture::create_wal_slot(&client, &owner).await.map_err(|err| naming_db(err, &record.name))
 }
 
 /// Drops `db`'s WAL capture slot (when its capture is wal), as it leaves.
@@ -99,9 +106,8 @@ pub async fn drop_wal_slot(catalog_client: &impl GenericClient, record: &catalog
     if record.capture != capture::CaptureMode::Wal || record.target.is_some() {
         return Ok(());
     }
-    let (catalog_id, catalog_at) = catalog::identity(catalog_client).await?;
-    let client = pg::connect(&record.conn, "ibex capture").await?;
-    capture::drop_wal_slot(&client, &Owner { catalog_id, catalog: catalog_at }).await
+    let (owner, client) = open_as_owner(catalog_client, record).await?;
+    capture::drop_wal_slot(&client, &owner).await.map_err(|err| naming_db(err, &record.name))
 }
 
 /// One line per db that changed, for the CLI.

@@ -142,7 +142,7 @@ pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
     }
     for (i, db) in plan.dbs.iter().enumerate() {
         if db.reads_wal() {
-            problems.extend(wal_server_problems(clients[i], &db.name).await?);
+            problems.extend(wal_server_problems(clients[i], &db.name, &plan.catalog_id).await?);
         }
     }
     problems.extend(crate::target::unmappable(&plan.foreign, &specs));
@@ -182,16 +182,22 @@ async fn wal_identity_problem(client: &Client, table: &QualifiedName, key: &[Str
 }
 
 /// What a server lacks for WAL capture: `wal_level = logical`, and the
-/// slot (which `ibex update db DB capture=wal` creates, given a free
-/// `max_replication_slots`).
-async fn wal_server_problems(client: &Client, db: &str) -> Result<Vec<String>> {
+/// catalog's slot for the db (which `ibex update db DB capture=wal`
+/// creates, given a free `max_replication_slots`).
+async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Result<Vec<String>> {
+    let dbname: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .ctx(|| format!("checking WAL capture on db {db}"))?
+        .get(0);
+    let slot = crate::capture::wal::slot_name(catalog_id, &dbname);
     let row = client
         .query_one(
             "SELECT current_setting('wal_level'),
                     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
-                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name LIKE 'ibex\\_%'
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1
                                AND plugin = 'test_decoding' AND database = current_database())",
-            &[],
+            &[&slot],
         )
         .await
         .ctx(|| format!("checking WAL capture on db {db}"))?;
