@@ -261,6 +261,40 @@ fn vac_purges_what_all_have_applied_and_keeps_what_an_inactive_sync_needs() {
     eventually(Duration::from_secs(20), "VAC to purge", || s.sql("a", &format!("SELECT count(*) FROM {delta}")) == "0");
 }
 
+/// A WAL db whose only sync is inactive: the VAC decodes its slot into
+/// the delta table, so the server does not keep the WAL for it; the keys
+/// wait there for the sync.
+#[test]
+fn vac_reads_the_wal_slot_of_an_inactive_sync() {
+    let s = Setup::new();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("a", &["a", "b"]);
+    s.ibex.sh("update db a capture=wal").ok();
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=a:source,b:target").ok();
+    s.ibex.sh("deactivate push").ok();
+    s.ibex.sh("set vac_interval=1s").ok();
+    let delta = s.sql("a", "SELECT 'ibex.' || quote_ident(delta_table) FROM ibex.captured");
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("a", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i");
+    let written = s.sql("a", "SELECT pg_current_wal_lsn()");
+    eventually(Duration::from_secs(30), "the VAC to decode the slot past the insert", || {
+        s.sql(
+            "a",
+            &format!(
+                "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name LIKE 'ibex%'"
+            ),
+        ) == "t"
+    });
+    assert_eq!(s.sql("a", &format!("SELECT count(*) FROM {delta}")), "100", "{}", d.log());
+    assert_eq!(s.sql("b", "SELECT count(*) FROM t"), "0");
+    s.ibex.sh("activate push").ok();
+    eventually(Duration::from_secs(10), "b to catch up", || s.sql("b", "SELECT count(*) FROM t") == "100");
+    s.assert_same(&["a", "b"], &["t"]);
+}
+
 #[test]
 fn start_stop_reload_ping_logs_and_metrics() {
     let s = Setup::new();

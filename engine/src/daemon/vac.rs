@@ -4,6 +4,8 @@
 //! cursor, inactive or failing, keeps its rows. Between purges it refreshes
 //! the backlog and lag gauges with bounded reads. It keeps one connection
 //! per db between passes, and says when a db fails and when it is back.
+//! On a db with WAL capture it first decodes the slot, so a slot no run
+//! reads (its syncs inactive or failing) does not hold the server's WAL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -133,6 +135,15 @@ async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Conne
     }
     let record = catalog::dbs::get(catalog_client, db).await?;
     let (client, xids) = connections.get(db, &record.conn).await?;
+    if record.capture == crate::capture::CaptureMode::Wal {
+        // A slot keeps the server's WAL until it is read: decoded into the
+        // delta tables here, the keys wait there (like trigger-captured
+        // ones) for a sync that is inactive or failing, and the WAL goes.
+        let decoded = crate::capture::wal::materialize(client).await?;
+        if decoded.keys > 0 {
+            tracing::debug!(db = %db, keys = decoded.keys, "VAC decoded the WAL capture slot");
+        }
+    }
     let mut readers: BTreeMap<QualifiedName, Vec<String>> = BTreeMap::new();
     for need in &needs {
         readers.entry(need.table.clone()).or_default().push(need.sync.clone());
