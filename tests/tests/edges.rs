@@ -10,16 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use ibex_tests::{Daemon, Ibex, Outcome, Setup};
+use ibex_tests::{Daemon, Ibex, Outcome, Setup, run_count};
 use serde_json::Value;
-
-fn count(run: &Value, key: &str) -> i64 {
-    run["run"][key].as_i64().unwrap_or_else(|| panic!("no {key} in {run}"))
-}
 
 /// Rows a run inserted or deleted: 0 once nothing echoes.
 fn moved(run: &Value) -> i64 {
-    count(run, "inserted") + count(run, "deleted")
+    run_count(run, "inserted") + run_count(run, "deleted")
 }
 
 /// Creates `names[0]` with `ddl`, clones it to the others, registers all.
@@ -44,6 +40,17 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn cascade_makedelta_a_to_b_to_c() {
+    cascade_makedelta("trigger");
+}
+
+/// b's capture reads the WAL: ab's applies decode with its marker, which
+/// says makedelta, and are kept as ab's writes.
+#[test]
+fn cascade_makedelta_a_to_b_to_c_with_wal_capture() {
+    cascade_makedelta("wal");
+}
+
+fn cascade_makedelta(capture: &str) {
     let s = Setup::new();
     dbs_with(
         &s,
@@ -51,6 +58,9 @@ fn cascade_makedelta_a_to_b_to_c() {
          INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 20) i;",
         &["a", "b", "c"],
     );
+    for db in ["a", "b"] {
+        s.ibex.run(&["update", "db", db, &format!("capture={capture}")]).ok();
+    }
     s.ibex.sh("add table items db=a herd=h").ok();
     s.ibex.sh("add sync ab herd=h dbs=a:source,b:target makedelta=true").ok();
     let added = s.ibex.sh("add sync bc herd=h dbs=b:source,c:target").ok();
@@ -66,7 +76,7 @@ fn cascade_makedelta_a_to_b_to_c() {
     assert_eq!(s.run("ab")["run"]["state"], "good");
     let bc = s.run("bc");
     assert_eq!(bc["run"]["state"], "good", "{bc}");
-    assert!(count(&bc, "inserted") > 0, "ab's applies on b did not reach bc: {bc}");
+    assert!(run_count(&bc, "inserted") > 0, "ab's applies on b did not reach bc: {bc}");
     s.assert_same(&["a", "b", "c"], &["items"]);
     assert_eq!(s.sql("c", "SELECT count(*) FROM items WHERE id IN (1, 3)"), "0");
     // No echo: with writes stopped, b's delta stops growing and the third
@@ -530,7 +540,7 @@ fn staggered_sequences_keep_three_masters_from_colliding() {
     }
     let run = s.run("mm");
     assert_eq!(run["run"]["state"], "good", "{run}");
-    assert_eq!(count(&run, "conflicts"), 0, "keys collided: {run}");
+    assert_eq!(run_count(&run, "conflicts"), 0, "keys collided: {run}");
     s.assert_same(&["m1", "m2", "m3"], &["notes"]);
     assert_eq!(s.sql("m3", "SELECT count(*) || '/' || count(DISTINCT id) FROM notes"), "65/65");
     // Each master's new keys have its own residue modulo the increment.
