@@ -160,7 +160,7 @@ pub async fn reconcile(
     mode: CaptureMode,
 ) -> Result<CaptureReport> {
     let wanted = !tables.is_empty() || !readers.is_empty();
-    let slot = slot_of(client, owner).await?;
+    let slot = wal_slot_of(client, &owner.catalog_id).await?;
     // The slot is made beforehand (`create_wal_slot`, outside any catalog
     // transaction: its creation waits for every open transaction of the
     // server). Without it, capture stays on triggers: nothing is missed.
@@ -346,7 +346,7 @@ pub async fn uninstall(client: &mut Client, owner: &Owner) -> Result<CaptureRepo
 /// catalog on the same server: the server waits for every transaction
 /// open at that moment to end (and refuses it inside one that wrote).
 pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<bool> {
-    let slot = slot_of(client, owner).await?;
+    let slot = wal_slot_of(client, &owner.catalog_id).await?;
     let wal_level: String =
         client.query_one("SELECT current_setting('wal_level')", &[]).await.ctx(|| "reading wal_level".into())?.get(0);
     if slot_exists(client, &slot).await? {
@@ -366,17 +366,18 @@ pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<bool> {
 
 /// Drops the WAL capture slot of `owner`'s catalog (a db leaving ibex).
 pub async fn drop_wal_slot(client: &Client, owner: &Owner) -> Result<()> {
-    drop_slot(client, &slot_of(client, owner).await?).await
+    drop_slot(client, &wal_slot_of(client, &owner.catalog_id).await?).await
 }
 
-/// The name of `owner`'s slot for the db `client` is connected to.
-async fn slot_of(client: &Client, owner: &Owner) -> Result<String> {
+/// The name of catalog `catalog_id`'s WAL capture slot for the db `client`
+/// is connected to.
+pub async fn wal_slot_of(client: &Client, catalog_id: &str) -> Result<String> {
     let dbname: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
         .ctx(|| "reading the database name".into())?
         .get(0);
-    Ok(wal::slot_name(&owner.catalog_id, &dbname))
+    Ok(wal::slot_name(catalog_id, &dbname))
 }
 
 async fn slot_exists(client: &Client, slot: &str) -> Result<bool> {

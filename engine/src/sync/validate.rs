@@ -185,12 +185,7 @@ async fn wal_identity_problem(client: &Client, table: &QualifiedName, key: &[Str
 /// catalog's slot for the db (which `ibex update db DB capture=wal`
 /// creates, given a free `max_replication_slots`).
 async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Result<Vec<String>> {
-    let dbname: String = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .ctx(|| format!("checking WAL capture on db {db}"))?
-        .get(0);
-    let slot = crate::capture::wal::slot_name(catalog_id, &dbname);
+    let slot = crate::capture::wal_slot_of(client, catalog_id).await?;
     let row = client
         .query_one(
             "SELECT current_setting('wal_level'),
