@@ -13,13 +13,18 @@
 //! - **differing**: a row whose contents on a db differ from its source's,
 //!   and counters that do not match the source;
 //! - **re-applied** (expected, not an error): a row version that arrives
-//!   again on a db while its source's cursor did not move since the
-//!   previous arrival. That is the documented idempotent re-apply: a run
-//!   committed on the db but the daemon (or a db) died before the cursor
-//!   advance, so the next run applies the same window again;
+//!   again on a db while its source's cursor has not yet passed the
+//!   transaction that wrote it. That is the documented idempotent
+//!   re-apply: a run committed on the db but the daemon (or a db) died
+//!   before the cursor advance, so the next run applies the same window
+//!   again. A backlog applied in parts (`window_rows`) does it too: every
+//!   part copies the current row of each key it holds, so a key changed in
+//!   several parts (the counter) arrives once per part in its newest
+//!   version, before the cursor reaches the transaction that wrote it;
 //! - **doubled**: a row version that arrives again on a db after its
-//!   source's cursor moved (a window applied twice), twice in one
-//!   transaction, or a counter that goes back to an older value.
+//!   source's cursor passed the transaction that wrote it (a window applied
+//!   twice), twice in one transaction, or a counter that goes back to an
+//!   older value.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,6 +48,7 @@ CREATE TABLE IF NOT EXISTS ibex_audit.arrival (
 CREATE TABLE IF NOT EXISTS ibex_audit.cursor_move (
     seq bigserial PRIMARY KEY,
     sync text,
+    snapshot text,
     at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE OR REPLACE FUNCTION ibex_audit.log_row() RETURNS trigger LANGUAGE plpgsql AS $f$
@@ -61,8 +67,9 @@ END
 $f$;
 CREATE OR REPLACE FUNCTION ibex_audit.log_cursor() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
-    INSERT INTO ibex_audit.cursor_move (sync)
-    VALUES (CASE WHEN TG_OP = 'DELETE' THEN OLD.sync ELSE NEW.sync END);
+    INSERT INTO ibex_audit.cursor_move (sync, snapshot)
+    VALUES (CASE WHEN TG_OP = 'DELETE' THEN OLD.sync ELSE NEW.sync END,
+            CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE NEW.snapshot::text END);
     RETURN NULL;
 END
 $f$;
@@ -189,38 +196,94 @@ fn current_rows(cluster: &Cluster, db: &str, table: &str, origin: &str) -> Resul
     Ok(out)
 }
 
-/// Times (µs since the epoch) the cursors of `sync` moved on `db`.
-fn cursor_moves(cluster: &Cluster, db: &str, sync: &str) -> Result<Vec<i64>> {
+/// A cursor snapshot as the server prints it (`xmin:xmax:xip,...`), with
+/// its visibility rule: a transaction is passed when it is below `xmin`,
+/// or below `xmax` and not in progress.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    xmin: i64,
+    xmax: i64,
+    in_progress: BTreeSet<i64>,
+}
+
+impl Snapshot {
+    fn parse(text: &str) -> Result<Snapshot> {
+        let mut parts = text.splitn(3, ':');
+        let (Some(xmin), Some(xmax), Some(xip)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("cursor snapshot {text:?} is not xmin:xmax:xip")
+        };
+        let number = |s: &str| s.parse::<i64>().with_context(|| format!("cursor snapshot {text:?}"));
+        Ok(Snapshot {
+            xmin: number(xmin)?,
+            xmax: number(xmax)?,
+            in_progress: xip.split(',').filter(|x| !x.is_empty()).map(number).collect::<Result<_>>()?,
+        })
+    }
+
+    fn passed(&self, xid: i64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
+    }
+}
+
+/// One move of a sync's cursor on its source.
+struct CursorMove {
+    /// Microseconds since the epoch.
+    at: i64,
+    /// The snapshot it moved to; `None` when the cursor was deleted.
+    snapshot: Option<Snapshot>,
+}
+
+/// The moves of the cursors of `sync` on `db`, in time order.
+fn cursor_moves(cluster: &Cluster, db: &str, sync: &str) -> Result<Vec<CursorMove>> {
     let text = cluster.psql(
         db,
         &format!(
-            "SELECT (extract(epoch FROM at) * 1000000)::bigint FROM ibex_audit.cursor_move WHERE sync = '{sync}' ORDER BY at"
+            "SELECT (extract(epoch FROM at) * 1000000)::bigint || E'\\t' || coalesce(snapshot, '')
+               FROM ibex_audit.cursor_move WHERE sync = '{sync}' ORDER BY at"
         ),
     )?;
     text.lines()
         .filter(|l| !l.is_empty())
-        .map(|l| l.parse().with_context(|| format!("cursor move time {l:?}")))
+        .map(|line| {
+            let (at, snapshot) = line.split_once('\t').with_context(|| format!("bad cursor move line {line:?}"))?;
+            Ok(CursorMove {
+                at: at.parse().with_context(|| format!("cursor move time {at:?}"))?,
+                snapshot: if snapshot.is_empty() { None } else { Some(Snapshot::parse(snapshot)?) },
+            })
+        })
         .collect()
 }
 
 /// Counts the repeated arrivals of one key on one db: (re-applied, doubled).
-/// A repeat is expected when the source's cursor did not move between the
-/// two arrivals; same-transaction repeats and repeats after a move are not.
-fn repeats(list: &[Arrival], moves: &[i64]) -> (u64, u64) {
+/// A repeat is expected while the source's cursor has not passed the
+/// transaction that wrote the version (`written_by`, from the source's own
+/// audit; unknown, any cursor move counts); same-transaction repeats and
+/// repeats after the cursor passed it are not.
+fn repeats(list: &[Arrival], moves: &[CursorMove], written_by: &BTreeMap<String, i64>) -> (u64, u64) {
     let (mut reapplied, mut doubled) = (0, 0);
     for pair in list.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if a.row != b.row {
             continue; // a newer version of the row (the counter), not a repeat
         }
-        let moved = moves.iter().any(|&m| m > a.at && m < b.at);
-        if a.xid == b.xid || moved {
+        let writer = written_by.get(&a.row);
+        let passed = moves.iter().filter(|m| m.at > a.at && m.at < b.at).any(|m| match (writer, &m.snapshot) {
+            (Some(&xid), Some(snapshot)) => snapshot.passed(xid),
+            _ => true,
+        });
+        if a.xid == b.xid || passed {
             doubled += 1;
         } else {
             reapplied += 1;
         }
     }
     (reapplied, doubled)
+}
+
+/// The source transaction that wrote each row version, from the source's
+/// own audit of its tables.
+fn writers(own: [&BTreeMap<String, Vec<Arrival>>; 2]) -> BTreeMap<String, i64> {
+    own.into_iter().flat_map(|by_key| by_key.values().flatten()).map(|a| (a.row.clone(), a.xid)).collect()
 }
 
 /// The counter's value in a row's JSON text.
@@ -248,6 +311,8 @@ pub fn check(sync: &str, dbs: &[AuditedDb]) -> Result<Tally> {
             tally.differing += 1;
         }
         let moves = cursor_moves(origin.cluster, origin.name, sync)?;
+        let own_counter_audit = arrivals(origin.cluster, origin.name, "counter", false, origin.name)?;
+        let written_by = writers([&own_audit, &own_counter_audit]);
         for db in dbs.iter().filter(|d| d.name != origin.name) {
             let held = current_rows(db.cluster, db.name, "writes", origin.name)?;
             for (key, row) in &own {
@@ -260,13 +325,13 @@ pub fn check(sync: &str, dbs: &[AuditedDb]) -> Result<Tally> {
             // Rows the source does not hold (lost there) are differences too.
             tally.differing += held.keys().filter(|k| !own.contains_key(*k)).count() as u64;
             for list in arrivals(db.cluster, db.name, "writes", true, origin.name)?.values() {
-                let (reapplied, doubled) = repeats(list, &moves);
+                let (reapplied, doubled) = repeats(list, &moves, &written_by);
                 tally.reapplied += reapplied;
                 tally.doubled += doubled;
             }
             let counters = arrivals(db.cluster, db.name, "counter", true, origin.name)?;
             for list in counters.values() {
-                let (reapplied, doubled) = repeats(list, &moves);
+                let (reapplied, doubled) = repeats(list, &moves, &written_by);
                 tally.reapplied += reapplied;
                 tally.doubled += doubled;
                 let values: Vec<i64> = list.iter().map(|a| counter_value(&a.row)).collect::<Result<_>>()?;
@@ -280,4 +345,44 @@ pub fn check(sync: &str, dbs: &[AuditedDb]) -> Result<Tally> {
         }
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(row: &str, xid: i64, at: i64) -> Arrival {
+        Arrival { row: row.into(), xid, at }
+    }
+
+    fn moved(at: i64, snapshot: &str) -> CursorMove {
+        CursorMove { at, snapshot: Some(Snapshot::parse(snapshot).expect("a snapshot")) }
+    }
+
+    #[test]
+    fn a_snapshot_passes_what_committed_before_it() {
+        let s = Snapshot::parse("100:105:101,103").expect("parses");
+        assert!(s.passed(99) && s.passed(102) && s.passed(104));
+        assert!(!s.passed(101) && !s.passed(103) && !s.passed(105) && !s.passed(200));
+        assert!(Snapshot::parse("100:105:").expect("no xip").passed(104));
+        assert!(Snapshot::parse("100").is_err());
+    }
+
+    #[test]
+    fn a_version_copied_by_each_part_of_a_cut_backlog_is_a_re_apply() {
+        // Version n=7 written by xid 500; the cursor moves to cuts at 300 and 400
+        // between its arrivals, then past 500.
+        let written_by = BTreeMap::from([("{\"n\": 7}".to_string(), 500)]);
+        let list = [arrival("{\"n\": 7}", 1, 10), arrival("{\"n\": 7}", 2, 20), arrival("{\"n\": 7}", 3, 30)];
+        let cuts = [moved(15, "300:300:"), moved(25, "400:400:"), moved(35, "501:501:")];
+        assert_eq!(repeats(&list, &cuts, &written_by), (2, 0));
+        // Arriving again after the cursor passed xid 500: doubled.
+        let again = [arrival("{\"n\": 7}", 3, 30), arrival("{\"n\": 7}", 4, 40)];
+        assert_eq!(repeats(&again, &cuts, &written_by), (0, 1));
+        // Its writer unknown, any move counts.
+        assert_eq!(repeats(&list, &cuts, &BTreeMap::new()), (0, 2));
+        // Twice in one transaction: doubled.
+        let same_xid = [arrival("{\"n\": 7}", 1, 10), arrival("{\"n\": 7}", 1, 11)];
+        assert_eq!(repeats(&same_xid, &cuts, &written_by), (0, 1));
+    }
 }

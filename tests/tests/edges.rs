@@ -186,6 +186,44 @@ fn catch_up_of_a_large_backlog_in_bounded_windows() {
     assert!(mib < 256, "peak RSS {mib} MiB: the catch-up is not bounded by its windows");
 }
 
+#[test]
+fn a_backlog_across_a_power_of_ten_in_xids_is_cut_at_the_limit() {
+    // The cut sorted transaction ids as text once: "10000" < "9999", so a
+    // window spanning a power of ten was cut far past window_rows.
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE burn (i int)", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync cut herd=h dbs=src:source,dst:target").ok();
+    let current: u64 = s.sql("src", "SELECT txid_current()").parse().expect("a transaction id");
+    let mut power = 10_000;
+    while power < current + 200 {
+        power *= 10;
+    }
+    // Each block with an exception handler is a subtransaction with an xid of its own.
+    let burn = power - 100 - current;
+    s.sql(
+        "src",
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{burn} LOOP BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$"
+        ),
+    );
+    // 200 one-row transactions, half on each side of the power of ten.
+    s.sql("src", "DO $$ BEGIN FOR i IN 1..200 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$");
+    let delta = delta_of(&s, "src", "t");
+    let span = s.sql("src", &format!("SELECT min(txid)::text || ' ' || max(txid)::text FROM {delta}"));
+    let (low, high) = span.split_once(' ').unwrap_or_else(|| panic!("no delta rows: {span:?}"));
+    let (low, high): (u64, u64) = (low.parse().expect("an xid"), high.parse().expect("an xid"));
+    assert!(low < power && high >= power, "the changes' xids {low}..{high} do not span {power}");
+    s.ibex.sh("set window_rows=10").ok();
+    let json = s.ibex.run(&["sync", "run", "cut", "--json"]).ok().json();
+    assert_eq!(json["run"]["state"], "good", "{json}");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "200");
+    let largest = s.sql("ibex", "SELECT max(inserted) FROM ibex.run WHERE sync = 'cut' AND state = 'good'");
+    assert_eq!(largest, "10", "a window of more than window_rows=10 delta rows was applied");
+    let runs = json["runs"].as_i64().unwrap_or_else(|| panic!("no runs in {json}"));
+    assert!(runs >= 20, "200 one-row transactions in windows of 10 took {runs} runs: {json}");
+}
+
 /// Rows the scans of an EXPLAIN ANALYZE plan touched: returned plus
 /// filtered out, over all loops.
 fn rows_scanned(node: &Value) -> f64 {

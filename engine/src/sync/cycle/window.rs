@@ -270,14 +270,18 @@ impl<'a> Cycle<'a> {
             let union = self.delta_union(src, changed)?;
             // One scan: rows per transaction, summed in txid order; the
             // cut falls on the transaction holding the limit's next row.
+            // The ORDER BY names the numeric txid (`c.txid`): a bare `txid`
+            // would sort by the text column of the same name, and past a
+            // power of ten ("10000" < "9999") the cut took a far later
+            // transaction than the limit allows.
             let row = self
                 .client(src)
                 .query_opt(
                     &format!(
                         "WITH per AS (SELECT u.txid, count(*) AS n FROM ({union}) u GROUP BY u.txid),
-                              upto AS (SELECT txid, n, sum(n) OVER (ORDER BY txid) AS upto FROM per)
-                         SELECT txid::text, (upto - n)::int8, upto::int8, (SELECT sum(n) FROM per)::int8
-                           FROM upto WHERE upto > {limit} ORDER BY txid LIMIT 1"
+                              cumulative AS (SELECT txid, n, sum(n) OVER (ORDER BY txid) AS upto FROM per)
+                         SELECT c.txid::text AS cut_txid, (c.upto - c.n)::int8, c.upto::int8, (SELECT sum(n) FROM per)::int8
+                           FROM cumulative c WHERE c.upto > {limit} ORDER BY c.txid LIMIT 1"
                     ),
                     &[],
                 )
