@@ -396,3 +396,63 @@ fn json_logs() {
     };
     eventually(Duration::from_secs(5), "the run's JSON log line", || logged(&d.log()));
 }
+
+/// Seconds left on a socket's keepalive timer as `ss -o` prints it
+/// (`timer:(keepalive,1min59sec,0)`, `59sec`, `850ms`).
+fn keepalive_seconds(line: &str) -> Option<f64> {
+    let timer = line.split("timer:(keepalive,").nth(1)?.split(',').next()?;
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut unit = String::new();
+    for c in timer.chars().chain(std::iter::once('0')) {
+        if c.is_ascii_digit() || c == '.' {
+            if !unit.is_empty() {
+                let n: f64 = number.parse().ok()?;
+                total += n * match unit.as_str() {
+                    "min" => 60.0,
+                    "sec" => 1.0,
+                    "ms" => 0.001,
+                    _ => return None,
+                };
+                number.clear();
+                unit.clear();
+            }
+            number.push(c);
+        } else {
+            unit.push(c);
+        }
+    }
+    Some(total)
+}
+
+#[test]
+fn the_server_probes_ibex_sessions_for_a_dead_peer() {
+    // A backend whose ibex vanished without a FIN holds its locks until the
+    // server's keepalive gives up: ibex asks for probes after 60 s idle,
+    // not the kernel's two hours.
+    assert_eq!(keepalive_seconds("x timer:(keepalive,119min,0)"), Some(7140.0));
+    assert_eq!(keepalive_seconds("x timer:(keepalive,1min2sec,0)"), Some(62.0));
+    let s = Setup::new();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let ports = s.sql(
+        "ibex",
+        "SELECT string_agg(client_port::text, ' ') FROM pg_stat_activity WHERE application_name LIKE 'ibex%' AND client_port > 0",
+    );
+    let ports: Vec<&str> = ports.split_whitespace().collect();
+    assert!(!ports.is_empty(), "no TCP session of the daemon in pg_stat_activity");
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", "sport", "=", &format!(":{}", s.cluster.port())])
+        .output()
+        .expect("running ss (iproute2)");
+    let sockets = String::from_utf8_lossy(&out.stdout).to_string();
+    for port in ports {
+        let line = sockets
+            .lines()
+            .find(|l| l.split_whitespace().any(|field| field.ends_with(&format!(":{port}"))))
+            .unwrap_or_else(|| panic!("no server socket for ibex's port {port} in:\n{sockets}"));
+        let left =
+            keepalive_seconds(line).unwrap_or_else(|| panic!("no keepalive timer on the server's socket: {line}"));
+        assert!(left <= 60.0, "the server probes ibex's session only after {left} s: {line}");
+    }
+}

@@ -20,6 +20,15 @@ pub const PINNED: &[(&str, &str)] = &[
     ("search_path", "pg_catalog, public, pg_temp"),
 ];
 
+/// The server's TCP keepalive on ibex's sessions (ignored over a Unix
+/// socket): a backend whose ibex vanished behind a dead network path (no
+/// FIN, no RST) holds its transaction's row locks and xmin until the
+/// server notices, by default after the kernel's two hours. With these it
+/// notices within about two minutes. Sent before the user's `options`, so
+/// theirs win.
+pub const SERVER_KEEPALIVE: &[(&str, &str)] =
+    &[("tcp_keepalives_idle", "60"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "6")];
+
 /// libpq's `options` escaping: a backslash before spaces and backslashes.
 fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -32,11 +41,13 @@ fn escape(value: &str) -> String {
     out
 }
 
-/// The startup `options`: the user's own first, ibex's pinned ones after,
-/// so ours win.
+/// The startup `options`: ibex's keepalive defaults, then the user's own,
+/// then ibex's pinned ones, so the user's win over the defaults and the
+/// pinned ones over everything.
 pub fn startup_options(user_options: Option<&str>) -> String {
     let mut parts: Vec<String> =
-        user_options.filter(|o| !o.trim().is_empty()).map(str::to_string).into_iter().collect();
+        SERVER_KEEPALIVE.iter().map(|(name, value)| format!("-c {name}={}", escape(value))).collect();
+    parts.extend(user_options.filter(|o| !o.trim().is_empty()).map(str::to_string));
     for (name, value) in PINNED {
         parts.push(format!("-c {name}={}", escape(value)));
     }
@@ -50,7 +61,7 @@ mod tests {
     #[test]
     fn options_escape_spaces() {
         let o = startup_options(Some("-c work_mem=64MB"));
-        assert!(o.starts_with("-c work_mem=64MB -c DateStyle=ISO,\\ MDY "), "{o}");
+        assert!(o.starts_with("-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6 -c work_mem=64MB -c DateStyle=ISO,\\ MDY "), "{o}");
         assert!(o.ends_with("-c search_path=pg_catalog,\\ public,\\ pg_temp"), "{o}");
         assert_eq!(escape(r"a b\c"), r"a\ b\\c");
     }
