@@ -456,3 +456,52 @@ fn the_server_probes_ibex_sessions_for_a_dead_peer() {
         assert!(left <= 60.0, "the server probes ibex's session only after {left} s: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_left_behind_a_dead_path_is_ended_at_the_next_connect() {
+    // A run holds a row lock on dst when every packet of its connection
+    // starts being dropped: its backend would live on (retransmitting, for
+    // some 15 minutes) and block each later run on that row. The next
+    // connect ends it.
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')");
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync dead herd=h dbs=src:source,dst:target").ok();
+    s.ibex.sh("set run_timeout=3s").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let locker = s.cluster.connect("dst").await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE").await.unwrap();
+    s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
+    let waiting = "SELECT pid || ' ' || client_port FROM pg_stat_activity
+                    WHERE datname = 'dst' AND application_name = 'ibex kid dead' AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        let found = s.sql("dst", waiting);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the run never waited on the lock:\n{}", d.log());
+        thread::sleep(Duration::from_millis(50));
+    };
+    let (pid, port) = found.lines().next().and_then(|l| l.split_once(' ')).expect("pid and port");
+    let port: u16 = port.parse().expect("a client port");
+    let mut path = ibex_tests::proxy::PacketDrop::start(port).expect("dropping the run's packets (iptables, as root)");
+    locker.batch_execute("COMMIT").await.unwrap();
+    // The stale backend deletes row 1 and waits for a client that is gone.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while s.sql("dst", "SELECT coalesce((SELECT v FROM t WHERE id = 1), '')") != "new" {
+        assert!(
+            Instant::now() < deadline,
+            "no run got past the dropped connection's row lock within 40 s:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let alive = s.sql("dst", &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"));
+    assert_eq!(alive, "0", "the dropped connection's backend {pid} still runs");
+    assert!(d.log().contains("ended backends of dropped connections"), "{}", d.log());
+    path.heal().unwrap();
+}

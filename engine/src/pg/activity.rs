@@ -1,6 +1,7 @@
 //! What ibex's sessions are doing on a server right now: `pg_stat_activity`
 //! joined with `pg_stat_progress_copy` (PostgreSQL 14 and later), found by
 //! their application name. `ibex status SYNC` shows it for a running sync.
+//! A KID also names its own backends here, and ends those it dropped.
 
 use serde::Serialize;
 use tokio_postgres::GenericClient;
@@ -102,4 +103,66 @@ pub async fn sessions(c: &impl GenericClient, caps: &Capabilities, application_n
         });
     }
     Ok(out)
+}
+
+/// One backend, named so that a later reuse of its process id is not
+/// taken for it: the pid and the start of its session (as text, in the
+/// UTC every ibex session pins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub pid: i32,
+    pub started: String,
+}
+
+/// The caller's own backend, from a session's setup statements: ends the
+/// `statements` with the query that names it and runs all in one round trip
+/// (errors name db `db`).
+pub async fn setup_and_name(client: &tokio_postgres::Client, statements: &str, db: &str) -> Result<Backend> {
+    let messages = client
+        .simple_query(&format!(
+            "{statements}; SELECT pid::text, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ))
+        .await
+        .ctx(|| format!("setting up the connection to db {db}"))?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(Backend { pid: row.get(0)?.parse().ok()?, started: row.get(1)?.to_string() })
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            crate::error::Error::Sync(format!("db {db}: the session's own row is missing from pg_stat_activity"))
+        })
+}
+
+/// Ends (`pg_terminate_backend`) those of `backends` that still run; the
+/// pids it ended. A backend whose client vanished without a word (a run
+/// dropped by run_timeout behind a dead path) lives on until the server
+/// notices, holding its transaction's locks; this frees them at once.
+/// Needs membership in the backends' role, which ibex's own role has.
+pub async fn end_backends(c: &impl GenericClient, backends: &[Backend]) -> Result<Vec<i32>> {
+    let pids: Vec<i32> = backends.iter().map(|b| b.pid).collect();
+    let started: Vec<&str> = backends.iter().map(|b| b.started.as_str()).collect();
+    let rows = c
+        .query(
+            // Only the listed pids are ever passed to pg_terminate_backend,
+            // and CASE fixes the order: the identity check first. (A filter
+            // on pg_stat_activity itself may be evaluated on every backend
+            // before a join narrows it.)
+            "SELECT b.pid FROM unnest($1::int4[], $2::text[]) AS b (pid, started)
+              WHERE CASE WHEN b.pid <> pg_backend_pid()
+                              AND EXISTS (SELECT 1 FROM pg_stat_activity a
+                                           WHERE a.pid = b.pid AND a.backend_start::text = b.started)
+                         THEN pg_terminate_backend(b.pid) ELSE false END",
+            &[&pids, &started],
+        )
+        .await
+        .ctx(|| "ending the backends of dropped connections".into())?;
+    rows.iter()
+        .map(|r| {
+            r.try_get(0).map_err(|e| crate::error::Error::Postgres { context: "reading ended pids".into(), source: e })
+        })
+        .collect()
 }

@@ -53,6 +53,11 @@ pub struct Kid {
     window_limit: u64,
     /// Per db (plan order): what its server can do, read at connect.
     caps: Vec<Capabilities>,
+    /// Per db (plan order): the backend of each connection.
+    backends: Vec<pg::activity::Backend>,
+    /// Backends of connections dropped since (by db name): ended at the
+    /// next connect, in case the server has not noticed (see `end_dropped`).
+    dropped: Vec<(String, pg::activity::Backend)>,
     /// The lease token a daemon holds for this sync; None outside a daemon,
     /// where each run fences with the catalog's current token.
     lease: Option<i64>,
@@ -80,6 +85,8 @@ impl Kid {
             plugins: Default::default(),
             window_limit,
             caps: Vec::new(),
+            backends: Vec::new(),
+            dropped: Vec::new(),
             lease: None,
             fence: 0,
             shapes: Vec::new(),
@@ -99,9 +106,10 @@ impl Kid {
 
     /// Replaces the plan (after a catalog change); connections are redone.
     pub fn set_plan(&mut self, plan: Plan) {
+        // Before the plan changes: the dropped backends are named by its dbs.
+        self.disconnect();
         self.window_limit = plan.settings.window_rows;
         self.plan = plan;
-        self.disconnect();
         self.specs = None;
     }
 
@@ -112,6 +120,8 @@ impl Kid {
     }
 
     pub fn disconnect(&mut self) {
+        let names = self.plan.dbs.iter().map(|db| db.name.clone());
+        self.dropped.extend(names.zip(self.backends.drain(..)));
         self.clients.clear();
     }
 
@@ -123,6 +133,9 @@ impl Kid {
         if self.connected() {
             return Ok(());
         }
+        if !self.clients.is_empty() {
+            self.disconnect();
+        }
         let app = application_name(&self.plan.sync.name);
         let clients = try_join_all(self.plan.dbs.iter().map(|db| {
             let app = app.clone();
@@ -133,20 +146,60 @@ impl Kid {
                     }
                     other => other,
                 })?;
-                client
-                    .batch_execute("SET standard_conforming_strings = on; SET client_min_messages = warning")
-                    .await
-                    .ctx(|| format!("setting up the connection to db {}", db.name))?;
+                let backend = pg::activity::setup_and_name(
+                    &client,
+                    "SET standard_conforming_strings = on; SET client_min_messages = warning",
+                    &db.name,
+                )
+                .await?;
                 let caps = crate::pg::version::detect(&client).await.map_err(|e| match e {
                     Error::Refused(why) => Error::Refused(format!("db {}: {why}", db.name)),
                     other => other,
                 })?;
-                Ok::<_, Error>((Arc::new(client), caps))
+                Ok::<_, Error>((Arc::new(client), caps, backend))
             }
         }))
         .await?;
-        (self.clients, self.caps) = clients.into_iter().unzip();
+        self.clients.clear();
+        self.caps.clear();
+        self.backends.clear();
+        for (client, caps, backend) in clients {
+            self.clients.push(client);
+            self.caps.push(caps);
+            self.backends.push(backend);
+        }
+        self.end_dropped().await;
         Ok(())
+    }
+
+    /// Ends the backends of the connections this KID dropped (after a run
+    /// outlasted run_timeout, or a connection was lost), where they still
+    /// run. Behind a dead path the server learns of the drop only from its
+    /// keepalive, and until then such a backend can hold an unfinished
+    /// apply's row locks that every later run would wait on. A failure is
+    /// logged: the server still ends them on its own.
+    async fn end_dropped(&mut self) {
+        let dropped = std::mem::take(&mut self.dropped);
+        for (i, db) in self.plan.dbs.iter().enumerate() {
+            let backends: Vec<pg::activity::Backend> =
+                dropped.iter().filter(|(name, _)| name == &db.name).map(|(_, b)| b.clone()).collect();
+            let Some(client) = self.clients.get(i).filter(|_| !backends.is_empty()) else { continue };
+            match pg::activity::end_backends(client.as_ref(), &backends).await {
+                Ok(ended) if !ended.is_empty() => tracing::warn!(
+                    sync = %self.plan.sync.name,
+                    db = %db.name,
+                    pids = ?ended,
+                    "ended backends of dropped connections that were still running (they could hold an unfinished apply's locks)"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(
+                    sync = %self.plan.sync.name,
+                    db = %db.name,
+                    error = %err,
+                    "could not end the backends of dropped connections; the server ends them when its keepalive finds the peer gone"
+                ),
+            }
+        }
     }
 
     /// Checks the tables on every db (columns, types, keys); cached until
