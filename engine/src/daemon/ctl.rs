@@ -152,7 +152,7 @@ pub async fn run(
                 } else {
                     failures += 1;
                     due = Some(Instant::now() + backoff(failures));
-                    tracing::warn!(sync = %name, retry_in_s = backoff(failures).as_secs(), error = record.error.as_deref().unwrap_or(""), "sync is Bad; will retry");
+                    tracing::warn!(sync = %name, retry_in_s = backoff(failures).as_secs(), error = record.error.as_deref().unwrap_or(""), "sync is Bad; will retry after retry_in_s, or sooner when a source changes");
                 }
             }
             Err(err) => {
