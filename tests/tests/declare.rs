@@ -364,3 +364,43 @@ fn plugins_and_their_attachments_dump_and_build_another_catalog() {
     third.sh("install").ok();
     third.run(&["apply", wrong.to_str().unwrap(), "--yes"]).fails_with("it is not the component you meant");
 }
+
+#[test]
+fn capture_in_the_file_moves_a_db_to_wal_and_back() {
+    let s = Setup::new();
+    two_dbs(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let triggers = two_master_file(&s, "", &["items"]);
+    // Only db a on WAL.
+    let wal = triggers.replacen("user = \"postgres\"\n", "user = \"postgres\"\ncapture = \"wal\"\n", 1);
+    let file = write(dir.path(), "wal.toml", &wal);
+    run(&s, &["apply", "--yes"], &file).ok();
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE database = 'a'";
+    assert_eq!(s.sql("a", slots), "1", "no WAL capture slot for db a");
+    assert_eq!(s.sql("a", "SELECT count(*) FROM ibex.wal"), "1");
+    s.sql("a", "INSERT INTO items VALUES (1, 'through the slot')");
+    assert_eq!(s.run("ab")["run"]["state"], "good");
+    assert_eq!(s.sql("b", "SELECT v FROM items WHERE id = 1"), "through the slot");
+    // The dump says so, and the file is a no-op now.
+    let dump = s.ibex.run(&["dump"]).ok().stdout;
+    assert!(dump.contains("capture = \"wal\""), "{dump}");
+    let again = run(&s, &["plan"], &file).ok().stdout;
+    assert!(again.contains("No changes"), "{again}");
+    // Left out, capture is trigger again: the plan says so and the slot goes.
+    let back = write(dir.path(), "triggers.toml", &triggers);
+    let plan = run(&s, &["plan"], &back).ok().stdout;
+    assert!(plan.contains("capture") && plan.contains("wal") && plan.contains("trigger"), "{plan}");
+    run(&s, &["apply", "--yes"], &back).ok();
+    assert_eq!(s.sql("a", slots), "0", "the WAL capture slot of db a is still there");
+    s.sql("a", "INSERT INTO items VALUES (2, 'through the triggers')");
+    assert_eq!(s.run("ab")["run"]["state"], "good");
+    assert_eq!(s.sql("b", "SELECT v FROM items WHERE id = 2"), "through the triggers");
+    // Not a PostgreSQL value: refused, saying what is allowed, nothing changed.
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &triggers.replacen("user = \"postgres\"\n", "user = \"postgres\"\ncapture = \"logical\"\n", 1),
+    );
+    let refused = run(&s, &["apply", "--yes"], &bad);
+    assert!(!refused.success() && refused.stderr.contains("capture=wal"), "{}", refused.stderr);
+}

@@ -116,7 +116,8 @@ pub async fn apply(ctx: &Context, args: ApplyArgs) -> Result<()> {
         confirm(&planned.plan)?;
     }
     let shown = planned.plan.lines();
-    let (lines, warnings) = cat
+    let slots = declare::apply::prepare_wal_slots(cat.client(), &planned.current, &planned.desired).await?;
+    let changed = cat
         .change(async |tx| {
             // The plan was made outside this transaction: apply only what was shown.
             let now = State::read(tx).await?;
@@ -134,7 +135,14 @@ pub async fn apply(ctx: &Context, args: ApplyArgs) -> Result<()> {
             lines.extend(leaving.apply(tx, &ctx.out, false).await?);
             Ok((lines, applied.warnings))
         })
-        .await?;
+        .await;
+    let (lines, warnings) = match changed {
+        Ok(done) => done,
+        Err(err) => {
+            declare::apply::drop_wal_slots(cat.client(), &slots).await;
+            return Err(err);
+        }
+    };
     for warning in warnings {
         ctx.out.warn(warning);
     }

@@ -32,6 +32,51 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
+/// The WAL capture slots of the dbs `desired` moves to capture = "wal",
+/// made before the catalog's transaction (a slot waits for every open
+/// transaction, that one included: see `capture::create_wal_slot`). A
+/// refusal (wal_level, free slots) stops the apply before anything changed.
+/// Returns the dbs whose slot was made here, to drop if the apply fails.
+pub async fn prepare_wal_slots(
+    catalog_client: &impl tokio_postgres::GenericClient,
+    current: &State,
+    desired: &State,
+) -> Result<Vec<catalog::dbs::DbRecord>> {
+    let mut made = Vec::new();
+    for (name, db) in &desired.dbs {
+        let was_wal = current.dbs.get(name).is_some_and(|c| c.capture == crate::capture::CaptureMode::Wal);
+        if db.capture != crate::capture::CaptureMode::Wal || db.target.is_some() || was_wal {
+            continue;
+        }
+        let record = catalog::dbs::DbRecord {
+            name: name.clone(),
+            conn: db.conn.clone(),
+            status: db.status.clone(),
+            target: None,
+            capture: db.capture,
+        };
+        match crate::sync::setup::prepare_wal_slot(catalog_client, &record).await {
+            Ok(true) => made.push(record),
+            Ok(false) => {}
+            Err(err) => {
+                drop_wal_slots(catalog_client, &made).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Drops the slots `prepare_wal_slots` made, after a failed apply; a slot
+/// that cannot be dropped is logged with its db (it would hold WAL).
+pub async fn drop_wal_slots(catalog_client: &impl tokio_postgres::GenericClient, made: &[catalog::dbs::DbRecord]) {
+    for record in made {
+        if let Err(err) = crate::sync::setup::drop_wal_slot(catalog_client, record).await {
+            tracing::warn!(db = %record.name, error = %err, "the WAL capture slot made for the apply was not dropped; drop it by hand (it holds the server's WAL)");
+        }
+    }
+}
+
 pub async fn apply(tx: &Transaction<'_>, plan: &Plan, current: &State, desired: &State) -> Result<Applied> {
     let mut done = Applied::default();
     let desired_sync = |name: &str| desired.syncs.get(name);
@@ -80,12 +125,17 @@ pub async fn apply(tx: &Transaction<'_>, plan: &Plan, current: &State, desired: 
                     check_connects(&step.name, &db.conn).await?;
                 }
                 if step.action == Action::Add {
-                    catalog::dbs::add(tx, &step.name, &db.conn, crate::capture::CaptureMode::Trigger).await?;
+                    catalog::dbs::add(tx, &step.name, &db.conn, db.capture).await?;
                 }
-                // The capture mode is not declared (yet): it stays as set.
                 let mut record = catalog::dbs::get(tx, &step.name).await?;
+                if record.capture != db.capture {
+                    // The switch happens on the db with this transaction (the
+                    // slot was made before it: `prepare_wal_slots`).
+                    done.dbs.insert(step.name.clone());
+                }
                 record.conn = db.conn.clone();
                 record.status = db.status.clone();
+                record.capture = db.capture;
                 catalog::dbs::update(tx, &record).await?;
             }
         }

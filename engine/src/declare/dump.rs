@@ -62,6 +62,7 @@ pub fn to_config(state: &State) -> Config {
             connect_timeout: c.connect_timeout,
             target_session_attrs: c.target_session_attrs.clone(),
             status: (db.status != "active").then(|| db.status.clone()),
+            capture: (db.capture != crate::capture::CaptureMode::Trigger).then(|| db.capture.as_str().to_string()),
         };
         config.dbs.insert(name.clone(), spanned(spec));
     }

@@ -120,6 +120,10 @@ pub struct DbSpec {
     /// active (the default) or inactive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// trigger (the default) or wal: how changes are captured where the db
+    /// is a source (as `ibex update db NAME capture=...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
 }
 
 /// A table; its key is found on `db` when it is added (`pkey`: a unique

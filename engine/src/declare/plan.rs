@@ -228,6 +228,9 @@ fn db_changes(c: &DbState, d: &DbState) -> Vec<FieldChange> {
         let new = d.password_env.as_ref().map_or("(set)".to_string(), |v| format!("(from ${v})"));
         changes.push(change("password", "(stored)", &new));
     }
+    if c.capture != d.capture {
+        changes.push(change("capture", c.capture.as_str(), d.capture.as_str()));
+    }
     if c.conn.password != d.conn.password {
         let new = match (&d.conn.password, &d.password_env) {
             (None, _) => "(none)".to_string(),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use tokio_postgres::GenericClient;
 
 use super::model::{Config, PortSpec, Source};
+use crate::capture::CaptureMode;
 use crate::catalog::manifest::{Manifest, PluginKind, table_name};
 use crate::catalog::{self, DbGroup, DbGroupMember, RelKind, SyncParams, SyncRecord, check_name};
 use crate::error::{Error, Result};
@@ -25,6 +26,7 @@ pub struct DbState {
     pub password_env: Option<String>,
     /// None for PostgreSQL; else the foreign target.
     pub target: Option<TargetSpec>,
+    pub capture: CaptureMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,9 +112,16 @@ impl State {
             }
         }
         for db in catalog::dbs::list(c).await? {
-            state
-                .dbs
-                .insert(db.name, DbState { conn: db.conn, status: db.status, password_env: None, target: db.target });
+            state.dbs.insert(
+                db.name,
+                DbState {
+                    conn: db.conn,
+                    status: db.status,
+                    password_env: None,
+                    target: db.target,
+                    capture: db.capture,
+                },
+            );
         }
         for p in catalog::plugin::list(c).await? {
             state.plugins.insert(p.name, PluginState { sha256: p.sha256, manifest: p.manifest, path: None });
@@ -332,7 +341,13 @@ fn resolve_db(
         let conn = ConnInfo { dbname: target.describe(), ..ConnInfo::default() };
         let status = spec.status.clone().unwrap_or_else(|| "active".into());
         let password_env = spec.password_env.as_ref().map(|v| v.get_ref().clone());
-        return Ok(DbState { conn, status, password_env, target: Some(target) });
+        if spec.capture.is_some() {
+            return Err(src.error(
+                spanned.span(),
+                format!("db {name}: capture belongs to a PostgreSQL db (a foreign db is only ever a target)"),
+            ));
+        }
+        return Ok(DbState { conn, status, password_env, target: Some(target), capture: CaptureMode::Trigger });
     }
     if spec.path.is_some() || spec.dir.is_some() || spec.dialect.is_some() {
         return Err(src.error(
@@ -377,7 +392,17 @@ fn resolve_db(
         // Left out: the stored password (if any) stays.
         None => current.and_then(|c| c.conn.password.clone()),
     };
-    Ok(DbState { conn, status: spec.status.clone().unwrap_or_else(|| "active".into()), password_env, target: None })
+    let capture = match &spec.capture {
+        Some(text) => CaptureMode::parse(text).map_err(at)?,
+        None => CaptureMode::Trigger,
+    };
+    Ok(DbState {
+        conn,
+        status: spec.status.clone().unwrap_or_else(|| "active".into()),
+        password_env,
+        target: None,
+        capture,
+    })
 }
 
 /// `type = "sqlite"`, `"flatfile"` or `"mariadb"`: a target that is not
