@@ -250,12 +250,15 @@ Named so that nobody reads the table as covering them:
   declared). The keepalive row above shortens the kernel's probing to
   2 s × 3 for the run, so what it shows is that the expiry is noticed and
   recovered from, not how long it takes with the defaults.
-- **The server's side of a dead path.** ibex asks the server to probe its
-  sessions after 60 s idle, every 10 s, 6 times (`tcp_keepalives_*`), so a
-  backend whose ibex vanished without a FIN (holding an apply's row locks)
-  ends within about two minutes; a test checks the server's timers. No
-  scenario here drops packets to a backend in the middle of a transaction
-  and measures that end.
+- **The server's side of a dead path.** A backend whose ibex connection
+  was dropped without a FIN can hold an unfinished apply's row locks. A KID
+  ends the backends of its dropped connections at its next connect
+  (`daemon::a_backend_left_behind_a_dead_path_is_ended_at_the_next_connect`
+  drops one run's packets while it holds a row lock), and ibex asks the
+  server to probe its sessions after 60 s idle, every 10 s, 6 times
+  (`tcp_keepalives_*`; a test checks the server's timers) for a daemon that
+  is gone for good. Neither is a scenario of this suite, and the server's
+  own expiry of an idle backend is not timed here.
 - **Keepalive on a connection with data in flight.** A connection waiting
   for an answer to something it sent is ended by TCP retransmission
   (`tcp_retries2`, about 15 minutes by default), not by keepalive; in the
