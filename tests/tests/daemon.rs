@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ibex_tests::faults::wait_until;
 use ibex_tests::{Cluster, Daemon, Setup};
 
 /// Polls `check` every 20 ms until it holds or `limit` passes.
@@ -477,29 +478,21 @@ async fn a_backend_left_behind_a_dead_path_is_ended_at_the_next_connect() {
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
     let waiting = "SELECT pid || ' ' || client_port FROM pg_stat_activity
                     WHERE datname = 'dst' AND application_name = 'ibex kid dead' AND wait_event_type = 'Lock'";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let found = loop {
-        let found = s.sql("dst", waiting);
-        if !found.is_empty() {
-            break found;
-        }
-        assert!(Instant::now() < deadline, "the run never waited on the lock:\n{}", d.log());
-        thread::sleep(Duration::from_millis(50));
-    };
+    let mut found = String::new();
+    wait_until(&d, "the run waiting on the lock", Duration::from_secs(60), || {
+        found = s.sql("dst", waiting);
+        !found.is_empty()
+    })
+    .unwrap();
     let (pid, port) = found.lines().next().and_then(|l| l.split_once(' ')).expect("pid and port");
     let port: u16 = port.parse().expect("a client port");
     let mut path = ibex_tests::proxy::PacketDrop::start(port).expect("dropping the run's packets (iptables, as root)");
     locker.batch_execute("COMMIT").await.unwrap();
     // The stale backend deletes row 1 and waits for a client that is gone.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while s.sql("dst", "SELECT coalesce((SELECT v FROM t WHERE id = 1), '')") != "new" {
-        assert!(
-            Instant::now() < deadline,
-            "no run got past the dropped connection's row lock within 40 s:\n{}",
-            d.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(&d, "a run past the dropped connection's row lock", Duration::from_secs(40), || {
+        s.sql("dst", "SELECT coalesce((SELECT v FROM t WHERE id = 1), '')") == "new"
+    })
+    .unwrap();
     let alive = s.sql("dst", &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"));
     assert_eq!(alive, "0", "the dropped connection's backend {pid} still runs");
     assert!(d.log().contains("ended backends of dropped connections"), "{}", d.log());

@@ -41,16 +41,18 @@ fn escape(value: &str) -> String {
     out
 }
 
+/// `-c name=value`, escaped.
+fn setting(&(name, value): &(&str, &str)) -> String {
+    format!("-c {name}={}", escape(value))
+}
+
 /// The startup `options`: ibex's keepalive defaults, then the user's own,
 /// then ibex's pinned ones, so the user's win over the defaults and the
 /// pinned ones over everything.
 pub fn startup_options(user_options: Option<&str>) -> String {
-    let mut parts: Vec<String> =
-        SERVER_KEEPALIVE.iter().map(|(name, value)| format!("-c {name}={}", escape(value))).collect();
+    let mut parts: Vec<String> = SERVER_KEEPALIVE.iter().map(setting).collect();
     parts.extend(user_options.filter(|o| !o.trim().is_empty()).map(str::to_string));
-    for (name, value) in PINNED {
-        parts.push(format!("-c {name}={}", escape(value)));
-    }
+    parts.extend(PINNED.iter().map(setting));
     parts.join(" ")
 }
 

@@ -106,10 +106,9 @@ impl Kid {
 
     /// Replaces the plan (after a catalog change); connections are redone.
     pub fn set_plan(&mut self, plan: Plan) {
-        // Before the plan changes: the dropped backends are named by its dbs.
-        self.disconnect();
         self.window_limit = plan.settings.window_rows;
         self.plan = plan;
+        self.disconnect();
         self.specs = None;
     }
 
@@ -119,7 +118,17 @@ impl Kid {
         self.lease = Some(token);
     }
 
+    /// Drops the connections; each tells its server it is leaving, so
+    /// their backends end by themselves.
     pub fn disconnect(&mut self) {
+        self.backends.clear();
+        self.clients.clear();
+    }
+
+    /// Drops connections that may not be able to say so (a run that
+    /// outlasted run_timeout, a failed run, a lost connection): their
+    /// backends are ended at the next connect (`end_dropped`).
+    fn abandon(&mut self) {
         let names = self.plan.dbs.iter().map(|db| db.name.clone());
         self.dropped.extend(names.zip(self.backends.drain(..)));
         self.clients.clear();
@@ -134,7 +143,8 @@ impl Kid {
             return Ok(());
         }
         if !self.clients.is_empty() {
-            self.disconnect();
+            // One of them was lost.
+            self.abandon();
         }
         let app = application_name(&self.plan.sync.name);
         let clients = try_join_all(self.plan.dbs.iter().map(|db| {
@@ -325,7 +335,7 @@ impl Kid {
                 if let Error::Plugin { failure, .. } = &err {
                     record.plugin_failure = Some(*failure);
                 }
-                self.disconnect();
+                self.abandon();
                 self.specs = None;
             }
         }
@@ -376,7 +386,7 @@ impl Kid {
                 Ok(result) => result,
                 Err(_) => {
                     // Dropping the connections rolls every database back.
-                    self.disconnect();
+                    self.abandon();
                     if attempt < limit && self.window_limit > MIN_WINDOW_ROWS {
                         self.window_limit = (self.window_limit / 2).max(MIN_WINDOW_ROWS);
                         tracing::warn!(
