@@ -112,6 +112,10 @@ fn main() -> Result<()> {
         cap_secs: number(&args, "--cap-secs", Scales::FULL.cap_secs)?,
         conflicts: number(&args, "--conflicts", Scales::FULL.conflicts)?,
     };
+    // Before any cluster starts: installing plperl can upgrade the server
+    // package, and a server started from the old binaries cannot load the
+    // new plperl.so (an undefined symbol), so Bucardo's install would fail.
+    bucardo::ensure_installed()?;
     let command = std::iter::once("ibex-bench".to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ");
     let provenance = Provenance::gather(command, scales)?;
     let out = match text(&args, "--out")? {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::{Error, ErrorKind, PgContext, PluginFailure, Result};
@@ -119,9 +120,11 @@ const SELECT: &str = "SELECT id, sync, started_at, ended_at, state, inserted, de
 
 pub async fn start(c: &impl GenericClient, sync: &str, started_at: DateTime<Utc>) -> Result<i64> {
     let row = c
-        .query_one(
+        // Typed, here and in `finish`: one round trip each, no prepare, as
+        // they come between one run and the next.
+        .query_typed_one(
             "INSERT INTO ibex.run (sync, started_at, state) VALUES ($1, $2, 'running') RETURNING id",
-            &[&sync, &started_at],
+            &[(&sync, Type::TEXT), (&started_at, Type::TIMESTAMPTZ)],
         )
         .await
         .ctx(|| format!("recording the start of a run of sync {sync:?}"))?;
@@ -138,26 +141,26 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
         .map_err(|err| Error::Catalog(format!("cannot record table counts: {err}")))?;
     let phases = serde_json::to_value(&run.phases)
         .map_err(|err| Error::Catalog(format!("cannot record phase timings: {err}")))?;
-    c.execute(
+    c.execute_typed(
         "UPDATE ibex.run SET ended_at = $2, state = $3, inserted = $4, deleted = $5, conflicts = $6,
                 attempts = $7, tables = $8, error = $9, window_rows = $10, backlog = $11, phases = $12,
                 error_kind = $13, plugin_failure = $14
           WHERE id = $1",
         &[
-            &run.id,
-            &run.ended_at,
-            &run.state.as_str(),
-            &run.inserted,
-            &run.deleted,
-            &run.conflicts,
-            &run.attempts,
-            &tables,
-            &run.error,
-            &run.window_rows,
-            &run.backlog,
-            &phases,
-            &as_text(&run.error_kind),
-            &as_text(&run.plugin_failure),
+            (&run.id, Type::INT8),
+            (&run.ended_at, Type::TIMESTAMPTZ),
+            (&run.state.as_str(), Type::TEXT),
+            (&run.inserted, Type::INT8),
+            (&run.deleted, Type::INT8),
+            (&run.conflicts, Type::INT8),
+            (&run.attempts, Type::INT4),
+            (&tables, Type::JSONB),
+            (&run.error, Type::TEXT),
+            (&run.window_rows, Type::INT8),
+            (&run.backlog, Type::INT8),
+            (&phases, Type::JSONB),
+            (&as_text(&run.error_kind), Type::TEXT),
+            (&as_text(&run.plugin_failure), Type::TEXT),
         ],
     )
     .await

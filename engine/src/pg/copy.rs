@@ -95,15 +95,16 @@ pub async fn copy_fanout_with_progress(
     receivers: &[(&Client, String)],
     mut forwarded: impl FnMut(&[u8]) + Send,
 ) -> Result<Vec<u64>> {
-    let stream = source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}"))?;
-    let mut sinks = Vec::with_capacity(receivers.len());
-    for sink in try_join_all(receivers.iter().map(|(client, sql)| async move {
-        client.copy_in::<_, Bytes>(sql.as_str()).await.ctx(|| format!("starting {sql}"))
-    }))
-    .await?
-    {
-        sinks.push(Box::pin(sink));
-    }
+    // The source and the receivers start at once: each start is a prepare
+    // and an execute, two round trips that would otherwise add up.
+    let (stream, sinks) = futures_util::future::try_join(
+        async { source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}")) },
+        try_join_all(receivers.iter().map(|(client, sql)| async move {
+            client.copy_in::<_, Bytes>(sql.as_str()).await.ctx(|| format!("starting {sql}"))
+        })),
+    )
+    .await?;
+    let mut sinks: Vec<_> = sinks.into_iter().map(Box::pin).collect();
     let mut stream = pin!(stream);
     let mut pending = BytesMut::with_capacity(FORWARD_CHUNK);
     loop {

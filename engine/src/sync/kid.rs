@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use super::cycle::{Cycle, CycleOutcome, NewCursor, RunPlugins, Transform};
 use super::plan::Plan;
@@ -75,6 +76,10 @@ pub struct Kid {
 /// The smallest window a timeout can shrink it to.
 const MIN_WINDOW_ROWS: u64 = 1000;
 
+/// How long a failed attempt's ROLLBACK may take before its connections
+/// are dropped instead.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Kid {
     pub fn new(plan: Plan) -> Self {
         let window_limit = plan.settings.window_rows;
@@ -123,6 +128,23 @@ impl Kid {
     pub fn disconnect(&mut self) {
         self.backends.clear();
         self.clients.clear();
+    }
+
+    /// Rolls back a failed attempt on every connection, keeping them for
+    /// the retry (a reconnect costs more than the attempt). A connection
+    /// that does not roll back within ROLLBACK_TIMEOUT (a statement of the
+    /// attempt still waiting on a lock) is abandoned with the rest.
+    async fn roll_back(&mut self) {
+        let clients = self.clients.clone();
+        let rolled = tokio::time::timeout(
+            ROLLBACK_TIMEOUT,
+            try_join_all(clients.iter().map(|c| async move { c.batch_execute("ROLLBACK").await })),
+        )
+        .await;
+        if !matches!(rolled, Ok(Ok(_))) {
+            tracing::info!(sync = %self.plan.sync.name, "a connection did not roll back; reconnecting");
+            self.abandon();
+        }
     }
 
     /// Drops connections that may not be able to say so (a run that
@@ -349,7 +371,10 @@ impl Kid {
         record.ended_at = Some(Utc::now());
         catalog::runs::finish(catalog_client, &record, &conflicts).await?;
         catalog_client
-            .execute("SELECT pg_notify($1, $2)", &[&syncdone_channel(&sync), &record.id.to_string()])
+            .execute_typed(
+                "SELECT pg_notify($1, $2)",
+                &[(&syncdone_channel(&sync), Type::TEXT), (&record.id.to_string(), Type::TEXT)],
+            )
             .await
             .ctx(|| "announcing the end of the run".into())?;
         tracing::debug!(sync = %sync, us = clock.elapsed().as_micros() as u64, "step: run finished in the catalog");
@@ -427,9 +452,10 @@ impl Kid {
                 }
                 Err(err) if err.is_transient() && attempt < limit => {
                     tracing::info!(sync = %self.plan.sync.name, attempt, error = %err, "retrying with the tables locked");
-                    // Dropping the connections rolls every database back.
-                    self.disconnect();
-                    let backoff = Duration::from_millis(50 * u64::from(attempt.min(20)));
+                    self.roll_back().await;
+                    // The first retry holds the writers off, so it need not
+                    // wait; later ones (a lock still taken) back off.
+                    let backoff = Duration::from_millis(50 * u64::from((attempt - 1).min(20)));
                     tokio::time::sleep(backoff).await;
                 }
                 Err(err) => return (Err(err), attempt),
@@ -535,13 +561,14 @@ impl Kid {
         let sync = self.plan.sync.name.as_str();
         let snapshot_type = self.caps.get(db).map(|c| c.xids).unwrap_or_default().snapshot_type();
         let name = self.plan.dbs[db].name.as_str();
+        // Typed: one round trip, no prepare.
         let moved = self.clients[db]
-            .execute(
+            .execute_typed(
                 &format!(
                     "UPDATE ibex.cursor SET snapshot = $2::text::{snapshot_type}, updated_at = now()
                       WHERE sync = $1 AND NOT EXISTS (SELECT 1 FROM ibex.fence f WHERE f.sync = $1 AND f.token > $3)"
                 ),
-                &[&sync, &snapshot, &self.fence],
+                &[(&sync, Type::TEXT), (&snapshot, Type::TEXT), (&self.fence, Type::INT8)],
             )
             .await
             .ctx(|| format!("advancing the cursor of sync {sync} on db {name}"))?;

@@ -15,7 +15,8 @@ pub fn copy_in_sql(table: &TableSpec) -> String {
     format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options())
 }
 
-/// An empty key table on this connection. It lives as long as the
+/// An empty key table on this connection (one simple query, sent when
+/// the future is first polled, like `delete_loaded`). It lives as long as the
 /// connection; ON COMMIT DELETE ROWS empties it in place at every commit
 /// (TRUNCATE would make a new file each time), and within one run the
 /// merge empties it with DELETE before reusing it.
@@ -41,30 +42,28 @@ pub fn loaded_keys(name: &str, rows: u64) -> String {
 }
 
 /// Deletes the keys loaded into the temp table `keys` (`loaded` of them).
+/// It is one message (one simple query), sent when the future is first
+/// polled: a statement polled after it on the same connection runs after it.
 pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableSpec, loaded: u64) -> Result<u64> {
     if loaded == 0 {
         return Ok(0);
     }
-    if loaded > 1000 {
-        // Without statistics the planner guesses the key table is tiny.
-        client
-            .batch_execute(&format!("ANALYZE pg_temp.{}", quote_ident(keys)))
-            .await
-            .ctx(|| format!("analyzing keys on db {db}"))?;
-    }
-    // One round trip: the simple protocol returns the count without a
-    // separate prepare.
+    // Without statistics the planner guesses the key table is tiny.
+    let analyze = if loaded > 1000 { format!("ANALYZE pg_temp.{}; ", quote_ident(keys)) } else { String::new() };
+    // The simple protocol returns the count without a separate prepare.
     let messages = client
         .simple_query(&format!(
-            "DELETE FROM {} t USING {} k WHERE {}",
+            "{analyze}DELETE FROM {} t USING {} k WHERE {}",
             table.quoted(),
             loaded_keys(keys, loaded),
             table.key_join("t", "k")
         ))
         .await
         .ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
+    // The DELETE's count is the last one (ANALYZE's comes before it).
     Ok(messages
         .iter()
+        .rev()
         .find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
             _ => None,

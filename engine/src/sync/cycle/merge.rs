@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 
 use super::{Cycle, pg_micros, read_key, temp_name};
 use crate::catalog::ConflictRecord;
@@ -59,8 +59,8 @@ pub(super) const PLUGIN_BATCH: usize = 1000;
 
 impl<'a> Cycle<'a> {
     pub(super) async fn newest_per_source(&self) -> Result<Vec<Version>> {
-        let mut out = Vec::new();
-        for src in self.plan.sources() {
+        let sources: Vec<DbId> = self.plan.sources().collect();
+        let newest = try_join_all(sources.iter().map(|&src| async move {
             let window = self.window(src)?;
             let parts: Vec<String> = self
                 .tables
@@ -68,18 +68,18 @@ impl<'a> Cycle<'a> {
                 .map(|t| format!("(SELECT max(d.changed_at) FROM {} d WHERE {window})", t.delta()))
                 .collect();
             if parts.is_empty() {
-                continue;
+                return Ok(None);
             }
             let row = self
                 .client(src)
-                .query_one(&format!("SELECT greatest({})", parts.join(", ")), &[])
+                .query_typed_one(&format!("SELECT greatest({})", parts.join(", ")), &[])
                 .await
                 .ctx(|| format!("finding the newest change on db {}", self.db_name(src)))?;
-            if let Some(at) = row.get::<_, Option<DateTime<Utc>>>(0) {
-                out.push(Version { db: src, changed_at: pg_micros(at) });
-            }
-        }
-        Ok(out)
+            let at = row.try_get::<_, Option<DateTime<Utc>>>(0).ctx(|| "reading a change time".into())?;
+            Ok::<_, Error>(at.map(|at| Version { db: src, changed_at: pg_micros(at) }))
+        }))
+        .await?;
+        Ok(newest.into_iter().flatten().collect())
     }
 
     /// Several sources changed this table: merge their changed keys in
@@ -96,37 +96,52 @@ impl<'a> Cycle<'a> {
         // whatever its collation, and the order Rust compares bytes in.
         let order: Vec<String> =
             table.key.iter().map(|c| format!("{}(d.{})", c.send_fn, quote_ident(&c.name))).collect();
-        let mut gathers = Vec::new();
         // When a window was cut short, changes past its end are read too:
         // they take part in settling keys changed inside, never alone.
         let contended = self.contended();
-        for (n, &src) in sources.iter().enumerate() {
-            let cursor = format!("ibex_gather_{n}");
-            let window = if contended { self.whole_window(src)? } else { self.window(src)? };
-            let inside = if contended { self.in_window(src)? } else { "true".into() };
-            self.client(src)
-                .batch_execute(&format!(
-                    "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {}, max(d.changed_at), {render}, bool_or({inside}) FROM {} d WHERE {window} GROUP BY {} ORDER BY {}",
+        let chunk_keys = self.plan.settings.chunk_keys;
+        let fetch = chunk_keys.clamp(100, 10_000);
+        // One cursor per source, declared on all of them at once; each
+        // DECLARE and its first FETCH go out together (pipelined in that
+        // order on the one connection), one round trip in all.
+        let this = &*self;
+        let mut gathers = try_join_all(sources.iter().enumerate().map(|(n, &src)| {
+            let (order, render) = (&order, &render);
+            async move {
+                let mut gather =
+                    Gather { db: src, cursor: format!("ibex_gather_{n}"), buffer: VecDeque::new(), exhausted: false };
+                let window = if contended { this.whole_window(src)? } else { this.window(src)? };
+                let inside = if contended { this.in_window(src)? } else { "true".into() };
+                // CLOSE ALL ends the cursors of the table merged before this
+                // one in the same message (the last table's close at commit).
+                let declare = format!(
+                    "CLOSE ALL; DECLARE {} NO SCROLL CURSOR FOR SELECT {}, max(d.changed_at), {render}, bool_or({inside}) FROM {} d WHERE {window} GROUP BY {} ORDER BY {}",
+                    gather.cursor,
                     table.key_list_of("d"),
                     table.delta(),
                     table.key_list_of("d"),
                     order.join(", ")
-                ))
-                .await
-                .ctx(|| format!("reading changed keys of {} on db {}", table.name, self.db_name(src)))?;
-            gathers.push(Gather { db: src, cursor, buffer: VecDeque::new(), exhausted: false });
-        }
-        let chunk_keys = self.plan.settings.chunk_keys;
-        let fetch = chunk_keys.clamp(100, 10_000);
+                );
+                let declared = async {
+                    this.client(src)
+                        .batch_execute(&declare)
+                        .await
+                        .ctx(|| format!("reading changed keys of {} on db {}", table.name, this.db_name(src)))
+                };
+                try_join(declared, this.fetch(&mut gather, ti, fetch)).await?;
+                Ok::<_, Error>(gather)
+            }
+        }))
+        .await?;
         let mut abort_keys: Vec<String> = Vec::new();
         let mut chunk: Chunk = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         loop {
-            for g in gathers.iter_mut() {
-                if g.buffer.is_empty() && !g.exhausted {
-                    self.fetch(g, ti, fetch).await?;
-                }
-            }
+            // The sources whose buffers ran dry are read again at once.
+            try_join_all(
+                gathers.iter_mut().filter(|g| g.buffer.is_empty() && !g.exhausted).map(|g| self.fetch(g, ti, fetch)),
+            )
+            .await?;
             let Some(min) = gathers.iter().filter_map(|g| g.buffer.front()).map(|k| &k.fields).min().cloned() else {
                 break;
             };
@@ -197,12 +212,6 @@ impl<'a> Cycle<'a> {
         if !chunk.is_empty() {
             self.flush(ti, chunk).await?;
         }
-        for g in &gathers {
-            self.client(g.db)
-                .batch_execute(&format!("CLOSE {}", g.cursor))
-                .await
-                .ctx(|| format!("closing a cursor on db {}", self.db_name(g.db)))?;
-        }
         Ok(())
     }
 
@@ -210,7 +219,8 @@ impl<'a> Cycle<'a> {
         let nkeys = self.table(ti).key.len();
         let rows = self
             .client(g.db)
-            .query(&format!("FETCH FORWARD {n} FROM {}", g.cursor), &[])
+            // Typed: one round trip, no prepare (results come back binary).
+            .query_typed(&format!("FETCH FORWARD {n} FROM {}", g.cursor), &[])
             .await
             .ctx(|| format!("reading changed keys of {} on db {}", self.table(ti).name, self.db_name(g.db)))?;
         if rows.len() < n {
@@ -303,28 +313,39 @@ impl<'a> Cycle<'a> {
             }
             return Ok(());
         }
+        // Per db at once: its keys to delete loaded and deleted, and, on a
+        // winner, the keys it sends loaded. The key tables are made in the
+        // same pipeline as the COPY into them (one message each, so first).
         let this = &*self;
+        let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, data)| (w, data.rows())).collect();
         let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
-            let load = load_sql(&del);
-            let del = del.clone();
+            let (load_del, load_send) = (load_sql(&del), load_sql(&send));
+            let (del, send) = (&del, &send);
+            let sent = to_send.remove(&d).map(BinaryCopyBuilder::finish);
             async move {
-                this.ensure_temp(d, &del, table).await?;
                 let rows = data.rows();
-                if rows == 0 {
-                    return Ok(0);
+                if rows > 0 {
+                    try_join(this.ensure_temp(d, del, table), copy_in_bytes(this.client(d), &load_del, data.finish()))
+                        .await?;
                 }
-                copy_in_bytes(this.client(d), &load, data.finish()).await?;
-                this.delete_loaded(d, &del, table, rows).await
+                let sending = async {
+                    if let Some(keys) = sent {
+                        try_join(this.ensure_temp(d, send, table), copy_in_bytes(this.client(d), &load_send, keys))
+                            .await?;
+                    }
+                    Ok::<_, Error>(())
+                };
+                let (n, ()) = try_join(this.delete_loaded(d, del, table, rows), sending).await?;
+                Ok::<_, Error>(n)
             }
         }))
         .await?;
         for (&d, n) in dbs.iter().zip(deleted) {
             self.count(ti, d, n as i64, 0);
         }
-        for (w, data) in to_send {
-            self.ensure_temp(w, &send, table).await?;
-            let sending = data.rows();
-            copy_in_bytes(self.client(w), &load_sql(&send), data.finish()).await?;
+        // Then each winner's rows to the others, one COPY stream at a time
+        // (two at once could each wait on the other's connection).
+        for (w, sending) in sends {
             let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != w).collect();
             if receivers.is_empty() {
                 continue;

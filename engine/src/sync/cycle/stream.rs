@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 use tokio_postgres::Client;
 
 use super::{Cycle, temp_name};
@@ -95,7 +95,6 @@ impl<'a> Cycle<'a> {
         }
         let window = self.window(src)?;
         let keys = temp_name("del", table);
-        try_join_all(receivers.iter().map(|&d| self.ensure_temp(d, &keys, table))).await?;
         // In key order: the delete then visits the target's rows in index
         // (for most tables, physical) order; in hash order 1M deletes took
         // three times as long.
@@ -108,7 +107,12 @@ impl<'a> Cycle<'a> {
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&keys), table.key_list());
         let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (self.client(d), load_sql.clone())).collect();
         let step = std::time::Instant::now();
-        let loaded = copy_fanout(self.client(src), &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))?;
+        // Pipelined: each key table is made (one message) before the COPY
+        // into it is even prepared, on the same connection.
+        let (_, loaded) = try_join(try_join_all(receivers.iter().map(|&d| self.ensure_temp(d, &keys, table))), async {
+            copy_fanout(self.client(src), &key_sql, &targets).await.map_err(|e| self.table_error(e, ti))
+        })
+        .await?;
         tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
         // The source's current rows of the window's keys.
         let rows_from = format!(
@@ -127,12 +131,15 @@ impl<'a> Cycle<'a> {
             return Ok(());
         }
         let step = std::time::Instant::now();
-        let deleted =
-            try_join_all(receivers.iter().zip(&loaded).map(|(&d, &n)| self.delete_loaded(d, &keys, table, n))).await?;
-        tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "changed rows deleted");
-        let step = std::time::Instant::now();
-        let inserted = self.copy_rows(ti, src, &rows_from, &receivers).await?;
-        tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "rows copied");
+        // Pipelined: each receiver's DELETE (one message) is sent before
+        // the COPY of the new rows is, so it runs first; the source starts
+        // its COPY meanwhile.
+        let (deleted, inserted) = try_join(
+            try_join_all(receivers.iter().zip(&loaded).map(|(&d, &n)| self.delete_loaded(d, &keys, table, n))),
+            self.copy_rows(ti, src, &rows_from, &receivers),
+        )
+        .await?;
+        tracing::debug!(table = %table.name, ms = step.elapsed().as_millis() as u64, "changed rows replaced");
         for ((&d, del), ins) in receivers.iter().zip(deleted).zip(inserted) {
             self.count(ti, d, del as i64, ins as i64);
         }

@@ -159,7 +159,7 @@ impl<'a> Cycle<'a> {
                 );
                 let row = self
                     .client(src)
-                    .query_one(&sql, &[])
+                    .query_typed_one(&sql, &[])
                     .await
                     .ctx(|| format!("looking for changes on db {}", self.db_name(src)))?;
                 let read = |e| Error::Postgres { context: "reading the probe".into(), source: e };
@@ -236,7 +236,7 @@ impl<'a> Cycle<'a> {
                 .collect();
             let row = self
                 .client(*src)
-                .query_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
+                .query_typed_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
                 .await
                 .ctx(|| format!("measuring the window on db {}", self.db_name(*src)))?;
             Ok::<_, Error>((*src, row.get::<_, i64>(0)))
@@ -276,7 +276,7 @@ impl<'a> Cycle<'a> {
             // transaction than the limit allows.
             let row = self
                 .client(src)
-                .query_opt(
+                .query_typed_opt(
                     &format!(
                         "WITH per AS (SELECT u.txid, count(*) AS n FROM ({union}) u GROUP BY u.txid),
                               cumulative AS (SELECT txid, n, sum(n) OVER (ORDER BY txid) AS upto FROM per)
