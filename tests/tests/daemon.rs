@@ -75,6 +75,36 @@ async fn autokick_delivers_every_commit_under_load() {
     s.assert_same(&["src", "dst1", "dst2"], &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "marks"]);
 }
 
+/// Two masters under pgbench: the one-row pgbench_branches is written on
+/// both, so nearly every optimistic apply meets a write conflict and
+/// retries with the writers held off. After one, the daemon's next runs
+/// hold them off from the start: most runs need one attempt.
+#[test]
+fn after_a_write_conflict_runs_hold_writers_off_from_the_start() {
+    let s = Setup::new();
+    s.cluster.create_pgbench_db("m1", 1).unwrap();
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add all tables db=m1 herd=h").ok();
+    s.ibex.sh("add sync hot herd=h dbs=m1:source,m2:source").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let loads = [pgbench_in_background(&s.cluster, "m1", 8), pgbench_in_background(&s.cluster, "m2", 8)];
+    for load in loads {
+        load.join().unwrap();
+    }
+    d.run(&["kick", "hot", "--wait", "60"]).ok();
+    let counts = s.sql(
+        "ibex",
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE attempts > 1) FROM ibex.run WHERE sync = 'hot' AND state = 'good'",
+    );
+    let (runs, retried) = counts.split_once(' ').expect("two counts");
+    let (runs, retried): (u32, u32) = (runs.parse().unwrap(), retried.parse().unwrap());
+    eprintln!("{runs} runs under load, {retried} retried");
+    assert!(retried > 0, "no run met a write conflict, so this test showed nothing:\n{}", d.log());
+    assert!(retried * 2 < runs, "{retried} of {runs} runs retried after a write conflict:\n{}", d.log());
+    s.assert_same(&["m1", "m2"], &["pgbench_accounts", "pgbench_branches", "pgbench_tellers"]);
+}
+
 #[test]
 fn checktime_runs_without_kicks_and_kick_wait_reports() {
     let s = Setup::new();

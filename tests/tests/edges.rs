@@ -280,6 +280,43 @@ fn long_open_transaction_costs_nothing_extra() {
     rt.block_on(long.batch_execute("COMMIT")).unwrap();
 }
 
+/// A target row held by a writer: the first attempt gives up on it after
+/// a short wait instead of waiting it out (the wait could be one half of a
+/// deadlock, which the server breaks only after deadlock_timeout); the
+/// retry holds writers off and waits for the row.
+#[test]
+fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync held herd=h dbs=src:source,dst:target").ok();
+    s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Locks the row without changing it: waiting it out would succeed.
+    let holder = rt.block_on(async {
+        let c = s.cluster.connect("dst").await.unwrap();
+        c.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").await.unwrap();
+        c
+    });
+    let run = std::thread::scope(|scope| {
+        let running = scope.spawn(|| s.run("held"));
+        // Only a wait of over a second is let go: the first attempt's wait
+        // ends long before that.
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dst' AND wait_event_type = 'Lock'
+                        AND now() - query_start > interval '1 second'";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.sql("dst", waiting) != "1" {
+            assert!(Instant::now() < deadline, "no attempt waited on the held row");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+        running.join().unwrap()
+    });
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["attempts"], 2, "the first attempt waited out the held row: {run}");
+    assert_eq!(s.sql("dst", "SELECT v FROM t WHERE id = 1"), "new");
+}
+
 /// `id=v,...` of table items, by id.
 fn items(s: &Setup, db: &str) -> String {
     s.sql(db, "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM items")

@@ -130,6 +130,24 @@ fn bucardo_latency_failure(
     Ok(format!("mark {} never arrived on {} within 60 s. At fault: {verdict}; {arrival}", lost.id, lost.db))
 }
 
+/// What the daemon said while the marks were timed: its warnings and
+/// errors (a failed run explains a slow mark), and how many runs retried.
+/// `IBEX_BENCH_LOG_DIR` keeps the whole log there.
+fn report_daemon_log(log: &str, label: &str) {
+    let retried = log.lines().filter(|l| l.contains("retrying with the tables locked")).count();
+    let bad: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    eprintln!("  daemon, {label}: {retried} retries after a write conflict, {} warnings or errors", bad.len());
+    for line in bad.iter().take(3) {
+        eprintln!("    {line}");
+    }
+    if let Ok(dir) = std::env::var("IBEX_BENCH_LOG_DIR") {
+        let file = std::path::Path::new(&dir).join(format!("{}.log", label.replace([' ', ',', '='], "_")));
+        if let Err(err) = std::fs::write(&file, log) {
+            eprintln!("  cannot keep the daemon log in {}: {err}", file.display());
+        }
+    }
+}
+
 /// `name:source` for the first `masters` of `names`, `name:target` for the rest.
 fn roles(names: &[&str], masters: usize) -> String {
     names
@@ -166,6 +184,7 @@ fn ibex_latency(
     let loads = steady_load(&s.cluster, &names[..masters])?;
     let result = runtime.block_on(marks(&s.cluster, names, masters, samples));
     stop_load(loads);
+    report_daemon_log(&daemon.log(), label);
     drop(daemon);
     let (ms, lost) = result?;
     bench.profile(s, "latency", label, sync)?;

@@ -18,7 +18,7 @@ use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::cycle::{Cycle, CycleOutcome, NewCursor, RunPlugins, Transform};
+use super::cycle::{Cycle, CycleOutcome, NewCursor, RunPlugins, Transform, Writers};
 use super::plan::Plan;
 use super::validate::{self, TableSpec};
 use crate::catalog::sync::DdlPolicy;
@@ -71,10 +71,20 @@ pub struct Kid {
     paused: Vec<catalog::paused::PausedTable>,
     /// What the catalog last heard of `paused` (None: not written yet).
     paused_recorded: Option<Vec<catalog::paused::PausedTable>>,
+    /// Runs left that hold writers off from their first attempt, after a
+    /// run whose optimistic attempt met a write conflict.
+    held_off_runs: u32,
 }
 
 /// The smallest window a timeout can shrink it to.
 const MIN_WINDOW_ROWS: u64 = 1000;
+
+/// Runs that hold writers off from the start after a write conflict: under
+/// steady conflicts (writers on the same rows as the apply, as with
+/// pgbench's one-row branches table on several masters) almost every
+/// optimistic attempt fails and is wasted; every HELD_OFF_RUNS + 1-th run
+/// tries again without holding them off.
+const HELD_OFF_RUNS: u32 = 8;
 
 /// How long a failed attempt's ROLLBACK may take before its connections
 /// are dropped instead.
@@ -97,6 +107,7 @@ impl Kid {
             shapes: Vec::new(),
             paused: Vec::new(),
             paused_recorded: None,
+            held_off_runs: 0,
         }
     }
 
@@ -405,9 +416,17 @@ impl Kid {
             attempt += 1;
             // Optimistic first; a retry after a write conflict holds writers
             // off for its own run only.
-            let lock_tables = attempt > 1;
+            let writers = match attempt {
+                1 if self.held_off_runs > 0 => {
+                    self.held_off_runs -= 1;
+                    Writers::HeldOff
+                }
+                1 if limit > 1 => Writers::FailFast,
+                1 => Writers::Wait,
+                _ => Writers::HeldOff,
+            };
             let started = std::time::Instant::now();
-            let result = match tokio::time::timeout(timeout, self.attempt(lock_tables)).await {
+            let result = match tokio::time::timeout(timeout, self.attempt(writers)).await {
                 Ok(result) => result,
                 Err(_) => {
                     // Dropping the connections rolls every database back.
@@ -452,6 +471,9 @@ impl Kid {
                 }
                 Err(err) if err.is_transient() && attempt < limit => {
                     tracing::info!(sync = %self.plan.sync.name, attempt, error = %err, "retrying with the tables locked");
+                    if writers == Writers::FailFast {
+                        self.held_off_runs = HELD_OFF_RUNS;
+                    }
                     self.roll_back().await;
                     // The first retry holds the writers off, so it need not
                     // wait; later ones (a lock still taken) back off.
@@ -504,7 +526,7 @@ impl Kid {
         Ok(())
     }
 
-    async fn attempt(&mut self, lock_tables: bool) -> Result<CycleOutcome> {
+    async fn attempt(&mut self, writers: Writers) -> Result<CycleOutcome> {
         self.validate().await?;
         let specs = self.specs.clone().unwrap_or_default();
         let onetimecopy = self.plan.sync.params.onetimecopy;
@@ -525,7 +547,7 @@ impl Kid {
         let hooks = self.hooks()?;
         let plugins = RunPlugins { conflict: conflict_plugin, transforms, hooks };
         let outcome =
-            Cycle::new(&self.plan, &specs, &self.clients, lock_tables, plugins, Some(self.window_limit), &self.caps)
+            Cycle::new(&self.plan, &specs, &self.clients, writers, plugins, Some(self.window_limit), &self.caps)
                 .fenced(self.fence)
                 .expecting_shapes(&self.shapes)
                 .run(onetimecopy)

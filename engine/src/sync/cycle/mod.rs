@@ -64,7 +64,7 @@ pub struct Cycle<'a> {
     plan: &'a Plan,
     tables: &'a [TableSpec],
     clients: &'a [Arc<Client>],
-    lock_tables: bool,
+    writers: Writers,
     resolver: Resolver,
     /// Per db (by `DbId::index`): the window of this run, for sources.
     windows: Vec<Option<SourceWindow>>,
@@ -176,7 +176,7 @@ impl<'a> Cycle<'a> {
         plan: &'a Plan,
         tables: &'a [TableSpec],
         clients: &'a [Arc<Client>],
-        lock_tables: bool,
+        writers: Writers,
         plugins: RunPlugins<'a>,
         window_limit: Option<u64>,
         caps: &'a [Capabilities],
@@ -197,7 +197,7 @@ impl<'a> Cycle<'a> {
             plan,
             tables,
             clients,
-            lock_tables,
+            writers,
             resolver: Resolver::new(strategy, contenders),
             windows: vec![None; plan.dbs.len()],
             window_limit,
@@ -407,12 +407,12 @@ impl<'a> Cycle<'a> {
                     quote_literal(&crate::capture::wal::marker_body(&sync, params.makedelta))
                 ));
             }
-            if let Some(timeout) = params.lock_timeout {
+            if let Some(timeout) = lock_wait(params.lock_timeout, self.writers) {
                 sql.push_str(&format!(" SET LOCAL lock_timeout = '{}ms';", timeout.as_millis()));
             }
             // After a serialization failure, hold writers off for this run:
             // taken before the snapshot, so nothing can change under it.
-            if self.lock_tables && !locks.is_empty() {
+            if self.writers == Writers::HeldOff && !locks.is_empty() {
                 sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
             }
             let source = db.role == Role::Source;
@@ -488,6 +488,34 @@ impl<'a> Cycle<'a> {
         }))
         .await?;
         Ok(())
+    }
+}
+
+/// How an attempt meets the sources' own writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// Not held off, and a lock wait longer than OPTIMISTIC_LOCK_WAIT
+    /// fails the attempt: a retry (with the writers held off) follows.
+    FailFast,
+    /// Not held off, and lock waits as `lock_timeout` says (no retry follows).
+    Wait,
+    /// Held off for the run: the tables are locked before the snapshot.
+    HeldOff,
+}
+
+/// How long an attempt that fails fast waits for a lock. Under repeatable
+/// read, a wait for a row a writer changed ends in a serialization failure
+/// once the writer commits, so waiting gains nothing; and a writer that
+/// takes the same rows in another order deadlocks with the apply, which
+/// the server breaks only after deadlock_timeout (1 s by default).
+pub const OPTIMISTIC_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The attempt's lock_timeout: the sync's, capped at OPTIMISTIC_LOCK_WAIT
+/// when the attempt fails fast.
+fn lock_wait(configured: Option<std::time::Duration>, writers: Writers) -> Option<std::time::Duration> {
+    match writers {
+        Writers::FailFast => Some(configured.map_or(OPTIMISTIC_LOCK_WAIT, |c| c.min(OPTIMISTIC_LOCK_WAIT))),
+        Writers::Wait | Writers::HeldOff => configured,
     }
 }
 
