@@ -115,7 +115,7 @@ pub async fn materialize(client: &Client) -> Result<Materialized> {
         if let Some(position) = &batch.position {
             // The slot may let go of the WAL now; if this fails the next
             // call advances it first.
-            if let Err(err) = advance(client, position).await {
+            if let Err(err) = advance_alone(client, position).await {
                 tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will");
             }
         }
@@ -146,9 +146,9 @@ struct Batch {
 /// One transaction of [`materialize`].
 async fn materialize_batch(client: &Client) -> Result<Batch> {
     client
-        .batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ibex wal'))",
-        )
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}"
+        ))
         .await
         .ctx(|| "starting to read the WAL capture slot".into())?;
     let result = async {
@@ -220,6 +220,23 @@ async fn materialize_batch(client: &Client) -> Result<Batch> {
             Err(err)
         }
     }
+}
+
+/// Taken by every reader of the slot for its transaction: a slot serves
+/// one backend at a time, and a second reader (or an advance) would fail
+/// with "replication slot ... is active for PID ...".
+const LOCK_SLOT: &str = "SELECT pg_advisory_xact_lock(hashtext('ibex wal'))";
+
+/// [`advance`] after a batch committed, in a transaction of its own under
+/// [`LOCK_SLOT`], so it waits for a run decoding the slot meanwhile.
+async fn advance_alone(client: &Client, position: &SlotPosition) -> Result<()> {
+    let (locked, advanced) =
+        futures_util::future::join(client.batch_execute(&format!("BEGIN; {LOCK_SLOT}")), advance(client, position))
+            .await;
+    let outcome = locked.ctx(|| "waiting for the WAL capture slot".into()).and(advanced);
+    let end = if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await.ctx(|| "ending the advance of the WAL capture slot".into());
+    outcome.and(ended)
 }
 
 /// Moves the slot's confirmed position up to `lsn` (never back): from 11
