@@ -41,6 +41,16 @@ pub fn loaded_keys(name: &str, rows: u64) -> String {
     format!("(SELECT * FROM pg_temp.{} LIMIT {rows})", quote_ident(name))
 }
 
+/// Above this many keys a delete analyzes its key table and may use
+/// [`LARGE_DELETE_WORK_MEM`].
+const LARGE_DELETE_KEYS: u64 = 1000;
+
+/// What a delete of many keys may hash or sort in (for this transaction).
+/// With the default 4MB the join with 1 M keys spilled to disk in batches:
+/// 2.4–3.0 s against 1.6–2.0 s in memory (a range DELETE of the same rows,
+/// the floor: 0.55–0.85 s; PostgreSQL 15, pgbench_accounts at scale 10).
+const LARGE_DELETE_WORK_MEM: &str = "64MB";
+
 /// Deletes the keys loaded into the temp table `keys` (`loaded` of them).
 /// It is one message (one simple query), sent when the future is first
 /// polled: a statement polled after it on the same connection runs after it.
@@ -48,19 +58,28 @@ pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableS
     if loaded == 0 {
         return Ok(0);
     }
-    // Without statistics the planner guesses the key table is tiny.
-    let analyze = if loaded > 1000 { format!("ANALYZE pg_temp.{}; ", quote_ident(keys)) } else { String::new() };
+    // Without statistics the planner guesses the key table is tiny; and a
+    // join of many keys needs room (never less than the role already has).
+    let prelude = if loaded > LARGE_DELETE_KEYS {
+        format!(
+            "ANALYZE pg_temp.{}; SELECT set_config('work_mem', '{LARGE_DELETE_WORK_MEM}', true) \
+              WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{LARGE_DELETE_WORK_MEM}'); ",
+            quote_ident(keys)
+        )
+    } else {
+        String::new()
+    };
     // The simple protocol returns the count without a separate prepare.
     let messages = client
         .simple_query(&format!(
-            "{analyze}DELETE FROM {} t USING {} k WHERE {}",
+            "{prelude}DELETE FROM {} t USING {} k WHERE {}",
             table.quoted(),
             loaded_keys(keys, loaded),
             table.key_join("t", "k")
         ))
         .await
         .ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
-    // The DELETE's count is the last one (ANALYZE's comes before it).
+    // The DELETE's count is the last one (the prelude's come before it).
     Ok(messages
         .iter()
         .rev()
