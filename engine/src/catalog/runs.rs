@@ -165,14 +165,29 @@ pub async fn finish(c: &impl GenericClient, run: &RunRecord, conflicts: &[Confli
     )
     .await
     .ctx(|| format!("recording the end of run {}", run.id))?;
-    for conflict in conflicts {
-        c.execute(
-            "INSERT INTO ibex.conflict (run_id, table_name, key, dbs, winner, reason) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&run.id, &conflict.table, &conflict.key, &conflict.dbs, &conflict.winner, &conflict.reason],
-        )
-        .await
-        .ctx(|| format!("recording conflicts of run {}", run.id))?;
+    if conflicts.is_empty() {
+        return Ok(());
     }
+    // One statement for all of them: a thousand single INSERTs took 0.37 s
+    // after a run with many conflicts, delaying the daemon's next run.
+    let column = |f: fn(&ConflictRecord) -> Option<&str>| conflicts.iter().map(f).collect::<Vec<Option<&str>>>();
+    let dbs: Vec<serde_json::Value> = conflicts.iter().map(|c| serde_json::json!(c.dbs)).collect();
+    c.execute_typed(
+        "INSERT INTO ibex.conflict (run_id, table_name, key, dbs, winner, reason)
+         SELECT $1, u.t, u.k, ARRAY(SELECT jsonb_array_elements_text(u.d)), u.w, u.r
+           FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[]) WITH ORDINALITY AS u(t, k, d, w, r, n)
+          ORDER BY u.n",
+        &[
+            (&run.id, Type::INT8),
+            (&column(|c| Some(&c.table)), Type::TEXT_ARRAY),
+            (&column(|c| Some(&c.key)), Type::TEXT_ARRAY),
+            (&dbs, Type::JSONB_ARRAY),
+            (&column(|c| c.winner.as_deref()), Type::TEXT_ARRAY),
+            (&column(|c| Some(&c.reason)), Type::TEXT_ARRAY),
+        ],
+    )
+    .await
+    .ctx(|| format!("recording conflicts of run {}", run.id))?;
     Ok(())
 }
 
