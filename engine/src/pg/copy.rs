@@ -9,6 +9,7 @@ use futures_util::{SinkExt, StreamExt, future::try_join_all};
 use tokio_postgres::types::{FromSql, Type};
 
 use super::Client;
+use super::prepared::Prepared;
 use crate::error::{PgContext, Result};
 
 /// The fixed header of PostgreSQL's binary COPY format (no OIDs, no extension).
@@ -74,16 +75,47 @@ impl BinaryCopyBuilder {
 
 /// Loads ready-made COPY data into one database.
 pub async fn copy_in_bytes(client: &Client, copy_in_sql: &str, data: Bytes) -> Result<u64> {
-    let sink = client.copy_in(copy_in_sql).await.ctx(|| format!("starting {copy_in_sql}"))?;
+    copy_in_receiver(&Receiver { client, sql: copy_in_sql.to_string(), prepared: None }, data).await
+}
+
+/// One receiver of [`copy_fanout`]: a connection and the `COPY ... FROM
+/// STDIN` it runs, kept prepared on it when `prepared` is given.
+pub struct Receiver<'a> {
+    pub client: &'a Client,
+    pub sql: String,
+    pub prepared: Option<&'a Prepared>,
+}
+
+impl<'a> Receiver<'a> {
+    /// Starts the COPY. With a kept statement nothing is awaited before
+    /// the request is sent, so a request polled before this one on the same
+    /// connection still runs first.
+    async fn start(&self) -> Result<tokio_postgres::CopyInSink<Bytes>> {
+        let sql = self.sql.as_str();
+        match self.prepared {
+            Some(prepared) => {
+                let statement = prepared.statement(self.client, sql).await.ctx(|| format!("preparing {sql}"))?;
+                self.client.copy_in(&statement).await
+            }
+            None => self.client.copy_in(sql).await,
+        }
+        .ctx(|| format!("starting {sql}"))
+    }
+}
+
+/// Loads ready-made COPY data into one database through a receiver.
+pub async fn copy_in_receiver(receiver: &Receiver<'_>, data: Bytes) -> Result<u64> {
+    let sql = &receiver.sql;
+    let sink = receiver.start().await?;
     let mut sink = pin!(sink);
-    sink.send(data).await.ctx(|| format!("sending data for {copy_in_sql}"))?;
-    sink.as_mut().finish().await.ctx(|| format!("finishing {copy_in_sql}"))
+    sink.send(data).await.ctx(|| format!("sending data for {sql}"))?;
+    sink.as_mut().finish().await.ctx(|| format!("finishing {sql}"))
 }
 
 /// Streams the output of `copy_out_sql` on `source` into each receiver's
 /// `COPY ... FROM STDIN` at the same time; memory stays at one chunk.
 /// Returns the rows each receiver took, in order.
-pub async fn copy_fanout(source: &Client, copy_out_sql: &str, receivers: &[(&Client, String)]) -> Result<Vec<u64>> {
+pub async fn copy_fanout(source: &Client, copy_out_sql: &str, receivers: &[Receiver<'_>]) -> Result<Vec<u64>> {
     copy_fanout_with_progress(source, copy_out_sql, receivers, |_| {}).await
 }
 
@@ -92,16 +124,14 @@ pub async fn copy_fanout(source: &Client, copy_out_sql: &str, receivers: &[(&Cli
 pub async fn copy_fanout_with_progress(
     source: &Client,
     copy_out_sql: &str,
-    receivers: &[(&Client, String)],
+    receivers: &[Receiver<'_>],
     mut forwarded: impl FnMut(&[u8]) + Send,
 ) -> Result<Vec<u64>> {
     // The source and the receivers start at once: each start is a prepare
     // and an execute, two round trips that would otherwise add up.
     let (stream, sinks) = futures_util::future::try_join(
         async { source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}")) },
-        try_join_all(receivers.iter().map(|(client, sql)| async move {
-            client.copy_in::<_, Bytes>(sql.as_str()).await.ctx(|| format!("starting {sql}"))
-        })),
+        try_join_all(receivers.iter().map(Receiver::start)),
     )
     .await?;
     let mut sinks: Vec<_> = sinks.into_iter().map(Box::pin).collect();
@@ -116,9 +146,9 @@ pub async fn copy_fanout_with_progress(
         }
         if pending.len() >= FORWARD_CHUNK || (done && !pending.is_empty()) {
             let piece = pending.split().freeze();
-            try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, (_, sql))| {
+            try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, receiver)| {
                 let piece = piece.clone();
-                async move { sink.send(piece).await.ctx(|| format!("writing {sql}")) }
+                async move { sink.send(piece).await.ctx(|| format!("writing {}", receiver.sql)) }
             }))
             .await?;
             forwarded(&piece);
@@ -127,12 +157,9 @@ pub async fn copy_fanout_with_progress(
             break;
         }
     }
-    try_join_all(
-        sinks
-            .iter_mut()
-            .zip(receivers)
-            .map(|(sink, (_, sql))| async move { sink.as_mut().finish().await.ctx(|| format!("finishing {sql}")) }),
-    )
+    try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, receiver)| async move {
+        sink.as_mut().finish().await.ctx(|| format!("finishing {}", receiver.sql))
+    }))
     .await
 }
 

@@ -10,6 +10,7 @@ mod ident;
 pub mod introspect;
 pub mod listen;
 mod pgpass;
+pub mod prepared;
 mod service;
 pub mod session;
 mod tls;

@@ -26,6 +26,7 @@ use crate::catalog::{self, RunRecord, RunState};
 use crate::error::{Error, PgContext, Result};
 use crate::failpoint;
 use crate::pg;
+use crate::pg::prepared::Prepared;
 use crate::pg::version::Capabilities;
 use crate::plugin::hooks::HookPoint;
 use crate::plugin::{LoadedPlugin, PluginRuntime};
@@ -46,6 +47,9 @@ pub fn application_name(sync: &str) -> String {
 pub struct Kid {
     plan: Plan,
     clients: Vec<Arc<Client>>,
+    /// Per db (plan order): the statements `clients[i]` keeps prepared
+    /// between runs; made and dropped with the connections.
+    prepared: Vec<Prepared>,
     specs: Option<Vec<TableSpec>>,
     /// Plugins of the plan, loaded (by name; reloaded when the sha changes).
     plugins: std::collections::HashMap<String, LoadedPlugin>,
@@ -96,6 +100,7 @@ impl Kid {
         Kid {
             plan,
             clients: Vec::new(),
+            prepared: Vec::new(),
             specs: None,
             plugins: Default::default(),
             window_limit,
@@ -139,6 +144,7 @@ impl Kid {
     pub fn disconnect(&mut self) {
         self.backends.clear();
         self.clients.clear();
+        self.prepared.clear();
     }
 
     /// Rolls back a failed attempt on every connection, keeping them for
@@ -165,6 +171,7 @@ impl Kid {
         let names = self.plan.dbs.iter().map(|db| db.name.clone());
         self.dropped.extend(names.zip(self.backends.drain(..)));
         self.clients.clear();
+        self.prepared.clear();
     }
 
     fn connected(&self) -> bool {
@@ -204,10 +211,12 @@ impl Kid {
         }))
         .await?;
         self.clients.clear();
+        self.prepared.clear();
         self.caps.clear();
         self.backends.clear();
         for (client, caps, backend) in clients {
             self.clients.push(client);
+            self.prepared.push(Prepared::default());
             self.caps.push(caps);
             self.backends.push(backend);
         }
@@ -550,6 +559,7 @@ impl Kid {
             Cycle::new(&self.plan, &specs, &self.clients, writers, plugins, Some(self.window_limit), &self.caps)
                 .fenced(self.fence)
                 .expecting_shapes(&self.shapes)
+                .keeping_statements(&self.prepared)
                 .run(onetimecopy)
                 .await?;
         failpoint::check("after_commit")?;

@@ -8,7 +8,7 @@ use super::{Cycle, temp_name};
 use crate::catalog::ConflictRecord;
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{copy_fanout, copy_in_bytes};
-use crate::pg::{Client, quote_ident};
+use crate::pg::quote_ident;
 use crate::plugin::Value;
 use crate::plugin::convert::{self, ColumnKind, push_copy_row};
 use crate::plugin::hooks::{Failure, HookAction, HookPoint};
@@ -33,7 +33,7 @@ impl<'a> Cycle<'a> {
         let out_sql =
             format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
         let in_sql = format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
-        let counts = copy_fanout(self.client(from), &out_sql, &[(self.client(d) as &Client, in_sql)])
+        let counts = copy_fanout(self.client(from), &out_sql, &[self.receiver(d, in_sql)])
             .await
             .map_err(|e| self.table_error(e, ti))?;
         Ok(counts.first().copied().unwrap_or(0))

@@ -12,7 +12,7 @@ use super::{Cycle, pg_micros, read_key, temp_name};
 use crate::catalog::ConflictRecord;
 use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
-use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes};
+use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes, copy_in_receiver};
 use crate::pg::quote_ident;
 use crate::plugin::Value;
 use crate::plugin::convert::push_copy_row;
@@ -325,13 +325,13 @@ impl<'a> Cycle<'a> {
             async move {
                 let rows = data.rows();
                 if rows > 0 {
-                    try_join(this.ensure_temp(d, del, table), copy_in_bytes(this.client(d), &load_del, data.finish()))
-                        .await?;
+                    let receiver = this.receiver(d, load_del);
+                    try_join(this.ensure_temp(d, del, table), copy_in_receiver(&receiver, data.finish())).await?;
                 }
                 let sending = async {
                     if let Some(keys) = sent {
-                        try_join(this.ensure_temp(d, send, table), copy_in_bytes(this.client(d), &load_send, keys))
-                            .await?;
+                        let receiver = this.receiver(d, load_send);
+                        try_join(this.ensure_temp(d, send, table), copy_in_receiver(&receiver, keys)).await?;
                     }
                     Ok::<_, Error>(())
                 };

@@ -16,6 +16,8 @@ use super::validate::TableSpec;
 use crate::catalog::{ConflictRecord, ConflictStrategy, Role, TableCounts};
 use crate::conflict::{Contender, Resolver};
 use crate::error::{Error, PgContext, Result};
+use crate::pg::copy::Receiver;
+use crate::pg::prepared::Prepared;
 use crate::pg::quote_literal;
 use crate::pg::version::Capabilities;
 use crate::plugin::hooks::HookPoint;
@@ -93,6 +95,9 @@ pub struct Cycle<'a> {
     shapes: &'a [String],
     /// Targets that are not PostgreSQL; `foreign[i]` is db `plan.foreign_id(i)`.
     foreign: Vec<crate::target::Slot>,
+    /// Per db (by `DbId::index`), the statements its connection keeps
+    /// between runs; empty keeps none.
+    prepared: &'a [Prepared],
 }
 
 /// How long each phase of a run took: logged at verbose per step, and
@@ -214,7 +219,21 @@ impl<'a> Cycle<'a> {
             foreign: plan.foreign.iter().cloned().map(crate::target::Slot::new).collect(),
             fence: None,
             shapes: &[],
+            prepared: &[],
         }
+    }
+
+    /// Keeps the fixed COPY statements prepared on each db's connection
+    /// (`prepared[i]` belongs to `clients[i]`), for the runs after this one.
+    pub fn keeping_statements(mut self, prepared: &'a [Prepared]) -> Self {
+        self.prepared = prepared;
+        self
+    }
+
+    /// A receiver of `COPY ... FROM STDIN` text `sql` on db `db`; `sql`
+    /// must be the same text in every run (it is kept prepared).
+    fn receiver(&self, db: DbId, sql: String) -> Receiver<'a> {
+        Receiver { client: self.client(db), sql, prepared: self.prepared.get(db.index()) }
     }
 
     /// Checks, as each db's transaction opens, that the tables' columns

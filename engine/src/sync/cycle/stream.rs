@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 
 use futures_util::future::{try_join, try_join_all};
-use tokio_postgres::Client;
 
 use super::{Cycle, temp_name};
 use crate::error::{Error, Result};
-use crate::pg::copy::{copy_fanout, copy_fanout_with_progress};
+use crate::pg::copy::{Receiver, copy_fanout, copy_fanout_with_progress};
 use crate::pg::quote_ident;
 use crate::sync::plan::{DbId, TableId};
 use crate::sync::progress::CopyProgress;
@@ -57,7 +56,7 @@ impl<'a> Cycle<'a> {
             let out_sql =
                 format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
             let in_sql = target::postgres::copy_in_sql(table);
-            let targets: Vec<(&Client, String)> = plain.iter().map(|&d| (self.client(d), in_sql.clone())).collect();
+            let targets: Vec<Receiver> = plain.iter().map(|&d| self.receiver(d, in_sql.clone())).collect();
             let forwarded = |piece: &[u8]| {
                 crate::failpoint::pause_blocking("mid_copy");
                 if let Some(p) = progress.as_deref_mut() {
@@ -105,7 +104,7 @@ impl<'a> Cycle<'a> {
         );
         let load_sql =
             format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&keys), table.key_list());
-        let targets: Vec<(&Client, String)> = receivers.iter().map(|&d| (self.client(d), load_sql.clone())).collect();
+        let targets: Vec<Receiver> = receivers.iter().map(|&d| self.receiver(d, load_sql.clone())).collect();
         let step = std::time::Instant::now();
         // Pipelined: each key table is made (one message) before the COPY
         // into it is even prepared, on the same connection.
