@@ -21,6 +21,10 @@ impl MariaDb {
     pub fn start() -> Result<MariaDb> {
         let dir = tempfile::Builder::new().prefix("ibex-mariadb-").tempdir().context("making a MariaDB directory")?;
         let data = dir.path().join("data");
+        // Its own temporary directory: two servers bootstrapping at once
+        // in /tmp collided on a temporary table's file name.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).context("making MariaDB's temporary directory")?;
         let user = if is_root() { "mysql" } else { "" };
         if is_root() {
             let ok = Command::new("chown").args(["-R", "mysql:mysql"]).arg(dir.path()).status()?.success();
@@ -32,7 +36,8 @@ impl MariaDb {
         init.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db");
+            .arg("--skip-test-db")
+            .arg(format!("--tmpdir={}", tmp.display()));
         if !user.is_empty() {
             init.arg(format!("--user={user}"));
         }
@@ -47,6 +52,7 @@ impl MariaDb {
             .arg(format!("--socket={}", dir.path().join("sock").display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
             .arg(format!("--log-error={}", dir.path().join("error.log").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg("--skip-networking")
             .arg("--skip-log-bin")
             .arg("--innodb-buffer-pool-size=32M")
