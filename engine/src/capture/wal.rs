@@ -112,6 +112,10 @@ pub async fn materialize(client: &Client) -> Result<Materialized> {
         total.transactions += batch.report.transactions;
         total.keys += batch.report.keys;
         total.skipped += batch.report.skipped;
+        if !batch.drained {
+            // The next batch advances the slot first thing, under its lock.
+            continue;
+        }
         if let Some(position) = &batch.position {
             // The slot may let go of the WAL now; if this fails the next
             // call advances it first.
@@ -119,9 +123,7 @@ pub async fn materialize(client: &Client) -> Result<Materialized> {
                 tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will");
             }
         }
-        if batch.drained {
-            return Ok(total);
-        }
+        return Ok(total);
     }
 }
 
