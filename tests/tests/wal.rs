@@ -4,6 +4,11 @@
 //! mixing WAL and trigger capture with conflicts, TRUNCATE, switching a db
 //! between modes with changes pending, and what validate says a db lacks.
 
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
 use ibex_tests::{Setup, run_count};
 
 fn three_masters(captures: [&str; 3]) -> Setup {
@@ -172,4 +177,68 @@ fn validate_names_what_a_db_lacks_for_wal_capture() {
     let listed = ibex.sh("list dbs --json").ok().json();
     let src = listed.as_array().unwrap().iter().find(|d| d["name"] == "src").unwrap().clone();
     assert_eq!(src["capture"], "trigger", "a refused switch changes nothing: {src}");
+}
+
+/// A run that retries after a write conflict decodes the slot once: the
+/// retry applies what the first attempt decoded, and a change committed in
+/// between is decoded, and applied, by the next run (its delta rows carry
+/// the decoding transaction's id, which no cursor has passed).
+#[test]
+fn a_retried_run_decodes_once_and_the_next_run_takes_what_came_meanwhile() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')");
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("update db src capture=wal").ok();
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target autokick=false").ok();
+    s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The target row held: the first attempt gives up on it, the retry waits.
+    let holder = rt.block_on(async {
+        let c = s.cluster.connect("dst").await.unwrap();
+        c.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").await.unwrap();
+        c
+    });
+    // Each attempt pauses after reading its window, the first one after
+    // decoding the slot.
+    let mut child = s
+        .ibex
+        .command(&["sync", "run", "push", "--json"])
+        .env("IBEX_FAILPOINTS", "after_capture_read=sleep(1000)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting ibex sync run");
+    let stderr = BufReader::new(child.stderr.take().expect("the run's stderr"));
+    let (tx, pauses) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("failpoint after_capture_read reached") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let pause = || pauses.recv_timeout(Duration::from_secs(60)).expect("an attempt reaching its pause");
+    pause();
+    // Committed after the first attempt decoded the slot, before the retry.
+    s.sql("src", "INSERT INTO t VALUES (2, 'meanwhile')");
+    pause();
+    rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+    let mut out = String::new();
+    child.stdout.take().expect("the run's stdout").read_to_string(&mut out).unwrap();
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(status.success(), "{log}");
+    let run: serde_json::Value = serde_json::from_str(&out).expect("the run as JSON");
+    assert_eq!(run["run"]["attempts"], 2, "{run}");
+    assert_eq!(s.sql("dst", "SELECT v FROM t WHERE id = 1"), "new");
+    assert_eq!(run_count(&run, "inserted"), 1, "the retry decoded the slot again: {run}");
+    let next = s.run("push");
+    assert_eq!(run_count(&next, "inserted"), 1, "{next}");
+    s.assert_same(&["src", "dst"], &["t"]);
 }

@@ -78,6 +78,9 @@ pub struct Kid {
     /// Runs left that hold writers off from their first attempt, after a
     /// run whose optimistic attempt met a write conflict.
     held_off_runs: u32,
+    /// How long decoding this run's sources with WAL capture took, once
+    /// done (see `decode_wal`): a retry does not decode again.
+    wal_decoded: Option<Duration>,
 }
 
 /// The smallest window a timeout can shrink it to.
@@ -113,6 +116,7 @@ impl Kid {
             paused: Vec::new(),
             paused_recorded: None,
             held_off_runs: 0,
+            wal_decoded: None,
         }
     }
 
@@ -420,6 +424,7 @@ impl Kid {
     async fn attempts(&mut self) -> (Result<CycleOutcome>, u32) {
         let mut attempt = 0;
         let limit = self.plan.settings.retry_limit.max(1);
+        self.wal_decoded = None;
         let timeout = self.plan.settings.run_timeout;
         loop {
             attempt += 1;
@@ -537,6 +542,14 @@ impl Kid {
 
     async fn attempt(&mut self, writers: Writers) -> Result<CycleOutcome> {
         self.validate().await?;
+        let decoding = match self.wal_decoded {
+            Some(took) => took,
+            None => {
+                let clock = std::time::Instant::now();
+                self.decode_wal().await?;
+                *self.wal_decoded.insert(clock.elapsed())
+            }
+        };
         let specs = self.specs.clone().unwrap_or_default();
         let onetimecopy = self.plan.sync.params.onetimecopy;
         let conflict_plugin = match &self.plan.sync.params.conflict_strategy {
@@ -568,6 +581,7 @@ impl Kid {
         self.advance_cursors(&outcome.new_cursors).await?;
         tracing::debug!(sync = %self.plan.sync.name, us = clock.elapsed().as_micros() as u64, "step: cursors advanced");
         let mut outcome = outcome;
+        outcome.phases.insert(0, ("materialize".into(), decoding.as_secs_f64()));
         outcome.phases.push(("cursors".into(), clock.elapsed().as_secs_f64()));
         let hooks = self.hooks()?;
         if hooks.at(HookPoint::AfterSync) {
@@ -578,6 +592,27 @@ impl Kid {
         }
 
         Ok(outcome)
+    }
+
+    /// Sources with WAL capture: what their slot holds goes into the delta
+    /// tables now, before the run's snapshot, so the run sees it. Once per
+    /// run: a retry finds the keys already there, and what was committed
+    /// since is decoded by the next run (the delta rows carry the decoding
+    /// transaction's id, so no cursor can have passed them).
+    async fn decode_wal(&self) -> Result<()> {
+        try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
+            let db = &self.plan.db(i).name;
+            let decoded = crate::capture::wal::materialize(&self.clients[i.index()]).await.map_err(|err| match err {
+                Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
+                other => other,
+            })?;
+            if decoded.keys > 0 {
+                tracing::debug!(db = %db, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
+            }
+            Ok::<_, Error>(())
+        }))
+        .await?;
+        Ok(())
     }
 
     /// After every db committed: the sources' cursors move to this run's

@@ -291,8 +291,6 @@ impl<'a> Cycle<'a> {
     /// which rolls back every database.
     pub async fn run(mut self, onetimecopy: i16) -> Result<CycleOutcome> {
         let mut clock = StepClock::new(&self.plan.sync.name);
-        self.materialize_wal().await?;
-        clock.step("materialize", "");
         self.begin().await?;
         clock.step("begin", "");
         self.hooks.checkpoint(self.plan, &self.host_dbs, HookPoint::BeforeTxn).await?;
@@ -373,25 +371,6 @@ impl<'a> Cycle<'a> {
             outcome.backlog = Some(cuts.iter().map(|c| c.backlog).sum());
         }
         Ok(outcome)
-    }
-
-    /// Sources with WAL capture: what their slot holds goes into the delta
-    /// tables now, before the run's snapshot, so the run sees it.
-    async fn materialize_wal(&self) -> Result<()> {
-        try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
-            let decoded = crate::capture::wal::materialize(self.client(i)).await.map_err(|err| match err {
-                Error::Postgres { context, source } => {
-                    Error::Postgres { context: format!("{context} on db {}", self.plan.db(i).name), source }
-                }
-                other => other,
-            })?;
-            if decoded.keys > 0 {
-                tracing::debug!(db = %self.plan.db(i).name, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
-            }
-            Ok::<_, Error>(())
-        }))
-        .await?;
-        Ok(())
     }
 
     /// Opens the transaction on every db at once, one round trip each; on
