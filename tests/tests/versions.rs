@@ -194,6 +194,17 @@ fn ten_and_eighteen_as_masters_with_wal_capture() {
             .unwrap();
         assert_eq!(lag, "t");
     }
+    // 16 and later: a run that finds the slot's restart point far behind
+    // logs the running transactions, so the next run re-decodes little.
+    new.psql("app", "CREATE TABLE junk AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g").unwrap();
+    new.psql("app", "UPDATE items SET name = 'after junk' WHERE id = 1").unwrap();
+    assert_eq!(s.run("mm")["run"]["state"], "good");
+    let restart_lag =
+        new.psql("app", "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) FROM pg_replication_slots").unwrap();
+    assert!(
+        restart_lag.parse::<i64>().unwrap() < 1_000_000,
+        "the slot restarts {restart_lag} bytes behind its position on 18"
+    );
     compare_clean(&s, "mm");
 }
 

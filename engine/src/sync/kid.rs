@@ -547,7 +547,9 @@ impl Kid {
             None => {
                 let clock = std::time::Instant::now();
                 self.decode_wal().await?;
-                *self.wal_decoded.insert(clock.elapsed())
+                let took = clock.elapsed();
+                tracing::debug!(sync = %self.plan.sync.name, step = "materialize", detail = "", us = took.as_micros() as u64, "step");
+                *self.wal_decoded.insert(took)
             }
         };
         let specs = self.specs.clone().unwrap_or_default();
@@ -602,10 +604,13 @@ impl Kid {
     async fn decode_wal(&self) -> Result<()> {
         try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
             let db = &self.plan.db(i).name;
-            let decoded = crate::capture::wal::materialize(&self.clients[i.index()]).await.map_err(|err| match err {
-                Error::Postgres { context, source } => Error::Postgres { context: format!("{context} on db {db}"), source },
-                other => other,
-            })?;
+            let decoded =
+                crate::capture::wal::materialize(&self.clients[i.index()]).await.map_err(|err| match err {
+                    Error::Postgres { context, source } => {
+                        Error::Postgres { context: format!("{context} on db {db}"), source }
+                    }
+                    other => other,
+                })?;
             if decoded.keys > 0 {
                 tracing::debug!(db = %db, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
             }
