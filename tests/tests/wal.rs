@@ -28,6 +28,19 @@ fn three_masters(captures: [&str; 3]) -> Setup {
     s
 }
 
+/// Db `src` made by `schema`, copied to `dst`; `src` on WAL capture, and
+/// `table` in sync `push` (src -> dst) with `settings` added.
+fn one_way_wal(schema: &str, table: &str, settings: &str) -> Setup {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql("src", schema);
+    s.dbs_from("src", &["src", "dst"]);
+    s.ibex.sh("update db src capture=wal").ok();
+    s.ibex.sh(&format!("add table {table} db=src herd=h")).ok();
+    s.ibex.sh(&format!("add sync push herd=h dbs=src:source,dst:target {settings}")).ok();
+    s
+}
+
 #[test]
 fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
     let s = three_masters(["wal", "wal", "trigger"]);
@@ -70,16 +83,11 @@ fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
 
 #[test]
 fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
-    let s = Setup::new();
-    s.cluster.create_db("src").unwrap();
-    s.sql(
-        "src",
+    let s = one_way_wal(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i",
+        "t",
+        "",
     );
-    s.dbs_from("src", &["src", "dst"]);
-    s.ibex.sh("update db src capture=wal").ok();
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").ok();
     s.sql("src", "INSERT INTO t VALUES (500, 'before')");
     s.sql("src", "TRUNCATE t");
     s.sql("src", "INSERT INTO t VALUES (1, 'after'), (2, 'after')");
@@ -91,19 +99,14 @@ fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
 
 #[test]
 fn an_update_keeping_a_toasted_key_reaches_the_target() {
-    let s = Setup::new();
-    s.cluster.create_db("src").unwrap();
     // A 2,240-byte key stored out of line: an UPDATE of another column
     // decodes it as an unchanged TOAST value in the new tuple.
-    s.sql(
-        "src",
+    let s = one_way_wal(
         "CREATE TABLE big (k text PRIMARY KEY, v int); ALTER TABLE big ALTER COLUMN k SET STORAGE EXTERNAL;
          INSERT INTO big SELECT string_agg(md5(i::text || n::text), ''), n FROM generate_series(1, 70) i, generate_series(1, 3) n GROUP BY n",
+        "big",
+        "",
     );
-    s.dbs_from("src", &["src", "dst"]);
-    s.ibex.sh("update db src capture=wal").ok();
-    s.ibex.sh("add table big db=src herd=h").ok();
-    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target").ok();
     assert_eq!(s.sql("src", "SELECT count(*) FROM big WHERE pg_column_size(k) > 2000"), "3");
     s.sql("src", "UPDATE big SET v = v + 10");
     let run = s.run("push");
@@ -185,13 +188,11 @@ fn validate_names_what_a_db_lacks_for_wal_capture() {
 /// the decoding transaction's id, which no cursor has passed).
 #[test]
 fn a_retried_run_decodes_once_and_the_next_run_takes_what_came_meanwhile() {
-    let s = Setup::new();
-    s.cluster.create_db("src").unwrap();
-    s.sql("src", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')");
-    s.dbs_from("src", &["src", "dst"]);
-    s.ibex.sh("update db src capture=wal").ok();
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync push herd=h dbs=src:source,dst:target autokick=false").ok();
+    let s = one_way_wal(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')",
+        "t",
+        "autokick=false",
+    );
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     // The target row held: the first attempt gives up on it, the retry waits.
