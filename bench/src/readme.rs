@@ -20,6 +20,7 @@ const LAYOUT: &[(&str, &str, &str)] = &[
     ("tutorial", "tutorial", "seed tutorial: converge after 4 x N pgbench txns"),
     ("bulk", "bulk", "bulk one-way: changed rows applied"),
     ("bulk_floor", "bulk", "bulk one-way, against raw delete + copy"),
+    ("bulk_keyed_floor", "bulk", "bulk one-way, against raw keyed delete + copy"),
     ("memory_rows", "bulk", "memory: peak RSS, bulk size"),
     ("memory_rss_rows", "bulk", "memory: peak RSS, large size"),
     ("capture_update", "capture", "capture cost: bulk UPDATE"),

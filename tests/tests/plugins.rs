@@ -78,6 +78,53 @@ fn additive_merge_adds_both_sides_changes() {
     assert_eq!(s.sql("m1", "SELECT balance FROM acct WHERE id = 1"), "115.00");
 }
 
+/// A conflict handler's rows are found whatever the key: a composite key
+/// of text, a date, an enum and a domain travels as one array per key
+/// column, and the merge sees each version's row and its base (without
+/// them it could not add both sides' changes).
+#[test]
+fn a_plugin_reads_the_rows_of_composite_keys_of_any_type() {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql(
+        "m1",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE DOMAIN code AS varchar(8) CHECK (VALUE <> '');
+         CREATE TABLE stock (region text, day date, kind mood, sku code, balance numeric(12,2), visits int,
+                             PRIMARY KEY (region, day, kind, sku));
+         INSERT INTO stock SELECT r, date '2026-01-01' + i, k, 'c' || i, 100, 0
+           FROM unnest(ARRAY['north', 'süd', 'o''brien, \"x\"']) r, generate_series(1, 4) i, unnest(enum_range(NULL::mood)) k;",
+    );
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add table stock db=m1 herd=h").ok();
+    s.ibex
+        .run(&[
+            "add",
+            "plugin",
+            "merge",
+            &wasm(plugins::official("additive-merge").unwrap()),
+            "config.columns=balance,visits",
+        ])
+        .ok();
+    s.ibex.sh("update table stock capture_old=true").ok();
+    s.ibex.run(&["add", "sync", "mm", "herd=h", "dbs=m1:source,m2:source", "conflict_strategy=plugin:merge"]).ok();
+    s.sql("m1", "UPDATE stock SET balance = balance + 10, visits = visits + 1");
+    s.sql("m2", "UPDATE stock SET balance = balance + 5, visits = visits + 2 WHERE kind <> 'sad'");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    // 3 regions x 4 days x 2 kinds changed on both sides.
+    assert_eq!(run["run"]["conflicts"], 24, "{run}");
+    s.assert_same(&["m1", "m2"], &["stock"]);
+    assert_eq!(
+        s.sql(
+            "m2",
+            "SELECT count(*) FILTER (WHERE balance = 115 AND visits = 3) || '/' ||
+                    count(*) FILTER (WHERE balance = 110 AND visits = 1) || '/' || count(*) FROM stock"
+        ),
+        "24/12/36"
+    );
+}
+
 #[test]
 fn tenant_rules_let_the_owner_win() {
     let s = two_masters("plugin:");

@@ -176,7 +176,8 @@ pub async fn reconcile(
         // Back on triggers: what the slot still holds goes into the delta
         // tables first (the triggers already capture what follows).
         if wanted {
-            wal::materialize(client).await?;
+            let server = crate::pg::version::detect(&*client).await?;
+            wal::materialize(client, server).await?;
         }
         client.execute("DELETE FROM ibex.wal", &[]).await.ctx(|| "forgetting the WAL capture slot".into())?;
     }

@@ -32,6 +32,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::{IbexWrites, delta_table_name};
 use crate::error::{Error, PgContext, Result};
+use crate::pg::version::Capabilities;
 use crate::pg::{QualifiedName, quote_ident};
 
 /// The prefix of the logical message that marks ibex's apply transactions.
@@ -94,7 +95,7 @@ struct Txn {
 /// in transactions of about [`BATCH_CHANGES`] changes. Does nothing on a
 /// db without WAL capture. Safe to call from several runs at once (they
 /// queue on an advisory lock).
-pub async fn materialize(client: &Client) -> Result<Materialized> {
+pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materialized> {
     // Decoding reads only flushed WAL: a commit made with synchronous_commit
     // = off may not be yet, and its kick would find nothing. A synchronous
     // commit that wrote WAL flushes all WAL before it (a bare xid would
@@ -105,7 +106,7 @@ pub async fn materialize(client: &Client) -> Result<Materialized> {
              SELECT pg_logical_emit_message(true, 'ibex-flush', '')
               WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();
              COMMIT",
-            log_running_xacts()
+            if server.logs_standby_snapshot() { log_running_xacts() } else { String::new() }
         ))
         .await
         .ctx(|| "flushing the WAL before decoding it".into())?;
@@ -242,18 +243,15 @@ async fn materialize_batch(client: &Client) -> Result<Batch> {
 /// `pg_log_standby_snapshot()` (a superuser, or granted EXECUTE), this
 /// logs such a record whenever the restart point is more than
 /// [`RESTART_LAG_BYTES`] behind the end of the WAL: the call decodes
-/// through it, and the advance after it moves the restart point there.
-/// PL/pgSQL parses the function's name only when it runs, so the block is
-/// harmless before 16.
+/// through it, and the advance after it moves the restart point. Sent
+/// only to servers that have the function.
 fn log_running_xacts() -> String {
     format!(
         "DO $ibex$ BEGIN
-    IF current_setting('server_version_num')::int >= 160000 THEN
-        IF has_function_privilege('pg_catalog.pg_log_standby_snapshot()', 'EXECUTE') AND EXISTS (
-            SELECT 1 FROM pg_catalog.pg_replication_slots s JOIN ibex.wal w ON w.slot_name = s.slot_name
-             WHERE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn) > {RESTART_LAG_BYTES}) THEN
-            PERFORM pg_catalog.pg_log_standby_snapshot();
-        END IF;
+    IF has_function_privilege('pg_catalog.pg_log_standby_snapshot()', 'EXECUTE') AND EXISTS (
+        SELECT 1 FROM pg_catalog.pg_replication_slots s JOIN ibex.wal w ON w.slot_name = s.slot_name
+         WHERE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn) > {RESTART_LAG_BYTES}) THEN
+        PERFORM pg_catalog.pg_log_standby_snapshot();
     END IF;
 END $ibex$;"
     )

@@ -18,7 +18,7 @@ use super::metrics::Metrics;
 use crate::capture::{Snapshot, Window, delta_table_name, window_condition};
 use crate::catalog;
 use crate::error::{PgContext, Result};
-use crate::pg::version::XidFlavour;
+use crate::pg::version::{Capabilities, XidFlavour};
 use crate::pg::{self, ConnInfo, QualifiedName, quote_ident};
 
 /// Rows deleted per statement, so a purge never holds one huge transaction.
@@ -27,25 +27,25 @@ const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// The backlog gauge counts at most this many delta rows per table.
 pub const BACKLOG_CAP: i64 = 100_000;
 
-/// The VAC's connections, one per db, kept between passes, with the
-/// transaction id flavour of each server.
+/// The VAC's connections, one per db, kept between passes, with what
+/// each server can do.
 #[derive(Default)]
 struct Connections {
-    open: HashMap<String, (ConnInfo, pg::Client, XidFlavour)>,
+    open: HashMap<String, (ConnInfo, pg::Client, Capabilities)>,
     /// The last error per db, so a failing db is reported once, not every pass.
     failing: HashMap<String, String>,
 }
 
 impl Connections {
-    async fn get(&mut self, db: &str, conn: &ConnInfo) -> Result<(&pg::Client, XidFlavour)> {
+    async fn get(&mut self, db: &str, conn: &ConnInfo) -> Result<(&pg::Client, Capabilities)> {
         let stale = self.open.get(db).is_none_or(|(info, client, _)| info != conn || client.is_closed());
         if stale {
             let client = pg::connect(conn, "ibex vac").await?;
-            let xids = pg::version::detect(&client).await?.xids;
-            self.open.insert(db.to_string(), (conn.clone(), client, xids));
+            let server = pg::version::detect(&client).await?;
+            self.open.insert(db.to_string(), (conn.clone(), client, server));
         }
         match self.open.get(db) {
-            Some((_, client, xids)) => Ok((client, *xids)),
+            Some((_, client, server)) => Ok((client, *server)),
             None => Err(crate::Error::Sync(format!("no connection to db {db}"))),
         }
     }
@@ -134,12 +134,13 @@ async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Conne
         return Ok(0);
     }
     let record = catalog::dbs::get(catalog_client, db).await?;
-    let (client, xids) = connections.get(db, &record.conn).await?;
+    let (client, server) = connections.get(db, &record.conn).await?;
+    let xids = server.xids;
     if record.capture == crate::capture::CaptureMode::Wal {
         // A slot keeps the server's WAL until it is read: decoded into the
         // delta tables here, the keys wait there (like trigger-captured
         // ones) for a sync that is inactive or failing, and the WAL goes.
-        let decoded = crate::capture::wal::materialize(client).await?;
+        let decoded = crate::capture::wal::materialize(client, server).await?;
         if decoded.keys > 0 {
             tracing::debug!(db = %db, keys = decoded.keys, "VAC decoded the WAL capture slot");
         }
@@ -229,7 +230,8 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: 
         }
         let record = catalog::dbs::get(client.as_ref(), &db).await?;
         let result = async {
-            let (conn, xids) = connections.get(&db, &record.conn).await?;
+            let (conn, server) = connections.get(&db, &record.conn).await?;
+            let xids = server.xids;
             let cursors = read_cursors(conn).await.ctx(|| format!("reading the cursors on db {db}"))?;
             let mut found = Vec::new();
             for need in &needs {

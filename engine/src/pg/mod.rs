@@ -8,6 +8,7 @@ pub mod copy;
 mod dsn;
 mod ident;
 pub mod introspect;
+pub mod keyarray;
 pub mod listen;
 mod pgpass;
 pub mod prepared;

@@ -91,6 +91,11 @@ impl Capabilities {
         Capabilities { version_num, xids: if version_num >= 130_000 { XidFlavour::Xid8 } else { XidFlavour::Txid } }
     }
 
+    /// `pg_log_standby_snapshot()` exists (16 and later).
+    pub fn logs_standby_snapshot(&self) -> bool {
+        self.version_num >= 160_000
+    }
+
     /// `EXECUTE FUNCTION` (11 and later) or `EXECUTE PROCEDURE` (10) in CREATE TRIGGER.
     pub fn execute_trigger_function(&self) -> &'static str {
         if self.version_num >= 110_000 { "EXECUTE FUNCTION" } else { "EXECUTE PROCEDURE" }

@@ -604,8 +604,12 @@ impl Kid {
     async fn decode_wal(&self) -> Result<()> {
         try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
             let db = &self.plan.db(i).name;
+            let server =
+                self.caps.get(i.index()).copied().ok_or_else(|| {
+                    Error::Sync(format!("db {db} has no connection to decode its WAL capture slot on"))
+                })?;
             let decoded =
-                crate::capture::wal::materialize(&self.clients[i.index()]).await.map_err(|err| match err {
+                crate::capture::wal::materialize(&self.clients[i.index()], server).await.map_err(|err| match err {
                     Error::Postgres { context, source } => {
                         Error::Postgres { context: format!("{context} on db {db}"), source }
                     }

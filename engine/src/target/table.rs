@@ -63,6 +63,15 @@ impl TableSpec {
         if self.text_format { "" } else { " WITH (FORMAT binary)" }
     }
 
+    /// A batch of keys passed as one array parameter per key column
+    /// (`$1`, `$2`, ... in key order, see `pg::keyarray`), as the FROM
+    /// item `k` with the key's column names.
+    pub fn key_arrays_as_k(&self) -> String {
+        let arrays: Vec<String> =
+            self.key.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.type_sql)).collect();
+        format!("unnest({}) AS k ({})", arrays.join(", "), self.key_list())
+    }
+
     /// Column definitions of the key, for temporary key tables.
     pub fn key_definitions(&self) -> String {
         self.key.iter().map(|c| format!("{} {}", quote_ident(&c.name), c.type_sql)).collect::<Vec<_>>().join(", ")

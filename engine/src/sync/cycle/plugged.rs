@@ -3,13 +3,18 @@
 //! decides the batch, and its answer becomes what the chunk applies.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
+use futures_util::future::try_join;
+use tokio_postgres::types::ToSql;
+
+use super::Cycle;
 use super::merge::{Apply, Chunk, PLUGIN_BATCH, Pending};
-use super::{Cycle, temp_name};
 use crate::catalog::{ConflictRecord, Role};
 use crate::conflict::Decision;
 use crate::error::{Error, PgContext, PluginCause, PluginFailure, Result};
-use crate::pg::copy::{BinaryCopyBuilder, RawValue, copy_in_bytes};
+use crate::pg::copy::RawValue;
+use crate::pg::keyarray::{KeyColumnArray, key_columns};
 use crate::pg::quote_ident;
 use crate::plugin::bindings::conflicts::{self as wit, Conflict, Operation, Verdict};
 use crate::plugin::bindings::types::{Column, SyncInfo, TableInfo};
@@ -75,12 +80,19 @@ impl<'a> Cycle<'a> {
             }
             return Ok(());
         }
+        let step = Instant::now();
         let conflicts = self.conflicts_for_plugin(ti, &batch).await?;
+        let fetched = step.elapsed();
         let kinds: Vec<ColumnKind> = self.table(ti).columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let sync = self.sync_info(plugin);
         let table = self.table_info(ti);
         let outcome =
             crate::plugin::conflict::resolve(plugin, self.host_dbs.clone(), &sync, &table, &kinds, &conflicts).await;
+        tracing::debug!(
+            plugin = %plugin.name, table = %self.table(ti).name, conflicts = batch.len(),
+            fetch_ms = fetched.as_secs_f64() * 1000.0, call_ms = (step.elapsed() - fetched).as_secs_f64() * 1000.0,
+            "conflict batch decided by the plugin"
+        );
         let verdict =
             outcome.and_then(|v| self.check_roles(v).map_err(|why| PluginCause::new(PluginFailure::Answer, why)));
         match verdict {
@@ -219,10 +231,16 @@ impl<'a> Cycle<'a> {
             .collect::<BTreeSet<DbId>>()
             .into_iter()
             .collect();
-        // Every db at once: each read is a few round trips.
+        let fields: Vec<&[Vec<u8>]> = batch.iter().map(|p| p.fields.as_slice()).collect();
+        let keys = key_columns(&fields, table.key.len())
+            .ok_or_else(|| Error::Sync(format!("a conflicting key of {} lacks a key column", table.name)))?;
+        // Every db at once, each in one round trip (two with old images).
+        let keys = &keys;
         let per_db = futures_util::future::try_join_all(dbs.iter().map(|&db| async move {
-            let rows = self.fetch_rows(ti, db, batch).await?;
-            let bases = if self.table(ti).capture_old { self.fetch_bases(ti, db).await? } else { HashMap::new() };
+            let reads = async {
+                if self.table(ti).capture_old { self.fetch_bases(ti, db, keys).await } else { Ok(HashMap::new()) }
+            };
+            let (rows, bases) = try_join(self.fetch_rows(ti, db, keys), reads).await?;
             Ok::<_, Error>((db, rows, bases))
         }))
         .await?;
@@ -266,24 +284,27 @@ impl<'a> Cycle<'a> {
     }
 
     /// Reads, on one source, the first old image in the window of each key
-    /// loaded in the fetch table (see `fetch_rows`), with its change time.
-    async fn fetch_bases(&self, ti: TableId, db: DbId) -> Result<HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)>> {
+    /// of the batch (`keys`, see `pg::keyarray`), with its change time.
+    async fn fetch_bases(
+        &self,
+        ti: TableId,
+        db: DbId,
+        keys: &[KeyColumnArray<'_>],
+    ) -> Result<HashMap<Vec<Vec<u8>>, (i64, Vec<Value>)>> {
         let table = self.table(ti);
-        let temp = temp_name("fetch", table);
         let window = self.window(db)?;
         let sql = format!(
             "SELECT DISTINCT ON ({keys}) {keys}, d.old_row, (extract(epoch FROM d.changed_at) * 1000000)::int8
-               FROM {delta} d JOIN pg_temp.{temp} k ON {join}
+               FROM {delta} d JOIN {batch} ON {join}
               WHERE {window} AND d.old_row IS NOT NULL
               ORDER BY {keys}, d.txid, d.changed_at",
             keys = table.key_list_of("d"),
             delta = table.delta(),
-            temp = quote_ident(&temp),
+            batch = table.key_arrays_as_k(),
             join = table.key_join("d", "k"),
         );
         let rows = self
-            .client(db)
-            .query(&sql, &[])
+            .query_keys(db, &sql, keys)
             .await
             .ctx(|| format!("reading old images of {} on db {}", table.name, self.plan.db(db).name))?;
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
@@ -308,18 +329,10 @@ impl<'a> Cycle<'a> {
         Ok(out)
     }
 
-    /// Reads, on one db, the key values and current row of every key of the batch.
-    async fn fetch_rows(&self, ti: TableId, db: DbId, batch: &[Pending]) -> Result<Fetched> {
+    /// Reads, on one db, the key values and current row of every key of the
+    /// batch (`keys`, see `pg::keyarray`).
+    async fn fetch_rows(&self, ti: TableId, db: DbId, keys: &[KeyColumnArray<'_>]) -> Result<Fetched> {
         let table = self.table(ti);
-        let temp = temp_name("fetch", table);
-        self.ensure_temp(db, &temp, table).await?;
-        let mut data = BinaryCopyBuilder::new();
-        for p in batch {
-            data.push_row(p.fields.iter().map(Vec::as_slice));
-        }
-        let load =
-            format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(&temp), table.key_list());
-        copy_in_bytes(self.client(db), &load, data.finish()).await?;
         let key_kinds: Vec<ColumnKind> = table.key.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let col_kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
         let first_key = quote_ident(&table.key[0].name);
@@ -332,15 +345,14 @@ impl<'a> Cycle<'a> {
             .chain(table.columns.iter().zip(&col_kinds).map(|(c, kind)| kind.select("t", &c.name)))
             .collect();
         let sql = format!(
-            "SELECT {} FROM {} k LEFT JOIN {} t ON {}",
+            "SELECT {} FROM {} LEFT JOIN {} t ON {}",
             select.join(", "),
-            crate::target::postgres::loaded_keys(&temp, batch.len() as u64),
+            table.key_arrays_as_k(),
             table.quoted(),
             table.key_join("t", "k")
         );
         let rows = self
-            .client(db)
-            .query(&sql, &[])
+            .query_keys(db, &sql, keys)
             .await
             .ctx(|| format!("reading conflicting rows of {} on db {}", table.name, self.plan.db(db).name))?;
         let nk = table.key.len();
@@ -368,5 +380,22 @@ impl<'a> Cycle<'a> {
             out.insert(fields, (key, values));
         }
         Ok(out)
+    }
+
+    /// Runs `sql`, whose parameters are the batch's `keys`, on db `db`: kept
+    /// prepared on a KID's connection from run to run, prepared now otherwise.
+    async fn query_keys(
+        &self,
+        db: DbId,
+        sql: &str,
+        keys: &[KeyColumnArray<'_>],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let client = self.client(db);
+        let statement = match self.prepared.get(db.index()) {
+            Some(kept) => kept.statement(client, sql).await?,
+            None => client.prepare(sql).await?,
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+        client.query(&statement, &params).await
     }
 }
