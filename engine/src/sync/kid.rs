@@ -18,6 +18,7 @@ use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use super::connection::DbConnection;
 use super::cycle::{Cycle, CycleOutcome, NewCursor, RunPlugins, Transform, Writers};
 use super::plan::Plan;
 use super::validate::{self, TableSpec};
@@ -27,7 +28,6 @@ use crate::error::{Error, PgContext, Result};
 use crate::failpoint;
 use crate::pg;
 use crate::pg::prepared::Prepared;
-use crate::pg::version::Capabilities;
 use crate::plugin::hooks::HookPoint;
 use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::sync::hooks::Hooks;
@@ -46,20 +46,14 @@ pub fn application_name(sync: &str) -> String {
 
 pub struct Kid {
     plan: Plan,
-    clients: Vec<Arc<Client>>,
-    /// Per db (plan order): the statements `clients[i]` keeps prepared
-    /// between runs; made and dropped with the connections.
-    prepared: Vec<Prepared>,
+    /// Per db (plan order): its connection, kept between runs.
+    connections: Vec<DbConnection>,
     specs: Option<Vec<TableSpec>>,
     /// Plugins of the plan, loaded (by name; reloaded when the sha changes).
     plugins: std::collections::HashMap<String, LoadedPlugin>,
     /// Delta rows a run takes from a source: window_rows, halved after a
     /// run that outlasted run_timeout, doubled back after quick runs.
     window_limit: u64,
-    /// Per db (plan order): what its server can do, read at connect.
-    caps: Vec<Capabilities>,
-    /// Per db (plan order): the backend of each connection.
-    backends: Vec<pg::activity::Backend>,
     /// Backends of connections dropped since (by db name): ended at the
     /// next connect, in case the server has not noticed (see `end_dropped`).
     dropped: Vec<(String, pg::activity::Backend)>,
@@ -102,13 +96,10 @@ impl Kid {
         let window_limit = plan.settings.window_rows;
         Kid {
             plan,
-            clients: Vec::new(),
-            prepared: Vec::new(),
+            connections: Vec::new(),
             specs: None,
             plugins: Default::default(),
             window_limit,
-            caps: Vec::new(),
-            backends: Vec::new(),
             dropped: Vec::new(),
             lease: None,
             fence: 0,
@@ -146,9 +137,7 @@ impl Kid {
     /// Drops the connections; each tells its server it is leaving, so
     /// their backends end by themselves.
     pub fn disconnect(&mut self) {
-        self.backends.clear();
-        self.clients.clear();
-        self.prepared.clear();
+        self.connections.clear();
     }
 
     /// Rolls back a failed attempt on every connection, keeping them for
@@ -156,7 +145,7 @@ impl Kid {
     /// that does not roll back within ROLLBACK_TIMEOUT (a statement of the
     /// attempt still waiting on a lock) is abandoned with the rest.
     async fn roll_back(&mut self) {
-        let clients = self.clients.clone();
+        let clients: Vec<Arc<Client>> = self.connections.iter().map(|c| c.client.clone()).collect();
         let rolled = tokio::time::timeout(
             ROLLBACK_TIMEOUT,
             try_join_all(clients.iter().map(|c| async move { c.batch_execute("ROLLBACK").await })),
@@ -173,25 +162,23 @@ impl Kid {
     /// backends are ended at the next connect (`end_dropped`).
     fn abandon(&mut self) {
         let names = self.plan.dbs.iter().map(|db| db.name.clone());
-        self.dropped.extend(names.zip(self.backends.drain(..)));
-        self.clients.clear();
-        self.prepared.clear();
+        self.dropped.extend(names.zip(self.connections.drain(..).map(|c| c.backend)));
     }
 
     fn connected(&self) -> bool {
-        self.clients.len() == self.plan.dbs.len() && self.clients.iter().all(|c| !c.is_closed())
+        self.connections.len() == self.plan.dbs.len() && self.connections.iter().all(|c| !c.client.is_closed())
     }
 
     async fn connect(&mut self) -> Result<()> {
         if self.connected() {
             return Ok(());
         }
-        if !self.clients.is_empty() {
+        if !self.connections.is_empty() {
             // One of them was lost.
             self.abandon();
         }
         let app = application_name(&self.plan.sync.name);
-        let clients = try_join_all(self.plan.dbs.iter().map(|db| {
+        let connections = try_join_all(self.plan.dbs.iter().map(|db| {
             let app = app.clone();
             async move {
                 let client = pg::connect(&db.conn, &app).await.map_err(|err| match err {
@@ -206,24 +193,20 @@ impl Kid {
                     &db.name,
                 )
                 .await?;
-                let caps = crate::pg::version::detect(&client).await.map_err(|e| match e {
+                let server = crate::pg::version::detect(&client).await.map_err(|e| match e {
                     Error::Refused(why) => Error::Refused(format!("db {}: {why}", db.name)),
                     other => other,
                 })?;
-                Ok::<_, Error>((Arc::new(client), caps, backend))
+                Ok::<_, Error>(DbConnection {
+                    client: Arc::new(client),
+                    server,
+                    prepared: Prepared::default(),
+                    backend,
+                })
             }
         }))
         .await?;
-        self.clients.clear();
-        self.prepared.clear();
-        self.caps.clear();
-        self.backends.clear();
-        for (client, caps, backend) in clients {
-            self.clients.push(client);
-            self.prepared.push(Prepared::default());
-            self.caps.push(caps);
-            self.backends.push(backend);
-        }
+        self.connections = connections;
         self.end_dropped().await;
         Ok(())
     }
@@ -239,8 +222,8 @@ impl Kid {
         for (i, db) in self.plan.dbs.iter().enumerate() {
             let backends: Vec<pg::activity::Backend> =
                 dropped.iter().filter(|(name, _)| name == &db.name).map(|(_, b)| b.clone()).collect();
-            let Some(client) = self.clients.get(i).filter(|_| !backends.is_empty()) else { continue };
-            match pg::activity::end_backends(client.as_ref(), &backends).await {
+            let Some(connection) = self.connections.get(i).filter(|_| !backends.is_empty()) else { continue };
+            match pg::activity::end_backends(connection.client.as_ref(), &backends).await {
                 Ok(ended) if !ended.is_empty() => tracing::warn!(
                     sync = %self.plan.sync.name,
                     db = %db.name,
@@ -263,7 +246,7 @@ impl Kid {
     pub async fn validate(&mut self) -> Result<&[TableSpec]> {
         self.connect().await?;
         if self.specs.is_none() {
-            let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
+            let clients: Vec<&Client> = self.connections.iter().map(|c| c.client.as_ref()).collect();
             // Read before the check: a change during it shows at the next run.
             let shape = crate::pg::introspect::shape_query(
                 &self.plan.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
@@ -517,7 +500,7 @@ impl Kid {
                 .dbs
                 .iter()
                 .enumerate()
-                .map(|(i, d)| (d.name.clone(), d.conn.clone(), self.clients.get(i).cloned())),
+                .map(|(i, d)| (d.name.clone(), d.conn.clone(), self.connections.get(i).map(|c| c.client.clone()))),
         )
     }
 
@@ -570,13 +553,11 @@ impl Kid {
         }
         let hooks = self.hooks()?;
         let plugins = RunPlugins { conflict: conflict_plugin, transforms, hooks };
-        let outcome =
-            Cycle::new(&self.plan, &specs, &self.clients, writers, plugins, Some(self.window_limit), &self.caps)
-                .fenced(self.fence)
-                .expecting_shapes(&self.shapes)
-                .keeping_statements(&self.prepared)
-                .run(onetimecopy)
-                .await?;
+        let outcome = Cycle::new(&self.plan, &specs, &self.connections, writers, plugins, Some(self.window_limit))
+            .fenced(self.fence)
+            .expecting_shapes(&self.shapes)
+            .run(onetimecopy)
+            .await?;
         failpoint::check("after_commit")?;
         failpoint::hit("before_cursor_advance").await?;
         let clock = std::time::Instant::now();
@@ -604,17 +585,18 @@ impl Kid {
     async fn decode_wal(&self) -> Result<()> {
         try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
             let db = &self.plan.db(i).name;
-            let server =
-                self.caps.get(i.index()).copied().ok_or_else(|| {
-                    Error::Sync(format!("db {db} has no connection to decode its WAL capture slot on"))
-                })?;
-            let decoded =
-                crate::capture::wal::materialize(&self.clients[i.index()], server).await.map_err(|err| match err {
+            let connection = self
+                .connections
+                .get(i.index())
+                .ok_or_else(|| Error::Sync(format!("db {db} has no connection to decode its WAL capture slot on")))?;
+            let decoded = crate::capture::wal::materialize(&connection.client, connection.server).await.map_err(
+                |err| match err {
                     Error::Postgres { context, source } => {
                         Error::Postgres { context: format!("{context} on db {db}"), source }
                     }
                     other => other,
-                })?;
+                },
+            )?;
             if decoded.keys > 0 {
                 tracing::debug!(db = %db, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
             }
@@ -635,10 +617,11 @@ impl Kid {
     /// One source's cursor, only while no newer lease holder ran the sync there.
     async fn advance_cursor(&self, db: usize, snapshot: &str) -> Result<()> {
         let sync = self.plan.sync.name.as_str();
-        let snapshot_type = self.caps.get(db).map(|c| c.xids).unwrap_or_default().snapshot_type();
+        let snapshot_type = self.connections.get(db).map(|c| c.server.xids).unwrap_or_default().snapshot_type();
         let name = self.plan.dbs[db].name.as_str();
         // Typed: one round trip, no prepare.
-        let moved = self.clients[db]
+        let moved = self.connections[db]
+            .client
             .execute_typed(
                 &format!(
                     "UPDATE ibex.cursor SET snapshot = $2::text::{snapshot_type}, updated_at = now()
@@ -680,7 +663,7 @@ impl Kid {
     /// are not staggered (see `stagger.rs`).
     pub async fn stagger_warnings(&mut self) -> Result<Vec<String>> {
         self.connect().await?;
-        let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
+        let clients: Vec<&Client> = self.connections.iter().map(|c| c.client.as_ref()).collect();
         super::stagger::unstaggered(&self.plan, &clients).await
     }
 
@@ -692,7 +675,7 @@ impl Kid {
     ) -> Result<Vec<super::compare::TableDiff>> {
         self.validate().await?;
         let specs = self.specs.clone().unwrap_or_default();
-        let clients: Vec<&Client> = self.clients.iter().map(|c| c.as_ref()).collect();
+        let clients: Vec<&Client> = self.connections.iter().map(|c| c.client.as_ref()).collect();
         super::compare::compare(&self.plan, &clients, &specs, only, with_keys).await
     }
 
@@ -715,7 +698,7 @@ impl Kid {
                 }
             }
             for (db, keys) in per_db {
-                let n = super::compare::mark(&self.clients[db.index()], table, &keys, at).await?;
+                let n = super::compare::mark(&self.connections[db.index()].client, table, &keys, at).await?;
                 made.push((diff.table.clone(), self.plan.db(db).name.clone(), n));
             }
         }

@@ -2,6 +2,7 @@
 //! catalog, table checks, capture setup).
 
 pub mod compare;
+mod connection;
 mod cycle;
 pub mod ddl;
 pub mod hooks;

@@ -11,15 +11,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 
+use super::connection::DbConnection;
 use super::plan::{DbId, Plan, TableId};
 use super::validate::TableSpec;
 use crate::catalog::{ConflictRecord, ConflictStrategy, Role, TableCounts};
 use crate::conflict::{Contender, Resolver};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::Receiver;
-use crate::pg::prepared::Prepared;
 use crate::pg::quote_literal;
-use crate::pg::version::Capabilities;
 use crate::plugin::hooks::HookPoint;
 use crate::plugin::{HostDbs, LoadedPlugin};
 use crate::sync::hooks::Hooks;
@@ -65,15 +64,14 @@ pub struct CycleOutcome {
 pub struct Cycle<'a> {
     plan: &'a Plan,
     tables: &'a [TableSpec],
-    clients: &'a [Arc<Client>],
+    /// Per db (by `DbId::index`): its connection.
+    connections: &'a [DbConnection],
     writers: Writers,
     resolver: Resolver,
     /// Per db (by `DbId::index`): the window of this run, for sources.
     windows: Vec<Option<SourceWindow>>,
     /// Delta rows one run may take from a source (window_rows).
     window_limit: Option<u64>,
-    /// Per db: what its server can do (transaction id flavour).
-    caps: &'a [Capabilities],
     /// Rows changed, per table and db.
     counts: BTreeMap<(TableId, DbId), Counts>,
     conflicts: i64,
@@ -95,9 +93,6 @@ pub struct Cycle<'a> {
     shapes: &'a [String],
     /// Targets that are not PostgreSQL; `foreign[i]` is db `plan.foreign_id(i)`.
     foreign: Vec<crate::target::Slot>,
-    /// Per db (by `DbId::index`), the statements its connection keeps
-    /// between runs; empty keeps none.
-    prepared: &'a [Prepared],
 }
 
 /// How long each phase of a run took: logged at verbose per step, and
@@ -180,11 +175,10 @@ impl<'a> Cycle<'a> {
     pub fn new(
         plan: &'a Plan,
         tables: &'a [TableSpec],
-        clients: &'a [Arc<Client>],
+        connections: &'a [DbConnection],
         writers: Writers,
         plugins: RunPlugins<'a>,
         window_limit: Option<u64>,
-        caps: &'a [Capabilities],
     ) -> Self {
         let RunPlugins { conflict: conflict_plugin, transforms, hooks } = plugins;
         let contenders = plan.dbs.iter().map(|d| Contender { name: d.name.clone(), priority: d.priority }).collect();
@@ -196,17 +190,17 @@ impl<'a> Cycle<'a> {
             },
             (None, s) => s.clone(),
         };
-        let host_dbs =
-            HostDbs::new(plan.dbs.iter().zip(clients).map(|(d, c)| (d.name.clone(), d.conn.clone(), Some(c.clone()))));
+        let host_dbs = HostDbs::new(
+            plan.dbs.iter().zip(connections).map(|(d, c)| (d.name.clone(), d.conn.clone(), Some(c.client.clone()))),
+        );
         Cycle {
             plan,
             tables,
-            clients,
+            connections,
             writers,
             resolver: Resolver::new(strategy, contenders),
             windows: vec![None; plan.dbs.len()],
             window_limit,
-            caps,
             counts: BTreeMap::new(),
             conflicts: 0,
             conflict_log: Vec::new(),
@@ -219,21 +213,13 @@ impl<'a> Cycle<'a> {
             foreign: plan.foreign.iter().cloned().map(crate::target::Slot::new).collect(),
             fence: None,
             shapes: &[],
-            prepared: &[],
         }
-    }
-
-    /// Keeps the fixed COPY statements prepared on each db's connection
-    /// (`prepared[i]` belongs to `clients[i]`), for the runs after this one.
-    pub fn keeping_statements(mut self, prepared: &'a [Prepared]) -> Self {
-        self.prepared = prepared;
-        self
     }
 
     /// A receiver of `COPY ... FROM STDIN` text `sql` on db `db`; `sql`
     /// must be the same text in every run (it is kept prepared).
     fn receiver(&self, db: DbId, sql: String) -> Receiver<'a> {
-        Receiver { client: self.client(db), sql, prepared: self.prepared.get(db.index()) }
+        Receiver { client: self.client(db), sql, prepared: self.connections.get(db.index()).map(|c| &c.prepared) }
     }
 
     /// Checks, as each db's transaction opens, that the tables' columns
@@ -268,7 +254,7 @@ impl<'a> Cycle<'a> {
 
     /// A PostgreSQL db's connection.
     fn client(&self, db: DbId) -> &'a Client {
-        &self.clients[db.index()]
+        &self.connections[db.index()].client
     }
 
     /// One of the run's tables.
@@ -414,7 +400,7 @@ impl<'a> Cycle<'a> {
                 sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
             }
             let source = db.role == Role::Source;
-            let xids = self.caps.get(i.index()).map(|c| c.xids).unwrap_or_default();
+            let xids = self.connections.get(i.index()).map(|c| c.server.xids).unwrap_or_default();
             if source && let Some(token) = self.fence {
                 // Before the snapshot is read: a stale holder stops here,
                 // and runs of one sync queue on the fence row's lock.

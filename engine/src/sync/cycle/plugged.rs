@@ -382,8 +382,8 @@ impl<'a> Cycle<'a> {
         Ok(out)
     }
 
-    /// Runs `sql`, whose parameters are the batch's `keys`, on db `db`: kept
-    /// prepared on a KID's connection from run to run, prepared now otherwise.
+    /// Runs `sql`, whose parameters are the batch's `keys`, on db `db`,
+    /// kept prepared on its connection from run to run.
     async fn query_keys(
         &self,
         db: DbId,
@@ -391,8 +391,8 @@ impl<'a> Cycle<'a> {
         keys: &[KeyColumnArray<'_>],
     ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
         let client = self.client(db);
-        let statement = match self.prepared.get(db.index()) {
-            Some(kept) => kept.statement(client, sql).await?,
+        let statement = match self.connections.get(db.index()) {
+            Some(connection) => connection.prepared.statement(client, sql).await?,
             None => client.prepare(sql).await?,
         };
         let params: Vec<&(dyn ToSql + Sync)> = keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
