@@ -314,6 +314,18 @@ impl Cluster {
         Ok(client)
     }
 
+    /// Opens a transaction on `dbname` that runs `lock_sql` (e.g. `SELECT
+    /// ... FOR UPDATE`) and keeps its locks until [`HeldLocks::release`].
+    pub fn hold(&self, dbname: &str, lock_sql: &str) -> Result<HeldLocks> {
+        let runtime = tokio::runtime::Runtime::new().context("starting a runtime for a lock holder")?;
+        let client = runtime.block_on(async {
+            let client = self.connect(dbname).await?;
+            client.batch_execute(&format!("BEGIN; {lock_sql}")).await.with_context(|| format!("holding {lock_sql}"))?;
+            Ok::<_, anyhow::Error>(client)
+        })?;
+        Ok(HeldLocks { runtime, client })
+    }
+
     /// Runs SQL with psql and returns its unaligned, tuples-only output.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String> {
         let mut c = Command::new("psql");
@@ -469,5 +481,19 @@ impl Cluster {
         }
         self.psql("postgres", "CHECKPOINT")?;
         Ok(())
+    }
+}
+
+/// A transaction holding locks on a db (see [`Cluster::hold`]), with the
+/// runtime its connection lives on.
+pub struct HeldLocks {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl HeldLocks {
+    /// Commits the holding transaction: its locks go.
+    pub fn release(self) -> Result<()> {
+        self.runtime.block_on(self.client.batch_execute("COMMIT")).context("releasing held locks")
     }
 }

@@ -291,13 +291,8 @@ fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
     s.ibex.sh("add table t db=src herd=h").ok();
     s.ibex.sh("add sync held herd=h dbs=src:source,dst:target").ok();
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
-    let rt = tokio::runtime::Runtime::new().unwrap();
     // Locks the row without changing it: waiting it out would succeed.
-    let holder = rt.block_on(async {
-        let c = s.cluster.connect("dst").await.unwrap();
-        c.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").await.unwrap();
-        c
-    });
+    let holder = s.cluster.hold("dst", "SELECT * FROM t WHERE id = 1 FOR UPDATE").unwrap();
     let run = std::thread::scope(|scope| {
         let running = scope.spawn(|| s.run("held"));
         // Only a wait of over a second is let go: the first attempt's wait
@@ -309,7 +304,7 @@ fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
             assert!(Instant::now() < deadline, "no attempt waited on the held row");
             std::thread::sleep(Duration::from_millis(50));
         }
-        rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+        holder.release().unwrap();
         running.join().unwrap()
     });
     assert_eq!(run["run"]["state"], "good", "{run}");
@@ -531,12 +526,7 @@ fn vac_purges_past_a_long_open_transaction_on_kept_connections() {
     s.ibex.sh("add table t db=src herd=h").ok();
     s.ibex.sh("add sync vc herd=h dbs=src:source,dst:target").ok();
     s.ibex.sh("set vac_interval=1s").ok();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let long = rt.block_on(async {
-        let client = s.cluster.connect("src").await.unwrap();
-        client.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.unwrap();
-        client
-    });
+    let long = s.cluster.hold("src", "SELECT pg_current_xact_id()").unwrap();
     s.sql("src", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 5000) i");
     let delta = delta_of(&s, "src", "t");
     let mut d = Daemon::configure(&s.ibex).unwrap();
@@ -559,7 +549,7 @@ fn vac_purges_past_a_long_open_transaction_on_kept_connections() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!before.is_empty(), "no VAC connection on src");
     assert_eq!(vac_backends(), before, "the VAC opened new connections between passes");
-    rt.block_on(long.batch_execute("COMMIT")).unwrap();
+    long.release().unwrap();
 }
 
 /// Three masters whose keys come from a bigserial: validate warns until the

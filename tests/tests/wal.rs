@@ -194,13 +194,8 @@ fn a_retried_run_decodes_once_and_the_next_run_takes_what_came_meanwhile() {
         "autokick=false",
     );
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
-    let rt = tokio::runtime::Runtime::new().unwrap();
     // The target row held: the first attempt gives up on it, the retry waits.
-    let holder = rt.block_on(async {
-        let c = s.cluster.connect("dst").await.unwrap();
-        c.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").await.unwrap();
-        c
-    });
+    let holder = s.cluster.hold("dst", "SELECT * FROM t WHERE id = 1 FOR UPDATE").unwrap();
     // Each attempt pauses after reading its window, the first one after
     // decoding the slot.
     let mut child = s
@@ -229,7 +224,7 @@ fn a_retried_run_decodes_once_and_the_next_run_takes_what_came_meanwhile() {
     // Committed after the first attempt decoded the slot, before the retry.
     s.sql("src", "INSERT INTO t VALUES (2, 'meanwhile')");
     pause();
-    rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+    holder.release().unwrap();
     let mut out = String::new();
     child.stdout.take().expect("the run's stdout").read_to_string(&mut out).unwrap();
     let status = child.wait().unwrap();
