@@ -312,6 +312,54 @@ fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
     assert_eq!(s.sql("dst", "SELECT v FROM t WHERE id = 1"), "new");
 }
 
+/// Over a thousand changed integer keys with no gap are deleted on the
+/// target as one range (target/postgres.rs): exactly the range, never a
+/// neighbour; keys with a gap, or too far apart for int8 arithmetic, take
+/// the join. Rows changed on the target only show any over-deletion.
+#[test]
+fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT i, 'old' FROM generate_series(1, 10000) i",
+        &["src", "dst"],
+    );
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync range herd=h dbs=src:source,dst:target autokick=false").ok();
+    assert_eq!(s.run("range")["run"]["state"], "good");
+    // The target's own marks on the neighbours of each changed set: a
+    // delete that reaches past the keys removes them for good (the source
+    // never changed them, so no run copies them back).
+    s.sql("dst", "UPDATE t SET v = 'mark' WHERE id IN (2000, 5001, 6000, 7001, 8002)");
+    let marks = "SELECT count(*) FROM t WHERE v = 'mark'";
+    // 3,000 consecutive keys: the range.
+    s.sql("src", "UPDATE t SET v = 'new' WHERE id BETWEEN 2001 AND 5000");
+    let run = s.run("range");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["deleted"], 3000, "{run}");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'new'"), "3000");
+    assert_eq!(s.sql("dst", marks), "5");
+    // 2,000 keys around a gap at 7001: as many keys as a range of 2,000
+    // would hold, but not one; the join deletes them.
+    s.sql("src", "UPDATE t SET v = 'gap' WHERE id BETWEEN 6001 AND 7000 OR id BETWEEN 7002 AND 8001");
+    let run = s.run("range");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'gap'"), "2000");
+    assert_eq!(s.sql("dst", marks), "5");
+    // New keys up to the largest int8, and a set whose span overflows int8.
+    s.sql("src", "INSERT INTO t SELECT 9223372036854775807 - i, 'top' FROM generate_series(0, 1499) i");
+    s.sql("src", "INSERT INTO t SELECT -9223372036854775808 + i, 'far' FROM generate_series(0, 1) i");
+    s.sql("src", "UPDATE t SET v = 'far' WHERE id BETWEEN 9001 AND 10000");
+    let run = s.run("range");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(
+        s.sql("dst", "SELECT count(*) FILTER (WHERE v = 'top') || '/' || count(*) FILTER (WHERE v = 'far') FROM t"),
+        "1500/1002"
+    );
+    assert_eq!(s.sql("dst", marks), "5");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "11502");
+}
+
 /// `id=v,...` of table items, by id.
 fn items(s: &Setup, db: &str) -> String {
     s.sql(db, "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM items")

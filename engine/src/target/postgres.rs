@@ -58,34 +58,78 @@ pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableS
     if loaded == 0 {
         return Ok(0);
     }
-    // Without statistics the planner guesses the key table is tiny; and a
-    // join of many keys needs room (never less than the role already has).
-    let prelude = if loaded > LARGE_DELETE_KEYS {
-        format!(
-            "ANALYZE pg_temp.{}; SELECT set_config('work_mem', '{LARGE_DELETE_WORK_MEM}', true) \
-              WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{LARGE_DELETE_WORK_MEM}'); ",
-            quote_ident(keys)
-        )
+    let key_table = quote_ident(keys);
+    let join_delete = format!(
+        "DELETE FROM {} t USING {} k WHERE {}",
+        table.quoted(),
+        loaded_keys(keys, loaded),
+        table.key_join("t", "k")
+    );
+    // The statements whose counts are the deletes' (the last ones).
+    let mut deletes = 1;
+    let sql = if loaded > LARGE_DELETE_KEYS {
+        // Without statistics the planner guesses the key table is tiny; and a
+        // join of many keys needs room (never less than the role already has).
+        let prelude = format!(
+            "ANALYZE pg_temp.{key_table}; SELECT set_config('work_mem', '{LARGE_DELETE_WORK_MEM}', true) \
+              WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{LARGE_DELETE_WORK_MEM}'); "
+        );
+        match integer_key(table) {
+            Some(key) => {
+                deletes = 2;
+                format!("{prelude}{}", range_or_join_delete(table, &key_table, &key, &join_delete))
+            }
+            None => format!("{prelude}{join_delete}"),
+        }
     } else {
-        String::new()
+        join_delete
     };
-    // The simple protocol returns the count without a separate prepare.
-    let messages = client
-        .simple_query(&format!(
-            "{prelude}DELETE FROM {} t USING {} k WHERE {}",
-            table.quoted(),
-            loaded_keys(keys, loaded),
-            table.key_join("t", "k")
-        ))
-        .await
-        .ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
-    // The DELETE's count is the last one (the prelude's come before it).
-    Ok(messages
+    // The simple protocol returns the counts without a separate prepare.
+    let messages =
+        client.simple_query(&sql).await.ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
+    let counts: Vec<u64> = messages
         .iter()
-        .rev()
-        .find_map(|m| match m {
+        .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
             _ => None,
         })
-        .unwrap_or(0))
+        .collect();
+    // The deletes' counts come last (the prelude's before them); with a
+    // range check, one of its two deletes did the work and the other none.
+    Ok(counts.iter().rev().take(deletes).sum())
+}
+
+/// The key's quoted name when it is one integer column: a set of such
+/// keys with no gap is a range, deleted as one.
+fn integer_key(table: &TableSpec) -> Option<String> {
+    use tokio_postgres::types::Type;
+    match table.key.as_slice() {
+        [key] if [Type::INT2.oid(), Type::INT4.oid(), Type::INT8.oid()].contains(&key.type_oid) => {
+            Some(quote_ident(&key.name))
+        }
+        _ => None,
+    }
+}
+
+/// Where the loaded keys have no gap (`lo..=hi`, as many keys as the
+/// range holds), the transaction setting it records: `lo,hi`, else empty.
+const KEY_RANGE_SETTING: &str = "ibex.key_range";
+
+/// Deletes the loaded integer keys as the range they fill when they fill
+/// one (a bulk change of consecutive ids: a range scan, like a hand-written
+/// DELETE, where the join with 1 M keys took twice as long), else by the
+/// join. Both are sent; the setting's one-time filter runs exactly one.
+fn range_or_join_delete(table: &TableSpec, key_table: &str, key: &str, join_delete: &str) -> String {
+    // NULL without a range: the bounds are computed even where the filter
+    // stops the delete, and '' is no int8.
+    let bound = |n: u8| format!("nullif(split_part(current_setting('{KEY_RANGE_SETTING}'), ',', {n}), '')::int8");
+    format!(
+        "SELECT set_config('{KEY_RANGE_SETTING}', coalesce((SELECT min({key})::text || ',' || max({key})::text
+            FROM pg_temp.{key_table} HAVING max({key})::numeric - min({key})::numeric + 1 = count(*)), ''), true);
+         DELETE FROM {} t WHERE current_setting('{KEY_RANGE_SETTING}') <> '' AND t.{key} BETWEEN {} AND {};
+         {join_delete} AND current_setting('{KEY_RANGE_SETTING}') = ''",
+        table.quoted(),
+        bound(1),
+        bound(2),
+    )
 }
