@@ -39,9 +39,8 @@ fn add_sync(s: &Setup, strategy: &str) {
         .ok();
 }
 
-#[test]
-fn additive_merge_adds_both_sides_changes() {
-    let s = two_masters("plugin:");
+/// The official additive merge as plugin `merge`, adding up balance and visits.
+fn add_additive_merge(s: &Setup) {
     s.ibex
         .run(&[
             "add",
@@ -51,6 +50,12 @@ fn additive_merge_adds_both_sides_changes() {
             "config.columns=balance,visits",
         ])
         .ok();
+}
+
+#[test]
+fn additive_merge_adds_both_sides_changes() {
+    let s = two_masters("plugin:");
+    add_additive_merge(&s);
     s.ibex.sh("update table acct capture_old=true").ok();
     add_sync(&s, "plugin:merge");
     // The seed's example: both nodes add $10; the result is +$20.
@@ -97,15 +102,7 @@ fn a_plugin_reads_the_rows_of_composite_keys_of_any_type() {
     );
     s.dbs_from("m1", &["m1", "m2"]);
     s.ibex.sh("add table stock db=m1 herd=h").ok();
-    s.ibex
-        .run(&[
-            "add",
-            "plugin",
-            "merge",
-            &wasm(plugins::official("additive-merge").unwrap()),
-            "config.columns=balance,visits",
-        ])
-        .ok();
+    add_additive_merge(&s);
     s.ibex.sh("update table stock capture_old=true").ok();
     s.ibex.run(&["add", "sync", "mm", "herd=h", "dbs=m1:source,m2:source", "conflict_strategy=plugin:merge"]).ok();
     s.sql("m1", "UPDATE stock SET balance = balance + 10, visits = visits + 1");

@@ -61,18 +61,24 @@ pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
                     .reference(Figure::of(size as f64 / raw.as_secs_f64()), "raw COPY pipe")
                     .goal(Goal::ReferenceAtLeast(0.5), ">= 0.5 of the raw pipe"),
             );
+            // The changed rows piped into the target again.
+            let pipe_rows_in = || {
+                raw_pipe(
+                    &s.cluster,
+                    "isrc",
+                    &format!(
+                        "COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)"
+                    ),
+                    "idst",
+                    "COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)",
+                )
+            };
             // The floor of delete + copy: the same rows deleted on the
             // (vacuumed) target as one statement, then piped in again.
             s.sql("idst", "VACUUM ANALYZE pgbench_accounts");
             let (_, delete) =
                 timed(|| s.cluster.psql("idst", &format!("DELETE FROM pgbench_accounts WHERE aid <= {size}")))?;
-            let refill = raw_pipe(
-                &s.cluster,
-                "isrc",
-                &format!("COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)"),
-                "idst",
-                "COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)",
-            )?;
+            let refill = pipe_rows_in()?;
             check_same(&s, "the raw delete + copy", &["isrc", "idst"], &["pgbench_accounts"])?;
             // The floor of a keyed delete + copy, which is what the
             // transport does when the changed keys are not one range: the
@@ -95,43 +101,36 @@ pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
                     "SET work_mem = '64MB'; ANALYZE raw_keys; DELETE FROM pgbench_accounts t USING raw_keys k WHERE t.aid = k.aid",
                 )
             })?;
-            let keyed_refill = raw_pipe(
-                &s.cluster,
-                "isrc",
-                &format!("COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)"),
-                "idst",
-                "COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)",
-            )?;
+            let keyed_refill = pipe_rows_in()?;
             check_same(&s, "the raw keyed delete + copy", &["isrc", "idst"], &["pgbench_accounts"])?;
-            bench.add(
+            // ibex against one floor of delete + copy, which took `floor`.
+            let against_floor = |id: &str, what: &str, floor: Duration, reference_is: &str, goal: &str| {
                 Measure::new(
-                    "bulk_floor",
+                    id,
                     "bulk one-way",
-                    format!("{size} changed rows applied, against their raw DELETE + COPY"),
+                    format!("{size} changed rows applied, against their {what}"),
                     "rows/s",
                     Better::Higher,
                 )
                 .ibex(Figure::of(size as f64 / ibex_secs))
                 .bucardo(Figure::or_missing(bucardo_time.map(|d| size as f64 / d.as_secs_f64()), unfinished))
-                .reference(Figure::of(size as f64 / (delete + refill).as_secs_f64()), "raw DELETE, then COPY pipe")
-                .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of raw delete + copy"),
-            );
-            bench.add(
-                Measure::new(
-                    "bulk_keyed_floor",
-                    "bulk one-way",
-                    format!("{size} changed rows applied, against their raw keyed DELETE + COPY"),
-                    "rows/s",
-                    Better::Higher,
-                )
-                .ibex(Figure::of(size as f64 / ibex_secs))
-                .bucardo(Figure::or_missing(bucardo_time.map(|d| size as f64 / d.as_secs_f64()), unfinished))
-                .reference(
-                    Figure::of(size as f64 / (keys + keyed_delete + keyed_refill).as_secs_f64()),
-                    "keys piped to a key table, DELETE USING it, then COPY pipe",
-                )
-                .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of raw keyed delete + copy"),
-            );
+                .reference(Figure::of(size as f64 / floor.as_secs_f64()), reference_is)
+                .goal(Goal::ReferenceAtLeast(0.9), goal)
+            };
+            bench.add(against_floor(
+                "bulk_floor",
+                "raw DELETE + COPY",
+                delete + refill,
+                "raw DELETE, then COPY pipe",
+                ">= 0.9 of raw delete + copy",
+            ));
+            bench.add(against_floor(
+                "bulk_keyed_floor",
+                "raw keyed DELETE + COPY",
+                keys + keyed_delete + keyed_refill,
+                "keys piped to a key table, DELETE USING it, then COPY pipe",
+                ">= 0.9 of raw keyed delete + copy",
+            ));
         }
         let bucardo_mib = bucardo_rss as f64 / 1024.0;
         bench.add(
