@@ -360,6 +360,47 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "11502");
 }
 
+/// A target that refuses the delete of changed rows (a trigger that fires
+/// even for ibex's applies): the run names the trigger's error, not the
+/// "transaction is aborted" of the COPY pipelined behind the delete, on
+/// the one-way path and on the multi-master one; no row is half-applied.
+#[test]
+fn a_failing_delete_is_reported_by_its_own_error_not_the_copy_behind_it() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'old' FROM generate_series(1, 3000) i;
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN RAISE EXCEPTION 'deletes of t are refused here'; END$$;",
+        &["src", "dst", "m2"],
+    );
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync one herd=h dbs=src:source,dst:target autokick=false").ok();
+    s.ibex.sh("add sync two herd=h dbs=src:source,m2:source autokick=false").ok();
+    assert_eq!(s.run("one")["run"]["state"], "good");
+    assert_eq!(s.run("two")["run"]["state"], "good");
+    for db in ["dst", "m2"] {
+        s.sql(
+            db,
+            "CREATE TRIGGER refuse BEFORE DELETE ON t FOR EACH ROW EXECUTE FUNCTION refuse();
+                   ALTER TABLE t ENABLE ALWAYS TRIGGER refuse",
+        );
+    }
+    // m2's own changes make sync two merge (both of its masters changed).
+    s.sql("m2", "UPDATE t SET v = 'm2' WHERE id IN (1, 3000)");
+    // Few keys and many (the large delete's range check and join).
+    for range in ["id <= 3", "id > 3"] {
+        s.sql("src", &format!("UPDATE t SET v = 'new' WHERE {range}"));
+        for sync in ["one", "two"] {
+            let err = s.run_fails(sync, "deletes of t are refused here");
+            assert!(!err.contains("current transaction is aborted"), "{sync}, {range}: {err}");
+        }
+    }
+    for (db, old) in [("src", "0"), ("dst", "3000"), ("m2", "2998")] {
+        assert_eq!(s.sql(db, "SELECT count(*) FROM t WHERE v = 'old'"), old, "{db}");
+    }
+}
+
 /// `id=v,...` of table items, by id.
 fn items(s: &Setup, db: &str) -> String {
     s.sql(db, "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM items")

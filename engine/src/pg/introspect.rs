@@ -195,6 +195,17 @@ pub struct LiveColumn {
     /// Binary COPY of this type embeds type OIDs that differ between
     /// databases (arrays and composites of user-defined types).
     pub oids_in_binary: bool,
+    /// For a domain, the type under it (under every level of domain), as
+    /// SQL text: arrays of domains came only in PostgreSQL 11, so an array
+    /// of this column's values is passed as one of that type.
+    pub domain_base_sql: Option<String>,
+}
+
+impl LiveColumn {
+    /// The element type of an array of this column's values.
+    pub fn array_element_sql(&self) -> &str {
+        self.domain_base_sql.as_deref().unwrap_or(&self.type_sql)
+    }
 }
 
 /// A query whose one value fingerprints the columns (names, types,
@@ -249,7 +260,13 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                     CASE WHEN t.typtype = 'c' THEN true
                          WHEN t.typcategory = 'A' THEN t.typelem >= 16384
                               OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')
-                         ELSE false END
+                         ELSE false END,
+                    CASE WHEN t.typtype = 'd' THEN
+                      (WITH RECURSIVE under (oid, base) AS (
+                           SELECT t.oid, t.typbasetype
+                           UNION ALL
+                           SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
+                       SELECT format_type(oid, NULL) FROM under WHERE base = 0) END
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
@@ -276,6 +293,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                 generated: r.get(4),
                 send_fn: r.get(5),
                 oids_in_binary: r.get(6),
+                domain_base_sql: r.get(7),
             })
             .collect(),
     ))

@@ -9,7 +9,8 @@ use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 /// The values of one key column, each in its type's binary form. The
 /// array's element type is the one the statement declares for the
-/// parameter (`$n::type[]`), so any key type travels, domains and enums too.
+/// parameter (`$n::type[]`), so any key type travels: enums as themselves,
+/// domains as the type under them (whose binary form theirs is).
 #[derive(Debug)]
 pub struct KeyColumnArray<'a>(pub Vec<&'a [u8]>);
 

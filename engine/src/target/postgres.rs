@@ -70,16 +70,16 @@ pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableS
     let sql = if loaded > LARGE_DELETE_KEYS {
         // Without statistics the planner guesses the key table is tiny; and a
         // join of many keys needs room (never less than the role already has).
-        let prelude = format!(
-            "ANALYZE pg_temp.{key_table}; SELECT set_config('work_mem', '{LARGE_DELETE_WORK_MEM}', true) \
+        let work_mem = format!(
+            "SELECT set_config('work_mem', '{LARGE_DELETE_WORK_MEM}', true) \
               WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{LARGE_DELETE_WORK_MEM}'); "
         );
         match integer_key(table) {
             Some(key) => {
                 deletes = 2;
-                format!("{prelude}{}", range_or_join_delete(table, &key_table, &key, &join_delete))
+                range_or_join_delete(table, &key_table, &key, &work_mem, &join_delete)
             }
-            None => format!("{prelude}{join_delete}"),
+            None => format!("ANALYZE pg_temp.{key_table}; {work_mem}{join_delete}"),
         }
     } else {
         join_delete
@@ -119,14 +119,16 @@ const KEY_RANGE_SETTING: &str = "ibex.key_range";
 /// one (a bulk change of consecutive ids: a range scan, like a hand-written
 /// DELETE, where the join with 1 M keys took twice as long), else by the
 /// join. Both are sent; the setting's one-time filter runs exactly one.
-fn range_or_join_delete(table: &TableSpec, key_table: &str, key: &str, join_delete: &str) -> String {
+/// Only the join needs the key table analyzed (72 ms for 1 M keys).
+fn range_or_join_delete(table: &TableSpec, key_table: &str, key: &str, work_mem: &str, join_delete: &str) -> String {
     // NULL without a range: the bounds are computed even where the filter
     // stops the delete, and '' is no int8.
     let bound = |n: u8| format!("nullif(split_part(current_setting('{KEY_RANGE_SETTING}'), ',', {n}), '')::int8");
     format!(
         "SELECT set_config('{KEY_RANGE_SETTING}', coalesce((SELECT min({key})::text || ',' || max({key})::text
             FROM pg_temp.{key_table} HAVING max({key})::numeric - min({key})::numeric + 1 = count(*)), ''), true);
-         DELETE FROM {} t WHERE current_setting('{KEY_RANGE_SETTING}') <> '' AND t.{key} BETWEEN {} AND {};
+         DO $ibex$ BEGIN IF current_setting('{KEY_RANGE_SETTING}') = '' THEN ANALYZE pg_temp.{key_table}; END IF; END $ibex$;
+         {work_mem}DELETE FROM {} t WHERE current_setting('{KEY_RANGE_SETTING}') <> '' AND t.{key} BETWEEN {} AND {};
          {join_delete} AND current_setting('{KEY_RANGE_SETTING}') = ''",
         table.quoted(),
         bound(1),

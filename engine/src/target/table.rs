@@ -65,10 +65,11 @@ impl TableSpec {
 
     /// A batch of keys passed as one array parameter per key column
     /// (`$1`, `$2`, ... in key order, see `pg::keyarray`), as the FROM
-    /// item `k` with the key's column names.
+    /// item `k` with the key's column names (a domain column's array is
+    /// of its base type: see `LiveColumn::array_element_sql`).
     pub fn key_arrays_as_k(&self) -> String {
         let arrays: Vec<String> =
-            self.key.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.type_sql)).collect();
+            self.key.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.array_element_sql())).collect();
         format!("unnest({}) AS k ({})", arrays.join(", "), self.key_list())
     }
 

@@ -165,6 +165,7 @@ mod tests {
             generated: false,
             send_fn: String::new(),
             oids_in_binary: false,
+            domain_base_sql: None,
         }
     }
 

@@ -219,7 +219,7 @@ impl<'a> Cycle<'a> {
     /// A receiver of `COPY ... FROM STDIN` text `sql` on db `db`; `sql`
     /// must be the same text in every run (it is kept prepared).
     fn receiver(&self, db: DbId, sql: String) -> Receiver<'a> {
-        Receiver { client: self.client(db), sql, prepared: self.connections.get(db.index()).map(|c| &c.prepared) }
+        Receiver { client: self.client(db), sql, prepared: Some(&self.connection(db).prepared) }
     }
 
     /// Checks, as each db's transaction opens, that the tables' columns
@@ -254,7 +254,12 @@ impl<'a> Cycle<'a> {
 
     /// A PostgreSQL db's connection.
     fn client(&self, db: DbId) -> &'a Client {
-        &self.connections[db.index()].client
+        &self.connection(db).client
+    }
+
+    /// A db's connection, with what is kept on it.
+    fn connection(&self, db: DbId) -> &'a DbConnection {
+        &self.connections[db.index()]
     }
 
     /// One of the run's tables.
@@ -400,7 +405,7 @@ impl<'a> Cycle<'a> {
                 sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
             }
             let source = db.role == Role::Source;
-            let xids = self.connections.get(i.index()).map(|c| c.server.xids).unwrap_or_default();
+            let xids = self.connection(i).server.xids;
             if source && let Some(token) = self.fence {
                 // Before the snapshot is read: a stale holder stops here,
                 // and runs of one sync queue on the fence row's lock.

@@ -390,11 +390,9 @@ impl<'a> Cycle<'a> {
         sql: &str,
         keys: &[KeyColumnArray<'_>],
     ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        let client = self.client(db);
-        let statement = match self.connections.get(db.index()) {
-            Some(connection) => connection.prepared.statement(client, sql).await?,
-            None => client.prepare(sql).await?,
-        };
+        let connection = self.connection(db);
+        let client = &connection.client;
+        let statement = connection.prepared.statement(client, sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
         client.query(&statement, &params).await
     }
