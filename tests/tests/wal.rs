@@ -79,6 +79,14 @@ fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
         "SELECT bool_and(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) < 1000000) FROM pg_replication_slots",
     );
     assert_eq!(behind, "t");
+    // Advanced once the run committed, to exactly what the run decoded.
+    for db in ["m1", "m2"] {
+        let at = s.sql(
+            db,
+            "SELECT s.confirmed_flush_lsn = w.materialized_lsn FROM pg_replication_slots s JOIN ibex.wal w USING (slot_name)",
+        );
+        assert_eq!(at, "t", "{db}");
+    }
 }
 
 #[test]

@@ -10,9 +10,10 @@
 //! after it, exactly as if the triggers had captured the changes late; a
 //! decoded id could already be visible in a cursor and be skipped. The
 //! position decoded up to is written in `ibex.wal` in the same
-//! transaction; the slot is advanced to it only after that commit, and
-//! first thing on the next call, so a crash in between re-reads nothing
-//! twice and loses nothing.
+//! transaction; the slot is advanced to it only after that commit (by a
+//! KID once its run committed the targets: see [`SlotAdvance`]), and first
+//! thing on the next call, so a crash in between re-reads nothing twice
+//! and loses nothing.
 //!
 //! The slot uses `test_decoding`, whose output names each column, so a
 //! column added or dropped since the change was written cannot shift the
@@ -96,23 +97,52 @@ struct Txn {
 /// db without WAL capture. Safe to call from several runs at once (they
 /// queue on an advisory lock).
 pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materialized> {
+    let (report, advance) = materialize_then_advance(client, server).await?;
+    if let Some(advance) = advance {
+        advance.run(client).await;
+    }
+    Ok(report)
+}
+
+/// The slot's advance past what [`materialize_then_advance`] committed,
+/// left to the caller: a KID runs it after its targets committed, so the
+/// changes it decoded do not wait for it (the advance decodes the slot from
+/// its restart point once more). Not run at all, the next call runs it
+/// first thing, under the slot's lock.
+#[must_use = "the slot keeps its WAL until it is advanced"]
+pub struct SlotAdvance(SlotPosition);
+
+impl SlotAdvance {
+    /// Advances the slot; a failure is logged, as the next call advances it.
+    pub async fn run(self, client: &Client) {
+        let clock = std::time::Instant::now();
+        match advance_alone(client, &self.0).await {
+            Ok(()) => tracing::debug!(us = clock.elapsed().as_micros() as u64, "WAL capture slot advanced"),
+            Err(err) => tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will"),
+        }
+    }
+}
+
+/// [`materialize`] without the slot's last advance, which it returns.
+pub async fn materialize_then_advance(
+    client: &Client,
+    server: Capabilities,
+) -> Result<(Materialized, Option<SlotAdvance>)> {
     // Decoding reads only flushed WAL: a commit made with synchronous_commit
     // = off may not be yet, and its kick would find nothing. A synchronous
     // commit that wrote WAL flushes all WAL before it (a bare xid would
-    // commit asynchronously); skipped when nothing waits.
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = on; {}
-             SELECT pg_logical_emit_message(true, 'ibex-flush', '')
-              WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();
-             COMMIT",
-            if server.logs_standby_snapshot() { log_running_xacts() } else { String::new() }
-        ))
-        .await
-        .ctx(|| "flushing the WAL before decoding it".into())?;
+    // commit asynchronously); skipped when nothing waits. It goes out with
+    // the first batch's start.
+    let mut flush = Some(format!(
+        "BEGIN; SET LOCAL synchronous_commit = on; {}
+         SELECT pg_logical_emit_message(true, 'ibex-flush', '')
+          WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();
+         COMMIT; ",
+        if server.logs_standby_snapshot() { log_running_xacts() } else { String::new() }
+    ));
     let mut total = Materialized::default();
     loop {
-        let batch = materialize_batch(client).await?;
+        let batch = materialize_batch(client, flush.take().as_deref()).await?;
         total.transactions += batch.report.transactions;
         total.keys += batch.report.keys;
         total.skipped += batch.report.skipped;
@@ -120,14 +150,8 @@ pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materi
             // The next batch advances the slot first thing, under its lock.
             continue;
         }
-        if let Some(position) = &batch.position {
-            // The slot may let go of the WAL now; if this fails the next
-            // call advances it first.
-            if let Err(err) = advance_alone(client, position).await {
-                tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will");
-            }
-        }
-        return Ok(total);
+        // The slot may let go of the WAL once this is advanced.
+        return Ok((total, batch.position.map(SlotAdvance)));
     }
 }
 
@@ -149,78 +173,9 @@ struct Batch {
     drained: bool,
 }
 
-/// One transaction of [`materialize`].
-async fn materialize_batch(client: &Client) -> Result<Batch> {
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}"
-        ))
-        .await
-        .ctx(|| "starting to read the WAL capture slot".into())?;
-    let result = async {
-        let mut report = Materialized::default();
-        let Some(row) = client
-            .query_typed_opt(
-                "SELECT slot_name, materialized_lsn::text, pg_current_wal_lsn()::text,
-                        current_setting('server_version_num')::int FROM ibex.wal",
-                &[],
-            )
-            .await
-            .ctx(|| "reading the WAL capture position".into())?
-        else {
-            return Ok(Batch { report, position: None, drained: true });
-        };
-        let slot: String = row.get(0);
-        let done_upto: Option<String> = row.get(1);
-        let upto: String = row.get(2);
-        let version: i32 = row.get(3);
-        if let Some(lsn) = done_upto {
-            // A crash after the last commit left the slot behind.
-            advance(client, &SlotPosition { slot: slot.clone(), lsn, version }).await?;
-        }
-        let mut targets = targets(client).await?;
-        let rows = client
-            .query_typed_raw(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3,
-                     'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1')",
-                [
-                    (&slot as &(dyn ToSql + Sync), Type::TEXT),
-                    (&upto as &(dyn ToSql + Sync), Type::TEXT),
-                    (&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4),
-                ],
-            )
-            .await
-            .ctx(|| format!("decoding the WAL capture slot {slot}"))?;
-        futures_util::pin_mut!(rows);
-        let mut decoder = Decoder::default();
-        let mut seen: i32 = 0;
-        let mut last_commit: Option<String> = None;
-        while let Some(row) = rows.try_next().await.ctx(|| format!("decoding the WAL capture slot {slot}"))? {
-            seen += 1;
-            let lsn: String = row.get(0);
-            let data: String = row.get(1);
-            if decoder.line(&data, &mut targets, &mut report)? {
-                last_commit = Some(lsn);
-            }
-        }
-        // Pipelined on the connection: one round trip for all tables.
-        let txns = &decoder.txns;
-        let written = try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))).await?;
-        report.keys += written.iter().sum::<u64>();
-        if let Some(lsn) = &last_commit {
-            client
-                .execute_typed(
-                    "UPDATE ibex.wal SET materialized_lsn = $1::text::pg_lsn, materialized_at = now()",
-                    &[(lsn, Type::TEXT)],
-                )
-                .await
-                .ctx(|| "recording the WAL capture position".into())?;
-        }
-        let drained = seen < BATCH_CHANGES || last_commit.is_none();
-        Ok(Batch { report, position: last_commit.map(|lsn| SlotPosition { slot, lsn, version }), drained })
-    }
-    .await;
-    match result {
+/// One transaction of [`materialize`], after `flush` (SQL) when given.
+async fn materialize_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
+    match read_batch(client, flush).await {
         Ok(batch) => {
             client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into())?;
             Ok(batch)
@@ -234,6 +189,98 @@ async fn materialize_batch(client: &Client) -> Result<Batch> {
             Err(err)
         }
     }
+}
+
+/// Where the slot stands, and whether it is behind what was committed (a
+/// crash, or a failed run, between a commit and the advance after it).
+const POSITION_SQL: &str = "SELECT w.slot_name, w.materialized_lsn::text, pg_current_wal_lsn()::text,
+        current_setting('server_version_num')::int, coalesce(s.confirmed_flush_lsn < w.materialized_lsn, false)
+   FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name";
+
+/// The work of [`materialize_batch`], in its transaction. Statements that
+/// need no answer before the next are pipelined: the start (with the
+/// flush), the position and the captured tables go out together, and the
+/// keys with the new position: four round trips in all.
+async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
+    let begin = format!(
+        "{}BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}",
+        flush.unwrap_or_default()
+    );
+    let (began, position, targets) = futures_util::future::join3(
+        client.batch_execute(&begin),
+        client.query_typed_opt(POSITION_SQL, &[]),
+        targets(client),
+    )
+    .await;
+    began.ctx(|| "starting to read the WAL capture slot".into())?;
+    let mut report = Materialized::default();
+    let Some(row) = position.ctx(|| "reading the WAL capture position".into())? else {
+        return Ok(Batch { report, position: None, drained: true });
+    };
+    let mut targets = targets?;
+    let slot: String = row.get(0);
+    let done_upto: Option<String> = row.get(1);
+    let upto: String = row.get(2);
+    let version: i32 = row.get(3);
+    let behind: bool = row.get(4);
+    if let Some(lsn) = done_upto.filter(|_| behind) {
+        advance(client, &SlotPosition { slot: slot.clone(), lsn, version }).await?;
+    }
+    let clock = std::time::Instant::now();
+    let rows = client
+        .query_typed_raw(
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3,
+                 'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1')",
+            [
+                (&slot as &(dyn ToSql + Sync), Type::TEXT),
+                (&upto as &(dyn ToSql + Sync), Type::TEXT),
+                (&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4),
+            ],
+        )
+        .await
+        .ctx(|| format!("decoding the WAL capture slot {slot}"))?;
+    futures_util::pin_mut!(rows);
+    let mut decoder = Decoder::default();
+    let mut seen: i32 = 0;
+    let mut last_commit: Option<String> = None;
+    while let Some(row) = rows.try_next().await.ctx(|| format!("decoding the WAL capture slot {slot}"))? {
+        seen += 1;
+        let lsn: String = row.get(0);
+        let data: String = row.get(1);
+        if decoder.line(&data, &mut targets, &mut report)? {
+            last_commit = Some(lsn);
+        }
+    }
+    let decoded_us = clock.elapsed().as_micros() as u64;
+    // One round trip for all tables and the position: a failed write
+    // aborts the transaction, so the position cannot be recorded without it.
+    let txns = &decoder.txns;
+    let recorded = async {
+        if let Some(lsn) = &last_commit {
+            client
+                .execute_typed(
+                    "UPDATE ibex.wal SET materialized_lsn = $1::text::pg_lsn, materialized_at = now()",
+                    &[(lsn, Type::TEXT)],
+                )
+                .await
+                .ctx(|| "recording the WAL capture position".into())?;
+        }
+        Ok(())
+    };
+    let (written, ()) = futures_util::future::try_join(
+        try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))),
+        recorded,
+    )
+    .await?;
+    report.keys += written.iter().sum::<u64>();
+    tracing::debug!(
+        decoded_us,
+        written_us = clock.elapsed().as_micros() as u64 - decoded_us,
+        changes = seen,
+        "WAL capture slot read"
+    );
+    let drained = seen < BATCH_CHANGES || last_commit.is_none();
+    Ok(Batch { report, position: last_commit.map(|lsn| SlotPosition { slot, lsn, version }), drained })
 }
 
 /// Every call decodes the slot from its restart point, which moves only
@@ -272,13 +319,17 @@ const LOCK_SLOT: &str = "SELECT pg_advisory_xact_lock(hashtext('ibex wal'))";
 /// [`advance`] after a batch committed, in a transaction of its own under
 /// [`LOCK_SLOT`], so it waits for a run decoding the slot meanwhile.
 async fn advance_alone(client: &Client, position: &SlotPosition) -> Result<()> {
-    let (locked, advanced) =
-        futures_util::future::join(client.batch_execute(&format!("BEGIN; {LOCK_SLOT}")), advance(client, position))
-            .await;
-    let outcome = locked.ctx(|| "waiting for the WAL capture slot".into()).and(advanced);
-    let end = if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    let ended = client.batch_execute(end).await.ctx(|| "ending the advance of the WAL capture slot".into());
-    outcome.and(ended)
+    // One round trip: after a failure the COMMIT ends the transaction as a
+    // rollback, and the first error is reported.
+    let (locked, advanced, ended) = futures_util::future::join3(
+        client.batch_execute(&format!("BEGIN; {LOCK_SLOT}")),
+        advance(client, position),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    locked.ctx(|| "waiting for the WAL capture slot".into())?;
+    advanced?;
+    ended.ctx(|| "ending the advance of the WAL capture slot".into())
 }
 
 /// Moves the slot's confirmed position up to `lsn` (never back): from 11

@@ -20,8 +20,9 @@ use tokio_postgres::types::Type;
 
 use super::connection::DbConnection;
 use super::cycle::{Cycle, CycleOutcome, NewCursor, RunPlugins, Transform, Writers};
-use super::plan::Plan;
+use super::plan::{DbId, Plan};
 use super::validate::{self, TableSpec};
+use crate::capture::wal::SlotAdvance;
 use crate::catalog::sync::DdlPolicy;
 use crate::catalog::{self, RunRecord, RunState};
 use crate::error::{Error, PgContext, Result};
@@ -75,6 +76,8 @@ pub struct Kid {
     /// How long decoding this run's sources with WAL capture took, once
     /// done (see `decode_wal`): a retry does not decode again.
     wal_decoded: Option<Duration>,
+    /// The WAL capture slots to advance once this run committed.
+    slot_advances: Vec<(DbId, SlotAdvance)>,
 }
 
 /// The smallest window a timeout can shrink it to.
@@ -108,6 +111,7 @@ impl Kid {
             paused_recorded: None,
             held_off_runs: 0,
             wal_decoded: None,
+            slot_advances: Vec::new(),
         }
     }
 
@@ -408,6 +412,8 @@ impl Kid {
         let mut attempt = 0;
         let limit = self.plan.settings.retry_limit.max(1);
         self.wal_decoded = None;
+        // Left by a failed run: the next read of each slot advances it.
+        self.slot_advances.clear();
         let timeout = self.plan.settings.run_timeout;
         loop {
             attempt += 1;
@@ -529,7 +535,7 @@ impl Kid {
             Some(took) => took,
             None => {
                 let clock = std::time::Instant::now();
-                self.decode_wal().await?;
+                self.slot_advances = self.decode_wal().await?;
                 let took = clock.elapsed();
                 tracing::debug!(sync = %self.plan.sync.name, step = "materialize", detail = "", us = took.as_micros() as u64, "step");
                 *self.wal_decoded.insert(took)
@@ -566,6 +572,17 @@ impl Kid {
         let mut outcome = outcome;
         outcome.phases.insert(0, ("materialize".into(), decoding.as_secs_f64()));
         outcome.phases.push(("cursors".into(), clock.elapsed().as_secs_f64()));
+        if !self.slot_advances.is_empty() {
+            let clock = std::time::Instant::now();
+            let connections = &self.connections;
+            futures_util::future::join_all(
+                std::mem::take(&mut self.slot_advances)
+                    .into_iter()
+                    .filter_map(|(db, advance)| connections.get(db.index()).map(|c| advance.run(&c.client))),
+            )
+            .await;
+            outcome.phases.push(("slot_advance".into(), clock.elapsed().as_secs_f64()));
+        }
         let hooks = self.hooks()?;
         if hooks.at(HookPoint::AfterSync) {
             // The run is done: an answer here changes nothing, a failure is logged.
@@ -582,28 +599,30 @@ impl Kid {
     /// run: a retry finds the keys already there, and what was committed
     /// since is decoded by the next run (the delta rows carry the decoding
     /// transaction's id, so no cursor can have passed them).
-    async fn decode_wal(&self) -> Result<()> {
-        try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
+    /// The slots' advances are left for after the run's commit.
+    async fn decode_wal(&self) -> Result<Vec<(DbId, SlotAdvance)>> {
+        let advances = try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
             let db = &self.plan.db(i).name;
             let connection = self
                 .connections
                 .get(i.index())
                 .ok_or_else(|| Error::Sync(format!("db {db} has no connection to decode its WAL capture slot on")))?;
-            let decoded = crate::capture::wal::materialize(&connection.client, connection.server).await.map_err(
-                |err| match err {
-                    Error::Postgres { context, source } => {
-                        Error::Postgres { context: format!("{context} on db {db}"), source }
-                    }
-                    other => other,
-                },
-            )?;
+            let (decoded, advance) =
+                crate::capture::wal::materialize_then_advance(&connection.client, connection.server).await.map_err(
+                    |err| match err {
+                        Error::Postgres { context, source } => {
+                            Error::Postgres { context: format!("{context} on db {db}"), source }
+                        }
+                        other => other,
+                    },
+                )?;
             if decoded.keys > 0 {
                 tracing::debug!(db = %db, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
             }
-            Ok::<_, Error>(())
+            Ok::<_, Error>(advance.map(|advance| (i, advance)))
         }))
         .await?;
-        Ok(())
+        Ok(advances.into_iter().flatten().collect())
     }
 
     /// After every db committed: the sources' cursors move to this run's
