@@ -97,14 +97,14 @@ struct Txn {
 /// db without WAL capture. Safe to call from several runs at once (they
 /// queue on an advisory lock).
 pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materialized> {
-    let (report, advance) = materialize_then_advance(client, server).await?;
+    let (report, advance) = materialize_deferring_advance(client, server).await?;
     if let Some(advance) = advance {
         advance.run(client).await;
     }
     Ok(report)
 }
 
-/// The slot's advance past what [`materialize_then_advance`] committed,
+/// The slot's advance past what [`materialize_deferring_advance`] committed,
 /// left to the caller: a KID runs it after its targets committed, so the
 /// changes it decoded do not wait for it (the advance decodes the slot from
 /// its restart point once more). Not run at all, the next call runs it
@@ -124,7 +124,7 @@ impl SlotAdvance {
 }
 
 /// [`materialize`] without the slot's last advance, which it returns.
-pub async fn materialize_then_advance(
+pub async fn materialize_deferring_advance(
     client: &Client,
     server: Capabilities,
 ) -> Result<(Materialized, Option<SlotAdvance>)> {
@@ -200,7 +200,8 @@ const POSITION_SQL: &str = "SELECT w.slot_name, w.materialized_lsn::text, pg_cur
 /// The work of [`materialize_batch`], in its transaction. Statements that
 /// need no answer before the next are pipelined: the start (with the
 /// flush), the position and the captured tables go out together, and the
-/// keys with the new position: four round trips in all.
+/// keys with the new position: four round trips when the slot is where it
+/// should be (a fifth advances it first when it is behind).
 async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let begin = format!(
         "{}BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}",
@@ -212,9 +213,18 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         targets(client),
     )
     .await;
-    began.ctx(|| "starting to read the WAL capture slot".into())?;
+    began.ctx(|| {
+        if flush.is_some() {
+            "flushing the WAL and starting to read the WAL capture slot"
+        } else {
+            "starting to read the WAL capture slot"
+        }
+        .into()
+    })?;
     let mut report = Materialized::default();
     let Some(row) = position.ctx(|| "reading the WAL capture position".into())? else {
+        // No slot on this db: nothing to read (and the tables' reading was
+        // then of no use, failed or not).
         return Ok(Batch { report, position: None, drained: true });
     };
     let mut targets = targets?;
@@ -252,8 +262,9 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         }
     }
     let decoded_us = clock.elapsed().as_micros() as u64;
-    // One round trip for all tables and the position: a failed write
-    // aborts the transaction, so the position cannot be recorded without it.
+    // Sent together, the keys of all tables and the position: a failed
+    // write aborts the transaction, so the position cannot be recorded
+    // without it.
     let txns = &decoder.txns;
     let recorded = async {
         if let Some(lsn) = &last_commit {
@@ -340,8 +351,11 @@ async fn advance(client: &Client, position: &SlotPosition) -> Result<()> {
         "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn
             AND pg_replication_slot_advance($1, $2::text::pg_lsn) IS NOT NULL"
     } else {
-        "SELECT count(*) FROM pg_replication_slots s, pg_logical_slot_get_changes($1, $2::text::pg_lsn, NULL)
-          WHERE s.slot_name = $1 AND s.confirmed_flush_lsn < $2::text::pg_lsn"
+        // LATERAL: consumed only from a slot found behind (10 would move a
+        // slot back to an older position).
+        "SELECT count(*) FROM (SELECT slot_name::text AS name FROM pg_replication_slots
+                                WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn) s,
+                LATERAL pg_logical_slot_get_changes(s.name, $2::text::pg_lsn, NULL)"
     };
     client
         .query_typed(sql, &[(slot, Type::TEXT), (lsn, Type::TEXT)])

@@ -20,8 +20,9 @@
 //! - `ibex_replication_lag_seconds_histogram{sync}`: histogram, one
 //!   observation per VAC refresh
 //! - `ibex_run_phase_seconds{sync,phase}`: histogram of the phases of runs,
-//!   fed by `record_phases` from each run's record (begin, probe, full_copy,
-//!   apply, merge, sequences, commit, cursors)
+//!   fed by `record_phases` from each run's record (materialize, begin,
+//!   probe, full_copy, apply, merge, sequences, commit, cursors,
+//!   slot_advance)
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::AtomicU64;

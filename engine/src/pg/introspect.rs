@@ -195,9 +195,9 @@ pub struct LiveColumn {
     /// Binary COPY of this type embeds type OIDs that differ between
     /// databases (arrays and composites of user-defined types).
     pub oids_in_binary: bool,
-    /// For a domain, the type under it (under every level of domain), as
-    /// SQL text: arrays of domains came only in PostgreSQL 11, so an array
-    /// of this column's values is passed as one of that type.
+    /// For a domain on PostgreSQL 10, the type under it (under every level
+    /// of domain), as SQL text: arrays of domains came only in 11, so there
+    /// an array of this column's values is passed as one of that type.
     pub domain_base_sql: Option<String>,
 }
 
@@ -261,7 +261,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                          WHEN t.typcategory = 'A' THEN t.typelem >= 16384
                               OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')
                          ELSE false END,
-                    CASE WHEN t.typtype = 'd' THEN
+                    CASE WHEN t.typtype = 'd' AND current_setting('server_version_num')::int < 110000 THEN
                       (WITH RECURSIVE under (oid, base) AS (
                            SELECT t.oid, t.typbasetype
                            UNION ALL

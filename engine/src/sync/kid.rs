@@ -454,7 +454,7 @@ impl Kid {
                 }
             };
             match result {
-                Ok(outcome) => {
+                Ok(mut outcome) => {
                     // A window halved by a timeout grows back after runs that
                     // took under half of run_timeout, not at once. (Under a
                     // quarter left it at its minimum for good when runs
@@ -462,6 +462,10 @@ impl Kid {
                     // never drained: the fault suite's network scenario.)
                     if started.elapsed() < timeout / 2 {
                         self.window_limit = self.window_limit.saturating_mul(2).min(self.plan.settings.window_rows);
+                    }
+                    // Committed: outside run_timeout, as nothing is rolled back now.
+                    if let Some(took) = self.advance_slots(timeout).await {
+                        outcome.phases.push(("slot_advance".into(), took));
                     }
                     return (Ok(outcome), attempt);
                 }
@@ -486,6 +490,28 @@ impl Kid {
                 Err(err) => return (Err(err), attempt),
             }
         }
+    }
+
+    /// Advances the WAL capture slots this run decoded (see `decode_wal`);
+    /// the seconds it took, if there were any. A slot not advanced (an
+    /// error, or more than `limit`) is logged: the next read advances it.
+    async fn advance_slots(&mut self, limit: Duration) -> Option<f64> {
+        if self.slot_advances.is_empty() {
+            return None;
+        }
+        let clock = std::time::Instant::now();
+        let pending = std::mem::take(&mut self.slot_advances);
+        let (connections, plan) = (&self.connections, &self.plan);
+        let advances = pending.into_iter().map(|(db, advance)| async move {
+            match connections.get(db.index()) {
+                Some(connection) => advance.run(&connection.client).await,
+                None => tracing::debug!(db = %plan.db(db).name, "no connection to advance the WAL capture slot on; the next run will"),
+            }
+        });
+        if tokio::time::timeout(limit, futures_util::future::join_all(advances)).await.is_err() {
+            tracing::warn!(sync = %self.plan.sync.name, "advancing the WAL capture slots took longer than run_timeout; the next run will");
+        }
+        Some(clock.elapsed().as_secs_f64())
     }
 
     fn hooks(&self) -> Result<Hooks<'_>> {
@@ -572,17 +598,7 @@ impl Kid {
         let mut outcome = outcome;
         outcome.phases.insert(0, ("materialize".into(), decoding.as_secs_f64()));
         outcome.phases.push(("cursors".into(), clock.elapsed().as_secs_f64()));
-        if !self.slot_advances.is_empty() {
-            let clock = std::time::Instant::now();
-            let connections = &self.connections;
-            futures_util::future::join_all(
-                std::mem::take(&mut self.slot_advances)
-                    .into_iter()
-                    .filter_map(|(db, advance)| connections.get(db.index()).map(|c| advance.run(&c.client))),
-            )
-            .await;
-            outcome.phases.push(("slot_advance".into(), clock.elapsed().as_secs_f64()));
-        }
+
         let hooks = self.hooks()?;
         if hooks.at(HookPoint::AfterSync) {
             // The run is done: an answer here changes nothing, a failure is logged.
@@ -599,6 +615,7 @@ impl Kid {
     /// run: a retry finds the keys already there, and what was committed
     /// since is decoded by the next run (the delta rows carry the decoding
     /// transaction's id, so no cursor can have passed them).
+    ///
     /// The slots' advances are left for after the run's commit.
     async fn decode_wal(&self) -> Result<Vec<(DbId, SlotAdvance)>> {
         let advances = try_join_all(self.plan.db_ids().filter(|&i| self.plan.db(i).reads_wal()).map(|i| async move {
@@ -608,14 +625,14 @@ impl Kid {
                 .get(i.index())
                 .ok_or_else(|| Error::Sync(format!("db {db} has no connection to decode its WAL capture slot on")))?;
             let (decoded, advance) =
-                crate::capture::wal::materialize_then_advance(&connection.client, connection.server).await.map_err(
-                    |err| match err {
+                crate::capture::wal::materialize_deferring_advance(&connection.client, connection.server)
+                    .await
+                    .map_err(|err| match err {
                         Error::Postgres { context, source } => {
                             Error::Postgres { context: format!("{context} on db {db}"), source }
                         }
                         other => other,
-                    },
-                )?;
+                    })?;
             if decoded.keys > 0 {
                 tracing::debug!(db = %db, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
             }
