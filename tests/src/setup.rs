@@ -65,6 +65,12 @@ impl Setup {
         self.ibex.run(&["sync", "run", sync]).fails_with(needle).stderr
     }
 
+    /// Asserts `ibex compare SYNC` finds every db of the sync equal.
+    pub fn assert_compare_clean(&self, sync: &str) {
+        let out = self.ibex.run(&["compare", sync]);
+        assert_eq!(out.code, 0, "compare {sync} found differences:\n{}{}", out.stdout, out.stderr);
+    }
+
     /// Asserts every listed table holds the same rows on every listed db.
     pub fn assert_same(&self, dbs: &[&str], tables: &[&str]) {
         for table in tables {

@@ -134,8 +134,7 @@ fn composite_keys_merge(s: &Setup, cluster: &Cluster) {
     for db in ["m1", "m2"] {
         assert_eq!(psql(db, merged), "24/12/36", "{db}");
     }
-    let out = s.ibex.run(&["compare", "mm"]);
-    assert_eq!(out.code, 0, "compare mm found differences:\n{}{}", out.stdout, out.stderr);
+    s.assert_compare_clean("mm");
 }
 
 #[test]

@@ -30,11 +30,6 @@ fn app_db(cluster: &Cluster) {
     cluster.psql("app", SCHEMA).unwrap();
 }
 
-fn compare_clean(s: &Setup, sync: &str) {
-    let out = s.ibex.run(&["compare", sync]);
-    assert_eq!(out.code, 0, "compare {sync} found differences:\n{}{}", out.stdout, out.stderr);
-}
-
 /// The rows' fingerprint with the text forms pinned and floats by their
 /// bits, so servers of different majors print the same values alike.
 fn fingerprint(cluster: &Cluster, db: &str, filter: &str) -> String {
@@ -90,7 +85,7 @@ fn every_major_as_source_and_as_target_of_fifteen() {
         let up = s.run(&format!("up{major}"));
         assert_eq!(up["run"]["state"], "good", "PostgreSQL {major} as source: {up}");
         assert_eq!(hash(&other), fingerprint(&hub, &format!("in{major}"), ""), "PostgreSQL {major} -> 15 differs");
-        compare_clean(&s, &format!("up{major}"));
+        s.assert_compare_clean(&format!("up{major}"));
         hub.psql(&format!("out{major}"), &rows(500, "new")).unwrap();
         let down = s.run(&format!("down{major}"));
         assert_eq!(down["run"]["state"], "good", "PostgreSQL {major} as target: {down}");
@@ -130,13 +125,13 @@ fn twelve_and_seventeen_as_multi_master_with_conflicts() {
     assert_eq!(hash(&old), hash(&new), "12 and 17 differ after the run");
     assert_eq!(old.psql("app", "SELECT name FROM items WHERE id = 8").unwrap(), "new is later");
     assert_eq!(old.psql("app", "SELECT count(*) FROM items WHERE id = 20").unwrap(), "0");
-    compare_clean(&s, "mm");
+    s.assert_compare_clean("mm");
     // And back: the later change on 12 wins over 17's.
     new.psql("app", "UPDATE items SET name = 'new' WHERE id = 30").unwrap();
     old.psql("app", "UPDATE items SET name = 'old, later' WHERE id = 30").unwrap();
     s.run("mm");
     assert_eq!(new.psql("app", "SELECT name FROM items WHERE id = 30").unwrap(), "old, later");
-    compare_clean(&s, "mm");
+    s.assert_compare_clean("mm");
 }
 
 /// WAL capture on the oldest major (no `pg_replication_slot_advance`: the
@@ -205,7 +200,7 @@ fn ten_and_eighteen_as_masters_with_wal_capture() {
         restart_lag.parse::<i64>().unwrap() < 1_000_000,
         "the slot restarts {restart_lag} bytes behind its position on 18"
     );
-    compare_clean(&s, "mm");
+    s.assert_compare_clean("mm");
 }
 
 /// examples/major-upgrade.sh end to end (12 -> 17 under writes): it must
