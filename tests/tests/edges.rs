@@ -330,7 +330,7 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
     // The target's own marks on the neighbours of each changed set: a
     // delete that reaches past the keys removes them for good (the source
     // never changed them, so no run copies them back).
-    s.sql("dst", "UPDATE t SET v = 'mark' WHERE id IN (2000, 5001, 6000, 7001, 8002)");
+    s.sql("dst", "UPDATE t SET v = 'mark' WHERE id IN (99, 2000, 5001, 6000, 7001, 8002)");
     let marks = "SELECT count(*) FROM t WHERE v = 'mark'";
     // 3,000 consecutive keys: the range.
     s.sql("src", "UPDATE t SET v = 'new' WHERE id BETWEEN 2001 AND 5000");
@@ -338,7 +338,16 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["deleted"], 3000, "{run}");
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'new'"), "3000");
-    assert_eq!(s.sql("dst", marks), "5");
+    assert_eq!(s.sql("dst", marks), "6");
+    // A range whose middle the source deleted: gone on the target too.
+    s.sql("src", "UPDATE t SET v = 'r2' WHERE id BETWEEN 100 AND 1999; DELETE FROM t WHERE id BETWEEN 500 AND 509");
+    let run = s.run("range");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["deleted"], 1900, "{run}");
+    assert_eq!(run["run"]["inserted"], 1890, "{run}");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'r2'"), "1890");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE id BETWEEN 500 AND 509"), "0");
+    assert_eq!(s.sql("dst", marks), "6");
     // 2,000 keys around a gap at 7001: as many keys as a range of 2,000
     // would hold, but not one; the join deletes them.
     s.sql("src", "UPDATE t SET v = 'gap' WHERE id BETWEEN 6001 AND 7000 OR id BETWEEN 7002 AND 8001");
@@ -346,7 +355,7 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["deleted"], 2000, "{run}");
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'gap'"), "2000");
-    assert_eq!(s.sql("dst", marks), "5");
+    assert_eq!(s.sql("dst", marks), "6");
     // New keys up to the largest int8, and a set whose span overflows int8.
     s.sql("src", "INSERT INTO t SELECT 9223372036854775807 - i, 'top' FROM generate_series(0, 1499) i");
     s.sql("src", "INSERT INTO t SELECT -9223372036854775808 + i, 'far' FROM generate_series(0, 1) i");
@@ -357,8 +366,8 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
         s.sql("dst", "SELECT count(*) FILTER (WHERE v = 'top') || '/' || count(*) FILTER (WHERE v = 'far') FROM t"),
         "1500/1002"
     );
-    assert_eq!(s.sql("dst", marks), "5");
-    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "11502");
+    assert_eq!(s.sql("dst", marks), "6");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "11492");
 }
 
 /// A target that refuses the delete of changed rows (a trigger that fires

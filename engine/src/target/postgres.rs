@@ -7,7 +7,7 @@
 use tokio_postgres::Client;
 
 use super::TableSpec;
-use crate::error::{PgContext, Result};
+use crate::error::{Error, PgContext, Result};
 use crate::pg::quote_ident;
 
 /// `COPY table (columns) FROM STDIN ...`: what receives the source's rows.
@@ -43,7 +43,7 @@ pub fn loaded_keys(name: &str, rows: u64) -> String {
 
 /// Above this many keys a delete analyzes its key table and may use
 /// [`LARGE_DELETE_WORK_MEM`].
-const LARGE_DELETE_KEYS: u64 = 1000;
+pub const LARGE_DELETE_KEYS: u64 = 1000;
 
 /// What a delete of many keys may hash or sort in (for this transaction).
 /// With the default 4MB the join with 1 M keys spilled to disk in batches:
@@ -99,9 +99,34 @@ pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableS
     Ok(counts.iter().rev().take(deletes).sum())
 }
 
+/// Deletes the rows whose integer key lies in `lo..=hi` (every key of the
+/// range changed: see `Cycle::changed_range`). One message, like
+/// [`delete_loaded`], so a statement polled after it runs after it.
+pub async fn delete_range(client: &Client, db: &str, table: &TableSpec, range: KeyRange) -> Result<u64> {
+    let key = integer_key(table)
+        .ok_or_else(|| Error::Sync(format!("table {} has no integer key to delete a range of", table.name)))?;
+    let sql = format!("DELETE FROM {} t WHERE t.{key} BETWEEN {} AND {}", table.quoted(), range.lo, range.hi);
+    let messages =
+        client.simple_query(&sql).await.ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .sum())
+}
+
+/// Integer keys `lo..=hi`, every one of them changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRange {
+    pub lo: i64,
+    pub hi: i64,
+}
+
 /// The key's quoted name when it is one integer column: a set of such
 /// keys with no gap is a range, deleted as one.
-fn integer_key(table: &TableSpec) -> Option<String> {
+pub fn integer_key(table: &TableSpec) -> Option<String> {
     use tokio_postgres::types::Type;
     match table.key.as_slice() {
         [key] if [Type::INT2.oid(), Type::INT4.oid(), Type::INT8.oid()].contains(&key.type_oid) => {

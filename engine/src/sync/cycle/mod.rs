@@ -72,6 +72,10 @@ pub struct Cycle<'a> {
     windows: Vec<Option<SourceWindow>>,
     /// Delta rows one run may take from a source (window_rows).
     window_limit: Option<u64>,
+    /// Delta rows in each source's window, as the first probe counted them
+    /// (up to the limit + 1; before any cut): a large one is worth a look
+    /// for a range of changed keys (see `stream.rs`).
+    window_rows: BTreeMap<DbId, i64>,
     /// Rows changed, per table and db.
     counts: BTreeMap<(TableId, DbId), Counts>,
     conflicts: i64,
@@ -201,6 +205,7 @@ impl<'a> Cycle<'a> {
             resolver: Resolver::new(strategy, contenders),
             windows: vec![None; plan.dbs.len()],
             window_limit,
+            window_rows: BTreeMap::new(),
             counts: BTreeMap::new(),
             conflicts: 0,
             conflict_log: Vec::new(),
@@ -289,6 +294,7 @@ impl<'a> Cycle<'a> {
         let mut probe = Probe::default();
         if !self.tables.is_empty() {
             probe = self.probe(self.window_limit).await?;
+            self.window_rows = probe.window_rows.clone();
             if let Some(limit) = self.window_limit
                 && probe.window_rows.values().any(|&rows| rows > limit as i64)
             {

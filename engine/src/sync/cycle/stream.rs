@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use futures_util::future::{try_join, try_join_all};
 
 use super::{Cycle, temp_name};
-use crate::error::{Error, Result};
+use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{Receiver, copy_fanout, copy_fanout_with_progress};
 use crate::pg::quote_ident;
 use crate::sync::plan::{DbId, TableId};
 use crate::sync::progress::CopyProgress;
 use crate::sync::validate::TableSpec;
 use crate::target;
+use crate::target::postgres::KeyRange;
 
 impl<'a> Cycle<'a> {
     pub(super) fn table_error(&self, err: Error, ti: TableId) -> Error {
@@ -93,6 +94,11 @@ impl<'a> Cycle<'a> {
             return Ok(());
         }
         let window = self.window(src)?;
+        if !self.guarded()
+            && let Some(range) = self.changed_range(ti, src).await?
+        {
+            return self.apply_range(ti, src, &receivers, range).await;
+        }
         let keys = temp_name("del", table);
         // In key order: the delete then visits the target's rows in index
         // (for most tables, physical) order; in hash order 1M deletes took
@@ -147,6 +153,75 @@ impl<'a> Cycle<'a> {
 }
 
 impl<'a> Cycle<'a> {
+    /// Where a large window's changed keys of an integer-keyed table fill
+    /// a range with no gap (a bulk change of consecutive ids), that range,
+    /// found on the source with one aggregate. The keys then need not be
+    /// sent: each receiver deletes the range, and the rows are read as the
+    /// range. For 1 M keys (PostgreSQL 15, by hand) the aggregate took
+    /// 0.13–0.17 s, sending the keys to the target 1.25 s, and reading the
+    /// rows as a range 0.32 s against 1.04 s joined with the delta.
+    async fn changed_range(&self, ti: TableId, src: DbId) -> Result<Option<KeyRange>> {
+        let table = self.table(ti);
+        let large = self.window_rows.get(&src).is_some_and(|&rows| rows > target::postgres::LARGE_DELETE_KEYS as i64);
+        let Some(key) = target::postgres::integer_key(table).filter(|_| large) else {
+            return Ok(None);
+        };
+        let window = self.window(src)?;
+        // Keys fewer than the span cannot fill it: no sort for the distinct
+        // count then (random keys over a large table).
+        let delta = table.delta();
+        let row = self
+            .client(src)
+            .query_typed_one(
+                &format!(
+                    "SELECT s.lo, s.hi, CASE WHEN s.hi::numeric - s.lo::numeric + 1 <= s.n
+                                 THEN (SELECT count(DISTINCT d.{key}) FROM {delta} d WHERE {window}) END::int8
+                       FROM (SELECT min(d.{key})::int8 AS lo, max(d.{key})::int8 AS hi, count(*) AS n
+                               FROM {delta} d WHERE {window}) s"
+                ),
+                &[],
+            )
+            .await
+            .ctx(|| format!("looking for a range of changed keys of {} on db {}", table.name, self.db_name(src)))?;
+        let read = |e| Error::Postgres { context: "reading a range of changed keys".into(), source: e };
+        let (lo, hi, distinct): (Option<i64>, Option<i64>, Option<i64>) =
+            (row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?);
+        Ok(match (lo, hi, distinct) {
+            // In i128: a span of the whole int8 range overflows i64.
+            (Some(lo), Some(hi), Some(n)) if i128::from(hi) - i128::from(lo) + 1 == i128::from(n) => {
+                Some(KeyRange { lo, hi })
+            }
+            _ => None,
+        })
+    }
+
+    /// [`Cycle::apply_single_source`] for a window whose changed keys fill
+    /// `range`: every source row in it is a changed row.
+    async fn apply_range(&mut self, ti: TableId, src: DbId, receivers: &[DbId], range: KeyRange) -> Result<()> {
+        let table = self.table(ti);
+        let key = target::postgres::integer_key(table)
+            .ok_or_else(|| Error::Sync(format!("table {} has no integer key to read a range of", table.name)))?;
+        let rows_from = format!("FROM {} t WHERE t.{key} BETWEEN {} AND {}", table.quoted(), range.lo, range.hi);
+        let step = std::time::Instant::now();
+        // Pipelined as in `apply_single_source`: each receiver's DELETE is
+        // sent before the COPY of the new rows, so it runs first.
+        let this = &*self;
+        let (deleted, inserted) = try_join(
+            try_join_all(receivers.iter().map(|&d| async move {
+                target::postgres::delete_range(this.client(d), this.db_name(d), table, range)
+                    .await
+                    .map_err(|e| this.table_error(e, ti))
+            })),
+            this.copy_rows(ti, src, &rows_from, receivers),
+        )
+        .await?;
+        tracing::debug!(table = %table.name, lo = range.lo, hi = range.hi, ms = step.elapsed().as_millis() as u64, "changed range replaced");
+        for ((&d, del), ins) in receivers.iter().zip(deleted).zip(inserted) {
+            self.count(ti, d, del as i64, ins as i64);
+        }
+        Ok(())
+    }
+
     /// Table `ti`'s changes into the foreign targets, from each source that
     /// changed it in this run's window: that source's changed keys are
     /// deleted there and its rows for them written. Each source already
