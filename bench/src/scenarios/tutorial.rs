@@ -1,8 +1,8 @@
 //! The seed tutorial, timed by each engine's own run record.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use ibex_tests::Daemon;
 
 use super::{Bench, PGBENCH_TABLES, bucardo_dbs, check_same, ibex_dbs, last_ibex_run, pgbench_all};
@@ -31,6 +31,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
     let ibex_time = last_ibex_run(&s)?;
     check_same(&s, "ibex", &ibex_names, PGBENCH_TABLES)?;
     bench.profile(&s, "tutorial", "the converging run", "foobar")?;
+    let floor = merge_floor(&s, &ibex_names, "foobar")?;
 
     let b = bench.bucardo(&s)?;
     let names = ["b1", "b2", "b3", "b4", "b5"];
@@ -58,5 +59,129 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
         .reference(Figure::missing("no raw reference: the goal is stated against Bucardo"), "")
         .goal(Goal::BucardoAtMost(0.2), "<= 1/5 of Bucardo's time"),
     );
+    bench.add(
+        Measure::new(
+            "tutorial_floor",
+            "seed tutorial",
+            format!("converge after 4 x {transactions} txns, against the writes alone"),
+            "s",
+            Better::Lower,
+        )
+        .ibex(Figure::of(ibex_time))
+        .bucardo(Figure::or_missing(bucardo_time.map(|d| d.as_secs_f64()), "its run did not end in 1800 s"))
+        .reference(
+            Figure::of(floor.as_secs_f64()),
+            "the run's rows per db deleted and inserted again server-side, all dbs at once",
+        )
+        .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of its writes alone"),
+    );
     Ok(())
+}
+
+/// Rows a run changed in one table on one db (its run record's counts).
+struct Applied {
+    table: String,
+    db: String,
+    deleted: u64,
+    inserted: u64,
+}
+
+/// The floor of the converging run's writes: on every db at once, as the
+/// run works on them, each table's rows that the run deleted and inserted
+/// there are deleted and inserted again, server-side in one statement each
+/// (DELETE USING a table of those rows, then INSERT from it): the writes
+/// alone, without reading changed keys, settling conflicts or moving rows
+/// between servers. Which rows: the same number, picked in hash order, so
+/// they are spread over the table as pgbench's random keys are, and
+/// written in key order, as the run writes them. Returns the wall time.
+fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Duration> {
+    let record = s.cluster.psql(
+        "ibex",
+        &format!(
+            "SELECT t->>'table', t->>'db', t->>'deleted', t->>'inserted'
+               FROM ibex.run r, jsonb_array_elements(r.tables) t
+              WHERE r.id = (SELECT max(id) FROM ibex.run WHERE sync = '{sync}' AND state = 'good')"
+        ),
+    )?;
+    let mut applied = Vec::new();
+    for line in record.lines().filter(|l| !l.trim().is_empty()) {
+        let parts: Vec<&str> = line.split('|').collect();
+        let [table, db, deleted, inserted] = parts[..] else { bail!("unreadable run record line {line:?}") };
+        let a = Applied {
+            table: table.to_string(),
+            db: db.to_string(),
+            deleted: deleted.parse().with_context(|| format!("deleted count in {line:?}"))?,
+            inserted: inserted.parse().with_context(|| format!("inserted count in {line:?}"))?,
+        };
+        if a.deleted > 0 || a.inserted > 0 {
+            applied.push(a);
+        }
+    }
+    if applied.is_empty() {
+        bail!("the run record of {sync} lists no rows applied");
+    }
+    let key_of = |table: &str| -> Result<&'static str> {
+        Ok(match table.rsplit('.').next().unwrap_or(table).trim_matches('"') {
+            "pgbench_accounts" => "aid",
+            "pgbench_branches" => "bid",
+            "pgbench_tellers" => "tid",
+            other => bail!("no key known for table {other} in the tutorial floor"),
+        })
+    };
+    let mut writes: Vec<(&str, String)> = Vec::new();
+    for a in &applied {
+        if a.inserted != a.deleted {
+            bail!(
+                "{} on {}: {} rows inserted, {} deleted; the floor rewrites rows in place",
+                a.table,
+                a.db,
+                a.inserted,
+                a.deleted
+            );
+        }
+        let key = key_of(&a.table)?;
+        let rows = format!("floor_rows_{key}");
+        s.cluster.psql(
+            &a.db,
+            &format!(
+                "DROP TABLE IF EXISTS {rows};
+                 CREATE UNLOGGED TABLE {rows} AS
+                     SELECT * FROM (SELECT * FROM {} ORDER BY hashint4({key}), {key} LIMIT {}) picked ORDER BY {key};
+                 ANALYZE {rows}",
+                a.table, a.deleted
+            ),
+        )?;
+        let sql = format!(
+            "DELETE FROM {table} t USING {rows} k WHERE t.{key} = k.{key}; INSERT INTO {table} SELECT * FROM {rows};",
+            table = a.table
+        );
+        match writes.iter_mut().find(|(db, _)| *db == a.db) {
+            Some((_, all)) => all.push_str(&sql),
+            None => writes.push((dbs.iter().copied().find(|d| *d == a.db).context("a db outside the tutorial")?, sql)),
+        }
+    }
+    for db in dbs {
+        s.cluster.psql(db, "VACUUM ANALYZE")?;
+    }
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = writes
+            .iter()
+            .map(|(db, sql)| {
+                scope.spawn(move || s.cluster.psql(db, &format!("SET work_mem = '64MB'; BEGIN; {sql} COMMIT")))
+            })
+            .collect();
+        for worker in workers {
+            worker.join().map_err(|_| anyhow::anyhow!("a floor worker panicked"))??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let wall = started.elapsed();
+    check_same(s, "the raw rewrite of the tutorial's rows", dbs, PGBENCH_TABLES)?;
+    eprintln!(
+        "  floor: the run's rows deleted and inserted on {} dbs at once in {:.3} s",
+        dbs.len(),
+        wall.as_secs_f64()
+    );
+    Ok(wall)
 }
