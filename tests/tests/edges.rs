@@ -332,16 +332,23 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
     // never changed them, so no run copies them back).
     s.sql("dst", "UPDATE t SET v = 'mark' WHERE id IN (99, 2000, 5001, 6000, 7001, 8002)");
     let marks = "SELECT count(*) FROM t WHERE v = 'mark'";
+    // Each run at debug level: whether it found the range on the source
+    // (no key sent) shows only in its log.
+    let run_logged = |found_range: bool| {
+        let out = s.ibex.run(&["--log-level", "debug", "sync", "run", "range", "--json"]).ok();
+        assert_eq!(out.stderr.contains("changed range replaced"), found_range, "{}", out.stderr);
+        out.json()
+    };
     // 3,000 consecutive keys: the range.
     s.sql("src", "UPDATE t SET v = 'new' WHERE id BETWEEN 2001 AND 5000");
-    let run = s.run("range");
+    let run = run_logged(true);
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["deleted"], 3000, "{run}");
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'new'"), "3000");
     assert_eq!(s.sql("dst", marks), "6");
     // A range whose middle the source deleted: gone on the target too.
     s.sql("src", "UPDATE t SET v = 'r2' WHERE id BETWEEN 100 AND 1999; DELETE FROM t WHERE id BETWEEN 500 AND 509");
-    let run = s.run("range");
+    let run = run_logged(true);
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["deleted"], 1900, "{run}");
     assert_eq!(run["run"]["inserted"], 1890, "{run}");
@@ -351,7 +358,7 @@ fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
     // 2,000 keys around a gap at 7001: as many keys as a range of 2,000
     // would hold, but not one; the join deletes them.
     s.sql("src", "UPDATE t SET v = 'gap' WHERE id BETWEEN 6001 AND 7000 OR id BETWEEN 7002 AND 8001");
-    let run = s.run("range");
+    let run = run_logged(false);
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["deleted"], 2000, "{run}");
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE v = 'gap'"), "2000");

@@ -7,7 +7,7 @@
 use tokio_postgres::Client;
 
 use super::TableSpec;
-use crate::error::{Error, PgContext, Result};
+use crate::error::{PgContext, Result};
 use crate::pg::quote_ident;
 
 /// `COPY table (columns) FROM STDIN ...`: what receives the source's rows.
@@ -43,7 +43,7 @@ pub fn loaded_keys(name: &str, rows: u64) -> String {
 
 /// Above this many keys a delete analyzes its key table and may use
 /// [`LARGE_DELETE_WORK_MEM`].
-pub const LARGE_DELETE_KEYS: u64 = 1000;
+const LARGE_DELETE_KEYS: u64 = 1000;
 
 /// What a delete of many keys may hash or sort in (for this transaction).
 /// With the default 4MB the join with 1 M keys spilled to disk in batches:
@@ -84,44 +84,48 @@ pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableS
     } else {
         join_delete
     };
-    // The simple protocol returns the counts without a separate prepare.
-    let messages =
-        client.simple_query(&sql).await.ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
-    let counts: Vec<u64> = messages
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        })
-        .collect();
+    let counts = delete_counts(client, db, table, &sql).await?;
     // The deletes' counts come last (the prelude's before them); with a
     // range check, one of its two deletes did the work and the other none.
     Ok(counts.iter().rev().take(deletes).sum())
 }
 
-/// Deletes the rows whose integer key lies in `lo..=hi` (every key of the
-/// range changed: see `Cycle::changed_range`). One message, like
+/// Deletes the rows whose integer key lies in the range (every key of it
+/// changed: see `Cycle::changed_range`). One message, like
 /// [`delete_loaded`], so a statement polled after it runs after it.
-pub async fn delete_range(client: &Client, db: &str, table: &TableSpec, range: KeyRange) -> Result<u64> {
-    let key = integer_key(table)
-        .ok_or_else(|| Error::Sync(format!("table {} has no integer key to delete a range of", table.name)))?;
-    let sql = format!("DELETE FROM {} t WHERE t.{key} BETWEEN {} AND {}", table.quoted(), range.lo, range.hi);
+pub async fn delete_range(client: &Client, db: &str, table: &TableSpec, range: &KeyRange) -> Result<u64> {
+    let sql = format!("DELETE FROM {} t WHERE {}", table.quoted(), range.condition("t"));
+    Ok(delete_counts(client, db, table, &sql).await?.iter().sum())
+}
+
+/// Runs `sql` in one simple query (which returns the counts without a
+/// separate prepare); the count of each statement, in order.
+async fn delete_counts(client: &Client, db: &str, table: &TableSpec, sql: &str) -> Result<Vec<u64>> {
     let messages =
-        client.simple_query(&sql).await.ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
+        client.simple_query(sql).await.ctx(|| format!("deleting changed rows of {} on db {db}", table.name))?;
     Ok(messages
         .iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
             _ => None,
         })
-        .sum())
+        .collect())
 }
 
-/// Integer keys `lo..=hi`, every one of them changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Integer keys `lo..=hi` of one key column, every one of them changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRange {
+    /// The key column, quoted.
+    pub key: String,
     pub lo: i64,
     pub hi: i64,
+}
+
+impl KeyRange {
+    /// The range as a condition on the rows of `alias`.
+    pub fn condition(&self, alias: &str) -> String {
+        format!("{alias}.{} BETWEEN {} AND {}", self.key, self.lo, self.hi)
+    }
 }
 
 /// The key's quoted name when it is one integer column: a set of such

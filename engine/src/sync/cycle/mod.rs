@@ -73,8 +73,9 @@ pub struct Cycle<'a> {
     /// Delta rows one run may take from a source (window_rows).
     window_limit: Option<u64>,
     /// Delta rows in each source's window, as the first probe counted them
-    /// (up to the limit + 1; before any cut): a large one is worth a look
-    /// for a range of changed keys (see `stream.rs`).
+    /// (before any cut; each table's count capped at the limit + 1): a
+    /// large window is worth a look for a range of changed keys (see
+    /// `stream.rs`).
     window_rows: BTreeMap<DbId, i64>,
     /// Rows changed, per table and db.
     counts: BTreeMap<(TableId, DbId), Counts>,
