@@ -1,5 +1,6 @@
 //! The seed tutorial, timed by each engine's own run record.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -46,6 +47,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
     if bucardo_time.is_some() {
         check_same(&s, "Bucardo", &names, PGBENCH_TABLES)?;
     }
+    let bucardo = Figure::or_missing(bucardo_time.map(|d| d.as_secs_f64()), "its run did not end in 1800 s");
     bench.add(
         Measure::new(
             "tutorial",
@@ -55,7 +57,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
             Better::Lower,
         )
         .ibex(Figure::of(ibex_time))
-        .bucardo(Figure::or_missing(bucardo_time.map(|d| d.as_secs_f64()), "its run did not end in 1800 s"))
+        .bucardo(bucardo.clone())
         .reference(Figure::missing("no raw reference: the goal is stated against Bucardo"), "")
         .goal(Goal::BucardoAtMost(0.2), "<= 1/5 of Bucardo's time"),
     );
@@ -68,7 +70,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
             Better::Lower,
         )
         .ibex(Figure::of(ibex_time))
-        .bucardo(Figure::or_missing(bucardo_time.map(|d| d.as_secs_f64()), "its run did not end in 1800 s"))
+        .bucardo(bucardo)
         .reference(
             Figure::of(floor.as_secs_f64()),
             "the run's rows per db deleted and inserted again server-side, all dbs at once",
@@ -128,7 +130,8 @@ fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Durati
             other => bail!("no key known for table {other} in the tutorial floor"),
         })
     };
-    let mut writes: Vec<(&str, String)> = Vec::new();
+    // Per db, its statements, run in one transaction.
+    let mut writes: BTreeMap<&str, String> = BTreeMap::new();
     for a in &applied {
         if a.inserted != a.deleted {
             bail!(
@@ -155,10 +158,7 @@ fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Durati
             "DELETE FROM {table} t USING {rows} k WHERE t.{key} = k.{key}; INSERT INTO {table} SELECT * FROM {rows};",
             table = a.table
         );
-        match writes.iter_mut().find(|(db, _)| *db == a.db) {
-            Some((_, all)) => all.push_str(&sql),
-            None => writes.push((dbs.iter().copied().find(|d| *d == a.db).context("a db outside the tutorial")?, sql)),
-        }
+        writes.entry(a.db.as_str()).or_default().push_str(&sql);
     }
     for db in dbs {
         s.cluster.psql(db, "VACUUM ANALYZE")?;
