@@ -256,14 +256,16 @@ fn long_open_transaction_costs_nothing_extra() {
         let xid: String = client.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
         (client, xid)
     });
-    s.sql("src", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 1000000) i");
+    // A statement's keys are one delta row: single-row statements make
+    // as many delta rows as changes, here 200k behind the window.
+    s.sql("src", "DO $$ BEGIN FOR i IN 1..200000 LOOP INSERT INTO t VALUES (i, 'x'); END LOOP; END $$");
     assert_eq!(s.run("lo")["run"]["state"], "good");
-    s.sql("src", "INSERT INTO t SELECT i, 'late' FROM generate_series(1000001, 1000010) i");
+    s.sql("src", "DO $$ BEGIN FOR i IN 200001..200010 LOOP INSERT INTO t VALUES (i, 'late'); END LOOP; END $$");
     let cursor = s.sql("src", "SELECT snapshot::text FROM ibex.cursor WHERE sync = 'lo'");
     let in_progress = cursor.split(':').nth(2).unwrap_or_default();
     assert!(in_progress.split(',').any(|x| x == xid), "the cursor {cursor} does not hold the open xid {xid}");
     // The next run's window: only the 10 new rows, found without reading
-    // the million written since the open transaction began.
+    // the 200k delta rows written since the open transaction began.
     let delta = delta_of(&s, "src", "t");
     let window = ibex::capture::Window::unbounded(&cursor).unwrap();
     let predicate = ibex::capture::window_condition("d", &window, ibex::pg::version::XidFlavour::Xid8);
@@ -276,7 +278,7 @@ fn long_open_transaction_costs_nothing_extra() {
     let scanned = rows_scanned(&plan[0]["Plan"]);
     assert!((10.0..1000.0).contains(&scanned), "the window read {scanned} rows for 10 changes:\n{plan:#}");
     assert_eq!(s.run("lo")["run"]["state"], "good");
-    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "1000010");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "200010");
     rt.block_on(long.batch_execute("COMMIT")).unwrap();
 }
 
@@ -762,4 +764,56 @@ fn a_listener_that_cannot_connect_says_so_and_recovers() {
         assert!(started.elapsed() < Duration::from_secs(120), "the row never arrived:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A delta table written by an earlier ibex, a row per changed row, is
+/// converted by the next reconcile (here `validate`) with its pending keys,
+/// their transactions and old images; the sync then applies them, and new
+/// writes go into the per-statement layout.
+#[test]
+fn a_delta_table_of_an_earlier_ibex_is_converted_with_its_pending_keys() {
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text)", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("update table t capture_old=true").ok();
+    s.ibex.sh("add sync up herd=h dbs=src:source,dst:target").ok();
+    s.sql("src", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 5) i");
+    s.sql("src", "UPDATE t SET v = 'y' WHERE id = 2");
+    let delta = delta_of(&s, "src", "t");
+    // The layout of an earlier ibex, holding the same pending changes.
+    s.sql(
+        "src",
+        &format!(
+            "CREATE TABLE old_rows AS SELECT u.id, s.txid, s.changed_at, s.old_row[u.n:u.n] AS image, s.origin
+               FROM {delta} s, unnest(s.id) WITH ORDINALITY u(id, n);
+             DROP TABLE {delta};
+             CREATE TABLE {delta} (id int NOT NULL, txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+                                   changed_at timestamptz NOT NULL DEFAULT clock_timestamp(), old_row text[], origin text);
+             INSERT INTO {delta} SELECT id, txid, changed_at, CASE WHEN image IS NOT NULL THEN ARRAY(SELECT unnest(image)) END, origin FROM old_rows;
+             UPDATE ibex.captured SET layout = 'row';"
+        ),
+    );
+    // 5 inserted keys, and the update's old and new key of id 2.
+    assert_eq!(s.sql("src", &format!("SELECT count(*) FROM {delta}")), "7");
+    // A run cannot read it, and says what converts it.
+    s.ibex.sh("sync run up").fails_with("run `ibex validate up` to convert them");
+    s.ibex.sh("validate up").ok();
+    assert_eq!(s.sql("src", "SELECT layout FROM ibex.captured"), "statement");
+    assert_eq!(
+        s.sql("src", &format!("SELECT count(*) || ' ' || count(old_row) FROM {delta}, unnest(id)")),
+        "7 1",
+        "the keys and the one old image (of id 2) were not all kept"
+    );
+    assert_eq!(
+        s.sql("src", &format!("SELECT old_row[1][2] FROM {delta} WHERE old_row IS NOT NULL")),
+        "x",
+        "the old image of id 2 changed in the conversion"
+    );
+    let run = s.run("up");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["src", "dst"], &["t"]);
+    s.sql("src", "UPDATE t SET v = 'z' WHERE id <= 3");
+    assert_eq!(s.sql("src", &format!("SELECT count(*) FROM {delta} WHERE cardinality(id) = 3")), "2");
+    assert_eq!(s.run("up")["run"]["state"], "good");
+    s.assert_same(&["src", "dst"], &["t"]);
 }

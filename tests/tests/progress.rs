@@ -11,7 +11,7 @@ fn progress_lines<'a>(stderr: &'a str, task: &str) -> Vec<&'a str> {
 /// The CLI with progress lines every 100 ms instead of every 5 s.
 fn quick(s: &Setup) -> Ibex {
     let mut ibex = s.ibex.clone();
-    ibex.envs.push(("IBEX_PROGRESS_INTERVAL_MS".into(), "100".into()));
+    ibex.envs.push(("IBEX_PROGRESS_INTERVAL_MS".into(), "10".into()));
     ibex
 }
 

@@ -2,9 +2,9 @@
 //!
 //! Schema `ibex` holds, per replicated table, a delta table of changed keys
 //! with the writing transaction's id (`xid8`) and the change time, filled by
-//! statement-level triggers with transition tables (one INSERT per
-//! statement, however many rows it touched), plus a row-level trigger that
-//! fires only when an UPDATE changes the key, to record the old key too.
+//! statement-level triggers with transition tables (one delta row per
+//! statement, its keys as arrays: see `delta.rs`), plus a row-level trigger
+//! that fires only when an UPDATE changes the key, to record the old key too.
 //! TRUNCATE is logged in `ibex.truncate_log`. An optional statement-level
 //! kick trigger NOTIFYs `ibex_changed` with the table's name. Each sync that
 //! reads the database has a cursor: the snapshot up to which it applied.
@@ -20,6 +20,7 @@
 //! With `capture=wal` on a db, a logical replication slot replaces the row
 //! triggers and fills the same delta tables (see `wal.rs`).
 
+pub mod delta;
 mod sql;
 pub mod wal;
 mod window;
@@ -28,6 +29,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
+pub use delta::DeltaKey;
 pub use sql::{delta_table_name, in_window_end, not_written_by, window_condition};
 pub use window::{Snapshot, Window};
 
@@ -72,7 +74,7 @@ impl CaptureMode {
 pub struct CaptureTable {
     pub name: QualifiedName,
     /// Key columns with their SQL types on this database.
-    pub key: Vec<(String, String)>,
+    pub key: Vec<DeltaKey>,
     /// Install the kick trigger (some sync reading it has autokick).
     pub kick: bool,
     /// Keep the row before each UPDATE or DELETE (these columns, as text),
@@ -240,8 +242,16 @@ async fn reconcile_in_transaction(
     let syncs: Vec<String> = readers.iter().map(|r| r.sync.clone()).collect();
     for table in tables {
         let shown = table.name.to_string();
-        let key_names: Vec<String> = table.key.iter().map(|(c, _)| c.clone()).collect();
+        let key_names: Vec<String> = table.key.iter().map(|k| k.name.clone()).collect();
+        let mut converting = false;
         match installed.get(&table.name) {
+            Some(existing) if existing.key_columns == key_names && existing.layout != delta::LAYOUT => {
+                // Written by an earlier ibex, a row per changed row: its
+                // pending rows move into the new layout, writers held off.
+                set_aside_old_layout(&tx, table).await?;
+                converting = true;
+                report.repaired.push(shown.clone());
+            }
             Some(existing)
                 if existing.key_columns == key_names
                     && existing.old_image == table.old_image.is_some()
@@ -274,12 +284,16 @@ async fn reconcile_in_transaction(
         tx.batch_execute(&sql::install_table(table, &caps, mode))
             .await
             .ctx(|| format!("installing capture on {shown}"))?;
+        if converting {
+            restore_converted(&tx, table).await?;
+        }
         tx.execute(
-            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image, ibex_writes, capture)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO ibex.captured (schema_name, rel_name, delta_table, key_columns, kick, old_image, ibex_writes, capture, layout)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (schema_name, rel_name) DO UPDATE
                 SET delta_table = excluded.delta_table, key_columns = excluded.key_columns, kick = excluded.kick,
-                    old_image = excluded.old_image, ibex_writes = excluded.ibex_writes, capture = excluded.capture",
+                    old_image = excluded.old_image, ibex_writes = excluded.ibex_writes, capture = excluded.capture,
+                    layout = excluded.layout",
             &[
                 &table.name.schema,
                 &table.name.name,
@@ -289,6 +303,7 @@ async fn reconcile_in_transaction(
                 &table.old_image.is_some(),
                 &table.ibex_writes.as_str(),
                 &mode.as_str(),
+                &delta::LAYOUT,
             ],
         )
         .await
@@ -508,18 +523,55 @@ pub async fn schedule_resync(
     Ok(())
 }
 
+/// A delta table written by an earlier ibex (a row per changed row) is
+/// set aside and dropped, for `restore_converted` to fill the new one
+/// (`delta.rs`) once it is installed. The user's table is locked against
+/// writers first, so nothing writes through the old trigger function
+/// between the two.
+async fn set_aside_old_layout(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<()> {
+    let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(&table.name)));
+    tx.batch_execute(&format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;
+         CREATE TEMP TABLE ibex_old_delta ON COMMIT DROP AS SELECT * FROM {delta};
+         DROP TABLE {delta};",
+        table.name.quoted()
+    ))
+    .await
+    .ctx(|| format!("setting aside the delta rows of {} to convert them", table.name))
+}
+
+/// Each row set aside by `set_aside_old_layout` becomes a delta row of one
+/// key, with its transaction, time, origin and old image.
+async fn restore_converted(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<()> {
+    let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(&table.name)));
+    let keys: Vec<String> = table.key.iter().map(|k| crate::pg::quote_ident(&k.name)).collect();
+    let singles: Vec<String> =
+        table.key.iter().map(|k| k.single(&format!("o.{}", crate::pg::quote_ident(&k.name)))).collect();
+    tx.batch_execute(&format!(
+        "INSERT INTO {delta} ({}, txid, changed_at, origin, old_row)
+         SELECT {}, o.txid, o.changed_at, o.origin, CASE WHEN o.old_row IS NOT NULL THEN ARRAY[o.old_row] END
+           FROM ibex_old_delta o;
+         DROP TABLE ibex_old_delta;",
+        keys.join(", "),
+        singles.join(", ")
+    ))
+    .await
+    .ctx(|| format!("converting the delta rows of {}", table.name))
+}
+
 struct Installed {
     key_columns: Vec<String>,
     old_image: bool,
     kick: bool,
     ibex_writes: String,
     capture: String,
+    layout: String,
 }
 
 async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeMap<QualifiedName, Installed>> {
     let rows = tx
         .query(
-            "SELECT schema_name, rel_name, key_columns, old_image, kick, ibex_writes, capture FROM ibex.captured",
+            "SELECT schema_name, rel_name, key_columns, old_image, kick, ibex_writes, capture, layout FROM ibex.captured",
             &[],
         )
         .await
@@ -535,6 +587,7 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
                     kick: r.get(4),
                     ibex_writes: r.get(5),
                     capture: r.get(6),
+                    layout: r.get(7),
                 },
             )
         })

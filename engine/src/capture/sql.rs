@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{CaptureMode, CaptureTable, IbexWrites, KICK_CHANNEL, Window};
+use super::{CaptureMode, CaptureTable, IbexWrites, KICK_CHANNEL, Window, delta};
 use crate::pg::version::{Capabilities, XidFlavour};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
 
@@ -104,6 +104,9 @@ CREATE TABLE IF NOT EXISTS ibex.wal (
     created_at        timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS capture text NOT NULL DEFAULT 'trigger';
+-- How the delta table is written: 'row' (a row per changed row, by an
+-- earlier ibex; converted on the next reconcile) or 'statement'.
+ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS layout text NOT NULL DEFAULT 'row';
 -- The kick of WAL-captured tables: nothing else fires in their writers.
 CREATE OR REPLACE FUNCTION ibex.kick() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -179,7 +182,8 @@ pub fn not_written_by(alias: &str, sync: &str) -> String {
     format!("({alias}.origin IS NULL OR {alias}.origin <> {})", quote_literal(sync))
 }
 
-/// Installs (or repairs) the capture of one table. Idempotent.
+/// Installs (or repairs) the capture of one table. Idempotent. The delta
+/// table is written per statement (see `delta.rs`).
 pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode) -> String {
     let execute = caps.execute_trigger_function();
     let x = caps.xids;
@@ -187,12 +191,12 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
     let delta = format!("ibex.{}", quote_ident(&delta_table_name(&table.name)));
     let statement_fn = function_name(&table.name, "");
     let key_fn = function_name(&table.name, "_key");
-    let key_cols: Vec<String> = table.key.iter().map(|(c, _)| quote_ident(c)).collect();
+    let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();
     let key_list = key_cols.join(", ");
     let mut sql = String::new();
     let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {delta} (");
-    for (col, ty) in &table.key {
-        let _ = writeln!(sql, "    {} {ty} NOT NULL,", quote_ident(col));
+    for key in &table.key {
+        let _ = writeln!(sql, "    {},", key.definition());
     }
     let _ = writeln!(
         sql,
@@ -200,7 +204,8 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
         x.xid_type(),
         x.current_xid()
     );
-    // The row before the change, as text, for tables that keep old images.
+    // The rows before the change, as text (one row of this two-dimensional
+    // array per key), for tables that keep old images.
     let _ = writeln!(sql, "ALTER TABLE {delta} ADD COLUMN IF NOT EXISTS old_row text[];");
     // The sync that wrote the row (makedelta), so that sync skips it.
     let _ = writeln!(sql, "ALTER TABLE {delta} ADD COLUMN IF NOT EXISTS origin text;");
@@ -215,23 +220,20 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
         IbexWrites::Ignore => ("", ""),
         _ => (", origin", ", ibex_origin"),
     };
-    let (with_old, old_insert) = match &table.old_image {
-        Some(columns) => {
-            let image: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
-            (
-                true,
-                format!(
-                    "INSERT INTO {delta} ({key_list}, old_row{origin_col}) SELECT {key_list}, ARRAY[{}]::text[]{origin_val} FROM ibex_old;",
-                    image.join(", ")
-                ),
-            )
-        }
-        None => (
-            false,
-            format!("INSERT INTO {delta} ({key_list}{origin_col}) SELECT {key_list}{origin_val} FROM ibex_old;"),
-        ),
-    };
-    let update_old = if with_old { old_insert.as_str() } else { "" };
+    let image = table.old_image.as_ref().map(|columns| {
+        let image: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+        format!("ARRAY[{}]::text[]", image.join(", "))
+    });
+    let old_col = if image.is_some() { ", old_row" } else { "" };
+    let old_insert = format!(
+        "INSERT INTO {delta} ({key_list}{old_col}{origin_col}) {};",
+        delta::aggregate_rows(&table.key, image.as_deref(), origin_val, "ibex_old")
+    );
+    let new_insert = format!(
+        "INSERT INTO {delta} ({key_list}{origin_col}) {};",
+        delta::aggregate_rows(&table.key, None, origin_val, "ibex_new")
+    );
+    let update_old = if image.is_some() { old_insert.as_str() } else { "" };
     // The kick rides in the capture trigger: one trigger call per statement, not two.
     let kick = if table.kick {
         format!("PERFORM pg_notify({}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);", quote_literal(KICK_CHANNEL))
@@ -249,16 +251,16 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex
         {old_insert}
     ELSIF TG_OP = 'UPDATE' THEN
         {update_old}
-        INSERT INTO {delta} ({key_list}{origin_col}) SELECT {key_list}{origin_val} FROM ibex_new;
+        {new_insert}
     ELSE
-        INSERT INTO {delta} ({key_list}{origin_col}) SELECT {key_list}{origin_val} FROM ibex_new;
+        {new_insert}
     END IF;
     {kick}
     RETURN NULL;
 END
 $ibex$;"
     );
-    let old_keys: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c}")).collect();
+    let old_keys: Vec<String> = table.key.iter().map(|k| k.single(&format!("OLD.{}", quote_ident(&k.name)))).collect();
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {key_fn}() RETURNS trigger
@@ -299,7 +301,7 @@ $ibex$;",
     let _ = writeln!(
         sql,
         "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING {}NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();",
-        if with_old { "OLD TABLE AS ibex_old " } else { "" }
+        if image.is_some() { "OLD TABLE AS ibex_old " } else { "" }
     );
 
     let _ = writeln!(
@@ -392,7 +394,7 @@ mod tests {
     fn table(writes: IbexWrites) -> CaptureTable {
         CaptureTable {
             name: QualifiedName::new("public", "t"),
-            key: vec![("id".into(), "integer".into())],
+            key: vec![delta::DeltaKey { name: "id".into(), type_sql: "integer".into(), element_sql: "integer".into() }],
             kick: true,
             old_image: None,
             ibex_writes: writes,

@@ -74,7 +74,7 @@ pub struct Materialized {
 /// A captured table as the materializer writes it.
 struct Target {
     delta: String,
-    /// Key column names and their types on this db.
+    /// Key column names and the element types of their delta columns.
     key: Vec<(String, String)>,
     ibex_writes: IbexWrites,
     /// Decoded keys, one vector per key column, and for each key its
@@ -369,9 +369,10 @@ async fn targets(client: &Client) -> Result<BTreeMap<String, Target>> {
     let rows = client
         .query_typed(
             "SELECT c.schema_name, c.rel_name, c.key_columns, c.ibex_writes,
-                    array(SELECT format_type(a.atttypid, a.atttypmod) FROM unnest(c.key_columns) WITH ORDINALITY k(name, i)
+                    array(SELECT format_type(t.typelem, a.atttypmod) FROM unnest(c.key_columns) WITH ORDINALITY k(name, i)
                             JOIN pg_attribute a ON a.attrelid = to_regclass('ibex.' || quote_ident(c.delta_table))
-                             AND a.attname = k.name ORDER BY k.i),
+                             AND a.attname = k.name
+                            JOIN pg_type t ON t.oid = a.atttypid AND t.typcategory = 'A' ORDER BY k.i),
                     quote_ident(c.schema_name) || '.' || quote_ident(c.rel_name)
                FROM ibex.captured c",
             &[],
@@ -385,7 +386,7 @@ async fn targets(client: &Client) -> Result<BTreeMap<String, Target>> {
         let types: Vec<String> = row.get(4);
         if names.len() != types.len() {
             return Err(Error::Sync(format!(
-                "the delta table of {name} lacks key columns: run `ibex validate` to repair capture"
+                "the delta table of {name} lacks key columns, or is in an earlier ibex's layout: run `ibex validate` to repair capture"
             )));
         }
         let ibex_writes = match row.get::<_, String>(3).as_str() {
@@ -416,12 +417,14 @@ async fn write_keys(client: &Client, target: &mut Target, txns: &[Txn]) -> Resul
         return Ok(0);
     }
     let names: Vec<String> = target.key.iter().map(|(c, _)| quote_ident(c)).collect();
-    let casts: Vec<String> = target.key.iter().enumerate().map(|(i, (_, ty))| format!("k{i}::{ty}")).collect();
+    // A delta row per transaction (and chunk), as the triggers write one per statement.
+    let casts: Vec<String> =
+        target.key.iter().enumerate().map(|(i, (_, ty))| format!("array_agg(k{i}::{ty})::{ty}[]")).collect();
     let aliases: Vec<String> = (0..target.key.len()).map(|i| format!("k{i}")).collect();
     let params: Vec<String> = (1..=target.key.len() + 2).map(|i| format!("${i}::text[]")).collect();
     let sql = format!(
         "INSERT INTO {} ({}, origin, changed_at) SELECT {}, o, coalesce(t::timestamptz, clock_timestamp())
-           FROM unnest({}) AS u({}, o, t)",
+           FROM unnest({}) AS u({}, o, t) GROUP BY o, t",
         target.delta,
         names.join(", "),
         casts.join(", "),

@@ -238,10 +238,13 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: 
                 let Some(cursor) = cursors.get(&need.sync) else { continue };
                 let window = window_condition("d", &Window::unbounded(cursor)?, xids);
                 let delta = format!("ibex.{}", quote_ident(&delta_table_name(&need.table)));
+                let Some(first_key) = need.key.first() else { continue };
+                // Changed keys, not delta rows (a row holds a statement's keys).
+                let keys = crate::capture::delta::counted(&delta, first_key);
                 let stats = conn
                     .query_one(
                         &format!(
-                            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {delta} d WHERE {window} LIMIT {BACKLOG_CAP}) c),
+                            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {keys} d WHERE {window} LIMIT {BACKLOG_CAP}) c),
                                     coalesce((SELECT extract(epoch FROM now() - d.changed_at)::float8
                                                 FROM {delta} d WHERE {window} ORDER BY d.txid LIMIT 1), 0)"
                         ),

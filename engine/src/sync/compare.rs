@@ -11,7 +11,6 @@ use tokio_postgres::Client;
 
 use super::plan::{DbId, Plan};
 use super::validate::TableSpec;
-use crate::capture::delta_table_name;
 use crate::catalog::Role;
 use crate::error::{PgContext, Result};
 use crate::pg::{QualifiedName, quote_ident};
@@ -252,9 +251,13 @@ pub fn marks_for(plan: &Plan, key: &KeyDiff) -> Vec<DbId> {
 
 /// Marks keys changed on one source (autocommit): they are in the next window.
 pub async fn mark(client: &Client, table: &TableSpec, keys: &[&KeyDiff], at: &str) -> Result<u64> {
-    let delta = format!("ibex.{}", quote_ident(&delta_table_name(&table.name)));
-    let values: Vec<String> =
-        table.key.iter().enumerate().map(|(i, c)| format!("${}::text::{}", i + 2, c.type_sql)).collect();
+    let delta = table.delta_table();
+    let values: Vec<String> = table
+        .delta_keys()
+        .iter()
+        .enumerate()
+        .map(|(i, k)| k.single(&format!("${}::text::{}", i + 2, k.type_sql)))
+        .collect();
     let sql = format!(
         "INSERT INTO {delta} ({}, changed_at) VALUES ({}, $1::text::timestamptz)",
         table.key_list(),

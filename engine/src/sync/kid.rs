@@ -66,6 +66,9 @@ pub struct Kid {
     /// Per db, the fingerprint of the tables' columns when `specs` were
     /// made; each run checks it (see `introspect::shape_query`).
     shapes: Vec<String>,
+    /// Sources holding delta tables of an earlier ibex, as last checked
+    /// (see `validate::Checked::earlier_layout`).
+    earlier_layout: Vec<String>,
     /// Tables held back by the ddl policy (see `pause.rs`), as last checked.
     paused: Vec<catalog::paused::PausedTable>,
     /// What the catalog last heard of `paused` (None: not written yet).
@@ -107,6 +110,7 @@ impl Kid {
             lease: None,
             fence: 0,
             shapes: Vec::new(),
+            earlier_layout: Vec::new(),
             paused: Vec::new(),
             paused_recorded: None,
             held_off_runs: 0,
@@ -245,6 +249,17 @@ impl Kid {
         }
     }
 
+    /// Reading or marking deltas an earlier ibex wrote would fail on their
+    /// layout: say what converts them instead.
+    fn refuse_earlier_layout(&mut self) -> Result<()> {
+        if self.earlier_layout.is_empty() {
+            return Ok(());
+        }
+        // Checked again at the next run, after the operator's validate.
+        self.specs = None;
+        Err(Error::Refused(self.earlier_layout.join("; ")))
+    }
+
     /// Checks the tables on every db (columns, types, keys); cached until
     /// the plan changes or a run fails.
     pub async fn validate(&mut self) -> Result<&[TableSpec]> {
@@ -257,6 +272,7 @@ impl Kid {
             );
             let mut shapes = validate::shapes(&self.plan, &clients, &shape).await?;
             let mut checked = validate::check_tables(&self.plan, &clients).await?;
+            self.earlier_layout = std::mem::take(&mut checked.earlier_layout);
             let policy = self.plan.sync.params.ddl;
             if policy == DdlPolicy::Addcol
                 && !checked.is_clean()
@@ -264,6 +280,7 @@ impl Kid {
             {
                 shapes = validate::shapes(&self.plan, &clients, &shape).await?;
                 checked = validate::check_tables(&self.plan, &clients).await?;
+                self.earlier_layout = std::mem::take(&mut checked.earlier_layout);
             }
             let specs = match policy {
                 DdlPolicy::Fail => {
@@ -557,6 +574,7 @@ impl Kid {
 
     async fn attempt(&mut self, writers: Writers) -> Result<CycleOutcome> {
         self.validate().await?;
+        self.refuse_earlier_layout()?;
         let decoding = match self.wal_decoded {
             Some(took) => took,
             None => {
@@ -723,6 +741,7 @@ impl Kid {
         at: &str,
     ) -> Result<Vec<(String, String, u64)>> {
         self.validate().await?;
+        self.refuse_earlier_layout()?;
         let specs = self.specs.clone().unwrap_or_default();
         let mut made = Vec::new();
         for diff in diffs {

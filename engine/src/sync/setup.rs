@@ -52,7 +52,11 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
                 .iter()
                 .find(|c| &c.name == col)
                 .ok_or_else(|| Error::Schema(format!("table {} on db {db} lacks key column {col}", need.table)))?;
-            key.push((col.clone(), live.type_sql.clone()));
+            key.push(capture::DeltaKey {
+                name: col.clone(),
+                type_sql: live.type_sql.clone(),
+                element_sql: live.array_element_sql().to_string(),
+            });
         }
         let old_image =
             need.capture_old.then(|| columns.iter().filter(|c| !c.generated).map(|c| c.name.clone()).collect());

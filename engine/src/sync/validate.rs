@@ -21,6 +21,10 @@ pub struct Checked {
     pub specs: Vec<TableSpec>,
     pub drift: Vec<Drift>,
     pub other: Vec<String>,
+    /// Sources whose delta tables an earlier ibex wrote: a run cannot read
+    /// them until `ibex validate` converts them (which is why this is not
+    /// among the problems that stop validate itself).
+    pub earlier_layout: Vec<String>,
 }
 
 /// How one table differs between the sync's dbs.
@@ -140,15 +144,46 @@ pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
             }
         }
     }
+    let mut earlier_layout = Vec::new();
     for (i, db) in plan.dbs.iter().enumerate() {
         if db.reads_wal() {
             problems.extend(wal_server_problems(clients[i], &db.name, &plan.catalog_id).await?);
+        }
+        if db.role == crate::catalog::Role::Source {
+            earlier_layout.extend(earlier_layout_problem(clients[i], &db.name, &plan.sync.name).await?);
         }
     }
     problems.extend(crate::target::unmappable(&plan.foreign, &specs));
     let fks =
         introspect::foreign_keys(clients[primary], &specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()).await?;
-    Ok(Checked { specs: dependency_order(specs, &fks), drift, other: problems })
+    Ok(Checked { specs: dependency_order(specs, &fks), drift, other: problems, earlier_layout })
+}
+
+/// Delta tables an earlier ibex wrote (a row per changed row) are read
+/// only once converted: capture is reconciled explicitly, since the
+/// conversion locks the user's tables for a moment.
+async fn earlier_layout_problem(client: &Client, db: &str, sync: &str) -> Result<Option<String>> {
+    let installed: bool = client
+        .query_one("SELECT to_regclass('ibex.captured') IS NOT NULL", &[])
+        .await
+        .ctx(|| format!("looking for capture on db {db}"))?
+        .get(0);
+    if !installed {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT string_agg(c.schema_name || '.' || c.rel_name, ', ' ORDER BY 1) FROM ibex.captured c
+              WHERE coalesce(to_jsonb(c) ->> 'layout', 'row') <> $1",
+            &[&crate::capture::delta::LAYOUT],
+        )
+        .await
+        .ctx(|| format!("checking the delta tables on db {db}"))?;
+    Ok(row.get::<_, Option<String>>(0).map(|tables| {
+        format!(
+            "db {db} holds delta tables of an earlier ibex ({tables}): run `ibex validate {sync}` to convert them, with their pending changes, to this version's layout"
+        )
+    }))
 }
 
 /// Why a WAL-captured table's decoded DELETEs and key changes would lack

@@ -2,7 +2,7 @@
 //! Made by `sync/validate.rs` from what every db has; used by the cycle
 //! and by every target type to write its rows.
 
-use crate::capture::delta_table_name;
+use crate::capture::{DeltaKey, delta, delta_table_name};
 use crate::pg::introspect::LiveColumn;
 use crate::pg::{QualifiedName, quote_ident};
 
@@ -25,9 +25,27 @@ impl TableSpec {
         self.name.quoted()
     }
 
-    /// `ibex."delta_..."`
-    pub fn delta(&self) -> String {
+    /// The delta table, `ibex."delta_..."`, as it is written.
+    pub fn delta_table(&self) -> String {
         format!("ibex.{}", quote_ident(&delta_table_name(&self.name)))
+    }
+
+    /// The delta rows as one row per changed key (`capture/delta.rs`), a
+    /// FROM item to give an alias.
+    pub fn delta(&self) -> String {
+        delta::rows(&self.delta_table(), &self.delta_keys())
+    }
+
+    /// The key as the delta table keeps it.
+    pub fn delta_keys(&self) -> Vec<DeltaKey> {
+        self.key
+            .iter()
+            .map(|c| DeltaKey {
+                name: c.name.clone(),
+                type_sql: c.type_sql.clone(),
+                element_sql: c.array_element_sql().to_string(),
+            })
+            .collect()
     }
 
     pub fn column_list(&self) -> String {
