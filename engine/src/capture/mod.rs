@@ -198,7 +198,14 @@ async fn reconcile_in_transaction(
     readers: &[Reader],
     mode: CaptureMode,
 ) -> Result<CaptureReport> {
-    let tx = client.transaction().await.ctx(|| "starting capture setup".into())?;
+    // READ COMMITTED whatever the server's default: a conversion of the
+    // delta layout must see rows committed while it waited for its lock.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .ctx(|| "starting capture setup".into())?;
     // One installer at a time per database.
     tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(hashtext('ibex capture'))")
         .await
@@ -248,8 +255,7 @@ async fn reconcile_in_transaction(
             Some(existing) if existing.key_columns == key_names && existing.layout != delta::LAYOUT => {
                 // Written by an earlier ibex, a row per changed row: its
                 // pending rows move into the new layout, writers held off.
-                set_aside_old_layout(&tx, table).await?;
-                converting = true;
+                converting = set_aside_old_layout(&tx, table).await?;
                 report.repaired.push(shown.clone());
             }
             Some(existing)
@@ -528,16 +534,28 @@ pub async fn schedule_resync(
 /// (`delta.rs`) once it is installed. The user's table is locked against
 /// writers first, so nothing writes through the old trigger function
 /// between the two.
-async fn set_aside_old_layout(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<()> {
+/// True when there was a delta table to set aside.
+async fn set_aside_old_layout(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<bool> {
     let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(&table.name)));
+    let exists: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta])
+        .await
+        .ctx(|| format!("looking for the delta table of {}", table.name))?
+        .get(0);
+    if !exists {
+        return Ok(false);
+    }
+    // The columns an older delta table may lack are added to the copy.
     tx.batch_execute(&format!(
         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;
          CREATE TEMP TABLE ibex_old_delta ON COMMIT DROP AS SELECT * FROM {delta};
+         ALTER TABLE ibex_old_delta ADD COLUMN IF NOT EXISTS old_row text[], ADD COLUMN IF NOT EXISTS origin text;
          DROP TABLE {delta};",
         table.name.quoted()
     ))
     .await
-    .ctx(|| format!("setting aside the delta rows of {} to convert them", table.name))
+    .ctx(|| format!("setting aside the delta rows of {} to convert them", table.name))?;
+    Ok(true)
 }
 
 /// Each row set aside by `set_aside_old_layout` becomes a delta row of one
@@ -549,7 +567,7 @@ async fn restore_converted(tx: &tokio_postgres::Transaction<'_>, table: &Capture
         table.key.iter().map(|k| k.single(&format!("o.{}", crate::pg::quote_ident(&k.name)))).collect();
     tx.batch_execute(&format!(
         "INSERT INTO {delta} ({}, txid, changed_at, origin, old_row)
-         SELECT {}, o.txid, o.changed_at, o.origin, CASE WHEN o.old_row IS NOT NULL THEN ARRAY[o.old_row] END
+         SELECT {}, o.txid, o.changed_at, o.origin, CASE WHEN o.old_row IS NOT NULL THEN ARRAY[o.old_row::text] END
            FROM ibex_old_delta o;
          DROP TABLE ibex_old_delta;",
         keys.join(", "),

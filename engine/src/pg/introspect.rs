@@ -199,6 +199,11 @@ pub struct LiveColumn {
     /// of domain), as SQL text: arrays of domains came only in 11, so there
     /// an array of this column's values is passed as one of that type.
     pub domain_base_sql: Option<String>,
+    /// An array or a domain: a delta table keeps such a key as text (see
+    /// `capture/delta.rs`): `unnest` flattens an array of arrays, and an
+    /// array of domains is not one type on every version (none on 10,
+    /// their base type's in `array_agg`).
+    pub kept_as_text_in_delta: bool,
 }
 
 impl LiveColumn {
@@ -266,7 +271,8 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                            SELECT t.oid, t.typbasetype
                            UNION ALL
                            SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
-                       SELECT format_type(oid, NULL) FROM under WHERE base = 0) END
+                       SELECT format_type(oid, NULL) FROM under WHERE base = 0) END,
+                    t.typtype = 'd' OR t.typcategory = 'A'
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
@@ -294,6 +300,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                 send_fn: r.get(5),
                 oids_in_binary: r.get(6),
                 domain_base_sql: r.get(7),
+                kept_as_text_in_delta: r.get(8),
             })
             .collect(),
     ))

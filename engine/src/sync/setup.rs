@@ -55,7 +55,7 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
             key.push(capture::DeltaKey {
                 name: col.clone(),
                 type_sql: live.type_sql.clone(),
-                element_sql: live.array_element_sql().to_string(),
+                as_text: live.kept_as_text_in_delta,
             });
         }
         let old_image =

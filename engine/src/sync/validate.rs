@@ -173,7 +173,7 @@ async fn earlier_layout_problem(client: &Client, db: &str, sync: &str) -> Result
     }
     let row = client
         .query_one(
-            "SELECT string_agg(c.schema_name || '.' || c.rel_name, ', ' ORDER BY 1) FROM ibex.captured c
+            "SELECT string_agg(c.schema_name || '.' || c.rel_name, ', ' ORDER BY c.schema_name, c.rel_name) FROM ibex.captured c
               WHERE coalesce(to_jsonb(c) ->> 'layout', 'row') <> $1",
             &[&crate::capture::delta::LAYOUT],
         )

@@ -40,11 +40,7 @@ impl TableSpec {
     pub fn delta_keys(&self) -> Vec<DeltaKey> {
         self.key
             .iter()
-            .map(|c| DeltaKey {
-                name: c.name.clone(),
-                type_sql: c.type_sql.clone(),
-                element_sql: c.array_element_sql().to_string(),
-            })
+            .map(|c| DeltaKey { name: c.name.clone(), type_sql: c.type_sql.clone(), as_text: c.kept_as_text_in_delta })
             .collect()
     }
 

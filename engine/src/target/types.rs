@@ -166,6 +166,7 @@ mod tests {
             send_fn: String::new(),
             oids_in_binary: false,
             domain_base_sql: None,
+            kept_as_text_in_delta: false,
         }
     }
 
