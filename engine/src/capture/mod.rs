@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
 pub use delta::DeltaKey;
-pub use sql::{delta_table_name, in_window_end, not_written_by, window_condition};
+pub use sql::{delta_table, delta_table_name, in_window_end, not_written_by, window_condition};
 pub use window::{Snapshot, Window};
 
 use crate::error::{Error, PgContext, Result};
@@ -472,7 +472,7 @@ async fn keep_pending_as_resync(
     tx.batch_execute(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", table.quoted()))
         .await
         .ctx(|| format!("holding writers of {shown} off while its key changes"))?;
-    let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(table)));
+    let delta = delta_table(table);
     for reader in readers {
         let Some(row) = tx
             .query_opt("SELECT snapshot::text FROM ibex.cursor WHERE sync = $1", &[&reader.sync])
@@ -536,7 +536,7 @@ pub async fn schedule_resync(
 /// between the two.
 /// True when there was a delta table to set aside.
 async fn set_aside_old_layout(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<bool> {
-    let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(&table.name)));
+    let delta = delta_table(&table.name);
     let exists: bool = tx
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta])
         .await
@@ -561,7 +561,7 @@ async fn set_aside_old_layout(tx: &tokio_postgres::Transaction<'_>, table: &Capt
 /// Each row set aside by `set_aside_old_layout` becomes a delta row of one
 /// key, with its transaction, time, origin and old image.
 async fn restore_converted(tx: &tokio_postgres::Transaction<'_>, table: &CaptureTable) -> Result<()> {
-    let delta = format!("ibex.{}", crate::pg::quote_ident(&delta_table_name(&table.name)));
+    let delta = delta_table(&table.name);
     let keys: Vec<String> = table.key.iter().map(|k| crate::pg::quote_ident(&k.name)).collect();
     let singles: Vec<String> =
         table.key.iter().map(|k| k.single(&format!("o.{}", crate::pg::quote_ident(&k.name)))).collect();

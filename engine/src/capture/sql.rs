@@ -150,6 +150,11 @@ pub fn delta_table_name(table: &QualifiedName) -> String {
     object_name("delta_", table)
 }
 
+/// The delta table of `table`, schema-qualified and quoted.
+pub fn delta_table(table: &QualifiedName) -> String {
+    format!("ibex.{}", quote_ident(&delta_table_name(table)))
+}
+
 fn function_name(table: &QualifiedName, suffix: &str) -> String {
     format!("ibex.{}", quote_ident(&object_name(&format!("capture{suffix}_"), table)))
 }
@@ -188,7 +193,7 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
     let execute = caps.execute_trigger_function();
     let x = caps.xids;
     let target = table.name.quoted();
-    let delta = format!("ibex.{}", quote_ident(&delta_table_name(&table.name)));
+    let delta = delta_table(&table.name);
     let statement_fn = function_name(&table.name, "");
     let key_fn = function_name(&table.name, "_key");
     let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();

@@ -31,7 +31,7 @@ use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{IbexWrites, delta_table_name};
+use super::IbexWrites;
 use crate::error::{Error, PgContext, Result};
 use crate::pg::version::Capabilities;
 use crate::pg::{QualifiedName, quote_ident};
@@ -399,7 +399,7 @@ async fn targets(client: &Client) -> Result<BTreeMap<String, Target>> {
         targets.insert(
             printed,
             Target {
-                delta: format!("ibex.{}", quote_ident(&delta_table_name(&name))),
+                delta: super::delta_table(&name),
                 columns: vec![Vec::new(); names.len()],
                 key: names.into_iter().zip(types).collect(),
                 ibex_writes,

@@ -15,11 +15,11 @@ use tokio::sync::watch;
 
 use super::SharedCatalog;
 use super::metrics::Metrics;
-use crate::capture::{Snapshot, Window, delta_table_name, window_condition};
+use crate::capture::{Snapshot, Window, delta_table, window_condition};
 use crate::catalog;
 use crate::error::{PgContext, Result};
 use crate::pg::version::{Capabilities, XidFlavour};
-use crate::pg::{self, ConnInfo, QualifiedName, quote_ident};
+use crate::pg::{self, ConnInfo, QualifiedName};
 
 /// Rows deleted per statement, so a purge never holds one huge transaction.
 const PURGE_BATCH: i64 = 50_000;
@@ -154,7 +154,7 @@ async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Conne
     for (table, syncs) in &readers {
         // A sync without a cursor has applied nothing: keep every row.
         let Some(applied) = applied_by_all(&cursors, syncs, xids) else { continue };
-        let delta = format!("ibex.{}", quote_ident(&delta_table_name(table)));
+        let delta = delta_table(table);
         deleted +=
             purge(client, &delta, &applied, None).await.ctx(|| format!("purging the delta of {table} on db {db}"))?;
         deleted += purge(client, "ibex.truncate_log", &applied, Some(table))
@@ -237,7 +237,7 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: 
             for need in &needs {
                 let Some(cursor) = cursors.get(&need.sync) else { continue };
                 let window = window_condition("d", &Window::unbounded(cursor)?, xids);
-                let delta = format!("ibex.{}", quote_ident(&delta_table_name(&need.table)));
+                let delta = delta_table(&need.table);
                 let Some(first_key) = need.key.first() else { continue };
                 // Changed keys, not delta rows (a row holds a statement's keys).
                 let keys = crate::capture::delta::counted(&delta, first_key);

@@ -2,7 +2,7 @@
 //! Made by `sync/validate.rs` from what every db has; used by the cycle
 //! and by every target type to write its rows.
 
-use crate::capture::{DeltaKey, delta, delta_table_name};
+use crate::capture::{DeltaKey, delta};
 use crate::pg::introspect::LiveColumn;
 use crate::pg::{QualifiedName, quote_ident};
 
@@ -27,7 +27,7 @@ impl TableSpec {
 
     /// The delta table, `ibex."delta_..."`, as it is written.
     pub fn delta_table(&self) -> String {
-        format!("ibex.{}", quote_ident(&delta_table_name(&self.name)))
+        crate::capture::delta_table(&self.name)
     }
 
     /// The delta rows as one row per changed key (`capture/delta.rs`), a
