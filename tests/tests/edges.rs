@@ -843,3 +843,59 @@ fn array_and_domain_over_array_keys_are_captured() {
     s.assert_same(&["src", "dst"], &["t", "a"]);
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE k = ARRAY[0, 0]"), "1");
 }
+
+/// Statements of every size around the delta's two writers (one INSERT
+/// for at most 1,000 keys, chunks of 100,000 beyond): each changed key is
+/// in the delta once, an empty statement writes nothing, and a sync
+/// applies them all. Two key columns, one kept as text (a domain).
+#[test]
+fn statements_of_every_size_are_captured_key_for_key() {
+    let s = Setup::new();
+    dbs_with(
+        &s,
+        "CREATE DOMAIN code AS text;
+         CREATE TABLE t (a int, b code, v int, PRIMARY KEY (a, b))",
+        &["src", "dst"],
+    );
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync sizes herd=h dbs=src:source,dst:target").ok();
+    let statements = [
+        "INSERT INTO t SELECT i, 'c' || i, 0 FROM generate_series(1, 250000) i".to_string(),
+        "UPDATE t SET v = v + 1 WHERE a BETWEEN 1 AND 0".to_string(),
+        "UPDATE t SET v = v + 1 WHERE a BETWEEN 1 AND 1".to_string(),
+        "UPDATE t SET v = v + 1 WHERE a BETWEEN 2 AND 1000".to_string(),
+        "UPDATE t SET v = v + 1 WHERE a BETWEEN 1001 AND 2001".to_string(),
+        "UPDATE t SET v = v + 1 WHERE a BETWEEN 3000 AND 103000".to_string(),
+        "DELETE FROM t WHERE a > 249000".to_string(),
+    ];
+    for statement in &statements {
+        s.sql("src", statement);
+        s.sql("dst", statement);
+    }
+    let delta = delta_of(&s, "src", "t");
+    let keys_per_row = s.sql(
+        "src",
+        &format!("SELECT string_agg(cardinality(a)::text, ',' ORDER BY txid, cardinality(a)) FROM {delta}"),
+    );
+    // 250,000 inserted keys are two full chunks and a half one; the empty
+    // statement wrote nothing; 1,001 keys are one row; 100,001 are two.
+    assert_eq!(keys_per_row, "50000,100000,100000,1,999,1001,1,100000,1000");
+    let pairs = s.sql(
+        "src",
+        &format!(
+            "SELECT count(*) || ' ' || count(DISTINCT (k.a, k.b)) || ' ' || bool_and(k.b = 'c' || k.a)
+               FROM {delta} d CROSS JOIN LATERAL unnest(d.a, d.b) AS k(a, b)"
+        ),
+    );
+    assert_eq!(pairs, "353002 250000 true", "every key of a statement once, its columns paired");
+    for statement in [
+        "UPDATE t SET v = v + 1 WHERE a <= 1500",
+        "UPDATE t SET v = v + 1 WHERE a = 7",
+        "DELETE FROM t WHERE a BETWEEN 200000 AND 200500",
+    ] {
+        s.sql("src", statement);
+    }
+    let run = s.run("sizes");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    s.assert_same(&["src", "dst"], &["t"]);
+}

@@ -15,6 +15,10 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     let s = bench.setup()?;
     s.cluster.create_pgbench_db("bare", scale_for(rows))?;
     s.dbs_from("bare", &["ib", "ib_sink", "iw", "iw_sink"]);
+    s.cluster.clone_db("bare", "floor")?;
+    for (table, key) in CAPTURED {
+        s.cluster.psql("floor", &trigger_floor(table, key))?;
+    }
     s.ibex.sh("update db iw capture=wal").ok();
     s.ibex.sh("add all tables db=ib herd=h");
     s.ibex.sh("add sync cap herd=h dbs=ib:source,ib_sink:target").ok();
@@ -49,10 +53,11 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
         )?;
         Ok(())
     };
-    // times[statement][engine]: bare, ibex, Bucardo, ibex with WAL capture.
-    let mut times: [[Vec<f64>; 4]; 3] = Default::default();
+    // times[statement][engine]: bare, ibex, Bucardo, ibex with WAL capture,
+    // the trigger floor.
+    let mut times: [[Vec<f64>; 5]; 3] = Default::default();
     for _ in 0..3 {
-        for (i, db) in ["bare", "ib", "bu", "iw"].into_iter().enumerate() {
+        for (i, db) in ["bare", "ib", "bu", "iw", "floor"].into_iter().enumerate() {
             for (k, (_, _, sql)) in statements.iter().enumerate() {
                 empty_deltas(db)?;
                 s.sql(db, "VACUUM ANALYZE pgbench_accounts");
@@ -67,7 +72,21 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     };
     let no_median = "no timing";
     let no_wal = "Bucardo has no WAL capture";
-    for ((id, verb, _), [bare, ib, bu, iw]) in statements.iter().zip(times) {
+    let trigger_floor_is = "triggers of ibex's shape that write no delta (transition tables, key test, kick)";
+    for ((id, verb, _), [bare, ib, bu, iw, floor]) in statements.iter().zip(times) {
+        bench.add(
+            Measure::new(
+                &format!("capture_{id}_floor"),
+                "capture cost",
+                format!("{verb} of {rows} rows, against the trigger floor (median of 3)"),
+                "s",
+                Better::Lower,
+            )
+            .ibex(Figure::or_missing(median(ib.clone()), no_median))
+            .bucardo(Figure::missing("Bucardo's triggers are per row: no floor of this shape"))
+            .reference(Figure::or_missing(median(floor), no_median), trigger_floor_is)
+            .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of the trigger floor"),
+        );
         bench.add(
             Measure::new(
                 &format!("capture_wal_{id}"),
@@ -104,7 +123,21 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             .and_then(|v| v.parse().ok())
             .context("no tps in pgbench output")
     };
-    let (bare_tps, ib_tps, bu_tps, iw_tps) = (tps("bare")?, tps("ib")?, tps("bu")?, tps("iw")?);
+    let (bare_tps, ib_tps, bu_tps, iw_tps, floor_tps) =
+        (tps("bare")?, tps("ib")?, tps("bu")?, tps("iw")?, tps("floor")?);
+    bench.add(
+        Measure::new(
+            "capture_tps_floor",
+            "capture cost",
+            "pgbench TPS (-c 2 -j 2 -T 20), against the trigger floor",
+            "tps",
+            Better::Higher,
+        )
+        .ibex(Figure::of(ib_tps))
+        .bucardo(Figure::missing("Bucardo's triggers are per row: no floor of this shape"))
+        .reference(Figure::of(floor_tps), trigger_floor_is)
+        .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of the trigger floor"),
+    );
     bench.add(
         Measure::new(
             "capture_wal_tps",
@@ -126,4 +159,37 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of no triggers"),
     );
     Ok(())
+}
+
+/// The pgbench tables ibex captures in this scenario, with their keys
+/// (pgbench_history has none).
+const CAPTURED: [(&str, &str); 3] =
+    [("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("pgbench_tellers", "tid")];
+
+/// Triggers of the shape ibex's trigger capture installs on `table`
+/// (engine/src/capture/sql.rs), minus the delta write: a statement trigger
+/// per write with its transition table, a SECURITY DEFINER function with a
+/// fixed search_path, the key-change row trigger's WHEN test, and the kick.
+/// What capturing with statement triggers costs before a delta row is
+/// written; capture=trigger can be no cheaper.
+fn trigger_floor(table: &str, key: &str) -> String {
+    format!(
+        "CREATE FUNCTION floor_{table}() RETURNS trigger
+         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         BEGIN
+             PERFORM pg_notify('ibex_changed', 'public.{table}');
+             RETURN NULL;
+         END $f$;
+         CREATE FUNCTION floor_{table}_key() RETURNS trigger
+         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         BEGIN RETURN NULL; END $f$;
+         CREATE TRIGGER floor_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS ibex_new
+             FOR EACH STATEMENT EXECUTE FUNCTION floor_{table}();
+         CREATE TRIGGER floor_update AFTER UPDATE ON {table} REFERENCING NEW TABLE AS ibex_new
+             FOR EACH STATEMENT EXECUTE FUNCTION floor_{table}();
+         CREATE TRIGGER floor_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS ibex_old
+             FOR EACH STATEMENT EXECUTE FUNCTION floor_{table}();
+         CREATE TRIGGER floor_key AFTER UPDATE ON {table} FOR EACH ROW
+             WHEN (OLD.{key} IS DISTINCT FROM NEW.{key}) EXECUTE FUNCTION floor_{table}_key();"
+    )
 }

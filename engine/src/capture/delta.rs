@@ -17,6 +17,13 @@ use crate::pg::quote_ident;
 /// The most keys one delta row holds.
 pub const KEYS_PER_ROW: u32 = 100_000;
 
+/// The most keys a statement's delta row is written for in one plain
+/// INSERT of `ARRAY(SELECT key ...)`; a statement of more keys is written
+/// by the chunking aggregate. Most statements change a row or a few, and
+/// the plain INSERT costs them about 5 µs less per statement on PG 15
+/// (20 µs vs 25 µs, a statement costing 11 µs without capture).
+pub const FEW_KEYS: u32 = 1_000;
+
 /// The most bytes of old images one delta row holds (beyond one image).
 pub const IMAGE_BYTES: u32 = 256 << 20;
 
@@ -56,6 +63,18 @@ impl DeltaKey {
     /// The delta column's value for the one key `value`.
     pub fn single(&self, value: &str) -> String {
         format!("ARRAY[{}{}]", value, self.text_cast())
+    }
+
+    /// The delta column's value from the first `FEW_KEYS + 1` rows of
+    /// the transition table `transition` (each key array scans it in the
+    /// same order: a tuplestore is read in insertion order).
+    fn first_few(&self, transition: &str) -> String {
+        format!(
+            "ARRAY(SELECT {}{} FROM {transition} LIMIT {})",
+            quote_ident(&self.name),
+            self.text_cast(),
+            FEW_KEYS + 1
+        )
     }
 
     fn text_cast(&self) -> &'static str {
@@ -123,6 +142,31 @@ pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transi
           GROUP BY r.ibex_chunk{image_group}",
         outer.join(", "),
         inner.join(", ")
+    )
+}
+
+/// The plpgsql that writes the keys of the transition table `transition`
+/// (no old images) into `delta` (quoted), with `extra_columns` and
+/// `extra_values` (", origin" and its value, or empty). A statement of at
+/// most `FEW_KEYS` keys is one INSERT; a larger one has its first
+/// attempt removed and is written in chunks; an empty one writes nothing.
+/// Needs the plpgsql variables `ibex_at tid` and `ibex_n integer`.
+pub fn write_keys(delta: &str, key: &[DeltaKey], extra_columns: &str, extra_values: &str, transition: &str) -> String {
+    let columns: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
+    let first: Vec<String> = key.iter().map(|k| k.first_few(transition)).collect();
+    let counted = columns.first().map(String::as_str).unwrap_or("ibex_no_key");
+    format!(
+        "INSERT INTO {delta} ({columns}{extra_columns}) VALUES ({first}{extra_values})
+            RETURNING ctid, cardinality({counted}) INTO ibex_at, ibex_n;
+        IF ibex_n = 0 THEN
+            DELETE FROM {delta} WHERE ctid = ibex_at;
+        ELSIF ibex_n > {FEW_KEYS} THEN
+            DELETE FROM {delta} WHERE ctid = ibex_at;
+            INSERT INTO {delta} ({columns}{extra_columns}) {chunked};
+        END IF;",
+        columns = columns.join(", "),
+        first = first.join(", "),
+        chunked = aggregate_rows(key, None, extra_values, transition),
     )
 }
 

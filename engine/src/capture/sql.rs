@@ -229,23 +229,25 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
         let image: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
         format!("ARRAY[{}]::text[]", image.join(", "))
     });
-    let old_col = if image.is_some() { ", old_row" } else { "" };
-    let old_insert = format!(
-        "INSERT INTO {delta} ({key_list}{old_col}{origin_col}) {};",
-        delta::aggregate_rows(&table.key, image.as_deref(), origin_val, "ibex_old")
-    );
-    let new_insert = format!(
-        "INSERT INTO {delta} ({key_list}{origin_col}) {};",
-        delta::aggregate_rows(&table.key, None, origin_val, "ibex_new")
-    );
+    let old_insert = match &image {
+        Some(image) => format!(
+            "INSERT INTO {delta} ({key_list}, old_row{origin_col}) {};",
+            delta::aggregate_rows(&table.key, Some(image), origin_val, "ibex_old")
+        ),
+        None => delta::write_keys(&delta, &table.key, origin_col, origin_val, "ibex_old"),
+    };
+    let new_insert = delta::write_keys(&delta, &table.key, origin_col, origin_val, "ibex_new");
     let update_old = if image.is_some() { old_insert.as_str() } else { "" };
-    // The kick rides in the capture trigger: one trigger call per statement, not two.
+    // The kick rides in the capture trigger: one trigger call per statement,
+    // not two. Its payload is written here, not concatenated per statement.
     let kick = if table.kick {
-        format!("PERFORM pg_notify({}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);", quote_literal(KICK_CHANNEL))
+        let payload = format!("{}.{}", table.name.schema, table.name.name);
+        format!("PERFORM pg_notify({}, {});", quote_literal(KICK_CHANNEL), quote_literal(&payload))
     } else {
         String::new()
     };
-    let (declare, replica_check) = replica_check(table.ibex_writes);
+    let (origin_declare, replica_check) = replica_check(table.ibex_writes);
+    let declare = format!("DECLARE\n    ibex_at tid;\n    ibex_n integer;\n{origin_declare}");
     // Before 13 a hash aggregate cannot spill: grouping a huge statement's
     // chunks by sorting keeps one chunk's arrays in memory, not all.
     let group_by_sort = if caps.version_num < 130_000 { " SET enable_hashagg = off" } else { "" };
@@ -269,11 +271,12 @@ END
 $ibex$;"
     );
     let old_keys: Vec<String> = table.key.iter().map(|k| k.single(&format!("OLD.{}", quote_ident(&k.name)))).collect();
+    let key_declare = if origin_declare.is_empty() { String::new() } else { format!("DECLARE\n{origin_declare}") };
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {key_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
-{declare}BEGIN
+{key_declare}BEGIN
     {replica_check}
     INSERT INTO {delta} ({key_list}{origin_col}) VALUES ({}{origin_val});
     RETURN NULL;
@@ -341,6 +344,7 @@ $ibex$;",
 /// The start of a capture function that also fires for ibex's writes:
 /// under replica mode it captures only makedelta writes, tagged with the
 /// writing sync (ibex sets `ibex.origin` and `ibex.makedelta` in its runs).
+/// Returns the variable it declares and the check.
 fn replica_check(writes: IbexWrites) -> (&'static str, String) {
     let asked = "coalesce(current_setting('ibex.makedelta', true), '') <> 'on'";
     let skip = match writes {
@@ -349,7 +353,7 @@ fn replica_check(writes: IbexWrites) -> (&'static str, String) {
         IbexWrites::WhenAsked => format!("IF {asked} THEN RETURN NULL; END IF;\n        "),
     };
     (
-        "DECLARE\n    ibex_origin text;\n",
+        "    ibex_origin text;\n",
         format!(
             "IF current_setting('session_replication_role') = 'replica' THEN\n        {skip}ibex_origin := nullif(current_setting('ibex.origin', true), '');\n    END IF;"
         ),
