@@ -171,7 +171,8 @@ const CAPTURED: [(&str, &str); 3] =
 /// per write with its transition table, a SECURITY DEFINER function with a
 /// fixed search_path, the key-change row trigger's WHEN test, and the kick.
 /// What capturing with statement triggers costs before a delta row is
-/// written; capture=trigger can be no cheaper.
+/// written; capture=trigger can be no cheaper. `EXECUTE PROCEDURE`: the
+/// spelling every version accepts (10 has no `EXECUTE FUNCTION`).
 fn trigger_floor(table: &str, key: &str) -> String {
     format!(
         "CREATE FUNCTION floor_{table}() RETURNS trigger
@@ -184,12 +185,12 @@ fn trigger_floor(table: &str, key: &str) -> String {
          LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
          BEGIN RETURN NULL; END $f$;
          CREATE TRIGGER floor_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS ibex_new
-             FOR EACH STATEMENT EXECUTE FUNCTION floor_{table}();
+             FOR EACH STATEMENT EXECUTE PROCEDURE floor_{table}();
          CREATE TRIGGER floor_update AFTER UPDATE ON {table} REFERENCING NEW TABLE AS ibex_new
-             FOR EACH STATEMENT EXECUTE FUNCTION floor_{table}();
+             FOR EACH STATEMENT EXECUTE PROCEDURE floor_{table}();
          CREATE TRIGGER floor_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS ibex_old
-             FOR EACH STATEMENT EXECUTE FUNCTION floor_{table}();
+             FOR EACH STATEMENT EXECUTE PROCEDURE floor_{table}();
          CREATE TRIGGER floor_key AFTER UPDATE ON {table} FOR EACH ROW
-             WHEN (OLD.{key} IS DISTINCT FROM NEW.{key}) EXECUTE FUNCTION floor_{table}_key();"
+             WHEN (OLD.{key} IS DISTINCT FROM NEW.{key}) EXECUTE PROCEDURE floor_{table}_key();"
     )
 }

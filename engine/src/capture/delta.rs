@@ -24,6 +24,15 @@ pub const KEYS_PER_ROW: u32 = 100_000;
 /// (20 µs vs 25 µs, a statement costing 11 µs without capture).
 pub const FEW_KEYS: u32 = 1_000;
 
+/// Names a delta table and its readers use for their own columns: a key
+/// column of one of these names cannot be captured (see `sync/validate.rs`).
+pub const OWN_NAMES: [&str; 7] = ["txid", "changed_at", "old_row", "origin", "ibex_image", "ibex_chunk", "ibex_bytes"];
+
+/// The alias of a transition table's row in the trigger's SQL: its
+/// columns are always qualified with it, so that no key column is taken
+/// for a plpgsql variable (`ibex_origin`), whatever its name.
+pub const ROW_ALIAS: &str = "ibex_row";
+
 /// The most bytes of old images one delta row holds (beyond one image).
 pub const IMAGE_BYTES: u32 = 256 << 20;
 
@@ -70,7 +79,7 @@ impl DeltaKey {
     /// same order: a tuplestore is read in insertion order).
     fn first_few(&self, transition: &str) -> String {
         format!(
-            "ARRAY(SELECT {}{} FROM {transition} LIMIT {})",
+            "ARRAY(SELECT {ROW_ALIAS}.{}{} FROM {transition} {ROW_ALIAS} LIMIT {})",
             quote_ident(&self.name),
             self.text_cast(),
             FEW_KEYS + 1
@@ -120,7 +129,7 @@ pub fn counted(delta: &str, first_key: &str) -> String {
 /// `text[]` expression, where the table keeps them), and `extra` values
 /// as they are, in chunks of `KEYS_PER_ROW` keys and `IMAGE_BYTES` bytes.
 pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transition: &str) -> String {
-    let inner: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
+    let inner: Vec<String> = key.iter().map(|k| format!("{ROW_ALIAS}.{}", quote_ident(&k.name))).collect();
     let mut outer: Vec<String> = key.iter().map(|k| k.aggregate(&format!("r.{}", quote_ident(&k.name)))).collect();
     // Rows stay in scan order in both running counts, so each chunk is a
     // run of consecutive rows.
@@ -138,7 +147,7 @@ pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transi
     };
     format!(
         "SELECT {}{extra} FROM (SELECT {}{image_columns}, (row_number() OVER w - 1) / {KEYS_PER_ROW} AS ibex_chunk
-                                  FROM {transition} WINDOW w AS (ROWS UNBOUNDED PRECEDING)) r
+                                  FROM {transition} {ROW_ALIAS} WINDOW w AS (ROWS UNBOUNDED PRECEDING)) r
           GROUP BY r.ibex_chunk{image_group}",
         outer.join(", "),
         inner.join(", ")
@@ -148,23 +157,27 @@ pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transi
 /// The plpgsql that writes the keys of the transition table `transition`
 /// (no old images) into `delta` (quoted), with `extra_columns` and
 /// `extra_values` (", origin" and its value, or empty). A statement of at
-/// most `FEW_KEYS` keys is one INSERT; a larger one has its first
-/// attempt removed and is written in chunks; an empty one writes nothing.
-/// Needs the plpgsql variables `ibex_at tid` and `ibex_n integer`.
+/// most `FEW_KEYS` keys is one INSERT; a larger one is written in chunks;
+/// an empty one (an UPDATE that matched nothing, the unused half of an
+/// upsert) writes nothing. No plpgsql variable of its own, and every
+/// column qualified: a key column may have any name. `OFFSET 0` keeps the
+/// subquery whole, so each array is built once, not once for the filter
+/// and once for the row (2-3 µs of a 20 µs statement on PG 15).
 pub fn write_keys(delta: &str, key: &[DeltaKey], extra_columns: &str, extra_values: &str, transition: &str) -> String {
     let columns: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
-    let first: Vec<String> = key.iter().map(|k| k.first_few(transition)).collect();
-    let counted = columns.first().map(String::as_str).unwrap_or("ibex_no_key");
+    let first: Vec<String> =
+        key.iter().map(|k| format!("{} AS {}", k.first_few(transition), quote_ident(&k.name))).collect();
+    let picked: Vec<String> = key.iter().map(|k| format!("s.{}", quote_ident(&k.name))).collect();
+    let counted = picked.first().map(String::as_str).unwrap_or("NULL");
     format!(
-        "INSERT INTO {delta} ({columns}{extra_columns}) VALUES ({first}{extra_values})
-            RETURNING ctid, cardinality({counted}) INTO ibex_at, ibex_n;
-        IF ibex_n = 0 THEN
-            DELETE FROM {delta} WHERE ctid = ibex_at;
-        ELSIF ibex_n > {FEW_KEYS} THEN
-            DELETE FROM {delta} WHERE ctid = ibex_at;
+        "INSERT INTO {delta} ({columns}{extra_columns})
+            SELECT {picked}{extra_values} FROM (SELECT {first} OFFSET 0) s
+             WHERE cardinality({counted}) BETWEEN 1 AND {FEW_KEYS};
+        IF NOT FOUND THEN
             INSERT INTO {delta} ({columns}{extra_columns}) {chunked};
         END IF;",
         columns = columns.join(", "),
+        picked = picked.join(", "),
         first = first.join(", "),
         chunked = aggregate_rows(key, None, extra_values, transition),
     )
@@ -189,6 +202,19 @@ mod tests {
         let read = rows("ibex.\"d\"", &[plain, array]);
         assert!(read.contains("u.\"tags\"::public.ids AS \"tags\""), "{read}");
         assert!(read.contains("unnest(s.\"id\", s.\"tags\", s.old_row) AS u(\"id\", \"tags\", ibex_image)"), "{read}");
+    }
+
+    #[test]
+    fn few_keys_are_one_insert_and_more_are_chunked() {
+        let keys = [key("ibex_origin", "integer", false), key("b", "public.code", true)];
+        let sql = write_keys("ibex.\"d\"", &keys, ", origin", ", ibex_origin", "ibex_new");
+        // Columns are qualified: a key column named like the variable is no clash.
+        assert!(sql.contains("ARRAY(SELECT ibex_row.\"ibex_origin\" FROM ibex_new ibex_row LIMIT 1001)"), "{sql}");
+        assert!(sql.contains("ARRAY(SELECT ibex_row.\"b\"::text FROM ibex_new ibex_row LIMIT 1001)"), "{sql}");
+        assert!(sql.contains("SELECT s.\"ibex_origin\", s.\"b\", ibex_origin FROM"), "{sql}");
+        assert!(sql.contains("WHERE cardinality(s.\"ibex_origin\") BETWEEN 1 AND 1000"), "{sql}");
+        assert!(sql.contains("IF NOT FOUND THEN"), "{sql}");
+        assert!(sql.contains("FROM ibex_new ibex_row WINDOW w"), "{sql}");
     }
 
     #[test]

@@ -226,7 +226,8 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
         _ => (", origin", ", ibex_origin"),
     };
     let image = table.old_image.as_ref().map(|columns| {
-        let image: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+        let image: Vec<String> =
+            columns.iter().map(|c| format!("{}.{}::text", delta::ROW_ALIAS, quote_ident(c))).collect();
         format!("ARRAY[{}]::text[]", image.join(", "))
     });
     let old_insert = match &image {
@@ -246,8 +247,7 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
     } else {
         String::new()
     };
-    let (origin_declare, replica_check) = replica_check(table.ibex_writes);
-    let declare = format!("DECLARE\n    ibex_at tid;\n    ibex_n integer;\n{origin_declare}");
+    let (declare, replica_check) = replica_check(table.ibex_writes);
     // Before 13 a hash aggregate cannot spill: grouping a huge statement's
     // chunks by sorting keeps one chunk's arrays in memory, not all.
     let group_by_sort = if caps.version_num < 130_000 { " SET enable_hashagg = off" } else { "" };
@@ -271,12 +271,11 @@ END
 $ibex$;"
     );
     let old_keys: Vec<String> = table.key.iter().map(|k| k.single(&format!("OLD.{}", quote_ident(&k.name)))).collect();
-    let key_declare = if origin_declare.is_empty() { String::new() } else { format!("DECLARE\n{origin_declare}") };
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {key_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
-{key_declare}BEGIN
+{declare}BEGIN
     {replica_check}
     INSERT INTO {delta} ({key_list}{origin_col}) VALUES ({}{origin_val});
     RETURN NULL;
@@ -344,7 +343,6 @@ $ibex$;",
 /// The start of a capture function that also fires for ibex's writes:
 /// under replica mode it captures only makedelta writes, tagged with the
 /// writing sync (ibex sets `ibex.origin` and `ibex.makedelta` in its runs).
-/// Returns the variable it declares and the check.
 fn replica_check(writes: IbexWrites) -> (&'static str, String) {
     let asked = "coalesce(current_setting('ibex.makedelta', true), '') <> 'on'";
     let skip = match writes {
@@ -353,7 +351,7 @@ fn replica_check(writes: IbexWrites) -> (&'static str, String) {
         IbexWrites::WhenAsked => format!("IF {asked} THEN RETURN NULL; END IF;\n        "),
     };
     (
-        "    ibex_origin text;\n",
+        "DECLARE\n    ibex_origin text;\n",
         format!(
             "IF current_setting('session_replication_role') = 'replica' THEN\n        {skip}ibex_origin := nullif(current_setting('ibex.origin', true), '');\n    END IF;"
         ),

@@ -108,6 +108,11 @@ pub async fn check_tables(plan: &Plan, clients: &[&Client]) -> Result<Checked> {
                     "key column {col} of table {} has type {}, an array or composite of a user-defined type, which ibex cannot use as a key",
                     table.name, c.type_sql
                 )),
+                Some(c) if crate::capture::delta::OWN_NAMES.contains(&c.name.as_str()) => problems.push(format!(
+                    "key column {col} of table {} has a name ibex's delta table uses for a column of its own ({}), so ibex cannot capture the table by it: key it by a unique index on other NOT NULL columns (pkey=col[,col]), or rename the column",
+                    table.name,
+                    crate::capture::delta::OWN_NAMES.join(", ")
+                )),
                 Some(c) => key.push(c.clone()),
                 None => problems.push(format!("key column {col} of table {} is missing", table.name)),
             }
