@@ -908,7 +908,10 @@ fn statements_of_every_size_are_captured_key_for_key() {
     let run = s.run("sizes");
     assert_eq!(run["run"]["state"], "good", "{run}");
     s.assert_same(&["src", "dst"], &["t", "odd"]);
-    assert_eq!(s.sql("dst", "SELECT string_agg(ibex_origin || ibex_row || ibex_n, ',' ORDER BY 1) FROM odd"), "1r11,2r20");
+    assert_eq!(
+        s.sql("dst", "SELECT string_agg(ibex_origin || ibex_row || ibex_n, ',' ORDER BY 1) FROM odd"),
+        "1r11,2r20"
+    );
 }
 
 /// A key column named like one of the delta table's own columns cannot be
