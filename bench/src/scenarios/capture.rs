@@ -73,6 +73,7 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     let no_median = "no timing";
     let no_wal = "Bucardo has no WAL capture";
     let trigger_floor_is = "triggers of ibex's shape that write no delta (transition tables, key test, kick)";
+    let no_floor = "Bucardo's triggers are per row: no floor of this shape";
     for ((id, verb, _), [bare, ib, bu, iw, floor]) in statements.iter().zip(times) {
         bench.add(
             Measure::new(
@@ -83,7 +84,7 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
                 Better::Lower,
             )
             .ibex(Figure::or_missing(median(ib.clone()), no_median))
-            .bucardo(Figure::missing("Bucardo's triggers are per row: no floor of this shape"))
+            .bucardo(Figure::missing(no_floor))
             .reference(Figure::or_missing(median(floor), no_median), trigger_floor_is)
             .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of the trigger floor"),
         );
@@ -134,7 +135,7 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             Better::Higher,
         )
         .ibex(Figure::of(ib_tps))
-        .bucardo(Figure::missing("Bucardo's triggers are per row: no floor of this shape"))
+        .bucardo(Figure::missing(no_floor))
         .reference(Figure::of(floor_tps), trigger_floor_is)
         .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of the trigger floor"),
     );

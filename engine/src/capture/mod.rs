@@ -39,6 +39,12 @@ use crate::pg::QualifiedName;
 /// The channel the kick triggers notify; the payload is `schema.table`.
 pub const KICK_CHANNEL: &str = "ibex_changed";
 
+/// The payload of a table's kick on [`KICK_CHANNEL`]: `schema.table`,
+/// unquoted, as the daemon's CTL matches it against its plan's tables.
+pub fn kick_payload(table: &QualifiedName) -> String {
+    format!("{}.{}", table.schema, table.name)
+}
+
 /// How a db's changes are captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

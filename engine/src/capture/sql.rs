@@ -242,7 +242,7 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
     // The kick rides in the capture trigger: one trigger call per statement,
     // not two. Its payload is written here, not concatenated per statement.
     let kick = if table.kick {
-        let payload = format!("{}.{}", table.name.schema, table.name.name);
+        let payload = super::kick_payload(&table.name);
         format!("PERFORM pg_notify({}, {});", quote_literal(KICK_CHANNEL), quote_literal(&payload))
     } else {
         String::new()

@@ -26,8 +26,7 @@ pub enum CtlCommand {
 /// The kick payload is `schema.table`; an empty one (a listener that
 /// reconnected) means changes may have been missed.
 fn watches(plan: &Plan, notice: &Notice) -> bool {
-    notice.payload.is_empty()
-        || plan.tables.iter().any(|t| notice.payload == format!("{}.{}", t.name.schema, t.name.name))
+    notice.payload.is_empty() || plan.tables.iter().any(|t| notice.payload == crate::capture::kick_payload(&t.name))
 }
 
 /// Forwards the shared listeners' notices of every source into one channel.
