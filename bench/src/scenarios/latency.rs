@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ibex_tests::{Cluster, Daemon, Setup};
 
-use super::{Bench, bucardo_dbs, ibex_dbs};
+use super::{Bench, bucardo_dbs, ibex_dbs, keep_daemon_log};
 use crate::bucardo::Bucardo;
 use crate::measure::percentile;
 use crate::report::{Better, Figure, Goal, Measure};
@@ -132,7 +132,6 @@ fn bucardo_latency_failure(
 
 /// What the daemon said while the marks were timed: its warnings and
 /// errors (a failed run explains a slow mark), and how many runs retried.
-/// `IBEX_BENCH_LOG_DIR` keeps the whole log there.
 fn report_daemon_log(log: &str, label: &str) {
     let retried = log.lines().filter(|l| l.contains("retrying with the tables locked")).count();
     let bad: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
@@ -140,12 +139,7 @@ fn report_daemon_log(log: &str, label: &str) {
     for line in bad.iter().take(3) {
         eprintln!("    {line}");
     }
-    if let Ok(dir) = std::env::var("IBEX_BENCH_LOG_DIR") {
-        let file = std::path::Path::new(&dir).join(format!("{}.log", label.replace([' ', ',', '='], "_")));
-        if let Err(err) = std::fs::write(&file, log) {
-            eprintln!("  cannot keep the daemon log in {}: {err}", file.display());
-        }
-    }
+    keep_daemon_log(log, label);
 }
 
 /// `name:source` for the first `masters` of `names`, `name:target` for the rest.

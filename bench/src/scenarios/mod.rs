@@ -165,3 +165,14 @@ pub(super) fn raw_pipe(cluster: &Cluster, from_db: &str, out_sql: &str, to_db: &
     })?;
     Ok(wall)
 }
+
+/// Keeps a daemon's whole log as `IBEX_BENCH_LOG_DIR`/LABEL.log when that
+/// variable is set (with `IBEX_LOG=ibex=debug`, every run's phases).
+pub fn keep_daemon_log(log: &str, label: &str) {
+    if let Ok(dir) = std::env::var("IBEX_BENCH_LOG_DIR") {
+        let file = std::path::Path::new(&dir).join(format!("{}.log", label.replace([' ', ',', '=', ':'], "_")));
+        if let Err(err) = std::fs::write(&file, log) {
+            eprintln!("  cannot keep the daemon log in {}: {err}", file.display());
+        }
+    }
+}

@@ -430,6 +430,57 @@ mod tests {
         assert_eq!(not_written_by("d", "o'k"), "(d.origin IS NULL OR d.origin <> 'o''k')");
     }
 
+    /// Every name the delta table and its readers give their own columns,
+    /// in the SQL as written, is one `sync/validate.rs` refuses for a key
+    /// column (`delta::OWN_NAMES`): a column added to the delta without
+    /// adding its name there fails here.
+    #[test]
+    fn every_own_column_of_the_delta_is_refused_as_a_key_name() {
+        let mut imaged = table(IbexWrites::All);
+        imaged.old_image = Some(vec!["id".into(), "note".into()]);
+        let v17 = Capabilities::of_version(170010);
+        let sql = install_table(&imaged, &v17, CaptureMode::Trigger);
+        let reader = delta::rows("ibex.d", &imaged.key);
+        let mut own: Vec<String> = Vec::new();
+        // The CREATE TABLE's columns, the key's aside.
+        let created = sql.split("CREATE TABLE IF NOT EXISTS").nth(1).and_then(|rest| rest.split(");").next());
+        for line in created.unwrap_or_default().lines().skip(1) {
+            if let Some(name) = line.split_whitespace().next() {
+                own.push(name.to_string());
+            }
+        }
+        own.extend(
+            sql.split("ADD COLUMN IF NOT EXISTS ")
+                .skip(1)
+                .filter_map(|rest| rest.split_whitespace().next())
+                .map(String::from),
+        );
+        // Aliases the writer and the reader give their own values (not
+        // the transition tables: `REFERENCING NEW TABLE AS ibex_new`).
+        for text in [&sql, &reader] {
+            for (at, _) in text.match_indices(" AS ") {
+                if text[..at].ends_with("TABLE") {
+                    continue;
+                }
+                let rest = &text[at + 4..];
+                let name = rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default();
+                if name.starts_with("ibex_") || ["txid", "changed_at", "old_row", "origin"].contains(&name) {
+                    own.push(name.to_string());
+                }
+            }
+        }
+        own.extend(
+            reader.split("u(").nth(1).and_then(|rest| rest.split(')').next()).into_iter().flat_map(|list| {
+                list.split(", ").filter(|n| !n.starts_with('"')).map(String::from).collect::<Vec<_>>()
+            }),
+        );
+        own.retain(|name| name != "\"id\"");
+        assert!(own.len() >= 7, "too few names found, the SQL's shape changed: {own:?}\n{sql}");
+        for name in &own {
+            assert!(delta::OWN_NAMES.contains(&name.as_str()), "the delta's own column {name} is not in OWN_NAMES");
+        }
+    }
+
     #[test]
     fn triggers_per_version_and_makedelta() {
         let v10 = Capabilities::of_version(100023);
