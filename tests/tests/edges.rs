@@ -224,6 +224,29 @@ fn a_backlog_across_a_power_of_ten_in_xids_is_cut_at_the_limit() {
     assert!(runs >= 20, "200 one-row transactions in windows of 10 took {runs} runs: {json}");
 }
 
+#[test]
+fn a_window_is_measured_in_changed_keys_not_in_statements() {
+    // A delta row holds a statement's keys: the probe sums their arrays'
+    // lengths. One statement of 250 keys and 50 of one key are 300 keys in
+    // 51 delta rows: over window_rows=100 only when keys are counted.
+    let s = Setup::new();
+    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY)", &["src", "dst"]);
+    s.ibex.sh("add table t db=src herd=h").ok();
+    s.ibex.sh("add sync keys herd=h dbs=src:source,dst:target").ok();
+    s.sql("src", "INSERT INTO t SELECT generate_series(1, 250)");
+    s.sql("src", "DO $$ BEGIN FOR i IN 251..300 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$");
+    let delta = delta_of(&s, "src", "t");
+    assert_eq!(s.sql("src", &format!("SELECT count(*) FROM {delta}")), "51", "one delta row per statement");
+    s.ibex.sh("set window_rows=100").ok();
+    let json = s.ibex.run(&["sync", "run", "keys", "--json"]).ok().json();
+    assert_eq!(json["run"]["state"], "good", "{json}");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "300");
+    let runs = json["runs"].as_i64().unwrap_or_else(|| panic!("no runs in {json}"));
+    assert!(runs >= 2, "300 changed keys were taken as one window under window_rows=100: {json}");
+    let largest = s.sql("ibex", "SELECT max(inserted) FROM ibex.run WHERE sync = 'keys' AND state = 'good'");
+    assert_eq!(largest, "250", "the 250-key statement is one window, the rest at most 100: {json}");
+}
+
 /// Rows the scans of an EXPLAIN ANALYZE plan touched: returned plus
 /// filtered out, over all loops.
 fn rows_scanned(node: &Value) -> f64 {

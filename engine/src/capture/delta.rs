@@ -115,12 +115,14 @@ pub fn rows(delta: &str, key: &[DeltaKey]) -> String {
     )
 }
 
-/// The delta table `delta` as one row per changed key, with only the
-/// columns of a count: enough to count keys without knowing their types.
-pub fn counted(delta: &str, first_key: &str) -> String {
+/// How many keys the delta rows of `delta` (quoted, aliased `d` in
+/// `window`) in `window` hold, counted up to `cap`: the lengths of at most
+/// `cap` rows' key arrays summed (each row holds a key at least), no key
+/// unnested. A scalar subquery, bigint.
+pub fn count_keys(delta: &str, first_key: &str, window: &str, cap: u64) -> String {
+    let k = quote_ident(first_key);
     format!(
-        "(SELECT s.txid, s.changed_at, s.origin FROM {delta} s CROSS JOIN LATERAL unnest(s.{}) AS u)",
-        quote_ident(first_key)
+        "(SELECT least(coalesce(sum(cardinality(c.{k})), 0), {cap}) FROM (SELECT d.{k} FROM {delta} d WHERE ({window}) AND cardinality(d.{k}) > 0 LIMIT {cap}) c)"
     )
 }
 

@@ -240,11 +240,11 @@ async fn refresh_stats(catalog: &SharedCatalog, metrics: &Metrics, connections: 
                 let delta = delta_table(&need.table);
                 let Some(first_key) = need.key.first() else { continue };
                 // Changed keys, not delta rows (a row holds a statement's keys).
-                let keys = crate::capture::delta::counted(&delta, first_key);
+                let keys = crate::capture::delta::count_keys(&delta, first_key, &window, BACKLOG_CAP.unsigned_abs());
                 let stats = conn
                     .query_one(
                         &format!(
-                            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {keys} d WHERE {window} LIMIT {BACKLOG_CAP}) c),
+                            "SELECT {keys},
                                     coalesce((SELECT extract(epoch FROM now() - d.changed_at)::float8
                                                 FROM {delta} d WHERE {window} ORDER BY d.txid LIMIT 1), 0)"
                         ),

@@ -11,6 +11,7 @@ use futures_util::future::try_join_all;
 use chrono::{DateTime, Utc};
 
 use super::{Cycle, pg_micros};
+use crate::capture::delta::count_keys;
 use crate::capture::{Snapshot, Window, in_window_end, not_written_by, window_condition};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::version::XidFlavour;
@@ -128,11 +129,7 @@ impl<'a> Cycle<'a> {
                     .tables
                     .iter()
                     .map(|t| match fold {
-                        Some(limit) => format!(
-                            "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
-                            t.delta(),
-                            limit.saturating_add(1)
-                        ),
+                        Some(limit) => count_keys(&t.delta_table(), &t.key[0].name, &window, limit.saturating_add(1)),
                         None => format!("(EXISTS (SELECT 1 FROM {} d WHERE {window}))::int", t.delta()),
                     })
                     .collect();
@@ -227,11 +224,8 @@ impl<'a> Cycle<'a> {
             let parts: Vec<String> = tables
                 .iter()
                 .map(|&ti| {
-                    format!(
-                        "(SELECT count(*) FROM (SELECT 1 FROM {} d WHERE {window} LIMIT {}) c)",
-                        self.table(ti).delta(),
-                        limit.saturating_add(1)
-                    )
+                    let table = self.table(ti);
+                    count_keys(&table.delta_table(), &table.key[0].name, &window, limit.saturating_add(1))
                 })
                 .collect();
             let row = self
