@@ -15,8 +15,8 @@
 //! --conflicts N (10000), --profile (print ibex's per-phase timings),
 //! --out FILE, --readme FILE.
 //!
-//! IBEX_BENCH_LOG_DIR=DIR keeps the daemon logs of the latency and plugin
-//! scenarios there (with IBEX_LOG=ibex=debug: every run's phases and each
+//! IBEX_BENCH_LOG_DIR=DIR keeps the daemon logs of the tutorial, latency
+//! and plugin scenarios there (with IBEX_LOG=ibex=debug: every run's phases and each
 //! plugin batch's read and call times).
 
 mod bucardo;

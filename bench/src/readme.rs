@@ -19,6 +19,7 @@ const END: &str = "<!-- bench:end -->";
 const LAYOUT: &[(&str, &str, &str)] = &[
     ("tutorial", "tutorial", "seed tutorial: converge after 4 x N pgbench txns"),
     ("tutorial_floor", "tutorial", "seed tutorial, against its writes alone"),
+    ("tutorial_copy_floor", "tutorial", "seed tutorial, against raw delete + copy"),
     ("bulk", "bulk", "bulk one-way: changed rows applied"),
     ("bulk_floor", "bulk", "bulk one-way, against raw delete + copy"),
     ("bulk_keyed_floor", "bulk", "bulk one-way, against raw keyed delete + copy"),
