@@ -171,7 +171,7 @@ pub(super) fn raw_pipe(cluster: &Cluster, from_db: &str, out_sql: &str, to_db: &
 pub fn keep_daemon_log(log: &str, label: &str) {
     if let Ok(dir) = std::env::var("IBEX_BENCH_LOG_DIR") {
         let file = std::path::Path::new(&dir).join(format!("{}.log", label.replace([' ', ',', '=', ':'], "_")));
-        if let Err(err) = std::fs::write(&file, log) {
+        if let Err(err) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, log)) {
             eprintln!("  cannot keep the daemon log in {}: {err}", file.display());
         }
     }

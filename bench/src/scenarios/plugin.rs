@@ -44,7 +44,8 @@ pub fn plugin(bench: &mut Bench, keys: u64) -> Result<()> {
         // by its first run, as in production.
         let mut daemon = Daemon::configure(&s.ibex)?;
         daemon.start()?;
-        // Three cycles of fresh conflicts each; the median is the figure.
+        // ROUNDS cycles of fresh conflicts each, the daemon warm after the
+        // first; the median is the figure.
         let mut runs = Vec::new();
         for round in 1..=ROUNDS {
             s.sql("c1", &format!("UPDATE acct SET note = 'c1 {round}', n = {round}1"));

@@ -74,7 +74,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
         .bucardo(bucardo.clone())
         .reference(
             Figure::of(floor.insert.as_secs_f64()),
-            "the run's rows per db deleted and inserted again server-side, all dbs at once",
+            "as many rows per db as the run wrote, deleted and inserted again server-side, all dbs at once, triggers off",
         )
         .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of its writes alone"),
     );
@@ -90,7 +90,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
         .bucardo(bucardo)
         .reference(
             Figure::of(floor.copy.as_secs_f64()),
-            "the same rows deleted, then COPYed in from a server-side file, all dbs at once",
+            "the same rows deleted, then COPYed in from a server-side file, all dbs at once, triggers off",
         )
         .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of raw delete + copy"),
     );
@@ -121,8 +121,8 @@ struct Applied {
 /// alone, without reading changed keys, settling conflicts or moving rows
 /// between servers. Which rows: the same number, picked in hash order, so
 /// they are spread over the table as pgbench's random keys are, and
-/// written in key order, as the run writes them. Timed twice: inserted
-/// from a table of the rows, then copied in from a file of them.
+/// written in key order, as the run writes them. Timed both ways, each
+/// twice: inserted from a table of the rows, and copied in from a file.
 fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Floor> {
     let record = s.cluster.psql(
         "ibex",
@@ -197,19 +197,28 @@ fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Floor>
             .or_default()
             .push_str(&format!("{delete} COPY {table} FROM '{file}' WITH (FORMAT binary);", table = a.table));
     }
-    let insert = rewrite_at_once(s, dbs, &writes)?;
-    let copy = rewrite_at_once(s, dbs, &copies)?;
+    // Each rewrite leaves the rows where the next one finds them: timed in
+    // the order insert, copy, copy, insert, each floor the faster of its two.
+    let insert_first = rewrite_at_once(s, dbs, &writes)?;
+    let copy_first = rewrite_at_once(s, dbs, &copies)?;
+    let copy_second = rewrite_at_once(s, dbs, &copies)?;
+    let insert_second = rewrite_at_once(s, dbs, &writes)?;
+    let (insert, copy) = (insert_first.min(insert_second), copy_first.min(copy_second));
     eprintln!(
-        "  floor: the run's rows deleted and written again on {} dbs at once: inserted in {:.3} s, copied in {:.3} s",
+        "  floor: the run's rows deleted and written again on {} dbs at once: inserted in {:.3} / {:.3} s, copied in {:.3} / {:.3} s",
         dbs.len(),
-        insert.as_secs_f64(),
-        copy.as_secs_f64()
+        insert_first.as_secs_f64(),
+        insert_second.as_secs_f64(),
+        copy_first.as_secs_f64(),
+        copy_second.as_secs_f64()
     );
     Ok(Floor { insert, copy })
 }
 
 /// Runs each db's statements in one transaction, all dbs at once, on
-/// freshly vacuumed tables; returns the wall time.
+/// freshly vacuumed tables, as ibex applies rows: with
+/// `session_replication_role = replica`, so that capture triggers do not
+/// fire (ibex's own writes are not captured either); returns the wall time.
 fn rewrite_at_once(s: &ibex_tests::Setup, dbs: &[&str], statements: &BTreeMap<&str, String>) -> Result<Duration> {
     for db in dbs {
         s.cluster.psql(db, "VACUUM ANALYZE")?;
@@ -219,7 +228,12 @@ fn rewrite_at_once(s: &ibex_tests::Setup, dbs: &[&str], statements: &BTreeMap<&s
         let workers: Vec<_> = statements
             .iter()
             .map(|(db, sql)| {
-                scope.spawn(move || s.cluster.psql(db, &format!("SET work_mem = '64MB'; BEGIN; {sql} COMMIT")))
+                scope.spawn(move || {
+                    s.cluster.psql(
+                        db,
+                        &format!("SET work_mem = '64MB'; SET session_replication_role = replica; BEGIN; {sql} COMMIT"),
+                    )
+                })
             })
             .collect();
         for worker in workers {

@@ -69,7 +69,7 @@ pub(super) struct Probe {
     pub truncated: BTreeMap<QualifiedName, Truncated>,
     /// Tables to copy whole from a source (their key changed with changes pending).
     pub resync: BTreeMap<QualifiedName, DbId>,
-    /// Delta rows in each source's whole window, counted up to the limit + 1.
+    /// Changed keys in each source's whole window, counted up to the limit + 1.
     pub window_rows: BTreeMap<DbId, i64>,
 }
 
@@ -123,7 +123,7 @@ impl<'a> Cycle<'a> {
             async move {
                 let window = self.window(src)?;
                 let whole = self.whole_window(src)?;
-                // Per table, the delta rows in the window: counted up to the
+                // Per table, the changed keys in the window: counted up to the
                 // limit + 1 when the run may cut windows, else 0 or 1.
                 let changed: Vec<String> = self
                     .tables
@@ -209,8 +209,8 @@ impl<'a> Cycle<'a> {
         Ok(probe)
     }
 
-    /// Per source with changes: the delta rows of its changed tables, each
-    /// counted up to `limit + 1` (all an empty or small window costs is
+    /// Per source with changes: the changed keys of its changed tables,
+    /// each counted up to `limit + 1` (all an empty or small window costs is
     /// the probe itself).
     async fn count_windows(&self, probe: &Probe, limit: u64) -> Result<BTreeMap<DbId, i64>> {
         let busy: Vec<(DbId, Vec<TableId>)> = probe
