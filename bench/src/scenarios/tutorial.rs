@@ -160,6 +160,8 @@ fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Floor>
     // Per db, its statements, run in one transaction.
     let mut writes: BTreeMap<&str, String> = BTreeMap::new();
     let mut copies: BTreeMap<&str, String> = BTreeMap::new();
+    // Every db of the run is on the one cluster.
+    let data_dir = s.cluster.psql("ibex", "SHOW data_directory")?;
     for a in &applied {
         if a.inserted != a.deleted {
             bail!(
@@ -184,7 +186,6 @@ fn merge_floor(s: &ibex_tests::Setup, dbs: &[&str], sync: &str) -> Result<Floor>
         )?;
         // A file in the server's data directory, written now, read back
         // in the timed COPY.
-        let data_dir = s.cluster.psql(&a.db, "SHOW data_directory")?;
         let file = format!("{}/ibex_floor_{}_{key}.bin", data_dir.trim(), a.db);
         s.cluster.psql(&a.db, &format!("COPY {rows} TO '{file}' WITH (FORMAT binary)"))?;
         let delete = format!("DELETE FROM {table} t USING {rows} k WHERE t.{key} = k.{key};", table = a.table);

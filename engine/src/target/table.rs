@@ -36,6 +36,12 @@ impl TableSpec {
         delta::rows(&self.delta_table(), &self.delta_keys())
     }
 
+    /// The changed keys of the delta rows in `window` (alias `d`), counted
+    /// up to `cap` (see `delta::count_keys`).
+    pub fn count_keys(&self, window: &str, cap: u64) -> String {
+        delta::count_keys(&self.delta_table(), &self.key[0].name, window, cap)
+    }
+
     /// The key as the delta table keeps it.
     pub fn delta_keys(&self) -> Vec<DeltaKey> {
         self.key

@@ -11,7 +11,6 @@ use futures_util::future::try_join_all;
 use chrono::{DateTime, Utc};
 
 use super::{Cycle, pg_micros};
-use crate::capture::delta::count_keys;
 use crate::capture::{Snapshot, Window, in_window_end, not_written_by, window_condition};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::version::XidFlavour;
@@ -129,7 +128,7 @@ impl<'a> Cycle<'a> {
                     .tables
                     .iter()
                     .map(|t| match fold {
-                        Some(limit) => count_keys(&t.delta_table(), &t.key[0].name, &window, limit.saturating_add(1)),
+                        Some(limit) => t.count_keys(&window, limit.saturating_add(1)),
                         None => format!("(EXISTS (SELECT 1 FROM {} d WHERE {window}))::int", t.delta()),
                     })
                     .collect();
@@ -221,13 +220,8 @@ impl<'a> Cycle<'a> {
             .collect();
         let counts = try_join_all(busy.iter().map(|(src, tables)| async move {
             let window = self.whole_window(*src)?;
-            let parts: Vec<String> = tables
-                .iter()
-                .map(|&ti| {
-                    let table = self.table(ti);
-                    count_keys(&table.delta_table(), &table.key[0].name, &window, limit.saturating_add(1))
-                })
-                .collect();
+            let parts: Vec<String> =
+                tables.iter().map(|&ti| self.table(ti).count_keys(&window, limit.saturating_add(1))).collect();
             let row = self
                 .client(*src)
                 .query_typed_one(&format!("SELECT ({})::int8", parts.join(" + ")), &[])
