@@ -278,7 +278,7 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         }
         Ok(())
     };
-    let (written, ()) = futures_util::future::try_join(
+    let (written, ()) = crate::pg::pipeline::try_join(
         try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))),
         recorded,
     )

@@ -11,6 +11,7 @@ pub mod introspect;
 pub mod keyarray;
 pub mod listen;
 mod pgpass;
+pub mod pipeline;
 pub mod prepared;
 mod service;
 pub mod session;

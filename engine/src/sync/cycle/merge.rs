@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use futures_util::future::{try_join, try_join_all};
+use futures_util::future::try_join_all;
 
 use super::{Cycle, pg_micros, read_key, temp_name};
 use crate::catalog::ConflictRecord;
 use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes, copy_in_receiver};
+use crate::pg::pipeline::try_join;
 use crate::pg::quote_ident;
 use crate::plugin::Value;
 use crate::plugin::convert::push_copy_row;

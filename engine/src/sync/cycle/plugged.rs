@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use futures_util::future::try_join;
+use crate::pg::pipeline::try_join;
 use tokio_postgres::types::ToSql;
 
 use super::Cycle;

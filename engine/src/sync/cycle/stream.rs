@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::future::{try_join, try_join_all};
+use futures_util::future::try_join_all;
 
 use super::{Cycle, temp_name};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::copy::{Receiver, copy_fanout, copy_fanout_with_progress};
+use crate::pg::pipeline::try_join;
 use crate::pg::quote_ident;
 use crate::sync::plan::{DbId, TableId};
 use crate::sync::progress::CopyProgress;
