@@ -36,7 +36,17 @@ pub fn alive(pid: u32) -> bool {
 /// file naming some other process is stale, and that process is left alone.
 pub fn is_ibex(pid: u32) -> bool {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
-    if std::env::current_exe().ok().and_then(|me| me.canonicalize().ok()).is_some_and(|me| me == exe) {
+    let me = std::env::current_exe().ok().and_then(|me| me.canonicalize().ok());
+    runs_ibex(&exe, me.as_deref())
+}
+
+/// Whether a process whose `/proc/PID/exe` reads `exe` runs ibex. A binary
+/// replaced while it runs (a package upgrade) reads `PATH (deleted)`: that
+/// daemon still runs, and must still be found by `ibex stop` and `start`.
+fn runs_ibex(exe: &Path, me: Option<&Path>) -> bool {
+    let shown = exe.to_string_lossy();
+    let exe = Path::new(shown.strip_suffix(" (deleted)").unwrap_or(&shown));
+    if me.is_some_and(|me| me == exe) {
         return true;
     }
     exe.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "ibex" || n.starts_with("ibex-"))
@@ -78,5 +88,20 @@ pub fn remove(path: &Path) {
         && let Err(err) = std::fs::remove_file(path)
     {
         tracing::warn!(path = %path.display(), error = %err, "cannot remove the pid file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_ibex_binary_still_counts_as_ibex() {
+        let me = Path::new("/opt/bin/ibexd");
+        assert!(runs_ibex(Path::new("/usr/bin/ibex (deleted)"), None));
+        assert!(runs_ibex(Path::new("/opt/bin/ibexd (deleted)"), Some(me)));
+        assert!(runs_ibex(Path::new("/opt/bin/ibexd"), Some(me)));
+        assert!(!runs_ibex(Path::new("/usr/bin/postgres (deleted)"), Some(me)));
+        assert!(!runs_ibex(Path::new("/usr/bin/bash"), Some(me)));
     }
 }
