@@ -44,8 +44,9 @@ pub fn is_ibex(pid: u32) -> bool {
 /// replaced while it runs (a package upgrade) reads `PATH (deleted)`: that
 /// daemon still runs, and must still be found by `ibex stop` and `start`.
 fn runs_ibex(exe: &Path, me: Option<&Path>) -> bool {
-    let shown = exe.to_string_lossy();
-    let exe = Path::new(shown.strip_suffix(" (deleted)").unwrap_or(&shown));
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = exe.as_os_str().as_bytes();
+    let exe = Path::new(std::ffi::OsStr::from_bytes(bytes.strip_suffix(b" (deleted)").unwrap_or(bytes)));
     if me.is_some_and(|me| me == exe) {
         return true;
     }

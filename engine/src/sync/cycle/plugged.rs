@@ -5,7 +5,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use crate::pg::pipeline::try_join;
 use tokio_postgres::types::ToSql;
 
 use super::Cycle;
@@ -15,6 +14,7 @@ use crate::conflict::Decision;
 use crate::error::{Error, PgContext, PluginCause, PluginFailure, Result};
 use crate::pg::copy::RawValue;
 use crate::pg::keyarray::{KeyColumnArray, key_columns};
+use crate::pg::pipeline::try_join;
 use crate::pg::quote_ident;
 use crate::plugin::bindings::conflicts::{self as wit, Conflict, Operation, Verdict};
 use crate::plugin::bindings::types::{Column, SyncInfo, TableInfo};
