@@ -9,11 +9,12 @@
 //! the decoded one. To every cursor that transaction is one that committed
 //! after it, exactly as if the triggers had captured the changes late; a
 //! decoded id could already be visible in a cursor and be skipped. The
-//! position decoded up to is written in `ibex.wal` in the same
-//! transaction; the slot is advanced to it only after that commit (by a
-//! KID once its run committed the targets: see [`SlotAdvance`]), and first
-//! thing on the next call, so a crash in between re-reads nothing twice
-//! and loses nothing.
+//! commit decoded up to is written in `ibex.wal` in the same transaction,
+//! and a later read skips every transaction that committed at or before
+//! it, so the slot may lag behind without a change being taken twice. The
+//! slot is advanced only after that commit, and not on every run: each
+//! advance decodes the slot from its restart point once more, as long as
+//! the read itself. See [`advance_due`].
 //!
 //! The slot uses `test_decoding`, whose output names each column, so a
 //! column added or dropped since the change was written cannot shift the
@@ -69,6 +70,9 @@ pub struct Materialized {
     pub keys: u64,
     /// ibex's own apply transactions skipped.
     pub skipped: u64,
+    /// Transactions read again that an earlier call had written (the slot
+    /// was not yet advanced past them), skipped.
+    pub replayed: u64,
 }
 
 /// A captured table as the materializer writes it.
@@ -83,6 +87,18 @@ struct Target {
     txn: Vec<u32>,
 }
 
+impl Target {
+    /// Forgets the keys of transaction `txn`, the last one filed.
+    fn drop_txn(&mut self, txn: u32) {
+        while self.txn.last() == Some(&txn) {
+            self.txn.pop();
+            for col in &mut self.columns {
+                col.pop();
+            }
+        }
+    }
+}
+
 /// A decoded transaction, as its keys are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Txn {
@@ -93,11 +109,11 @@ struct Txn {
 }
 
 /// Decodes everything the db's slot holds up to now into the delta tables,
-/// in transactions of about [`BATCH_CHANGES`] changes. Does nothing on a
-/// db without WAL capture. Safe to call from several runs at once (they
-/// queue on an advisory lock).
+/// in transactions of about [`BATCH_CHANGES`] changes, and advances the
+/// slot past it. Does nothing on a db without WAL capture. Safe to call
+/// from several runs at once (they queue on an advisory lock).
 pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materialized> {
-    let (report, advance) = materialize_deferring_advance(client, server).await?;
+    let (report, advance) = read_slot(client, server, true).await?;
     if let Some(advance) = advance {
         advance.run(client).await;
     }
@@ -107,8 +123,8 @@ pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materi
 /// The slot's advance past what [`materialize_deferring_advance`] committed,
 /// left to the caller: a KID runs it after its targets committed, so the
 /// changes it decoded do not wait for it (the advance decodes the slot from
-/// its restart point once more). Not run at all, the next call runs it
-/// first thing, under the slot's lock.
+/// its restart point once more). Not run at all, the next read skips what
+/// was written already, and advances the slot.
 #[must_use = "the slot keeps its WAL until it is advanced"]
 pub struct SlotAdvance(SlotPosition);
 
@@ -123,11 +139,36 @@ impl SlotAdvance {
     }
 }
 
-/// [`materialize`] without the slot's last advance, which it returns.
+/// [`materialize`] for a run: the slot's advance, when [`advance_due`], is
+/// returned to be run after the run committed.
 pub async fn materialize_deferring_advance(
     client: &Client,
     server: Capabilities,
 ) -> Result<(Materialized, Option<SlotAdvance>)> {
+    read_slot(client, server, false).await
+}
+
+/// Re-reading what was written costs the server as much output as fresh
+/// changes; an advance costs a decode from the restart point. A read
+/// advances the slot once it re-read [`REPLAY_LIMIT`] changes, or the slot
+/// holds [`RESTART_LAG_BYTES`] of WAL behind the end (an idle db's slot
+/// follows the server's WAL, which other dbs may write), or when `always`.
+/// From 16 also when its restart point is that far behind: the read logged
+/// the running transactions (see [`log_running_xacts`]), and only an
+/// advance moves the restart point to them.
+fn advance_due(batch: &Batch, server: Capabilities, always: bool) -> bool {
+    let restart_lag = if server.logs_standby_snapshot() { batch.restart_lag_bytes } else { 0 };
+    always
+        || batch.replayed_changes >= REPLAY_LIMIT
+        || batch.lag_bytes >= RESTART_LAG_BYTES
+        || restart_lag >= RESTART_LAG_BYTES
+}
+
+/// The changes a read may re-read before it advances the slot: a few
+/// seconds of a busy db's single-row transactions.
+const REPLAY_LIMIT: u64 = 250;
+
+async fn read_slot(client: &Client, server: Capabilities, always: bool) -> Result<(Materialized, Option<SlotAdvance>)> {
     // Decoding reads only flushed WAL: a commit made with synchronous_commit
     // = off may not be yet, and its kick would find nothing. A synchronous
     // commit that wrote WAL flushes all WAL before it (a bare xid would
@@ -146,19 +187,25 @@ pub async fn materialize_deferring_advance(
         total.transactions += batch.report.transactions;
         total.keys += batch.report.keys;
         total.skipped += batch.report.skipped;
+        total.replayed += batch.report.replayed;
+        let due = advance_due(&batch, server, always);
+        let Some(position) = batch.safe else {
+            return Ok((total, None));
+        };
         if !batch.drained {
-            // The next batch advances the slot first thing, under its lock.
+            // The next batch would re-read this one: the slot moves first.
+            advance_alone(client, &position).await?;
             continue;
         }
-        // The slot may let go of the WAL once this is advanced.
-        return Ok((total, batch.position.map(SlotAdvance)));
+        return Ok((total, due.then_some(SlotAdvance(position))));
     }
 }
 
-/// Where a db's slot stands, as `ibex.wal` records it.
+/// Where a db's slot may be advanced to.
 struct SlotPosition {
     slot: String,
-    /// The commit decoded up to (`pg_lsn` as text).
+    /// Every transaction that committed before it is in the delta tables
+    /// (`pg_lsn` as text).
     lsn: String,
     /// `server_version_num`: how the slot is advanced.
     version: i32,
@@ -167,22 +214,28 @@ struct SlotPosition {
 /// What one transaction of [`materialize`] did.
 struct Batch {
     report: Materialized,
-    /// The position it recorded, to advance the slot to once committed.
-    position: Option<SlotPosition>,
+    /// Where the slot may move once this batch committed; none when the
+    /// slot has nothing to give up.
+    safe: Option<SlotPosition>,
     /// The slot held nothing more up to the LSN this batch read to.
     drained: bool,
+    /// Changes re-read (see [`Materialized::replayed`]).
+    replayed_changes: u64,
+    /// Bytes of WAL between the slot's confirmed position and the end of
+    /// the flushed WAL, as the batch began.
+    lag_bytes: i64,
+    /// The same for the slot's restart point.
+    restart_lag_bytes: i64,
 }
 
 /// One transaction of [`materialize`], after `flush` (SQL) when given.
 async fn materialize_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     match read_batch(client, flush).await {
-        Ok(batch) => {
-            client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into())?;
-            Ok(batch)
-        }
+        Ok(batch) => Ok(batch),
         Err(err) => {
             // The first error is the one to report; the KID drops this
-            // connection anyway.
+            // connection anyway. (After a failed COMMIT there is no
+            // transaction left, and this only warns.)
             if let Err(rollback) = client.batch_execute("ROLLBACK").await {
                 tracing::warn!(error = %rollback, "could not roll back a failed read of the WAL capture slot");
             }
@@ -191,26 +244,40 @@ async fn materialize_batch(client: &Client, flush: Option<&str>) -> Result<Batch
     }
 }
 
-/// Where the slot stands, and whether it is behind what was committed (a
-/// crash, or a failed run, between a commit and the advance after it).
-const POSITION_SQL: &str = "SELECT w.slot_name, w.materialized_lsn::text, pg_current_wal_lsn()::text,
-        current_setting('server_version_num')::int, coalesce(s.confirmed_flush_lsn < w.materialized_lsn, false)
+/// Where the slot stands: the end of the flushed WAL (decoded up to in full
+/// when the batch is not cut short) and how far behind it the slot's
+/// confirmed position and restart point are.
+const POSITION_SQL: &str = "SELECT w.slot_name, pg_current_wal_flush_lsn()::text,
+        current_setting('server_version_num')::int,
+        coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
+        coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint
    FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name";
 
-/// The work of [`materialize_batch`], in its transaction. Statements that
-/// need no answer before the next are pipelined: the start (with the
-/// flush), the position and the captured tables go out together, and the
-/// keys with the new position: four round trips when the slot is where it
-/// should be (a fifth advances it first when it is behind).
+/// The slot's changes, each with whether it ends a transaction committed
+/// at or before what was written already: those are read again (the slot
+/// lags behind on purpose) and skipped. Up to the end of the flushed WAL,
+/// which is at or past the position [`POSITION_SQL`] read before it.
+const PEEK_SQL: &str = "SELECT c.lsn::text, c.data, coalesce(c.lsn <= w.materialized_lsn, false)
+   FROM ibex.wal w, LATERAL pg_logical_slot_peek_changes(w.slot_name, pg_current_wal_flush_lsn(), $1,
+        'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1') c";
+
+/// The work of [`materialize_batch`], its transaction included. Statements
+/// that need no answer before the next are pipelined: the start (with the
+/// flush), the position, the captured tables and the decoding go out
+/// together, then the keys with the new position and the commit: two
+/// round trips.
 async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let begin = format!(
         "{}BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}",
         flush.unwrap_or_default()
     );
-    let (began, position, targets) = futures_util::future::join3(
+    let clock = std::time::Instant::now();
+    let peek = client.query_typed_raw(PEEK_SQL, [(&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4)]);
+    let (began, position, targets, rows) = futures_util::future::join4(
         client.batch_execute(&begin),
         client.query_typed_opt(POSITION_SQL, &[]),
         targets(client),
+        peek,
     )
     .await;
     began.ctx(|| {
@@ -225,49 +292,51 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let Some(row) = position.ctx(|| "reading the WAL capture position".into())? else {
         // No slot on this db: nothing to read (and the tables' reading was
         // then of no use, failed or not).
-        return Ok(Batch { report, position: None, drained: true });
+        client.batch_execute("COMMIT").await.ctx(|| "ending the read of the WAL capture slot".into())?;
+        return Ok(Batch {
+            report,
+            safe: None,
+            drained: true,
+            replayed_changes: 0,
+            lag_bytes: 0,
+            restart_lag_bytes: 0,
+        });
     };
     let mut targets = targets?;
     let slot: String = row.get(0);
-    let done_upto: Option<String> = row.get(1);
-    let upto: String = row.get(2);
-    let version: i32 = row.get(3);
-    let behind: bool = row.get(4);
-    if let Some(lsn) = done_upto.filter(|_| behind) {
-        advance(client, &SlotPosition { slot: slot.clone(), lsn, version }).await?;
-    }
-    let clock = std::time::Instant::now();
-    let rows = client
-        .query_typed_raw(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3,
-                 'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1')",
-            [
-                (&slot as &(dyn ToSql + Sync), Type::TEXT),
-                (&upto as &(dyn ToSql + Sync), Type::TEXT),
-                (&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4),
-            ],
-        )
-        .await
-        .ctx(|| format!("decoding the WAL capture slot {slot}"))?;
+    let flushed: String = row.get(1);
+    let version: i32 = row.get(2);
+    let lag_bytes: i64 = row.get(3);
+    let restart_lag_bytes: i64 = row.get(4);
+    let rows = rows.ctx(|| format!("decoding the WAL capture slot {slot}"))?;
     futures_util::pin_mut!(rows);
     let mut decoder = Decoder::default();
     let mut seen: i32 = 0;
-    let mut last_commit: Option<String> = None;
+    let mut in_txn: u64 = 0;
+    let mut replayed_changes: u64 = 0;
+    let mut last_new: Option<String> = None;
+    let mut last_seen: Option<String> = None;
     while let Some(row) = rows.try_next().await.ctx(|| format!("decoding the WAL capture slot {slot}"))? {
         seen += 1;
+        in_txn += 1;
         let lsn: String = row.get(0);
         let data: String = row.get(1);
-        if decoder.line(&data, &mut targets, &mut report)? {
-            last_commit = Some(lsn);
+        let written_already: bool = row.get(2);
+        match decoder.line(&data, written_already, &mut targets, &mut report)? {
+            Line::Inside => continue,
+            Line::Committed => last_new = Some(lsn.clone()),
+            Line::Replayed => replayed_changes += in_txn,
         }
+        in_txn = 0;
+        last_seen = Some(lsn);
     }
     let decoded_us = clock.elapsed().as_micros() as u64;
-    // Sent together, the keys of all tables and the position: a failed
-    // write aborts the transaction, so the position cannot be recorded
-    // without it.
+    // Sent together, the keys of all tables, the position and the commit:
+    // a failed write aborts the transaction, so the position cannot be
+    // recorded without it (and the COMMIT then ends it as a rollback).
     let txns = &decoder.txns;
     let recorded = async {
-        if let Some(lsn) = &last_commit {
+        if let Some(lsn) = &last_new {
             client
                 .execute_typed(
                     "UPDATE ibex.wal SET materialized_lsn = $1::text::pg_lsn, materialized_at = now()",
@@ -278,9 +347,13 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         }
         Ok(())
     };
-    let (written, ()) = crate::pg::pipeline::try_join(
-        try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))),
-        recorded,
+    let committed = async { client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into()) };
+    let ((written, ()), ()) = crate::pg::pipeline::try_join(
+        crate::pg::pipeline::try_join(
+            try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))),
+            recorded,
+        ),
+        committed,
     )
     .await?;
     report.keys += written.iter().sum::<u64>();
@@ -288,10 +361,23 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         decoded_us,
         written_us = clock.elapsed().as_micros() as u64 - decoded_us,
         changes = seen,
+        replayed_changes,
+        lag_bytes,
         "WAL capture slot read"
     );
-    let drained = seen < BATCH_CHANGES || last_commit.is_none();
-    Ok(Batch { report, position: last_commit.map(|lsn| SlotPosition { slot, lsn, version }), drained })
+    // Cut short at BATCH_CHANGES, it decoded whole transactions up to the
+    // last commit it saw; otherwise everything that committed before the
+    // flushed end read first, which lets an idle db's slot follow the WAL.
+    let drained = seen < BATCH_CHANGES;
+    let safe = if drained { Some(flushed) } else { last_seen };
+    Ok(Batch {
+        report,
+        safe: safe.map(|lsn| SlotPosition { slot, lsn, version }),
+        drained,
+        replayed_changes,
+        lag_bytes,
+        restart_lag_bytes,
+    })
 }
 
 /// Every call decodes the slot from its restart point, which moves only
@@ -301,8 +387,8 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
 /// `pg_log_standby_snapshot()` (a superuser, or granted EXECUTE), this
 /// logs such a record whenever the restart point is more than
 /// [`RESTART_LAG_BYTES`] behind the end of the WAL: the call decodes
-/// through it, and the advance after it moves the restart point. Sent
-/// only to servers that have the function.
+/// through it, and the advance after it (due then: see [`advance_due`])
+/// moves the restart point. Sent only to servers that have the function.
 fn log_running_xacts() -> String {
     format!(
         "DO $ibex$ BEGIN
@@ -315,7 +401,9 @@ END $ibex$;"
     )
 }
 
-/// The restart lag [`log_running_xacts`] lets be: 1 MiB, about 1 ms of
+/// The restart lag [`log_running_xacts`] lets be, and the lag of the
+/// slot's position a read lets be before it advances the slot (see
+/// [`advance_due`]): 1 MiB, about 1 ms of
 /// decoding per call (measured on 15: 2.8 MB took 2.2 ms, 9.7 MB 9.3 ms).
 /// Each record it logs makes the server write a small snapshot file into
 /// pg_logical/snapshots, removed at a later checkpoint; at most one per
@@ -452,6 +540,17 @@ async fn write_keys(client: &Client, target: &mut Target, txns: &[Txn]) -> Resul
     Ok(total as u64)
 }
 
+/// Where a line left the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Inside a transaction (or outside any).
+    Inside,
+    /// It ended a transaction, whose keys are filed.
+    Committed,
+    /// It ended a transaction written already, whose keys were dropped.
+    Replayed,
+}
+
 /// Reads test_decoding's lines in order and files the keys of each
 /// application transaction under its table.
 #[derive(Default)]
@@ -464,15 +563,31 @@ struct Decoder {
 }
 
 impl Decoder {
-    /// Takes one line; true when it ended a transaction.
-    fn line(&mut self, data: &str, targets: &mut BTreeMap<String, Target>, report: &mut Materialized) -> Result<bool> {
+    /// Takes one line; `written_already` marks a COMMIT of a transaction
+    /// an earlier read wrote into the delta tables.
+    fn line(
+        &mut self,
+        data: &str,
+        written_already: bool,
+        targets: &mut BTreeMap<String, Target>,
+        report: &mut Materialized,
+    ) -> Result<Line> {
         if data == "BEGIN" {
             // With skip-empty-xacts a transactional message may print ahead
             // of its BEGIN (PostgreSQL 15 does): the marker state is reset
             // at COMMIT only.
-            return Ok(false);
+            return Ok(Line::Inside);
         }
         if let Some(rest) = data.strip_prefix("COMMIT") {
+            if written_already {
+                let txn = self.next_txn()?;
+                for target in targets.values_mut() {
+                    target.drop_txn(txn);
+                }
+                self.ibex = None;
+                report.replayed += 1;
+                return Ok(Line::Replayed);
+            }
             match &self.ibex {
                 Some(_) => report.skipped += 1,
                 None => report.transactions += 1,
@@ -482,7 +597,7 @@ impl Decoder {
             let at = rest.trim().strip_prefix("(at ").and_then(|t| t.strip_suffix(')')).map(str::to_string);
             let origin = self.ibex.take().map(|(sync, _)| sync);
             self.txns.push(Txn { at, origin });
-            return Ok(true);
+            return Ok(Line::Committed);
         }
         if let Some(rest) = data.strip_prefix("message: transactional: 1 prefix: ") {
             if let Some((prefix, body)) = rest.split_once(", sz: ")
@@ -492,25 +607,24 @@ impl Decoder {
                 let (sync, mode) = content.split_once('\n').unwrap_or((content, "plain"));
                 self.ibex = Some((sync.to_string(), mode == "makedelta"));
             }
-            return Ok(false);
+            return Ok(Line::Inside);
         }
         let Some(rest) = data.strip_prefix("table ") else {
-            return Ok(false); // non-transactional messages and the like
+            return Ok(Line::Inside); // non-transactional messages and the like
         };
         let change = parse_change(rest).ok_or_else(|| {
             Error::Sync(format!("cannot read a decoded change of the WAL capture slot: {}", shorten(data)))
         })?;
         let Some(target) = targets.get_mut(change.table) else {
-            return Ok(false); // a table no sync reads
+            return Ok(Line::Inside); // a table no sync reads
         };
         if let Some((_, makedelta)) = &self.ibex {
             match (target.ibex_writes, makedelta) {
                 (IbexWrites::All, _) | (IbexWrites::WhenAsked, true) => {}
-                _ => return Ok(false), // ibex's own write, not captured here
+                _ => return Ok(Line::Inside), // ibex's own write, not captured here
             }
         }
-        let txn = u32::try_from(self.txns.len())
-            .map_err(|_| Error::Sync("too many transactions in one decoded batch".into()))?;
+        let txn = self.next_txn()?;
         let tuples: Vec<&str> = match change.op {
             "INSERT" => vec![change.tuple],
             "DELETE" => vec![change.tuple],
@@ -518,7 +632,7 @@ impl Decoder {
                 Some((old, new)) => vec![old, new],
                 None => vec![change.tuple],
             },
-            _ => return Ok(false), // TRUNCATE: its statement trigger logs it
+            _ => return Ok(Line::Inside), // TRUNCATE: its statement trigger logs it
         };
         // An UPDATE that keeps a TOASTed key prints it as unchanged in the
         // new tuple; the old key (logged when the key is stored out of
@@ -546,7 +660,12 @@ impl Decoder {
             target.txn.push(txn);
             previous = Some(key);
         }
-        Ok(false)
+        Ok(Line::Inside)
+    }
+
+    /// The index the open transaction will have in `txns`.
+    fn next_txn(&self) -> Result<u32> {
+        u32::try_from(self.txns.len()).map_err(|_| Error::Sync("too many transactions in one decoded batch".into()))
     }
 }
 
@@ -751,7 +870,7 @@ mod tests {
             "table public.t: DELETE: id[integer]:5",
             "COMMIT (at 2026-12-02 10:00:00.5+00)",
         ] {
-            d.line(line, &mut targets, &mut report).unwrap();
+            d.line(line, false, &mut targets, &mut report).unwrap();
         }
         assert_eq!(targets["public.t"].columns[0], vec!["1", "1", "2", "5"]);
         assert_eq!(targets["public.m"].columns[0], vec!["4"]);
@@ -760,7 +879,46 @@ mod tests {
         assert_eq!(targets["public.m"].txn, vec![1]);
         assert_eq!(d.txns[1].origin.as_deref(), Some("s1"));
         assert_eq!(d.txns[2], Txn { at: Some("2026-12-02 10:00:00.5+00".into()), origin: None });
-        assert_eq!(report, Materialized { transactions: 2, keys: 0, skipped: 1 });
-        assert!(d.line("table public.t: DELETE: (no-tuple-data)", &mut targets, &mut report).is_err());
+        assert_eq!(report, Materialized { transactions: 2, keys: 0, skipped: 1, replayed: 0 });
+        assert!(d.line("table public.t: DELETE: (no-tuple-data)", false, &mut targets, &mut report).is_err());
+    }
+
+    #[test]
+    fn drops_the_keys_of_a_transaction_written_already() {
+        let mut targets = BTreeMap::new();
+        targets.insert(
+            "public.t".to_string(),
+            Target {
+                delta: String::new(),
+                key: key(&["id"]),
+                ibex_writes: IbexWrites::Ignore,
+                columns: vec![Vec::new()],
+                txn: Vec::new(),
+            },
+        );
+        let mut report = Materialized::default();
+        let mut d = Decoder::default();
+        let marker = format!("message: transactional: 1 prefix: ibex, sz: 9 content:{}", marker_body("s1", false));
+        let lines = [
+            ("BEGIN", false, Line::Inside),
+            ("table public.t: INSERT: id[integer]:1", false, Line::Inside),
+            ("table public.t: INSERT: id[integer]:2", false, Line::Inside),
+            ("COMMIT", true, Line::Replayed),
+            (marker.as_str(), false, Line::Inside),
+            ("BEGIN", false, Line::Inside),
+            ("COMMIT", true, Line::Replayed),
+            ("BEGIN", false, Line::Inside),
+            ("table public.t: INSERT: id[integer]:3", false, Line::Inside),
+            ("COMMIT", false, Line::Committed),
+        ];
+        for (line, written, ends) in lines {
+            assert_eq!(d.line(line, written, &mut targets, &mut report).unwrap(), ends, "{line}");
+        }
+        // Only the new transaction's key, under its index; the replayed
+        // marker did not mark the transaction after it as ibex's.
+        assert_eq!(targets["public.t"].columns[0], vec!["3"]);
+        assert_eq!(targets["public.t"].txn, vec![0]);
+        assert_eq!(d.txns, vec![Txn { at: None, origin: None }]);
+        assert_eq!(report, Materialized { transactions: 1, keys: 0, skipped: 0, replayed: 2 });
     }
 }
