@@ -545,6 +545,31 @@ fn validate_lists_differences_and_remove_cleans_up() {
     let out = s.ibex.sh("validate vs").ok();
     assert!(out.stdout.contains("db v1: repaired capture on public.a"), "{}", out.stdout);
     assert_eq!(s.sql("v1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "15");
+    // validate replaces the capture functions an earlier ibex wrote (here
+    // one that captures nothing), without locking the table: a writer
+    // holding it open does not stop it (a lock wait would time out).
+    let function = s.sql(
+        "v2",
+        "SELECT tgfoid::regproc FROM pg_trigger WHERE tgname = 'ibex_capture_insert' AND tgrelid = 'b'::regclass",
+    );
+    s.sql(
+        "v2",
+        &format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+             COMMENT ON FUNCTION {function}() IS NULL;
+             ALTER DATABASE v2 SET lock_timeout = '3s'"
+        ),
+    );
+    let writer = s.cluster.hold("v2", "INSERT INTO b VALUES (999, 0)").unwrap();
+    let out = s.ibex.sh("validate vs").ok();
+    assert!(out.stdout.contains("db v2: repaired capture on public.b"), "{}", out.stdout);
+    writer.release().unwrap();
+    s.sql("v2", "ALTER DATABASE v2 RESET lock_timeout");
+    let out = s.ibex.sh("validate vs").ok();
+    assert!(!out.stdout.contains("repaired"), "a second validate repaired again: {}", out.stdout);
+    s.sql("v2", "INSERT INTO b VALUES (5, 5)");
+    s.run("vs");
+    assert_eq!(s.sql("v1", "SELECT z FROM b WHERE id = 5"), "5");
     // Removing a table takes its triggers and delta table away, only its.
     s.ibex.sh("remove table c").ok();
     assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "10");

@@ -272,7 +272,15 @@ async fn reconcile_in_transaction(
                     && existing.capture == mode.as_str() =>
             {
                 if triggers_complete(&tx, table, mode).await? {
-                    // Leave a healthy capture alone: reinstalling would lock the table.
+                    // Leave a healthy capture alone: reinstalling would lock
+                    // the table. Functions an earlier ibex wrote are replaced,
+                    // which does not.
+                    if !functions_current(&tx, table, &caps).await? {
+                        tx.batch_execute(&sql::capture_functions(table, &caps))
+                            .await
+                            .ctx(|| format!("replacing the capture functions of {shown}"))?;
+                        report.repaired.push(shown.clone());
+                    }
                     continue;
                 }
                 report.repaired.push(shown.clone());
@@ -620,6 +628,23 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
 
 /// True when the table still has every capture trigger of `mode` (and no
 /// other ibex trigger) and its delta table exists.
+/// The capture functions of `table` are the ones this ibex writes for this
+/// server (see `sql::capture_functions`).
+async fn functions_current(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &CaptureTable,
+    caps: &crate::pg::version::Capabilities,
+) -> Result<bool> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce(obj_description(to_regprocedure($1), 'pg_proc'), '') = $2",
+            &[&sql::statement_function_signature(&table.name), &sql::expected_functions_mark(table, caps)],
+        )
+        .await
+        .ctx(|| format!("checking the capture functions of {}", table.name))?;
+    Ok(row.get(0))
+}
+
 async fn triggers_complete(
     tx: &tokio_postgres::Transaction<'_>,
     table: &CaptureTable,

@@ -197,7 +197,6 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
     let statement_fn = function_name(&table.name, "");
     let key_fn = function_name(&table.name, "_key");
     let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();
-    let key_list = key_cols.join(", ");
     let mut sql = String::new();
     let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {delta} (");
     for key in &table.key {
@@ -219,6 +218,100 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
         "CREATE INDEX IF NOT EXISTS {} ON {delta} (txid);",
         quote_ident(&object_name("txid_", &table.name))
     );
+    sql.push_str(&capture_functions(table, caps));
+    // DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs 14+.
+    for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
+        let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {target};");
+    }
+    if mode == CaptureMode::Wal {
+        // The slot sees the rows; TRUNCATE keeps its trigger.
+        let _ = writeln!(
+            sql,
+            "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT {execute} ibex.capture_truncate();"
+        );
+        if table.kick {
+            let _ = writeln!(
+                sql,
+                "CREATE TRIGGER {KICK_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {target} FOR EACH STATEMENT {execute} ibex.kick();"
+            );
+        }
+        if table.ibex_writes != IbexWrites::Ignore {
+            let _ = writeln!(sql, "ALTER TABLE {target} ENABLE ALWAYS TRIGGER ibex_capture_truncate;");
+        }
+        return sql;
+    }
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_insert AFTER INSERT ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();"
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING {}NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();",
+        if table.old_image.is_some() { "OLD TABLE AS ibex_old " } else { "" }
+    );
+
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT {execute} {statement_fn}();"
+    );
+    // Every UPDATE, not `UPDATE OF key`: a BEFORE trigger can rewrite the
+    // key of an UPDATE that never names it. The WHEN test costs a
+    // comparison per row and queues nothing unless the key changed.
+    let changed: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}")).collect();
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_key AFTER UPDATE ON {target} FOR EACH ROW WHEN ({}) {execute} {key_fn}();",
+        changed.join(" OR ")
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT {execute} ibex.capture_truncate();"
+    );
+    if table.ibex_writes != IbexWrites::Ignore {
+        // Fire under session_replication_role = replica too: ibex's applies.
+        for name in CAPTURE_TRIGGERS {
+            let _ = writeln!(sql, "ALTER TABLE {target} ENABLE ALWAYS TRIGGER {name};");
+        }
+    }
+    sql
+}
+
+/// The capture functions of one table (CREATE OR REPLACE: no lock on the
+/// table), marked with [`functions_mark`] of their text, so that a
+/// capture written by an earlier ibex is found and its functions replaced.
+pub fn capture_functions(table: &CaptureTable, caps: &Capabilities) -> String {
+    let functions = function_bodies(table, caps);
+    format!(
+        "{functions}COMMENT ON FUNCTION {}() IS {};\n",
+        function_name(&table.name, ""),
+        quote_literal(&functions_mark(&functions))
+    )
+}
+
+/// What [`capture_functions`] marks the statement function with: a hash of
+/// the functions' text as this ibex writes them.
+pub fn expected_functions_mark(table: &CaptureTable, caps: &Capabilities) -> String {
+    functions_mark(&function_bodies(table, caps))
+}
+
+/// The statement capture function of `table`, as `to_regprocedure` reads it.
+pub fn statement_function_signature(table: &QualifiedName) -> String {
+    format!("{}()", function_name(table, ""))
+}
+
+fn functions_mark(functions: &str) -> String {
+    format!("ibex capture functions {:016x}", crate::names::fnv1a64(functions.bytes()))
+}
+
+/// The statement function (inserts, updates, deletes) and the key function
+/// (a key changed in an UPDATE) of one table.
+fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
+    let delta = delta_table(&table.name);
+    let statement_fn = function_name(&table.name, "");
+    let key_fn = function_name(&table.name, "_key");
+    let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();
+    let key_list = key_cols.join(", ");
+    let mut sql = String::new();
     // Where ibex's own writes are captured too (ENABLE ALWAYS triggers),
     // they carry the writing sync's name; everywhere else the column is null.
     let (origin_col, origin_val) = match table.ibex_writes {
@@ -283,60 +376,6 @@ END
 $ibex$;",
         old_keys.join(", ")
     );
-    // DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs 14+.
-    for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
-        let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {target};");
-    }
-    if mode == CaptureMode::Wal {
-        // The slot sees the rows; TRUNCATE keeps its trigger.
-        let _ = writeln!(
-            sql,
-            "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT {execute} ibex.capture_truncate();"
-        );
-        if table.kick {
-            let _ = writeln!(
-                sql,
-                "CREATE TRIGGER {KICK_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {target} FOR EACH STATEMENT {execute} ibex.kick();"
-            );
-        }
-        if table.ibex_writes != IbexWrites::Ignore {
-            let _ = writeln!(sql, "ALTER TABLE {target} ENABLE ALWAYS TRIGGER ibex_capture_truncate;");
-        }
-        return sql;
-    }
-    let _ = writeln!(
-        sql,
-        "CREATE TRIGGER ibex_capture_insert AFTER INSERT ON {target} REFERENCING NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();"
-    );
-    let _ = writeln!(
-        sql,
-        "CREATE TRIGGER ibex_capture_update AFTER UPDATE ON {target} REFERENCING {}NEW TABLE AS ibex_new FOR EACH STATEMENT {execute} {statement_fn}();",
-        if image.is_some() { "OLD TABLE AS ibex_old " } else { "" }
-    );
-
-    let _ = writeln!(
-        sql,
-        "CREATE TRIGGER ibex_capture_delete AFTER DELETE ON {target} REFERENCING OLD TABLE AS ibex_old FOR EACH STATEMENT {execute} {statement_fn}();"
-    );
-    // Every UPDATE, not `UPDATE OF key`: a BEFORE trigger can rewrite the
-    // key of an UPDATE that never names it. The WHEN test costs a
-    // comparison per row and queues nothing unless the key changed.
-    let changed: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}")).collect();
-    let _ = writeln!(
-        sql,
-        "CREATE TRIGGER ibex_capture_key AFTER UPDATE ON {target} FOR EACH ROW WHEN ({}) {execute} {key_fn}();",
-        changed.join(" OR ")
-    );
-    let _ = writeln!(
-        sql,
-        "CREATE TRIGGER ibex_capture_truncate AFTER TRUNCATE ON {target} FOR EACH STATEMENT {execute} ibex.capture_truncate();"
-    );
-    if table.ibex_writes != IbexWrites::Ignore {
-        // Fire under session_replication_role = replica too: ibex's applies.
-        for name in CAPTURE_TRIGGERS {
-            let _ = writeln!(sql, "ALTER TABLE {target} ENABLE ALWAYS TRIGGER {name};");
-        }
-    }
     sql
 }
 
