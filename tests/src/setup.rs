@@ -51,6 +51,31 @@ impl Setup {
         }
     }
 
+    /// Database `src` made by `schema` and copied to `dst`, both registered;
+    /// `tables` (space-separated) in herd `h`, and sync `sync` from src to
+    /// dst with `settings` (`name=value ...`, or empty).
+    pub fn one_way(schema: &str, tables: &str, sync: &str, settings: &str) -> Setup {
+        Setup::one_way_capturing(schema, tables, sync, settings, "trigger")
+    }
+
+    /// [`Setup::one_way`] with `src` on WAL capture.
+    pub fn one_way_wal(schema: &str, tables: &str, sync: &str, settings: &str) -> Setup {
+        Setup::one_way_capturing(schema, tables, sync, settings, "wal")
+    }
+
+    fn one_way_capturing(schema: &str, tables: &str, sync: &str, settings: &str, capture: &str) -> Setup {
+        let s = Setup::new();
+        s.cluster.create_db("src").expect("creating database src");
+        s.sql("src", schema);
+        s.dbs_from("src", &["src", "dst"]);
+        if capture != "trigger" {
+            s.ibex.run(&["update", "db", "src", &format!("capture={capture}")]).ok();
+        }
+        s.ibex.sh(&format!("add table {tables} db=src herd=h")).ok();
+        s.ibex.sh(&format!("add sync {sync} herd=h dbs=src:source,dst:target {settings}")).ok();
+        s
+    }
+
     pub fn sql(&self, db: &str, sql: &str) -> String {
         self.cluster.psql(db, sql).unwrap_or_else(|e| panic!("SQL on {db} failed: {e:#}"))
     }

@@ -146,10 +146,7 @@ fn catch_up_of_a_large_backlog_in_bounded_windows() {
     let rows: u64 = std::env::var("IBEX_EDGE_BACKLOG_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
     // About ten windows whatever the size, so the catch-up must be split.
     let window = (rows / 10).clamp(1, 500_000);
-    let s = Setup::new();
-    dbs_with(&s, "CREATE TABLE big (id int PRIMARY KEY, v text)", &["src", "dst"]);
-    s.ibex.sh("add table big db=src herd=h").ok();
-    s.ibex.sh("add sync cu herd=h dbs=src:source,dst:target").ok();
+    let s = Setup::one_way("CREATE TABLE big (id int PRIMARY KEY, v text)", "big", "cu", "");
     // 50 transactions, like a day of batch loads while the sync was off.
     let per = rows.div_ceil(50).max(1);
     let mut first = 1;
@@ -190,10 +187,7 @@ fn catch_up_of_a_large_backlog_in_bounded_windows() {
 fn a_backlog_across_a_power_of_ten_in_xids_is_cut_at_the_limit() {
     // The cut sorted transaction ids as text once: "10000" < "9999", so a
     // window spanning a power of ten was cut far past window_rows.
-    let s = Setup::new();
-    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE burn (i int)", &["src", "dst"]);
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync cut herd=h dbs=src:source,dst:target").ok();
+    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE burn (i int)", "t", "cut", "");
     let current: u64 = s.sql("src", "SELECT txid_current()").parse().expect("a transaction id");
     let mut power = 10_000;
     while power < current + 200 {
@@ -229,10 +223,7 @@ fn a_window_is_measured_in_changed_keys_not_in_statements() {
     // A delta row holds a statement's keys: the probe sums their arrays'
     // lengths. One statement of 250 keys and 50 of one key are 300 keys in
     // 51 delta rows: over window_rows=100 only when keys are counted.
-    let s = Setup::new();
-    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY)", &["src", "dst"]);
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync keys herd=h dbs=src:source,dst:target").ok();
+    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY)", "t", "keys", "");
     s.sql("src", "INSERT INTO t SELECT generate_series(1, 250)");
     s.sql("src", "DO $$ BEGIN FOR i IN 251..300 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$");
     let delta = delta_of(&s, "src", "t");
@@ -267,10 +258,7 @@ fn rows_scanned(node: &Value) -> f64 {
 
 #[test]
 fn long_open_transaction_costs_nothing_extra() {
-    let s = Setup::new();
-    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text)", &["src", "dst"]);
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync lo herd=h dbs=src:source,dst:target").ok();
+    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "lo", "");
     // A session left in a transaction (with an xid) for the whole test.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (long, xid) = rt.block_on(async {
@@ -311,10 +299,8 @@ fn long_open_transaction_costs_nothing_extra() {
 /// retry holds writers off and waits for the row.
 #[test]
 fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
-    let s = Setup::new();
-    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')", &["src", "dst"]);
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync held herd=h dbs=src:source,dst:target").ok();
+    let s =
+        Setup::one_way("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')", "t", "held", "");
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
     // Locks the row without changing it: waiting it out would succeed.
     let holder = s.cluster.hold("dst", "SELECT * FROM t WHERE id = 1 FOR UPDATE").unwrap();
@@ -343,14 +329,12 @@ fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
 /// the join. Rows changed on the target only show any over-deletion.
 #[test]
 fn consecutive_changed_keys_are_deleted_as_their_range_and_nothing_more() {
-    let s = Setup::new();
-    dbs_with(
-        &s,
+    let s = Setup::one_way(
         "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT i, 'old' FROM generate_series(1, 10000) i",
-        &["src", "dst"],
+        "t",
+        "range",
+        "autokick=false",
     );
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync range herd=h dbs=src:source,dst:target autokick=false").ok();
     assert_eq!(s.run("range")["run"]["state"], "good");
     // The target's own marks on the neighbours of each changed set: a
     // delete that reaches past the keys removes them for good (the source
@@ -507,16 +491,14 @@ fn key_rewritten_by_a_before_trigger_is_captured() {
 
 #[test]
 fn changing_the_key_keeps_pending_changes() {
-    let s = Setup::new();
-    dbs_with(
-        &s,
+    let s = Setup::one_way(
         "CREATE TABLE p (a int NOT NULL, b int NOT NULL, v text, PRIMARY KEY (a));
          CREATE UNIQUE INDEX p_b ON p (b);
          INSERT INTO p SELECT i, 100 + i, 'v' || i FROM generate_series(1, 10) i;",
-        &["src", "dst"],
+        "p",
+        "pk",
+        "",
     );
-    s.ibex.sh("add table p db=src herd=h").ok();
-    s.ibex.sh("add sync pk herd=h dbs=src:source,dst:target").ok();
     // Captured under key a, still unapplied when the key becomes b.
     s.sql(
         "src",
@@ -654,10 +636,7 @@ fn pid_file_is_private_and_exclusive() {
 /// keeps, not a fresh one per pass.
 #[test]
 fn vac_purges_past_a_long_open_transaction_on_kept_connections() {
-    let s = Setup::new();
-    dbs_with(&s, "CREATE TABLE t (id int PRIMARY KEY, v text)", &["src", "dst"]);
-    s.ibex.sh("add table t db=src herd=h").ok();
-    s.ibex.sh("add sync vc herd=h dbs=src:source,dst:target").ok();
+    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "vc", "");
     s.ibex.sh("set vac_interval=1s").ok();
     let long = s.cluster.hold("src", "SELECT pg_current_xact_id()").unwrap();
     s.sql("src", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 5000) i");
@@ -846,16 +825,14 @@ fn a_delta_table_of_an_earlier_ibex_is_converted_with_its_pending_keys() {
 /// succeed and reach the target, key changes included.
 #[test]
 fn array_and_domain_over_array_keys_are_captured() {
-    let s = Setup::new();
-    dbs_with(
-        &s,
+    let s = Setup::one_way(
         "CREATE DOMAIN ids AS int[];
          CREATE TABLE t (k ids PRIMARY KEY, v text);
          CREATE TABLE a (k int[] PRIMARY KEY, v text)",
-        &["src", "dst"],
+        "t a",
+        "arr",
+        "",
     );
-    s.ibex.sh("add table t a db=src herd=h").ok();
-    s.ibex.sh("add sync arr herd=h dbs=src:source,dst:target").ok();
     for table in ["t", "a"] {
         s.sql("src", &format!("INSERT INTO {table} SELECT ARRAY[i, i + 1], 'x' FROM generate_series(1, 50) i"));
         s.sql("src", &format!("UPDATE {table} SET k = ARRAY[0, 0] WHERE k = ARRAY[1, 2]"));
@@ -873,18 +850,16 @@ fn array_and_domain_over_array_keys_are_captured() {
 /// applies them all. Two key columns, one kept as text (a domain).
 #[test]
 fn statements_of_every_size_are_captured_key_for_key() {
-    let s = Setup::new();
-    dbs_with(
-        &s,
+    // makedelta: the trigger declares its variable ibex_origin, the name
+    // of a key column of `odd`.
+    let s = Setup::one_way(
         "CREATE DOMAIN code AS text;
          CREATE TABLE t (a int, b code, v int, PRIMARY KEY (a, b));
          CREATE TABLE odd (ibex_origin int, ibex_row text, ibex_n int, PRIMARY KEY (ibex_origin, ibex_row))",
-        &["src", "dst"],
+        "t odd",
+        "sizes",
+        "makedelta=true",
     );
-    s.ibex.sh("add table t odd db=src herd=h").ok();
-    // makedelta: the trigger declares its variable ibex_origin, the name
-    // of a key column of `odd`.
-    s.ibex.sh("add sync sizes herd=h dbs=src:source,dst:target makedelta=true").ok();
     let statements = [
         "INSERT INTO t SELECT i, 'c' || i, 0 FROM generate_series(1, 250000) i".to_string(),
         "UPDATE t SET v = v + 1 WHERE a BETWEEN 1 AND 0".to_string(),

@@ -28,19 +28,6 @@ fn three_masters(captures: [&str; 3]) -> Setup {
     s
 }
 
-/// Db `src` made by `schema`, copied to `dst`; `src` on WAL capture, and
-/// `table` in sync `push` (src -> dst) with `settings` added.
-fn one_way_wal(schema: &str, table: &str, settings: &str) -> Setup {
-    let s = Setup::new();
-    s.cluster.create_db("src").unwrap();
-    s.sql("src", schema);
-    s.dbs_from("src", &["src", "dst"]);
-    s.ibex.sh("update db src capture=wal").ok();
-    s.ibex.sh(&format!("add table {table} db=src herd=h")).ok();
-    s.ibex.sh(&format!("add sync push herd=h dbs=src:source,dst:target {settings}")).ok();
-    s
-}
-
 #[test]
 fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
     let s = three_masters(["wal", "wal", "trigger"]);
@@ -87,7 +74,7 @@ fn three_masters_two_on_wal_one_on_triggers_resolve_conflicts_without_echo() {
 /// WAL that other dbs of its server write.
 #[test]
 fn a_lagging_slot_rereads_nothing_twice_and_an_idle_slot_follows_the_wal() {
-    let s = one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "autokick=false");
+    let s = Setup::one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "push", "autokick=false");
     let delta = s.sql("src", "SELECT 'ibex.' || quote_ident(delta_table) FROM ibex.captured");
     for i in 1..=5 {
         s.sql("src", &format!("INSERT INTO t VALUES ({i}, 'x')"));
@@ -122,7 +109,7 @@ fn a_lagging_slot_rereads_nothing_twice_and_an_idle_slot_follows_the_wal() {
 /// the next read, and no transaction is taken twice or lost.
 #[test]
 fn a_backlog_larger_than_one_read_arrives_once() {
-    let s = one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "autokick=false");
+    let s = Setup::one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "push", "autokick=false");
     for part in 0..3 {
         s.sql(
             "src",
@@ -143,9 +130,10 @@ fn a_backlog_larger_than_one_read_arrives_once() {
 
 #[test]
 fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
-    let s = one_way_wal(
+    let s = Setup::one_way_wal(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i",
         "t",
+        "push",
         "",
     );
     s.sql("src", "INSERT INTO t VALUES (500, 'before')");
@@ -161,12 +149,8 @@ fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
 fn an_update_keeping_a_toasted_key_reaches_the_target() {
     // A 2,240-byte key stored out of line: an UPDATE of another column
     // decodes it as an unchanged TOAST value in the new tuple.
-    let s = one_way_wal(
-        "CREATE TABLE big (k text PRIMARY KEY, v int); ALTER TABLE big ALTER COLUMN k SET STORAGE EXTERNAL;
-         INSERT INTO big SELECT string_agg(md5(i::text || n::text), ''), n FROM generate_series(1, 70) i, generate_series(1, 3) n GROUP BY n",
-        "big",
-        "",
-    );
+    let s = Setup::one_way_wal("CREATE TABLE big (k text PRIMARY KEY, v int); ALTER TABLE big ALTER COLUMN k SET STORAGE EXTERNAL;
+         INSERT INTO big SELECT string_agg(md5(i::text || n::text), ''), n FROM generate_series(1, 70) i, generate_series(1, 3) n GROUP BY n", "big", "push", "");
     assert_eq!(s.sql("src", "SELECT count(*) FROM big WHERE pg_column_size(k) > 2000"), "3");
     s.sql("src", "UPDATE big SET v = v + 10");
     let run = s.run("push");
@@ -248,9 +232,10 @@ fn validate_names_what_a_db_lacks_for_wal_capture() {
 /// the decoding transaction's id, which no cursor has passed).
 #[test]
 fn a_retried_run_decodes_once_and_the_next_run_takes_what_came_meanwhile() {
-    let s = one_way_wal(
+    let s = Setup::one_way_wal(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')",
         "t",
+        "push",
         "autokick=false",
     );
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
