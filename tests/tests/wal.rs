@@ -128,6 +128,39 @@ fn a_backlog_larger_than_one_read_arrives_once() {
     s.assert_same(&["src", "dst"], &["t"]);
 }
 
+/// The server invalidates a slot that falls more than
+/// max_slot_wal_keep_size behind: runs and validate name it and the way
+/// back; `update db ... capture=wal` replaces it and says to reconcile,
+/// and reconcile brings over the change the lost WAL held.
+#[test]
+fn a_slot_the_server_invalidated_is_named_and_replaced() {
+    let s = Setup::one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "push", "autokick=false");
+    s.sql("src", "INSERT INTO t VALUES (1, 'x')");
+    assert_eq!(run_count(&s.run("push"), "inserted"), 1);
+    s.sql("src", "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+    s.sql("src", "SELECT pg_reload_conf()");
+    s.sql("src", "INSERT INTO t VALUES (2, 'in the lost WAL')");
+    s.sql("src", "CREATE TABLE junk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 100000) g");
+    s.sql("src", "SELECT pg_switch_wal()");
+    s.sql("src", "CHECKPOINT");
+    assert_eq!(s.sql("src", "SELECT wal_status FROM pg_replication_slots"), "lost");
+    let err = s.run_fails("push", "invalidated its capture slot");
+    assert!(err.contains("`ibex update db src capture=wal`") && err.contains("ibex reconcile"), "{err}");
+    let out = s.ibex.sh("update db src capture=wal").ok();
+    assert!(
+        out.stderr.contains("run `ibex reconcile SYNC` for each sync reading db src"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(s.sql("src", "SELECT wal_status <> 'lost' FROM pg_replication_slots"), "t");
+    s.sql("src", "INSERT INTO t VALUES (3, 'after')");
+    assert_eq!(run_count(&s.run("push"), "inserted"), 1, "the new slot captures what follows");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE id = 2"), "0");
+    s.ibex.sh("reconcile push").ok();
+    s.assert_same(&["src", "dst"], &["t"]);
+}
+
 #[test]
 fn truncate_on_a_wal_db_and_later_rows_reach_the_targets() {
     let s = Setup::one_way_wal(

@@ -377,17 +377,45 @@ pub async fn uninstall(client: &mut Client, owner: &Owner) -> Result<CaptureRepo
     reconcile(client, owner, &[], &[], CaptureMode::Trigger).await
 }
 
+/// What [`create_wal_slot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotMade {
+    /// The slot was there and usable.
+    Existing,
+    /// A new slot; the db had none in use.
+    Created,
+    /// The slot the db was read from was invalidated by the server or
+    /// dropped: a new one replaces it, and what was committed in between
+    /// was not captured.
+    Replaced,
+}
+
+impl SlotMade {
+    /// A slot was made (to drop again if the catalog change fails).
+    pub fn is_new(self) -> bool {
+        self != SlotMade::Existing
+    }
+}
+
 /// Creates the WAL capture slot of `owner`'s catalog on the db unless it
-/// exists; true if it was created. Call it outside any transaction of a
-/// catalog on the same server: the server waits for every transaction
-/// open at that moment to end (and refuses it inside one that wrote).
-pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<bool> {
+/// exists and is usable. Call it outside any transaction of a catalog on
+/// the same server: the server waits for every transaction open at that
+/// moment to end (and refuses it inside one that wrote).
+pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<SlotMade> {
     let slot = wal_slot_of(client, &owner.catalog_id).await?;
     let wal_level: String =
         client.query_one("SELECT current_setting('wal_level')", &[]).await.ctx(|| "reading wal_level".into())?.get(0);
-    if slot_exists(client, &slot).await? {
-        return Ok(false);
-    }
+    let made = if slot_exists(client, &slot).await? {
+        if !slot_lost(client, &slot).await? {
+            return Ok(SlotMade::Existing);
+        }
+        drop_slot(client, &slot).await?;
+        SlotMade::Replaced
+    } else if wal_recorded(client).await? {
+        SlotMade::Replaced
+    } else {
+        SlotMade::Created
+    };
     if wal_level != "logical" {
         return Err(Error::Refused(format!(
             "capture=wal needs wal_level = logical, and this server has {wal_level}: set it (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL; on a managed service, its logical replication setting) or keep capture=trigger"
@@ -397,7 +425,20 @@ pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<bool> {
         .query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", &[&slot])
         .await
         .ctx(|| format!("creating the WAL capture slot {slot} (test_decoding; it needs a free max_replication_slots, and a superuser or the REPLICATION attribute)"))?;
-    Ok(true)
+    Ok(made)
+}
+
+/// The server invalidated the slot: it lagged past `max_slot_wal_keep_size`
+/// (`wal_status`, 13 and later; read through jsonb, which any version can).
+async fn slot_lost(client: &Client, slot: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(bool_or(to_jsonb(s) ->> 'wal_status' = 'lost'), false) FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ctx(|| "reading the state of the WAL capture slot".into())?
+        .get(0))
 }
 
 /// Drops the WAL capture slot of `owner`'s catalog (a db leaving ibex).

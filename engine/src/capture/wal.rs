@@ -247,10 +247,14 @@ async fn materialize_batch(client: &Client, flush: Option<&str>) -> Result<Batch
 /// Where the slot stands: the end of the flushed WAL (decoded up to in full
 /// when the batch is not cut short) and how far behind it the slot's
 /// confirmed position and restart point are.
+/// And whether the server still has the slot and its WAL: `wal_status`
+/// (13 and later; read through jsonb, which any version can) is `lost`
+/// once the slot lagged past `max_slot_wal_keep_size`.
 const POSITION_SQL: &str = "SELECT w.slot_name, pg_current_wal_flush_lsn()::text,
         current_setting('server_version_num')::int,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
-        coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint
+        coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint,
+        s.slot_name IS NOT NULL, coalesce(to_jsonb(s) ->> 'wal_status', '')
    FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name";
 
 /// The slot's changes, each with whether it ends a transaction committed
@@ -308,6 +312,11 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let version: i32 = row.get(2);
     let lag_bytes: i64 = row.get(3);
     let restart_lag_bytes: i64 = row.get(4);
+    let exists: bool = row.get(5);
+    let wal_status: String = row.get(6);
+    if !exists || wal_status == "lost" {
+        return Err(Error::Sync(slot_unusable(&slot, exists)));
+    }
     let rows = rows.ctx(|| format!("decoding the WAL capture slot {slot}"))?;
     futures_util::pin_mut!(rows);
     let mut decoder = Decoder::default();
@@ -378,6 +387,20 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         lag_bytes,
         restart_lag_bytes,
     })
+}
+
+/// Why a db's WAL capture cannot go on, and the way back.
+fn slot_unusable(slot: &str, exists: bool) -> String {
+    let what = if exists {
+        "was invalidated by the server (it fell more than max_slot_wal_keep_size behind)"
+    } else {
+        "is missing (dropped outside ibex)"
+    };
+    format!(
+        "the WAL capture slot {slot} {what}: the changes in the WAL it no longer holds cannot be read. \
+         Run `ibex update db DB capture=wal` to replace it, then `ibex reconcile SYNC` for each sync reading the db, \
+         which brings over what was missed"
+    )
 }
 
 /// Every call decodes the slot from its restart point, which moves only

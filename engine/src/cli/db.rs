@@ -145,7 +145,7 @@ pub async fn add(ctx: &Context, args: NamedParams) -> Result<()> {
         target: None,
         capture,
     };
-    let created = crate::sync::setup::prepare_wal_slot(cat.client(), &record).await?;
+    let created = crate::sync::setup::prepare_wal_slot(cat.client(), &record).await?.is_new();
     let added = cat.change(async |tx| catalog::dbs::add(tx, &name, &conn, capture).await).await;
     if let Err(err) = added {
         if created && let Err(drop_err) = crate::sync::setup::drop_wal_slot(cat.client(), &record).await {
@@ -236,8 +236,12 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     }
     // The slot first, outside the catalog's transaction (see
     // `capture::create_wal_slot`); a refusal (wal_level, slots) changes nothing.
-    let created =
-        if capture_given.is_some() { crate::sync::setup::prepare_wal_slot(cat.client(), &db).await? } else { false };
+    let slot = if capture_given.is_some() {
+        crate::sync::setup::prepare_wal_slot(cat.client(), &db).await?
+    } else {
+        crate::capture::SlotMade::Existing
+    };
+    let created = slot.is_new();
     let switched = db.capture != capture_before || created;
     let mut report = None;
     let changed = cat
@@ -259,6 +263,12 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     ctx.out.done(format!("Updated db {}", args.name));
     if switched {
         ctx.out.done(format!("db {}: capture is now {}", args.name, db.capture.as_str()));
+    }
+    if slot == crate::capture::SlotMade::Replaced {
+        ctx.out.warn(format!(
+            "db {0}: its WAL capture slot had been invalidated by the server or dropped, and a new one replaces it; changes committed before it were not all captured: run `ibex reconcile SYNC` for each sync reading db {0}",
+            args.name
+        ));
     }
     if let Some(report) = report {
         for warning in &report.warnings {

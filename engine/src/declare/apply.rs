@@ -56,8 +56,8 @@ pub async fn prepare_wal_slots(
             capture: db.capture,
         };
         match crate::sync::setup::prepare_wal_slot(catalog_client, &record).await {
-            Ok(true) => made.push(record),
-            Ok(false) => {}
+            Ok(slot) if slot.is_new() => made.push(record),
+            Ok(_) => {}
             Err(err) => {
                 drop_wal_slots(catalog_client, &made).await;
                 return Err(err);

@@ -649,6 +649,7 @@ impl Kid {
                         Error::Postgres { context, source } => {
                             Error::Postgres { context: format!("{context} on db {db}"), source }
                         }
+                        Error::Sync(message) => Error::Sync(format!("db {db}: {message}")),
                         other => other,
                     })?;
             if decoded.keys > 0 {

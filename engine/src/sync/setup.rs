@@ -96,10 +96,13 @@ fn naming_db(err: Error, db: &str) -> Error {
 
 /// Makes the WAL capture slot on `db` (when its capture is wal), before
 /// the catalog change that needs it: see `capture::create_wal_slot`, which
-/// must not run inside a catalog transaction. True if it was created.
-pub async fn prepare_wal_slot(catalog_client: &impl GenericClient, record: &catalog::dbs::DbRecord) -> Result<bool> {
+/// must not run inside a catalog transaction.
+pub async fn prepare_wal_slot(
+    catalog_client: &impl GenericClient,
+    record: &catalog::dbs::DbRecord,
+) -> Result<capture::SlotMade> {
     if record.capture != capture::CaptureMode::Wal || record.target.is_some() {
-        return Ok(false);
+        return Ok(capture::SlotMade::Existing);
     }
     let (owner, client) = open_as_owner(catalog_client, record).await?;
     capture::create_wal_slot(&client, &owner).await.map_err(|err| naming_db(err, &record.name))

@@ -231,7 +231,9 @@ async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Res
             "SELECT current_setting('wal_level'),
                     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
                     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1
-                               AND plugin = 'test_decoding' AND database = current_database())",
+                               AND plugin = 'test_decoding' AND database = current_database()),
+                    EXISTS (SELECT 1 FROM pg_replication_slots s WHERE slot_name = $1
+                               AND to_jsonb(s) ->> 'wal_status' = 'lost')",
             &[&slot],
         )
         .await
@@ -239,13 +241,18 @@ async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Res
     let wal_level: String = row.get(0);
     let free: i32 = row.get(1);
     let has_slot: bool = row.get(2);
+    let lost: bool = row.get(3);
     let mut problems = Vec::new();
     if wal_level != "logical" {
         problems.push(format!(
             "db {db} has capture=wal but wal_level = {wal_level}: set wal_level = logical and restart PostgreSQL (on a managed service, turn on its logical replication setting), or `ibex update db {db} capture=trigger`"
         ));
     }
-    if !has_slot {
+    if lost {
+        problems.push(format!(
+            "db {db} has capture=wal but the server invalidated its capture slot {slot} (it fell more than max_slot_wal_keep_size behind), so changes were lost: run `ibex update db {db} capture=wal` to replace it, then `ibex reconcile` for each sync reading db {db}"
+        ));
+    } else if !has_slot {
         problems.push(format!(
             "db {db} has capture=wal but no capture slot{}: run `ibex update db {db} capture=wal` to create it",
             if free <= 0 {
