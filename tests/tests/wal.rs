@@ -125,6 +125,36 @@ fn a_backlog_larger_than_one_read_arrives_once() {
     let delta = s.sql("src", "SELECT 'ibex.' || quote_ident(delta_table) FROM ibex.captured");
     // Each key once in the delta table: none was written by two reads.
     assert_eq!(s.sql("src", &format!("SELECT sum(cardinality(id)) FROM {delta}")), "90000");
+    // Each read wrote its keys (in chunks of 20,000) in one transaction:
+    // two reads, two writing transactions.
+    assert_eq!(s.sql("src", &format!("SELECT count(DISTINCT txid) FROM {delta}")), "2");
+    s.assert_same(&["src", "dst"], &["t"]);
+}
+
+/// Makes the server invalidate src's slot: it may keep 1 MB of WAL, and
+/// 50 MB follow.
+fn lose_the_slot(s: &Setup) {
+    s.sql("src", "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+    s.sql("src", "SELECT pg_reload_conf()");
+    s.sql("src", "CREATE TABLE junk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 100000) g");
+    s.sql("src", "SELECT pg_switch_wal()");
+    s.sql("src", "CHECKPOINT");
+    assert_eq!(s.sql("src", "SELECT wal_status FROM pg_replication_slots"), "lost");
+}
+
+/// A lost slot does not stop a switch back to triggers: what it held is
+/// named as lost, and reconcile brings it over.
+#[test]
+fn a_db_whose_slot_was_lost_goes_back_to_triggers() {
+    let s = Setup::one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "push", "autokick=false");
+    s.sql("src", "INSERT INTO t VALUES (1, 'in the lost WAL')");
+    lose_the_slot(&s);
+    let out = s.ibex.sh("update db src capture=trigger").ok();
+    assert!(out.stderr.contains("run `ibex reconcile SYNC`"), "{}{}", out.stdout, out.stderr);
+    assert_eq!(s.sql("src", "SELECT count(*) FROM pg_replication_slots"), "0");
+    s.sql("src", "INSERT INTO t VALUES (2, 'on triggers')");
+    assert_eq!(run_count(&s.run("push"), "inserted"), 1);
+    s.ibex.sh("reconcile push").ok();
     s.assert_same(&["src", "dst"], &["t"]);
 }
 
@@ -137,15 +167,13 @@ fn a_slot_the_server_invalidated_is_named_and_replaced() {
     let s = Setup::one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "push", "autokick=false");
     s.sql("src", "INSERT INTO t VALUES (1, 'x')");
     assert_eq!(run_count(&s.run("push"), "inserted"), 1);
-    s.sql("src", "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
-    s.sql("src", "SELECT pg_reload_conf()");
     s.sql("src", "INSERT INTO t VALUES (2, 'in the lost WAL')");
-    s.sql("src", "CREATE TABLE junk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 100000) g");
-    s.sql("src", "SELECT pg_switch_wal()");
-    s.sql("src", "CHECKPOINT");
-    assert_eq!(s.sql("src", "SELECT wal_status FROM pg_replication_slots"), "lost");
+    lose_the_slot(&s);
     let err = s.run_fails("push", "invalidated its capture slot");
     assert!(err.contains("`ibex update db src capture=wal`") && err.contains("ibex reconcile"), "{err}");
+    // A position past anything the new slot will decode (as a dump
+    // restored from a server further along would hold) is forgotten.
+    s.sql("src", "UPDATE ibex.wal SET materialized_lsn = 'FFFFFFF/0'");
     let out = s.ibex.sh("update db src capture=wal").ok();
     assert!(
         out.stderr.contains("run `ibex reconcile SYNC` for each sync reading db src"),

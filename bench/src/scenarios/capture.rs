@@ -14,15 +14,21 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     eprintln!("== capture cost: UPDATE, INSERT and DELETE of {rows} rows, pgbench TPS");
     let s = bench.setup()?;
     s.cluster.create_pgbench_db("bare", scale_for(rows))?;
-    s.dbs_from("bare", &["ib", "ib_sink", "iw", "iw_sink"]);
+    s.dbs_from("bare", &["ib", "ib_sink", "iw", "iw_sink", "ik", "iwk"]);
     s.cluster.clone_db("bare", "floor")?;
     for (table, key) in CAPTURED {
         s.cluster.psql("floor", &trigger_floor(table, key))?;
     }
     s.ibex.sh("update db iw capture=wal").ok();
+    s.ibex.sh("update db iwk capture=wal").ok();
     s.ibex.sh("add all tables db=ib herd=h");
     s.ibex.sh("add sync cap herd=h dbs=ib:source,ib_sink:target").ok();
     s.ibex.sh("add sync capw herd=h dbs=iw:source,iw_sink:target").ok();
+    // Without autokick no kick trigger is installed: what capture costs
+    // without the NOTIFY, whose commit takes a lock every notifying commit
+    // of the server waits for.
+    s.ibex.sh("add sync capk herd=h dbs=ik:source,ib_sink:target autokick=false").ok();
+    s.ibex.sh("add sync capwk herd=h dbs=iwk:source,iw_sink:target autokick=false").ok();
     let b = bench.bucardo(&s)?;
     bucardo_dbs(&s, &b, "bare", &["bu", "bu_sink"])?;
     b.cmd(&["add", "table", "pgbench_accounts", "pgbench_branches", "pgbench_tellers", "db=bu", "relgroup=h"])?;
@@ -124,8 +130,25 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             .and_then(|v| v.parse().ok())
             .context("no tps in pgbench output")
     };
-    let (bare_tps, ib_tps, bu_tps, iw_tps, floor_tps) =
-        (tps("bare")?, tps("ib")?, tps("bu")?, tps("iw")?, tps("floor")?);
+    let (bare_tps, ib_tps, bu_tps, iw_tps, floor_tps, ik_tps, iwk_tps) =
+        (tps("bare")?, tps("ib")?, tps("bu")?, tps("iw")?, tps("floor")?, tps("ik")?, tps("iwk")?);
+    let no_kick_is = "Bucardo was measured with its kick (a NOTIFY per statement, as ibex's autokick)";
+    for (id, what, value) in [("capture_tps_nokick", "", ik_tps), ("capture_wal_tps_nokick", ", capture=wal", iwk_tps)]
+    {
+        bench.add(
+            Measure::new(
+                id,
+                "capture cost",
+                format!("pgbench TPS (-c 2 -j 2 -T 20){what}, autokick=false: capture without the kick's NOTIFY"),
+                "tps",
+                Better::Higher,
+            )
+            .ibex(Figure::of(value))
+            .bucardo(Figure::missing(no_kick_is))
+            .reference(Figure::of(bare_tps), "no triggers")
+            .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of no triggers"),
+        );
+    }
     bench.add(
         Measure::new(
             "capture_tps_floor",

@@ -183,9 +183,13 @@ pub async fn reconcile(
     if effective == CaptureMode::Trigger && wal_recorded(client).await? {
         // Back on triggers: what the slot still holds goes into the delta
         // tables first (the triggers already capture what follows).
-        if wanted {
+        if wanted && slot_exists(client, &slot).await? && !slot_lost(client, &slot).await? {
             let server = crate::pg::version::detect(&*client).await?;
             wal::materialize(client, server).await?;
+        } else if wanted {
+            report.warnings.push(format!(
+                "the WAL capture slot {slot} was invalidated by the server or dropped, so the changes it still held cannot be read: capture is on triggers now; run `ibex reconcile SYNC` for each sync reading this db"
+            ));
         }
         client.execute("DELETE FROM ibex.wal", &[]).await.ctx(|| "forgetting the WAL capture slot".into())?;
     }
@@ -425,6 +429,14 @@ pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<SlotMade>
         .query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", &[&slot])
         .await
         .ctx(|| format!("creating the WAL capture slot {slot} (test_decoding; it needs a free max_replication_slots, and a superuser or the REPLICATION attribute)"))?;
+    if wal_recorded(client).await? {
+        // A position of an earlier slot (or, restored from a dump, of
+        // another server) would make the new slot's reads skip changes.
+        client
+            .execute("UPDATE ibex.wal SET materialized_lsn = NULL", &[])
+            .await
+            .ctx(|| "forgetting the earlier WAL capture slot's position".into())?;
+    }
     Ok(made)
 }
 
@@ -667,8 +679,6 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
         .collect())
 }
 
-/// True when the table still has every capture trigger of `mode` (and no
-/// other ibex trigger) and its delta table exists.
 /// The capture functions of `table` are the ones this ibex writes for this
 /// server (see `sql::capture_functions`).
 async fn functions_current(
@@ -686,6 +696,8 @@ async fn functions_current(
     Ok(row.get(0))
 }
 
+/// True when the table still has every capture trigger of `mode` (and no
+/// other ibex trigger) and its delta table exists.
 async fn triggers_complete(
     tx: &tokio_postgres::Transaction<'_>,
     table: &CaptureTable,

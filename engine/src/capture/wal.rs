@@ -339,10 +339,14 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         in_txn = 0;
         last_seen = Some(lsn);
     }
+    decoder.finish()?;
     let decoded_us = clock.elapsed().as_micros() as u64;
-    // Sent together, the keys of all tables, the position and the commit:
-    // a failed write aborts the transaction, so the position cannot be
-    // recorded without it (and the COMMIT then ends it as a rollback).
+    // Sent together, the keys of all tables and the position: a failed
+    // write aborts the transaction, so the position cannot be recorded
+    // without it. The COMMIT goes with them only when each table's keys
+    // are one statement: write_keys sends a later chunk only once the one
+    // before it answered, which would be after a COMMIT sent meanwhile.
+    let one_round = targets.values().all(|target| target.txn.len() <= INSERT_CHUNK);
     let txns = &decoder.txns;
     let recorded = async {
         if let Some(lsn) = &last_new {
@@ -356,15 +360,20 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         }
         Ok(())
     };
-    let committed = async { client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into()) };
-    let ((written, ()), ()) = crate::pg::pipeline::try_join(
-        crate::pg::pipeline::try_join(
-            try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))),
-            recorded,
-        ),
-        committed,
-    )
-    .await?;
+    let commit = || async { client.batch_execute("COMMIT").await.ctx(|| "committing decoded changes".into()) };
+    let writes = crate::pg::pipeline::try_join(
+        try_join_all(targets.values_mut().map(|target| write_keys(client, target, txns))),
+        recorded,
+    );
+    let written = if one_round {
+        // A failed write makes this COMMIT a rollback; the write's error is
+        // the one reported.
+        crate::pg::pipeline::try_join(writes, commit()).await?.0.0
+    } else {
+        let (written, ()) = writes.await?;
+        commit().await?;
+        written
+    };
     report.keys += written.iter().sum::<u64>();
     tracing::debug!(
         decoded_us,
@@ -392,7 +401,7 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
 /// Why a db's WAL capture cannot go on, and the way back.
 fn slot_unusable(slot: &str, exists: bool) -> String {
     let what = if exists {
-        "was invalidated by the server (it fell more than max_slot_wal_keep_size behind)"
+        "was invalidated by the server (wal_status = lost: it fell more than max_slot_wal_keep_size behind, or from 18 stayed idle past idle_replication_slot_timeout)"
     } else {
         "is missing (dropped outside ibex)"
     };
@@ -575,9 +584,14 @@ enum Line {
 }
 
 /// Reads test_decoding's lines in order and files the keys of each
-/// application transaction under its table.
+/// application transaction under its table. A change it cannot read fails
+/// its transaction's COMMIT, not the line: a transaction read again after
+/// it was written (its keys read under a later capture setup, such as a
+/// changed key) is skipped whole.
 #[derive(Default)]
 struct Decoder {
+    /// Why the open transaction's changes cannot be read.
+    unreadable: Option<Error>,
     /// The open transaction is ibex's: the writing sync and whether its
     /// writes are captured (makedelta).
     ibex: Option<(String, bool)>,
@@ -608,8 +622,12 @@ impl Decoder {
                     target.drop_txn(txn);
                 }
                 self.ibex = None;
+                self.unreadable = None;
                 report.replayed += 1;
                 return Ok(Line::Replayed);
+            }
+            if let Some(err) = self.unreadable.take() {
+                return Err(err);
             }
             match &self.ibex {
                 Some(_) => report.skipped += 1,
@@ -635,16 +653,26 @@ impl Decoder {
         let Some(rest) = data.strip_prefix("table ") else {
             return Ok(Line::Inside); // non-transactional messages and the like
         };
+        if self.unreadable.is_none()
+            && let Err(err) = self.change(data, rest, targets)
+        {
+            self.unreadable = Some(err);
+        }
+        Ok(Line::Inside)
+    }
+
+    /// Files the key of one decoded change (`rest` of the line `data`).
+    fn change(&mut self, data: &str, rest: &str, targets: &mut BTreeMap<String, Target>) -> Result<()> {
         let change = parse_change(rest).ok_or_else(|| {
             Error::Sync(format!("cannot read a decoded change of the WAL capture slot: {}", shorten(data)))
         })?;
         let Some(target) = targets.get_mut(change.table) else {
-            return Ok(Line::Inside); // a table no sync reads
+            return Ok(()); // a table no sync reads
         };
         if let Some((_, makedelta)) = &self.ibex {
             match (target.ibex_writes, makedelta) {
                 (IbexWrites::All, _) | (IbexWrites::WhenAsked, true) => {}
-                _ => return Ok(Line::Inside), // ibex's own write, not captured here
+                _ => return Ok(()), // ibex's own write, not captured here
             }
         }
         let txn = self.next_txn()?;
@@ -655,7 +683,7 @@ impl Decoder {
                 Some((old, new)) => vec![old, new],
                 None => vec![change.tuple],
             },
-            _ => return Ok(Line::Inside), // TRUNCATE: its statement trigger logs it
+            _ => return Ok(()), // TRUNCATE: its statement trigger logs it
         };
         // An UPDATE that keeps a TOASTed key prints it as unchanged in the
         // new tuple; the old key (logged when the key is stored out of
@@ -683,7 +711,14 @@ impl Decoder {
             target.txn.push(txn);
             previous = Some(key);
         }
-        Ok(Line::Inside)
+        Ok(())
+    }
+
+    /// After the last line: a transaction cut off before its COMMIT (the
+    /// server never ends a read inside one) still reports what it could
+    /// not read.
+    fn finish(&mut self) -> Result<()> {
+        self.unreadable.take().map_or(Ok(()), Err)
     }
 
     /// The index the open transaction will have in `txns`.
@@ -903,7 +938,17 @@ mod tests {
         assert_eq!(d.txns[1].origin.as_deref(), Some("s1"));
         assert_eq!(d.txns[2], Txn { at: Some("2026-12-02 10:00:00.5+00".into()), origin: None });
         assert_eq!(report, Materialized { transactions: 2, keys: 0, skipped: 1, replayed: 0 });
-        assert!(d.line("table public.t: DELETE: (no-tuple-data)", false, &mut targets, &mut report).is_err());
+        // An unreadable change fails its transaction's COMMIT, unless that
+        // transaction was written already.
+        assert_eq!(
+            d.line("table public.t: DELETE: (no-tuple-data)", false, &mut targets, &mut report).unwrap(),
+            Line::Inside
+        );
+        assert!(d.line("COMMIT", false, &mut targets, &mut report).is_err());
+        d.line("table public.t: DELETE: (no-tuple-data)", false, &mut targets, &mut report).unwrap();
+        assert_eq!(d.line("COMMIT", true, &mut targets, &mut report).unwrap(), Line::Replayed);
+        d.line("table public.t: DELETE: (no-tuple-data)", false, &mut targets, &mut report).unwrap();
+        assert!(d.finish().is_err());
     }
 
     #[test]

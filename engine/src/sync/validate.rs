@@ -250,7 +250,7 @@ async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Res
     }
     if lost {
         problems.push(format!(
-            "db {db} has capture=wal but the server invalidated its capture slot {slot} (it fell more than max_slot_wal_keep_size behind), so changes were lost: run `ibex update db {db} capture=wal` to replace it, then `ibex reconcile` for each sync reading db {db}"
+            "db {db} has capture=wal but the server invalidated its capture slot {slot} (wal_status = lost: it fell more than max_slot_wal_keep_size behind, or from 18 stayed idle past idle_replication_slot_timeout), so changes were lost: run `ibex update db {db} capture=wal` to replace it, then `ibex reconcile` for each sync reading db {db}"
         ));
     } else if !has_slot {
         problems.push(format!(
