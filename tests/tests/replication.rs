@@ -546,17 +546,20 @@ fn validate_lists_differences_and_remove_cleans_up() {
     assert!(out.stdout.contains("db v1: repaired capture on public.a"), "{}", out.stdout);
     assert_eq!(s.sql("v1", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "15");
     // validate replaces the capture functions an earlier ibex wrote (here
-    // one that captures nothing), without locking the table: a writer
-    // holding it open does not stop it (a lock wait would time out).
+    // one that captures nothing, marked as the same triggers with other
+    // functions), without locking the table: a writer holding it open does
+    // not stop it (a lock wait would time out).
     let function = s.sql(
         "v2",
         "SELECT tgfoid::regproc FROM pg_trigger WHERE tgname = 'ibex_capture_insert' AND tgrelid = 'b'::regclass",
     );
+    let mark = s.sql("v2", &format!("SELECT obj_description('{function}'::regproc, 'pg_proc')"));
+    let (_, triggers) = mark.split_once(" triggers ").expect("a capture mark naming its triggers");
     s.sql(
         "v2",
         &format!(
             "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
-             COMMENT ON FUNCTION {function}() IS NULL;
+             COMMENT ON FUNCTION {function}() IS 'ibex capture functions 0000000000000000 triggers {triggers}';
              ALTER DATABASE v2 SET lock_timeout = '3s'"
         ),
     );
@@ -565,11 +568,19 @@ fn validate_lists_differences_and_remove_cleans_up() {
     assert!(out.stdout.contains("db v2: repaired capture on public.b"), "{}", out.stdout);
     writer.release().unwrap();
     s.sql("v2", "ALTER DATABASE v2 RESET lock_timeout");
+    assert_eq!(s.sql("v2", &format!("SELECT obj_description('{function}'::regproc, 'pg_proc')")), mark);
     let out = s.ibex.sh("validate vs").ok();
     assert!(!out.stdout.contains("repaired"), "a second validate repaired again: {}", out.stdout);
     s.sql("v2", "INSERT INTO b VALUES (5, 5)");
     s.run("vs");
     assert_eq!(s.sql("v1", "SELECT z FROM b WHERE id = 5"), "5");
+    // Unmarked (as an ibex before marks left it), triggers and functions
+    // are both installed again.
+    s.sql("v2", &format!("COMMENT ON FUNCTION {function}() IS NULL"));
+    let out = s.ibex.sh("validate vs").ok();
+    assert!(out.stdout.contains("db v2: repaired capture on public.b"), "{}", out.stdout);
+    assert_eq!(s.sql("v2", &format!("SELECT obj_description('{function}'::regproc, 'pg_proc')")), mark);
+    assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "15");
     // Removing a table takes its triggers and delta table away, only its.
     s.ibex.sh("remove table c").ok();
     assert_eq!(s.sql("v2", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ibex%'"), "10");

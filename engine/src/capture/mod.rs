@@ -278,14 +278,19 @@ async fn reconcile_in_transaction(
                 if triggers_complete(&tx, table, mode).await? {
                     // Leave a healthy capture alone: reinstalling would lock
                     // the table. Functions an earlier ibex wrote are replaced,
-                    // which does not.
-                    if !functions_current(&tx, table, &caps).await? {
-                        tx.batch_execute(&sql::capture_functions(table, &caps))
-                            .await
-                            .ctx(|| format!("replacing the capture functions of {shown}"))?;
-                        report.repaired.push(shown.clone());
+                    // which does not; its triggers are reinstalled below.
+                    let wanted = sql::CaptureMark::of(table, &caps, mode);
+                    match installed_mark(&tx, table).await? {
+                        Some(mark) if mark == wanted => continue,
+                        Some(mark) if mark.triggers == wanted.triggers => {
+                            tx.batch_execute(&sql::capture_functions(table, &caps, mode))
+                                .await
+                                .ctx(|| format!("replacing the capture functions of {shown}"))?;
+                            report.repaired.push(shown.clone());
+                            continue;
+                        }
+                        _ => {}
                     }
-                    continue;
                 }
                 report.repaired.push(shown.clone());
             }
@@ -679,21 +684,19 @@ async fn installed_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<BTreeM
         .collect())
 }
 
-/// The capture functions of `table` are the ones this ibex writes for this
-/// server (see `sql::capture_functions`).
-async fn functions_current(
+/// The mark an ibex left on `table`'s capture (see `sql::CaptureMark`).
+async fn installed_mark(
     tx: &tokio_postgres::Transaction<'_>,
     table: &CaptureTable,
-    caps: &crate::pg::version::Capabilities,
-) -> Result<bool> {
+) -> Result<Option<sql::CaptureMark>> {
     let row = tx
         .query_one(
-            "SELECT coalesce(obj_description(to_regprocedure($1), 'pg_proc'), '') = $2",
-            &[&sql::statement_function_signature(&table.name), &sql::expected_functions_mark(table, caps)],
+            "SELECT obj_description(to_regprocedure($1), 'pg_proc')",
+            &[&sql::statement_function_signature(&table.name)],
         )
         .await
-        .ctx(|| format!("checking the capture functions of {}", table.name))?;
-    Ok(row.get(0))
+        .ctx(|| format!("reading the mark of the capture of {}", table.name))?;
+    Ok(row.get::<_, Option<String>>(0).as_deref().and_then(sql::CaptureMark::parse))
 }
 
 /// True when the table still has every capture trigger of `mode` (and no

@@ -190,13 +190,8 @@ pub fn not_written_by(alias: &str, sync: &str) -> String {
 /// Installs (or repairs) the capture of one table. Idempotent. The delta
 /// table is written per statement (see `delta.rs`).
 pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode) -> String {
-    let execute = caps.execute_trigger_function();
     let x = caps.xids;
-    let target = table.name.quoted();
     let delta = delta_table(&table.name);
-    let statement_fn = function_name(&table.name, "");
-    let key_fn = function_name(&table.name, "_key");
-    let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();
     let mut sql = String::new();
     let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {delta} (");
     for key in &table.key {
@@ -218,7 +213,20 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
         "CREATE INDEX IF NOT EXISTS {} ON {delta} (txid);",
         quote_ident(&object_name("txid_", &table.name))
     );
-    sql.push_str(&capture_functions(table, caps));
+    sql.push_str(&capture_functions(table, caps, mode));
+    sql.push_str(&capture_triggers(table, caps, mode));
+    sql
+}
+
+/// The capture triggers of one table, those of other ibex versions and
+/// modes dropped first.
+fn capture_triggers(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode) -> String {
+    let execute = caps.execute_trigger_function();
+    let target = table.name.quoted();
+    let statement_fn = function_name(&table.name, "");
+    let key_fn = function_name(&table.name, "_key");
+    let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();
+    let mut sql = String::new();
     // DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs 14+.
     for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
         let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {target};");
@@ -277,30 +285,61 @@ pub fn install_table(table: &CaptureTable, caps: &Capabilities, mode: CaptureMod
 }
 
 /// The capture functions of one table (CREATE OR REPLACE: no lock on the
-/// table), marked with [`functions_mark`] of their text, so that a
-/// capture written by an earlier ibex is found and its functions replaced.
-pub fn capture_functions(table: &CaptureTable, caps: &Capabilities) -> String {
-    let functions = function_bodies(table, caps);
+/// table), the statement function commented with the [`CaptureMark`] of
+/// this ibex's functions and triggers, so that a capture an earlier ibex
+/// wrote is found.
+pub fn capture_functions(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode) -> String {
     format!(
-        "{functions}COMMENT ON FUNCTION {}() IS {};\n",
+        "{}COMMENT ON FUNCTION {}() IS {};\n",
+        function_bodies(table, caps),
         function_name(&table.name, ""),
-        quote_literal(&functions_mark(&functions))
+        quote_literal(&CaptureMark::of(table, caps, mode).to_string())
     )
 }
 
-/// What [`capture_functions`] marks the statement function with: a hash of
-/// the functions' text as this ibex writes them.
-pub fn expected_functions_mark(table: &CaptureTable, caps: &Capabilities) -> String {
-    functions_mark(&function_bodies(table, caps))
+/// The comment on a table's statement capture function: hashes of the
+/// text of its capture functions and of its triggers as the ibex that
+/// wrote them did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureMark {
+    pub functions: u64,
+    pub triggers: u64,
+}
+
+impl CaptureMark {
+    const PREFIX: &'static str = "ibex capture";
+
+    /// The mark of this ibex's capture of `table` on this server.
+    pub fn of(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode) -> CaptureMark {
+        CaptureMark {
+            functions: crate::names::fnv1a64(function_bodies(table, caps).bytes()),
+            triggers: crate::names::fnv1a64(capture_triggers(table, caps, mode).bytes()),
+        }
+    }
+
+    /// Reads a comment written by [`CaptureMark`]'s `Display`; none for
+    /// anything else (a capture from before marks, or a comment changed).
+    pub fn parse(comment: &str) -> Option<CaptureMark> {
+        let mut words = comment.strip_prefix(Self::PREFIX)?.split_whitespace();
+        let mut hash = |name: &str| {
+            (words.next() == Some(name)).then_some(())?;
+            u64::from_str_radix(words.next()?, 16).ok()
+        };
+        let functions = hash("functions")?;
+        let triggers = hash("triggers")?;
+        Some(CaptureMark { functions, triggers })
+    }
+}
+
+impl std::fmt::Display for CaptureMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} functions {:016x} triggers {:016x}", Self::PREFIX, self.functions, self.triggers)
+    }
 }
 
 /// The statement capture function of `table`, as `to_regprocedure` reads it.
 pub fn statement_function_signature(table: &QualifiedName) -> String {
     format!("{}()", function_name(table, ""))
-}
-
-fn functions_mark(functions: &str) -> String {
-    format!("ibex capture functions {:016x}", crate::names::fnv1a64(functions.bytes()))
 }
 
 /// The statement function (inserts, updates, deletes) and the key function
@@ -428,6 +467,17 @@ pub fn drop_table(table: &QualifiedName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capture_mark_reads_back_and_nothing_else_does() {
+        let mark = CaptureMark { functions: 0x0123_4567_89ab_cdef, triggers: 7 };
+        assert_eq!(CaptureMark::parse(&mark.to_string()), Some(mark));
+        for other in
+            ["", "ibex capture", "ibex capture functions 12 triggers", "ibex capture triggers 1 functions 2", "note"]
+        {
+            assert_eq!(CaptureMark::parse(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn object_names_fit_and_differ() {
