@@ -172,8 +172,8 @@ pub async fn reconcile(
     // The slot is made beforehand (`create_wal_slot`, outside any catalog
     // transaction: its creation waits for every open transaction of the
     // server). Without it, capture stays on triggers: nothing is missed.
-    let effective =
-        if mode == CaptureMode::Wal && slot_exists(client, &slot).await? { mode } else { CaptureMode::Trigger };
+    let state = slot_state(client, &slot).await?;
+    let effective = if mode == CaptureMode::Wal && state != SlotState::Missing { mode } else { CaptureMode::Trigger };
     let mut report = reconcile_in_transaction(client, owner, &slot, tables, readers, effective).await?;
     if mode == CaptureMode::Wal && effective == CaptureMode::Trigger && wanted {
         report.warnings.push(format!(
@@ -183,7 +183,7 @@ pub async fn reconcile(
     if effective == CaptureMode::Trigger && wal_recorded(client).await? {
         // Back on triggers: what the slot still holds goes into the delta
         // tables first (the triggers already capture what follows).
-        if wanted && slot_exists(client, &slot).await? && !slot_lost(client, &slot).await? {
+        if wanted && state == SlotState::Usable {
             let server = crate::pg::version::detect(&*client).await?;
             wal::materialize(client, server).await?;
         } else if wanted {
@@ -414,16 +414,14 @@ pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<SlotMade>
     let slot = wal_slot_of(client, &owner.catalog_id).await?;
     let wal_level: String =
         client.query_one("SELECT current_setting('wal_level')", &[]).await.ctx(|| "reading wal_level".into())?.get(0);
-    let made = if slot_exists(client, &slot).await? {
-        if !slot_lost(client, &slot).await? {
-            return Ok(SlotMade::Existing);
+    let made = match slot_state(client, &slot).await? {
+        SlotState::Usable => return Ok(SlotMade::Existing),
+        SlotState::Lost => {
+            drop_slot(client, &slot).await?;
+            SlotMade::Replaced
         }
-        drop_slot(client, &slot).await?;
-        SlotMade::Replaced
-    } else if wal_recorded(client).await? {
-        SlotMade::Replaced
-    } else {
-        SlotMade::Created
+        SlotState::Missing if wal_recorded(client).await? => SlotMade::Replaced,
+        SlotState::Missing => SlotMade::Created,
     };
     if wal_level != "logical" {
         return Err(Error::Refused(format!(
@@ -445,19 +443,6 @@ pub async fn create_wal_slot(client: &Client, owner: &Owner) -> Result<SlotMade>
     Ok(made)
 }
 
-/// The server invalidated the slot: it lagged past `max_slot_wal_keep_size`
-/// (`wal_status`, 13 and later; read through jsonb, which any version can).
-async fn slot_lost(client: &Client, slot: &str) -> Result<bool> {
-    Ok(client
-        .query_one(
-            "SELECT coalesce(bool_or(to_jsonb(s) ->> 'wal_status' = 'lost'), false) FROM pg_replication_slots s WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .ctx(|| "reading the state of the WAL capture slot".into())?
-        .get(0))
-}
-
 /// Drops the WAL capture slot of `owner`'s catalog (a db leaving ibex).
 pub async fn drop_wal_slot(client: &Client, owner: &Owner) -> Result<()> {
     drop_slot(client, &wal_slot_of(client, &owner.catalog_id).await?).await
@@ -474,12 +459,43 @@ pub async fn wal_slot_of(client: &Client, catalog_id: &str) -> Result<String> {
     Ok(wal::slot_name(catalog_id, &dbname))
 }
 
-async fn slot_exists(client: &Client, slot: &str) -> Result<bool> {
-    Ok(client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", &[&slot])
+/// A db's WAL capture slot as the server has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    Missing,
+    /// Invalidated by the server: see [`LOST_SLOT_WHY`].
+    Lost,
+    Usable,
+}
+
+impl SlotState {
+    /// From [`SLOT_STATUS_SQL`]'s value: none when there is no such slot.
+    pub fn from_status(status: Option<&str>) -> SlotState {
+        match status {
+            None => SlotState::Missing,
+            Some("lost") => SlotState::Lost,
+            Some(_) => SlotState::Usable,
+        }
+    }
+}
+
+/// The `wal_status` of slot row `s` (13 and later; read through jsonb,
+/// which any version can, as '' where the column does not exist), null
+/// where `s` is a missing slot (of an outer join).
+pub const SLOT_STATUS_SQL: &str =
+    "CASE WHEN s.slot_name IS NOT NULL THEN coalesce(to_jsonb(s) ->> 'wal_status', '') END";
+
+/// Why the server invalidates a slot, for every message that reports one.
+pub const LOST_SLOT_WHY: &str = "wal_status = lost: it fell more than max_slot_wal_keep_size behind, \
+    or from 18 stayed idle past idle_replication_slot_timeout";
+
+/// The state of slot `slot` on the db `client` is connected to.
+pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState> {
+    let row = client
+        .query_opt(&format!("SELECT {SLOT_STATUS_SQL} FROM pg_replication_slots s WHERE slot_name = $1"), &[&slot])
         .await
-        .ctx(|| "looking for the WAL capture slot".into())?
-        .get(0))
+        .ctx(|| "looking for the WAL capture slot".into())?;
+    Ok(SlotState::from_status(row.as_ref().and_then(|r| r.get::<_, Option<String>>(0)).as_deref()))
 }
 
 /// Whether the db records a WAL capture slot (it is, or was until a

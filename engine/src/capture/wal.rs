@@ -26,13 +26,14 @@
 //! TRUNCATE keeps its statement trigger (on 10 nothing else would see it).
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use futures_util::TryStreamExt;
 use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::IbexWrites;
+use super::{IbexWrites, LOST_SLOT_WHY, SLOT_STATUS_SQL, SlotState};
 use crate::error::{Error, PgContext, Result};
 use crate::pg::version::Capabilities;
 use crate::pg::{QualifiedName, quote_ident};
@@ -246,16 +247,18 @@ async fn materialize_batch(client: &Client, flush: Option<&str>) -> Result<Batch
 
 /// Where the slot stands: the end of the flushed WAL (decoded up to in full
 /// when the batch is not cut short) and how far behind it the slot's
-/// confirmed position and restart point are.
-/// And whether the server still has the slot and its WAL: `wal_status`
-/// (13 and later; read through jsonb, which any version can) is `lost`
-/// once the slot lagged past `max_slot_wal_keep_size`.
-const POSITION_SQL: &str = "SELECT w.slot_name, pg_current_wal_flush_lsn()::text,
+/// confirmed position and restart point are; and whether the server still
+/// has the slot and its WAL (see `SlotState`).
+static POSITION_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT w.slot_name, pg_current_wal_flush_lsn()::text,
         current_setting('server_version_num')::int,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint,
-        s.slot_name IS NOT NULL, coalesce(to_jsonb(s) ->> 'wal_status', '')
-   FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name";
+        {SLOT_STATUS_SQL}
+   FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name"
+    )
+});
 
 /// The slot's changes, each with whether it ends a transaction committed
 /// at or before what was written already: those are read again (the slot
@@ -279,7 +282,7 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let peek = client.query_typed_raw(PEEK_SQL, [(&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4)]);
     let (began, position, targets, rows) = futures_util::future::join4(
         client.batch_execute(&begin),
-        client.query_typed_opt(POSITION_SQL, &[]),
+        client.query_typed_opt(&POSITION_SQL, &[]),
         targets(client),
         peek,
     )
@@ -312,10 +315,9 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let version: i32 = row.get(2);
     let lag_bytes: i64 = row.get(3);
     let restart_lag_bytes: i64 = row.get(4);
-    let exists: bool = row.get(5);
-    let wal_status: String = row.get(6);
-    if !exists || wal_status == "lost" {
-        return Err(Error::Sync(slot_unusable(&slot, exists)));
+    let state = SlotState::from_status(row.get::<_, Option<String>>(5).as_deref());
+    if state != SlotState::Usable {
+        return Err(Error::Sync(slot_unusable(&slot, state)));
     }
     let rows = rows.ctx(|| format!("decoding the WAL capture slot {slot}"))?;
     futures_util::pin_mut!(rows);
@@ -399,11 +401,11 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
 }
 
 /// Why a db's WAL capture cannot go on, and the way back.
-fn slot_unusable(slot: &str, exists: bool) -> String {
-    let what = if exists {
-        "was invalidated by the server (wal_status = lost: it fell more than max_slot_wal_keep_size behind, or from 18 stayed idle past idle_replication_slot_timeout)"
+fn slot_unusable(slot: &str, state: SlotState) -> String {
+    let what = if state == SlotState::Lost {
+        format!("was invalidated by the server ({LOST_SLOT_WHY})")
     } else {
-        "is missing (dropped outside ibex)"
+        "is missing (dropped outside ibex)".to_string()
     };
     format!(
         "the WAL capture slot {slot} {what}: the changes in the WAL it no longer holds cannot be read. \

@@ -231,9 +231,7 @@ async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Res
             "SELECT current_setting('wal_level'),
                     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
                     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1
-                               AND plugin = 'test_decoding' AND database = current_database()),
-                    EXISTS (SELECT 1 FROM pg_replication_slots s WHERE slot_name = $1
-                               AND to_jsonb(s) ->> 'wal_status' = 'lost')",
+                               AND plugin = 'test_decoding' AND database = current_database())",
             &[&slot],
         )
         .await
@@ -241,7 +239,7 @@ async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Res
     let wal_level: String = row.get(0);
     let free: i32 = row.get(1);
     let has_slot: bool = row.get(2);
-    let lost: bool = row.get(3);
+    let lost = crate::capture::slot_state(client, &slot).await? == crate::capture::SlotState::Lost;
     let mut problems = Vec::new();
     if wal_level != "logical" {
         problems.push(format!(
@@ -250,7 +248,8 @@ async fn wal_server_problems(client: &Client, db: &str, catalog_id: &str) -> Res
     }
     if lost {
         problems.push(format!(
-            "db {db} has capture=wal but the server invalidated its capture slot {slot} (wal_status = lost: it fell more than max_slot_wal_keep_size behind, or from 18 stayed idle past idle_replication_slot_timeout), so changes were lost: run `ibex update db {db} capture=wal` to replace it, then `ibex reconcile` for each sync reading db {db}"
+            "db {db} has capture=wal but the server invalidated its capture slot {slot} ({}), so changes were lost: run `ibex update db {db} capture=wal` to replace it, then `ibex reconcile` for each sync reading db {db}",
+            crate::capture::LOST_SLOT_WHY
         ));
     } else if !has_slot {
         problems.push(format!(
