@@ -629,3 +629,99 @@ fn hostile_identifiers_replicate_and_inject_nothing() {
     );
     assert!(s.ibex.run(&["compare", "hs"]).success());
 }
+
+/// Capture functions run as their owner with the writer's search_path. A
+/// writer whose path puts its own schema before pg_catalog, holding
+/// look-alikes of what capture calls (functions, aggregates, operators
+/// and a type named `text`, each raising "hijacked"), reaches none of
+/// them, and its writes are captured whole: few keys and many, a key
+/// change, old images, a makedelta table, the kick.
+#[test]
+fn a_writer_s_search_path_cannot_reach_into_capture() {
+    writer_s_search_path("trigger");
+}
+
+/// The same with WAL capture, where the kick is the writer's trigger.
+#[test]
+fn a_writer_s_search_path_cannot_reach_into_capture_with_wal_capture() {
+    writer_s_search_path("wal");
+}
+
+fn writer_s_search_path(capture: &str) {
+    let schema = "CREATE DOMAIN code AS text;
+         CREATE TABLE t (id int, tag code, v text, PRIMARY KEY (id, tag));
+         INSERT INTO t SELECT i, 'c', 'v' FROM generate_series(1, 10) i;";
+    let s = if capture == "wal" {
+        Setup::one_way_wal(schema, "t", "hs", "")
+    } else {
+        Setup::one_way(schema, "t", "hs", "")
+    };
+    // A sync that writes into src, whose writes src's capture keeps
+    // (makedelta): the capture functions test the session's role.
+    s.cluster.create_db("up").unwrap();
+    s.sql("up", schema);
+    s.add_db("up", "up").ok();
+    s.ibex.sh("add sync feed herd=h dbs=up:source,src:target").ok();
+    s.ibex.sh("update table t capture_old=true makedelta=true").ok();
+    s.sql(
+        "src",
+        r#"CREATE ROLE app;
+           GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app;
+           CREATE SCHEMA evil;
+           GRANT USAGE ON SCHEMA evil TO app;
+           CREATE FUNCTION evil.hijack(what pg_catalog.text) RETURNS pg_catalog.bool LANGUAGE plpgsql AS
+               $f$ BEGIN RAISE EXCEPTION 'hijacked: %', what; END $f$;
+           CREATE FUNCTION evil.cardinality(anyarray) RETURNS pg_catalog.int4 LANGUAGE sql AS
+               $f$ SELECT 0 WHERE evil.hijack('cardinality') $f$;
+           CREATE FUNCTION evil.octet_length(pg_catalog.text) RETURNS pg_catalog.int4 LANGUAGE sql AS
+               $f$ SELECT 0 WHERE evil.hijack('octet_length') $f$;
+           CREATE FUNCTION evil.current_setting(pg_catalog.text) RETURNS pg_catalog.text LANGUAGE sql AS
+               $f$ SELECT '' WHERE evil.hijack('current_setting') $f$;
+           CREATE FUNCTION evil.current_setting(pg_catalog.text, pg_catalog.bool) RETURNS pg_catalog.text LANGUAGE sql AS
+               $f$ SELECT '' WHERE evil.hijack('current_setting') $f$;
+           CREATE FUNCTION evil.pg_notify(pg_catalog.text, pg_catalog.text) RETURNS void LANGUAGE sql AS
+               $f$ SELECT WHERE evil.hijack('pg_notify') $f$;
+           CREATE FUNCTION evil.step(anyarray, anyelement) RETURNS anyarray LANGUAGE sql AS
+               $f$ SELECT $1 WHERE evil.hijack('an aggregate') $f$;
+           CREATE FUNCTION evil.sum_step(pg_catalog.int8, pg_catalog.int4) RETURNS pg_catalog.int8 LANGUAGE sql AS
+               $f$ SELECT $1 WHERE evil.hijack('sum') $f$;
+           CREATE AGGREGATE evil.array_agg(pg_catalog.int4) (SFUNC = evil.step, STYPE = pg_catalog.int4[]);
+           CREATE AGGREGATE evil.array_agg(pg_catalog.text) (SFUNC = evil.step, STYPE = pg_catalog.text[]);
+           CREATE AGGREGATE evil.sum(pg_catalog.int4) (SFUNC = evil.sum_step, STYPE = pg_catalog.int8);
+           CREATE FUNCTION evil.test(pg_catalog.text, pg_catalog.text) RETURNS pg_catalog.bool LANGUAGE sql AS
+               $f$ SELECT evil.hijack('an operator') $f$;
+           CREATE FUNCTION evil.test(pg_catalog.int4, pg_catalog.int4) RETURNS pg_catalog.bool LANGUAGE sql AS
+               $f$ SELECT evil.hijack('an operator') $f$;
+           CREATE FUNCTION evil.math(pg_catalog.int8, pg_catalog.int4) RETURNS pg_catalog.int8 LANGUAGE sql AS
+               $f$ SELECT 0::pg_catalog.int8 WHERE evil.hijack('an operator') $f$;
+           CREATE FUNCTION evil.cat(pg_catalog.text, pg_catalog.text) RETURNS pg_catalog.text LANGUAGE sql AS
+               $f$ SELECT '' WHERE evil.hijack('||') $f$;
+           CREATE OPERATOR evil.= (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text, FUNCTION = evil.test);
+           CREATE OPERATOR evil.<> (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text, FUNCTION = evil.test);
+           CREATE OPERATOR evil.>= (LEFTARG = pg_catalog.int4, RIGHTARG = pg_catalog.int4, FUNCTION = evil.test);
+           CREATE OPERATOR evil.<= (LEFTARG = pg_catalog.int4, RIGHTARG = pg_catalog.int4, FUNCTION = evil.test);
+           CREATE OPERATOR evil.- (LEFTARG = pg_catalog.int8, RIGHTARG = pg_catalog.int4, FUNCTION = evil.math);
+           CREATE OPERATOR evil./ (LEFTARG = pg_catalog.int8, RIGHTARG = pg_catalog.int4, FUNCTION = evil.math);
+           CREATE OPERATOR evil.|| (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text, FUNCTION = evil.cat);
+           CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.hijack('the type text'));"#,
+    );
+    let as_app =
+        |sql: &str| s.cluster.psql("src", &format!("SET ROLE app; SET search_path = evil, pg_catalog, public; {sql}"));
+    // The trap springs for what names no schema.
+    for lure in ["SELECT cardinality(ARRAY[1])", "SELECT 'a'::text", "SELECT 'a' = 'b'", "SELECT array_agg(1)"] {
+        let err = as_app(lure).expect_err(lure);
+        assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
+    }
+    // Few keys and many (the chunked path), a key change, a delete.
+    let wrote = as_app(
+        "INSERT INTO t SELECT i, 'c', 'new' FROM generate_series(11, 1500) i;
+         UPDATE t SET v = 'one' WHERE id = 2;
+         UPDATE t SET v = 'all' WHERE id > 5;
+         UPDATE t SET id = 5000 WHERE id = 1;
+         DELETE FROM t WHERE id > 1400 AND id < 5000;",
+    );
+    assert!(wrote.is_ok(), "writes under the hostile search_path: {wrote:?}");
+    s.run("hs");
+    s.assert_same(&["src", "dst"], &["t"]);
+    assert_eq!(s.sql("dst", "SELECT count(*), count(*) FILTER (WHERE v = 'all') FROM t"), "1400|1395");
+}

@@ -207,21 +207,22 @@ const CAPTURED: [(&str, &str); 3] =
 
 /// Triggers of the shape ibex's trigger capture installs on `table`
 /// (engine/src/capture/sql.rs), minus the delta write: a statement trigger
-/// per write with its transition table, a SECURITY DEFINER function with a
-/// fixed search_path, the key-change row trigger's WHEN test, and the kick.
+/// per write with its transition table, a SECURITY DEFINER function that
+/// names its schema for everything it calls, the key-change row trigger's
+/// WHEN test, and the kick.
 /// What capturing with statement triggers costs before a delta row is
 /// written; capture=trigger can be no cheaper. `EXECUTE PROCEDURE`: the
 /// spelling every version accepts (10 has no `EXECUTE FUNCTION`).
 fn trigger_floor(table: &str, key: &str) -> String {
     format!(
         "CREATE FUNCTION floor_{table}() RETURNS trigger
-         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         LANGUAGE plpgsql SECURITY DEFINER AS $f$
          BEGIN
-             PERFORM pg_notify('ibex_changed', 'public.{table}');
+             PERFORM pg_catalog.pg_notify('ibex_changed', 'public.{table}');
              RETURN NULL;
          END $f$;
          CREATE FUNCTION floor_{table}_key() RETURNS trigger
-         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         LANGUAGE plpgsql SECURITY DEFINER AS $f$
          BEGIN RETURN NULL; END $f$;
          CREATE TRIGGER floor_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS ibex_new
              FOR EACH STATEMENT EXECUTE PROCEDURE floor_{table}();

@@ -63,10 +63,11 @@ impl DeltaKey {
     }
 
     /// The delta column's value from the values `value` of a group of
-    /// rows. No cast to the column's type: the trigger functions run with
-    /// `search_path = pg_catalog`, where a user's type name is unknown.
+    /// rows. No cast to the column's type: the trigger functions name
+    /// only `pg_catalog`'s objects (see `capture/sql.rs`), and a user's
+    /// type would have to be named too.
     pub fn aggregate(&self, value: &str) -> String {
-        format!("array_agg({}{})", value, self.text_cast())
+        format!("pg_catalog.array_agg({}{})", value, self.text_cast())
     }
 
     /// The delta column's value for the one key `value`.
@@ -87,7 +88,7 @@ impl DeltaKey {
     }
 
     fn text_cast(&self) -> &'static str {
-        if self.as_text { "::text" } else { "" }
+        if self.as_text { "::pg_catalog.text" } else { "" }
     }
 
     /// The key as read back from the unnested element `element`.
@@ -137,10 +138,11 @@ pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transi
     // run of consecutive rows.
     let (image_columns, image_group) = match image {
         Some(image) => {
-            outer.push("array_agg(r.ibex_image)".to_string());
+            outer.push("pg_catalog.array_agg(r.ibex_image)".to_string());
             (
                 format!(
-                    ", ({image})::text AS ibex_image, sum(octet_length(({image})::text)) OVER w / {IMAGE_BYTES} AS ibex_bytes"
+                    ", ({image})::pg_catalog.text AS ibex_image, \
+                     pg_catalog.sum(pg_catalog.octet_length(({image})::pg_catalog.text)) OVER w OPERATOR(pg_catalog./) {IMAGE_BYTES} AS ibex_bytes"
                 ),
                 ", r.ibex_bytes",
             )
@@ -148,7 +150,7 @@ pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transi
         None => (String::new(), ""),
     };
     format!(
-        "SELECT {}{extra} FROM (SELECT {}{image_columns}, (row_number() OVER w - 1) / {KEYS_PER_ROW} AS ibex_chunk
+        "SELECT {}{extra} FROM (SELECT {}{image_columns}, (pg_catalog.row_number() OVER w OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) {KEYS_PER_ROW} AS ibex_chunk
                                   FROM {transition} {ROW_ALIAS} WINDOW w AS (ROWS UNBOUNDED PRECEDING)) r
           GROUP BY r.ibex_chunk{image_group}",
         outer.join(", "),
@@ -174,7 +176,8 @@ pub fn write_keys(delta: &str, key: &[DeltaKey], extra_columns: &str, extra_valu
     format!(
         "INSERT INTO {delta} ({columns}{extra_columns})
             SELECT {picked}{extra_values} FROM (SELECT {first} OFFSET 0) s
-             WHERE cardinality({counted}) BETWEEN 1 AND {FEW_KEYS};
+             WHERE pg_catalog.cardinality({counted}) OPERATOR(pg_catalog.>=) 1
+               AND pg_catalog.cardinality({counted}) OPERATOR(pg_catalog.<=) {FEW_KEYS};
         IF NOT FOUND THEN
             INSERT INTO {delta} ({columns}{extra_columns}) {chunked};
         END IF;",
@@ -200,7 +203,7 @@ mod tests {
         assert_eq!(plain.single("OLD.\"id\""), "ARRAY[OLD.\"id\"]");
         let array = key("tags", "public.ids", true);
         assert_eq!(array.definition(), "\"tags\" text[] NOT NULL");
-        assert_eq!(array.aggregate("r.\"tags\""), "array_agg(r.\"tags\"::text)");
+        assert_eq!(array.aggregate("r.\"tags\""), "pg_catalog.array_agg(r.\"tags\"::pg_catalog.text)");
         let read = rows("ibex.\"d\"", &[plain, array]);
         assert!(read.contains("u.\"tags\"::public.ids AS \"tags\""), "{read}");
         assert!(read.contains("unnest(s.\"id\", s.\"tags\", s.old_row) AS u(\"id\", \"tags\", ibex_image)"), "{read}");
@@ -212,9 +215,13 @@ mod tests {
         let sql = write_keys("ibex.\"d\"", &keys, ", origin", ", ibex_origin", "ibex_new");
         // Columns are qualified: a key column named like the variable is no clash.
         assert!(sql.contains("ARRAY(SELECT ibex_row.\"ibex_origin\" FROM ibex_new ibex_row LIMIT 1001)"), "{sql}");
-        assert!(sql.contains("ARRAY(SELECT ibex_row.\"b\"::text FROM ibex_new ibex_row LIMIT 1001)"), "{sql}");
+        assert!(
+            sql.contains("ARRAY(SELECT ibex_row.\"b\"::pg_catalog.text FROM ibex_new ibex_row LIMIT 1001)"),
+            "{sql}"
+        );
         assert!(sql.contains("SELECT s.\"ibex_origin\", s.\"b\", ibex_origin FROM"), "{sql}");
-        assert!(sql.contains("WHERE cardinality(s.\"ibex_origin\") BETWEEN 1 AND 1000"), "{sql}");
+        assert!(sql.contains("WHERE pg_catalog.cardinality(s.\"ibex_origin\") OPERATOR(pg_catalog.>=) 1"), "{sql}");
+        assert!(sql.contains("AND pg_catalog.cardinality(s.\"ibex_origin\") OPERATOR(pg_catalog.<=) 1000"), "{sql}");
         assert!(sql.contains("IF NOT FOUND THEN"), "{sql}");
         assert!(sql.contains("FROM ibex_new ibex_row WINDOW w"), "{sql}");
     }

@@ -108,10 +108,11 @@ ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS capture text NOT NULL DEFAULT
 -- earlier ibex; converted on the next reconcile) or 'statement'.
 ALTER TABLE ibex.captured ADD COLUMN IF NOT EXISTS layout text NOT NULL DEFAULT 'row';
 -- The kick of WAL-captured tables: nothing else fires in their writers.
+-- Every name qualified, no SET clause: see function_bodies.
 CREATE OR REPLACE FUNCTION ibex.kick() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('ibex_changed', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    PERFORM pg_catalog.pg_notify('ibex_changed', TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) TG_TABLE_NAME);
     RETURN NULL;
 END
 $$;
@@ -344,6 +345,15 @@ pub fn statement_function_signature(table: &QualifiedName) -> String {
 
 /// The statement function (inserts, updates, deletes) and the key function
 /// (a key changed in an UPDATE) of one table.
+///
+/// They run as their owner (SECURITY DEFINER: writers need no right on the
+/// delta table) with the writer's search_path, so every function, operator
+/// and type in them is named with its schema, `pg_catalog`, and the only
+/// unqualified relations are the transition tables, which the parser finds
+/// before any schema. No `SET search_path` clause: it made each call set
+/// and restore the setting, about 2 µs of a single-row statement's 18 µs
+/// (by hand on PG 15, 50,000 single-row UPDATEs in a loop). The test
+/// `a_writer_s_search_path_cannot_reach_into_capture` holds them to it.
 fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
     let delta = delta_table(&table.name);
     let statement_fn = function_name(&table.name, "");
@@ -359,8 +369,8 @@ fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
     };
     let image = table.old_image.as_ref().map(|columns| {
         let image: Vec<String> =
-            columns.iter().map(|c| format!("{}.{}::text", delta::ROW_ALIAS, quote_ident(c))).collect();
-        format!("ARRAY[{}]::text[]", image.join(", "))
+            columns.iter().map(|c| format!("{}.{}::pg_catalog.text", delta::ROW_ALIAS, quote_ident(c))).collect();
+        format!("ARRAY[{}]::pg_catalog.text[]", image.join(", "))
     });
     let old_insert = match &image {
         Some(image) => format!(
@@ -375,7 +385,7 @@ fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
     // not two. Its payload is written here, not concatenated per statement.
     let kick = if table.kick {
         let payload = super::kick_payload(&table.name);
-        format!("PERFORM pg_notify({}, {});", quote_literal(KICK_CHANNEL), quote_literal(&payload))
+        format!("PERFORM pg_catalog.pg_notify({}, {});", quote_literal(KICK_CHANNEL), quote_literal(&payload))
     } else {
         String::new()
     };
@@ -386,12 +396,12 @@ fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {statement_fn}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp{group_by_sort} AS $ibex$
+LANGUAGE plpgsql SECURITY DEFINER{group_by_sort} AS $ibex$
 {declare}BEGIN
     {replica_check}
-    IF TG_OP = 'DELETE' THEN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         {old_insert}
-    ELSIF TG_OP = 'UPDATE' THEN
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
         {update_old}
         {new_insert}
     ELSE
@@ -406,7 +416,7 @@ $ibex$;"
     let _ = writeln!(
         sql,
         "CREATE OR REPLACE FUNCTION {key_fn}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ibex$
+LANGUAGE plpgsql SECURITY DEFINER AS $ibex$
 {declare}BEGIN
     {replica_check}
     INSERT INTO {delta} ({key_list}{origin_col}) VALUES ({}{origin_val});
@@ -422,16 +432,20 @@ $ibex$;",
 /// under replica mode it captures only makedelta writes, tagged with the
 /// writing sync (ibex sets `ibex.origin` and `ibex.makedelta` in its runs).
 fn replica_check(writes: IbexWrites) -> (&'static str, String) {
-    let asked = "coalesce(current_setting('ibex.makedelta', true), '') <> 'on'";
+    let asked = "coalesce(pg_catalog.current_setting('ibex.makedelta', true), '') OPERATOR(pg_catalog.<>) 'on'";
     let skip = match writes {
         IbexWrites::Ignore => return ("", String::new()),
         IbexWrites::All => String::new(),
         IbexWrites::WhenAsked => format!("IF {asked} THEN RETURN NULL; END IF;\n        "),
     };
     (
-        "DECLARE\n    ibex_origin text;\n",
+        "DECLARE\n    ibex_origin pg_catalog.text;\n",
+        // No NULLIF: it looks its `=` up by the caller's search_path.
         format!(
-            "IF current_setting('session_replication_role') = 'replica' THEN\n        {skip}ibex_origin := nullif(current_setting('ibex.origin', true), '');\n    END IF;"
+            "IF pg_catalog.current_setting('session_replication_role') OPERATOR(pg_catalog.=) 'replica' THEN
+        {skip}ibex_origin := pg_catalog.current_setting('ibex.origin', true);
+        IF ibex_origin OPERATOR(pg_catalog.=) '' THEN ibex_origin := NULL; END IF;
+    END IF;"
         ),
     )
 }
@@ -590,7 +604,11 @@ mod tests {
         assert!(old.contains("ENABLE ALWAYS TRIGGER ibex_capture_insert"), "{old}");
         assert!(old.contains("current_setting('ibex.makedelta', true)"), "{old}");
         let all = install_table(&table(IbexWrites::All), &v17, CaptureMode::Trigger);
-        assert!(all.contains("ibex_origin := nullif(current_setting('ibex.origin', true), '')"), "{all}");
+        assert!(all.contains("ibex_origin := pg_catalog.current_setting('ibex.origin', true);"), "{all}");
+        // The capture functions take the writer's search_path (see function_bodies).
+        for sql in [&plain, &old, &all] {
+            assert!(!sql.contains("search_path") && !sql.contains("nullif"), "{sql}");
+        }
         assert!(!all.contains("ibex.makedelta"), "a makedelta table captures every ibex write: {all}");
         let wal = install_table(&table(IbexWrites::Ignore), &v17, CaptureMode::Wal);
         assert!(wal.contains("CREATE TRIGGER ibex_capture_truncate") && wal.contains("ibex.kick()"), "{wal}");

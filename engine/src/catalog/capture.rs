@@ -50,8 +50,8 @@ pub async fn needs(c: &impl GenericClient, db: &str) -> Result<(Vec<CaptureReade
     let rows = c
         .query(
             "SELECT s.name, s.autokick, r.schema_name, r.rel_name, r.key_columns, r.capture_old, r.makedelta,
-                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.makedelta OR r.makedelta), '{}'),
-                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE NOT (w.makedelta OR r.makedelta)), '{}')
+                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL AND (w.makedelta OR r.makedelta)), '{}'),
+                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL AND NOT (w.makedelta OR r.makedelta)), '{}')
                FROM ibex.sync s
                JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup AND m.role = 'source'
                JOIN ibex.herd_member h ON h.herd = s.herd
