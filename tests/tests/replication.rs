@@ -656,6 +656,8 @@ fn writer_s_search_path(capture: &str) {
     } else {
         Setup::one_way(schema, "t", "hs", "")
     };
+    // Before any sync writes into src, makedelta has nothing to keep.
+    s.ibex.sh("update table t makedelta=true").ok();
     // A sync that writes into src, whose writes src's capture keeps
     // (makedelta): the capture functions test the session's role.
     s.cluster.create_db("up").unwrap();
