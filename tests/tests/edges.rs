@@ -844,10 +844,12 @@ fn array_and_domain_over_array_keys_are_captured() {
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE k = ARRAY[0, 0]"), "1");
 }
 
-/// Statements of every size around the delta's two writers (one INSERT
-/// for at most 1,000 keys, chunks of 100,000 beyond): each changed key is
-/// in the delta once, an empty statement writes nothing, and a sync
-/// applies them all. Two key columns, one kept as text (a domain).
+/// Statements of every size around the delta's writers (one INSERT for at
+/// most 1,000 keys; beyond, rows of 100,000 keys, sliced from one array
+/// where the key's values have one size, else by the chunking aggregate):
+/// each changed key is in the delta once, an empty statement writes
+/// nothing, and a sync applies them all. Two tables of two key columns:
+/// `t`'s second kept as text (a domain), `f`'s of fixed size.
 #[test]
 fn statements_of_every_size_are_captured_key_for_key() {
     // makedelta: the trigger declares its variable ibex_origin, the name
@@ -855,47 +857,57 @@ fn statements_of_every_size_are_captured_key_for_key() {
     let s = Setup::one_way(
         "CREATE DOMAIN code AS text;
          CREATE TABLE t (a int, b code, v int, PRIMARY KEY (a, b));
+         CREATE TABLE f (a int, b bigint, v int, PRIMARY KEY (a, b));
          CREATE TABLE odd (ibex_origin int, ibex_row text, ibex_n int, PRIMARY KEY (ibex_origin, ibex_row))",
-        "t odd",
+        "t f odd",
         "sizes",
         "makedelta=true",
     );
-    let statements = [
-        "INSERT INTO t SELECT i, 'c' || i, 0 FROM generate_series(1, 250000) i".to_string(),
-        "UPDATE t SET v = v + 1 WHERE a BETWEEN 1 AND 0".to_string(),
-        "UPDATE t SET v = v + 1 WHERE a BETWEEN 1 AND 1".to_string(),
-        "UPDATE t SET v = v + 1 WHERE a BETWEEN 2 AND 1000".to_string(),
-        "UPDATE t SET v = v + 1 WHERE a BETWEEN 1001 AND 2001".to_string(),
-        "UPDATE t SET v = v + 1 WHERE a BETWEEN 3000 AND 103000".to_string(),
-        "DELETE FROM t WHERE a > 249000".to_string(),
-        // An upsert fires the INSERT and the UPDATE trigger: one is empty.
-        "INSERT INTO t VALUES (5, 'c5', 0) ON CONFLICT (a, b) DO UPDATE SET v = t.v + 1".to_string(),
-    ];
-    for statement in &statements {
-        s.sql("src", statement);
-        s.sql("dst", statement);
+    // Each table's b as a function of a.
+    for (table, b_of) in [("t", "'c' || {a}"), ("f", "{a} * 10")] {
+        let b = |a: &str| b_of.replace("{a}", a);
+        let statements = [
+            format!("INSERT INTO {table} SELECT i, {}, 0 FROM generate_series(1, 250000) i", b("i")),
+            format!("UPDATE {table} SET v = v + 1 WHERE a BETWEEN 1 AND 0"),
+            format!("UPDATE {table} SET v = v + 1 WHERE a BETWEEN 1 AND 1"),
+            format!("UPDATE {table} SET v = v + 1 WHERE a BETWEEN 2 AND 1000"),
+            format!("UPDATE {table} SET v = v + 1 WHERE a BETWEEN 1001 AND 2001"),
+            format!("UPDATE {table} SET v = v + 1 WHERE a BETWEEN 3000 AND 103000"),
+            format!("DELETE FROM {table} WHERE a > 249000"),
+            // An upsert fires the INSERT and the UPDATE trigger: one is empty.
+            format!("INSERT INTO {table} VALUES (5, {}, 0) ON CONFLICT (a, b) DO UPDATE SET v = {table}.v + 1", b("5")),
+        ];
+        for statement in &statements {
+            s.sql("src", statement);
+            s.sql("dst", statement);
+        }
+        let delta = delta_of(&s, "src", table);
+        let keys_per_row = s.sql(
+            "src",
+            &format!("SELECT string_agg(cardinality(a)::text, ',' ORDER BY txid, cardinality(a)) FROM {delta}"),
+        );
+        // 250,000 inserted keys are two full rows and a half one; the empty
+        // statement wrote nothing; 1,001 keys are one row; 100,001 are two.
+        assert_eq!(keys_per_row, "50000,100000,100000,1,999,1001,1,100000,1000,1", "{table}");
+        let pairs = s.sql(
+            "src",
+            &format!(
+                "SELECT count(*) || ' ' || count(DISTINCT (d.txid, k.a, k.b)) || ' ' || count(DISTINCT (k.a, k.b))
+                        || ' ' || bool_and(k.b = {})
+                   FROM {delta} d CROSS JOIN LATERAL unnest(d.a, d.b) AS k(a, b)",
+                b("k.a")
+            ),
+        );
+        assert_eq!(pairs, "353003 353003 250000 true", "{table}: every key of a statement once, its columns paired");
+        for statement in [
+            format!("UPDATE {table} SET v = v + 1 WHERE a <= 1500"),
+            format!("UPDATE {table} SET v = v + 1 WHERE a = 7"),
+            format!("DELETE FROM {table} WHERE a BETWEEN 200000 AND 200500"),
+        ] {
+            s.sql("src", &statement);
+        }
     }
-    let delta = delta_of(&s, "src", "t");
-    let keys_per_row = s.sql(
-        "src",
-        &format!("SELECT string_agg(cardinality(a)::text, ',' ORDER BY txid, cardinality(a)) FROM {delta}"),
-    );
-    // 250,000 inserted keys are two full chunks and a half one; the empty
-    // statement wrote nothing; 1,001 keys are one row; 100,001 are two.
-    assert_eq!(keys_per_row, "50000,100000,100000,1,999,1001,1,100000,1000,1");
-    let pairs = s.sql(
-        "src",
-        &format!(
-            "SELECT count(*) || ' ' || count(DISTINCT (d.txid, k.a, k.b)) || ' ' || count(DISTINCT (k.a, k.b))
-                    || ' ' || bool_and(k.b = 'c' || k.a)
-               FROM {delta} d CROSS JOIN LATERAL unnest(d.a, d.b) AS k(a, b)"
-        ),
-    );
-    assert_eq!(pairs, "353003 353003 250000 true", "every key of a statement once, its columns paired");
     for statement in [
-        "UPDATE t SET v = v + 1 WHERE a <= 1500",
-        "UPDATE t SET v = v + 1 WHERE a = 7",
-        "DELETE FROM t WHERE a BETWEEN 200000 AND 200500",
         // Key columns named like the trigger's variable and row alias.
         "INSERT INTO odd SELECT i, 'r' || i, i FROM generate_series(1, 3) i",
         "UPDATE odd SET ibex_n = 0 WHERE ibex_origin = 2",
@@ -905,7 +917,7 @@ fn statements_of_every_size_are_captured_key_for_key() {
     }
     let run = s.run("sizes");
     assert_eq!(run["run"]["state"], "good", "{run}");
-    s.assert_same(&["src", "dst"], &["t", "odd"]);
+    s.assert_same(&["src", "dst"], &["t", "f", "odd"]);
     assert_eq!(
         s.sql("dst", "SELECT string_agg(ibex_origin || ibex_row || ibex_n, ',' ORDER BY 1) FROM odd"),
         "1r11,2r20"

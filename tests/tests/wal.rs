@@ -158,6 +158,27 @@ fn a_db_whose_slot_was_lost_goes_back_to_triggers() {
     s.assert_same(&["src", "dst"], &["t"]);
 }
 
+/// A catalog that says triggers (restored from a backup taken before the
+/// switch to WAL) while the db still holds its lost slot: `ibex apply` of
+/// capture = "wal" replaces the slot and says to reconcile, as
+/// `update db` does.
+#[test]
+fn apply_replacing_a_lost_slot_says_to_reconcile() {
+    let s = Setup::one_way_wal("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "push", "autokick=false");
+    let file = s.cluster.dir().join("wal.toml");
+    std::fs::write(&file, s.ibex.sh("dump").ok().stdout).unwrap();
+    lose_the_slot(&s);
+    s.sql("ibex", "UPDATE ibex.db SET capture = 'trigger' WHERE name = 'src'");
+    let out = s.ibex.run(&["apply", file.to_str().unwrap(), "--yes"]).ok();
+    assert!(
+        out.stderr.contains("run `ibex reconcile SYNC` for each sync reading db src"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(s.sql("src", "SELECT wal_status <> 'lost' FROM pg_replication_slots"), "t");
+}
+
 /// The server invalidates a slot that falls more than
 /// max_slot_wal_keep_size behind: runs and validate name it and the way
 /// back; `update db ... capture=wal` replaces it and says to reconcile,

@@ -404,6 +404,16 @@ impl SlotMade {
     pub fn is_new(self) -> bool {
         self != SlotMade::Existing
     }
+
+    /// What the user must do after this on db `db`: a replaced slot missed
+    /// what was committed while there was none.
+    pub fn warning(self, db: &str) -> Option<String> {
+        (self == SlotMade::Replaced).then(|| {
+            format!(
+                "db {db}: its WAL capture slot had been invalidated by the server or dropped, and a new one replaces it; changes committed before it were not all captured: run `ibex reconcile SYNC` for each sync reading db {db}"
+            )
+        })
+    }
 }
 
 /// Creates the WAL capture slot of `owner`'s catalog on the db unless it

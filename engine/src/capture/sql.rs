@@ -507,7 +507,12 @@ mod tests {
     fn table(writes: IbexWrites) -> CaptureTable {
         CaptureTable {
             name: QualifiedName::new("public", "t"),
-            key: vec![delta::DeltaKey { name: "id".into(), type_sql: "integer".into(), as_text: false }],
+            key: vec![delta::DeltaKey {
+                name: "id".into(),
+                type_sql: "integer".into(),
+                as_text: false,
+                fixed_bytes: Some(4),
+            }],
             kick: true,
             old_image: None,
             ibex_writes: writes,

@@ -264,11 +264,8 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     if switched {
         ctx.out.done(format!("db {}: capture is now {}", args.name, db.capture.as_str()));
     }
-    if slot == crate::capture::SlotMade::Replaced {
-        ctx.out.warn(format!(
-            "db {0}: its WAL capture slot had been invalidated by the server or dropped, and a new one replaces it; changes committed before it were not all captured: run `ibex reconcile SYNC` for each sync reading db {0}",
-            args.name
-        ));
+    if let Some(warning) = slot.warning(&args.name) {
+        ctx.out.warn(warning);
     }
     if let Some(report) = report {
         for warning in &report.warnings {

@@ -139,11 +139,11 @@ pub async fn apply(ctx: &Context, args: ApplyArgs) -> Result<()> {
     let (lines, warnings) = match changed {
         Ok(done) => done,
         Err(err) => {
-            declare::apply::drop_wal_slots(cat.client(), &slots).await;
+            declare::apply::drop_wal_slots(cat.client(), &slots.made).await;
             return Err(err);
         }
     };
-    for warning in warnings {
+    for warning in warnings.into_iter().chain(slots.warnings) {
         ctx.out.warn(warning);
     }
     if ctx.out.json {

@@ -36,13 +36,13 @@ pub struct Applied {
 /// made before the catalog's transaction (a slot waits for every open
 /// transaction, that one included: see `capture::create_wal_slot`). A
 /// refusal (wal_level, free slots) stops the apply before anything changed.
-/// Returns the dbs whose slot was made here, to drop if the apply fails.
 pub async fn prepare_wal_slots(
     catalog_client: &impl tokio_postgres::GenericClient,
     current: &State,
     desired: &State,
-) -> Result<Vec<catalog::dbs::DbRecord>> {
+) -> Result<PreparedSlots> {
     let mut made = Vec::new();
+    let mut warnings = Vec::new();
     for (name, db) in &desired.dbs {
         let was_wal = current.dbs.get(name).is_some_and(|c| c.capture == crate::capture::CaptureMode::Wal);
         if db.capture != crate::capture::CaptureMode::Wal || db.target.is_some() || was_wal {
@@ -56,15 +56,27 @@ pub async fn prepare_wal_slots(
             capture: db.capture,
         };
         match crate::sync::setup::prepare_wal_slot(catalog_client, &record).await {
-            Ok(slot) if slot.is_new() => made.push(record),
-            Ok(_) => {}
+            Ok(slot) => {
+                warnings.extend(slot.warning(name));
+                if slot.is_new() {
+                    made.push(record);
+                }
+            }
             Err(err) => {
                 drop_wal_slots(catalog_client, &made).await;
                 return Err(err);
             }
         }
     }
-    Ok(made)
+    Ok(PreparedSlots { made, warnings })
+}
+
+/// What [`prepare_wal_slots`] did.
+pub struct PreparedSlots {
+    /// The dbs whose slot was made here, to drop if the apply fails.
+    pub made: Vec<catalog::dbs::DbRecord>,
+    /// Slots that replaced lost ones: for once the apply has landed.
+    pub warnings: Vec<String>,
 }
 
 /// Drops the slots `prepare_wal_slots` made, after a failed apply; a slot

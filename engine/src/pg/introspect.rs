@@ -204,6 +204,10 @@ pub struct LiveColumn {
     /// array of domains is not one type on every version (none on 10,
     /// their base type's in `array_agg`).
     pub kept_as_text_in_delta: bool,
+    /// The size of every value of the type, where all have one
+    /// (`pg_type.typlen` > 0: integers, uuid, timestamps); none for
+    /// types of varying length.
+    pub fixed_bytes: Option<u16>,
 }
 
 impl LiveColumn {
@@ -272,7 +276,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                            UNION ALL
                            SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
                        SELECT format_type(oid, NULL) FROM under WHERE base = 0) END,
-                    t.typtype = 'd' OR t.typcategory = 'A'
+                    t.typtype = 'd' OR t.typcategory = 'A', t.typlen
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
@@ -301,6 +305,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                 oids_in_binary: r.get(6),
                 domain_base_sql: r.get(7),
                 kept_as_text_in_delta: r.get(8),
+                fixed_bytes: u16::try_from(r.get::<_, i16>(9)).ok().filter(|bytes| *bytes > 0),
             })
             .collect(),
     ))

@@ -52,11 +52,7 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
                 .iter()
                 .find(|c| &c.name == col)
                 .ok_or_else(|| Error::Schema(format!("table {} on db {db} lacks key column {col}", need.table)))?;
-            key.push(capture::DeltaKey {
-                name: col.clone(),
-                type_sql: live.type_sql.clone(),
-                as_text: live.kept_as_text_in_delta,
-            });
+            key.push(capture::DeltaKey::of(live));
         }
         let old_image =
             need.capture_old.then(|| columns.iter().filter(|c| !c.generated).map(|c| c.name.clone()).collect());

@@ -44,10 +44,7 @@ impl TableSpec {
 
     /// The key as the delta table keeps it.
     pub fn delta_keys(&self) -> Vec<DeltaKey> {
-        self.key
-            .iter()
-            .map(|c| DeltaKey { name: c.name.clone(), type_sql: c.type_sql.clone(), as_text: c.kept_as_text_in_delta })
-            .collect()
+        self.key.iter().map(DeltaKey::of).collect()
     }
 
     pub fn column_list(&self) -> String {

@@ -167,6 +167,7 @@ mod tests {
             oids_in_binary: false,
             domain_base_sql: None,
             kept_as_text_in_delta: false,
+            fixed_bytes: None,
         }
     }
 
