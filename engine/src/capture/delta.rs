@@ -197,7 +197,9 @@ fn sliced_limit(key: &[DeltaKey]) -> Option<u32> {
 ///   chunking aggregate, whose window and hash aggregate cost the rest;
 /// - a larger one is written by that aggregate;
 /// - an empty one (an UPDATE that matched nothing, the unused half of an
-///   upsert) writes nothing.
+///   upsert) writes nothing, and costs the first INSERT and a test for
+///   more rows: by hand on PG 15, 9.8 µs against 13.2 µs when it went
+///   through the aggregate too (2.5 µs without capture).
 ///
 /// No plpgsql variable of its own, and every column qualified: a key
 /// column may have any name. `OFFSET 0` keeps a subquery whole, so each
@@ -242,13 +244,18 @@ pub fn write_keys(delta: &str, key: &[DeltaKey], extra_columns: &str, extra_valu
         }
         None => chunked,
     };
+    // Nothing written: an empty statement or a larger one. The test for
+    // a row past the first FEW_KEYS runs only then, so a single-row
+    // statement pays nothing for it, and an empty one stops there.
     format!(
         "INSERT INTO {delta} ({columns}{extra_columns})
             SELECT {picked}{extra_values} FROM (SELECT {first} OFFSET 0) s
              WHERE pg_catalog.cardinality({counted}) OPERATOR(pg_catalog.>=) 1
                AND pg_catalog.cardinality({counted}) OPERATOR(pg_catalog.<=) {FEW_KEYS};
         IF NOT FOUND THEN
+          IF EXISTS (SELECT FROM {transition} {ROW_ALIAS} OFFSET {FEW_KEYS}) THEN
             {larger}
+          END IF;
         END IF;",
         columns = columns.join(", "),
         picked = picked.join(", "),
