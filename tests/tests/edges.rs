@@ -858,8 +858,9 @@ fn statements_of_every_size_are_captured_key_for_key() {
         "CREATE DOMAIN code AS text;
          CREATE TABLE t (a int, b code, v int, PRIMARY KEY (a, b));
          CREATE TABLE f (a int, b bigint, v int, PRIMARY KEY (a, b));
+         CREATE TABLE w (a name, b name, c name, PRIMARY KEY (a, b, c));
          CREATE TABLE odd (ibex_origin int, ibex_row text, ibex_n int, PRIMARY KEY (ibex_origin, ibex_row))",
-        "t f odd",
+        "t f odd w",
         "sizes",
         "makedelta=true",
     );
@@ -899,6 +900,14 @@ fn statements_of_every_size_are_captured_key_for_key() {
             ),
         );
         assert_eq!(pairs, "353003 353003 250000 true", "{table}: every key of a statement once, its columns paired");
+        let sliced = s.sql(
+            "src",
+            &format!(
+                "SELECT p.prosrc LIKE '%ibex_slice%' FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+                  WHERE g.tgrelid = '{table}'::regclass AND g.tgname = 'ibex_capture_insert'"
+            ),
+        );
+        assert_eq!(sliced, if table == "f" { "t" } else { "f" }, "{table}: sliced only where the key has one size");
         for statement in [
             format!("UPDATE {table} SET v = v + 1 WHERE a <= 1500"),
             format!("UPDATE {table} SET v = v + 1 WHERE a = 7"),
@@ -915,9 +924,24 @@ fn statements_of_every_size_are_captured_key_for_key() {
     ] {
         s.sql("src", statement);
     }
+    // Three name columns (64 bytes each) bound the sliced path below
+    // 200,000 keys: such a statement falls back to the aggregate.
+    s.sql("src", "INSERT INTO w SELECT i::text, i::text, i::text FROM generate_series(1, 200000) i");
+    let delta = delta_of(&s, "src", "w");
+    assert_eq!(
+        s.sql(
+            "src",
+            &format!(
+                "SELECT string_agg(cardinality(a)::text, ',') || ' ' || (SELECT count(DISTINCT (k.a, k.b, k.c))
+                   FROM {delta} d CROSS JOIN LATERAL unnest(d.a, d.b, d.c) AS k(a, b, c) WHERE k.a = k.b AND k.b = k.c)
+                   FROM {delta}"
+            )
+        ),
+        "100000,100000 200000"
+    );
     let run = s.run("sizes");
     assert_eq!(run["run"]["state"], "good", "{run}");
-    s.assert_same(&["src", "dst"], &["t", "f", "odd"]);
+    s.assert_same(&["src", "dst"], &["t", "f", "odd", "w"]);
     assert_eq!(
         s.sql("dst", "SELECT string_agg(ibex_origin || ibex_row || ibex_n, ',' ORDER BY 1) FROM odd"),
         "1r11,2r20"

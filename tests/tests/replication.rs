@@ -650,11 +650,14 @@ fn a_writer_s_search_path_cannot_reach_into_capture_with_wal_capture() {
 fn writer_s_search_path(capture: &str) {
     let schema = "CREATE DOMAIN code AS text;
          CREATE TABLE t (id int, tag code, v text, PRIMARY KEY (id, tag));
-         INSERT INTO t SELECT i, 'c', 'v' FROM generate_series(1, 10) i;";
+         INSERT INTO t SELECT i, 'c', 'v' FROM generate_series(1, 10) i;
+         CREATE TABLE g (id int PRIMARY KEY, v text);";
+    // t's key is partly kept as text (the aggregate writes its large
+    // statements), g's of fixed size (they are sliced).
     let s = if capture == "wal" {
-        Setup::one_way_wal(schema, "t", "hs", "")
+        Setup::one_way_wal(schema, "t g", "hs", "")
     } else {
-        Setup::one_way(schema, "t", "hs", "")
+        Setup::one_way(schema, "t g", "hs", "")
     };
     // Before any sync writes into src, makedelta has nothing to keep.
     s.ibex.sh("update table t makedelta=true").ok();
@@ -665,10 +668,11 @@ fn writer_s_search_path(capture: &str) {
     s.add_db("up", "up").ok();
     s.ibex.sh("add sync feed herd=h dbs=up:source,src:target").ok();
     s.ibex.sh("update table t capture_old=true makedelta=true").ok();
+    s.ibex.sh("update table g makedelta=true").ok();
     s.sql(
         "src",
         r#"CREATE ROLE app;
-           GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app;
+           GRANT SELECT, INSERT, UPDATE, DELETE ON t, g TO app;
            CREATE SCHEMA evil;
            GRANT USAGE ON SCHEMA evil TO app;
            CREATE FUNCTION evil.hijack(what pg_catalog.text) RETURNS pg_catalog.bool LANGUAGE plpgsql AS
@@ -683,6 +687,10 @@ fn writer_s_search_path(capture: &str) {
                $f$ SELECT '' WHERE evil.hijack('current_setting') $f$;
            CREATE FUNCTION evil.pg_notify(pg_catalog.text, pg_catalog.text) RETURNS void LANGUAGE sql AS
                $f$ SELECT WHERE evil.hijack('pg_notify') $f$;
+           CREATE FUNCTION evil.generate_series(pg_catalog.int4, pg_catalog.int4, pg_catalog.int4)
+               RETURNS SETOF pg_catalog.int4 LANGUAGE sql AS $f$ SELECT 0 WHERE evil.hijack('generate_series') $f$;
+           CREATE FUNCTION evil.plus(pg_catalog.int4, pg_catalog.int4) RETURNS pg_catalog.int4 LANGUAGE sql AS
+               $f$ SELECT 0 WHERE evil.hijack('an operator') $f$;
            CREATE FUNCTION evil.step(anyarray, anyelement) RETURNS anyarray LANGUAGE sql AS
                $f$ SELECT $1 WHERE evil.hijack('an aggregate') $f$;
            CREATE FUNCTION evil.sum_step(pg_catalog.int8, pg_catalog.int4) RETURNS pg_catalog.int8 LANGUAGE sql AS
@@ -705,12 +713,21 @@ fn writer_s_search_path(capture: &str) {
            CREATE OPERATOR evil.- (LEFTARG = pg_catalog.int8, RIGHTARG = pg_catalog.int4, FUNCTION = evil.math);
            CREATE OPERATOR evil./ (LEFTARG = pg_catalog.int8, RIGHTARG = pg_catalog.int4, FUNCTION = evil.math);
            CREATE OPERATOR evil.|| (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text, FUNCTION = evil.cat);
+           CREATE OPERATOR evil.+ (LEFTARG = pg_catalog.int4, RIGHTARG = pg_catalog.int4, FUNCTION = evil.plus);
+           CREATE OPERATOR evil.- (LEFTARG = pg_catalog.int4, RIGHTARG = pg_catalog.int4, FUNCTION = evil.plus);
            CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.hijack('the type text'));"#,
     );
     let as_app =
         |sql: &str| s.cluster.psql("src", &format!("SET ROLE app; SET search_path = evil, pg_catalog, public; {sql}"));
     // The trap springs for what names no schema.
-    for lure in ["SELECT cardinality(ARRAY[1])", "SELECT 'a'::text", "SELECT 'a' = 'b'", "SELECT array_agg(1)"] {
+    for lure in [
+        "SELECT cardinality(ARRAY[1])",
+        "SELECT 'a'::text",
+        "SELECT 'a' = 'b'",
+        "SELECT array_agg(1)",
+        "SELECT 1 + 1",
+        "SELECT generate_series(1, 2, 1)",
+    ] {
         let err = as_app(lure).expect_err(lure);
         assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
     }
@@ -720,10 +737,14 @@ fn writer_s_search_path(capture: &str) {
          UPDATE t SET v = 'one' WHERE id = 2;
          UPDATE t SET v = 'all' WHERE id > 5;
          UPDATE t SET id = 5000 WHERE id = 1;
-         DELETE FROM t WHERE id > 1400 AND id < 5000;",
+         DELETE FROM t WHERE id > 1400 AND id < 5000;
+         INSERT INTO g SELECT i, 'new' FROM generate_series(1, 1500) i;
+         UPDATE g SET v = 'all';
+         DELETE FROM g WHERE id > 1400;",
     );
     assert!(wrote.is_ok(), "writes under the hostile search_path: {wrote:?}");
     s.run("hs");
-    s.assert_same(&["src", "dst"], &["t"]);
+    s.assert_same(&["src", "dst"], &["t", "g"]);
     assert_eq!(s.sql("dst", "SELECT count(*), count(*) FILTER (WHERE v = 'all') FROM t"), "1400|1395");
+    assert_eq!(s.sql("dst", "SELECT count(*), count(*) FILTER (WHERE v = 'all') FROM g"), "1400|1400");
 }

@@ -20,7 +20,7 @@ pub const KEYS_PER_ROW: u32 = 100_000;
 
 /// The most keys a statement's delta row is written for in one INSERT of
 /// `ARRAY(SELECT key ...)` (see `write_keys`); a statement of more keys is
-/// written by the chunking aggregate. Most statements change a row or a
+/// sliced or written by the chunking aggregate. Most statements change a row or a
 /// few: by hand on PG 15, a single-row UPDATE with capture took 20.3 µs
 /// this way against 21.4-28.1 µs through the aggregate (10-12.6 µs bare).
 pub const FEW_KEYS: u32 = 1_000;
@@ -90,12 +90,12 @@ impl DeltaKey {
         format!("ARRAY[{}{}]", value, self.text_cast())
     }
 
-    /// The delta column's value from the first `limit` rows of the
+    /// The delta column's value from the first `rows` rows of the
     /// transition table `transition` (each key array scans it in the same
     /// order: a tuplestore is read in insertion order).
-    fn first(&self, transition: &str, limit: u32) -> String {
+    fn first(&self, transition: &str, rows: u32) -> String {
         format!(
-            "ARRAY(SELECT {ROW_ALIAS}.{}{} FROM {transition} {ROW_ALIAS} LIMIT {limit})",
+            "ARRAY(SELECT {ROW_ALIAS}.{}{} FROM {transition} {ROW_ALIAS} LIMIT {rows})",
             quote_ident(&self.name),
             self.text_cast(),
         )
@@ -173,9 +173,11 @@ pub fn aggregate_rows(key: &[DeltaKey], image: Option<&str>, extra: &str, transi
 }
 
 /// The most keys a statement's delta rows are written for by slicing one
-/// array per key column (see `write_keys`), and the most bytes those
-/// arrays may hold together.
+/// array per key column (see `write_keys`).
 pub const SLICED_KEYS: u32 = 1_000_000;
+/// The most bytes of key values those arrays may hold together, counted
+/// as `typlen` per value: alignment and the copies made while an array is
+/// built can take two or three times as much, still bounded.
 pub const SLICED_BYTES: u32 = 32 << 20;
 
 /// How many keys of `key` a statement may change and still be written by
@@ -207,9 +209,11 @@ fn sliced_limit(key: &[DeltaKey]) -> Option<u32> {
 /// hand on PG 15: 20.3 µs vs 21.9-23.1 µs).
 pub fn write_keys(delta: &str, key: &[DeltaKey], extra_columns: &str, extra_values: &str, transition: &str) -> String {
     let columns: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
-    let first = |limit: u32| -> String {
+    // The key arrays of the first `most` keys and one more, which tells a
+    // statement of more keys.
+    let first = |most: u32| -> String {
         let arrays: Vec<String> =
-            key.iter().map(|k| format!("{} AS {}", k.first(transition, limit + 1), quote_ident(&k.name))).collect();
+            key.iter().map(|k| format!("{} AS {}", k.first(transition, most + 1), quote_ident(&k.name))).collect();
         arrays.join(", ")
     };
     let picked: Vec<String> = key.iter().map(|k| format!("s.{}", quote_ident(&k.name))).collect();

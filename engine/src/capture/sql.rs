@@ -519,6 +519,88 @@ mod tests {
         }
     }
 
+    /// The capture functions' bodies with string literals, quoted names,
+    /// schema-qualified operators and casts to pg_catalog.text taken out:
+    /// what is left must name no operator, function or type unqualified.
+    fn unqualified_in(body: &str) -> Vec<String> {
+        let mut plain = String::new();
+        let mut quote: Option<char> = None;
+        for c in body.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '\'' || c == '"' => {
+                    quote = Some(c);
+                    plain.push('q');
+                }
+                None => plain.push(c),
+            }
+        }
+        let mut plain = plain.replace("::pg_catalog.text[]", "").replace("::pg_catalog.text", "").replace(":=", " ");
+        for op in ["=", "<>", ">=", "<=", "+", "-", "/", "||"] {
+            plain = plain.replace(&format!("OPERATOR(pg_catalog.{op})"), " op ");
+        }
+        let mut found: Vec<String> = plain
+            .split(|c: char| c.is_alphanumeric() || c == '_' || c.is_whitespace() || "(),;.[]".contains(c))
+            .filter(|rest| !rest.is_empty() && *rest != ":")
+            .map(|op| format!("operator {op}"))
+            .collect();
+        // Syntax that looks its operator up by name.
+        for syntax in ["BETWEEN", "NULLIF", "nullif", "DISTINCT FROM", "LIKE", " IN ("] {
+            if plain.contains(syntax) {
+                found.push(format!("syntax {syntax}"));
+            }
+        }
+        // A name followed by `(` is a call unless qualified, a keyword, or
+        // an alias's column list (`AS name(`).
+        let keywords = ["ARRAY", "EXISTS", "coalesce", "VALUES", "AS", "FROM", "AND", "OR", "NOT", "IN", "WHERE"];
+        let words: Vec<&str> = plain.split_inclusive(|c: char| !(c.is_alphanumeric() || c == '_')).collect();
+        for (i, word) in words.iter().enumerate() {
+            let Some(name) = word.strip_suffix('(') else { continue };
+            let before = if i > 0 { words[i - 1] } else { "" };
+            if name.is_empty() || before.ends_with('.') || before.trim() == "AS" || keywords.contains(&name) {
+                continue;
+            }
+            found.push(format!("call {name}("));
+        }
+        found
+    }
+
+    #[test]
+    fn capture_functions_name_the_schema_of_everything_they_call() {
+        let fixed =
+            delta::DeltaKey { name: "id".into(), type_sql: "integer".into(), as_text: false, fixed_bytes: Some(4) };
+        let text =
+            delta::DeltaKey { name: "b".into(), type_sql: "public.code".into(), as_text: true, fixed_bytes: None };
+        for version in [100023, 170010] {
+            let caps = Capabilities::of_version(version);
+            for writes in [IbexWrites::Ignore, IbexWrites::WhenAsked, IbexWrites::All] {
+                for (key, image) in [
+                    (vec![fixed.clone()], None),
+                    (vec![fixed.clone(), text.clone()], Some(vec!["id".to_string(), "b".to_string()])),
+                ] {
+                    let mut t = table(writes);
+                    t.key = key;
+                    t.old_image = image;
+                    let sql = function_bodies(&t, &caps);
+                    let bodies: Vec<&str> = sql.split("$ibex$").skip(1).step_by(2).collect();
+                    assert_eq!(bodies.len(), 2, "{sql}");
+                    for body in bodies {
+                        assert_eq!(unqualified_in(body), Vec::<String>::new(), "{body}");
+                    }
+                }
+            }
+        }
+        let kick = SCHEMA.split("ibex.kick()").nth(1).and_then(|rest| rest.split("$$").nth(1)).unwrap_or_default();
+        assert!(kick.contains("pg_notify"), "{kick}");
+        assert_eq!(unqualified_in(kick), Vec::<String>::new(), "{kick}");
+        // The lint sees what it must.
+        assert_eq!(
+            unqualified_in("x := cardinality(a) + 1 AND b::text"),
+            ["operator +", "operator ::", "call cardinality("]
+        );
+    }
+
     #[test]
     fn windows_are_written_for_the_txid_index_in_both_flavours() {
         let window = Window::unbounded("100:110:100,104").unwrap();
