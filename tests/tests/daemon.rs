@@ -474,18 +474,28 @@ fn the_server_probes_ibex_sessions_for_a_dead_peer() {
     );
     let ports: Vec<&str> = ports.split_whitespace().collect();
     assert!(!ports.is_empty(), "no TCP session of the daemon in pg_stat_activity");
-    let out = std::process::Command::new("ss")
-        .args(["-tnoH", "state", "established", "sport", "=", &format!(":{}", s.cluster.port())])
-        .output()
-        .expect("running ss (iproute2)");
-    let sockets = String::from_utf8_lossy(&out.stdout).to_string();
     for port in ports {
-        let line = sockets
-            .lines()
-            .find(|l| l.split_whitespace().any(|field| field.ends_with(&format!(":{port}"))))
-            .unwrap_or_else(|| panic!("no server socket for ibex's port {port} in:\n{sockets}"));
+        // A socket with data in flight shows its retransmission timer
+        // (`timer:(on,...)`) instead: look again until it is idle.
+        let mut line = String::new();
+        for _ in 0..50 {
+            let out = std::process::Command::new("ss")
+                .args(["-tnoH", "state", "established", "sport", "=", &format!(":{}", s.cluster.port())])
+                .output()
+                .expect("running ss (iproute2)");
+            let sockets = String::from_utf8_lossy(&out.stdout).to_string();
+            line = sockets
+                .lines()
+                .find(|l| l.split_whitespace().any(|field| field.ends_with(&format!(":{port}"))))
+                .unwrap_or_else(|| panic!("no server socket for ibex's port {port} in:\n{sockets}"))
+                .to_string();
+            if !line.contains("timer:(on,") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let left =
-            keepalive_seconds(line).unwrap_or_else(|| panic!("no keepalive timer on the server's socket: {line}"));
+            keepalive_seconds(&line).unwrap_or_else(|| panic!("no keepalive timer on the server's socket: {line}"));
         assert!(left <= 60.0, "the server probes ibex's session only after {left} s: {line}");
     }
 }

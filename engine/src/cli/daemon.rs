@@ -176,16 +176,27 @@ async fn ask(ctx: &Context, channel: &str, reply: &str, token: &str, timeout: Du
     listener.listen(reply).await?;
     notify(&listener.client, channel, token).await?;
     let deadline = tokio::time::Instant::now() + timeout;
+    // Asked again each second: a notification sent while the daemon is
+    // between control connections (it lost one and is listening again)
+    // reaches no one. Pings and reloads may be answered twice.
+    let mut again = tokio::time::Instant::now() + ASK_AGAIN;
     loop {
-        match tokio::time::timeout_at(deadline, listener.notices.recv()).await {
+        match tokio::time::timeout_at(deadline.min(again), listener.notices.recv()).await {
             Ok(Some(n)) if n.channel == reply && (token.is_empty() || n.payload == token) => {
                 return Ok(Some(n.payload));
             }
             Ok(Some(_)) => continue,
+            Err(_) if again < deadline => {
+                notify(&listener.client, channel, token).await?;
+                again += ASK_AGAIN;
+            }
             Ok(None) | Err(_) => return Ok(None),
         }
     }
 }
+
+/// How long `ask` waits for an answer before it asks again.
+const ASK_AGAIN: Duration = Duration::from_secs(1);
 
 pub async fn ping(ctx: &Context, args: TimeoutArgs) -> Result<ExitCode> {
     drop(Catalog::open(&ctx.control).await?);
