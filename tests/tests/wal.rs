@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ibex_tests::{Setup, run_count};
+use ibex_tests::{Outcome, Setup, run_count};
 
 fn three_masters(captures: [&str; 3]) -> Setup {
     let s = Setup::new();
@@ -142,6 +142,18 @@ fn lose_the_slot(s: &Setup) {
     assert_eq!(s.sql("src", "SELECT wal_status FROM pg_replication_slots"), "lost");
 }
 
+/// `out` (of the step that replaced src's lost slot) says to reconcile,
+/// and src's slot is usable again.
+fn assert_slot_replaced(s: &Setup, out: &Outcome) {
+    assert!(
+        out.stderr.contains("run `ibex reconcile SYNC` for each sync reading db src"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(s.sql("src", "SELECT wal_status <> 'lost' FROM pg_replication_slots"), "t");
+}
+
 /// A lost slot does not stop a switch back to triggers: what it held is
 /// named as lost, and reconcile brings it over.
 #[test]
@@ -170,13 +182,7 @@ fn apply_replacing_a_lost_slot_says_to_reconcile() {
     lose_the_slot(&s);
     s.sql("ibex", "UPDATE ibex.db SET capture = 'trigger' WHERE name = 'src'");
     let out = s.ibex.run(&["apply", file.to_str().unwrap(), "--yes"]).ok();
-    assert!(
-        out.stderr.contains("run `ibex reconcile SYNC` for each sync reading db src"),
-        "{}{}",
-        out.stdout,
-        out.stderr
-    );
-    assert_eq!(s.sql("src", "SELECT wal_status <> 'lost' FROM pg_replication_slots"), "t");
+    assert_slot_replaced(&s, &out);
 }
 
 /// The server invalidates a slot that falls more than
@@ -196,13 +202,7 @@ fn a_slot_the_server_invalidated_is_named_and_replaced() {
     // restored from a server further along would hold) is forgotten.
     s.sql("src", "UPDATE ibex.wal SET materialized_lsn = 'FFFFFFF/0'");
     let out = s.ibex.sh("update db src capture=wal").ok();
-    assert!(
-        out.stderr.contains("run `ibex reconcile SYNC` for each sync reading db src"),
-        "{}{}",
-        out.stdout,
-        out.stderr
-    );
-    assert_eq!(s.sql("src", "SELECT wal_status <> 'lost' FROM pg_replication_slots"), "t");
+    assert_slot_replaced(&s, &out);
     s.sql("src", "INSERT INTO t VALUES (3, 'after')");
     assert_eq!(run_count(&s.run("push"), "inserted"), 1, "the new slot captures what follows");
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t WHERE id = 2"), "0");
