@@ -630,6 +630,67 @@ fn hostile_identifiers_replicate_and_inject_nothing() {
     assert!(s.ibex.run(&["compare", "hs"]).success());
 }
 
+/// The key trigger's WHEN runs as every writer, bound when ibex installs
+/// it under ibex's own search_path, which holds `public`. An `=` and `<>`
+/// that someone put in `public` for a key of a user-defined type match it
+/// exactly and would win over pg_catalog's; the WHEN names none of them
+/// (nothing of capture depends on them: they drop without CASCADE), and a
+/// key change is still captured, also one that only changes a value's
+/// bytes.
+#[test]
+fn an_operator_in_public_cannot_reach_into_the_key_trigger() {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        "CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad');
+         CREATE TABLE m (k mood PRIMARY KEY, v text);
+         INSERT INTO m VALUES ('calm', 'a'), ('glad', 'b');
+         CREATE DOMAIN amount AS numeric;
+         CREATE TABLE n (k amount PRIMARY KEY, v text);
+         INSERT INTO n VALUES (1.0, 'a'), (2, 'b');",
+    );
+    s.dbs_from("src", &["src", "dst"]);
+    s.sql(
+        "src",
+        r#"CREATE FUNCTION public.trap(mood, mood) RETURNS bool LANGUAGE plpgsql AS
+               $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
+           CREATE FUNCTION public.trap(amount, amount) RETURNS bool LANGUAGE plpgsql AS
+               $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
+           CREATE OPERATOR public.= (LEFTARG = mood, RIGHTARG = mood, FUNCTION = public.trap);
+           CREATE OPERATOR public.<> (LEFTARG = mood, RIGHTARG = mood, FUNCTION = public.trap);
+           CREATE OPERATOR public.= (LEFTARG = amount, RIGHTARG = amount, FUNCTION = public.trap);
+           CREATE OPERATOR public.<> (LEFTARG = amount, RIGHTARG = amount, FUNCTION = public.trap);
+           CREATE ROLE app;
+           GRANT SELECT, INSERT, UPDATE, DELETE ON m, n TO app;"#,
+    );
+    // The trap springs for what binds it.
+    let err = s.cluster.psql("src", "SELECT 'calm'::mood = 'glad'::mood").expect_err("the trap");
+    assert!(format!("{err:#}").contains("hijacked"), "{err:#}");
+    s.ibex.sh("add table m n db=src herd=h").ok();
+    s.ibex.sh("add sync hs herd=h dbs=src:source,dst:target").ok();
+    // The writer's own WHERE names no key: that `=` would be its own.
+    let wrote = s.cluster.psql(
+        "src",
+        "SET ROLE app;
+         UPDATE m SET k = 'sad' WHERE v = 'a';
+         UPDATE m SET v = 'kept' WHERE v = 'b';
+         UPDATE n SET k = 3 WHERE v = 'b';
+         UPDATE n SET k = 1.00 WHERE v = 'a';",
+    );
+    assert!(wrote.is_ok(), "key changes under an operator in public: {wrote:?}");
+    // ibex's own SQL is left out of this test: the trap goes.
+    s.sql(
+        "src",
+        "DROP OPERATOR public.= (mood, mood); DROP OPERATOR public.<> (mood, mood);
+         DROP OPERATOR public.= (amount, amount); DROP OPERATOR public.<> (amount, amount);",
+    );
+    s.run("hs");
+    s.assert_same(&["src", "dst"], &["m", "n"]);
+    assert_eq!(s.sql("dst", "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM m"), "glad=kept,sad=a");
+    assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k) FROM n"), "1.00=a,3=b");
+}
+
 /// Capture functions run as their owner with the writer's search_path. A
 /// writer whose path puts its own schema before pg_catalog, holding
 /// look-alikes of what capture calls (functions, aggregates, operators

@@ -55,6 +55,9 @@ pub struct DeltaKey {
     /// The size of every value, where the type has one (see
     /// `LiveColumn::fixed_bytes`): what bounds an array of many keys.
     pub fixed_bytes: Option<u16>,
+    /// See `LiveColumn::built_in`: whether `pg_catalog`'s `<>` is the
+    /// type's own, for telling a changed key from a kept one.
+    pub built_in: bool,
 }
 
 impl DeltaKey {
@@ -65,6 +68,7 @@ impl DeltaKey {
             type_sql: column.type_sql.clone(),
             as_text: column.kept_as_text_in_delta,
             fixed_bytes: column.fixed_bytes.filter(|_| !column.kept_as_text_in_delta),
+            built_in: column.built_in,
         }
     }
 
@@ -272,7 +276,7 @@ mod tests {
     use super::*;
 
     fn key(name: &str, ty: &str, as_text: bool) -> DeltaKey {
-        DeltaKey { name: name.into(), type_sql: ty.into(), as_text, fixed_bytes: None }
+        DeltaKey { name: name.into(), type_sql: ty.into(), as_text, fixed_bytes: None, built_in: !ty.contains('.') }
     }
 
     #[test]

@@ -226,7 +226,6 @@ fn capture_triggers(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode
     let target = table.name.quoted();
     let statement_fn = function_name(&table.name, "");
     let key_fn = function_name(&table.name, "_key");
-    let key_cols: Vec<String> = table.key.iter().map(|k| quote_ident(&k.name)).collect();
     let mut sql = String::new();
     // DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs 14+.
     for name in CAPTURE_TRIGGERS.iter().chain([&KICK_TRIGGER]) {
@@ -266,7 +265,7 @@ fn capture_triggers(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode
     // Every UPDATE, not `UPDATE OF key`: a BEFORE trigger can rewrite the
     // key of an UPDATE that never names it. The WHEN test costs a
     // comparison per row and queues nothing unless the key changed.
-    let changed: Vec<String> = key_cols.iter().map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}")).collect();
+    let changed: Vec<String> = table.key.iter().map(key_changed).collect();
     let _ = writeln!(
         sql,
         "CREATE TRIGGER ibex_capture_key AFTER UPDATE ON {target} FOR EACH ROW WHEN ({}) {execute} {key_fn}();",
@@ -283,6 +282,24 @@ fn capture_triggers(table: &CaptureTable, caps: &Capabilities, mode: CaptureMode
         }
     }
     sql
+}
+
+/// Whether an UPDATE changed key column `key`, for the key trigger's WHEN.
+/// The WHEN runs as every writer but is bound when ibex installs it, so it
+/// names no operator a search_path could choose: for a type of PostgreSQL's
+/// own, `pg_catalog`'s `<>` (NULL counts as changed: a key is NOT NULL, and
+/// an extra key only costs a lookup); for any other, a comparison of the
+/// values' bytes, built in, which runs none of the type's code (an `=` in
+/// `public` would otherwise win for it). Values equal but not in bytes (a
+/// numeric's scale, a citext's case) count as changed: capturing a key too
+/// many is harmless, one too few leaves a stale row.
+fn key_changed(key: &delta::DeltaKey) -> String {
+    let column = quote_ident(&key.name);
+    if key.built_in {
+        format!("(OLD.{column} OPERATOR(pg_catalog.<>) NEW.{column}) IS NOT FALSE")
+    } else {
+        format!("ROW(OLD.{column})::pg_catalog.record OPERATOR(pg_catalog.*<>) ROW(NEW.{column})::pg_catalog.record")
+    }
 }
 
 /// The capture functions of one table (CREATE OR REPLACE: no lock on the
@@ -512,6 +529,7 @@ mod tests {
                 type_sql: "integer".into(),
                 as_text: false,
                 fixed_bytes: Some(4),
+                built_in: true,
             }],
             kick: true,
             old_image: None,
@@ -536,8 +554,12 @@ mod tests {
                 None => plain.push(c),
             }
         }
-        let mut plain = plain.replace("::pg_catalog.text[]", "").replace("::pg_catalog.text", "").replace(":=", " ");
-        for op in ["=", "<>", ">=", "<=", "+", "-", "/", "||"] {
+        let mut plain = plain
+            .replace("::pg_catalog.text[]", "")
+            .replace("::pg_catalog.text", "")
+            .replace("::pg_catalog.record", "")
+            .replace(":=", " ");
+        for op in ["=", "<>", ">=", "<=", "+", "-", "/", "||", "*<>"] {
             plain = plain.replace(&format!("OPERATOR(pg_catalog.{op})"), " op ");
         }
         let mut found: Vec<String> = plain
@@ -553,7 +575,8 @@ mod tests {
         }
         // A name followed by `(` is a call unless qualified, a keyword, or
         // an alias's column list (`AS name(`).
-        let keywords = ["ARRAY", "EXISTS", "coalesce", "VALUES", "AS", "FROM", "AND", "OR", "NOT", "IN", "WHERE"];
+        let keywords =
+            ["ARRAY", "EXISTS", "coalesce", "VALUES", "AS", "FROM", "AND", "OR", "NOT", "IN", "WHERE", "ROW"];
         let words: Vec<&str> = plain.split_inclusive(|c: char| !(c.is_alphanumeric() || c == '_')).collect();
         for (i, word) in words.iter().enumerate() {
             let Some(name) = word.strip_suffix('(') else { continue };
@@ -568,10 +591,20 @@ mod tests {
 
     #[test]
     fn capture_functions_name_the_schema_of_everything_they_call() {
-        let fixed =
-            delta::DeltaKey { name: "id".into(), type_sql: "integer".into(), as_text: false, fixed_bytes: Some(4) };
-        let text =
-            delta::DeltaKey { name: "b".into(), type_sql: "public.code".into(), as_text: true, fixed_bytes: None };
+        let fixed = delta::DeltaKey {
+            name: "id".into(),
+            type_sql: "integer".into(),
+            as_text: false,
+            fixed_bytes: Some(4),
+            built_in: true,
+        };
+        let text = delta::DeltaKey {
+            name: "b".into(),
+            type_sql: "public.code".into(),
+            as_text: true,
+            fixed_bytes: None,
+            built_in: false,
+        };
         for version in [100023, 170010] {
             let caps = Capabilities::of_version(version);
             for writes in [IbexWrites::Ignore, IbexWrites::WhenAsked, IbexWrites::All] {
@@ -588,6 +621,13 @@ mod tests {
                     for body in bodies {
                         assert_eq!(unqualified_in(body), Vec::<String>::new(), "{body}");
                     }
+                    // The key trigger's WHEN is bound under ibex's search_path
+                    // but runs as every writer.
+                    let triggers = capture_triggers(&t, &caps, CaptureMode::Trigger);
+                    let when = triggers.split(" WHEN (").nth(1).and_then(|rest| rest.split(") EXECUTE").next());
+                    let when = when.unwrap_or_default();
+                    assert!(when.contains("OLD."), "{triggers}");
+                    assert_eq!(unqualified_in(when), Vec::<String>::new(), "{when}");
                 }
             }
         }

@@ -208,6 +208,9 @@ pub struct LiveColumn {
     /// (`pg_type.typlen` > 0: integers, uuid, timestamps); none for
     /// types of varying length.
     pub fixed_bytes: Option<u16>,
+    /// The type is PostgreSQL's own (in `pg_catalog`), so the operators
+    /// `pg_catalog` has for it are the type's own.
+    pub built_in: bool,
 }
 
 impl LiveColumn {
@@ -276,7 +279,8 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                            UNION ALL
                            SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
                        SELECT format_type(oid, NULL) FROM under WHERE base = 0) END,
-                    t.typtype = 'd' OR t.typcategory = 'A', t.typlen
+                    t.typtype = 'd' OR t.typcategory = 'A', t.typlen,
+                    t.typnamespace = 'pg_catalog'::regnamespace
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
@@ -306,6 +310,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                 domain_base_sql: r.get(7),
                 kept_as_text_in_delta: r.get(8),
                 fixed_bytes: u16::try_from(r.get::<_, i16>(9)).ok().filter(|bytes| *bytes > 0),
+                built_in: r.get(10),
             })
             .collect(),
     ))

@@ -168,6 +168,7 @@ mod tests {
             domain_base_sql: None,
             kept_as_text_in_delta: false,
             fixed_bytes: None,
+            built_in: true,
         }
     }
 
