@@ -630,65 +630,82 @@ fn hostile_identifiers_replicate_and_inject_nothing() {
     assert!(s.ibex.run(&["compare", "hs"]).success());
 }
 
-/// The key trigger's WHEN runs as every writer, bound when ibex installs
-/// it under ibex's own search_path, which holds `public`. An `=` and `<>`
-/// that someone put in `public` for a key of a user-defined type match it
-/// exactly and would win over pg_catalog's; the WHEN names none of them
-/// (nothing of capture depends on them: they drop without CASCADE), and a
-/// key change is still captured, also one that only changes a value's
-/// bytes.
+/// ibex's sessions and the key trigger's WHEN (which runs as every writer
+/// but is bound when ibex installs it) resolve names under ibex's
+/// search_path, which holds `public`. An `=` and `<>` that someone put in
+/// `public` for a key type that is not PostgreSQL's own match it exactly
+/// and would win over the type's real ones: an enum's and a domain's (in
+/// pg_catalog) and an extension type's (citext in schema `ext`). Each
+/// raises "hijacked" on both dbs for the whole test. Key changes, also one
+/// that changes only a value's bytes, replicate one way (the single-source
+/// path) and then both ways with conflicts (the merge path).
 #[test]
-fn an_operator_in_public_cannot_reach_into_the_key_trigger() {
+fn an_operator_in_public_reaches_neither_capture_nor_ibex() {
     let s = Setup::new();
     s.cluster.create_db("src").unwrap();
-    s.sql(
-        "src",
-        "CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad');
+    let mut schema = String::from(
+        "CREATE SCHEMA ext;
+         CREATE EXTENSION citext SCHEMA ext;
+         CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad');
          CREATE TABLE m (k mood PRIMARY KEY, v text);
          INSERT INTO m VALUES ('calm', 'a'), ('glad', 'b');
          CREATE DOMAIN amount AS numeric;
          CREATE TABLE n (k amount PRIMARY KEY, v text);
-         INSERT INTO n VALUES (1.0, 'a'), (2, 'b');",
+         INSERT INTO n VALUES (1.0, 'a'), (2, 'b');
+         CREATE TABLE c (k ext.citext PRIMARY KEY, v text);
+         INSERT INTO c VALUES ('Ab', 'a'), ('cd', 'b');
+         CREATE ROLE app;
+         GRANT USAGE ON SCHEMA ext TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON m, n, c TO app;",
     );
+    for ty in ["mood", "amount", "ext.citext"] {
+        schema.push_str(&format!(
+            "CREATE FUNCTION public.trap({ty}, {ty}) RETURNS bool LANGUAGE plpgsql AS
+                 $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
+             CREATE OPERATOR public.= (LEFTARG = {ty}, RIGHTARG = {ty}, FUNCTION = public.trap);
+             CREATE OPERATOR public.<> (LEFTARG = {ty}, RIGHTARG = {ty}, FUNCTION = public.trap);"
+        ));
+    }
+    s.sql("src", &schema);
     s.dbs_from("src", &["src", "dst"]);
-    s.sql(
-        "src",
-        r#"CREATE FUNCTION public.trap(mood, mood) RETURNS bool LANGUAGE plpgsql AS
-               $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
-           CREATE FUNCTION public.trap(amount, amount) RETURNS bool LANGUAGE plpgsql AS
-               $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
-           CREATE OPERATOR public.= (LEFTARG = mood, RIGHTARG = mood, FUNCTION = public.trap);
-           CREATE OPERATOR public.<> (LEFTARG = mood, RIGHTARG = mood, FUNCTION = public.trap);
-           CREATE OPERATOR public.= (LEFTARG = amount, RIGHTARG = amount, FUNCTION = public.trap);
-           CREATE OPERATOR public.<> (LEFTARG = amount, RIGHTARG = amount, FUNCTION = public.trap);
-           CREATE ROLE app;
-           GRANT SELECT, INSERT, UPDATE, DELETE ON m, n TO app;"#,
-    );
     // The trap springs for what binds it.
-    let err = s.cluster.psql("src", "SELECT 'calm'::mood = 'glad'::mood").expect_err("the trap");
-    assert!(format!("{err:#}").contains("hijacked"), "{err:#}");
-    s.ibex.sh("add table m n db=src herd=h").ok();
-    s.ibex.sh("add sync hs herd=h dbs=src:source,dst:target").ok();
-    // The writer's own WHERE names no key: that `=` would be its own.
-    let wrote = s.cluster.psql(
+    for lure in ["SELECT 'calm'::mood = 'glad'::mood", "SELECT 1::amount <> 2::amount", "SELECT 'a'::ext.citext = 'A'"]
+    {
+        let err = s.cluster.psql("dst", lure).expect_err(lure);
+        assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
+    }
+    s.ibex.sh("add table m n c db=src herd=h").ok();
+    s.ibex.sh("add sync hs herd=h dbs=src:source,dst:source conflict_strategy=latest").ok();
+    // The writers' own WHEREs name no key: that `=` would be theirs.
+    let as_app = |db: &str, sql: &str| {
+        let wrote = s.cluster.psql(db, &format!("SET ROLE app; {sql}"));
+        assert!(wrote.is_ok(), "writes on {db} under an operator in public: {wrote:?}");
+    };
+    as_app(
         "src",
-        "SET ROLE app;
-         UPDATE m SET k = 'sad' WHERE v = 'a';
+        "UPDATE m SET k = 'sad' WHERE v = 'a';
          UPDATE m SET v = 'kept' WHERE v = 'b';
          UPDATE n SET k = 3 WHERE v = 'b';
-         UPDATE n SET k = 1.00 WHERE v = 'a';",
-    );
-    assert!(wrote.is_ok(), "key changes under an operator in public: {wrote:?}");
-    // ibex's own SQL is left out of this test: the trap goes.
-    s.sql(
-        "src",
-        "DROP OPERATOR public.= (mood, mood); DROP OPERATOR public.<> (mood, mood);
-         DROP OPERATOR public.= (amount, amount); DROP OPERATOR public.<> (amount, amount);",
+         UPDATE n SET k = 1.00 WHERE v = 'a';
+         UPDATE c SET k = 'AB' WHERE v = 'a';
+         UPDATE c SET k = 'ef' WHERE v = 'b';",
     );
     s.run("hs");
-    s.assert_same(&["src", "dst"], &["m", "n"]);
+    s.assert_same(&["src", "dst"], &["m", "n", "c"]);
     assert_eq!(s.sql("dst", "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM m"), "glad=kept,sad=a");
-    assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k) FROM n"), "1.00=a,3=b");
+    assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM n"), "1.00=a,3=b");
+    assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM c"), "AB=a,ef=b");
+    // Both ways, the same keys changed on both dbs: the merge settles them.
+    as_app("dst", "UPDATE m SET v = 'dst'; UPDATE n SET v = 'dst'; UPDATE c SET v = 'dst';");
+    as_app(
+        "src",
+        "UPDATE m SET v = 'src'; UPDATE n SET v = 'src'; UPDATE c SET k = 'aB' WHERE v = 'a'; UPDATE c SET v = 'src';",
+    );
+    let run = s.run("hs");
+    assert!(run["run"]["conflicts"].as_u64().unwrap_or(0) >= 6, "{run}");
+    s.assert_same(&["src", "dst"], &["m", "n", "c"]);
+    assert_eq!(s.sql("dst", "SELECT string_agg(DISTINCT v, ',') FROM m"), "src");
+    assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM c"), "aB=src,ef=src");
 }
 
 /// Capture functions run as their owner with the writer's search_path. A
@@ -808,4 +825,22 @@ fn writer_s_search_path(capture: &str) {
     s.assert_same(&["src", "dst"], &["t", "g"]);
     assert_eq!(s.sql("dst", "SELECT count(*), count(*) FILTER (WHERE v = 'all') FROM t"), "1400|1395");
     assert_eq!(s.sql("dst", "SELECT count(*), count(*) FILTER (WHERE v = 'all') FROM g"), "1400|1400");
+}
+
+/// A db whose schema `public` every role may create in (the default before
+/// PostgreSQL 15) is named by `ibex validate`, with the REVOKE that closes
+/// it; once closed, nothing is said.
+#[test]
+fn validate_names_a_public_schema_every_role_may_create_in() {
+    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY)", "t", "hs", "");
+    let warning = "REVOKE CREATE ON SCHEMA public FROM PUBLIC";
+    let quiet = s.ibex.run(&["validate", "hs"]).ok();
+    assert!(!quiet.stderr.contains(warning), "{}", quiet.stderr);
+    s.sql("dst", "GRANT CREATE ON SCHEMA public TO PUBLIC");
+    let warned = s.ibex.run(&["validate", "hs"]).ok();
+    assert!(warned.stderr.contains("schema public on database dst lets every role create"), "{}", warned.stderr);
+    assert!(warned.stderr.contains(warning) && !warned.stderr.contains("database src"), "{}", warned.stderr);
+    s.sql("dst", "REVOKE CREATE ON SCHEMA public FROM PUBLIC");
+    let closed = s.ibex.run(&["validate", "hs"]).ok();
+    assert!(!closed.stderr.contains(warning), "{}", closed.stderr);
 }

@@ -211,9 +211,22 @@ pub struct LiveColumn {
     /// The type is PostgreSQL's own (in `pg_catalog`), so the operators
     /// `pg_catalog` has for it are the type's own.
     pub built_in: bool,
+    /// The schema of the `=` that the type's default btree operator class
+    /// (the one its key index uses) holds: for a base type of an extension
+    /// or a user (`citext`), that type's own; for every other type
+    /// (built-in, enum, array, range, composite, a domain over one of
+    /// these), `pg_catalog`'s. ibex names it wherever it compares keys, so
+    /// that no `=` someone else put on the search path is chosen.
+    pub equality_schema: String,
 }
 
 impl LiveColumn {
+    /// `a = b` for two values of this column, with the type's own `=`
+    /// named (see `equality_schema`).
+    pub fn equals(&self, a: &str, b: &str) -> String {
+        format!("{a} OPERATOR({}.=) {b}", super::quote_ident(&self.equality_schema))
+    }
+
     /// The element type of an array of this column's values.
     pub fn array_element_sql(&self) -> &str {
         self.domain_base_sql.as_deref().unwrap_or(&self.type_sql)
@@ -280,7 +293,21 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                            SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
                        SELECT format_type(oid, NULL) FROM under WHERE base = 0) END,
                     t.typtype = 'd' OR t.typcategory = 'A', t.typlen,
-                    t.typnamespace = 'pg_catalog'::regnamespace
+                    t.typnamespace = 'pg_catalog'::regnamespace,
+                    coalesce((WITH RECURSIVE under (oid, base) AS (
+                                  SELECT t.oid, t.typbasetype
+                                  UNION ALL
+                                  SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
+                              SELECT n.nspname::text
+                                FROM under
+                                JOIN pg_opclass c ON c.opcintype = under.oid AND c.opcdefault
+                                JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
+                                JOIN pg_amop o ON o.amopfamily = c.opcfamily AND o.amoplefttype = c.opcintype
+                                               AND o.amoprighttype = c.opcintype AND o.amopstrategy = 3
+                                JOIN pg_operator op ON op.oid = o.amopopr
+                                JOIN pg_namespace n ON n.oid = op.oprnamespace
+                               WHERE under.base = 0
+                               LIMIT 1), 'pg_catalog')
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
@@ -311,6 +338,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                 kept_as_text_in_delta: r.get(8),
                 fixed_bytes: u16::try_from(r.get::<_, i16>(9)).ok().filter(|bytes| *bytes > 0),
                 built_in: r.get(10),
+                equality_schema: r.get(11),
             })
             .collect(),
     ))

@@ -64,13 +64,14 @@ impl TableSpec {
         self.key.iter().map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect::<Vec<_>>().join(", ")
     }
 
-    /// `a.k1 = b.k1 AND a.k2 = b.k2`
+    /// `a.k1 = b.k1 AND a.k2 = b.k2`, each `=` the key type's own (see
+    /// `LiveColumn::equals`).
     pub fn key_join(&self, a: &str, b: &str) -> String {
         self.key
             .iter()
             .map(|c| {
                 let col = quote_ident(&c.name);
-                format!("{a}.{col} = {b}.{col}")
+                c.equals(&format!("{a}.{col}"), &format!("{b}.{col}"))
             })
             .collect::<Vec<_>>()
             .join(" AND ")
@@ -88,6 +89,12 @@ impl TableSpec {
         let arrays: Vec<String> =
             self.key.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.array_element_sql())).collect();
         format!("unnest({}) AS k ({})", arrays.join(", "), self.key_list())
+    }
+
+    /// Rows of `alias` whose key is among the changed keys of the delta
+    /// rows in `window` (alias `d`).
+    pub fn changed_in(&self, alias: &str, window: &str) -> String {
+        format!("EXISTS (SELECT FROM {} d WHERE ({window}) AND {})", self.delta(), self.key_join(alias, "d"))
     }
 
     /// Column definitions of the key, for temporary key tables.

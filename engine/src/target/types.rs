@@ -169,6 +169,7 @@ mod tests {
             kept_as_text_in_delta: false,
             fixed_bytes: None,
             built_in: true,
+            equality_schema: "pg_catalog".into(),
         }
     }
 

@@ -126,13 +126,7 @@ impl<'a> Cycle<'a> {
         .await?;
         tracing::debug!(table = %table.name, keys = loaded.first().copied().unwrap_or(0), ms = step.elapsed().as_millis() as u64, "changed keys loaded");
         // The source's current rows of the window's keys.
-        let rows_from = format!(
-            "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
-            table.quoted(),
-            table.key_list_of("t"),
-            table.key_list_of("d"),
-            table.delta()
-        );
+        let rows_from = format!("FROM {} t WHERE {}", table.quoted(), table.changed_in("t", &window));
         if self.guarded() {
             for (&d, &n) in receivers.iter().zip(&loaded) {
                 let delete = (n > 0).then_some(keys.as_str());
@@ -250,13 +244,7 @@ impl<'a> Cycle<'a> {
             let deleted = target::feed::delete_keys(self.client(src), self.db_name(src), table, &keys_sql, &slots)
                 .await
                 .map_err(|e| self.table_error(e, ti))?;
-            let rows_from = format!(
-                "FROM {} t WHERE ({}) IN (SELECT {} FROM {} d WHERE {window})",
-                table.quoted(),
-                table.key_list_of("t"),
-                table.key_list_of("d"),
-                table.delta()
-            );
+            let rows_from = format!("FROM {} t WHERE {}", table.quoted(), table.changed_in("t", &window));
             let inserted = self.foreign_rows(ti, src, &rows_from, &all).await?;
             for ((total, del), ins) in totals.iter_mut().zip(deleted).zip(inserted) {
                 total.0 += del;

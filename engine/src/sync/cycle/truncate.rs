@@ -35,21 +35,16 @@ impl<'a> Cycle<'a> {
             let mut per_source = BTreeMap::new();
             for src in self.plan.sources().collect::<Vec<_>>() {
                 let window = self.window(src)?;
-                let changed = format!(
-                    "SELECT {keys} FROM {delta} d WHERE {window} AND d.changed_at > {after}",
-                    keys = table.key_list_of("d"),
-                    delta = table.delta()
-                );
                 if src != truncated.source {
                     let keep = quote_ident(&temp_name("keep", table));
                     self.client(src)
                         .batch_execute(&format!(
                             "DROP TABLE IF EXISTS pg_temp.{keep};
                              CREATE TEMP TABLE {keep} ON COMMIT DROP AS
-                                SELECT {} FROM {} t WHERE ({}) IN ({changed})",
+                                SELECT {} FROM {} t WHERE {}",
                             table.column_list_of("t"),
                             table.quoted(),
-                            table.key_list_of("t"),
+                            table.changed_in("t", &format!("{window} AND d.changed_at > {after}")),
                         ))
                         .await
                         .ctx(|| {
