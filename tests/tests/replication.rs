@@ -844,3 +844,59 @@ fn validate_names_a_public_schema_every_role_may_create_in() {
     let closed = s.ibex.run(&["validate", "hs"]).ok();
     assert!(!closed.stderr.contains(warning), "{}", closed.stderr);
 }
+
+/// Capture functions run as ibex's role, and a type's owner may write its
+/// cast to text (`CREATE CAST`). A key kept as text (a domain over a
+/// range of an enum) and old images of an enum column become text by the types' output
+/// functions: the casts, which raise "hijacked", never run, whoever
+/// writes. Key changes and old images still arrive whole.
+#[test]
+fn a_cast_to_text_a_type_s_owner_wrote_never_runs_in_capture() {
+    let s = Setup::one_way(
+        "CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad');
+         CREATE TYPE moods AS RANGE (subtype = mood);
+         CREATE DOMAIN span AS moods;
+         CREATE TABLE e (k span PRIMARY KEY, feel mood, v text);
+         INSERT INTO e VALUES ('[calm,calm]', 'glad', 'a'), ('[glad,sad]', 'sad', 'b');
+         CREATE FUNCTION public.mood_text(mood) RETURNS text LANGUAGE plpgsql AS
+             $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
+         CREATE CAST (mood AS text) WITH FUNCTION public.mood_text(mood);
+         CREATE FUNCTION public.moods_text(moods) RETURNS text LANGUAGE plpgsql AS
+             $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
+         CREATE CAST (moods AS text) WITH FUNCTION public.moods_text(moods);
+         CREATE ROLE app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON e TO app;",
+        "e",
+        "hs",
+        "",
+    );
+    s.ibex.sh("update table e capture_old=true").ok();
+    for lure in ["SELECT 'calm'::mood::text", "SELECT '[calm,sad]'::span::text"] {
+        let err = s.cluster.psql("src", lure).expect_err(lure);
+        assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
+    }
+    let wrote = s.cluster.psql(
+        "src",
+        "SET ROLE app;
+         UPDATE e SET k = '[sad,sad]', feel = 'calm' WHERE v = 'a';
+         UPDATE e SET v = 'kept' WHERE v = 'b';
+         INSERT INTO e SELECT '[calm,calm]', NULL, 'n';
+         DELETE FROM e WHERE v = 'kept';",
+    );
+    assert!(wrote.is_ok(), "writes under a hostile cast: {wrote:?}");
+    // The old images hold the enum labels.
+    let delta = s.sql("src", "SELECT delta_table FROM ibex.captured WHERE rel_name = 'e'");
+    let images = s.sql(
+        "src",
+        &format!(
+            "SELECT string_agg(array_to_string(d.old_row, '|', '(null)'), ';' ORDER BY 1) FROM ibex.\"{delta}\" d"
+        ),
+    );
+    assert!(images.contains("calm]\",glad,a}") && images.contains("sad]\",sad,kept}"), "{images}");
+    s.run("hs");
+    s.assert_same(&["src", "dst"], &["e"]);
+    assert_eq!(
+        s.sql("dst", "SELECT string_agg(format('%s=%s:%s', k, feel, v), ',' ORDER BY v) FROM e"),
+        "[sad,sad]=calm:a,[calm,calm]=:n"
+    );
+}

@@ -55,8 +55,8 @@ pub struct DeltaKey {
     /// The size of every value, where the type has one (see
     /// `LiveColumn::fixed_bytes`): what bounds an array of many keys.
     pub fixed_bytes: Option<u16>,
-    /// See `LiveColumn::built_in`: whether `pg_catalog`'s `<>` is the
-    /// type's own, for telling a changed key from a kept one.
+    /// See `LiveColumn::built_in`: whether `pg_catalog`'s `<>` and cast
+    /// to text are the type's own.
     pub built_in: bool,
 }
 
@@ -86,12 +86,12 @@ impl DeltaKey {
     /// only `pg_catalog`'s objects (see `capture/sql.rs`), and a user's
     /// type would have to be named too.
     pub fn aggregate(&self, value: &str) -> String {
-        format!("pg_catalog.array_agg({}{})", value, self.text_cast())
+        format!("pg_catalog.array_agg({})", self.stored(value))
     }
 
     /// The delta column's value for the one key `value`.
     pub fn single(&self, value: &str) -> String {
-        format!("ARRAY[{}{}]", value, self.text_cast())
+        format!("ARRAY[{}]", self.stored(value))
     }
 
     /// The delta column's value from the first `rows` rows of the
@@ -99,19 +99,32 @@ impl DeltaKey {
     /// order: a tuplestore is read in insertion order).
     fn first(&self, transition: &str, rows: u32) -> String {
         format!(
-            "ARRAY(SELECT {ROW_ALIAS}.{}{} FROM {transition} {ROW_ALIAS} LIMIT {rows})",
-            quote_ident(&self.name),
-            self.text_cast(),
+            "ARRAY(SELECT {} FROM {transition} {ROW_ALIAS} LIMIT {rows})",
+            self.stored(&format!("{ROW_ALIAS}.{}", quote_ident(&self.name))),
         )
     }
 
-    fn text_cast(&self) -> &'static str {
-        if self.as_text { "::pg_catalog.text" } else { "" }
+    /// The key value `value` as the delta keeps it.
+    fn stored(&self, value: &str) -> String {
+        if self.as_text { as_text(value, self.built_in) } else { value.to_string() }
     }
 
     /// The key as read back from the unnested element `element`.
     fn read(&self, element: &str) -> String {
         if self.as_text { format!("{element}::{}", self.type_sql) } else { element.to_string() }
+    }
+}
+
+/// The value `value` as text, in a capture function: PostgreSQL's cast
+/// for a type of its own (`built_in`, see `LiveColumn::built_in`); for any
+/// other, the type's output function, through `format`, never a cast. A
+/// cast to text is a function its type's owner may write (`CREATE CAST`),
+/// and capture functions run as ibex's role.
+pub fn as_text(value: &str, built_in: bool) -> String {
+    if built_in {
+        format!("{value}::pg_catalog.text")
+    } else {
+        format!("CASE WHEN {value} IS NULL THEN NULL ELSE pg_catalog.format('%s', {value}) END")
     }
 }
 
@@ -286,7 +299,13 @@ mod tests {
         assert_eq!(plain.single("OLD.\"id\""), "ARRAY[OLD.\"id\"]");
         let array = key("tags", "public.ids", true);
         assert_eq!(array.definition(), "\"tags\" text[] NOT NULL");
-        assert_eq!(array.aggregate("r.\"tags\""), "pg_catalog.array_agg(r.\"tags\"::pg_catalog.text)");
+        // Not PostgreSQL's own type: its output function, not a cast.
+        assert_eq!(
+            array.aggregate("r.\"tags\""),
+            "pg_catalog.array_agg(CASE WHEN r.\"tags\" IS NULL THEN NULL ELSE pg_catalog.format('%s', r.\"tags\") END)"
+        );
+        let built_in = key("nums", "integer[]", true);
+        assert_eq!(built_in.aggregate("r.\"nums\""), "pg_catalog.array_agg(r.\"nums\"::pg_catalog.text)");
         let read = rows("ibex.\"d\"", &[plain, array]);
         assert!(read.contains("u.\"tags\"::public.ids AS \"tags\""), "{read}");
         assert!(read.contains("unnest(s.\"id\", s.\"tags\", s.old_row) AS u(\"id\", \"tags\", ibex_image)"), "{read}");
@@ -299,7 +318,7 @@ mod tests {
         // Columns are qualified: a key column named like the variable is no clash.
         assert!(sql.contains("ARRAY(SELECT ibex_row.\"ibex_origin\" FROM ibex_new ibex_row LIMIT 1001)"), "{sql}");
         assert!(
-            sql.contains("ARRAY(SELECT ibex_row.\"b\"::pg_catalog.text FROM ibex_new ibex_row LIMIT 1001)"),
+            sql.contains("ARRAY(SELECT CASE WHEN ibex_row.\"b\" IS NULL THEN NULL ELSE pg_catalog.format('%s', ibex_row.\"b\") END FROM ibex_new ibex_row LIMIT 1001)"),
             "{sql}"
         );
         assert!(sql.contains("SELECT s.\"ibex_origin\", s.\"b\", ibex_origin FROM"), "{sql}");

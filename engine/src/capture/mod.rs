@@ -85,7 +85,7 @@ pub struct CaptureTable {
     pub kick: bool,
     /// Keep the row before each UPDATE or DELETE (these columns, as text),
     /// for conflict handlers that merge column by column.
-    pub old_image: Option<Vec<String>>,
+    pub old_image: Option<Vec<ImageColumn>>,
     /// Whether rows ibex applies here are captured too (makedelta).
     pub ibex_writes: IbexWrites,
 }
@@ -119,6 +119,14 @@ pub struct Owner {
     pub catalog_id: String,
     /// Where that catalog lives (host:port/database), for messages.
     pub catalog: String,
+}
+
+/// A column of an old image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageColumn {
+    pub name: String,
+    /// See `LiveColumn::built_in`: how the column becomes text.
+    pub built_in: bool,
 }
 
 /// A sync that reads the db, as capture setup needs to know it.

@@ -385,8 +385,10 @@ fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
         _ => (", origin", ", ibex_origin"),
     };
     let image = table.old_image.as_ref().map(|columns| {
-        let image: Vec<String> =
-            columns.iter().map(|c| format!("{}.{}::pg_catalog.text", delta::ROW_ALIAS, quote_ident(c))).collect();
+        let image: Vec<String> = columns
+            .iter()
+            .map(|c| delta::as_text(&format!("{}.{}", delta::ROW_ALIAS, quote_ident(&c.name)), c.built_in))
+            .collect();
         format!("ARRAY[{}]::pg_catalog.text[]", image.join(", "))
     });
     let old_insert = match &image {
@@ -610,7 +612,13 @@ mod tests {
             for writes in [IbexWrites::Ignore, IbexWrites::WhenAsked, IbexWrites::All] {
                 for (key, image) in [
                     (vec![fixed.clone()], None),
-                    (vec![fixed.clone(), text.clone()], Some(vec!["id".to_string(), "b".to_string()])),
+                    (
+                        vec![fixed.clone(), text.clone()],
+                        Some(vec![
+                            super::super::ImageColumn { name: "id".into(), built_in: true },
+                            super::super::ImageColumn { name: "b".into(), built_in: false },
+                        ]),
+                    ),
                 ] {
                     let mut t = table(writes);
                     t.key = key;
@@ -620,6 +628,13 @@ mod tests {
                     assert_eq!(bodies.len(), 2, "{sql}");
                     for body in bodies {
                         assert_eq!(unqualified_in(body), Vec::<String>::new(), "{body}");
+                        // A type not PostgreSQL's own becomes text by its
+                        // output function, never by a cast its owner wrote.
+                        assert!(!body.contains("\"b\"::"), "{body}");
+                    }
+                    if t.old_image.is_some() {
+                        assert!(sql.contains("pg_catalog.format('%s', ibex_row.\"b\")"), "{sql}");
+                        assert!(sql.contains("ibex_row.\"id\"::pg_catalog.text"), "{sql}");
                     }
                     // The key trigger's WHEN is bound under ibex's search_path
                     // but runs as every writer.
@@ -667,7 +682,8 @@ mod tests {
     #[test]
     fn every_own_column_of_the_delta_is_refused_as_a_key_name() {
         let mut imaged = table(IbexWrites::All);
-        imaged.old_image = Some(vec!["id".into(), "note".into()]);
+        imaged.old_image =
+            Some(["id", "note"].map(|name| super::super::ImageColumn { name: name.into(), built_in: true }).to_vec());
         let v17 = Capabilities::of_version(170010);
         let sql = install_table(&imaged, &v17, CaptureMode::Trigger);
         let reader = delta::rows("ibex.d", &imaged.key);

@@ -208,8 +208,9 @@ pub struct LiveColumn {
     /// (`pg_type.typlen` > 0: integers, uuid, timestamps); none for
     /// types of varying length.
     pub fixed_bytes: Option<u16>,
-    /// The type is PostgreSQL's own (in `pg_catalog`), so the operators
-    /// `pg_catalog` has for it are the type's own.
+    /// The type, or the type under its domains, is PostgreSQL's own (in
+    /// `pg_catalog`): the operators and casts `pg_catalog` has for it are
+    /// the type's own, and no one but a superuser made them.
     pub built_in: bool,
     /// The schema of the `=` that the type's default btree operator class
     /// (the one its key index uses) holds: for a base type of an extension
@@ -293,7 +294,12 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                            SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
                        SELECT format_type(oid, NULL) FROM under WHERE base = 0) END,
                     t.typtype = 'd' OR t.typcategory = 'A', t.typlen,
-                    t.typnamespace = 'pg_catalog'::regnamespace,
+                    (WITH RECURSIVE under (oid, base) AS (
+                         SELECT t.oid, t.typbasetype
+                         UNION ALL
+                         SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
+                     SELECT p.typnamespace = 'pg_catalog'::regnamespace
+                       FROM under JOIN pg_type p ON p.oid = under.oid WHERE under.base = 0),
                     coalesce((WITH RECURSIVE under (oid, base) AS (
                                   SELECT t.oid, t.typbasetype
                                   UNION ALL

@@ -54,8 +54,13 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
                 .ok_or_else(|| Error::Schema(format!("table {} on db {db} lacks key column {col}", need.table)))?;
             key.push(capture::DeltaKey::of(live));
         }
-        let old_image =
-            need.capture_old.then(|| columns.iter().filter(|c| !c.generated).map(|c| c.name.clone()).collect());
+        let old_image = need.capture_old.then(|| {
+            columns
+                .iter()
+                .filter(|c| !c.generated)
+                .map(|c| capture::ImageColumn { name: c.name.clone(), built_in: c.built_in })
+                .collect()
+        });
         tables.insert(
             need.table.clone(),
             CaptureTable { name: need.table, key, kick: need.autokick, old_image, ibex_writes: writes },
