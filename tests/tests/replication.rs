@@ -849,9 +849,10 @@ fn validate_names_a_public_schema_every_role_may_create_in() {
 /// cast to text (`CREATE CAST`). A key kept as text (a domain over a
 /// range of an enum) and old images of an enum column become text by the types' output
 /// functions: the casts, which raise "hijacked", never run, whoever
-/// writes. Key changes and old images still arrive whole.
+/// writes, nor in ibex's own sessions (compare, a merge). Key changes and
+/// old images still arrive whole.
 #[test]
-fn a_cast_to_text_a_type_s_owner_wrote_never_runs_in_capture() {
+fn a_cast_to_text_a_type_s_owner_wrote_runs_neither_in_capture_nor_in_ibex() {
     let s = Setup::one_way(
         "CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad');
          CREATE TYPE moods AS RANGE (subtype = mood);
@@ -899,4 +900,13 @@ fn a_cast_to_text_a_type_s_owner_wrote_never_runs_in_capture() {
         s.sql("dst", "SELECT string_agg(format('%s=%s:%s', k, feel, v), ',' ORDER BY v) FROM e"),
         "[sad,sad]=calm:a,[calm,calm]=:n"
     );
+    // ibex's own sessions, which run as its role, use no such cast either:
+    // compare (keys as text) and a merge of the same key changed on both.
+    s.assert_compare_clean("hs");
+    s.ibex.sh("add sync both herd=h dbs=src:source,dst:source conflict_strategy=latest").ok();
+    s.sql("dst", "UPDATE e SET v = 'dst'");
+    s.sql("src", "UPDATE e SET v = 'src'");
+    let run = s.run("both");
+    assert_eq!(run["run"]["conflicts"].as_u64(), Some(2), "{run}");
+    s.assert_same(&["src", "dst"], &["e"]);
 }

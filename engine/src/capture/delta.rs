@@ -106,25 +106,12 @@ impl DeltaKey {
 
     /// The key value `value` as the delta keeps it.
     fn stored(&self, value: &str) -> String {
-        if self.as_text { as_text(value, self.built_in) } else { value.to_string() }
+        if self.as_text { LiveColumn::text_of(value, self.built_in) } else { value.to_string() }
     }
 
     /// The key as read back from the unnested element `element`.
     fn read(&self, element: &str) -> String {
         if self.as_text { format!("{element}::{}", self.type_sql) } else { element.to_string() }
-    }
-}
-
-/// The value `value` as text, in a capture function: PostgreSQL's cast
-/// for a type of its own (`built_in`, see `LiveColumn::built_in`); for any
-/// other, the type's output function, through `format`, never a cast. A
-/// cast to text is a function its type's owner may write (`CREATE CAST`),
-/// and capture functions run as ibex's role.
-pub fn as_text(value: &str, built_in: bool) -> String {
-    if built_in {
-        format!("{value}::pg_catalog.text")
-    } else {
-        format!("CASE WHEN {value} IS NULL THEN NULL ELSE pg_catalog.format('%s', {value}) END")
     }
 }
 

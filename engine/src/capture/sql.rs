@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{CaptureMode, CaptureTable, IbexWrites, KICK_CHANNEL, Window, delta};
+use crate::pg::introspect::LiveColumn;
 use crate::pg::version::{Capabilities, XidFlavour};
 use crate::pg::{QualifiedName, quote_ident, quote_literal};
 
@@ -387,7 +388,7 @@ fn function_bodies(table: &CaptureTable, caps: &Capabilities) -> String {
     let image = table.old_image.as_ref().map(|columns| {
         let image: Vec<String> = columns
             .iter()
-            .map(|c| delta::as_text(&format!("{}.{}", delta::ROW_ALIAS, quote_ident(&c.name)), c.built_in))
+            .map(|c| LiveColumn::text_of(&format!("{}.{}", delta::ROW_ALIAS, quote_ident(&c.name)), c.built_in))
             .collect();
         format!("ARRAY[{}]::pg_catalog.text[]", image.join(", "))
     });

@@ -222,6 +222,24 @@ pub struct LiveColumn {
 }
 
 impl LiveColumn {
+    /// `value`, a value of this column, as text: see [`LiveColumn::text_of`].
+    pub fn as_text(&self, value: &str) -> String {
+        LiveColumn::text_of(value, self.built_in)
+    }
+
+    /// `value` as text: PostgreSQL's cast for a type of its own
+    /// (`built_in`); for any other, the type's output function, through
+    /// `format`, never a cast. A cast to text is a function its type's
+    /// owner may write (`CREATE CAST`), and ibex's SQL runs as ibex's role
+    /// (capture functions as their owner, for every writer).
+    pub fn text_of(value: &str, built_in: bool) -> String {
+        if built_in {
+            format!("{value}::pg_catalog.text")
+        } else {
+            format!("CASE WHEN {value} IS NULL THEN NULL ELSE pg_catalog.format('%s', {value}) END")
+        }
+    }
+
     /// `a = b` for two values of this column, with the type's own `=`
     /// named (see `equality_schema`).
     pub fn equals(&self, a: &str, b: &str) -> String {

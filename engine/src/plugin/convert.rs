@@ -9,6 +9,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
 pub use super::bindings::types::Value;
+use crate::pg::introspect::LiveColumn;
 use crate::pg::quote_ident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +39,11 @@ impl ColumnKind {
         }
     }
 
-    /// The select-list expression for column `name` of alias `alias`.
-    pub fn select(self, alias: &str, name: &str) -> String {
-        let col = format!("{alias}.{}", quote_ident(name));
+    /// The select-list expression for `column` of alias `alias`.
+    pub fn select(self, alias: &str, column: &LiveColumn) -> String {
+        let col = format!("{alias}.{}", quote_ident(&column.name));
         match self {
-            ColumnKind::Text => format!("{col}::text"),
+            ColumnKind::Text => column.as_text(&col),
             _ => col,
         }
     }

@@ -51,8 +51,8 @@ pub struct TableDiff {
 }
 
 fn key_text(table: &TableSpec, alias: &str) -> String {
-    if table.key.len() == 1 {
-        format!("{}::text", table.key_list_of(alias))
+    if let [key] = table.key.as_slice() {
+        key.as_text(&format!("{alias}.{}", quote_ident(&key.name)))
     } else {
         format!("ROW({})::text", table.key_list_of(alias))
     }
@@ -106,7 +106,7 @@ async fn rows_of(
     table: &TableSpec,
     wanted: &[i64],
 ) -> std::result::Result<BTreeMap<String, (Vec<String>, i64)>, tokio_postgres::Error> {
-    let parts: Vec<String> = table.key.iter().map(|c| format!("t.{}::text", quote_ident(&c.name))).collect();
+    let parts: Vec<String> = table.key.iter().map(|c| c.as_text(&format!("t.{}", quote_ident(&c.name)))).collect();
     let sql = format!(
         "SELECT {key}, ARRAY[{parts}]::text[], {row} FROM {table} t
           WHERE {key_hash} & {mask} = ANY($1)",

@@ -57,7 +57,7 @@ impl<'a> Cycle<'a> {
     async fn failing_rows(&self, ti: TableId, copies: &[(DbId, String)], filter: &str) -> Result<Vec<Vec<Value>>> {
         let table = self.table(ti);
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
-        let select: Vec<String> = table.columns.iter().zip(&kinds).map(|(c, k)| k.select("t", &c.name)).collect();
+        let select: Vec<String> = table.columns.iter().zip(&kinds).map(|(c, k)| k.select("t", c)).collect();
         let mut out = Vec::new();
         for (from, rows_from) in copies {
             if out.len() >= FAILURE_ROWS {

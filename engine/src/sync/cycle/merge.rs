@@ -88,8 +88,8 @@ impl<'a> Cycle<'a> {
     /// chunks of `chunk_keys` so memory stays flat however large the window.
     pub(super) async fn apply_merged(&mut self, ti: TableId, sources: &[DbId]) -> Result<()> {
         let table = self.table(ti);
-        let render = if table.key.len() == 1 {
-            format!("{}::text", table.key_list_of("d"))
+        let render = if let [key] = table.key.as_slice() {
+            key.as_text(&format!("d.{}", quote_ident(&key.name)))
         } else {
             format!("ROW({})::text", table.key_list_of("d"))
         };

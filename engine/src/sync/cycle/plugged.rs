@@ -340,9 +340,9 @@ impl<'a> Cycle<'a> {
             .key
             .iter()
             .map(|c| format!("k.{}", quote_ident(&c.name)))
-            .chain(table.key.iter().zip(&key_kinds).map(|(c, kind)| kind.select("k", &c.name)))
+            .chain(table.key.iter().zip(&key_kinds).map(|(c, kind)| kind.select("k", c)))
             .chain(std::iter::once(format!("t.{first_key} IS NOT NULL")))
-            .chain(table.columns.iter().zip(&col_kinds).map(|(c, kind)| kind.select("t", &c.name)))
+            .chain(table.columns.iter().zip(&col_kinds).map(|(c, kind)| kind.select("t", c)))
             .collect();
         let sql = format!(
             "SELECT {} FROM {} LEFT JOIN {} t ON {}",

@@ -55,7 +55,7 @@ impl<'a> Cycle<'a> {
         let table = self.table(ti);
         let Some(plugin) = self.transform_for(ti, target) else { return Ok(0) };
         let kinds: Vec<ColumnKind> = table.columns.iter().map(|c| ColumnKind::of(c.type_oid)).collect();
-        let select: Vec<String> = table.columns.iter().zip(&kinds).map(|(c, k)| k.select("t", &c.name)).collect();
+        let select: Vec<String> = table.columns.iter().zip(&kinds).map(|(c, k)| k.select("t", c)).collect();
         let cursor = "ibex_transform";
         let source = self.client(from);
         source
