@@ -636,7 +636,8 @@ fn hostile_identifiers_replicate_and_inject_nothing() {
 /// `public` for a key type that is not PostgreSQL's own match it exactly
 /// and would win over the type's real ones: an enum's and a domain's (in
 /// pg_catalog) and an extension type's (citext in schema `ext`). Each
-/// raises "hijacked" on both dbs for the whole test. Key changes, also one
+/// raises "hijacked" on both dbs for the whole test, as do exact-typed
+/// look-alikes of `cardinality` and `enum_send`. Key changes, also one
 /// that changes only a value's bytes, replicate one way (the single-source
 /// path) and then both ways with conflicts (the merge path).
 #[test]
@@ -666,11 +667,28 @@ fn an_operator_in_public_reaches_neither_capture_nor_ibex() {
              CREATE OPERATOR public.<> (LEFTARG = {ty}, RIGHTARG = {ty}, FUNCTION = public.trap);"
         ));
     }
+    // Exact-typed look-alikes of polymorphic functions ibex calls on keys
+    // and their delta arrays (the domain's are kept as text).
+    for array in ["mood[]", "text[]", "ext.citext[]"] {
+        schema.push_str(&format!(
+            "CREATE FUNCTION public.cardinality({array}) RETURNS int LANGUAGE plpgsql AS
+                 $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;"
+        ));
+    }
+    schema.push_str(
+        "CREATE FUNCTION public.enum_send(mood) RETURNS bytea LANGUAGE plpgsql AS
+             $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;",
+    );
     s.sql("src", &schema);
     s.dbs_from("src", &["src", "dst"]);
     // The trap springs for what binds it.
-    for lure in ["SELECT 'calm'::mood = 'glad'::mood", "SELECT 1::amount <> 2::amount", "SELECT 'a'::ext.citext = 'A'"]
-    {
+    for lure in [
+        "SELECT 'calm'::mood = 'glad'::mood",
+        "SELECT 1::amount <> 2::amount",
+        "SELECT 'a'::ext.citext = 'A'",
+        "SELECT cardinality(ARRAY['calm'::mood])",
+        "SELECT enum_send('calm'::mood)",
+    ] {
         let err = s.cluster.psql("dst", lure).expect_err(lure);
         assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
     }

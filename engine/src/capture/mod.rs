@@ -524,16 +524,17 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState> {
 /// The database's name if its schema `public` grants CREATE to every role
 /// (PUBLIC), as it did by default before PostgreSQL 15.
 async fn public_open_to_all(client: &Client) -> Result<Option<String>> {
+    let read = || "reading the privileges of schema public".to_string();
     let row = client
         .query_one(
             "SELECT current_database()::text, EXISTS (
                  SELECT FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-                  WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE')",
+                  WHERE n.nspname = 'public' AND a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid
+                    AND a.privilege_type = 'CREATE')",
             &[],
         )
         .await
-        .ctx(|| "reading the privileges of schema public".into())?;
-    let read = || "reading the privileges of schema public".to_string();
+        .ctx(read)?;
     let open: bool = row.try_get(1).ctx(read)?;
     if !open {
         return Ok(None);

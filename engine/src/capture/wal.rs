@@ -541,7 +541,7 @@ async fn write_keys(client: &Client, target: &mut Target, txns: &[Txn]) -> Resul
     let names: Vec<String> = target.key.iter().map(|(c, _)| quote_ident(c)).collect();
     // A delta row per transaction (and chunk), as the triggers write one per statement.
     let casts: Vec<String> =
-        target.key.iter().enumerate().map(|(i, (_, ty))| format!("array_agg(k{i}::{ty})::{ty}[]")).collect();
+        target.key.iter().enumerate().map(|(i, (_, ty))| format!("pg_catalog.array_agg(k{i}::{ty})::{ty}[]")).collect();
     let aliases: Vec<String> = (0..target.key.len()).map(|i| format!("k{i}")).collect();
     let params: Vec<String> = (1..=target.key.len() + 2).map(|i| format!("${i}::text[]")).collect();
     let sql = format!(

@@ -190,7 +190,8 @@ pub struct LiveColumn {
     pub not_null: bool,
     /// Generated columns are computed by each database, never written.
     pub generated: bool,
-    /// The type's binary send function, for ordering keys by their bytes.
+    /// The type's binary send function, for ordering keys by their bytes,
+    /// named with its schema.
     pub send_fn: String,
     /// Binary COPY of this type embeds type OIDs that differ between
     /// databases (arrays and composites of user-defined types).
@@ -213,8 +214,8 @@ pub struct LiveColumn {
     /// the type's own, and no one but a superuser made them.
     pub built_in: bool,
     /// The schema of the `=` that the type's default btree operator class
-    /// (the one its key index uses) holds: for a base type of an extension
-    /// or a user (`citext`), that type's own; for every other type
+    /// holds: for a base type of an extension or a user (`citext`), the
+    /// schema of the operator its operator class names; for every other type
     /// (built-in, enum, array, range, composite, a domain over one of
     /// these), `pg_catalog`'s. ibex names it wherever it compares keys, so
     /// that no `=` someone else put on the search path is chosen.
@@ -236,7 +237,11 @@ impl LiveColumn {
         if built_in {
             format!("{value}::pg_catalog.text")
         } else {
-            format!("CASE WHEN {value} IS NULL THEN NULL ELSE pg_catalog.format('%s', {value}) END")
+            // num_nulls, not IS NULL: a composite whose fields are all
+            // NULL IS NULL, yet its text is `(,)`.
+            format!(
+                "CASE WHEN pg_catalog.num_nulls({value}) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format('%s', {value}) END"
+            )
         }
     }
 
@@ -300,7 +305,9 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
     let rows = c
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
-                    coalesce(to_jsonb(a) ->> 'attgenerated', '') <> '', t.typsend::regproc::text,
+                    coalesce(to_jsonb(a) ->> 'attgenerated', '') <> '',
+                    (SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+                       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = t.typsend),
                     CASE WHEN t.typtype = 'c' THEN true
                          WHEN t.typcategory = 'A' THEN t.typelem >= 16384
                               OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')

@@ -86,9 +86,15 @@ impl TableSpec {
     /// item `k` with the key's column names (a domain column's array is
     /// of its base type: see `LiveColumn::array_element_sql`).
     pub fn key_arrays_as_k(&self) -> String {
-        let arrays: Vec<String> =
-            self.key.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.array_element_sql())).collect();
-        format!("unnest({}) AS k ({})", arrays.join(", "), self.key_list())
+        // Named in pg_catalog: an exact-typed `unnest` in `public` would
+        // win over its `anyarray` one.
+        let arrays: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("pg_catalog.unnest(${}::{}[])", i + 1, c.array_element_sql()))
+            .collect();
+        format!("ROWS FROM ({}) AS k ({})", arrays.join(", "), self.key_list())
     }
 
     /// Rows of `alias` whose key is among the changed keys of the delta
