@@ -191,7 +191,8 @@ pub struct LiveColumn {
     /// Generated columns are computed by each database, never written.
     pub generated: bool,
     /// The type's binary send function, for ordering keys by their bytes,
-    /// named with its schema.
+    /// named with its schema (`-` for a type without one, as `regproc`
+    /// prints it).
     pub send_fn: String,
     /// Binary COPY of this type embeds type OIDs that differ between
     /// databases (arrays and composites of user-defined types).
@@ -306,8 +307,9 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
                     coalesce(to_jsonb(a) ->> 'attgenerated', '') <> '',
-                    (SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname)
-                       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = t.typsend),
+                    coalesce((SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+                                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                               WHERE p.oid = t.typsend), '-'),
                     CASE WHEN t.typtype = 'c' THEN true
                          WHEN t.typcategory = 'A' THEN t.typelem >= 16384
                               OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')
