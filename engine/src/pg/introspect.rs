@@ -315,33 +315,26 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                               OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typtype = 'c')
                          ELSE false END,
                     CASE WHEN t.typtype = 'd' AND current_setting('server_version_num')::int < 110000 THEN
-                      (WITH RECURSIVE under (oid, base) AS (
-                           SELECT t.oid, t.typbasetype
-                           UNION ALL
-                           SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
-                       SELECT format_type(oid, NULL) FROM under WHERE base = 0) END,
+                      format_type(b.oid, NULL) END,
                     t.typtype = 'd' OR t.typcategory = 'A', t.typlen,
-                    (WITH RECURSIVE under (oid, base) AS (
-                         SELECT t.oid, t.typbasetype
-                         UNION ALL
-                         SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
-                     SELECT p.typnamespace = 'pg_catalog'::regnamespace
-                       FROM under JOIN pg_type p ON p.oid = under.oid WHERE under.base = 0),
-                    coalesce((WITH RECURSIVE under (oid, base) AS (
-                                  SELECT t.oid, t.typbasetype
-                                  UNION ALL
-                                  SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
-                              SELECT n.nspname::text
-                                FROM under
-                                JOIN pg_opclass c ON c.opcintype = under.oid AND c.opcdefault
+                    b.typnamespace = 'pg_catalog'::regnamespace,
+                    coalesce((SELECT n.nspname::text
+                                FROM pg_opclass c
                                 JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
                                 JOIN pg_amop o ON o.amopfamily = c.opcfamily AND o.amoplefttype = c.opcintype
                                                AND o.amoprighttype = c.opcintype AND o.amopstrategy = 3
                                 JOIN pg_operator op ON op.oid = o.amopopr
                                 JOIN pg_namespace n ON n.oid = op.oprnamespace
-                               WHERE under.base = 0
+                               WHERE c.opcintype = b.oid AND c.opcdefault
                                LIMIT 1), 'pg_catalog')
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+               -- The type under every level of domain (the type itself if none).
+               CROSS JOIN LATERAL (
+                   WITH RECURSIVE under (oid, base) AS (
+                       SELECT t.oid, t.typbasetype
+                       UNION ALL
+                       SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
+                   SELECT p.oid, p.typnamespace FROM under JOIN pg_type p ON p.oid = under.oid WHERE under.base = 0) b
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&table.quoted()],
