@@ -82,9 +82,6 @@ step "the application's data on the old server: pgbench -i -s $scale"
 pgbench -q -i -s "$scale" -h 127.0.0.1 -p "$old_port" -U postgres app 2>/dev/null
 # Every replicated table needs a key; pgbench_history has none.
 sql "$old_port" "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY"
-# Before PostgreSQL 15 every role may create objects in schema public,
-# where ibex's sessions look names up: ibex warns until that is closed.
-sql "$old_port" "REVOKE CREATE ON SCHEMA public FROM PUBLIC"
 echo "   old: $(rows "$old_port")"
 
 step "schema copied to the new server (pg_dump -s | psql)"

@@ -456,7 +456,7 @@ impl Cluster {
     pub fn table_hash(&self, dbname: &str, table: &str) -> Result<String> {
         self.psql(
             dbname,
-            &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {table} x"),
+            &format!("SELECT count(*)::text || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {table} x"),
         )
     }
 }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod faults;
 pub mod ibex;
 pub mod load;
+pub mod lookalikes;
 pub mod mariadb;
 pub mod plugins;
 pub mod proxy;

@@ -40,7 +40,10 @@ fn a_second_daemon_takes_over_a_stopped_or_killed_holder_and_nothing_is_applied_
     s.sql(
         "m2",
         "CREATE TABLE audit_log (id int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+         -- It fires in ibex's sessions, whose search_path holds only
+         -- pg_catalog and pg_temp (as PostgreSQL's replication workers'):
+         -- it names its own.
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS
            $$ BEGIN INSERT INTO audit_log (id) VALUES (NEW.id); RETURN NULL; END $$;
          CREATE TRIGGER audit AFTER INSERT OR UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION audit();
          -- ibex applies as a replica: make the audit see its writes too.

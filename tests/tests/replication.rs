@@ -845,22 +845,42 @@ fn writer_s_search_path(capture: &str) {
     assert_eq!(s.sql("dst", "SELECT count(*), count(*) FILTER (WHERE v = 'all') FROM g"), "1400|1400");
 }
 
-/// A db whose schema `public` every role may create in (the default before
-/// PostgreSQL 15) is named by `ibex validate`, with the REVOKE that closes
-/// it; once closed, nothing is said.
+/// ibex's sessions keep `public` off their search_path (as PostgreSQL's
+/// own replication workers do), so a user trigger that fires on ibex's
+/// writes (ENABLE ALWAYS) and names a table without its schema fails
+/// there, and the run with it. `ibex validate` names the trigger, with the
+/// fix; once its function has a path of its own, validate is quiet and the
+/// trigger sees ibex's writes.
 #[test]
-fn validate_names_a_public_schema_every_role_may_create_in() {
-    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY)", "t", "hs", "");
-    let warning = "REVOKE CREATE ON SCHEMA public FROM PUBLIC";
-    let quiet = s.ibex.run(&["validate", "hs"]).ok();
-    assert!(!quiet.stderr.contains(warning), "{}", quiet.stderr);
-    s.sql("dst", "GRANT CREATE ON SCHEMA public TO PUBLIC");
+fn validate_names_a_trigger_that_fires_on_ibex_s_writes_without_a_path_of_its_own() {
+    let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "hs", "");
+    s.sql(
+        "dst",
+        "CREATE TABLE audit_log (id int);
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+             $f$ BEGIN INSERT INTO audit_log VALUES (NEW.id); RETURN NULL; END $f$;
+         CREATE TRIGGER audit AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION audit();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER audit;",
+    );
+    let fix = "ALTER FUNCTION public.audit() SET search_path = public";
     let warned = s.ibex.run(&["validate", "hs"]).ok();
-    assert!(warned.stderr.contains("schema public on database dst lets every role create"), "{}", warned.stderr);
-    assert!(warned.stderr.contains(warning) && !warned.stderr.contains("database src"), "{}", warned.stderr);
-    s.sql("dst", "REVOKE CREATE ON SCHEMA public FROM PUBLIC");
-    let closed = s.ibex.run(&["validate", "hs"]).ok();
-    assert!(!closed.stderr.contains(warning), "{}", closed.stderr);
+    assert!(
+        warned
+            .stderr
+            .contains("trigger audit on table public.t of db dst fires on the rows ibex writes (ENABLE ALWAYS)")
+            && warned.stderr.contains(fix)
+            && !warned.stderr.contains("db src"),
+        "{}",
+        warned.stderr
+    );
+    s.sql("src", "INSERT INTO t VALUES (1, 'a')");
+    s.run_fails("hs", "audit_log");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "0");
+    s.sql("dst", fix);
+    let quiet = s.ibex.run(&["validate", "hs"]).ok();
+    assert!(!quiet.stderr.contains("trigger audit"), "{}", quiet.stderr);
+    s.run("hs");
+    assert_eq!(s.sql("dst", "SELECT string_agg(id::text, ',') FROM audit_log"), "1");
 }
 
 /// Capture functions run as ibex's role, and a type's owner may write its
@@ -927,4 +947,135 @@ fn a_cast_to_text_a_type_s_owner_wrote_runs_neither_in_capture_nor_in_ibex() {
     let run = s.run("both");
     assert_eq!(run["run"]["conflicts"].as_u64(), Some(2), "{run}");
     s.assert_same(&["src", "dst"], &["e"]);
+}
+
+/// Name resolution prefers an exact match to a polymorphic one (or to one
+/// reached by a coercion), whatever the search_path's order:
+/// `public.unnest(int[])` wins over `pg_catalog.unnest(anyarray)` for
+/// every caller with `public` on its path that does not name
+/// `pg_catalog`. With such a look-alike of every polymorphic built-in
+/// function, aggregate and operator in `public` (each raising "hijacked",
+/// see `tests/src/lookalikes.rs`), for the key and value types of the
+/// tables here and the catalog's, capture (under the writer's path, which
+/// has `public`), `add table`, a one-way and a merged run, compare,
+/// reconcile and a TRUNCATE trip none of them.
+#[test]
+fn look_alikes_of_polymorphic_built_ins_in_public_reach_nothing_ibex_runs() {
+    look_alikes_of_polymorphic_built_ins("trigger");
+}
+
+/// The same with db src on WAL capture (a mixed sync: dst keeps triggers).
+#[test]
+fn look_alikes_of_polymorphic_built_ins_in_public_reach_nothing_ibex_runs_with_wal_capture() {
+    look_alikes_of_polymorphic_built_ins("wal");
+}
+
+fn look_alikes_of_polymorphic_built_ins(capture: &str) {
+    let s = Setup::new();
+    s.cluster.create_db("src").unwrap();
+    s.sql(
+        "src",
+        "CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad');
+         CREATE DOMAIN amount AS numeric;
+         CREATE DOMAIN code AS text;
+         CREATE TABLE i (k int PRIMARY KEY, v text, at timestamptz);
+         CREATE TABLE m (k mood PRIMARY KEY, v text);
+         CREATE TABLE n (k amount PRIMARY KEY, v bytea);
+         CREATE TABLE c (a int, b code, v text, PRIMARY KEY (a, b));
+         CREATE TABLE w (k text PRIMARY KEY, v jsonb, f bool);
+         INSERT INTO i SELECT g, 'v' || g, now() FROM generate_series(1, 300) g;
+         INSERT INTO m VALUES ('calm', 'a'), ('glad', 'b');
+         INSERT INTO n SELECT g, '\\x01' FROM generate_series(1, 50) g;
+         INSERT INTO c SELECT g, 'c' || g, 'v' FROM generate_series(1, 50) g;
+         INSERT INTO w SELECT 'k' || g, '{}', true FROM generate_series(1, 50) g;",
+    );
+    // The tables' types, and the catalog's that ibex reads.
+    let types = [
+        "int",
+        "bigint",
+        "smallint",
+        "text",
+        "numeric",
+        "bool",
+        "bytea",
+        "timestamptz",
+        "jsonb",
+        "mood",
+        "amount",
+        "code",
+        "oid",
+        "name",
+        "\"char\"",
+        "regclass",
+        "regtype",
+        "regproc",
+        "xid",
+        "xid8",
+        "pg_lsn",
+    ];
+    s.sql("src", &ibex_tests::lookalikes::arm(&types));
+    // Exact matches of built-ins that take their argument by a coercion
+    // (name to text, smallint to integer) win the same way.
+    s.sql(
+        "src",
+        "CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE plpgsql AS
+             $f$ BEGIN RAISE EXCEPTION 'hijacked: quote_ident(name)'; END $f$;
+         CREATE FUNCTION public.format_type(oid, smallint) RETURNS text LANGUAGE plpgsql AS
+             $f$ BEGIN RAISE EXCEPTION 'hijacked: format_type(oid, smallint)'; END $f$;",
+    );
+    s.dbs_from("src", &["src", "dst"]);
+    // The look-alikes spring for what does not name pg_catalog.
+    for lure in [
+        "SELECT unnest(ARRAY[1])",
+        "SELECT count(k) FROM i",
+        "SELECT array_agg(k) FROM m",
+        "SELECT max(k) FROM m",
+        "SELECT cardinality(ARRAY['x'::text])",
+        "SELECT ARRAY[1] = ARRAY[2]",
+        "SELECT format('%s', 1::amount)",
+        "SELECT quote_ident(relname) FROM pg_class LIMIT 1",
+    ] {
+        let err = s.cluster.psql("dst", lure).expect_err(lure);
+        assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
+    }
+    if capture != "trigger" {
+        s.ibex.run(&["update", "db", "src", &format!("capture={capture}")]).ok();
+    }
+    s.ibex.sh("add table i m n c w db=src herd=h").ok();
+    s.ibex.sh("update table m capture_old=true").ok();
+    s.ibex.sh("add sync hs herd=h dbs=src:source,dst:source conflict_strategy=latest").ok();
+    // One source changed: few keys and many, key changes, deletes.
+    s.sql(
+        "src",
+        "INSERT INTO i SELECT g, 'new', now() FROM generate_series(301, 2300) g;
+         UPDATE i SET k = k + 5000 WHERE k <= 10;
+         DELETE FROM i WHERE k BETWEEN 11 AND 20;
+         UPDATE m SET k = 'sad' WHERE v = 'a';
+         UPDATE n SET k = k + 100 WHERE k <= 5;
+         UPDATE n SET v = '\\x02' WHERE k > 40;
+         UPDATE c SET b = 'moved' WHERE a = 1;
+         DELETE FROM c WHERE a = 2;
+         UPDATE w SET v = '{\"a\": 1}', f = false WHERE k = 'k1';",
+    );
+    s.run("hs");
+    let tables = ["i", "m", "n", "c", "w"];
+    s.assert_same(&["src", "dst"], &tables);
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM i"), "2290");
+    // Both sources changed the same keys: the merge settles them.
+    s.sql("dst", "UPDATE i SET v = 'dst' WHERE k <= 200; UPDATE m SET v = 'dst'; UPDATE n SET v = '\\x03'; UPDATE c SET v = 'dst'; UPDATE w SET f = true;");
+    s.sql("src", "UPDATE i SET v = 'src' WHERE k <= 100; UPDATE m SET v = 'src'; UPDATE n SET v = '\\x04'; UPDATE c SET v = 'src'; UPDATE w SET f = false;");
+    let run = s.run("hs");
+    assert!(run["run"]["conflicts"].as_u64().unwrap_or(0) >= 100, "{run}");
+    s.assert_same(&["src", "dst"], &tables);
+    assert_eq!(s.sql("dst", "SELECT string_agg(DISTINCT v, ',') FROM m"), "src");
+    s.assert_compare_clean("hs");
+    // A difference made behind ibex's back: compare finds it, reconcile mends it.
+    s.sql("dst", "SET session_replication_role = replica; UPDATE i SET v = 'tampered' WHERE k = 150; DELETE FROM m WHERE v = 'src' AND k::text = 'glad'");
+    assert_eq!(s.ibex.run(&["compare", "hs"]).code, 1);
+    s.ibex.sh("reconcile hs").ok();
+    s.assert_same(&["src", "dst"], &tables);
+    s.sql("src", "TRUNCATE c");
+    s.run("hs");
+    assert_eq!(s.sql("dst", "SELECT count(*) FROM c"), "0");
+    s.assert_same(&["src", "dst"], &tables);
 }

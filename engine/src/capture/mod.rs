@@ -205,11 +205,6 @@ pub async fn reconcile(
         // Also a slot left behind by a crash between the two steps above.
         drop_slot(client, &slot).await?;
     }
-    if let Some(db) = public_open_to_all(client).await? {
-        report.warnings.push(format!(
-            "schema public on database {db} lets every role create objects in it, and ibex's sessions look names up there after pg_catalog: a function or operator someone makes there could be chosen over PostgreSQL's own and run as ibex's role. Run `REVOKE CREATE ON SCHEMA public FROM PUBLIC` on it (PostgreSQL 15's default)"
-        ));
-    }
     Ok(report)
 }
 
@@ -519,27 +514,6 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<SlotState> {
         .await
         .ctx(|| "looking for the WAL capture slot".into())?;
     Ok(SlotState::from_status(row.as_ref().and_then(|r| r.get::<_, Option<String>>(0)).as_deref()))
-}
-
-/// The database's name if its schema `public` grants CREATE to every role
-/// (PUBLIC), as it did by default before PostgreSQL 15.
-async fn public_open_to_all(client: &Client) -> Result<Option<String>> {
-    let read = || "reading the privileges of schema public".to_string();
-    let row = client
-        .query_one(
-            "SELECT current_database()::text, EXISTS (
-                 SELECT FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-                  WHERE n.nspname = 'public' AND a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid
-                    AND a.privilege_type = 'CREATE')",
-            &[],
-        )
-        .await
-        .ctx(read)?;
-    let open: bool = row.try_get(1).ctx(read)?;
-    if !open {
-        return Ok(None);
-    }
-    Ok(Some(row.try_get(0).ctx(read)?))
 }
 
 /// Whether the db records a WAL capture slot (it is, or was until a

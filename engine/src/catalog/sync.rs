@@ -463,6 +463,35 @@ pub async fn dbs_in_syncs(c: &impl GenericClient) -> Result<Vec<String>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Tables syncs write on `db`: those of every sync where it is a target,
+/// or one source of several.
+pub async fn tables_written_to(c: &impl GenericClient, db: &str) -> Result<Vec<crate::pg::QualifiedName>> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT r.schema_name, r.rel_name
+               FROM ibex.sync s
+               JOIN ibex.dbgroup_member m ON m.dbgroup = s.dbgroup
+               JOIN ibex.herd_member h ON h.herd = s.herd
+               JOIN ibex.relation r ON r.id = h.relation AND r.kind = 'table'
+              WHERE m.db = $1
+                AND (m.role = 'target'
+                     OR (SELECT count(*) FROM ibex.dbgroup_member o WHERE o.dbgroup = s.dbgroup AND o.role = 'source') > 1)
+              ORDER BY 1, 2",
+            &[&db],
+        )
+        .await
+        .ctx(|| format!("listing the tables syncs write on db {db}"))?;
+    rows.iter()
+        .map(|r| {
+            let read = || "reading a table name".to_string();
+            Ok(crate::pg::QualifiedName::new(
+                r.try_get::<_, String>(0).ctx(read)?,
+                r.try_get::<_, String>(1).ctx(read)?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,12 @@ fn from_row(row: &tokio_postgres::Row) -> LiveRelation {
     }
 }
 
+/// Where an unqualified name a user typed is looked for: the position of
+/// the relation's schema in PostgreSQL's default search_path (`"$user",
+/// public`), NULL outside it. ibex's own sessions leave `public` off their
+/// path (see `pg/session.rs`), so `pg_table_is_visible` would find nothing.
+const USER_PATH_RANK: &str = "array_position(ARRAY[current_user::text, 'public'], n.nspname::text)";
+
 /// Finds the relation a user means by `name`, `schema.name` or quoted SQL
 /// identifiers; an exact match of the text comes first (so `My Table` and
 /// `"odd;name"` work unquoted), then SQL identifier rules.
@@ -62,9 +68,9 @@ pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveR
     let exact = c
         .query(
             &format!(
-                "{SELECT} WHERE (c.relname = $1 AND pg_table_is_visible(c.oid))
+                "{SELECT} WHERE (c.relname = $1 AND {USER_PATH_RANK} IS NOT NULL)
                     OR n.nspname || '.' || c.relname = $1
-                  ORDER BY (n.nspname || '.' || c.relname = $1) DESC LIMIT 1"
+                  ORDER BY (n.nspname || '.' || c.relname = $1) DESC, {USER_PATH_RANK} LIMIT 1"
             ),
             &[&typed],
         )
@@ -79,9 +85,9 @@ pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveR
         .query(
             &format!(
                 "{SELECT}, parse_ident($1) AS p
-                  WHERE (cardinality(p) = 1 AND c.relname = p[1] AND pg_table_is_visible(c.oid))
+                  WHERE (cardinality(p) = 1 AND c.relname = p[1] AND {USER_PATH_RANK} IS NOT NULL)
                      OR (cardinality(p) = 2 AND n.nspname = p[1] AND c.relname = p[2])
-                  LIMIT 1"
+                  ORDER BY {USER_PATH_RANK} LIMIT 1"
             ),
             &[&typed],
         )
@@ -95,6 +101,58 @@ pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveR
         Err(err) => return Err(err).ctx(|| format!("looking up {typed:?}")),
     };
     Ok(rows.first().map(from_row))
+}
+
+/// A user trigger that fires on ibex's writes (ibex applies as a replica,
+/// so only ENABLE ALWAYS and ENABLE REPLICA triggers do) and whose
+/// function sets no search_path of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaTrigger {
+    pub name: String,
+    /// The table, as SQL.
+    pub table: String,
+    /// The function with its argument types, as SQL (`public.audit()`).
+    pub function: String,
+    /// ENABLE ALWAYS rather than ENABLE REPLICA.
+    pub always: bool,
+}
+
+/// The triggers on `tables` that fire in ibex's sessions and would run
+/// with ibex's search_path (see `pg/session.rs`). ibex's own (in schema
+/// ibex) are left out.
+pub async fn triggers_without_own_path(
+    c: &impl GenericClient,
+    tables: &[QualifiedName],
+) -> Result<Vec<ReplicaTrigger>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let rows = c
+        .query(
+            "SELECT t.tgname::text, t.tgrelid::regclass::text, t.tgfoid::regprocedure::text, t.tgenabled = 'A'
+               FROM pg_trigger t
+               JOIN pg_proc p ON p.oid = t.tgfoid
+               JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE t.tgrelid = ANY (SELECT to_regclass(x) FROM unnest($1::text[]) x)
+                AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'R') AND n.nspname <> 'ibex'
+                AND NOT EXISTS (SELECT FROM unnest(p.proconfig) setting WHERE setting LIKE 'search\\_path=%')
+              ORDER BY 2, 1",
+            &[&names],
+        )
+        .await
+        .ctx(|| "listing the triggers that fire on ibex's writes".into())?;
+    rows.iter()
+        .map(|r| {
+            let read = || "reading a trigger".to_string();
+            Ok(ReplicaTrigger {
+                name: r.try_get(0).ctx(read)?,
+                table: r.try_get(1).ctx(read)?,
+                function: r.try_get(2).ctx(read)?,
+                always: r.try_get(3).ctx(read)?,
+            })
+        })
+        .collect()
 }
 
 /// Ordinary and partitioned tables outside the system schemas and ibex's own.

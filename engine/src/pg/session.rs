@@ -13,12 +13,22 @@ pub const PINNED: &[(&str, &str)] = &[
     ("bytea_output", "hex"),
     ("client_encoding", "UTF8"),
     ("standard_conforming_strings", "on"),
-    // ibex qualifies its own names, but plugin SQL is prepared on ibex's
-    // sessions with unqualified user tables (as the plugin functions'
-    // `public, pg_temp` path expects); pg_temp last so temporary tables
-    // cannot capture a name.
-    ("search_path", "pg_catalog, public, pg_temp"),
+    // No schema another role may create in, as PostgreSQL's own
+    // replication workers run: name resolution prefers an exact-typed
+    // look-alike in any schema on the path to a polymorphic built-in, so
+    // with `public` here its creators would run code as ibex's role. User
+    // SQL ibex runs takes its own path: `USER_SEARCH_PATH` for `ibex ddl`,
+    // the plugin functions' for plugin statements. pg_temp last, so a
+    // temporary table cannot capture a name.
+    ("search_path", IBEX_SEARCH_PATH),
 ];
+
+/// The search_path of ibex's sessions (see `PINNED`).
+pub const IBEX_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// PostgreSQL's default search_path, under which SQL a user wrote for
+/// ibex to run (`ibex ddl`) and a user's unqualified table names are read.
+pub const USER_SEARCH_PATH: &str = "\"$user\", public";
 
 /// The server's TCP keepalive on ibex's sessions (ignored over a Unix
 /// socket): a backend whose ibex vanished behind a dead network path (no
@@ -64,7 +74,7 @@ mod tests {
     fn options_escape_spaces() {
         let o = startup_options(Some("-c work_mem=64MB"));
         assert!(o.starts_with("-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6 -c work_mem=64MB -c DateStyle=ISO,\\ MDY "), "{o}");
-        assert!(o.ends_with("-c search_path=pg_catalog,\\ public,\\ pg_temp"), "{o}");
+        assert!(o.ends_with("-c search_path=pg_catalog,\\ pg_temp"), "{o}");
         assert_eq!(escape(r"a b\c"), r"a\ b\\c");
     }
 }

@@ -168,6 +168,29 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
     params.iter().map(convert::to_text).collect()
 }
 
+/// Parses (only) a plugin's statement with the names it will have in its
+/// role's function, under that function's search_path rather than ibex's
+/// (see `pg/session.rs`): the path set, the parse and the path set back
+/// go out together, one round trip. Inside a transaction that the parse
+/// fails, setting the path back fails too, and the rollback (to the
+/// caller's savepoint) restores it.
+async fn parse_statement(
+    client: &Client,
+    sql: &str,
+    types: &[Type],
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    let (set, parsed, back) = futures_util::future::join3(
+        client.batch_execute(&format!("SET search_path TO {}", roles::SEARCH_PATH)),
+        client.prepare_typed(sql, types),
+        client.batch_execute(&format!("SET search_path TO {}", pg::session::IBEX_SEARCH_PATH)),
+    )
+    .await;
+    set?;
+    let parsed = parsed?;
+    back?;
+    Ok(parsed)
+}
+
 /// Runs a plugin's query inside its role's definer function: typed by a
 /// parse of the statement (under the role), every column sent back as text
 /// and read back into WIT values by type. Returns at most `row_cap` rows,
@@ -186,7 +209,7 @@ async fn run_query(
     let types = vec![Type::TEXT; params.len()];
     // Parse only: types and columns. One statement (the extended protocol
     // refuses several), nothing executed, nothing planned.
-    let plain = client.prepare_typed(sql, &types).await.map_err(|e| describe_pg(&e))?;
+    let plain = parse_statement(client, sql, &types).await.map_err(|e| describe_pg(&e))?;
     let kinds: Vec<ColumnKind> = plain.columns().iter().map(|c| ColumnKind::of(c.type_().oid())).collect();
     let aliases: Vec<String> = (1..=kinds.len()).map(|i| format!("c{i}")).collect();
     let texts: Vec<String> = aliases.iter().map(|a| format!("ibex_q.{a}::text")).collect();
@@ -304,7 +327,7 @@ impl host::Host for HostState {
         let types = vec![Type::TEXT; params.len()];
         let (savepoint, parsed, prepared) = futures_util::future::join3(
             client.batch_execute("SAVEPOINT ibex_plugin_execute"),
-            client.prepare_typed(statement, &types),
+            parse_statement(client, statement, &types),
             client.prepare(&call),
         )
         .await;

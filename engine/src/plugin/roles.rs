@@ -29,6 +29,10 @@ use crate::pg::{QualifiedName, quote_ident, quote_literal};
 /// Parameters a plugin statement may take (`$1` .. `$16`).
 pub const MAX_PARAMS: usize = 16;
 
+/// The search_path of the plugins' definer functions, under which a
+/// plugin's unqualified names resolve (`pg_catalog` implicitly first).
+pub const SEARCH_PATH: &str = "public, pg_temp";
+
 /// The schema holding the plugins' definer functions (owned by ibex's user).
 pub const SCHEMA: &str = "ibex_plugin";
 
@@ -118,7 +122,7 @@ pub async fn install(c: &impl GenericClient, role: &str, access: &DbAccess) -> R
         let _ = writeln!(
             sql,
             "CREATE OR REPLACE FUNCTION {f}(statement text{decl}) RETURNS SETOF text[]
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $ibex$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {SEARCH_PATH} AS $ibex$
 BEGIN
     -- Only what EXPLAIN accepts (queries, DML) ever runs.
     EXECUTE 'EXPLAIN ' || statement USING {uses};
@@ -135,7 +139,7 @@ GRANT EXECUTE ON FUNCTION {f}({sig}) TO CURRENT_USER;"
         let _ = writeln!(
             sql,
             "CREATE OR REPLACE FUNCTION {f}(statement text{decl}) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $ibex$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {SEARCH_PATH} AS $ibex$
 DECLARE
     affected bigint;
 BEGIN

@@ -86,8 +86,13 @@ async fn change(plan: &Plan, statement: &str, lock_timeout_ms: u64) -> Result<Ve
     dbs.sort_by_key(|db| rank(db));
     let clients = try_join_all(dbs.iter().map(|db| async move {
         let client = pg::connect(&db.conn, "ibex ddl").await?;
+        // The user's statement resolves its names as theirs would in psql,
+        // not under ibex's own path (see `pg/session.rs`).
         client
-            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{lock_timeout_ms}ms'"))
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{lock_timeout_ms}ms'; SET LOCAL search_path TO {}",
+                pg::session::USER_SEARCH_PATH
+            ))
             .await
             .ctx(|| format!("starting the schema change on db {}", db.name))?;
         Ok::<_, Error>(client)

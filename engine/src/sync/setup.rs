@@ -73,7 +73,25 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
         .await
         .map_err(|err| naming_db(err, db))?;
     report.warnings.extend(warnings);
+    let written = catalog::sync::tables_written_to(catalog_client, db).await?;
+    for trigger in introspect::triggers_without_own_path(&client, &written).await.map_err(|err| naming_db(err, db))? {
+        report.warnings.push(path_warning(db, &trigger));
+    }
     Ok(report)
+}
+
+/// What to say of a user trigger that fires on ibex's writes and would
+/// find names only in pg_catalog.
+fn path_warning(db: &str, trigger: &introspect::ReplicaTrigger) -> String {
+    format!(
+        "trigger {} on table {} of db {db} fires on the rows ibex writes ({}). It runs in ibex's session, whose search_path is `{}` (as in PostgreSQL's own replication workers), so a table or function that its function {} names without a schema is not found. Qualify those names, or give the function a path of its own: ALTER FUNCTION {} SET search_path = public",
+        trigger.name,
+        trigger.table,
+        if trigger.always { "ENABLE ALWAYS" } else { "ENABLE REPLICA" },
+        pg::session::IBEX_SEARCH_PATH,
+        trigger.function,
+        trigger.function
+    )
 }
 
 /// The catalog as the owner of capture, and a connection to `record`'s db.
