@@ -630,12 +630,13 @@ fn hostile_identifiers_replicate_and_inject_nothing() {
     assert!(s.ibex.run(&["compare", "hs"]).success());
 }
 
-/// ibex's sessions and the key trigger's WHEN (which runs as every writer
-/// but is bound when ibex installs it) resolve names under ibex's
-/// search_path, which holds `public`. An `=` and `<>` that someone put in
-/// `public` for a key type that is not PostgreSQL's own match it exactly
-/// and would win over the type's real ones: an enum's and a domain's (in
-/// pg_catalog) and an extension type's (citext in schema `ext`). Each
+/// An `=` and `<>` that someone put in `public` for a key type that is not
+/// PostgreSQL's own match it exactly and would win over the type's real
+/// ones under any search_path that holds `public` (the writers', and
+/// ibex's own before it left `public` out): an enum's and a domain's (in
+/// pg_catalog) and an extension type's (citext in schema `ext`). So would
+/// an `=` for a domain over citext made in citext's own schema, in
+/// `OPERATOR(ext.=)`, unless both sides are cast to citext first. Each
 /// raises "hijacked" on both dbs for the whole test, as do exact-typed
 /// look-alikes of `cardinality` and `enum_send`. Key changes, also one
 /// that changes only a value's bytes, replicate one way (the single-source
@@ -655,9 +656,20 @@ fn an_operator_in_public_reaches_neither_capture_nor_ibex() {
          INSERT INTO n VALUES (1.0, 'a'), (2, 'b');
          CREATE TABLE c (k ext.citext PRIMARY KEY, v text);
          INSERT INTO c VALUES ('Ab', 'a'), ('cd', 'b');
+         CREATE DOMAIN cikey AS ext.citext;
+         CREATE TABLE d (k cikey PRIMARY KEY, v text);
+         INSERT INTO d VALUES ('Ab', 'a'), ('cd', 'b');
          CREATE ROLE app;
          GRANT USAGE ON SCHEMA ext TO app;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON m, n, c TO app;",
+         GRANT SELECT, INSERT, UPDATE, DELETE ON m, n, c, d TO app;",
+    );
+    // Whoever may create in the extension's schema (`public`, where citext
+    // usually is) adds an `=` for a domain over its type there: exact, it
+    // would win over citext's own in `OPERATOR(ext.=)`.
+    schema.push_str(
+        "CREATE FUNCTION public.trap(cikey, cikey) RETURNS bool LANGUAGE plpgsql AS
+             $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;
+         CREATE OPERATOR ext.= (LEFTARG = cikey, RIGHTARG = cikey, FUNCTION = public.trap);",
     );
     for ty in ["mood", "amount", "ext.citext"] {
         schema.push_str(&format!(
@@ -686,13 +698,14 @@ fn an_operator_in_public_reaches_neither_capture_nor_ibex() {
         "SELECT 'calm'::mood = 'glad'::mood",
         "SELECT 1::amount <> 2::amount",
         "SELECT 'a'::ext.citext = 'A'",
+        "SELECT 'a'::cikey OPERATOR(ext.=) 'A'::cikey",
         "SELECT cardinality(ARRAY['calm'::mood])",
         "SELECT enum_send('calm'::mood)",
     ] {
         let err = s.cluster.psql("dst", lure).expect_err(lure);
         assert!(format!("{err:#}").contains("hijacked"), "{lure}: {err:#}");
     }
-    s.ibex.sh("add table m n c db=src herd=h").ok();
+    s.ibex.sh("add table m n c d db=src herd=h").ok();
     s.ibex.sh("add sync hs herd=h dbs=src:source,dst:source conflict_strategy=latest").ok();
     // The writers' own WHEREs name no key: that `=` would be theirs.
     let as_app = |db: &str, sql: &str| {
@@ -706,22 +719,27 @@ fn an_operator_in_public_reaches_neither_capture_nor_ibex() {
          UPDATE n SET k = 3 WHERE v = 'b';
          UPDATE n SET k = 1.00 WHERE v = 'a';
          UPDATE c SET k = 'AB' WHERE v = 'a';
-         UPDATE c SET k = 'ef' WHERE v = 'b';",
+         UPDATE c SET k = 'ef' WHERE v = 'b';
+         UPDATE d SET k = 'AB' WHERE v = 'a';
+         UPDATE d SET v = 'kept' WHERE v = 'b';",
     );
     s.run("hs");
-    s.assert_same(&["src", "dst"], &["m", "n", "c"]);
+    s.assert_same(&["src", "dst"], &["m", "n", "c", "d"]);
+    assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM d"), "AB=a,cd=kept");
     assert_eq!(s.sql("dst", "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM m"), "glad=kept,sad=a");
     assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM n"), "1.00=a,3=b");
     assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM c"), "AB=a,ef=b");
     // Both ways, the same keys changed on both dbs: the merge settles them.
-    as_app("dst", "UPDATE m SET v = 'dst'; UPDATE n SET v = 'dst'; UPDATE c SET v = 'dst';");
+    as_app("dst", "UPDATE m SET v = 'dst'; UPDATE n SET v = 'dst'; UPDATE c SET v = 'dst'; UPDATE d SET v = 'dst';");
     as_app(
         "src",
-        "UPDATE m SET v = 'src'; UPDATE n SET v = 'src'; UPDATE c SET k = 'aB' WHERE v = 'a'; UPDATE c SET v = 'src';",
+        "UPDATE m SET v = 'src'; UPDATE n SET v = 'src'; UPDATE c SET k = 'aB' WHERE v = 'a'; UPDATE c SET v = 'src';
+         UPDATE d SET v = 'src';",
     );
     let run = s.run("hs");
-    assert!(run["run"]["conflicts"].as_u64().unwrap_or(0) >= 6, "{run}");
-    s.assert_same(&["src", "dst"], &["m", "n", "c"]);
+    assert!(run["run"]["conflicts"].as_u64().unwrap_or(0) >= 8, "{run}");
+    s.assert_same(&["src", "dst"], &["m", "n", "c", "d"]);
+    assert_eq!(s.sql("dst", "SELECT string_agg(DISTINCT v, ',') FROM d"), "src");
     assert_eq!(s.sql("dst", "SELECT string_agg(DISTINCT v, ',') FROM m"), "src");
     assert_eq!(s.sql("dst", "SELECT string_agg(k::text || '=' || v, ',' ORDER BY k::text) FROM c"), "aB=src,ef=src");
 }

@@ -279,6 +279,11 @@ pub struct LiveColumn {
     /// these), `pg_catalog`'s. ibex names it wherever it compares keys, so
     /// that no `=` someone else put on the search path is chosen.
     pub equality_schema: String,
+    /// Where that `=` is not `pg_catalog`'s: the type its operator class
+    /// takes (`ext.citext`), which both sides are cast to first, so that
+    /// an `=` taking a domain over it exactly, made in the same schema,
+    /// cannot be chosen instead.
+    pub equality_operand: Option<String>,
 }
 
 impl LiveColumn {
@@ -307,7 +312,11 @@ impl LiveColumn {
     /// `a = b` for two values of this column, with the type's own `=`
     /// named (see `equality_schema`).
     pub fn equals(&self, a: &str, b: &str) -> String {
-        format!("{a} OPERATOR({}.=) {b}", super::quote_ident(&self.equality_schema))
+        let schema = super::quote_ident(&self.equality_schema);
+        match &self.equality_operand {
+            Some(operand) => format!("({a})::{operand} OPERATOR({schema}.=) ({b})::{operand}"),
+            None => format!("{a} OPERATOR({schema}.=) {b}"),
+        }
     }
 
     /// The element type of an array of this column's values.
@@ -376,15 +385,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                       format_type(b.oid, NULL) END,
                     t.typtype = 'd' OR t.typcategory = 'A', t.typlen,
                     b.typnamespace = 'pg_catalog'::regnamespace,
-                    coalesce((SELECT n.nspname::text
-                                FROM pg_opclass c
-                                JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
-                                JOIN pg_amop o ON o.amopfamily = c.opcfamily AND o.amoplefttype = c.opcintype
-                                               AND o.amoprighttype = c.opcintype AND o.amopstrategy = 3
-                                JOIN pg_operator op ON op.oid = o.amopopr
-                                JOIN pg_namespace n ON n.oid = op.oprnamespace
-                               WHERE c.opcintype = b.oid AND c.opcdefault
-                               LIMIT 1), 'pg_catalog')
+                    coalesce(eq.schema, 'pg_catalog'), eq.operand
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                -- The type under every level of domain (the type itself if none).
                CROSS JOIN LATERAL (
@@ -393,6 +394,18 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                        UNION ALL
                        SELECT p.oid, p.typbasetype FROM under JOIN pg_type p ON p.oid = under.base)
                    SELECT p.oid, p.typnamespace FROM under JOIN pg_type p ON p.oid = under.oid WHERE under.base = 0) b
+               -- The `=` of the default btree operator class of that type,
+               -- where it is not pg_catalog's: its schema and input type.
+               LEFT JOIN LATERAL (
+                   SELECT n.nspname::text AS schema, format_type(c.opcintype, NULL) AS operand
+                     FROM pg_opclass c
+                     JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
+                     JOIN pg_amop o ON o.amopfamily = c.opcfamily AND o.amoplefttype = c.opcintype
+                                    AND o.amoprighttype = c.opcintype AND o.amopstrategy = 3
+                     JOIN pg_operator op ON op.oid = o.amopopr
+                     JOIN pg_namespace n ON n.oid = op.oprnamespace
+                    WHERE c.opcintype = b.oid AND c.opcdefault AND n.nspname <> 'pg_catalog'
+                    LIMIT 1) eq ON true
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&table.quoted()],
@@ -423,6 +436,7 @@ pub async fn columns(c: &impl GenericClient, table: &QualifiedName) -> Result<Op
                 fixed_bytes: u16::try_from(r.get::<_, i16>(9)).ok().filter(|bytes| *bytes > 0),
                 built_in: r.get(10),
                 equality_schema: r.get(11),
+                equality_operand: r.get(12),
             })
             .collect(),
     ))

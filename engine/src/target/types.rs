@@ -170,6 +170,7 @@ mod tests {
             fixed_bytes: None,
             built_in: true,
             equality_schema: "pg_catalog".into(),
+            equality_operand: None,
         }
     }
 
