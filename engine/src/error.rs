@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use tokio_postgres::error::SqlState;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,18 @@ pub fn describe_pg(err: &tokio_postgres::Error) -> String {
         }
         if let Some(hint) = db.hint() {
             text.push_str(&format!("; hint: {hint}"));
+        }
+        if let Some(place) = db.where_() {
+            text.push_str(&format!("; raised in {}", place.replace('\n', ", ")));
+            // A name a user's function (a trigger on ibex's writes) could
+            // not find under ibex's path; plugins' functions have their own.
+            let missing = [SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_FUNCTION, SqlState::UNDEFINED_OBJECT];
+            if missing.contains(db.code()) && !place.contains(crate::plugin::roles::SCHEMA) {
+                text.push_str(&format!(
+                    "; a function that runs in ibex's session (a trigger on ibex's writes, an event trigger on its DDL) finds names under search_path {}, as in PostgreSQL's replication workers: qualify the names it uses, or give it a path of its own (ALTER FUNCTION ... SET search_path = public)",
+                    crate::pg::session::IBEX_SEARCH_PATH
+                ));
+            }
         }
         return text;
     }

@@ -866,9 +866,10 @@ fn writer_s_search_path(capture: &str) {
 /// ibex's sessions keep `public` off their search_path (as PostgreSQL's
 /// own replication workers do), so a user trigger that fires on ibex's
 /// writes (ENABLE ALWAYS) and names a table without its schema fails
-/// there, and the run with it. `ibex validate` names the trigger, with the
-/// fix; once its function has a path of its own, validate is quiet and the
-/// trigger sees ibex's writes.
+/// there, and the run with it (the error says where, and why). `ibex
+/// validate` names the trigger, and an event trigger (it fires on the DDL
+/// ibex runs), with the fix; once their functions have a path of their
+/// own, validate is quiet and the trigger sees ibex's writes.
 #[test]
 fn validate_names_a_trigger_that_fires_on_ibex_s_writes_without_a_path_of_its_own() {
     let s = Setup::one_way("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", "hs", "");
@@ -880,23 +881,39 @@ fn validate_names_a_trigger_that_fires_on_ibex_s_writes_without_a_path_of_its_ow
          CREATE TRIGGER audit AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION audit();
          ALTER TABLE t ENABLE ALWAYS TRIGGER audit;",
     );
+    // Event triggers fire on DDL ibex runs (installing capture, ddl=addcol).
+    let event_trigger = "CREATE TABLE ddl_log (tag text);
+         CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+             $f$ BEGIN INSERT INTO ddl_log VALUES (tg_tag); END $f$;
+         CREATE EVENT TRIGGER log_ddl ON ddl_command_end EXECUTE FUNCTION log_ddl();";
+    s.sql("dst", event_trigger);
     let fix = "ALTER FUNCTION public.audit() SET search_path = public";
-    let warned = s.ibex.run(&["validate", "hs"]).ok();
-    assert!(
-        warned
-            .stderr
-            .contains("trigger audit on table public.t of db dst fires on the rows ibex writes (ENABLE ALWAYS)")
-            && warned.stderr.contains(fix)
-            && !warned.stderr.contains("db src"),
-        "{}",
-        warned.stderr
-    );
+    let warned = s.ibex.run(&["validate", "hs"]).ok().stderr;
+    for needle in [
+        "trigger audit on table public.t of db dst fires on the rows ibex writes (ENABLE ALWAYS)",
+        fix,
+        "event trigger log_ddl (ddl_command_end) of db dst fires on the DDL ibex runs",
+        "ALTER FUNCTION public.log_ddl() SET search_path = public",
+    ] {
+        assert!(warned.contains(needle), "missing {needle:?} in:\n{warned}");
+    }
+    assert!(!warned.contains("db src"), "{warned}");
     s.sql("src", "INSERT INTO t VALUES (1, 'a')");
-    s.run_fails("hs", "audit_log");
+    let failed = s.run_fails("hs", "audit_log");
+    assert!(failed.contains("raised in PL/pgSQL function public.audit()"), "{failed}");
     assert_eq!(s.sql("dst", "SELECT count(*) FROM t"), "0");
     s.sql("dst", fix);
+    s.sql("dst", "ALTER FUNCTION log_ddl() SET search_path = public");
     let quiet = s.ibex.run(&["validate", "hs"]).ok();
-    assert!(!quiet.stderr.contains("trigger audit"), "{}", quiet.stderr);
+    assert!(!quiet.stderr.contains("trigger"), "{}", quiet.stderr);
+    // On src, ibex's own DDL fails in the event trigger, saying what to do.
+    s.sql("src", event_trigger);
+    let refused = s.ibex.run(&["update", "table", "t", "capture_old=true"]).fails_with("ddl_log").stderr;
+    assert!(refused.contains("raised in PL/pgSQL function public.log_ddl()"), "{refused}");
+    assert!(refused.contains("give it a path of its own"), "{refused}");
+    s.sql("src", "ALTER FUNCTION log_ddl() SET search_path = public");
+    s.ibex.run(&["update", "table", "t", "capture_old=true"]).ok();
+    assert_ne!(s.sql("src", "SELECT count(*) FROM ddl_log"), "0");
     s.run("hs");
     assert_eq!(s.sql("dst", "SELECT string_agg(id::text, ',') FROM audit_log"), "1");
 }

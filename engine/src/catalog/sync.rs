@@ -463,8 +463,8 @@ pub async fn dbs_in_syncs(c: &impl GenericClient) -> Result<Vec<String>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Tables syncs write on `db`: those of every sync where it is a target,
-/// or one source of several.
+/// Tables syncs write on `db`: those of every sync where it is a target
+/// (or fullcopy), or one source of several.
 pub async fn tables_written_to(c: &impl GenericClient, db: &str) -> Result<Vec<crate::pg::QualifiedName>> {
     let rows = c
         .query(
@@ -474,7 +474,7 @@ pub async fn tables_written_to(c: &impl GenericClient, db: &str) -> Result<Vec<c
                JOIN ibex.herd_member h ON h.herd = s.herd
                JOIN ibex.relation r ON r.id = h.relation AND r.kind = 'table'
               WHERE m.db = $1
-                AND (m.role = 'target'
+                AND (m.role <> 'source'
                      OR (SELECT count(*) FROM ibex.dbgroup_member o WHERE o.dbgroup = s.dbgroup AND o.role = 'source') > 1)
               ORDER BY 1, 2",
             &[&db],

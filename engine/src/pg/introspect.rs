@@ -59,7 +59,8 @@ fn from_row(row: &tokio_postgres::Row) -> LiveRelation {
 /// the relation's schema in PostgreSQL's default search_path (`"$user",
 /// public`), NULL outside it. ibex's own sessions leave `public` off their
 /// path (see `pg/session.rs`), so `pg_table_is_visible` would find nothing.
-const USER_PATH_RANK: &str = "array_position(ARRAY[current_user::text, 'public'], n.nspname::text)";
+const USER_PATH_RANK: &str = "CASE WHEN has_schema_privilege(n.oid, 'USAGE')
+    THEN array_position(ARRAY[current_user::text, 'public'], n.nspname::text) END";
 
 /// Finds the relation a user means by `name`, `schema.name` or quoted SQL
 /// identifiers; an exact match of the text comes first (so `My Table` and
@@ -103,51 +104,63 @@ pub async fn resolve(c: &impl GenericClient, typed: &str) -> Result<Option<LiveR
     Ok(rows.first().map(from_row))
 }
 
-/// A user trigger that fires on ibex's writes (ibex applies as a replica,
-/// so only ENABLE ALWAYS and ENABLE REPLICA triggers do) and whose
-/// function sets no search_path of its own.
+/// A user trigger that fires in ibex's sessions and whose function sets no
+/// search_path of its own: on a table ibex writes (ibex applies as a
+/// replica, so only ENABLE ALWAYS and ENABLE REPLICA ones fire), or an
+/// event trigger (on the DDL ibex runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaTrigger {
     pub name: String,
-    /// The table, as SQL.
-    pub table: String,
+    /// What it fires on: `table public.t`, or `event ddl_command_end`.
+    pub fires_on: String,
     /// The function with its argument types, as SQL (`public.audit()`).
     pub function: String,
-    /// ENABLE ALWAYS rather than ENABLE REPLICA.
+    /// ENABLE ALWAYS rather than ENABLE REPLICA (or, for an event
+    /// trigger, ENABLE ORIGIN).
     pub always: bool,
 }
 
-/// The triggers on `tables` that fire in ibex's sessions and would run
-/// with ibex's search_path (see `pg/session.rs`). ibex's own (in schema
-/// ibex) are left out.
+/// The triggers on `tables` (and on their partitions) that fire in ibex's
+/// sessions and would run with ibex's search_path (see `pg/session.rs`),
+/// and the event triggers, which fire on the DDL ibex runs (installing
+/// capture, `ddl=addcol`). ibex's own (in schema ibex), and functions in C
+/// or PostgreSQL's own, which look nothing up by the path, are left out.
 pub async fn triggers_without_own_path(
     c: &impl GenericClient,
     tables: &[QualifiedName],
 ) -> Result<Vec<ReplicaTrigger>> {
-    if tables.is_empty() {
-        return Ok(Vec::new());
-    }
     let names: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
     let rows = c
         .query(
-            "SELECT t.tgname::text, t.tgrelid::regclass::text, t.tgfoid::regprocedure::text, t.tgenabled = 'A'
-               FROM pg_trigger t
-               JOIN pg_proc p ON p.oid = t.tgfoid
+            "WITH RECURSIVE written (oid) AS (
+                 SELECT to_regclass(x)::oid FROM unnest($1::text[]) x
+                 UNION SELECT i.inhrelid FROM pg_inherits i JOIN written w ON i.inhparent = w.oid),
+             fired (name, fires_on, fn, always) AS (
+                 SELECT t.tgname::text, 'table ' || t.tgrelid::regclass::text, t.tgfoid, t.tgenabled = 'A'
+                   FROM pg_trigger t
+                  WHERE t.tgrelid IN (SELECT oid FROM written) AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
+                 UNION ALL
+                 SELECT e.evtname::text, 'event ' || e.evtevent, e.evtfoid, e.evtenabled = 'A'
+                   FROM pg_event_trigger e
+                  WHERE e.evtenabled <> 'D')
+             SELECT f.name, f.fires_on, f.fn::regprocedure::text, f.always
+               FROM fired f
+               JOIN pg_proc p ON p.oid = f.fn
                JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE t.tgrelid = ANY (SELECT to_regclass(x) FROM unnest($1::text[]) x)
-                AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'R') AND n.nspname <> 'ibex'
+               JOIN pg_language l ON l.oid = p.prolang
+              WHERE n.nspname NOT IN ('ibex', 'pg_catalog') AND l.lanname NOT IN ('c', 'internal')
                 AND NOT EXISTS (SELECT FROM unnest(p.proconfig) setting WHERE setting LIKE 'search\\_path=%')
               ORDER BY 2, 1",
             &[&names],
         )
         .await
-        .ctx(|| "listing the triggers that fire on ibex's writes".into())?;
+        .ctx(|| "listing the triggers that fire in ibex's sessions".into())?;
     rows.iter()
         .map(|r| {
             let read = || "reading a trigger".to_string();
             Ok(ReplicaTrigger {
                 name: r.try_get(0).ctx(read)?,
-                table: r.try_get(1).ctx(read)?,
+                fires_on: r.try_get(1).ctx(read)?,
                 function: r.try_get(2).ctx(read)?,
                 always: r.try_get(3).ctx(read)?,
             })

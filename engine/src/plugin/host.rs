@@ -171,9 +171,10 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
 /// Parses (only) a plugin's statement with the names it will have in its
 /// role's function, under that function's search_path rather than ibex's
 /// (see `pg/session.rs`): the path set, the parse and the path set back
-/// go out together, one round trip. Inside a transaction that the parse
-/// fails, setting the path back fails too, and the rollback (to the
-/// caller's savepoint) restores it.
+/// go out together, one round trip. A failed parse inside a transaction
+/// aborts it, and setting the path back fails too: `execute` rolls back to
+/// its savepoint, which restores the path; a `query` on that db fails for
+/// the rest of the run, as it did before the path was set here.
 async fn parse_statement(
     client: &Client,
     sql: &str,

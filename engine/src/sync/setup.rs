@@ -80,14 +80,23 @@ pub async fn reconcile_db(catalog_client: &impl GenericClient, db: &str) -> Resu
     Ok(report)
 }
 
-/// What to say of a user trigger that fires on ibex's writes and would
+/// What to say of a user trigger that fires in ibex's sessions and would
 /// find names only in pg_catalog.
 fn path_warning(db: &str, trigger: &introspect::ReplicaTrigger) -> String {
+    let what = match trigger.fires_on.strip_prefix("event ") {
+        Some(event) => format!(
+            "event trigger {} ({event}) of db {db} fires on the DDL ibex runs there (installing capture, ddl=addcol)",
+            trigger.name
+        ),
+        None => format!(
+            "trigger {} on {} of db {db} fires on the rows ibex writes ({})",
+            trigger.name,
+            trigger.fires_on,
+            if trigger.always { "ENABLE ALWAYS" } else { "ENABLE REPLICA" }
+        ),
+    };
     format!(
-        "trigger {} on table {} of db {db} fires on the rows ibex writes ({}). It runs in ibex's session, whose search_path is `{}` (as in PostgreSQL's own replication workers), so a table or function that its function {} names without a schema is not found. Qualify those names, or give the function a path of its own: ALTER FUNCTION {} SET search_path = public",
-        trigger.name,
-        trigger.table,
-        if trigger.always { "ENABLE ALWAYS" } else { "ENABLE REPLICA" },
+        "{what}. It runs in ibex's session, whose search_path is `{}` (as in PostgreSQL's own replication workers), so a table or function that its function {} names without a schema is not found. Qualify those names, or give the function a path of its own: ALTER FUNCTION {} SET search_path = public (a schema only trusted roles may create in: before PostgreSQL 15, also REVOKE CREATE ON SCHEMA public FROM PUBLIC)",
         pg::session::IBEX_SEARCH_PATH,
         trigger.function,
         trigger.function
