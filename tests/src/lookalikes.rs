@@ -9,7 +9,7 @@
 //! such as a harness's `count(*)` or `string_agg(text, text)`, alone.
 
 /// Polymorphic pseudo-types taken as one value of the concrete type.
-const ELEMENT: &str = "'anyelement', 'anynonarray', 'anycompatible', 'anycompatiblenonarray', 'any'";
+const ELEMENT: &str = "'anyelement', 'anynonarray', 'anycompatible', 'anycompatiblenonarray', '\"any\"'";
 /// Polymorphic pseudo-types taken as an array of it.
 const ARRAY: &str = "'anyarray', 'anycompatiblearray'";
 
@@ -32,6 +32,26 @@ pub fn arm(types: &[&str]) -> String {
     let list = list.join(", ");
     format!(
         r#"CREATE TYPE public.lookalike_kind AS (element regtype, array_of regtype);
+-- The argument types of a polymorphic signature made concrete, or NULL
+-- where one cannot be (a range, or another pseudo-type).
+CREATE FUNCTION public.lookalike_args(argtypes oid[], t regtype, arr regtype, is_enum bool) RETURNS text[]
+LANGUAGE plpgsql AS $args$
+DECLARE
+    args text[] := '{{}}';
+    a oid;
+BEGIN
+    FOREACH a IN ARRAY argtypes LOOP
+        CASE
+            WHEN a::regtype::text IN ({ELEMENT}) THEN args := args OPERATOR(pg_catalog.||) t::text;
+            WHEN a::regtype::text = 'anyenum' AND is_enum THEN args := args OPERATOR(pg_catalog.||) t::text;
+            WHEN a::regtype::text IN ({ARRAY}) THEN args := args OPERATOR(pg_catalog.||) arr::text;
+            WHEN (SELECT y.typtype FROM pg_type y WHERE y.oid = a) = 'p' THEN RETURN NULL;
+            ELSE args := args OPERATOR(pg_catalog.||) pg_catalog.format_type(a, NULL);
+        END CASE;
+    END LOOP;
+    RETURN args;
+END
+$args$;
 DO $arm$
 DECLARE
     pair public.lookalike_kind;
@@ -40,8 +60,6 @@ DECLARE
     is_enum bool;
     p record;
     args text[];
-    a oid;
-    skip bool;
     made int := 0;
     trap text := 'LANGUAGE plpgsql AS $f$ BEGIN RAISE EXCEPTION %L; END $f$';
     kind text;
@@ -66,18 +84,8 @@ BEGIN
                AND EXISTS (SELECT FROM pg_catalog.unnest(pr.proargtypes::oid[]) x(o) JOIN pg_type y ON y.oid = x.o
                             WHERE y.typtype = 'p' AND y.typname LIKE 'any%')
         LOOP
-            args := '{{}}';
-            skip := false;
-            FOREACH a IN ARRAY p.argtypes LOOP
-                CASE
-                    WHEN a::regtype::text IN ({ELEMENT}, '"any"') THEN args := args OPERATOR(pg_catalog.||) t::text;
-                    WHEN a::regtype::text = 'anyenum' AND is_enum THEN args := args OPERATOR(pg_catalog.||) t::text;
-                    WHEN a::regtype::text IN ({ARRAY}) THEN args := args OPERATOR(pg_catalog.||) arr::text;
-                    WHEN (SELECT y.typtype FROM pg_type y WHERE y.oid = a) = 'p' THEN skip := true;
-                    ELSE args := args OPERATOR(pg_catalog.||) pg_catalog.format_type(a, NULL);
-                END CASE;
-            END LOOP;
-            CONTINUE WHEN skip OR (p.kind = 'a' AND (p.aggkind <> 'n' OR pg_catalog.cardinality(args) <> 1));
+            args := public.lookalike_args(p.argtypes, t, arr, is_enum);
+            CONTINUE WHEN args IS NULL OR (p.kind = 'a' AND (p.aggkind <> 'n' OR pg_catalog.cardinality(args) <> 1));
             BEGIN
                 IF p.kind = 'a' THEN
                     EXECUTE pg_catalog.format('CREATE AGGREGATE public.%I(%s) (SFUNC = public.lookalike_step, STYPE = int)',
@@ -98,18 +106,8 @@ BEGIN
              WHERE o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprkind = 'b'
                AND (lt.typtype = 'p' OR rt.typtype = 'p')
         LOOP
-            args := '{{}}';
-            skip := false;
-            FOREACH a IN ARRAY ARRAY[p.l, p.r] LOOP
-                CASE
-                    WHEN a::regtype::text IN ({ELEMENT}) THEN args := args OPERATOR(pg_catalog.||) t::text;
-                    WHEN a::regtype::text = 'anyenum' AND is_enum THEN args := args OPERATOR(pg_catalog.||) t::text;
-                    WHEN a::regtype::text IN ({ARRAY}) THEN args := args OPERATOR(pg_catalog.||) arr::text;
-                    WHEN (SELECT y.typtype FROM pg_type y WHERE y.oid = a) = 'p' THEN skip := true;
-                    ELSE args := args OPERATOR(pg_catalog.||) pg_catalog.format_type(a, NULL);
-                END CASE;
-            END LOOP;
-            CONTINUE WHEN skip;
+            args := public.lookalike_args(ARRAY[p.l, p.r], t, arr, is_enum);
+            CONTINUE WHEN args IS NULL;
             BEGIN
                 EXECUTE pg_catalog.format('CREATE FUNCTION public.lookalike_op(%s, %s) RETURNS bool ' || trap,
                                args[1], args[2], pg_catalog.format('hijacked: an operator on %s, %s', args[1], args[2]));
