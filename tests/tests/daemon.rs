@@ -312,19 +312,71 @@ fn vac_reads_the_wal_slot_of_an_inactive_sync() {
     d.start().unwrap();
     s.sql("a", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i");
     let written = s.sql("a", "SELECT pg_current_wal_lsn()");
-    eventually(Duration::from_secs(30), "the VAC to decode the slot past the insert", || {
+    wait_until(&d, "the VAC to decode the slot past the insert", Duration::from_secs(30), || {
         s.sql(
             "a",
             &format!(
                 "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name LIKE 'ibex%'"
             ),
         ) == "t"
-    });
+    })
+    .unwrap();
     // One delta row holds the statement's 100 keys.
     assert_eq!(s.sql("a", &format!("SELECT sum(cardinality(id)) FROM {delta}")), "100", "{}", d.log());
     assert_eq!(s.sql("b", "SELECT count(*) FROM t"), "0");
     s.ibex.sh("activate push").ok();
     eventually(Duration::from_secs(10), "b to catch up", || s.sql("b", "SELECT count(*) FROM t") == "100");
+    s.assert_same(&["a", "b"], &["t"]);
+}
+
+/// The daemon reads a WAL db's slot through a walsender session it keeps
+/// open ("ibex wal stream"). A session that dies is replaced (that read
+/// goes by SQL), and a command that needs the slot takes it from the
+/// stream; nothing is lost or applied twice on the way.
+#[test]
+fn the_daemon_streams_a_wal_slot_and_gives_it_up_to_a_command() {
+    let s = Setup::new();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("a", &["a", "b"]);
+    s.ibex.sh("update db a capture=wal").ok();
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=a:source,b:target").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    let stream = || {
+        s.sql(
+            "a",
+            "SELECT coalesce(max(s.active_pid), 0) FROM pg_replication_slots s
+               JOIN pg_stat_activity a ON a.pid = s.active_pid
+              WHERE s.slot_name LIKE 'ibex%' AND a.application_name = 'ibex wal stream'
+                AND a.backend_type = 'walsender'",
+        )
+    };
+    let b_has = |sql: &str, want: &str| s.sql("b", sql) == want;
+    s.sql("a", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i");
+    eventually(Duration::from_secs(30), "b to have the first rows", || b_has("SELECT count(*) FROM t", "100"));
+    let first = stream();
+    assert_ne!(first, "0", "no stream holds the slot after a run: {}", d.log());
+
+    // Its session dies: the next read goes by SQL, a later one streams again.
+    s.sql("a", &format!("SELECT pg_terminate_backend({first})"));
+    s.sql("a", "UPDATE t SET v = 'y' WHERE id <= 50");
+    s.sql("a", "INSERT INTO t SELECT i, 'z' FROM generate_series(101, 150) i");
+    eventually(Duration::from_secs(30), "b to have the changes made after the stream died", || {
+        b_has("SELECT count(*) FILTER (WHERE v = 'y') || '/' || count(*) FROM t", "50/150")
+    });
+    s.sql("a", "INSERT INTO t VALUES (151, 'w')");
+    eventually(Duration::from_secs(30), "the row after the fallback", || b_has("SELECT count(*) FROM t", "151"));
+    let second = stream();
+    assert!(second != "0" && second != first, "the stream was not opened again ({first} -> {second}): {}", d.log());
+    assert!(d.log().contains("reading the slot by SQL this time"), "the fallback was not logged: {}", d.log());
+
+    // A command that drops the slot takes it from the stream.
+    s.ibex.sh("update db a capture=trigger").ok();
+    assert_eq!(s.sql("a", "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'ibex%'"), "0");
+    s.sql("a", "DELETE FROM t WHERE id > 140");
+    eventually(Duration::from_secs(30), "the delete on triggers", || b_has("SELECT count(*) FROM t", "140"));
     s.assert_same(&["a", "b"], &["t"]);
 }
 

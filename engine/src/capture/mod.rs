@@ -193,7 +193,7 @@ pub async fn reconcile(
         // tables first (the triggers already capture what follows).
         if wanted && state == SlotState::Usable {
             let server = crate::pg::version::detect(&*client).await?;
-            wal::materialize(client, server).await?;
+            wal::materialize(client, server, None).await?;
         } else if wanted {
             report.warnings.push(format!(
                 "the WAL capture slot {slot} was invalidated by the server or dropped, so the changes it still held cannot be read: capture is on triggers now; run `ibex reconcile SYNC` for each sync reading this db"
@@ -535,6 +535,11 @@ async fn wal_recorded(client: &Client) -> Result<bool> {
 }
 
 async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
+    // A daemon's stream of the slot holds it: ended first.
+    client
+        .batch_execute(&wal::take_slot_sql(&crate::pg::quote_literal(slot)))
+        .await
+        .ctx(|| format!("ending ibex's stream of the WAL capture slot {slot}"))?;
     client
         .query(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots

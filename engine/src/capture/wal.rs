@@ -16,6 +16,12 @@
 //! advance decodes the slot from its restart point once more, as long as
 //! the read itself. See [`advance_due`].
 //!
+//! The daemon reads through a stream of the slot that it keeps open
+//! ([`stream_slots`], `pg/replication.rs`), so each change is decoded once,
+//! as it is written; other processes, and the daemon when its stream
+//! fails, use `pg_logical_slot_peek_changes`, which decodes from the slot's
+//! restart point on every call. Both give the same lines.
+//!
 //! The slot uses `test_decoding`, whose output names each column, so a
 //! column added or dropped since the change was written cannot shift the
 //! key (pgoutput's tuples are positional, and its relation messages are
@@ -25,8 +31,9 @@
 //! changes. Replication origins would need a superuser before 15.
 //! TRUNCATE keeps its statement trigger (on 10 nothing else would see it).
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use futures_util::TryStreamExt;
 use futures_util::future::try_join_all;
@@ -35,8 +42,9 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::{IbexWrites, LOST_SLOT_WHY, SLOT_STATUS_SQL, SlotState};
 use crate::error::{Error, PgContext, Result};
+use crate::pg::replication::{Lsn, Message, ReplicationStream};
 use crate::pg::version::Capabilities;
-use crate::pg::{QualifiedName, quote_ident};
+use crate::pg::{ConnInfo, QualifiedName, quote_ident};
 
 /// The prefix of the logical message that marks ibex's apply transactions.
 pub const MARKER_PREFIX: &str = "ibex";
@@ -112,9 +120,11 @@ struct Txn {
 /// Decodes everything the db's slot holds up to now into the delta tables,
 /// in transactions of about [`BATCH_CHANGES`] changes, and advances the
 /// slot past it. Does nothing on a db without WAL capture. Safe to call
-/// from several runs at once (they queue on an advisory lock).
-pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materialized> {
-    let (report, advance) = read_slot(client, server, true).await?;
+/// from several runs at once (they queue on an advisory lock). `info`, the
+/// db's connection info, lets a process that streams slots
+/// ([`stream_slots`]) read through its stream.
+pub async fn materialize(client: &Client, server: Capabilities, info: Option<&ConnInfo>) -> Result<Materialized> {
+    let (report, advance) = read_slot(client, server, info, true).await?;
     if let Some(advance) = advance {
         advance.run(client).await;
     }
@@ -127,26 +137,70 @@ pub async fn materialize(client: &Client, server: Capabilities) -> Result<Materi
 /// its restart point once more). Not run at all, the next read skips what
 /// was written already, and advances the slot.
 #[must_use = "the slot keeps its WAL until it is advanced"]
-pub struct SlotAdvance(SlotPosition);
+pub enum SlotAdvance {
+    /// By SQL: a decode from the restart point.
+    Sql(SlotPosition),
+    /// By a status message on the daemon's stream of the slot: no decode.
+    Stream(SharedStream, Lsn),
+}
 
 impl SlotAdvance {
     /// Advances the slot; a failure is logged, as the next call advances it.
     pub async fn run(self, client: &Client) {
         let clock = std::time::Instant::now();
-        match advance_alone(client, &self.0).await {
+        let advanced = match self {
+            SlotAdvance::Sql(position) => advance_alone(client, &position).await,
+            SlotAdvance::Stream(shared, lsn) => match shared.lock().await.as_mut() {
+                Some(stream) => stream.status(Some(lsn), false).await,
+                // Dropped meanwhile: the next read advances it.
+                None => Ok(()),
+            },
+        };
+        match advanced {
             Ok(()) => tracing::debug!(us = clock.elapsed().as_micros() as u64, "WAL capture slot advanced"),
             Err(err) => tracing::warn!(error = %err, "could not advance the WAL capture slot; the next run will"),
         }
     }
 }
 
+/// A db's stream of its slot, shared by the daemon's KIDs and its VAC.
+pub type SharedStream = Arc<tokio::sync::Mutex<Option<ReplicationStream>>>;
+
+/// Whether this process streams its slots ([`stream_slots`]).
+static STREAMING: AtomicBool = AtomicBool::new(false);
+
+/// The streams of this process, by db (`ConnInfo::describe`).
+static STREAMS: LazyLock<std::sync::Mutex<HashMap<String, SharedStream>>> = LazyLock::new(Default::default);
+
+/// From now on this process reads each WAL db's slot through a stream
+/// that stays open from read to read (see `pg/replication.rs`), where the
+/// SQL functions decode again from the slot's restart point on every
+/// call. For the daemon: a stream holds its slot, which another reader
+/// (a command, another daemon) takes over by ending it (see
+/// [`take_slot_sql`]); the daemon opens it again at its next read.
+pub fn stream_slots() {
+    STREAMING.store(true, Ordering::Relaxed);
+}
+
+fn shared_stream(info: &ConnInfo) -> Option<SharedStream> {
+    if !STREAMING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut streams = STREAMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some(streams.entry(info.describe()).or_default().clone())
+}
+
+/// The application_name of ibex's streams: what [`take_slot_sql`] ends.
+const STREAM_NAME: &str = "ibex wal stream";
+
 /// [`materialize`] for a run: the slot's advance, when [`advance_due`], is
 /// returned to be run after the run committed.
 pub async fn materialize_deferring_advance(
     client: &Client,
     server: Capabilities,
+    info: Option<&ConnInfo>,
 ) -> Result<(Materialized, Option<SlotAdvance>)> {
-    read_slot(client, server, false).await
+    read_slot(client, server, info, false).await
 }
 
 /// Re-reading what was written costs the server as much output as fresh
@@ -169,22 +223,108 @@ fn advance_due(batch: &Batch, server: Capabilities, always: bool) -> bool {
 /// seconds of a busy db's single-row transactions.
 const REPLAY_LIMIT: u64 = 250;
 
-async fn read_slot(client: &Client, server: Capabilities, always: bool) -> Result<(Materialized, Option<SlotAdvance>)> {
+async fn read_slot(
+    client: &Client,
+    server: Capabilities,
+    info: Option<&ConnInfo>,
+    always: bool,
+) -> Result<(Materialized, Option<SlotAdvance>)> {
+    if let Some((info, shared)) = info.and_then(|info| Some((info, shared_stream(info)?))) {
+        let mut stream = shared.lock().await;
+        match read_streamed(client, server, info, &mut stream).await {
+            Ok((report, lsn)) => {
+                drop(stream);
+                return Ok((report, lsn.map(|lsn| SlotAdvance::Stream(shared.clone(), lsn))));
+            }
+            Err(err) => {
+                // Read again by SQL, which first ends the stream's session
+                // if it still holds the slot: a failure that is not the
+                // stream's shows there too.
+                // An idle daemon's stream ends too: the server closes a
+                // walsender that heard nothing for wal_sender_timeout.
+                *stream = None;
+                tracing::info!(error = %err, "the WAL capture stream ended; reading the slot by SQL this time, and streaming again from the next read");
+            }
+        }
+    }
+    read_slot_by_sql(client, server, always).await
+}
+
+/// [`read_slot`] through the db's stream (opened under the slot's lock
+/// when there is none): batches up to the end of the flushed WAL as the
+/// first began, each committed before the slot's confirmed position moves
+/// to it. Returns where the slot may be advanced once the caller wishes.
+async fn read_streamed(
+    client: &Client,
+    server: Capabilities,
+    info: &ConnInfo,
+    stream: &mut Option<ReplicationStream>,
+) -> Result<(Materialized, Option<Lsn>)> {
+    let token = format!("{}-{}", std::process::id(), READS.fetch_add(1, Ordering::Relaxed));
+    let mut flush = Some(flush_sql(server, Some(&token)));
+    let mut total = Materialized::default();
+    let mut reached = false;
+    loop {
+        let mut source = Lines::Stream { info, stream: &mut *stream, token: &token, reached };
+        let batch = materialize_batch(client, flush.take().as_deref(), &mut source).await?;
+        if let Lines::Stream { reached: now, .. } = source {
+            reached = now;
+        }
+        total.transactions += batch.report.transactions;
+        total.keys += batch.report.keys;
+        total.skipped += batch.report.skipped;
+        total.replayed += batch.report.replayed;
+        let position = batch.safe.as_ref().and_then(|p| Lsn::parse(&p.lsn));
+        if batch.drained {
+            return Ok((total, position));
+        }
+        // Committed: the slot may give up what this batch wrote.
+        if let (Some(lsn), Some(open)) = (position, stream.as_mut()) {
+            open.status(Some(lsn), false).await?;
+        }
+    }
+}
+
+/// Reads of this process so far: each stream read's token is new.
+static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The prefix of the logical message [`flush_sql`] emits.
+const FLUSH_PREFIX: &str = "ibex-flush";
+
+/// The flush that goes out with the first batch's start (see
+/// [`read_slot_by_sql`]). A stream read gives a `token`: the message is
+/// then always written, and the read ends at its commit, which the stream
+/// sends after every transaction that committed before it. (The end of
+/// the flushed WAL will not do: it may fall inside a record that is only
+/// partly flushed, which the server does not decode before the rest is.)
+fn flush_sql(server: Capabilities, token: Option<&str>) -> String {
+    let message = match token {
+        Some(token) => format!("SELECT pg_logical_emit_message(true, '{FLUSH_PREFIX}', '{token}');"),
+        None => format!(
+            "SELECT pg_logical_emit_message(true, '{FLUSH_PREFIX}', '')
+              WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();"
+        ),
+    };
+    format!(
+        "BEGIN; SET LOCAL synchronous_commit = on; {} {message} COMMIT; ",
+        if server.logs_standby_snapshot() { log_running_xacts() } else { String::new() }
+    )
+}
+
+async fn read_slot_by_sql(
+    client: &Client,
+    server: Capabilities,
+    always: bool,
+) -> Result<(Materialized, Option<SlotAdvance>)> {
     // Decoding reads only flushed WAL: a commit made with synchronous_commit
     // = off may not be yet, and its kick would find nothing. A synchronous
     // commit that wrote WAL flushes all WAL before it (a bare xid would
     // commit asynchronously); skipped when nothing waits. It goes out with
     // the first batch's start.
-    let mut flush = Some(format!(
-        "BEGIN; SET LOCAL synchronous_commit = on; {}
-         SELECT pg_logical_emit_message(true, 'ibex-flush', '')
-          WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();
-         COMMIT; ",
-        if server.logs_standby_snapshot() { log_running_xacts() } else { String::new() }
-    ));
+    let mut flush = Some(flush_sql(server, None));
     let mut total = Materialized::default();
     loop {
-        let batch = materialize_batch(client, flush.take().as_deref()).await?;
+        let batch = materialize_batch(client, flush.take().as_deref(), &mut Lines::Peek).await?;
         total.transactions += batch.report.transactions;
         total.keys += batch.report.keys;
         total.skipped += batch.report.skipped;
@@ -198,12 +338,12 @@ async fn read_slot(client: &Client, server: Capabilities, always: bool) -> Resul
             advance_alone(client, &position).await?;
             continue;
         }
-        return Ok((total, due.then_some(SlotAdvance(position))));
+        return Ok((total, due.then_some(SlotAdvance::Sql(position))));
     }
 }
 
 /// Where a db's slot may be advanced to.
-struct SlotPosition {
+pub struct SlotPosition {
     slot: String,
     /// Every transaction that committed before it is in the delta tables
     /// (`pg_lsn` as text).
@@ -230,8 +370,8 @@ struct Batch {
 }
 
 /// One transaction of [`materialize`], after `flush` (SQL) when given.
-async fn materialize_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
-    match read_batch(client, flush).await {
+async fn materialize_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>) -> Result<Batch> {
+    match read_batch(client, flush, source).await {
         Ok(batch) => Ok(batch),
         Err(err) => {
             // The first error is the one to report; the KID drops this
@@ -255,7 +395,7 @@ static POSITION_SQL: LazyLock<String> = LazyLock::new(|| {
         current_setting('server_version_num')::int,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint,
-        {SLOT_STATUS_SQL}
+        {SLOT_STATUS_SQL}, w.materialized_lsn::text
    FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name"
     )
 });
@@ -268,18 +408,81 @@ const PEEK_SQL: &str = "SELECT c.lsn::text, c.data, coalesce(c.lsn <= w.material
    FROM ibex.wal w, LATERAL pg_logical_slot_peek_changes(w.slot_name, pg_current_wal_flush_lsn(), $1,
         'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1') c";
 
+/// Where a batch's lines come from.
+enum Lines<'a> {
+    /// `pg_logical_slot_peek_changes`, up to the end of the flushed WAL.
+    Peek,
+    /// The db's stream, opened by the batch when there is none, up to the
+    /// commit of the read's flush message, whose content is `token`
+    /// (`reached` once it came).
+    Stream { info: &'a ConnInfo, stream: &'a mut Option<ReplicationStream>, token: &'a str, reached: bool },
+}
+
+/// How long a stream may stay silent before the read gives up on it:
+/// the server answers a request for its position between two records.
+const STREAM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The lines of one batch as they are read: the decoder, and where the
+/// read stands.
+#[derive(Default)]
+struct Reading {
+    decoder: Decoder,
+    seen: i32,
+    /// Lines of the open transaction so far.
+    in_txn: u64,
+    replayed_changes: u64,
+    /// The end of the last transaction filed: what the batch records.
+    last_new: Option<String>,
+    /// The end of the last transaction read, filed or skipped.
+    last_seen: Option<String>,
+}
+
+impl Reading {
+    /// Takes one line at `lsn`; true when it ended a transaction.
+    fn take(
+        &mut self,
+        lsn: String,
+        data: &str,
+        written_already: bool,
+        targets: &mut BTreeMap<String, Target>,
+        report: &mut Materialized,
+    ) -> Result<bool> {
+        self.seen += 1;
+        self.in_txn += 1;
+        match self.decoder.line(data, written_already, targets, report)? {
+            Line::Inside => return Ok(false),
+            Line::Committed => self.last_new = Some(lsn.clone()),
+            Line::Replayed => self.replayed_changes += self.in_txn,
+        }
+        self.in_txn = 0;
+        self.last_seen = Some(lsn);
+        Ok(true)
+    }
+}
+
 /// The work of [`materialize_batch`], its transaction included. Statements
 /// that need no answer before the next are pipelined: the start (with the
 /// flush), the position, the captured tables and the decoding go out
 /// together, then the keys with the new position and the commit: two
 /// round trips.
-async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
+async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>) -> Result<Batch> {
+    // A peek first ends an ibex stream that holds the slot (another
+    // process's, or this one's that failed).
+    let take =
+        if matches!(source, Lines::Peek) { take_slot_sql("(SELECT slot_name FROM ibex.wal)") } else { String::new() };
     let begin = format!(
-        "{}BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}",
+        "{}BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL client_min_messages = warning; {LOCK_SLOT}; {take}",
         flush.unwrap_or_default()
     );
     let clock = std::time::Instant::now();
-    let peek = client.query_typed_raw(PEEK_SQL, [(&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4)]);
+    let peeking = matches!(source, Lines::Peek);
+    let peek = async {
+        if peeking {
+            Some(client.query_typed_raw(PEEK_SQL, [(&BATCH_CHANGES as &(dyn ToSql + Sync), Type::INT4)]).await)
+        } else {
+            None
+        }
+    };
     let (began, position, targets, rows) = futures_util::future::join4(
         client.batch_execute(&begin),
         client.query_typed_opt(&POSITION_SQL, &[]),
@@ -316,31 +519,91 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
     let lag_bytes: i64 = row.get(3);
     let restart_lag_bytes: i64 = row.get(4);
     let state = SlotState::from_status(row.get::<_, Option<String>>(5).as_deref());
+    let materialized: Option<String> = row.get(6);
     if state != SlotState::Usable {
         return Err(Error::Sync(slot_unusable(&slot, state)));
     }
-    let rows = rows.ctx(|| format!("decoding the WAL capture slot {slot}"))?;
-    futures_util::pin_mut!(rows);
-    let mut decoder = Decoder::default();
-    let mut seen: i32 = 0;
-    let mut in_txn: u64 = 0;
-    let mut replayed_changes: u64 = 0;
-    let mut last_new: Option<String> = None;
-    let mut last_seen: Option<String> = None;
-    while let Some(row) = rows.try_next().await.ctx(|| format!("decoding the WAL capture slot {slot}"))? {
-        seen += 1;
-        in_txn += 1;
-        let lsn: String = row.get(0);
-        let data: String = row.get(1);
-        let written_already: bool = row.get(2);
-        match decoder.line(&data, written_already, &mut targets, &mut report)? {
-            Line::Inside => continue,
-            Line::Committed => last_new = Some(lsn.clone()),
-            Line::Replayed => replayed_changes += in_txn,
+    let mut reading = Reading::default();
+    let (drained, safe) = match source {
+        Lines::Peek => {
+            let rows = rows
+                .ok_or_else(|| Error::Sync("the WAL capture slot was not read".into()))?
+                .ctx(|| format!("decoding the WAL capture slot {slot}"))?;
+            futures_util::pin_mut!(rows);
+            while let Some(row) = rows.try_next().await.ctx(|| format!("decoding the WAL capture slot {slot}"))? {
+                let lsn: String = row.get(0);
+                let data: String = row.get(1);
+                let written_already: bool = row.get(2);
+                reading.take(lsn, &data, written_already, &mut targets, &mut report)?;
+            }
+            // Cut short at BATCH_CHANGES, it decoded whole transactions up
+            // to the last commit it saw; otherwise everything that
+            // committed before the flushed end read first, which lets an
+            // idle db's slot follow the WAL.
+            let drained = reading.seen < BATCH_CHANGES;
+            (drained, if drained { Some(flushed) } else { reading.last_seen.clone() })
         }
-        in_txn = 0;
-        last_seen = Some(lsn);
-    }
+        Lines::Stream { info, stream, token, reached } => {
+            let flush_line =
+                format!("message: transactional: 1 prefix: {FLUSH_PREFIX}, sz: {} content:{token}", token.len());
+            let open = match stream {
+                Some(open) => open,
+                None => {
+                    let command = format!(
+                        "START_REPLICATION SLOT {} LOGICAL 0/0 (\"include-xids\" '0', \"skip-empty-xacts\" '1', \"include-timestamp\" '1')",
+                        quote_ident(&slot)
+                    );
+                    tracing::debug!(%slot, "opening the WAL capture stream");
+                    stream.insert(ReplicationStream::start(info, STREAM_NAME, &command).await?)
+                }
+            };
+            let materialized = materialized.as_deref().and_then(Lsn::parse);
+            // Lines of a transaction come together, at its commit; a read
+            // stops between two.
+            let mut inside = false;
+            let mut flush_inside = false;
+            let drained = loop {
+                if !inside && *reached {
+                    break true;
+                }
+                if !inside && reading.seen >= BATCH_CHANGES {
+                    break false;
+                }
+                let message = open.next(STREAM_PATIENCE).await?.ok_or_else(|| {
+                    Error::Sync(format!(
+                        "the WAL capture stream of slot {slot} sent nothing for {} s",
+                        STREAM_PATIENCE.as_secs()
+                    ))
+                })?;
+                let Message::Data { lsn, data } = message else { continue };
+                let data = std::str::from_utf8(&data).map_err(|_| {
+                    Error::Sync(format!("the WAL capture stream of slot {slot} sent a line that is not UTF-8"))
+                })?;
+                if data == flush_line {
+                    // Alone (15 prints a transaction that only emitted a
+                    // message without BEGIN and COMMIT), or at its COMMIT.
+                    if inside {
+                        flush_inside = true;
+                    } else {
+                        *reached = true;
+                    }
+                } else if data == "BEGIN" || data.starts_with("table ") || data.starts_with("message: transactional: 1")
+                {
+                    // A message may print ahead of its BEGIN: ibex's
+                    // marker, whose changes follow.
+                    inside = true;
+                }
+                let written_already = materialized.is_some_and(|m| lsn <= m);
+                if reading.take(lsn.to_string(), data, written_already, &mut targets, &mut report)? {
+                    inside = false;
+                    *reached |= flush_inside;
+                    flush_inside = false;
+                }
+            };
+            (drained, if drained { Some(open.read_to().to_string()) } else { reading.last_seen.clone() })
+        }
+    };
+    let Reading { mut decoder, seen, replayed_changes, last_new, .. } = reading;
     decoder.finish()?;
     let decoded_us = clock.elapsed().as_micros() as u64;
     // Sent together, the keys of all tables and the position: a failed
@@ -385,11 +648,6 @@ async fn read_batch(client: &Client, flush: Option<&str>) -> Result<Batch> {
         lag_bytes,
         "WAL capture slot read"
     );
-    // Cut short at BATCH_CHANGES, it decoded whole transactions up to the
-    // last commit it saw; otherwise everything that committed before the
-    // flushed end read first, which lets an idle db's slot follow the WAL.
-    let drained = seen < BATCH_CHANGES;
-    let safe = if drained { Some(flushed) } else { last_seen };
     Ok(Batch {
         report,
         safe: safe.map(|lsn| SlotPosition { slot, lsn, version }),
@@ -449,13 +707,40 @@ const RESTART_LAG_BYTES: i64 = 1 << 20;
 /// with "replication slot ... is active for PID ...".
 const LOCK_SLOT: &str = "SELECT pg_advisory_xact_lock(hashtext('ibex wal'))";
 
+/// Ends the session of an ibex stream (see [`stream_slots`]) that holds the
+/// slot named by SQL expression `slot`, and waits for the slot to be free,
+/// up to 5 s: SQL functions cannot use a slot a stream holds. Run under
+/// [`LOCK_SLOT`], which a stream is opened under too, so the stream cannot
+/// come back meanwhile. A slot held by anything else is left alone (the
+/// read that follows names its holder).
+pub(crate) fn take_slot_sql(slot: &str) -> String {
+    format!(
+        "DO $ibex$ DECLARE holder int; BEGIN
+    SELECT s.active_pid INTO holder FROM pg_catalog.pg_replication_slots s
+      JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) s.active_pid
+     WHERE s.slot_name OPERATOR(pg_catalog.=) {slot} AND a.application_name OPERATOR(pg_catalog.=) {name}
+       AND s.active_pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid();
+    IF holder IS NOT NULL THEN
+        PERFORM pg_catalog.pg_terminate_backend(holder);
+        FOR i IN 1..1000 LOOP
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s
+                                   WHERE s.slot_name OPERATOR(pg_catalog.=) {slot}
+                                     AND s.active_pid OPERATOR(pg_catalog.=) holder);
+            PERFORM pg_catalog.pg_sleep(0.005);
+        END LOOP;
+    END IF;
+END $ibex$;",
+        name = crate::pg::quote_literal(STREAM_NAME)
+    )
+}
+
 /// [`advance`] after a batch committed, in a transaction of its own under
 /// [`LOCK_SLOT`], so it waits for a run decoding the slot meanwhile.
 async fn advance_alone(client: &Client, position: &SlotPosition) -> Result<()> {
     // One round trip: after a failure the COMMIT ends the transaction as a
     // rollback, and the first error is reported.
     let (locked, advanced, ended) = futures_util::future::join3(
-        client.batch_execute(&format!("BEGIN; {LOCK_SLOT}")),
+        client.batch_execute(&format!("BEGIN; {LOCK_SLOT}; {}", take_slot_sql("(SELECT slot_name FROM ibex.wal)"))),
         advance(client, position),
         client.batch_execute("COMMIT"),
     )

@@ -83,6 +83,9 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let id = holder_id();
     register(&listener, &id).await?;
     pidfile::write(&options.pid_file)?;
+    // Runs follow one another: a stream per WAL db spares each a decode of
+    // the slot from its restart point.
+    crate::capture::wal::stream_slots();
     let result = serve(options.clone(), listener, id).await;
     pidfile::remove(&options.pid_file);
     result

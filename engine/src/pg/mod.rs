@@ -13,6 +13,7 @@ pub mod listen;
 mod pgpass;
 pub mod pipeline;
 pub mod prepared;
+pub mod replication;
 mod service;
 pub mod session;
 mod tls;
@@ -89,28 +90,8 @@ async fn open_target(
     target: &Target,
     application_name: &str,
 ) -> std::result::Result<(Client, Connection), String> {
-    // libpq: no TLS over Unix sockets, whatever sslmode says.
-    let plan: &[Attempt] = if target.is_socket() {
-        &[Attempt::Plain]
-    } else {
-        match r.sslmode {
-            SslMode::Disable => &[Attempt::Plain],
-            SslMode::Allow => &[Attempt::Plain, Attempt::Tls],
-            SslMode::Prefer => &[Attempt::TlsIfOffered, Attempt::Plain],
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => &[Attempt::Tls],
-        }
-    };
-    let mut password_note = None;
-    let password = r.password.clone().or_else(|| {
-        match pgpass::lookup(r.passfile.as_deref(), &target.host, target.port, &r.dbname, &r.user) {
-            pgpass::Lookup::Found(p) => Some(p),
-            pgpass::Lookup::None => None,
-            pgpass::Lookup::Ignored(why) => {
-                password_note = Some(why);
-                None
-            }
-        }
-    });
+    let plan = attempts(r, target);
+    let (password, password_note) = password_for(r, target);
     let mut last = String::new();
     for (i, attempt) in plan.iter().enumerate() {
         let config = config_for(r, target, password.as_deref(), *attempt, application_name);
@@ -131,6 +112,33 @@ async fn open_target(
         tracing::debug!(host = %target.host, port = target.port, error = %last, "retrying with the other encryption");
     }
     Err(last)
+}
+
+/// The password for `target`: the given one, else the password file's;
+/// with why the file was ignored, if it was.
+fn password_for(r: &Resolved, target: &Target) -> (Option<String>, Option<String>) {
+    if let Some(password) = &r.password {
+        return (Some(password.clone()), None);
+    }
+    match pgpass::lookup(r.passfile.as_deref(), &target.host, target.port, &r.dbname, &r.user) {
+        pgpass::Lookup::Found(p) => (Some(p), None),
+        pgpass::Lookup::None => (None, None),
+        pgpass::Lookup::Ignored(why) => (None, Some(why)),
+    }
+}
+
+/// The encryption attempts for `target`, in order (see `Attempt`).
+fn attempts(r: &Resolved, target: &Target) -> &'static [Attempt] {
+    // libpq: no TLS over Unix sockets, whatever sslmode says.
+    if target.is_socket() {
+        return &[Attempt::Plain];
+    }
+    match r.sslmode {
+        SslMode::Disable => &[Attempt::Plain],
+        SslMode::Allow => &[Attempt::Plain, Attempt::Tls],
+        SslMode::Prefer => &[Attempt::TlsIfOffered, Attempt::Plain],
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => &[Attempt::Tls],
+    }
 }
 
 fn config_for(

@@ -642,16 +642,19 @@ impl Kid {
                 .connections
                 .get(i.index())
                 .ok_or_else(|| Error::Sync(format!("db {db} has no connection to decode its WAL capture slot on")))?;
-            let (decoded, advance) =
-                crate::capture::wal::materialize_deferring_advance(&connection.client, connection.server)
-                    .await
-                    .map_err(|err| match err {
-                        Error::Postgres { context, source } => {
-                            Error::Postgres { context: format!("{context} on db {db}"), source }
-                        }
-                        Error::Sync(message) => Error::Sync(format!("db {db}: {message}")),
-                        other => other,
-                    })?;
+            let (decoded, advance) = crate::capture::wal::materialize_deferring_advance(
+                &connection.client,
+                connection.server,
+                Some(&self.plan.db(i).conn),
+            )
+            .await
+            .map_err(|err| match err {
+                Error::Postgres { context, source } => {
+                    Error::Postgres { context: format!("{context} on db {db}"), source }
+                }
+                Error::Sync(message) => Error::Sync(format!("db {db}: {message}")),
+                other => other,
+            })?;
             if decoded.keys > 0 {
                 tracing::debug!(db = %db, transactions = decoded.transactions, keys = decoded.keys, "decoded WAL");
             }

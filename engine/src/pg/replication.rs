@@ -1,0 +1,428 @@
+//! A logical replication connection (`replication=database`): the
+//! walsender's START_REPLICATION on a slot, and the copy-both stream that
+//! follows. The walsender keeps its decoding state from message to
+//! message, so each change is decoded once, as it is written; the SQL
+//! functions (`pg_logical_slot_peek_changes`) decode again from the slot's
+//! restart point on every call. tokio-postgres has no copy-both mode, so
+//! this speaks the protocol with postgres-protocol's codecs, over the same
+//! hosts, TLS rules, passwords and pinned settings as `pg::open`.
+//!
+//! SCRAM runs without channel binding (the `n` flag): the TLS checks that
+//! sslmode asks for are those of every other connection.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+
+use super::conninfo::{Resolved, Target};
+use super::{Attempt, ConnInfo, session, tls};
+use crate::error::{Error, Result};
+
+/// A position in the WAL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Reads PostgreSQL's `X/Y` text form.
+    pub fn parse(text: &str) -> Option<Lsn> {
+        let (high, low) = text.split_once('/')?;
+        let high = u32::from_str_radix(high, 16).ok()?;
+        let low = u32::from_str_radix(low, 16).ok()?;
+        Some(Lsn((u64::from(high) << 32) | u64::from(low)))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// What the stream brought.
+#[derive(Debug)]
+pub enum Message {
+    /// One message of the output plugin, at the position the plugin gave
+    /// it (for test_decoding: a transaction's first change, a change, the
+    /// end of its commit).
+    Data { lsn: Lsn, data: Bytes },
+    /// The server read the WAL this far ([`ReplicationStream::read_to`]).
+    Progress,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One walsender session streaming a slot.
+pub struct ReplicationStream {
+    io: Box<dyn Io>,
+    input: BytesMut,
+    output: BytesMut,
+    /// Where the server has read the WAL to: every transaction that
+    /// committed before it was sent (its keepalives say so).
+    read_to: Lsn,
+    /// The furthest position confirmed: a lower one would move the slot
+    /// back (before 17 the server does not refuse it).
+    confirmed: Lsn,
+    /// host:port/dbname, for messages.
+    target: String,
+}
+
+/// How long a read may wait for the server before asking it where it
+/// stands (a keepalive that requests a reply).
+const ASK_AFTER: Duration = Duration::from_millis(20);
+
+impl ReplicationStream {
+    /// Connects to the first host of `info` that takes a replication
+    /// connection (each with the plaintext/TLS order its sslmode asks for)
+    /// and runs `command`, a START_REPLICATION. The session is named
+    /// `application_name` whatever `info` says, so that other sessions can
+    /// tell it.
+    pub async fn start(info: &ConnInfo, application_name: &str, command: &str) -> Result<ReplicationStream> {
+        let fail = |reason: String| Error::Connect { target: info.describe(), reason };
+        let resolved = info.resolve().map_err(|err| fail(err.to_string()))?;
+        let tls = tls::setup(&resolved).map_err(|err| fail(err.to_string()))?;
+        let mut failures = Vec::new();
+        for target in &resolved.targets {
+            let (password, _) = super::password_for(&resolved, target);
+            for &attempt in super::attempts(&resolved, target) {
+                let opened = tokio::time::timeout(
+                    resolved.connect_timeout,
+                    open(&resolved, &tls, target, attempt, password.as_deref(), application_name),
+                )
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} s", resolved.connect_timeout.as_secs())));
+                match opened {
+                    Ok(mut stream) => {
+                        stream.command(command).await.map_err(fail)?;
+                        return Ok(stream);
+                    }
+                    Err(why) => failures.push(format!("{}:{}: {why}", target.host, target.port)),
+                }
+            }
+        }
+        Err(fail(failures.join("; ")))
+    }
+
+    /// Where the server has read the WAL to (see [`Message::Progress`]).
+    pub fn read_to(&self) -> Lsn {
+        self.read_to
+    }
+
+    /// The next message; None when none came within `wait`. After
+    /// [`ASK_AFTER`] without one, the server is asked where it stands.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<Message>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut asked = false;
+        loop {
+            if let Some(message) = self.take_message()? {
+                return Ok(Some(message));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let pause = if asked { deadline - now } else { ASK_AFTER.min(deadline - now) };
+            match tokio::time::timeout(pause, self.io.read_buf(&mut self.input)).await {
+                Ok(Ok(0)) => return Err(self.broken("the server closed the connection")),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return Err(self.broken(&err.to_string())),
+                Err(_) if !asked => {
+                    asked = true;
+                    self.status(None, true).await?;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Tells the server what was received and, when `flushed` is given,
+    /// that every transaction that committed before it is kept: the slot's
+    /// confirmed position moves there (never back).
+    pub async fn status(&mut self, flushed: Option<Lsn>, reply: bool) -> Result<()> {
+        let flushed = match flushed {
+            Some(lsn) => {
+                self.confirmed = self.confirmed.max(lsn);
+                self.confirmed
+            }
+            // Nothing new: 0 leaves the slot where it is.
+            None => Lsn(0),
+        };
+        let written = self.read_to.max(flushed);
+        let mut body = BytesMut::with_capacity(34);
+        body.put_u8(b'r');
+        body.put_u64(written.0);
+        body.put_u64(flushed.0);
+        body.put_u64(flushed.0);
+        body.put_i64(pg_now());
+        body.put_u8(u8::from(reply));
+        frontend::CopyData::new(body.freeze()).map_err(|err| self.broken(&err.to_string()))?.write(&mut self.output);
+        self.flush().await
+    }
+
+    fn broken(&self, why: &str) -> Error {
+        Error::Sync(format!("the WAL stream from {} ended: {why}", self.target))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let output = self.output.split();
+        let written = async {
+            self.io.write_all(&output).await?;
+            self.io.flush().await
+        };
+        written.await.map_err(|err| self.broken(&err.to_string()))
+    }
+
+    /// A whole message of the copy-both stream from the input, if one is there.
+    fn take_message(&mut self) -> Result<Option<Message>> {
+        loop {
+            let Some((tag, mut body)) = frame(&mut self.input).map_err(|why| self.broken(&why))? else {
+                return Ok(None);
+            };
+            match tag {
+                b'd' if body.first() == Some(&b'w') && body.len() >= 25 => {
+                    body.advance(1);
+                    let start = Lsn(body.get_u64());
+                    body.advance(16); // the end of the WAL and the send time
+                    self.read_to = self.read_to.max(start);
+                    return Ok(Some(Message::Data { lsn: start, data: body }));
+                }
+                b'd' if body.first() == Some(&b'k') && body.len() >= 18 => {
+                    body.advance(1);
+                    let end = Lsn(body.get_u64());
+                    self.read_to = self.read_to.max(end);
+                    return Ok(Some(Message::Progress));
+                }
+                b'E' => return Err(self.broken(&server_error(&body))),
+                b'c' => return Err(self.broken("the server ended the stream")),
+                // Notices and anything a later protocol adds.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads messages until one of `wanted` tags (or an error) comes.
+    async fn until(&mut self, wanted: &[u8]) -> std::result::Result<(u8, Bytes), String> {
+        loop {
+            if let Some((tag, body)) = frame(&mut self.input)? {
+                if tag == b'E' {
+                    return Err(server_error(&body));
+                }
+                if wanted.contains(&tag) {
+                    return Ok((tag, body));
+                }
+                continue;
+            }
+            if self.io.read_buf(&mut self.input).await.map_err(|err| err.to_string())? == 0 {
+                return Err("the server closed the connection".into());
+            }
+        }
+    }
+
+    async fn send(&mut self) -> std::result::Result<(), String> {
+        let output = self.output.split();
+        self.io.write_all(&output).await.map_err(|err| err.to_string())?;
+        self.io.flush().await.map_err(|err| err.to_string())
+    }
+
+    /// The startup packet and the password exchange, up to ReadyForQuery.
+    async fn login(
+        &mut self,
+        r: &Resolved,
+        password: Option<&str>,
+        application_name: &str,
+    ) -> std::result::Result<(), String> {
+        let options = session::startup_options(r.options.as_deref());
+        let parameters = [
+            ("user", r.user.as_str()),
+            ("database", r.dbname.as_str()),
+            ("application_name", application_name),
+            ("options", options.as_str()),
+            ("replication", "database"),
+        ];
+        frontend::startup_message(parameters.iter().copied(), &mut self.output).map_err(|err| err.to_string())?;
+        self.send().await?;
+        let no_password = || {
+            "the server asks for a password and none was given (password=, PGPASSWORD or a password file)".to_string()
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (_, mut body) = self.until(b"R").await?;
+            if body.len() < 4 {
+                return Err("a malformed authentication request".into());
+            }
+            match body.get_i32() {
+                0 => break,
+                3 => {
+                    let password = password.ok_or_else(no_password)?;
+                    frontend::password_message(password.as_bytes(), &mut self.output).map_err(|e| e.to_string())?;
+                }
+                5 if body.len() >= 4 => {
+                    let password = password.ok_or_else(no_password)?;
+                    let salt = [body[0], body[1], body[2], body[3]];
+                    let hashed = md5_hash(r.user.as_bytes(), password.as_bytes(), salt);
+                    frontend::password_message(hashed.as_bytes(), &mut self.output).map_err(|e| e.to_string())?;
+                }
+                10 => {
+                    let password = password.ok_or_else(no_password)?;
+                    let offered: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                    if !offered.contains(&SCRAM_SHA_256.as_bytes()) {
+                        return Err("the server offers no SASL mechanism ibex speaks (SCRAM-SHA-256)".into());
+                    }
+                    let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, exchange.message(), &mut self.output)
+                        .map_err(|e| e.to_string())?;
+                    scram = Some(exchange);
+                }
+                11 => {
+                    let exchange = scram.as_mut().ok_or("a SASL continuation without a SASL start")?;
+                    exchange.update(&body).map_err(|e| e.to_string())?;
+                    frontend::sasl_response(exchange.message(), &mut self.output).map_err(|e| e.to_string())?;
+                }
+                12 => {
+                    let exchange = scram.as_mut().ok_or("a SASL end without a SASL start")?;
+                    exchange.finish(&body).map_err(|e| format!("the server's SCRAM proof is wrong: {e}"))?;
+                    continue;
+                }
+                other => {
+                    return Err(format!("the server asks for an authentication ibex does not speak (code {other})"));
+                }
+            }
+            self.send().await?;
+        }
+        self.until(b"Z").await?;
+        Ok(())
+    }
+
+    /// Runs a START_REPLICATION and waits for the stream to begin.
+    async fn command(&mut self, command: &str) -> std::result::Result<(), String> {
+        frontend::query(command, &mut self.output).map_err(|err| err.to_string())?;
+        self.send().await?;
+        self.until(b"W").await.map(|_| ())
+    }
+}
+
+/// Opens one connection to `target` and logs in.
+async fn open(
+    r: &Resolved,
+    tls: &tls::Tls,
+    target: &Target,
+    attempt: Attempt,
+    password: Option<&str>,
+    application_name: &str,
+) -> std::result::Result<ReplicationStream, String> {
+    let io: Box<dyn Io> = if target.is_socket() {
+        let path = format!("{}/.s.PGSQL.{}", target.host, target.port);
+        Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|err| format!("{path}: {err}"))?)
+    } else {
+        let mut tcp =
+            tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|err| err.to_string())?;
+        // Status messages are small and must go out at once.
+        tcp.set_nodelay(true).map_err(|err| err.to_string())?;
+        if attempt == Attempt::Plain {
+            Box::new(tcp)
+        } else {
+            let mut request = BytesMut::new();
+            frontend::ssl_request(&mut request);
+            tcp.write_all(&request).await.map_err(|err| err.to_string())?;
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await.map_err(|err| err.to_string())?;
+            if answer[0] == b'S' {
+                let mut maker = tls.connector();
+                let connect = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut maker, &target.host)
+                    .map_err(|err| err.to_string())?;
+                let stream = connect.connect(tcp).await.map_err(|err| {
+                    let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                    format!("TLS failed: {err}")
+                })?;
+                Box::new(stream)
+            } else if attempt == Attempt::Tls {
+                return Err("the server does not accept TLS connections, and sslmode asks for TLS".into());
+            } else {
+                Box::new(tcp)
+            }
+        }
+    };
+    let mut stream = ReplicationStream {
+        io,
+        input: BytesMut::with_capacity(64 << 10),
+        output: BytesMut::new(),
+        read_to: Lsn(0),
+        confirmed: Lsn(0),
+        target: format!("{}:{}/{}", target.host, target.port, r.dbname),
+    };
+    stream.login(r, password, application_name).await?;
+    Ok(stream)
+}
+
+/// One whole message (tag, body) off the front of `input`, if it is there.
+fn frame(input: &mut BytesMut) -> std::result::Result<Option<(u8, Bytes)>, String> {
+    if input.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([input[1], input[2], input[3], input[4]]);
+    let len =
+        usize::try_from(len).ok().filter(|l| *l >= 4).ok_or_else(|| format!("a malformed message length {len}"))?;
+    if input.len() < 1 + len {
+        input.reserve(1 + len - input.len());
+        return Ok(None);
+    }
+    let mut message = input.split_to(1 + len).freeze();
+    let tag = message[0];
+    message.advance(5);
+    Ok(Some((tag, message)))
+}
+
+/// An ErrorResponse's severity, message and SQLSTATE.
+fn server_error(body: &[u8]) -> String {
+    let (mut severity, mut code, mut message, mut detail) = ("ERROR", "", "", "");
+    for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let text = std::str::from_utf8(&field[1..]).unwrap_or("");
+        match field[0] {
+            b'S' => severity = text,
+            b'C' => code = text,
+            b'M' => message = text,
+            b'D' => detail = text,
+            _ => {}
+        }
+    }
+    let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+    format!("{severity}: {message}{detail} [SQLSTATE {code}]")
+}
+
+/// Microseconds since 2000-01-01, the protocol's clock.
+fn pg_now() -> i64 {
+    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX) - (PG_EPOCH_UNIX_SECS as i64) * 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_reads_and_prints_postgres_form() {
+        let lsn = Lsn::parse("16/B374D848").expect("an lsn");
+        assert_eq!(lsn.0, 0x16_B374_D848);
+        assert_eq!(lsn.to_string(), "16/B374D848");
+        assert!(Lsn::parse("0/0").expect("zero") < lsn);
+        assert_eq!(Lsn::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn frames_wait_for_whole_messages() {
+        let mut input = BytesMut::from(&b"k\x00\x00\x00\x06ab"[..]);
+        let (tag, body) = frame(&mut input).expect("well formed").expect("whole");
+        assert_eq!((tag, &body[..]), (b'k', &b"ab"[..]));
+        let mut partial = BytesMut::from(&b"d\x00\x00\x00\x09ab"[..]);
+        assert!(frame(&mut partial).expect("well formed").is_none());
+        let mut bad = BytesMut::from(&b"d\xff\xff\xff\xff"[..]);
+        assert!(frame(&mut bad).is_err());
+    }
+}
