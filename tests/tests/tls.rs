@@ -326,3 +326,66 @@ fn one_way_sync_over_verify_full() {
     );
     assert_eq!(plain, "0");
 }
+
+/// The daemon's stream of a WAL db's slot (a replication connection of its
+/// own, `pg/replication.rs`) goes over verify-full TLS and logs in with
+/// SCRAM, as every other session does: the server only takes TLS over
+/// TCP, and the role only a SCRAM password.
+#[test]
+fn the_daemons_wal_stream_is_encrypted_and_logs_in_with_scram() {
+    let t = Tls::new();
+    let s = &t.setup;
+    s.sql("postgres", "CREATE DATABASE src");
+    s.sql("postgres", "CREATE DATABASE dst");
+    for db in ["src", "dst"] {
+        s.sql(db, "CREATE TABLE items (id int PRIMARY KEY, note text)");
+    }
+    s.sql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE ibex_scram LOGIN SUPERUSER PASSWORD 'scr4m-s3cret'",
+    );
+    let hba = s.cluster.dir().join("data").join("pg_hba.conf");
+    let rules = fs::read_to_string(&hba).unwrap();
+    fs::write(
+        &hba,
+        rules.replace(
+            "hostssl all all 127.0.0.1/32 trust",
+            "hostssl all ibex_scram 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 trust",
+        ),
+    )
+    .unwrap();
+    s.sql("postgres", "SELECT pg_reload_conf()");
+    let root = format!("sslrootcert={}", t.file("ca.crt"));
+    let port = format!("port={}", s.cluster.port());
+    for (db, user) in [("src", "user=ibex_scram"), ("dst", "user=postgres")] {
+        let dbname = format!("dbname={db}");
+        let mut args = vec!["add", "db", db, &dbname, "host=127.0.0.1", &port, user, "sslmode=verify-full", &root];
+        if db == "src" {
+            args.extend(["pass=scr4m-s3cret", "capture=wal"]);
+        }
+        s.ibex.run(&args).ok();
+    }
+    s.ibex.sh("add table items db=src herd=h").ok();
+    s.ibex.sh("add sync tls herd=h dbs=src:source,dst:target").ok();
+    let mut d = ibex_tests::Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("src", "INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g");
+    ibex_tests::faults::wait_until(&d, "dst to have the rows", std::time::Duration::from_secs(30), || {
+        s.sql("dst", "SELECT count(*) FROM items") == "50"
+    })
+    .unwrap();
+    s.sql("src", "UPDATE items SET note = 'again' WHERE id <= 10");
+    ibex_tests::faults::wait_until(&d, "dst to have the update", std::time::Duration::from_secs(30), || {
+        s.sql("dst", "SELECT count(*) FROM items WHERE note = 'again'") == "10"
+    })
+    .unwrap();
+    s.assert_same(&["src", "dst"], &["items"]);
+    let stream = s.sql(
+        "postgres",
+        "SELECT a.usename || ' ' || s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+          WHERE a.application_name = 'ibex wal stream' AND a.backend_type = 'walsender'",
+    );
+    assert_eq!(stream, "ibex_scram true", "the stream is not open as ibex_scram over TLS: {}", d.log());
+    assert!(!d.log().contains("reading the slot by SQL"), "a read fell back from the stream: {}", d.log());
+    assert!(!d.log().contains("scr4m-s3cret"), "the password was logged");
+}
