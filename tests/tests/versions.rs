@@ -200,6 +200,29 @@ fn ten_and_eighteen_as_masters_with_wal_capture() {
         restart_lag.parse::<i64>().unwrap() < 1_000_000,
         "the slot restarts {restart_lag} bytes behind its position on 18"
     );
+    // The daemon streams both slots: the replication protocol, and
+    // test_decoding's lines for a transaction that only emits a message,
+    // as 10 and 18 send them.
+    let mut d = ibex_tests::Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    old.psql("app", "UPDATE items SET name = 'streamed from 10' WHERE id = 2").unwrap();
+    new.psql("app", "UPDATE items SET name = 'streamed from 18' WHERE id = 3").unwrap();
+    let name = |c: &Cluster, id: i32| c.psql("app", &format!("SELECT name FROM items WHERE id = {id}")).unwrap();
+    ibex_tests::faults::wait_until(&d, "both changes to cross", std::time::Duration::from_secs(30), || {
+        name(&old, 3) == "streamed from 18" && name(&new, 2) == "streamed from 10"
+    })
+    .unwrap();
+    for c in [&old, &new] {
+        let streams = c
+            .psql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ibex wal stream' AND backend_type = 'walsender'",
+            )
+            .unwrap();
+        assert_eq!(streams, "1", "no stream of the slot: {}", d.log());
+    }
+    assert!(!d.log().contains("reading the slot by SQL"), "a read fell back from the stream: {}", d.log());
+    d.kill();
     s.assert_compare_clean("mm");
 }
 
