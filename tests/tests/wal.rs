@@ -365,3 +365,28 @@ fn a_retried_run_decodes_once_and_the_next_run_takes_what_came_meanwhile() {
     assert_eq!(run_count(&next, "inserted"), 1, "{next}");
     s.assert_same(&["src", "dst"], &["t"]);
 }
+
+/// A db that is one sync's target and another's WAL source: a run of the
+/// first that writes no row there commits a transaction that only holds
+/// ibex's marker, which test_decoding prints alone, with no COMMIT. The
+/// application's next transaction there is still the application's, and
+/// the second sync carries it on.
+#[test]
+fn a_run_that_wrote_nothing_on_a_wal_db_hides_no_later_change() {
+    let s = Setup::new();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.dbs_from("a", &["a", "b", "c"]);
+    s.ibex.sh("update db b capture=wal").ok();
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=a:source,b:target autokick=false").ok();
+    s.ibex.sh("add sync fwd herd=h dbs=b:source,c:target autokick=false").ok();
+    s.sql("a", "INSERT INTO t VALUES (1, 'first')");
+    assert_eq!(s.run("push")["run"]["state"], "good");
+    assert_eq!(s.run("fwd")["run"]["state"], "good");
+    // Nothing new on a: push writes no row on b.
+    assert_eq!(s.run("push")["run"]["state"], "good");
+    s.sql("b", "INSERT INTO t VALUES (2, 'written on b')");
+    assert_eq!(s.run("fwd")["run"]["state"], "good");
+    assert_eq!(s.sql("c", "SELECT string_agg(v, ',' ORDER BY id) FROM t"), "written on b");
+}

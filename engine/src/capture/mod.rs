@@ -535,19 +535,13 @@ async fn wal_recorded(client: &Client) -> Result<bool> {
 }
 
 async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
-    // A daemon's stream of the slot holds it: ended first.
-    client
-        .batch_execute(&wal::take_slot_sql(&crate::pg::quote_literal(slot)))
-        .await
-        .ctx(|| format!("ending ibex's stream of the WAL capture slot {slot}"))?;
-    client
-        .query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-              WHERE slot_name = $1 AND database = current_database()",
-            &[&slot],
-        )
-        .await
-        .ctx(|| format!("dropping the WAL capture slot {slot}"))?;
+    // A daemon's stream of the slot holds it: ended first, under the lock.
+    if let Err(err) = client.batch_execute(&wal::drop_slot_sql(slot)).await {
+        if let Err(rollback) = client.batch_execute("ROLLBACK").await {
+            tracing::warn!(error = %rollback, "could not roll back a failed drop of the WAL capture slot");
+        }
+        return Err(err).ctx(|| format!("dropping the WAL capture slot {slot}"));
+    }
     Ok(())
 }
 

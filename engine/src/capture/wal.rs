@@ -49,6 +49,11 @@ use crate::pg::{ConnInfo, QualifiedName, quote_ident};
 /// The prefix of the logical message that marks ibex's apply transactions.
 pub const MARKER_PREFIX: &str = "ibex";
 
+/// The prefix of the logical message that ends ibex's apply transactions
+/// (just before COMMIT): a transaction that wrote no row prints its marker
+/// alone, with no COMMIT, and the marker must not reach the next one.
+pub const END_MARKER_PREFIX: &str = "ibex-end";
+
 /// Changes decoded per transaction of the materializer (whole source
 /// transactions are never split, so one may exceed it).
 const BATCH_CHANGES: i32 = 50_000;
@@ -144,13 +149,22 @@ pub enum SlotAdvance {
     Stream(SharedStream, Lsn),
 }
 
+/// A db's stream as the daemon keeps it between reads.
+#[derive(Default)]
+pub struct Streaming {
+    stream: Option<ReplicationStream>,
+    /// Why this db is read by SQL for good (its encoding, a synchronous
+    /// standby list that would take the stream in): said once.
+    refused: Option<String>,
+}
+
 impl SlotAdvance {
     /// Advances the slot; a failure is logged, as the next call advances it.
     pub async fn run(self, client: &Client) {
         let clock = std::time::Instant::now();
         let advanced = match self {
             SlotAdvance::Sql(position) => advance_alone(client, &position).await,
-            SlotAdvance::Stream(shared, lsn) => match shared.lock().await.as_mut() {
+            SlotAdvance::Stream(shared, lsn) => match shared.lock().await.stream.as_mut() {
                 Some(stream) => stream.status(Some(lsn), false).await,
                 // Dropped meanwhile: the next read advances it.
                 None => Ok(()),
@@ -164,7 +178,7 @@ impl SlotAdvance {
 }
 
 /// A db's stream of its slot, shared by the daemon's KIDs and its VAC.
-pub type SharedStream = Arc<tokio::sync::Mutex<Option<ReplicationStream>>>;
+pub type SharedStream = Arc<tokio::sync::Mutex<Streaming>>;
 
 /// Whether this process streams its slots ([`stream_slots`]).
 static STREAMING: AtomicBool = AtomicBool::new(false);
@@ -230,19 +244,29 @@ async fn read_slot(
     always: bool,
 ) -> Result<(Materialized, Option<SlotAdvance>)> {
     if let Some((info, shared)) = info.and_then(|info| Some((info, shared_stream(info)?))) {
-        let mut stream = shared.lock().await;
-        match read_streamed(client, server, info, &mut stream).await {
-            Ok((report, lsn)) => {
-                drop(stream);
+        let mut streaming = shared.lock().await;
+        let outcome = match &streaming.refused {
+            Some(_) => None,
+            None => Some(read_streamed(client, server, info, &mut streaming.stream).await),
+        };
+        match outcome {
+            None => {}
+            Some(Ok((report, lsn))) => {
+                drop(streaming);
                 return Ok((report, lsn.map(|lsn| SlotAdvance::Stream(shared.clone(), lsn))));
             }
-            Err(err) => {
+            Some(Err(Error::Refused(why))) => {
+                streaming.stream = None;
+                tracing::warn!(db = %info.describe(), "the WAL capture slot is read by SQL, not streamed: {why}");
+                streaming.refused = Some(why);
+            }
+            Some(Err(err)) => {
                 // Read again by SQL, which first ends the stream's session
                 // if it still holds the slot: a failure that is not the
                 // stream's shows there too.
                 // An idle daemon's stream ends too: the server closes a
                 // walsender that heard nothing for wal_sender_timeout.
-                *stream = None;
+                streaming.stream = None;
                 tracing::info!(error = %err, "the WAL capture stream ended; reading the slot by SQL this time, and streaming again from the next read");
             }
         }
@@ -260,7 +284,8 @@ async fn read_streamed(
     info: &ConnInfo,
     stream: &mut Option<ReplicationStream>,
 ) -> Result<(Materialized, Option<Lsn>)> {
-    let token = format!("{}-{}", std::process::id(), READS.fetch_add(1, Ordering::Relaxed));
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let token = format!("{}-{}-{}", std::process::id(), started.as_nanos(), READS.fetch_add(1, Ordering::Relaxed));
     let mut flush = Some(flush_sql(server, Some(&token)));
     let mut total = Materialized::default();
     let mut reached = false;
@@ -305,8 +330,10 @@ fn flush_sql(server: Capabilities, token: Option<&str>) -> String {
               WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn();"
         ),
     };
+    // `local`: decoding needs the WAL flushed here, not on a synchronous
+    // standby (which could be ibex's own stream).
     format!(
-        "BEGIN; SET LOCAL synchronous_commit = on; {} {message} COMMIT; ",
+        "BEGIN; SET LOCAL synchronous_commit = local; {} {message} COMMIT; ",
         if server.logs_standby_snapshot() { log_running_xacts() } else { String::new() }
     )
 }
@@ -395,7 +422,8 @@ static POSITION_SQL: LazyLock<String> = LazyLock::new(|| {
         current_setting('server_version_num')::int,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint,
-        {SLOT_STATUS_SQL}, w.materialized_lsn::text
+        {SLOT_STATUS_SQL}, w.materialized_lsn::text,
+        current_setting('synchronous_standby_names'), current_setting('server_encoding')
    FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name"
     )
 });
@@ -520,6 +548,8 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
     let restart_lag_bytes: i64 = row.get(4);
     let state = SlotState::from_status(row.get::<_, Option<String>>(5).as_deref());
     let materialized: Option<String> = row.get(6);
+    let standby_names: String = row.get(7);
+    let encoding: String = row.get(8);
     if state != SlotState::Usable {
         return Err(Error::Sync(slot_unusable(&slot, state)));
     }
@@ -546,6 +576,18 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
         Lines::Stream { info, stream, token, reached } => {
             let flush_line =
                 format!("message: transactional: 1 prefix: {FLUSH_PREFIX}, sz: {} content:{token}", token.len());
+            if encoding != "UTF8" {
+                // The stream sends the server's bytes; the SQL functions
+                // convert them.
+                return Err(Error::Refused(format!(
+                    "its encoding is {encoding}, and ibex streams only UTF8 databases"
+                )));
+            }
+            if standby_names.contains('*') {
+                return Err(Error::Refused(format!(
+                    "synchronous_standby_names = '{standby_names}' would make ibex's stream a synchronous standby, and the server's commits would wait for ibex's reads: name the standbys"
+                )));
+            }
             let open = match stream {
                 Some(open) => open,
                 None => {
@@ -559,23 +601,28 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
             };
             let materialized = materialized.as_deref().and_then(Lsn::parse);
             // Lines of a transaction come together, at its commit; a read
-            // stops between two.
+            // stops between two. A transaction that only emitted a message
+            // prints that line alone, without BEGIN or COMMIT.
             let mut inside = false;
             let mut flush_inside = false;
+            let mut patience = tokio::time::Instant::now() + STREAM_PATIENCE;
             let drained = loop {
                 if !inside && *reached {
                     break true;
                 }
-                if !inside && reading.seen >= BATCH_CHANGES {
+                // Not between ibex's marker and the BEGIN it printed ahead
+                // of: the next batch's decoder would not know it.
+                if !inside && !reading.decoder.in_marked_transaction() && reading.seen >= BATCH_CHANGES {
                     break false;
                 }
-                let message = open.next(STREAM_PATIENCE).await?.ok_or_else(|| {
-                    Error::Sync(format!(
-                        "the WAL capture stream of slot {slot} sent nothing for {} s",
+                if tokio::time::Instant::now() >= patience {
+                    return Err(Error::Sync(format!(
+                        "the WAL capture stream of slot {slot} sent no line for {} s",
                         STREAM_PATIENCE.as_secs()
-                    ))
-                })?;
-                let Message::Data { lsn, data } = message else { continue };
+                    )));
+                }
+                let Some(Message::Data { lsn, data }) = open.next(STREAM_PATIENCE).await? else { continue };
+                patience = tokio::time::Instant::now() + STREAM_PATIENCE;
                 let data = std::str::from_utf8(&data).map_err(|_| {
                     Error::Sync(format!("the WAL capture stream of slot {slot} sent a line that is not UTF-8"))
                 })?;
@@ -587,10 +634,7 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
                     } else {
                         *reached = true;
                     }
-                } else if data == "BEGIN" || data.starts_with("table ") || data.starts_with("message: transactional: 1")
-                {
-                    // A message may print ahead of its BEGIN: ibex's
-                    // marker, whose changes follow.
+                } else if data == "BEGIN" || data.starts_with("table ") {
                     inside = true;
                 }
                 let written_already = materialized.is_some_and(|m| lsn <= m);
@@ -721,7 +765,12 @@ pub(crate) fn take_slot_sql(slot: &str) -> String {
      WHERE s.slot_name OPERATOR(pg_catalog.=) {slot} AND a.application_name OPERATOR(pg_catalog.=) {name}
        AND s.active_pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid();
     IF holder IS NOT NULL THEN
-        PERFORM pg_catalog.pg_terminate_backend(holder);
+        BEGIN
+            PERFORM pg_catalog.pg_terminate_backend(holder);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'an ibex daemon streams the WAL capture slot (walsender pid %%), and this role may not end that session'
+                USING HINT = 'run this as the role the daemon connects as (or a superuser), or stop the daemon first';
+        END;
         FOR i IN 1..1000 LOOP
             EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s
                                    WHERE s.slot_name OPERATOR(pg_catalog.=) {slot}
@@ -731,6 +780,18 @@ pub(crate) fn take_slot_sql(slot: &str) -> String {
     END IF;
 END $ibex$;",
         name = crate::pg::quote_literal(STREAM_NAME)
+    )
+}
+
+/// Drops the WAL capture slot `slot` of this db, if there is one, ending an
+/// ibex stream that holds it first, all under [`LOCK_SLOT`] so that the
+/// stream cannot come back in between.
+pub(crate) fn drop_slot_sql(slot: &str) -> String {
+    let literal = crate::pg::quote_literal(slot);
+    format!(
+        "BEGIN; {LOCK_SLOT}; {} SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
+          WHERE slot_name OPERATOR(pg_catalog.=) {literal} AND database OPERATOR(pg_catalog.=) pg_catalog.current_database(); COMMIT;",
+        take_slot_sql(&literal)
     )
 }
 
@@ -928,7 +989,9 @@ impl Decoder {
             return Ok(Line::Committed);
         }
         if let Some(rest) = data.strip_prefix("message: transactional: 1 prefix: ") {
-            if let Some((prefix, body)) = rest.split_once(", sz: ")
+            if rest.split_once(", sz: ").is_some_and(|(prefix, _)| prefix == END_MARKER_PREFIX) {
+                self.ibex = None;
+            } else if let Some((prefix, body)) = rest.split_once(", sz: ")
                 && prefix == MARKER_PREFIX
             {
                 let content = body.split_once(" content:").map_or("", |(_, c)| c);
@@ -1006,6 +1069,11 @@ impl Decoder {
     /// not read.
     fn finish(&mut self) -> Result<()> {
         self.unreadable.take().map_or(Ok(()), Err)
+    }
+
+    /// Whether ibex's marker was read and its transaction has not ended.
+    fn in_marked_transaction(&self) -> bool {
+        self.ibex.is_some()
     }
 
     /// The index the open transaction will have in `txns`.

@@ -69,6 +69,8 @@ pub struct ReplicationStream {
     /// The furthest position confirmed: a lower one would move the slot
     /// back (before 17 the server does not refuse it).
     confirmed: Lsn,
+    /// The server asked for an answer (a keepalive with its reply flag).
+    reply_due: bool,
     /// host:port/dbname, for messages.
     target: String,
 }
@@ -76,6 +78,9 @@ pub struct ReplicationStream {
 /// How long a read may wait for the server before asking it where it
 /// stands (a keepalive that requests a reply).
 const ASK_AFTER: Duration = Duration::from_millis(20);
+
+/// How long a status message may wait for the server to take it.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 
 impl ReplicationStream {
     /// Connects to the first host of `info` that takes a replication
@@ -99,7 +104,15 @@ impl ReplicationStream {
                 .unwrap_or_else(|_| Err(format!("no answer within {} s", resolved.connect_timeout.as_secs())));
                 match opened {
                     Ok(mut stream) => {
-                        stream.command(command).await.map_err(fail)?;
+                        tokio::time::timeout(resolved.connect_timeout, stream.command(command))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(format!(
+                                    "no answer to START_REPLICATION within {} s",
+                                    resolved.connect_timeout.as_secs()
+                                ))
+                            })
+                            .map_err(fail)?;
                         return Ok(stream);
                     }
                     Err(why) => failures.push(format!("{}:{}: {why}", target.host, target.port)),
@@ -120,7 +133,13 @@ impl ReplicationStream {
         let deadline = tokio::time::Instant::now() + wait;
         let mut asked = false;
         loop {
-            if let Some(message) = self.take_message()? {
+            let message = self.take_message()?;
+            if std::mem::take(&mut self.reply_due) {
+                // Unanswered, the server ends the session after
+                // wal_sender_timeout.
+                self.status(None, false).await?;
+            }
+            if let Some(message) = message {
                 return Ok(Some(message));
             }
             let now = tokio::time::Instant::now();
@@ -175,7 +194,10 @@ impl ReplicationStream {
             self.io.write_all(&output).await?;
             self.io.flush().await
         };
-        written.await.map_err(|err| self.broken(&err.to_string()))
+        match tokio::time::timeout(WRITE_PATIENCE, written).await {
+            Ok(done) => done.map_err(|err| self.broken(&err.to_string())),
+            Err(_) => Err(self.broken("the server took no message for 30 s")),
+        }
     }
 
     /// A whole message of the copy-both stream from the input, if one is there.
@@ -195,6 +217,8 @@ impl ReplicationStream {
                 b'd' if body.first() == Some(&b'k') && body.len() >= 18 => {
                     body.advance(1);
                     let end = Lsn(body.get_u64());
+                    body.advance(8); // the send time
+                    self.reply_due |= body.first() == Some(&1);
                     self.read_to = self.read_to.max(end);
                     return Ok(Some(Message::Progress));
                 }
@@ -354,6 +378,7 @@ async fn open(
         output: BytesMut::new(),
         read_to: Lsn(0),
         confirmed: Lsn(0),
+        reply_due: false,
         target: format!("{}:{}/{}", target.host, target.port, r.dbname),
     };
     stream.login(r, password, application_name).await?;

@@ -480,7 +480,17 @@ impl<'a> Cycle<'a> {
         }
         try_join_all(self.plan.db_ids().map(|d| async move {
             crate::failpoint::hit_after_first(d.index(), "between_commits").await?;
-            self.client(d).batch_execute("COMMIT").await.ctx(|| format!("committing on db {}", self.plan.db(d).name))
+            // On a WAL db the end of ibex's marked transaction (see
+            // capture/wal.rs): decoded, it ends the marker's reach.
+            let commit = if self.plan.db(d).capture == crate::capture::CaptureMode::Wal {
+                format!(
+                    "SELECT 1 WHERE pg_logical_emit_message(true, {}, '') IS NULL; COMMIT",
+                    quote_literal(crate::capture::wal::END_MARKER_PREFIX)
+                )
+            } else {
+                "COMMIT".to_string()
+            };
+            self.client(d).batch_execute(&commit).await.ctx(|| format!("committing on db {}", self.plan.db(d).name))
         }))
         .await?;
         Ok(())
