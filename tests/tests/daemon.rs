@@ -293,11 +293,8 @@ fn vac_purges_what_all_have_applied_and_keeps_what_an_inactive_sync_needs() {
     eventually(Duration::from_secs(20), "VAC to purge", || s.sql("a", &format!("SELECT count(*) FROM {delta}")) == "0");
 }
 
-/// A WAL db whose only sync is inactive: the VAC decodes its slot into
-/// the delta table, so the server does not keep the WAL for it; the keys
-/// wait there for the sync.
-#[test]
-fn vac_reads_the_wal_slot_of_an_inactive_sync() {
+/// Sync `push` from db a, on WAL capture, to b: table t (id, v).
+fn wal_push() -> Setup {
     let s = Setup::new();
     s.cluster.create_db("a").unwrap();
     s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
@@ -305,6 +302,15 @@ fn vac_reads_the_wal_slot_of_an_inactive_sync() {
     s.ibex.sh("update db a capture=wal").ok();
     s.ibex.sh("add table t db=a herd=h").ok();
     s.ibex.sh("add sync push herd=h dbs=a:source,b:target").ok();
+    s
+}
+
+/// A WAL db whose only sync is inactive: the VAC decodes its slot into
+/// the delta table, so the server does not keep the WAL for it; the keys
+/// wait there for the sync.
+#[test]
+fn vac_reads_the_wal_slot_of_an_inactive_sync() {
+    let s = wal_push();
     s.ibex.sh("deactivate push").ok();
     s.ibex.sh("set vac_interval=1s").ok();
     let delta = s.sql("a", "SELECT 'ibex.' || quote_ident(delta_table) FROM ibex.captured");
@@ -335,13 +341,7 @@ fn vac_reads_the_wal_slot_of_an_inactive_sync() {
 /// stream; nothing is lost or applied twice on the way.
 #[test]
 fn the_daemon_streams_a_wal_slot_and_gives_it_up_to_a_command() {
-    let s = Setup::new();
-    s.cluster.create_db("a").unwrap();
-    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
-    s.dbs_from("a", &["a", "b"]);
-    s.ibex.sh("update db a capture=wal").ok();
-    s.ibex.sh("add table t db=a herd=h").ok();
-    s.ibex.sh("add sync push herd=h dbs=a:source,b:target").ok();
+    let s = wal_push();
     let mut d = Daemon::configure(&s.ibex).unwrap();
     d.start().unwrap();
     let stream = || {
