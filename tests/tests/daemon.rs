@@ -335,6 +335,44 @@ fn vac_reads_the_wal_slot_of_an_inactive_sync() {
     s.assert_same(&["a", "b"], &["t"]);
 }
 
+/// The walsender of the daemon's stream of db a's slot; 0 when none.
+fn stream_pid(s: &Setup) -> String {
+    s.sql(
+        "a",
+        "SELECT coalesce(max(s.active_pid), 0) FROM pg_replication_slots s
+           JOIN pg_stat_activity a ON a.pid = s.active_pid
+          WHERE s.slot_name LIKE 'ibex%' AND a.application_name = 'ibex wal stream'
+            AND a.backend_type = 'walsender'",
+    )
+}
+
+/// Between reads the daemon tells the server its stream is there: the
+/// server ends a walsender that heard nothing for wal_sender_timeout, and
+/// every read after an idle spell would go by SQL, decoding again from
+/// the slot's restart point.
+#[test]
+fn an_idle_daemons_wal_stream_outlives_the_senders_timeout() {
+    let s = wal_push();
+    s.sql("a", "ALTER SYSTEM SET wal_sender_timeout = '1s'");
+    s.sql("a", "SELECT pg_reload_conf()");
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    s.sql("a", "INSERT INTO t VALUES (1, 'x')");
+    eventually(Duration::from_secs(30), "b to have the first row", || s.sql("b", "SELECT count(*) FROM t") == "1");
+    let first = stream_pid(&s);
+    assert_ne!(first, "0", "no stream holds the slot after a run: {}", d.log());
+    // Idle for five timeouts.
+    thread::sleep(Duration::from_secs(5));
+    assert_eq!(stream_pid(&s), first, "the server ended the idle stream: {}", d.log());
+    s.sql("a", "INSERT INTO t VALUES (2, 'y')");
+    eventually(Duration::from_secs(30), "b to have the row written after the idle spell", || {
+        s.sql("b", "SELECT count(*) FROM t") == "2"
+    });
+    assert_eq!(stream_pid(&s), first, "the stream was opened again: {}", d.log());
+    assert!(!d.log().contains("SQL this time"), "a read fell back to SQL: {}", d.log());
+    s.assert_same(&["a", "b"], &["t"]);
+}
+
 /// The daemon reads a WAL db's slot through a walsender session it keeps
 /// open ("ibex wal stream"). A session that dies is replaced (that read
 /// goes by SQL), and a command that needs the slot takes it from the
@@ -344,15 +382,7 @@ fn the_daemon_streams_a_wal_slot_and_gives_it_up_to_a_command() {
     let s = wal_push();
     let mut d = Daemon::configure(&s.ibex).unwrap();
     d.start().unwrap();
-    let stream = || {
-        s.sql(
-            "a",
-            "SELECT coalesce(max(s.active_pid), 0) FROM pg_replication_slots s
-               JOIN pg_stat_activity a ON a.pid = s.active_pid
-              WHERE s.slot_name LIKE 'ibex%' AND a.application_name = 'ibex wal stream'
-                AND a.backend_type = 'walsender'",
-        )
-    };
+    let stream = || stream_pid(&s);
     let b_has = |sql: &str, want: &str| s.sql("b", sql) == want;
     s.sql("a", "INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i");
     eventually(Duration::from_secs(30), "b to have the first rows", || b_has("SELECT count(*) FROM t", "100"));
@@ -370,7 +400,13 @@ fn the_daemon_streams_a_wal_slot_and_gives_it_up_to_a_command() {
     eventually(Duration::from_secs(30), "the row after the fallback", || b_has("SELECT count(*) FROM t", "151"));
     let second = stream();
     assert!(second != "0" && second != first, "the stream was not opened again ({first} -> {second}): {}", d.log());
-    assert!(d.log().contains("reading the slot by SQL this time"), "the fallback was not logged: {}", d.log());
+    // The read that found it dead falls back, unless the keepalive found
+    // it first.
+    assert!(
+        d.log().contains("reading the slot by SQL this time") || d.log().contains("the idle WAL capture stream ended"),
+        "the stream's end was not logged: {}",
+        d.log()
+    );
 
     // A command that drops the slot takes it from the stream.
     s.ibex.sh("update db a capture=trigger").ok();

@@ -201,7 +201,34 @@ fn shared_stream(info: &ConnInfo) -> Option<SharedStream> {
         return None;
     }
     let mut streams = STREAMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Some(streams.entry(info.describe()).or_default().clone())
+    let shared = streams
+        .entry(info.describe())
+        .or_insert_with(|| {
+            let shared = SharedStream::default();
+            tokio::spawn(keep_alive(Arc::downgrade(&shared), info.describe()));
+            shared
+        })
+        .clone();
+    Some(shared)
+}
+
+/// How often the keepalive task looks at its stream.
+const KEEPALIVE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Keeps a db's stream alive between reads (see
+/// `ReplicationStream::keep_alive`), for as long as the stream is shared.
+/// A read in progress holds the stream and answers the server itself.
+async fn keep_alive(shared: std::sync::Weak<tokio::sync::Mutex<Streaming>>, db: String) {
+    loop {
+        tokio::time::sleep(KEEPALIVE_TICK).await;
+        let Some(shared) = shared.upgrade() else { return };
+        let Ok(mut streaming) = shared.try_lock() else { continue };
+        let Some(stream) = streaming.stream.as_mut() else { continue };
+        if let Err(err) = stream.keep_alive().await {
+            streaming.stream = None;
+            tracing::info!(%db, error = %err, "the idle WAL capture stream ended; the next read opens it again");
+        }
+    }
 }
 
 /// The application_name of ibex's streams: what [`take_slot_sql`] ends.
@@ -423,7 +450,8 @@ static POSITION_SQL: LazyLock<String> = LazyLock::new(|| {
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint,
         {SLOT_STATUS_SQL}, w.materialized_lsn::text,
-        current_setting('synchronous_standby_names'), current_setting('server_encoding')
+        current_setting('synchronous_standby_names'), current_setting('server_encoding'),
+        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')
    FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name"
     )
 });
@@ -550,6 +578,7 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
     let materialized: Option<String> = row.get(6);
     let standby_names: String = row.get(7);
     let encoding: String = row.get(8);
+    let sender_timeout_ms: Option<i64> = row.get(9);
     if state != SlotState::Usable {
         return Err(Error::Sync(slot_unusable(&slot, state)));
     }
@@ -599,6 +628,9 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
                     stream.insert(ReplicationStream::start(info, STREAM_NAME, &command).await?)
                 }
             };
+            open.set_sender_timeout(std::time::Duration::from_millis(
+                sender_timeout_ms.unwrap_or_default().max(0) as u64
+            ));
             let materialized = materialized.as_deref().and_then(Lsn::parse);
             // Lines of a transaction come together, at its commit; a read
             // stops between two. A transaction that only emitted a message

@@ -73,11 +73,21 @@ pub struct ReplicationStream {
     reply_due: bool,
     /// host:port/dbname, for messages.
     target: String,
+    /// When a message last went to the server.
+    last_sent: tokio::time::Instant,
+    /// How often an idle stream tells the server it is there (see
+    /// [`ReplicationStream::keep_alive`]).
+    keepalive_every: Duration,
 }
 
 /// How long a read may wait for the server before asking it where it
 /// stands (a keepalive that requests a reply).
 const ASK_AFTER: Duration = Duration::from_millis(20);
+
+/// The bounds of the keepalive interval (see
+/// [`ReplicationStream::set_sender_timeout`]).
+const KEEPALIVE_LEAST: Duration = Duration::from_millis(200);
+const KEEPALIVE_MOST: Duration = Duration::from_secs(10);
 
 /// How long a status message may wait for the server to take it.
 const WRITE_PATIENCE: Duration = Duration::from_secs(30);
@@ -120,6 +130,27 @@ impl ReplicationStream {
             }
         }
         Err(fail(failures.join("; ")))
+    }
+
+    /// Sets how often [`keep_alive`](Self::keep_alive) speaks, from the
+    /// server's `wal_sender_timeout`: well within it, so that one late
+    /// message does not end the session (0, no timeout: every 10 s).
+    pub fn set_sender_timeout(&mut self, timeout: Duration) {
+        self.keepalive_every =
+            if timeout.is_zero() { KEEPALIVE_MOST } else { (timeout / 4).clamp(KEEPALIVE_LEAST, KEEPALIVE_MOST) };
+    }
+
+    /// Sends a status message when none went out for the keepalive
+    /// interval; true when it did. Between reads nobody reads the stream,
+    /// and the server ends a walsender that heard nothing for
+    /// `wal_sender_timeout`. What it sent meanwhile waits in the socket
+    /// for the next read (the server holds back once that fills).
+    pub async fn keep_alive(&mut self) -> Result<bool> {
+        if self.last_sent.elapsed() < self.keepalive_every {
+            return Ok(false);
+        }
+        self.status(None, false).await?;
+        Ok(true)
     }
 
     /// Where the server has read the WAL to (see [`Message::Progress`]).
@@ -195,7 +226,11 @@ impl ReplicationStream {
             self.io.flush().await
         };
         match tokio::time::timeout(WRITE_PATIENCE, written).await {
-            Ok(done) => done.map_err(|err| self.broken(&err.to_string())),
+            Ok(done) => {
+                done.map_err(|err| self.broken(&err.to_string()))?;
+                self.last_sent = tokio::time::Instant::now();
+                Ok(())
+            }
             Err(_) => Err(self.broken("the server took no message for 30 s")),
         }
     }
@@ -380,6 +415,8 @@ async fn open(
         confirmed: Lsn(0),
         reply_due: false,
         target: format!("{}:{}/{}", target.host, target.port, r.dbname),
+        last_sent: tokio::time::Instant::now(),
+        keepalive_every: KEEPALIVE_MOST,
     };
     stream.login(r, password, application_name).await?;
     Ok(stream)
