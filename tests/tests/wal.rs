@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ibex_tests::{Outcome, Setup, run_count};
 
@@ -389,4 +389,41 @@ fn a_run_that_wrote_nothing_on_a_wal_db_hides_no_later_change() {
     s.sql("b", "INSERT INTO t VALUES (2, 'written on b')");
     assert_eq!(s.run("fwd")["run"]["state"], "good");
     assert_eq!(s.sql("c", "SELECT string_agg(v, ',' ORDER BY id) FROM t"), "written on b");
+}
+
+/// The retry after a write conflict locks the tables before it takes its
+/// snapshot, also on a WAL db, where each transaction of a run starts with
+/// ibex's logical message: a writer that commits while the retry waits for
+/// its lock is then in the retry's snapshot, and the retry succeeds. (With
+/// the message sent first, the snapshot predated the lock, and the retry
+/// failed on the writer's row as the first attempt had.)
+#[test]
+fn the_retry_on_a_wal_db_takes_its_snapshot_after_its_lock() {
+    let s = Setup::one_way_wal(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')",
+        "t",
+        "held",
+        "autokick=false",
+    );
+    s.ibex.run(&["update", "db", "dst", "capture=wal"]).ok();
+    s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
+    // A writer changes the target's row and commits only once a run waits.
+    let holder = s.cluster.hold("dst", "UPDATE t SET v = 'theirs' WHERE id = 1").unwrap();
+    let run = std::thread::scope(|scope| {
+        let running = scope.spawn(|| s.run("held"));
+        // The first attempt gives up on the row at once; the retry waits
+        // for its table lock.
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dst' AND wait_event_type = 'Lock'
+                        AND now() - query_start > interval '1 second'";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.sql("dst", waiting) != "1" {
+            assert!(Instant::now() < deadline, "no attempt waited on the writer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        holder.release().unwrap();
+        running.join().unwrap()
+    });
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["attempts"], 2, "the retry failed on the writer's row: {run}");
+    assert_eq!(s.sql("dst", "SELECT v FROM t WHERE id = 1"), "new");
 }

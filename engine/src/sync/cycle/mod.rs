@@ -394,22 +394,24 @@ impl<'a> Cycle<'a> {
                 quote_literal(&sync),
                 if params.makedelta { "on" } else { "off" }
             );
+            if let Some(timeout) = lock_wait(params.lock_timeout, self.writers) {
+                sql.push_str(&format!(" SET LOCAL lock_timeout = '{}ms';", timeout.as_millis()));
+            }
+            // After a serialization failure, hold writers off for this run:
+            // taken before the snapshot (the first SELECT takes it), so
+            // nothing can change under it.
+            if self.writers == Writers::HeldOff && !locks.is_empty() {
+                sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
+            }
             if db.capture == crate::capture::CaptureMode::Wal {
-                // First in the transaction, so it decodes ahead of the rows
-                // ibex writes: the db's slot skips them (see capture/wal.rs).
+                // Ahead of every row ibex writes in the transaction, so it
+                // decodes ahead of them: the db's slot skips them (see
+                // capture/wal.rs).
                 sql.push_str(&format!(
                     " SELECT 1 WHERE pg_logical_emit_message(true, {}, {}) IS NULL;",
                     quote_literal(crate::capture::wal::MARKER_PREFIX),
                     quote_literal(&crate::capture::wal::marker_body(&sync, params.makedelta))
                 ));
-            }
-            if let Some(timeout) = lock_wait(params.lock_timeout, self.writers) {
-                sql.push_str(&format!(" SET LOCAL lock_timeout = '{}ms';", timeout.as_millis()));
-            }
-            // After a serialization failure, hold writers off for this run:
-            // taken before the snapshot, so nothing can change under it.
-            if self.writers == Writers::HeldOff && !locks.is_empty() {
-                sql.push_str(&format!(" LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;", locks.join(", ")));
             }
             let source = db.role == Role::Source;
             let xids = self.connection(i).server.xids;
