@@ -636,6 +636,16 @@ fn a_tenant_plugin_cannot_reach_past_its_grants() {
     // What it was granted, it can do.
     let err = hostile_run(&s, "query:SELECT count(*) FROM acct");
     assert!(err.contains("ATTACK SUCCEEDED: query returned [[Value::Int(20)]]"), "{err}");
+    // A query that fails, to parse or to run, leaves the plugin's later
+    // queries in the run working (each runs in a savepoint of the read).
+    for bad in ["SELEC 1", "SELECT 1 / 0"] {
+        s.ibex.run(&["update", "plugin", "hostile", &format!("config.mode=recover:{bad}")]).ok();
+        s.sql("m1", "UPDATE acct SET note = 'recover m1' WHERE id = 3");
+        s.sql("m2", "UPDATE acct SET note = 'recover m2' WHERE id = 3");
+        let run = s.run("mm");
+        assert_eq!(run["run"]["state"], "good", "after {bad:?}: {run}");
+        s.assert_same(&["m1", "m2"], &["acct"]);
+    }
     // Limits: each stopped with an error naming it, even when ignored by the plugin.
     for (mode, needle) in [
         ("big_query", "more than 10000 rows (the plugin's query_rows limit)"),

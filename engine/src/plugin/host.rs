@@ -172,9 +172,8 @@ fn text_params(params: &[Value]) -> Vec<Option<String>> {
 /// role's function, under that function's search_path rather than ibex's
 /// (see `pg/session.rs`): the path set, the parse and the path set back
 /// go out together, one round trip. A failed parse inside a transaction
-/// aborts it, and setting the path back fails too: `execute` rolls back to
-/// its savepoint, which restores the path; a `query` on that db fails for
-/// the rest of the run, as it did before the path was set here.
+/// aborts it, and setting the path back fails too: callers parse inside a
+/// savepoint and roll back to it, which restores the path.
 async fn parse_statement(
     client: &Client,
     sql: &str,
@@ -208,9 +207,18 @@ async fn run_query(
     }
     let sql = sql.trim().trim_end_matches(';');
     let types = vec![Type::TEXT; params.len()];
+    // In a savepoint of the read's transaction, opened in the parse's round
+    // trip: a query that fails (to parse, or to run) would otherwise abort
+    // the transaction, and every later query of the run on this db with it.
     // Parse only: types and columns. One statement (the extended protocol
     // refuses several), nothing executed, nothing planned.
-    let plain = parse_statement(client, sql, &types).await.map_err(|e| describe_pg(&e))?;
+    let (savepoint, parsed) =
+        futures_util::future::join(client.batch_execute(QUERY_SAVEPOINT), parse_statement(client, sql, &types)).await;
+    savepoint.map_err(|e| describe_pg(&e))?;
+    let plain = match parsed {
+        Ok(plain) => plain,
+        Err(e) => return Err(roll_back_query(client, &e).await),
+    };
     let kinds: Vec<ColumnKind> = plain.columns().iter().map(|c| ColumnKind::of(c.type_().oid())).collect();
     let aliases: Vec<String> = (1..=kinds.len()).map(|i| format!("c{i}")).collect();
     let texts: Vec<String> = aliases.iter().map(|a| format!("ibex_q.{a}::text")).collect();
@@ -224,13 +232,19 @@ async fn run_query(
     args.extend(text_params(params));
     let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
     let call = format!("SELECT r FROM {}({}) r", roles::query_function(role), placeholders.join(", "));
-    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let rows = match client.query(&call, &refs).await {
+    // Typed, so parsed, run and released in this order in one round trip
+    // (a prepare first would let the release run before the query).
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = args.iter().map(|v| (v as &(dyn ToSql + Sync), Type::TEXT)).collect();
+    let (ran, released) =
+        futures_util::future::join(client.query_typed(&call, &typed), client.batch_execute(QUERY_RELEASE)).await;
+    let rows = match ran.and_then(|rows| released.map(|()| rows)) {
         Ok(rows) => rows,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
-            return Ok(Err(format!("its query ran past its statement timeout ({})", describe_pg(&e))));
+            let timeout = format!("its query ran past its statement timeout ({})", describe_pg(&e));
+            roll_back_query(client, &e).await;
+            return Ok(Err(timeout));
         }
-        Err(e) => return Err(describe_pg(&e)),
+        Err(e) => return Err(roll_back_query(client, &e).await),
     };
     if rows.len() as u64 > row_cap {
         return Ok(Err(format!("the query returned more than {row_cap} rows (the plugin's query_rows limit)")));
@@ -241,6 +255,24 @@ async fn run_query(
         out.push(texts.iter().zip(&kinds).map(|(t, k)| convert::from_text(t.as_deref(), *k)).collect());
     }
     Ok(Ok(out))
+}
+
+/// The savepoint each plugin query runs in (see [`run_query`]).
+const QUERY_SAVEPOINT: &str = "SAVEPOINT ibex_plugin_query";
+const QUERY_RELEASE: &str = "RELEASE SAVEPOINT ibex_plugin_query";
+
+/// Undoes a failed plugin query, so that the read's transaction takes the
+/// next one; returns the query's error as the plugin sees it, or also why
+/// the transaction is lost for this run.
+async fn roll_back_query(client: &Client, failed: &tokio_postgres::Error) -> String {
+    let error = describe_pg(failed);
+    match client.batch_execute("ROLLBACK TO SAVEPOINT ibex_plugin_query; RELEASE SAVEPOINT ibex_plugin_query").await {
+        Ok(()) => error,
+        Err(e) => format!(
+            "{error}; and the read could not be rolled back to before it, so later queries on this db fail too: {}",
+            describe_pg(&e)
+        ),
+    }
 }
 
 impl host::Host for HostState {

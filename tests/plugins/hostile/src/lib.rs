@@ -2,7 +2,8 @@
 //! bad_winner, short_answer, file, socket, env, log_flood, or one of the
 //! database attacks (query:SQL and execute:SQL run SQL on the sync's first
 //! db and report what came back; big_query asks for 100 M rows), or
-//! nothing (latest wins).
+//! recover:SQL (a query that must fail, then one on `acct` that must not,
+//! then latest wins), or nothing (latest wins).
 
 use ibex_plugin_sdk::conflict::{Conflict, ConflictHandler, Decision, Verdict};
 use ibex_plugin_sdk::host::{execute, log, query};
@@ -25,6 +26,14 @@ impl ConflictHandler for Hostile {
                 Ok(rows) => format!("ATTACK SUCCEEDED: query returned {rows:?}"),
                 Err(e) => format!("attack refused: {e}"),
             });
+        }
+        if let Some(bad) = mode.strip_prefix("recover:") {
+            if query(&db, bad, &[]).is_ok() {
+                return Err(format!("the query {bad:?} did not fail"));
+            }
+            if let Err(e) = query(&db, "SELECT count(*) FROM acct", &[]) {
+                return Err(format!("the query after a failed one failed: {e}"));
+            }
         }
         if let Some(sql) = mode.strip_prefix("execute:") {
             return Err(match execute(&db, sql, &[]) {
