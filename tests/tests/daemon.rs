@@ -346,6 +346,47 @@ fn stream_pid(s: &Setup) -> String {
     )
 }
 
+/// target_session_attrs=read-write holds for the stream as for every other
+/// connection: of two hosts, the first read-only, the stream opens on the
+/// second, and no read falls back to SQL.
+#[test]
+fn the_wal_stream_passes_over_a_read_only_host_for_read_write() {
+    let s = Setup::new();
+    let decoy = Cluster::start().unwrap();
+    decoy.create_db("a").unwrap();
+    decoy.psql("postgres", "ALTER SYSTEM SET default_transaction_read_only = on").unwrap();
+    decoy.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    s.cluster.create_db("a").unwrap();
+    s.sql("a", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    s.cluster.clone_db("a", "b").unwrap();
+    s.ibex
+        .run(&[
+            "add",
+            "db",
+            "a",
+            "dbname=a",
+            "host=127.0.0.1,127.0.0.1",
+            &format!("port={},{}", decoy.port(), s.cluster.port()),
+            "user=postgres",
+            "target_session_attrs=read-write",
+        ])
+        .ok();
+    s.add_db("b", "b").ok();
+    s.ibex.sh("update db a capture=wal").ok();
+    s.ibex.sh("add table t db=a herd=h").ok();
+    s.ibex.sh("add sync push herd=h dbs=a:source,b:target").ok();
+    let mut d = Daemon::configure(&s.ibex).unwrap();
+    d.start().unwrap();
+    for (id, count) in [(1, "1"), (2, "2")] {
+        s.sql("a", &format!("INSERT INTO t VALUES ({id}, 'x')"));
+        eventually(Duration::from_secs(30), "b to have the row", || s.sql("b", "SELECT count(*) FROM t") == count);
+    }
+    assert_ne!(stream_pid(&s), "0", "no stream on the read-write host: {}", d.log());
+    let on_decoy = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ibex wal stream'";
+    assert_eq!(decoy.psql("postgres", on_decoy).unwrap(), "0");
+    assert!(!d.log().contains("SQL this time"), "a read fell back to SQL: {}", d.log());
+}
+
 /// Between reads the daemon tells the server its stream is there: the
 /// server ends a walsender that heard nothing for wal_sender_timeout, and
 /// every read after an idle spell would go by SQL, decoding again from

@@ -5,7 +5,8 @@
 //! functions (`pg_logical_slot_peek_changes`) decode again from the slot's
 //! restart point on every call. tokio-postgres has no copy-both mode, so
 //! this speaks the protocol with postgres-protocol's codecs, over the same
-//! hosts, TLS rules, passwords and pinned settings as `pg::open`.
+//! hosts, TLS rules, passwords, pinned settings and
+//! `target_session_attrs=read-write` check as `pg::open`.
 //!
 //! SCRAM runs without channel binding (the `n` flag): the TLS checks that
 //! sslmode asks for are those of every other connection.
@@ -112,6 +113,25 @@ impl ReplicationStream {
                 )
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {} s", resolved.connect_timeout.as_secs())));
+                // target_session_attrs=read-write, as libpq checks it: a
+                // server whose sessions are read-only (a standby, or
+                // default_transaction_read_only) is passed over.
+                let opened = match opened {
+                    Ok(mut stream) if resolved.read_write => {
+                        match tokio::time::timeout(resolved.connect_timeout, stream.read_only()).await {
+                            Ok(Ok(false)) => Ok(stream),
+                            Ok(Ok(true)) => {
+                                Err("the server is read-only (target_session_attrs=read-write wants a primary)".into())
+                            }
+                            Ok(Err(why)) => Err(why),
+                            Err(_) => Err(format!(
+                                "no answer to SHOW transaction_read_only within {} s",
+                                resolved.connect_timeout.as_secs()
+                            )),
+                        }
+                    }
+                    other => other,
+                };
                 match opened {
                     Ok(mut stream) => {
                         tokio::time::timeout(resolved.connect_timeout, stream.command(command))
@@ -359,6 +379,32 @@ impl ReplicationStream {
     }
 
     /// Runs a START_REPLICATION and waits for the stream to begin.
+    /// Whether the session is read-only (`SHOW transaction_read_only`).
+    async fn read_only(&mut self) -> std::result::Result<bool, String> {
+        frontend::query("SHOW transaction_read_only", &mut self.output).map_err(|err| err.to_string())?;
+        self.send().await?;
+        let mut value = None;
+        loop {
+            match self.until(b"DZ").await? {
+                (b'D', mut row) if row.len() >= 6 => {
+                    // Column count (1), then the length and bytes of the value.
+                    row.advance(2);
+                    let len = row.get_i32();
+                    if len >= 0 && row.len() >= len as usize {
+                        value = Some(row[..len as usize].to_vec());
+                    }
+                }
+                (b'Z', _) => break,
+                _ => {}
+            }
+        }
+        match value.as_deref() {
+            Some(b"on") => Ok(true),
+            Some(b"off") => Ok(false),
+            _ => Err("the server did not say whether it is read-only (SHOW transaction_read_only)".into()),
+        }
+    }
+
     async fn command(&mut self, command: &str) -> std::result::Result<(), String> {
         frontend::query(command, &mut self.output).map_err(|err| err.to_string())?;
         self.send().await?;
