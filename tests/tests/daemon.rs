@@ -387,6 +387,32 @@ fn the_wal_stream_passes_over_a_read_only_host_for_read_write() {
     assert!(!d.log().contains("SQL this time"), "a read fell back to SQL: {}", d.log());
 }
 
+/// A second daemon on the catalog runs none of the syncs while the first
+/// holds their leases, but its VAC still visits every WAL db: it leaves the
+/// slot to the first daemon's stream instead of taking it away every
+/// vac_interval, which made each of the first daemon's next reads fall
+/// back to SQL.
+#[test]
+fn a_second_daemon_leaves_the_wal_slot_to_the_one_streaming_it() {
+    let s = wal_push();
+    s.ibex.sh("set vac_interval=1s").ok();
+    let mut first = Daemon::configure(&s.ibex).unwrap();
+    first.start().unwrap();
+    s.sql("a", "INSERT INTO t VALUES (1, 'x')");
+    eventually(Duration::from_secs(30), "b to have the first row", || s.sql("b", "SELECT count(*) FROM t") == "1");
+    let stream = stream_pid(&s);
+    assert_ne!(stream, "0", "no stream holds the slot after a run: {}", first.log());
+    let mut second = Daemon::configure(&s.ibex).unwrap();
+    second.start().unwrap();
+    // Several VAC rounds of both (the first comes 5 s after the start).
+    thread::sleep(Duration::from_secs(8));
+    s.sql("a", "INSERT INTO t VALUES (2, 'y')");
+    eventually(Duration::from_secs(30), "b to have the second row", || s.sql("b", "SELECT count(*) FROM t") == "2");
+    assert_eq!(stream_pid(&s), stream, "the slot changed hands: {}\n---\n{}", first.log(), second.log());
+    assert!(!first.log().contains("SQL this time"), "a read fell back to SQL: {}", first.log());
+    s.assert_same(&["a", "b"], &["t"]);
+}
+
 /// Between reads the daemon tells the server its stream is there: the
 /// server ends a walsender that heard nothing for wal_sender_timeout, and
 /// every read after an idle spell would go by SQL, decoding again from

@@ -136,6 +136,34 @@ pub async fn materialize(client: &Client, server: Capabilities, info: Option<&Co
     Ok(report)
 }
 
+/// [`materialize`] for the VAC, which only keeps a slot that no run reads
+/// from holding the server's WAL: a slot that another session streams (the
+/// daemon running the db's syncs, when this one runs none of them) is
+/// moving already, and is left to it rather than taken from it. None when
+/// it was left.
+pub async fn materialize_unless_streamed_elsewhere(
+    client: &Client,
+    server: Capabilities,
+    info: &ConnInfo,
+) -> Result<Option<Materialized>> {
+    // This process's own stream holds the slot, or a read of it is under way.
+    let ours = shared_stream(info).is_some_and(|shared| shared.try_lock().map_or(true, |s| s.stream.is_some()));
+    if !ours {
+        let held = client
+            .query_one(
+                "SELECT EXISTS (SELECT FROM ibex.wal w JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+                                 WHERE s.active AND s.active_pid IS DISTINCT FROM pg_backend_pid())",
+                &[],
+            )
+            .await
+            .ctx(|| "reading whether the WAL capture slot is in use".into())?;
+        if held.try_get::<_, bool>(0).ctx(|| "reading whether the WAL capture slot is in use".into())? {
+            return Ok(None);
+        }
+    }
+    materialize(client, server, Some(info)).await.map(Some)
+}
+
 /// The slot's advance past what [`materialize_deferring_advance`] committed,
 /// left to the caller: a KID runs it after its targets committed, so the
 /// changes it decoded do not wait for it (the advance decodes the slot from

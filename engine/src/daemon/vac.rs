@@ -140,9 +140,12 @@ async fn purge_db(catalog_client: &pg::Client, db: &str, connections: &mut Conne
         // A slot keeps the server's WAL until it is read: decoded into the
         // delta tables here, the keys wait there (like trigger-captured
         // ones) for a sync that is inactive or failing, and the WAL goes.
-        let decoded = crate::capture::wal::materialize(client, server, Some(&record.conn)).await?;
-        if decoded.keys > 0 {
-            tracing::debug!(db = %db, keys = decoded.keys, "VAC decoded the WAL capture slot");
+        match crate::capture::wal::materialize_unless_streamed_elsewhere(client, server, &record.conn).await? {
+            Some(decoded) if decoded.keys > 0 => {
+                tracing::debug!(db = %db, keys = decoded.keys, "VAC decoded the WAL capture slot");
+            }
+            Some(_) => {}
+            None => tracing::debug!(db = %db, "VAC left the WAL capture slot to the session that streams it"),
         }
     }
     let mut readers: BTreeMap<QualifiedName, Vec<String>> = BTreeMap::new();
