@@ -137,32 +137,53 @@ pub async fn materialize(client: &Client, server: Capabilities, info: Option<&Co
 }
 
 /// [`materialize`] for the VAC, which only keeps a slot that no run reads
-/// from holding the server's WAL: a slot that another session streams (the
-/// daemon running the db's syncs, when this one runs none of them) is
-/// moving already, and is left to it rather than taken from it. None when
-/// it was left.
+/// from holding the server's WAL. A slot that another ibex stream holds
+/// (the daemon running the db's syncs, when this one runs none of them) is
+/// moving already, and is left to it rather than taken from it, unless it
+/// has left [`LEFT_TO_STREAM_BYTES`] unconfirmed: a stream that stopped
+/// reading must not keep the WAL for good. None when it was left.
 pub async fn materialize_unless_streamed_elsewhere(
     client: &Client,
     server: Capabilities,
     info: &ConnInfo,
 ) -> Result<Option<Materialized>> {
-    // This process's own stream holds the slot, or a read of it is under way.
-    let ours = shared_stream(info).is_some_and(|shared| shared.try_lock().map_or(true, |s| s.stream.is_some()));
-    if !ours {
-        let held = client
-            .query_one(
-                "SELECT EXISTS (SELECT FROM ibex.wal w JOIN pg_replication_slots s ON s.slot_name = w.slot_name
-                                 WHERE s.active AND s.active_pid IS DISTINCT FROM pg_backend_pid())",
-                &[],
-            )
-            .await
-            .ctx(|| "reading whether the WAL capture slot is in use".into())?;
-        if held.try_get::<_, bool>(0).ctx(|| "reading whether the WAL capture slot is in use".into())? {
-            return Ok(None);
+    // The walsender of this process's stream, if any (after a read under way).
+    let ours = match shared_stream(info) {
+        Some(shared) => shared.lock().await.stream.as_ref().map(ReplicationStream::backend_pid),
+        None => None,
+    };
+    let context = || "reading which session holds the WAL capture slot".to_string();
+    let holder = client
+        .query_opt(
+            "SELECT a.pid, coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint
+               FROM ibex.wal w JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+               LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid AND a.application_name = $1
+                                            AND a.backend_type = 'walsender'",
+            &[&STREAM_NAME],
+        )
+        .await
+        .ctx(context)?;
+    if let Some(row) = holder {
+        let stream: Option<i32> = row.try_get(0).ctx(context)?;
+        let unconfirmed: i64 = row.try_get(1).ctx(context)?;
+        if let Some(stream) = stream
+            && Some(stream) != ours
+        {
+            if unconfirmed < LEFT_TO_STREAM_BYTES {
+                return Ok(None);
+            }
+            tracing::info!(
+                db = %info.describe(), unconfirmed_bytes = unconfirmed,
+                "the ibex stream holding the WAL capture slot has left this much WAL unconfirmed; the VAC reads the slot itself"
+            );
         }
     }
     materialize(client, server, Some(info)).await.map(Some)
 }
+
+/// WAL behind a slot's confirmed position past which the VAC reads a slot
+/// that another ibex stream holds (see [`materialize_unless_streamed_elsewhere`]).
+const LEFT_TO_STREAM_BYTES: i64 = 256 << 20;
 
 /// The slot's advance past what [`materialize_deferring_advance`] committed,
 /// left to the caller: a KID runs it after its targets committed, so the
@@ -181,6 +202,8 @@ pub enum SlotAdvance {
 #[derive(Default)]
 pub struct Streaming {
     stream: Option<ReplicationStream>,
+    /// When a read last went through the stream.
+    last_read: Option<tokio::time::Instant>,
     /// Why this db is read by SQL for good (its encoding, a synchronous
     /// standby list that would take the stream in): said once.
     refused: Option<String>,
@@ -240,6 +263,9 @@ fn shared_stream(info: &ConnInfo) -> Option<SharedStream> {
     Some(shared)
 }
 
+/// How long a stream may go unread before the keepalive task closes it.
+const STREAM_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How often the keepalive task looks at its stream.
 const KEEPALIVE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -251,6 +277,15 @@ async fn keep_alive(shared: std::sync::Weak<tokio::sync::Mutex<Streaming>>, db: 
         tokio::time::sleep(KEEPALIVE_TICK).await;
         let Some(shared) = shared.upgrade() else { return };
         let Ok(mut streaming) = shared.try_lock() else { continue };
+        let idle = streaming.last_read.is_none_or(|read| read.elapsed() >= STREAM_IDLE_LIMIT);
+        if idle && streaming.stream.is_some() {
+            // Kept alive, it would hold the slot for good: for a db this
+            // process no longer reads (its address or user changed, its
+            // syncs went elsewhere).
+            streaming.stream = None;
+            tracing::info!(%db, "nothing read the WAL capture stream for {} s; it is closed", STREAM_IDLE_LIMIT.as_secs());
+            continue;
+        }
         let Some(stream) = streaming.stream.as_mut() else { continue };
         if let Err(err) = stream.keep_alive().await {
             streaming.stream = None;
@@ -300,6 +335,7 @@ async fn read_slot(
 ) -> Result<(Materialized, Option<SlotAdvance>)> {
     if let Some((info, shared)) = info.and_then(|info| Some((info, shared_stream(info)?))) {
         let mut streaming = shared.lock().await;
+        streaming.last_read = Some(tokio::time::Instant::now());
         let outcome = match &streaming.refused {
             Some(_) => None,
             None => Some(read_streamed(client, server, info, &mut streaming.stream).await),
@@ -319,8 +355,6 @@ async fn read_slot(
                 // Read again by SQL, which first ends the stream's session
                 // if it still holds the slot: a failure that is not the
                 // stream's shows there too.
-                // An idle daemon's stream ends too: the server closes a
-                // walsender that heard nothing for wal_sender_timeout.
                 streaming.stream = None;
                 tracing::info!(error = %err, "the WAL capture stream ended; reading the slot by SQL this time, and streaming again from the next read");
             }
@@ -478,8 +512,7 @@ static POSITION_SQL: LazyLock<String> = LazyLock::new(|| {
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint,
         coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.restart_lsn), 0)::bigint,
         {SLOT_STATUS_SQL}, w.materialized_lsn::text,
-        current_setting('synchronous_standby_names'), current_setting('server_encoding'),
-        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')
+        current_setting('synchronous_standby_names'), current_setting('server_encoding')
    FROM ibex.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name"
     )
 });
@@ -606,7 +639,6 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
     let materialized: Option<String> = row.get(6);
     let standby_names: String = row.get(7);
     let encoding: String = row.get(8);
-    let sender_timeout_ms: Option<i64> = row.get(9);
     if state != SlotState::Usable {
         return Err(Error::Sync(slot_unusable(&slot, state)));
     }
@@ -656,9 +688,6 @@ async fn read_batch(client: &Client, flush: Option<&str>, source: &mut Lines<'_>
                     stream.insert(ReplicationStream::start(info, STREAM_NAME, &command).await?)
                 }
             };
-            open.set_sender_timeout(std::time::Duration::from_millis(
-                sender_timeout_ms.unwrap_or_default().max(0) as u64
-            ));
             let materialized = materialized.as_deref().and_then(Lsn::parse);
             // Lines of a transaction come together, at its commit; a read
             // stops between two. A transaction that only emitted a message

@@ -5,7 +5,8 @@
 //! the backlog and lag gauges with bounded reads. It keeps one connection
 //! per db between passes, and says when a db fails and when it is back.
 //! On a db with WAL capture it first decodes the slot, so a slot no run
-//! reads (its syncs inactive or failing) does not hold the server's WAL.
+//! reads (its syncs inactive or failing) does not hold the server's WAL;
+//! a slot another daemon's stream holds and keeps moving is left to it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

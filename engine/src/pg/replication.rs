@@ -74,6 +74,9 @@ pub struct ReplicationStream {
     reply_due: bool,
     /// host:port/dbname, for messages.
     target: String,
+    /// The walsender's process id (BackendKeyData): the `active_pid` of
+    /// the slot it streams.
+    backend_pid: i32,
     /// When a message last went to the server.
     last_sent: tokio::time::Instant,
     /// How often an idle stream tells the server it is there (see
@@ -86,7 +89,7 @@ pub struct ReplicationStream {
 const ASK_AFTER: Duration = Duration::from_millis(20);
 
 /// The bounds of the keepalive interval (see
-/// [`ReplicationStream::set_sender_timeout`]).
+/// `ReplicationStream::settle`).
 const KEEPALIVE_LEAST: Duration = Duration::from_millis(200);
 const KEEPALIVE_MOST: Duration = Duration::from_secs(10);
 
@@ -113,27 +116,19 @@ impl ReplicationStream {
                 )
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {} s", resolved.connect_timeout.as_secs())));
-                // target_session_attrs=read-write, as libpq checks it: a
-                // server whose sessions are read-only (a standby, or
-                // default_transaction_read_only) is passed over.
                 let opened = match opened {
-                    Ok(mut stream) if resolved.read_write => {
-                        match tokio::time::timeout(resolved.connect_timeout, stream.read_only()).await {
-                            Ok(Ok(false)) => Ok(stream),
-                            Ok(Ok(true)) => {
-                                Err("the server is read-only (target_session_attrs=read-write wants a primary)".into())
-                            }
-                            Ok(Err(why)) => Err(why),
-                            Err(_) => Err(format!(
-                                "no answer to SHOW transaction_read_only within {} s",
-                                resolved.connect_timeout.as_secs()
-                            )),
-                        }
+                    Ok(mut stream) => {
+                        tokio::time::timeout(resolved.connect_timeout, stream.settle(resolved.read_write))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(format!("no answer to SHOW within {} s", resolved.connect_timeout.as_secs()))
+                            })
+                            .map(|usable| usable.then_some(stream))
                     }
-                    other => other,
+                    Err(why) => Err(why),
                 };
                 match opened {
-                    Ok(mut stream) => {
+                    Ok(Some(mut stream)) => {
                         tokio::time::timeout(resolved.connect_timeout, stream.command(command))
                             .await
                             .unwrap_or_else(|_| {
@@ -145,6 +140,14 @@ impl ReplicationStream {
                             .map_err(fail)?;
                         return Ok(stream);
                     }
+                    Ok(None) => {
+                        // The next sslmode attempt would find the same.
+                        failures.push(format!(
+                            "{}:{}: the server is read-only (target_session_attrs=read-write wants a primary)",
+                            target.host, target.port
+                        ));
+                        break;
+                    }
                     Err(why) => failures.push(format!("{}:{}: {why}", target.host, target.port)),
                 }
             }
@@ -152,12 +155,30 @@ impl ReplicationStream {
         Err(fail(failures.join("; ")))
     }
 
-    /// Sets how often [`keep_alive`](Self::keep_alive) speaks, from the
-    /// server's `wal_sender_timeout`: well within it, so that one late
-    /// message does not end the session (0, no timeout: every 10 s).
-    pub fn set_sender_timeout(&mut self, timeout: Duration) {
-        self.keepalive_every =
-            if timeout.is_zero() { KEEPALIVE_MOST } else { (timeout / 4).clamp(KEEPALIVE_LEAST, KEEPALIVE_MOST) };
+    /// After the login: false when target_session_attrs=read-write passes
+    /// this server over (its sessions are read-only, as libpq checks: a
+    /// standby, or default_transaction_read_only). Sets how often
+    /// [`keep_alive`](Self::keep_alive) speaks from the session's
+    /// `wal_sender_timeout`: well within it, so that one late message does
+    /// not end the session (0, no timeout: every 10 s).
+    async fn settle(&mut self, read_write: bool) -> std::result::Result<bool, String> {
+        if read_write && self.show("transaction_read_only").await? == "on" {
+            return Ok(false);
+        }
+        let timeout = self.show("wal_sender_timeout").await?;
+        self.keepalive_every = match setting_duration(&timeout) {
+            Some(timeout) if timeout.is_zero() => KEEPALIVE_MOST,
+            Some(timeout) => (timeout / 4).clamp(KEEPALIVE_LEAST, KEEPALIVE_MOST),
+            None => {
+                tracing::info!(
+                    wal_sender_timeout = %timeout,
+                    "could not read the WAL stream's wal_sender_timeout; its status messages go every {} ms",
+                    KEEPALIVE_LEAST.as_millis()
+                );
+                KEEPALIVE_LEAST
+            }
+        };
+        Ok(true)
     }
 
     /// Sends a status message when none went out for the keepalive
@@ -171,6 +192,11 @@ impl ReplicationStream {
         }
         self.status(None, false).await?;
         Ok(true)
+    }
+
+    /// The walsender's process id.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
     }
 
     /// Where the server has read the WAL to (see [`Message::Progress`]).
@@ -374,14 +400,18 @@ impl ReplicationStream {
             }
             self.send().await?;
         }
-        self.until(b"Z").await?;
-        Ok(())
+        loop {
+            match self.until(b"KZ").await? {
+                (b'K', mut key) if key.len() >= 8 => self.backend_pid = key.get_i32(),
+                (b'Z', _) => return Ok(()),
+                _ => {}
+            }
+        }
     }
 
-    /// Runs a START_REPLICATION and waits for the stream to begin.
-    /// Whether the session is read-only (`SHOW transaction_read_only`).
-    async fn read_only(&mut self) -> std::result::Result<bool, String> {
-        frontend::query("SHOW transaction_read_only", &mut self.output).map_err(|err| err.to_string())?;
+    /// A setting of the walsender's session (`SHOW name`).
+    async fn show(&mut self, name: &str) -> std::result::Result<String, String> {
+        frontend::query(&format!("SHOW {name}"), &mut self.output).map_err(|err| err.to_string())?;
         self.send().await?;
         let mut value = None;
         loop {
@@ -390,21 +420,20 @@ impl ReplicationStream {
                     // Column count (1), then the length and bytes of the value.
                     row.advance(2);
                     let len = row.get_i32();
-                    if len >= 0 && row.len() >= len as usize {
-                        value = Some(row[..len as usize].to_vec());
+                    if let Ok(len) = usize::try_from(len)
+                        && row.len() >= len
+                    {
+                        value = Some(String::from_utf8_lossy(&row[..len]).into_owned());
                     }
                 }
                 (b'Z', _) => break,
                 _ => {}
             }
         }
-        match value.as_deref() {
-            Some(b"on") => Ok(true),
-            Some(b"off") => Ok(false),
-            _ => Err("the server did not say whether it is read-only (SHOW transaction_read_only)".into()),
-        }
+        value.ok_or_else(|| format!("the server did not answer SHOW {name}"))
     }
 
+    /// Runs a START_REPLICATION, up to the server's CopyBothResponse.
     async fn command(&mut self, command: &str) -> std::result::Result<(), String> {
         frontend::query(command, &mut self.output).map_err(|err| err.to_string())?;
         self.send().await?;
@@ -461,11 +490,29 @@ async fn open(
         confirmed: Lsn(0),
         reply_due: false,
         target: format!("{}:{}/{}", target.host, target.port, r.dbname),
+        backend_pid: 0,
         last_sent: tokio::time::Instant::now(),
         keepalive_every: KEEPALIVE_MOST,
     };
     stream.login(r, password, application_name).await?;
     Ok(stream)
+}
+
+/// A duration setting as SHOW prints it (`500ms`, `10s`, `1min`, `0`).
+fn setting_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let unit_ms = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(number.checked_mul(unit_ms)?))
 }
 
 /// One whole message (tag, body) off the front of `input`, if it is there.
@@ -521,6 +568,17 @@ mod tests {
         assert_eq!(lsn.to_string(), "16/B374D848");
         assert!(Lsn::parse("0/0").expect("zero") < lsn);
         assert_eq!(Lsn::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn duration_settings_read_as_show_prints_them() {
+        for (text, ms) in [("0", 0), ("500ms", 500), ("10s", 10_000), ("1min", 60_000), ("2h", 7_200_000), ("750", 750)]
+        {
+            assert_eq!(setting_duration(text), Some(Duration::from_millis(ms)), "{text}");
+        }
+        for text in ["", "s", "1 fortnight", "-1s"] {
+            assert_eq!(setting_duration(text), None, "{text}");
+        }
     }
 
     #[test]

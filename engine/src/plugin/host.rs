@@ -240,9 +240,8 @@ async fn run_query(
     let rows = match ran.and_then(|rows| released.map(|()| rows)) {
         Ok(rows) => rows,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
-            let timeout = format!("its query ran past its statement timeout ({})", describe_pg(&e));
-            roll_back_query(client, &e).await;
-            return Ok(Err(timeout));
+            let why = roll_back_query(client, &e).await;
+            return Ok(Err(format!("its query ran past its statement timeout ({why})")));
         }
         Err(e) => return Err(roll_back_query(client, &e).await),
     };
