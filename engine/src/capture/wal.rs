@@ -139,9 +139,11 @@ pub async fn materialize(client: &Client, server: Capabilities, info: Option<&Co
 /// [`materialize`] for the VAC, which only keeps a slot that no run reads
 /// from holding the server's WAL. A slot that another ibex stream holds
 /// (the daemon running the db's syncs, when this one runs none of them) is
-/// moving already, and is left to it rather than taken from it, unless it
-/// has left [`LEFT_TO_STREAM_BYTES`] unconfirmed: a stream that stopped
-/// reading must not keep the WAL for good. None when it was left.
+/// moving already, and is left to it rather than taken from it, unless
+/// that stream has stalled: its confirmed position the same over
+/// [`STALLED_PASSES`] passes, and [`STALLED_BYTES`] of WAL behind it. A
+/// stream that stopped reading must not keep the WAL for good. None when
+/// it was left.
 pub async fn materialize_unless_streamed_elsewhere(
     client: &Client,
     server: Capabilities,
@@ -153,37 +155,87 @@ pub async fn materialize_unless_streamed_elsewhere(
         None => None,
     };
     let context = || "reading which session holds the WAL capture slot".to_string();
+    // application_name, not backend_type: both are ibex's role's sessions,
+    // but backend_type shows only to roles that may read others' stats.
     let holder = client
         .query_opt(
-            "SELECT a.pid, coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint
+            "SELECT a.pid, s.confirmed_flush_lsn::text,
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), s.confirmed_flush_lsn), 0)::bigint
                FROM ibex.wal w JOIN pg_replication_slots s ON s.slot_name = w.slot_name
-               LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid AND a.application_name = $1
-                                            AND a.backend_type = 'walsender'",
+               JOIN pg_stat_activity a ON a.pid = s.active_pid AND a.application_name = $1",
             &[&STREAM_NAME],
         )
         .await
         .ctx(context)?;
-    if let Some(row) = holder {
-        let stream: Option<i32> = row.try_get(0).ctx(context)?;
-        let unconfirmed: i64 = row.try_get(1).ctx(context)?;
-        if let Some(stream) = stream
-            && Some(stream) != ours
-        {
-            if unconfirmed < LEFT_TO_STREAM_BYTES {
-                return Ok(None);
-            }
-            tracing::info!(
-                db = %info.describe(), unconfirmed_bytes = unconfirmed,
-                "the ibex stream holding the WAL capture slot has left this much WAL unconfirmed; the VAC reads the slot itself"
-            );
+    let sighting = match holder {
+        Some(row) => {
+            let stream: i32 = row.try_get(0).ctx(context)?;
+            let confirmed: Option<String> = row.try_get(1).ctx(context)?;
+            let unconfirmed: i64 = row.try_get(2).ctx(context)?;
+            (Some(stream) != ours).then_some((HeldElsewhere { stream, confirmed, passes: 0 }, unconfirmed))
         }
+        None => None,
+    };
+    match held_elsewhere(info.describe(), sighting) {
+        Holder::Left => return Ok(None),
+        Holder::Stalled { passes, unconfirmed } => tracing::info!(
+            db = %info.describe(), unconfirmed_bytes = unconfirmed,
+            "the ibex stream holding the WAL capture slot has not confirmed anything for {passes} VAC passes; the VAC reads the slot itself"
+        ),
+        Holder::None => {}
     }
     materialize(client, server, Some(info)).await.map(Some)
 }
 
-/// WAL behind a slot's confirmed position past which the VAC reads a slot
-/// that another ibex stream holds (see [`materialize_unless_streamed_elsewhere`]).
-const LEFT_TO_STREAM_BYTES: i64 = 256 << 20;
+/// Another ibex stream holding a db's slot, as the VAC last saw it.
+struct HeldElsewhere {
+    stream: i32,
+    confirmed: Option<String>,
+    /// The VAC passes since, each finding the same.
+    passes: u32,
+}
+
+/// What the VAC makes of the session holding a db's slot.
+enum Holder {
+    /// None, or this process's own stream: the VAC reads the slot.
+    None,
+    /// Another ibex stream, moving (or not behind enough to matter).
+    Left,
+    /// Another ibex stream that has not confirmed anything for `passes`.
+    Stalled { passes: u32, unconfirmed: i64 },
+}
+
+/// Files a sighting of another ibex stream holding `db`'s slot (None:
+/// none holds it) against the last one.
+fn held_elsewhere(db: String, sighting: Option<(HeldElsewhere, i64)>) -> Holder {
+    let mut seen = HELD_ELSEWHERE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some((sighting, unconfirmed)) = sighting else {
+        seen.remove(&db);
+        return Holder::None;
+    };
+    let passes = match seen.get(&db) {
+        Some(last) if last.stream == sighting.stream && last.confirmed == sighting.confirmed => last.passes + 1,
+        _ => 0,
+    };
+    if passes >= STALLED_PASSES && unconfirmed >= STALLED_BYTES {
+        seen.remove(&db);
+        return Holder::Stalled { passes, unconfirmed };
+    }
+    seen.insert(db, HeldElsewhere { passes, ..sighting });
+    Holder::Left
+}
+
+/// The slots this process's VAC found held by another ibex stream, by db.
+static HELD_ELSEWHERE: LazyLock<std::sync::Mutex<HashMap<String, HeldElsewhere>>> = LazyLock::new(Default::default);
+
+/// VAC passes after which a stream whose confirmed position did not move
+/// counts as stalled: the daemon holding it reads every slot at least
+/// once per vac_interval (its own VAC does), so two passes leave a margin.
+const STALLED_PASSES: u32 = 2;
+
+/// WAL behind a stalled stream's confirmed position past which the VAC
+/// takes its slot (less is not worth the other daemon's fallback).
+const STALLED_BYTES: i64 = 64 << 20;
 
 /// The slot's advance past what [`materialize_deferring_advance`] committed,
 /// left to the caller: a KID runs it after its targets committed, so the
@@ -215,11 +267,15 @@ impl SlotAdvance {
         let clock = std::time::Instant::now();
         let advanced = match self {
             SlotAdvance::Sql(position) => advance_alone(client, &position).await,
-            SlotAdvance::Stream(shared, lsn) => match shared.lock().await.stream.as_mut() {
-                Some(stream) => stream.status(Some(lsn), false).await,
-                // Dropped meanwhile: the next read advances it.
-                None => Ok(()),
-            },
+            SlotAdvance::Stream(shared, lsn) => {
+                let mut streaming = shared.lock().await;
+                streaming.last_read = Some(tokio::time::Instant::now());
+                match streaming.stream.as_mut() {
+                    Some(stream) => stream.status(Some(lsn), false).await,
+                    // Dropped meanwhile: the next read advances it.
+                    None => Ok(()),
+                }
+            }
         };
         match advanced {
             Ok(()) => tracing::debug!(us = clock.elapsed().as_micros() as u64, "WAL capture slot advanced"),
@@ -340,6 +396,8 @@ async fn read_slot(
             Some(_) => None,
             None => Some(read_streamed(client, server, info, &mut streaming.stream).await),
         };
+        // Also at the end: a read may take longer than the idle limit.
+        streaming.last_read = Some(tokio::time::Instant::now());
         match outcome {
             None => {}
             Some(Ok((report, lsn))) => {
@@ -1306,6 +1364,30 @@ fn read_quoted(text: &str, quote: char) -> Option<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_stream_is_taken_over_only_once_it_stalls_far_behind() {
+        let sight = |stream: i32, confirmed: &str, unconfirmed: i64| {
+            Some((HeldElsewhere { stream, confirmed: Some(confirmed.into()), passes: 0 }, unconfirmed))
+        };
+        let far = STALLED_BYTES;
+        let db = || "stall-test".to_string();
+        // Moving: left, however far behind.
+        for lsn in ["0/1", "0/2", "0/3", "0/4"] {
+            assert!(matches!(held_elsewhere(db(), sight(7, lsn, far)), Holder::Left));
+        }
+        // Still: left for STALLED_PASSES passes, then taken.
+        assert!(matches!(held_elsewhere(db(), sight(7, "0/4", far)), Holder::Left));
+        assert!(matches!(held_elsewhere(db(), sight(7, "0/4", far)), Holder::Stalled { passes: 2, .. }));
+        // Still but close behind: left.
+        for _ in 0..4 {
+            assert!(matches!(held_elsewhere(db(), sight(7, "0/4", far - 1)), Holder::Left));
+        }
+        // A new stream starts the count again; none holding it forgets it.
+        assert!(matches!(held_elsewhere(db(), sight(8, "0/4", far)), Holder::Left));
+        assert!(matches!(held_elsewhere(db(), None), Holder::None));
+        assert!(matches!(held_elsewhere(db(), sight(8, "0/4", far)), Holder::Left));
+    }
 
     fn key(cols: &[&str]) -> Vec<(String, String)> {
         cols.iter().map(|c| (c.to_string(), "text".to_string())).collect()
