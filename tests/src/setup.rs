@@ -1,6 +1,7 @@
 //! A cluster with the control catalog installed, and the steps scenario
 //! tests share: registering dbs, running a sync, comparing tables.
 
+use crate::cluster::HeldLocks;
 use crate::{Cluster, Ibex, Outcome, catalog_snapshot};
 
 pub struct Setup {
@@ -78,6 +79,26 @@ impl Setup {
 
     pub fn sql(&self, db: &str, sql: &str) -> String {
         self.cluster.psql(db, sql).unwrap_or_else(|e| panic!("SQL on {db} failed: {e:#}"))
+    }
+
+    /// Runs one cycle of `sync` while `holder` keeps its locks on `db`, and
+    /// releases them once a session on `db` has waited on a lock for over a
+    /// second (an attempt that gives up at once never does); returns the run.
+    pub fn run_releasing_after_a_wait(&self, sync: &str, db: &str, holder: HeldLocks) -> serde_json::Value {
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| self.run(sync));
+            let waiting = format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event_type = 'Lock'
+                   AND now() - query_start > interval '1 second'"
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while self.sql(db, &waiting) != "1" {
+                assert!(std::time::Instant::now() < deadline, "no attempt waited on the held locks");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            holder.release().expect("releasing the held locks");
+            running.join().expect("the run's thread")
+        })
     }
 
     /// Runs one cycle in the foreground; returns the run as JSON.

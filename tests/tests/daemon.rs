@@ -335,6 +335,14 @@ fn vac_reads_the_wal_slot_of_an_inactive_sync() {
     s.assert_same(&["a", "b"], &["t"]);
 }
 
+/// Inserts row `id` on db a and waits for b to hold `id` rows.
+fn insert_arrives(s: &Setup, id: u32, v: &str) {
+    s.sql("a", &format!("INSERT INTO t VALUES ({id}, '{v}')"));
+    eventually(Duration::from_secs(30), &format!("b to have row {id}"), || {
+        s.sql("b", "SELECT count(*) FROM t") == id.to_string()
+    });
+}
+
 /// The walsender of the daemon's stream of db a's slot; 0 when none.
 fn stream_pid(s: &Setup) -> String {
     s.sql(
@@ -377,9 +385,8 @@ fn the_wal_stream_passes_over_a_read_only_host_for_read_write() {
     s.ibex.sh("add sync push herd=h dbs=a:source,b:target").ok();
     let mut d = Daemon::configure(&s.ibex).unwrap();
     d.start().unwrap();
-    for (id, count) in [(1, "1"), (2, "2")] {
-        s.sql("a", &format!("INSERT INTO t VALUES ({id}, 'x')"));
-        eventually(Duration::from_secs(30), "b to have the row", || s.sql("b", "SELECT count(*) FROM t") == count);
+    for id in [1, 2] {
+        insert_arrives(&s, id, "x");
     }
     assert_ne!(stream_pid(&s), "0", "no stream on the read-write host: {}", d.log());
     let on_decoy = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ibex wal stream'";
@@ -398,8 +405,7 @@ fn a_second_daemon_leaves_the_wal_slot_to_the_one_streaming_it() {
     s.ibex.sh("set vac_interval=1s").ok();
     let mut first = Daemon::configure(&s.ibex).unwrap();
     first.start().unwrap();
-    s.sql("a", "INSERT INTO t VALUES (1, 'x')");
-    eventually(Duration::from_secs(30), "b to have the first row", || s.sql("b", "SELECT count(*) FROM t") == "1");
+    insert_arrives(&s, 1, "x");
     let stream = stream_pid(&s);
     assert_ne!(stream, "0", "no stream holds the slot after a run: {}", first.log());
     // The second at debug level: its VAC says when it leaves the slot.
@@ -413,8 +419,7 @@ fn a_second_daemon_leaves_the_wal_slot_to_the_one_streaming_it() {
     eventually(Duration::from_secs(30), "the second VAC to leave the slot three times", || {
         second.log().matches(left).count() >= 3
     });
-    s.sql("a", "INSERT INTO t VALUES (2, 'y')");
-    eventually(Duration::from_secs(30), "b to have the second row", || s.sql("b", "SELECT count(*) FROM t") == "2");
+    insert_arrives(&s, 2, "y");
     assert_eq!(stream_pid(&s), stream, "the slot changed hands: {}\n---\n{}", first.log(), second.log());
     assert!(!first.log().contains("SQL this time"), "a read fell back to SQL: {}", first.log());
     s.assert_same(&["a", "b"], &["t"]);
@@ -431,17 +436,13 @@ fn an_idle_daemons_wal_stream_outlives_the_senders_timeout() {
     s.sql("a", "SELECT pg_reload_conf()");
     let mut d = Daemon::configure(&s.ibex).unwrap();
     d.start().unwrap();
-    s.sql("a", "INSERT INTO t VALUES (1, 'x')");
-    eventually(Duration::from_secs(30), "b to have the first row", || s.sql("b", "SELECT count(*) FROM t") == "1");
+    insert_arrives(&s, 1, "x");
     let first = stream_pid(&s);
     assert_ne!(first, "0", "no stream holds the slot after a run: {}", d.log());
     // Idle for more than two timeouts.
     thread::sleep(Duration::from_secs(8));
     assert_eq!(stream_pid(&s), first, "the server ended the idle stream: {}", d.log());
-    s.sql("a", "INSERT INTO t VALUES (2, 'y')");
-    eventually(Duration::from_secs(30), "b to have the row written after the idle spell", || {
-        s.sql("b", "SELECT count(*) FROM t") == "2"
-    });
+    insert_arrives(&s, 2, "y");
     assert_eq!(stream_pid(&s), first, "the stream was opened again: {}", d.log());
     assert!(!d.log().contains("SQL this time"), "a read fell back to SQL: {}", d.log());
     s.assert_same(&["a", "b"], &["t"]);

@@ -304,20 +304,7 @@ fn a_held_target_row_fails_the_first_attempt_fast_and_the_retry_waits_for_it() {
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
     // Locks the row without changing it: waiting it out would succeed.
     let holder = s.cluster.hold("dst", "SELECT * FROM t WHERE id = 1 FOR UPDATE").unwrap();
-    let run = std::thread::scope(|scope| {
-        let running = scope.spawn(|| s.run("held"));
-        // Only a wait of over a second is let go: the first attempt's wait
-        // ends long before that.
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dst' AND wait_event_type = 'Lock'
-                        AND now() - query_start > interval '1 second'";
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s.sql("dst", waiting) != "1" {
-            assert!(Instant::now() < deadline, "no attempt waited on the held row");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        holder.release().unwrap();
-        running.join().unwrap()
-    });
+    let run = s.run_releasing_after_a_wait("held", "dst", holder);
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["attempts"], 2, "the first attempt waited out the held row: {run}");
     assert_eq!(s.sql("dst", "SELECT v FROM t WHERE id = 1"), "new");

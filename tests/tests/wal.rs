@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ibex_tests::{Outcome, Setup, run_count};
 
@@ -409,20 +409,7 @@ fn the_retry_on_a_wal_db_takes_its_snapshot_after_its_lock() {
     s.sql("src", "UPDATE t SET v = 'new' WHERE id = 1");
     // A writer changes the target's row and commits only once a run waits.
     let holder = s.cluster.hold("dst", "UPDATE t SET v = 'theirs' WHERE id = 1").unwrap();
-    let run = std::thread::scope(|scope| {
-        let running = scope.spawn(|| s.run("held"));
-        // The first attempt gives up on the row at once; the retry waits
-        // for its table lock.
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dst' AND wait_event_type = 'Lock'
-                        AND now() - query_start > interval '1 second'";
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s.sql("dst", waiting) != "1" {
-            assert!(Instant::now() < deadline, "no attempt waited on the writer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        holder.release().unwrap();
-        running.join().unwrap()
-    });
+    let run = s.run_releasing_after_a_wait("held", "dst", holder);
     assert_eq!(run["run"]["state"], "good", "{run}");
     assert_eq!(run["run"]["attempts"], 2, "the retry failed on the writer's row: {run}");
     assert_eq!(s.sql("dst", "SELECT v FROM t WHERE id = 1"), "new");
