@@ -276,6 +276,50 @@ fn merge_in_small_chunks_keeps_every_key() {
     assert_eq!(m.val("c1", 320), "c2 320");
 }
 
+/// Three winners of 1.5 MB of rows each, past a 1 MiB merge_memory_mib:
+/// their rows go through temporary files, every db gets every row, and
+/// the files are gone after the run.
+#[test]
+fn a_merge_past_its_memory_limit_spools_to_files_and_keeps_every_row() {
+    let m = Masters::new(&["w1", "w2", "w3"], "latest");
+    m.s.ibex.sh("set merge_memory_mib=1").ok();
+    for (n, db) in ["w1", "w2", "w3"].into_iter().enumerate() {
+        let first = 1000 + 150 * n;
+        m.s.sql(
+            db,
+            &format!(
+                "INSERT INTO acct SELECT i, '{db} ' || repeat(md5(i::text), 300) FROM generate_series({first}, {}) i",
+                first + 149
+            ),
+        );
+    }
+    m.set("w1", 1, "conflict, earlier");
+    m.set("w3", 1, "conflict, later");
+    let tmp = tempfile::tempdir().expect("a TMPDIR for the run");
+    let out =
+        m.s.ibex
+            .command(&["sync", "run", "mm"])
+            .env("IBEX_LOG", "ibex=debug")
+            .env("TMPDIR", tmp.path())
+            .output()
+            .expect("running the sync");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        log.matches("the rest went to a temporary file").count(),
+        3,
+        "each winner spools past its share:\n{log}"
+    );
+    m.same();
+    for db in ["w1", "w2", "w3"] {
+        assert_eq!(m.s.sql(db, "SELECT count(*) FROM acct WHERE id >= 1000"), "450", "{db}");
+        assert_eq!(m.s.sql(db, "SELECT count(*) FROM acct WHERE id >= 1000 AND val LIKE 'w2 %'"), "150", "{db}");
+    }
+    assert_eq!(m.val("w2", 1), "conflict, later");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("reading TMPDIR").collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
+
 #[test]
 fn every_type_and_odd_name_round_trips() {
     every_type("trigger");

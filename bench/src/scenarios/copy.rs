@@ -44,7 +44,7 @@ pub fn initial_copy(bench: &mut Bench, rows: u64) -> Result<()> {
         "osrc",
         "COPY pgbench_accounts TO STDOUT WITH (FORMAT binary)",
         "rawdst",
-        "COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)",
+        &["COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)"],
     )?;
     bench.add(
         Measure::new("onetimecopy", "initial copy", format!("onetimecopy of {rows} rows"), "rows/s", Better::Higher)

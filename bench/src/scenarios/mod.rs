@@ -146,18 +146,29 @@ pub(super) fn bucardo_dbs(s: &Setup, b: &Bucardo, template: &str, names: &[&str]
     Ok(())
 }
 
-/// `psql -c "COPY (...) TO STDOUT" | psql -c "COPY ... FROM STDIN"`, binary.
-pub(super) fn raw_pipe(cluster: &Cluster, from_db: &str, out_sql: &str, to_db: &str, in_sql: &str) -> Result<Duration> {
+/// `psql -c "COPY (...) TO STDOUT" | psql -c "COPY ... FROM STDIN"`, binary;
+/// the receiving psql runs `to_sql` in order in one session (one `-c`
+/// each), one of them the COPY that reads the pipe.
+pub(super) fn raw_pipe(
+    cluster: &Cluster,
+    from_db: &str,
+    out_sql: &str,
+    to_db: &str,
+    to_sql: &[&str],
+) -> Result<Duration> {
     let port = cluster.port().to_string();
-    let psql = |db: &str, sql: &str| {
+    let psql = |db: &str, sql: &[&str]| {
         let mut c = Command::new("psql");
-        c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-d", db, "-c", sql]);
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-d", db]);
+        for statement in sql {
+            c.args(["-c", statement]);
+        }
         c
     };
     let (_, wall) = timed(|| {
-        let mut reader = psql(from_db, out_sql).stdout(Stdio::piped()).spawn()?;
+        let mut reader = psql(from_db, &[out_sql]).stdout(Stdio::piped()).spawn()?;
         let out = reader.stdout.take().context("no stdout")?;
-        let writer = psql(to_db, in_sql).stdin(out).output()?;
+        let writer = psql(to_db, to_sql).stdin(out).output()?;
         if !reader.wait()?.success() || !writer.status.success() {
             bail!("raw COPY pipe failed: {}", String::from_utf8_lossy(&writer.stderr));
         }

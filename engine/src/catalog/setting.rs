@@ -60,6 +60,12 @@ const KNOWN: &[Known] = &[
         about: "changed keys handled per step of a multi-master merge; bounds memory",
     },
     Known {
+        key: "merge_memory_mib",
+        default: "64",
+        kind: Kind::Count { max: 1_048_576 },
+        about: "MiB of the winners' rows a step of a multi-master merge holds in memory to copy them to every db at once; the rest goes to temporary files in TMPDIR",
+    },
+    Known {
         key: "max_parallel_runs",
         default: "8",
         kind: Kind::Count { max: 1000 },

@@ -6,6 +6,7 @@ use std::pin::pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt, future::try_join_all};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::types::{FromSql, Type};
 
 use super::Client;
@@ -163,6 +164,134 @@ pub async fn copy_fanout_with_progress(
     .await
 }
 
+/// The output of one `COPY ... TO STDOUT`, held so that several databases
+/// can load it later: in memory up to a limit, the rest in a temporary file
+/// (created mode 0600 in the temp directory, removed when the spool is
+/// dropped), so a chunk of wide rows cannot take the process's memory.
+#[derive(Default)]
+pub struct Spool {
+    pieces: Vec<Bytes>,
+    in_memory: usize,
+    spilled: Option<Spilled>,
+}
+
+struct Spilled {
+    file: tempfile::NamedTempFile,
+    writer: tokio::fs::File,
+}
+
+impl Spool {
+    /// Holds `piece` after what is held already.
+    async fn push(&mut self, piece: Bytes, memory_limit: usize) -> Result<()> {
+        if self.spilled.is_none() && self.in_memory + piece.len() <= memory_limit {
+            self.in_memory += piece.len();
+            self.pieces.push(piece);
+            return Ok(());
+        }
+        let spilled = match &mut self.spilled {
+            Some(spilled) => spilled,
+            None => {
+                let file = tempfile::NamedTempFile::new().map_err(spool_error)?;
+                let writer = tokio::fs::File::from_std(file.reopen().map_err(spool_error)?);
+                self.spilled.insert(Spilled { file, writer })
+            }
+        };
+        spilled.writer.write_all(&piece).await.map_err(spool_error)
+    }
+
+    /// Everything pushed is readable once this returns.
+    async fn finish_writing(&mut self) -> Result<()> {
+        match &mut self.spilled {
+            Some(spilled) => spilled.writer.flush().await.map_err(spool_error),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes held in memory (the rest, if any, is in the file).
+    pub fn in_memory(&self) -> usize {
+        self.in_memory
+    }
+
+    /// Whether part of it went to a temporary file.
+    pub fn spilled(&self) -> bool {
+        self.spilled.is_some()
+    }
+}
+
+fn spool_error(e: std::io::Error) -> crate::error::Error {
+    crate::error::Error::Sync(format!(
+        "holding COPY data in a temporary file in {}: {e}; free space there or point TMPDIR at a directory with room",
+        std::env::temp_dir().display()
+    ))
+}
+
+/// Reads the whole output of `copy_out_sql` on `source` into a spool,
+/// at most `memory_limit` bytes of it in memory.
+pub async fn copy_out_spooled(source: &Client, copy_out_sql: &str, memory_limit: usize) -> Result<Spool> {
+    let stream = source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}"))?;
+    let mut stream = pin!(stream);
+    let mut spool = Spool::default();
+    let mut pending = BytesMut::with_capacity(FORWARD_CHUNK);
+    while let Some(chunk) = stream.next().await {
+        pending.put_slice(&chunk.ctx(|| format!("reading {copy_out_sql}"))?);
+        if pending.len() >= FORWARD_CHUNK {
+            spool.push(pending.split().freeze(), memory_limit).await?;
+        }
+    }
+    if !pending.is_empty() {
+        spool.push(pending.freeze(), memory_limit).await?;
+    }
+    spool.finish_writing().await?;
+    Ok(spool)
+}
+
+/// Reads a spool's pieces back in order, memory first, then the file.
+pub struct SpoolReader<'s> {
+    spool: &'s Spool,
+    next_piece: usize,
+    file: Option<tokio::fs::File>,
+}
+
+impl Spool {
+    pub fn reader(&self) -> SpoolReader<'_> {
+        SpoolReader { spool: self, next_piece: 0, file: None }
+    }
+}
+
+impl SpoolReader<'_> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        if let Some(piece) = self.spool.pieces.get(self.next_piece) {
+            self.next_piece += 1;
+            return Ok(Some(piece.clone()));
+        }
+        let Some(spilled) = &self.spool.spilled else { return Ok(None) };
+        let file = match &mut self.file {
+            Some(file) => file,
+            // A file of its own per reader: its offset is not shared.
+            None => self.file.insert(tokio::fs::File::from_std(spilled.file.reopen().map_err(spool_error)?)),
+        };
+        let mut piece = BytesMut::with_capacity(FORWARD_CHUNK);
+        if file.read_buf(&mut piece).await.map_err(spool_error)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(piece.freeze()))
+    }
+}
+
+/// Loads what `spool` holds through `receiver`, calling `forwarded` with
+/// each piece once it is sent; returns the rows the receiver took.
+pub async fn copy_in_spool(receiver: &Receiver<'_>, spool: &Spool, mut forwarded: impl FnMut(&[u8])) -> Result<u64> {
+    let sql = &receiver.sql;
+    let sink = receiver.start().await?;
+    let mut sink = pin!(sink);
+    let mut pieces = spool.reader();
+    while let Some(piece) = pieces.next().await? {
+        sink.send(piece.clone()).await.ctx(|| format!("sending data for {sql}"))?;
+        forwarded(&piece);
+    }
+    sink.as_mut().finish().await.ctx(|| format!("finishing {sql}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +305,31 @@ mod tests {
         assert_eq!(&data[19..21], &[0, 2]);
         assert_eq!(&data[21..25], &[0, 0, 0, 4]);
         assert_eq!(&data[data.len() - 2..], BINARY_TRAILER);
+    }
+
+    #[tokio::test]
+    async fn a_spool_past_its_memory_limit_reads_back_whole_and_in_order() {
+        let pieces: Vec<Bytes> = (0u8..40).map(|i| Bytes::from(vec![i; 1000 + i as usize])).collect();
+        let mut spool = Spool::default();
+        for piece in &pieces {
+            spool.push(piece.clone(), 10_000).await.expect("spooling");
+        }
+        assert!(spool.spilled(), "40 kB past a 10 kB limit must spill");
+        assert!(spool.in_memory() <= 10_000, "{} bytes in memory", spool.in_memory());
+        spool.finish_writing().await.expect("flushing");
+        let expected: Vec<u8> = pieces.concat();
+        // Two readers, interleaved: each has its own offset in the file.
+        let (mut a, mut b) = (spool.reader(), spool.reader());
+        let (mut read_a, mut read_b) = (Vec::new(), Vec::new());
+        loop {
+            let (x, y) = (a.next().await.expect("reading"), b.next().await.expect("reading"));
+            if x.is_none() && y.is_none() {
+                break;
+            }
+            read_a.extend_from_slice(x.as_deref().unwrap_or_default());
+            read_b.extend_from_slice(y.as_deref().unwrap_or_default());
+        }
+        assert_eq!(read_a, expected);
+        assert_eq!(read_b, expected);
     }
 }

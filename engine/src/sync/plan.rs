@@ -41,6 +41,9 @@ pub struct RunSettings {
     pub retry_limit: u32,
     pub conflict_log_limit: usize,
     pub chunk_keys: usize,
+    /// Bytes of the winners' rows a merge step holds in memory (see
+    /// `sync/cycle/merge.rs`); more go to temporary files.
+    pub merge_memory: usize,
     pub run_timeout: Duration,
     pub analyze_after_copy: bool,
     /// Delta rows one run takes from a source; more wait for the next run.
@@ -155,6 +158,8 @@ impl Plan {
             retry_limit: count("retry_limit", setting("retry_limit").await?)? as u32,
             conflict_log_limit: count("conflict_log_limit", setting("conflict_log_limit").await?)? as usize,
             chunk_keys: count("chunk_keys", setting("chunk_keys").await?)?.max(1) as usize,
+            merge_memory: (count("merge_memory_mib", setting("merge_memory_mib").await?)?.max(1) as usize)
+                .saturating_mul(1 << 20),
             run_timeout: duration("run_timeout", setting("run_timeout").await?)?,
             analyze_after_copy: setting("analyze_after_copy").await? == "true",
             window_rows: count("window_rows", setting("window_rows").await?)?.max(1),

@@ -42,14 +42,24 @@ pub fn loaded_keys(name: &str, rows: u64) -> String {
 }
 
 /// Above this many keys a delete analyzes its key table and may use
-/// [`LARGE_DELETE_WORK_MEM`].
+/// [`LARGE_WORK_MEM`].
 const LARGE_DELETE_KEYS: u64 = 1000;
 
-/// What a delete of many keys may hash or sort in (for this transaction).
+/// What a delete of many keys, or a count of them, may hash or sort in
+/// (for this transaction).
 /// With the default 4MB the join with 1 M keys spilled to disk in batches:
 /// 2.4–3.0 s against 1.6–2.0 s in memory (a range DELETE of the same rows,
 /// the floor: 0.55–0.85 s; PostgreSQL 15, pgbench_accounts at scale 10).
-const LARGE_DELETE_WORK_MEM: &str = "64MB";
+const LARGE_WORK_MEM: &str = "64MB";
+
+/// Gives the rest of this transaction at least [`LARGE_WORK_MEM`] (never
+/// less than the role already has); a statement ending in `; `.
+pub fn raise_work_mem() -> String {
+    format!(
+        "SELECT set_config('work_mem', '{LARGE_WORK_MEM}', true) \
+          WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{LARGE_WORK_MEM}'); "
+    )
+}
 
 /// Deletes the keys loaded into the temp table `keys` (`loaded` of them).
 /// It is one message (one simple query), sent when the future is first
@@ -70,10 +80,7 @@ pub async fn delete_loaded(client: &Client, db: &str, keys: &str, table: &TableS
     let sql = if loaded > LARGE_DELETE_KEYS {
         // Without statistics the planner guesses the key table is tiny; and a
         // join of many keys needs room (never less than the role already has).
-        let work_mem = format!(
-            "SELECT set_config('work_mem', '{LARGE_DELETE_WORK_MEM}', true) \
-              WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{LARGE_DELETE_WORK_MEM}'); "
-        );
+        let work_mem = raise_work_mem();
         match integer_key(table) {
             Some(key) => {
                 deletes = 2;

@@ -12,12 +12,13 @@ use super::{Cycle, pg_micros, read_key, temp_name};
 use crate::catalog::ConflictRecord;
 use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
-use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes, copy_in_receiver};
+use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes, copy_in_receiver, copy_in_spool, copy_out_spooled};
 use crate::pg::pipeline::try_join;
 use crate::pg::quote_ident;
 use crate::plugin::Value;
 use crate::plugin::convert::push_copy_row;
 use crate::sync::plan::{DbId, TableId};
+use crate::target::TableSpec;
 
 /// A changed key read from one source, in key-byte order.
 pub(super) struct KeyRow {
@@ -318,6 +319,7 @@ impl<'a> Cycle<'a> {
         // winner, the keys it sends loaded. The key tables are made in the
         // same pipeline as the COPY into them (one message each, so first).
         let this = &*self;
+        let step = std::time::Instant::now();
         let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, data)| (w, data.rows())).collect();
         let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
             let (load_del, load_send) = (load_sql(&del), load_sql(&send));
@@ -344,24 +346,34 @@ impl<'a> Cycle<'a> {
         for (&d, n) in dbs.iter().zip(deleted) {
             self.count(ti, d, n as i64, 0);
         }
-        // Then each winner's rows to the others, one COPY stream at a time
-        // (two at once could each wait on the other's connection).
-        for (w, sending) in sends {
-            let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != w).collect();
-            if receivers.is_empty() {
-                continue;
-            }
-            let rows_from = format!(
-                "FROM {} t JOIN {} k ON {}",
-                table.quoted(),
-                crate::target::postgres::loaded_keys(&send, sending),
-                table.key_join("t", "k")
-            );
-            let inserted = self.copy_rows(ti, w, &rows_from, &receivers).await?;
-            for (&d, n) in receivers.iter().zip(inserted) {
-                self.count(ti, d, 0, n as i64);
+        let deleted_in = step.elapsed();
+        // Then each winner's rows to the others.
+        let transformed = dbs.iter().any(|&d| self.transform_for(ti, d).is_some());
+        if sends.len() > 1 && !transformed {
+            self.copy_from_winners_at_once(ti, &dbs, &send, &sends).await?;
+        } else {
+            // One COPY stream at a time: two at once could each wait on
+            // the other's connection.
+            for &(w, sending) in &sends {
+                let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != w).collect();
+                if receivers.is_empty() {
+                    continue;
+                }
+                let rows_from = winner_rows(table, &send, sending);
+                let inserted = self.copy_rows(ti, w, &rows_from, &receivers).await?;
+                for (&d, n) in receivers.iter().zip(inserted) {
+                    self.count(ti, d, 0, n as i64);
+                }
             }
         }
+        tracing::debug!(
+            table = %self.table(ti).name,
+            keys = chunk.len(),
+            winners = sends.len(),
+            delete_ms = deleted_in.as_millis() as u64,
+            copy_ms = (step.elapsed() - deleted_in).as_millis() as u64,
+            "merged chunk applied"
+        );
         if !merged.is_empty() {
             // Merged rows exist nowhere yet: every db gets them, in COPY's
             // text format, which reads back every type exactly.
@@ -380,4 +392,67 @@ impl<'a> Cycle<'a> {
         }
         Ok(())
     }
+
+    /// Two or more winners: their fan-outs overlap instead of running in
+    /// turn. Every winner's rows are read at once into spools (each read
+    /// uses only its own connection), then every db loads the rows of each
+    /// winner other than itself, all dbs at once. Streamed, two fan-outs
+    /// could each wait on the other's connection.
+    async fn copy_from_winners_at_once(
+        &mut self,
+        ti: TableId,
+        dbs: &[DbId],
+        send: &str,
+        sends: &[(DbId, u64)],
+    ) -> Result<()> {
+        let table = self.table(ti);
+        let memory_limit = self.plan.settings.merge_memory / sends.len();
+        let this = &*self;
+        let spools = try_join_all(sends.iter().map(|&(w, sending)| async move {
+            let out_sql = format!(
+                "COPY (SELECT {} {}) TO STDOUT{}",
+                table.column_list_of("t"),
+                winner_rows(table, send, sending),
+                table.copy_options()
+            );
+            let spool = copy_out_spooled(this.client(w), &out_sql, memory_limit).await.map_err(|e| this.table_error(e, ti))?;
+            if spool.spilled() {
+                tracing::debug!(table = %table.name, db = this.db_name(w), in_memory = spool.in_memory(), "a winner's rows passed the spool's memory limit: the rest went to a temporary file");
+            }
+            Ok::<_, Error>(spool)
+        }))
+        .await?;
+        let in_sql = crate::target::postgres::copy_in_sql(table);
+        let inserted = try_join_all(dbs.iter().map(|&d| {
+            let receiver = this.receiver(d, in_sql.clone());
+            let spools = &spools;
+            async move {
+                let mut inserted = 0;
+                for (&(w, _), spool) in sends.iter().zip(spools) {
+                    if w != d {
+                        inserted += copy_in_spool(&receiver, spool, |_| crate::failpoint::pause_blocking("mid_copy"))
+                            .await
+                            .map_err(|e| this.table_error(e, ti))?;
+                    }
+                }
+                Ok::<_, Error>(inserted)
+            }
+        }))
+        .await?;
+        for (&d, n) in dbs.iter().zip(inserted) {
+            self.count(ti, d, 0, n as i64);
+        }
+        Ok(())
+    }
+}
+
+/// The rows a winner sends: those of the `sending` keys loaded into its
+/// key table `send`, as a `FROM ... t ...` clause.
+fn winner_rows(table: &TableSpec, send: &str, sending: u64) -> String {
+    format!(
+        "FROM {} t JOIN {} k ON {}",
+        table.quoted(),
+        crate::target::postgres::loaded_keys(send, sending),
+        table.key_join("t", "k")
+    )
 }
