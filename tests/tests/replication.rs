@@ -278,7 +278,7 @@ fn merge_in_small_chunks_keeps_every_key() {
 
 /// Three winners of 1.5 MB of rows each, past a 1 MiB merge_memory_mib:
 /// their rows go through temporary files, every db gets every row, and
-/// the files are gone after the run.
+/// no file is left in TMPDIR.
 #[test]
 fn a_merge_past_its_memory_limit_spools_to_files_and_keeps_every_row() {
     let m = Masters::new(&["w1", "w2", "w3"], "latest");

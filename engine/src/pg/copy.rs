@@ -3,10 +3,11 @@
 //! building binary COPY data from raw field bytes (keys travel that way).
 
 use std::pin::pin;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt, future::try_join_all};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_postgres::types::{FromSql, Type};
 
 use super::Client;
@@ -166,8 +167,9 @@ pub async fn copy_fanout_with_progress(
 
 /// The output of one `COPY ... TO STDOUT`, held so that several databases
 /// can load it later: in memory up to a limit, the rest in a temporary file
-/// (created mode 0600 in the temp directory, removed when the spool is
-/// dropped), so a chunk of wide rows cannot take the process's memory.
+/// in TMPDIR that has no name (mode 0600, unlinked from the start), so a
+/// chunk of wide rows cannot take the process's memory, and a crash leaves
+/// no file behind.
 #[derive(Default)]
 pub struct Spool {
     pieces: Vec<Bytes>,
@@ -176,8 +178,11 @@ pub struct Spool {
 }
 
 struct Spilled {
-    file: tempfile::NamedTempFile,
+    /// Read by position ([`SpoolReader`]): readers share no offset.
+    file: Arc<std::fs::File>,
+    /// Appends, through its own handle of the same file.
     writer: tokio::fs::File,
+    bytes: u64,
 }
 
 impl Spool {
@@ -191,12 +196,14 @@ impl Spool {
         let spilled = match &mut self.spilled {
             Some(spilled) => spilled,
             None => {
-                let file = tempfile::NamedTempFile::new().map_err(spool_error)?;
-                let writer = tokio::fs::File::from_std(file.reopen().map_err(spool_error)?);
-                self.spilled.insert(Spilled { file, writer })
+                let file = tempfile::tempfile().map_err(spool_error)?;
+                let writer = tokio::fs::File::from_std(file.try_clone().map_err(spool_error)?);
+                self.spilled.insert(Spilled { file: Arc::new(file), writer, bytes: 0 })
             }
         };
-        spilled.writer.write_all(&piece).await.map_err(spool_error)
+        spilled.writer.write_all(&piece).await.map_err(spool_error)?;
+        spilled.bytes += piece.len() as u64;
+        Ok(())
     }
 
     /// Everything pushed is readable once this returns.
@@ -216,11 +223,16 @@ impl Spool {
     pub fn spilled(&self) -> bool {
         self.spilled.is_some()
     }
+
+    pub fn reader(&self) -> SpoolReader<'_> {
+        SpoolReader { spool: self, next_piece: 0, file_offset: 0 }
+    }
 }
 
 fn spool_error(e: std::io::Error) -> crate::error::Error {
     crate::error::Error::Sync(format!(
-        "holding COPY data in a temporary file in {}: {e}; free space there or point TMPDIR at a directory with room",
+        "holding rows in a temporary file in {}: {e}; free space there, point TMPDIR at a directory with room, \
+         or raise merge_memory_mib",
         std::env::temp_dir().display()
     ))
 }
@@ -249,13 +261,7 @@ pub async fn copy_out_spooled(source: &Client, copy_out_sql: &str, memory_limit:
 pub struct SpoolReader<'s> {
     spool: &'s Spool,
     next_piece: usize,
-    file: Option<tokio::fs::File>,
-}
-
-impl Spool {
-    pub fn reader(&self) -> SpoolReader<'_> {
-        SpoolReader { spool: self, next_piece: 0, file: None }
-    }
+    file_offset: u64,
 }
 
 impl SpoolReader<'_> {
@@ -265,16 +271,21 @@ impl SpoolReader<'_> {
             return Ok(Some(piece.clone()));
         }
         let Some(spilled) = &self.spool.spilled else { return Ok(None) };
-        let file = match &mut self.file {
-            Some(file) => file,
-            // A file of its own per reader: its offset is not shared.
-            None => self.file.insert(tokio::fs::File::from_std(spilled.file.reopen().map_err(spool_error)?)),
-        };
-        let mut piece = BytesMut::with_capacity(FORWARD_CHUNK);
-        if file.read_buf(&mut piece).await.map_err(spool_error)? == 0 {
+        let left = spilled.bytes.saturating_sub(self.file_offset);
+        if left == 0 {
             return Ok(None);
         }
-        Ok(Some(piece.freeze()))
+        let (file, offset) = (Arc::clone(&spilled.file), self.file_offset);
+        let size = left.min(FORWARD_CHUNK as u64) as usize;
+        let piece = tokio::task::spawn_blocking(move || {
+            let mut piece = vec![0; size];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut piece, offset).map(|()| piece)
+        })
+        .await
+        .map_err(|e| crate::error::Error::Sync(format!("reading back a temporary file of rows: {e}")))?
+        .map_err(spool_error)?;
+        self.file_offset += size as u64;
+        Ok(Some(Bytes::from(piece)))
     }
 }
 

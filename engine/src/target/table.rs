@@ -77,6 +77,12 @@ impl TableSpec {
             .join(" AND ")
     }
 
+    /// The `COPY ... TO STDOUT` of the rows `rows_from` selects (a `FROM
+    /// ... t [WHERE ...]` clause), every column, in this table's format.
+    pub fn copy_out_sql(&self, rows_from: &str) -> String {
+        format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", self.column_list_of("t"), self.copy_options())
+    }
+
     pub fn copy_options(&self) -> &'static str {
         if self.text_format { "" } else { " WITH (FORMAT binary)" }
     }

@@ -30,9 +30,8 @@ impl<'a> Cycle<'a> {
             return self.copy_transformed(ti, from, rows_from, d).await;
         }
         let table = self.table(ti);
-        let out_sql =
-            format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
-        let in_sql = format!("COPY {} ({}) FROM STDIN{}", table.quoted(), table.column_list(), table.copy_options());
+        let out_sql = table.copy_out_sql(rows_from);
+        let in_sql = crate::target::postgres::copy_in_sql(table);
         let counts = copy_fanout(self.client(from), &out_sql, &[self.receiver(d, in_sql)])
             .await
             .map_err(|e| self.table_error(e, ti))?;

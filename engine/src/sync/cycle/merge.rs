@@ -408,31 +408,40 @@ impl<'a> Cycle<'a> {
         let table = self.table(ti);
         let memory_limit = self.plan.settings.merge_memory / sends.len();
         let this = &*self;
+        // A spool's own errors name no table.
+        let failed = |e: Error| match e {
+            Error::Sync(message) => Error::Sync(format!("table {}: {message}", table.name)),
+            other => this.table_error(other, ti),
+        };
         let spools = try_join_all(sends.iter().map(|&(w, sending)| async move {
-            let out_sql = format!(
-                "COPY (SELECT {} {}) TO STDOUT{}",
-                table.column_list_of("t"),
-                winner_rows(table, send, sending),
-                table.copy_options()
-            );
-            let spool = copy_out_spooled(this.client(w), &out_sql, memory_limit).await.map_err(|e| this.table_error(e, ti))?;
+            let out_sql = table.copy_out_sql(&winner_rows(table, send, sending));
+            let spool = copy_out_spooled(this.client(w), &out_sql, memory_limit).await.map_err(failed)?;
             if spool.spilled() {
-                tracing::debug!(table = %table.name, db = this.db_name(w), in_memory = spool.in_memory(), "a winner's rows passed the spool's memory limit: the rest went to a temporary file");
+                tracing::debug!(
+                    table = %table.name,
+                    db = this.db_name(w),
+                    in_memory = spool.in_memory(),
+                    "a winner's rows passed the spool's memory limit: the rest went to a temporary file"
+                );
             }
             Ok::<_, Error>(spool)
         }))
         .await?;
         let in_sql = crate::target::postgres::copy_in_sql(table);
-        let inserted = try_join_all(dbs.iter().map(|&d| {
+        let inserted = try_join_all(dbs.iter().enumerate().map(|(n, &d)| {
             let receiver = this.receiver(d, in_sql.clone());
             let spools = &spools;
             async move {
+                // Once per piece, as the streamed fan-out pauses: on the first db's loads.
+                let forwarded = |_: &[u8]| {
+                    if n == 0 {
+                        crate::failpoint::pause_blocking("mid_copy");
+                    }
+                };
                 let mut inserted = 0;
                 for (&(w, _), spool) in sends.iter().zip(spools) {
                     if w != d {
-                        inserted += copy_in_spool(&receiver, spool, |_| crate::failpoint::pause_blocking("mid_copy"))
-                            .await
-                            .map_err(|e| this.table_error(e, ti))?;
+                        inserted += copy_in_spool(&receiver, spool, forwarded).await.map_err(failed)?;
                     }
                 }
                 Ok::<_, Error>(inserted)

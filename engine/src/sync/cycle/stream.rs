@@ -60,8 +60,7 @@ impl<'a> Cycle<'a> {
             receivers.iter().partition(|&&d| self.transform_for(ti, d).is_none());
         let mut counts: BTreeMap<DbId, u64> = BTreeMap::new();
         if !plain.is_empty() {
-            let out_sql =
-                format!("COPY (SELECT {} {rows_from}) TO STDOUT{}", table.column_list_of("t"), table.copy_options());
+            let out_sql = table.copy_out_sql(rows_from);
             let in_sql = target::postgres::copy_in_sql(table);
             let targets: Vec<Receiver> = plain.iter().map(|&d| self.receiver(d, in_sql.clone())).collect();
             let forwarded = |piece: &[u8]| {
