@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use ibex_tests::{Daemon, Ibex, Outcome, Setup, run_count};
+use ibex_tests::{Cluster, Daemon, Ibex, Outcome, Setup, run_count};
 use serde_json::Value;
 
 /// Rows a run inserted or deleted: 0 once nothing echoes.
@@ -944,4 +944,68 @@ fn a_key_column_named_like_a_delta_column_is_refused_clearly() {
     dbs_with(&s, "CREATE TABLE pay (txid bigint PRIMARY KEY, v int)", &["src", "dst"]);
     s.ibex.sh("add table pay db=src herd=h").ok();
     s.ibex.sh("add sync p herd=h dbs=src:source,dst:target").fails_with("uses for a column of its own (txid,");
+}
+
+/// A COPY the server refuses before copy-in mode begins (behind a failed
+/// statement of its transaction, or on a lock timeout) is answered once:
+/// every later request on the connection gets its own reply. The published
+/// tokio-postgres answered it twice, so the next request "succeeded" on
+/// the extra reply and the connection then closed (vendor/README.md).
+#[test]
+fn a_refused_copy_leaves_the_connection_in_step() {
+    let cluster = Cluster::start().unwrap();
+    cluster.create_db("db").unwrap();
+    cluster.psql("db", "CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(cluster.connect("db")).unwrap();
+    let copy_sql = "COPY t (id) FROM STDIN";
+    let in_step = |client: &tokio_postgres::Client, case: &str| {
+        rt.block_on(async {
+            // A ROLLBACK answered by a stray reply would leave its own
+            // reply to the query after it, or close the connection.
+            client.batch_execute("ROLLBACK").await.unwrap_or_else(|e| panic!("{case}: ROLLBACK: {e}"));
+            for n in 1..=3 {
+                let row = client
+                    .query_one("SELECT $1::int", &[&n])
+                    .await
+                    .unwrap_or_else(|e| panic!("{case}: query {n} after the refused COPY: {e}"));
+                assert_eq!(row.get::<_, i32>(0), n, "{case}: query {n} got another request's reply");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!client.is_closed(), "{case}: the connection closed after the refused COPY");
+        })
+    };
+
+    // Refused at Bind: a kept statement, in a transaction already aborted.
+    let kept = rt.block_on(client.prepare(copy_sql)).unwrap();
+    let refused = rt.block_on(async {
+        client.batch_execute("BEGIN").await.unwrap();
+        assert!(client.batch_execute("SELECT 1 / 0").await.is_err());
+        client.copy_in::<_, bytes::Bytes>(&kept).await.err()
+    });
+    let refused = refused.expect("a COPY in an aborted transaction was accepted");
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION), "{refused}");
+    in_step(&client, "behind a failed statement");
+
+    // Refused at Execute: the table is locked past lock_timeout. ibex's own
+    // copy helper, as a run loads a target.
+    let held = cluster.hold("db", "LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
+    let refused = rt.block_on(async {
+        client.batch_execute("BEGIN; SET LOCAL lock_timeout = '100ms'").await.unwrap();
+        ibex::pg::copy::copy_in_bytes(&client, copy_sql, bytes::Bytes::from_static(b"1\n")).await.err()
+    });
+    let refused = refused.expect("a COPY into a locked table was accepted");
+    assert_eq!(refused.sqlstate(), Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE), "{refused}");
+    held.release().unwrap();
+    in_step(&client, "on a lock timeout");
+
+    // And the connection still loads rows.
+    let loaded = rt.block_on(async {
+        client.batch_execute("BEGIN").await.unwrap();
+        let n = ibex::pg::copy::copy_in_bytes(&client, copy_sql, bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        n
+    });
+    assert_eq!(loaded, 2);
+    assert_eq!(cluster.psql("db", "SELECT count(*) FROM t").unwrap(), "2");
 }
