@@ -94,7 +94,17 @@ pub fn pause_blocking(name: &str) {
 
 fn pause_blocking_for(name: &str, pause: Duration) {
     tracing::warn!(failpoint = name, ms = pause.as_millis() as u64, "failpoint {name} reached");
-    std::thread::sleep(pause);
+    // On a runtime worker, the worker's queued tasks move to another
+    // thread first: a task woken just before (held in the worker's
+    // unstealable LIFO slot) would otherwise wait out the pause, e.g. the
+    // MCP that answers `ibex ping`.
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(|| std::thread::sleep(pause));
+    } else {
+        std::thread::sleep(pause);
+    }
 }
 
 #[cfg(test)]
