@@ -43,3 +43,10 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     }
     sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied()
 }
+
+/// The median of samples in any order.
+pub fn median(samples: &[f64]) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 0.5)
+}

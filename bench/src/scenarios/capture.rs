@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 
-use super::{Bench, bucardo_dbs, scale_for};
-use crate::measure::{percentile, timed};
+use super::{Bench, bucardo_dbs, scale_for, settle};
+use crate::measure::{median, timed};
 use crate::report::{Better, Figure, Goal, Measure};
 
 /// Scenario 3: What capture costs the application: a bulk UPDATE, INSERT
@@ -67,15 +67,12 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             for (k, (_, _, sql)) in statements.iter().enumerate() {
                 empty_deltas(db)?;
                 s.sql(db, "VACUUM ANALYZE pgbench_accounts");
+                settle(&s.cluster)?;
                 let (_, t) = timed(|| Ok(s.sql(db, sql)))?;
                 times[k][i].push(t.as_secs_f64());
             }
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        percentile(&v, 0.5)
-    };
     let no_median = "no timing";
     let no_wal = "Bucardo has no WAL capture";
     let trigger_floor_is = "triggers of ibex's shape that write no delta (transition tables, key test, kick)";
@@ -89,9 +86,9 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
                 "s",
                 Better::Lower,
             )
-            .ibex(Figure::or_missing(median(ib.clone()), no_median))
+            .ibex(Figure::or_missing(median(&ib), no_median))
             .bucardo(Figure::missing(no_floor))
-            .reference(Figure::or_missing(median(floor), no_median), trigger_floor_is)
+            .reference(Figure::or_missing(median(&floor), no_median), trigger_floor_is)
             .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of the trigger floor"),
         );
         bench.add(
@@ -102,9 +99,9 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
                 "s",
                 Better::Lower,
             )
-            .ibex(Figure::or_missing(median(iw), no_median))
+            .ibex(Figure::or_missing(median(&iw), no_median))
             .bucardo(Figure::missing(no_wal))
-            .reference(Figure::or_missing(median(bare.clone()), no_median), "no triggers")
+            .reference(Figure::or_missing(median(&bare), no_median), "no triggers")
             .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
         );
         bench.add(
@@ -115,14 +112,15 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
                 "s",
                 Better::Lower,
             )
-            .ibex(Figure::or_missing(median(ib), no_median))
-            .bucardo(Figure::or_missing(median(bu), no_median))
-            .reference(Figure::or_missing(median(bare), no_median), "no triggers")
+            .ibex(Figure::or_missing(median(&ib), no_median))
+            .bucardo(Figure::or_missing(median(&bu), no_median))
+            .reference(Figure::or_missing(median(&bare), no_median), "no triggers")
             .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
         );
     }
     let tps = |db: &str| -> Result<f64> {
         empty_deltas(db)?;
+        settle(&s.cluster)?;
         let out = s.cluster.pgbench(db, &["-n", "-c", "2", "-j", "2", "-T", "10"])?;
         out.lines()
             .find(|l| l.starts_with("tps"))
@@ -140,7 +138,7 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     }
     let no_tps = "no pgbench run";
     let [bare_tps, ib_tps, bu_tps, iw_tps, floor_tps, ik_tps, iwk_tps] =
-        rounds.map(|samples| Figure::or_missing(median(samples), no_tps));
+        rounds.map(|samples| Figure::or_missing(median(&samples), no_tps));
     let no_kick_is = "Bucardo was measured with its kick (a NOTIFY per statement, as ibex's autokick)";
     for (id, what, value) in [("capture_tps_nokick", "", ik_tps), ("capture_wal_tps_nokick", ", capture=wal", iwk_tps)]
     {

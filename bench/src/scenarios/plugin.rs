@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use ibex_tests::Daemon;
 
 use super::{Bench, check_same, keep_daemon_log, last_ibex_run};
-use crate::measure::percentile;
+use crate::measure::median;
 use crate::report::{Better, Figure, Goal, Measure};
 
 /// Cycles timed per strategy.
@@ -62,8 +62,7 @@ pub fn plugin(bench: &mut Bench, keys: u64) -> Result<()> {
         keep_daemon_log(&daemon.log(), &format!("plugin {strategy} {rows}"));
         drop(daemon);
         check_same(&s, "ibex", &["c1", "c2"], &["acct"])?;
-        runs.sort_by(f64::total_cmp);
-        times.push(percentile(&runs, 0.5).context("no timed run")?);
+        times.push(median(&runs).context("no timed run")?);
         bench.profile(&s, "plugin", &format!("{strategy}, {rows}"), "mm")?;
     }
     for (i, id, label) in [(1, "plugin_rows_false", "plugin, rows=false"), (2, "plugin_rows_true", "plugin, with rows")]

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ibex_tests::Daemon;
 
-use super::{Bench, PGBENCH_TABLES, bucardo_dbs, check_same, ibex_dbs, keep_daemon_log, last_ibex_run, pgbench_all};
+use super::{
+    Bench, PGBENCH_TABLES, bucardo_dbs, check_same, ibex_dbs, keep_daemon_log, last_ibex_run, pgbench_all, settle,
+};
 use crate::report::{Better, Figure, Goal, Measure};
 
 /// Scenario 1: The seed tutorial: five pgbench databases, four sources and a
@@ -25,6 +27,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
     let mut daemon = Daemon::configure(&s.ibex)?;
     daemon.start()?;
     pgbench_all(&s.cluster, &ibex_names[..4], &["-n", "-t", &t])?;
+    settle(&s.cluster)?;
     if !daemon.run(&["kick", "foobar", "--wait", "1800"]).success() {
         bail!("ibex: the tutorial run failed:\n{}", daemon.log());
     }
@@ -43,6 +46,7 @@ pub fn tutorial(bench: &mut Bench, transactions: u64) -> Result<()> {
     b.cmd(&["add", "sync", "foobar", "relgroup=therd", "dbs=tgroup", "autokick=0"])?;
     b.start()?;
     pgbench_all(&s.cluster, &names[..4], &["-n", "-t", &t])?;
+    settle(&s.cluster)?;
     let bucardo_time = b.kick_and_wait(&s.cluster, "foobar", Duration::from_secs(1800))?;
     b.stop();
     if bucardo_time.is_some() {
@@ -224,6 +228,7 @@ fn rewrite_at_once(s: &ibex_tests::Setup, dbs: &[&str], statements: &BTreeMap<&s
     for db in dbs {
         s.cluster.psql(db, "VACUUM ANALYZE")?;
     }
+    settle(&s.cluster)?;
     let started = Instant::now();
     std::thread::scope(|scope| {
         let workers: Vec<_> = statements

@@ -2,11 +2,12 @@
 //! `COPY ... FROM STDIN` on several at once without decoding rows, and
 //! building binary COPY data from raw field bytes (keys travel that way).
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt, future::try_join_all};
+use futures_util::stream::Fuse;
+use futures_util::{SinkExt, Stream, StreamExt, future::try_join_all};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::types::{FromSql, Type};
 
@@ -137,32 +138,46 @@ pub async fn copy_fanout_with_progress(
     )
     .await?;
     let mut sinks: Vec<_> = sinks.into_iter().map(Box::pin).collect();
-    let mut stream = pin!(stream);
-    let mut pending = BytesMut::with_capacity(FORWARD_CHUNK);
-    loop {
-        let next = stream.next().await;
-        let done = next.is_none();
-        if let Some(chunk) = next {
-            let chunk = chunk.ctx(|| format!("reading {copy_out_sql}"))?;
-            pending.put_slice(&chunk);
-        }
-        if pending.len() >= FORWARD_CHUNK || (done && !pending.is_empty()) {
-            let piece = pending.split().freeze();
-            try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, receiver)| {
-                let piece = piece.clone();
-                async move { sink.send(piece).await.ctx(|| format!("writing {}", receiver.sql)) }
-            }))
-            .await?;
-            forwarded(&piece);
-        }
-        if done {
-            break;
-        }
+    let stream = pin!(stream.fuse());
+    let mut pieces = Pieces::new(stream, copy_out_sql);
+    while let Some(piece) = pieces.next().await? {
+        try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, receiver)| {
+            let piece = piece.clone();
+            async move { sink.send(piece).await.ctx(|| format!("writing {}", receiver.sql)) }
+        }))
+        .await?;
+        forwarded(&piece);
     }
     try_join_all(sinks.iter_mut().zip(receivers).map(|(sink, receiver)| async move {
         sink.as_mut().finish().await.ctx(|| format!("finishing {}", receiver.sql))
     }))
     .await
+}
+
+/// The output of a `COPY ... TO STDOUT` regrouped into pieces of at least
+/// [`FORWARD_CHUNK`] bytes (the last one may be smaller).
+struct Pieces<'a, S> {
+    /// Fused: asked again after its end, it ends again.
+    stream: Pin<&'a mut Fuse<S>>,
+    pending: BytesMut,
+    copy_out_sql: &'a str,
+}
+
+impl<'a, S: Stream<Item = std::result::Result<Bytes, tokio_postgres::Error>>> Pieces<'a, S> {
+    fn new(stream: Pin<&'a mut Fuse<S>>, copy_out_sql: &'a str) -> Self {
+        Pieces { stream, pending: BytesMut::with_capacity(FORWARD_CHUNK), copy_out_sql }
+    }
+
+    /// The next piece, or `None` once the output is over.
+    async fn next(&mut self) -> Result<Option<Bytes>> {
+        while self.pending.len() < FORWARD_CHUNK {
+            match self.stream.next().await {
+                Some(chunk) => self.pending.put_slice(&chunk.ctx(|| format!("reading {}", self.copy_out_sql))?),
+                None => break,
+            }
+        }
+        Ok((!self.pending.is_empty()).then(|| self.pending.split().freeze()))
+    }
 }
 
 /// The output of one `COPY ... TO STDOUT`, held so that several databases
@@ -241,17 +256,11 @@ fn spool_error(e: std::io::Error) -> crate::error::Error {
 /// at most `memory_limit` bytes of it in memory.
 pub async fn copy_out_spooled(source: &Client, copy_out_sql: &str, memory_limit: usize) -> Result<Spool> {
     let stream = source.copy_out(copy_out_sql).await.ctx(|| format!("starting {copy_out_sql}"))?;
-    let mut stream = pin!(stream);
+    let stream = pin!(stream.fuse());
+    let mut pieces = Pieces::new(stream, copy_out_sql);
     let mut spool = Spool::default();
-    let mut pending = BytesMut::with_capacity(FORWARD_CHUNK);
-    while let Some(chunk) = stream.next().await {
-        pending.put_slice(&chunk.ctx(|| format!("reading {copy_out_sql}"))?);
-        if pending.len() >= FORWARD_CHUNK {
-            spool.push(pending.split().freeze(), memory_limit).await?;
-        }
-    }
-    if !pending.is_empty() {
-        spool.push(pending.freeze(), memory_limit).await?;
+    while let Some(piece) = pieces.next().await? {
+        spool.push(piece, memory_limit).await?;
     }
     spool.finish_writing().await?;
     Ok(spool)
