@@ -397,6 +397,8 @@ pub async fn uninstall(client: &mut Client, owner: &Owner) -> Result<CaptureRepo
 /// What [`create_wal_slot`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotMade {
+    /// The db needs no slot (its capture is trigger, or it is a target).
+    NotNeeded,
     /// The slot was there and usable.
     Existing,
     /// A new slot; the db had none in use.
@@ -410,7 +412,7 @@ pub enum SlotMade {
 impl SlotMade {
     /// A slot was made (to drop again if the catalog change fails).
     pub fn is_new(self) -> bool {
-        self != SlotMade::Existing
+        matches!(self, SlotMade::Created | SlotMade::Replaced)
     }
 
     /// What the user must do after this on db `db`: a replaced slot missed

@@ -239,7 +239,7 @@ pub async fn update(ctx: &Context, args: NamedParams) -> Result<()> {
     let slot = if capture_given.is_some() {
         crate::sync::setup::prepare_wal_slot(cat.client(), &db).await?
     } else {
-        crate::capture::SlotMade::Existing
+        crate::capture::SlotMade::NotNeeded
     };
     let created = slot.is_new();
     let switched = db.capture != capture_before || created;

@@ -130,7 +130,7 @@ pub async fn prepare_wal_slot(
     record: &catalog::dbs::DbRecord,
 ) -> Result<capture::SlotMade> {
     if record.capture != capture::CaptureMode::Wal || record.target.is_some() {
-        return Ok(capture::SlotMade::Existing);
+        return Ok(capture::SlotMade::NotNeeded);
     }
     let (owner, client) = open_as_owner(catalog_client, record).await?;
     capture::create_wal_slot(&client, &owner).await.map_err(|err| naming_db(err, &record.name))
