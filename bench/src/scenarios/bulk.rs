@@ -24,8 +24,9 @@ pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
         s.ibex.sh("add sync bulk herd=h dbs=isrc:source,idst:target autokick=false").ok();
         // The rates are compared at the first size, in rounds: one sample
         // of ibex and of each reference per round, each figure the median
-        // of its samples (single samples of the same step varied by a
-        // third between runs of the bench).
+        // of its samples. Single samples of one step varied too much for a
+        // ratio: ibex's rate went from 189k to 341k rows/s between
+        // bench/results/2026-12-03-e8894ef36.json and 2026-12-04-7d867e731.json.
         let with_references = id == "memory_rows";
         let rounds = if with_references { ROUNDS } else { 1 };
         if with_references {
@@ -41,10 +42,8 @@ pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
             // Every target starts each round as a fresh clone does: its
             // rows packed, no free space, so a COPY extends the file. Into a
             // table whose rows were replaced once and vacuumed the COPY
-            // fills the freed pages instead (1M rows, PostgreSQL 15, by
-            // hand: 2.47 s against 2.79 s): the references were once
-            // measured that way, after ibex's run, and were easier than
-            // ibex's load by that much.
+            // fills the freed pages instead, which is easier (1M rows,
+            // PostgreSQL 15, by hand: 2.47 s against 2.79 s).
             let targets: &[&str] = if with_references { &["idst", "rdst", "rkdst"] } else { &["idst"] };
             for db in targets {
                 s.sql(db, "VACUUM (FULL, ANALYZE) pgbench_accounts");
@@ -90,7 +89,7 @@ pub fn bulk(bench: &mut Bench, rows: u64, rss_rows: u64) -> Result<()> {
                     .reference(rate(reference), reference_is)
                     .goal(goal, goal_is)
             };
-            let median_of = format!("median of {rounds}");
+            let median_of = format!("ibex and reference: median of {rounds} rounds; Bucardo: one run");
             bench.add(measure(
                 "bulk",
                 format!("{size} changed rows applied ({median_of})"),
@@ -153,13 +152,17 @@ struct Samples {
 
 impl Samples {
     /// One sample of each reference, on the source as ibex's run left it.
+    /// Each step's dead rows are vacuumed before the next timed step, as
+    /// the targets were before ibex's run, so that no autovacuum is due.
     fn push_references(&mut self, s: &Setup, size: u64) -> Result<()> {
         let rows_out =
             format!("COPY (SELECT * FROM pgbench_accounts WHERE aid <= {size}) TO STDOUT WITH (FORMAT binary)");
-        s.sql("idst", "DROP TABLE IF EXISTS raw_copy; CREATE TABLE raw_copy (LIKE pgbench_accounts INCLUDING ALL)");
+        s.sql("idst", "VACUUM ANALYZE pgbench_accounts");
+        s.sql("idst", "CREATE TABLE raw_copy (LIKE pgbench_accounts INCLUDING ALL)");
         settle(&s.cluster)?;
         let raw = raw_pipe(&s.cluster, "isrc", &rows_out, "idst", &["COPY raw_copy FROM STDIN WITH (FORMAT binary)"])?;
         self.raw_pipe.push(raw.as_secs_f64());
+        s.sql("idst", "DROP TABLE raw_copy");
         // In one transaction, as the run applies them: after a DELETE in
         // the same transaction each insert's unique check meets the key's
         // old version deleted by its own transaction, not yet dead to all
@@ -169,15 +172,16 @@ impl Samples {
             let mut statements = vec!["BEGIN", "SET LOCAL session_replication_role = replica"];
             statements.extend_from_slice(before);
             statements.extend(["COPY pgbench_accounts FROM STDIN WITH (FORMAT binary)", "COMMIT"]);
-            settle(&s.cluster)?;
             raw_pipe(&s.cluster, "isrc", &rows_out, target, &statements)
         };
         let range_delete = format!("DELETE FROM pgbench_accounts WHERE aid <= {size}");
+        settle(&s.cluster)?;
         let range = delete_then_copy("rdst", &[&range_delete])?;
         check_same(s, "the raw delete + copy", &["isrc", "rdst"], &["pgbench_accounts"])?;
         self.range_floor.push(range.as_secs_f64());
-        // The keys' load is timed with the delete + copy; the join runs
-        // with the work_mem ibex gives it.
+        s.sql("rdst", "VACUUM ANALYZE pgbench_accounts");
+        // The keys' load is timed with the delete + copy, with no settling
+        // between them; the join runs with the work_mem ibex gives it.
         s.sql("rkdst", "DROP TABLE IF EXISTS raw_keys; CREATE UNLOGGED TABLE raw_keys (aid int)");
         settle(&s.cluster)?;
         let keys = raw_pipe(

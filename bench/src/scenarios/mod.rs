@@ -146,12 +146,21 @@ pub(super) fn bucardo_dbs(s: &Setup, b: &Bucardo, template: &str, names: &[&str]
     Ok(())
 }
 
-/// Before a timed step: the cluster's dirty buffers written out
-/// (CHECKPOINT) and the kernel's dirty pages flushed to disk (`sync`), so
-/// that no step pays for the writes of the setup or of the step before it
-/// (after the bulk scenario's setup, 1.4 GB were still waiting to be
-/// written back).
+/// Before a timed step: no autovacuum worker running, the cluster's dirty
+/// buffers written out (CHECKPOINT) and the kernel's dirty pages flushed to
+/// disk (`sync`), so that no step pays for the writes of the setup or of
+/// the step before it (by hand, `Dirty` in /proc/meminfo after the bulk
+/// scenario's setup: 1.4 GB).
 pub(super) fn settle(cluster: &Cluster) -> Result<()> {
+    let workers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while cluster.psql("postgres", workers)?.trim() != "0" {
+        if std::time::Instant::now() > deadline {
+            eprintln!("  settle: an autovacuum worker still runs after 120 s; the next timed step starts anyway");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.psql("postgres", "CHECKPOINT")?;
     let status = Command::new("sync").status().context("running sync")?;
     if !status.success() {

@@ -394,10 +394,11 @@ pub async fn uninstall(client: &mut Client, owner: &Owner) -> Result<CaptureRepo
     reconcile(client, owner, &[], &[], CaptureMode::Trigger).await
 }
 
-/// What [`create_wal_slot`] did.
+/// What [`create_wal_slot`] did, or that no slot was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotMade {
-    /// The db needs no slot (its capture is trigger, or it is a target).
+    /// No slot was asked for (trigger capture, a target, or a capture left
+    /// unchanged).
     NotNeeded,
     /// The slot was there and usable.
     Existing,

@@ -157,7 +157,9 @@ pub async fn copy_fanout_with_progress(
 /// The output of a `COPY ... TO STDOUT` regrouped into pieces of at least
 /// [`FORWARD_CHUNK`] bytes (the last one may be smaller).
 struct Pieces<'a, S> {
-    /// Fused: asked again after its end, it ends again.
+    /// Fused: the call after the last piece asks once more, and a
+    /// `CopyOutStream` polled past its CopyDone takes the statement's next
+    /// reply for an unexpected message.
     stream: Pin<&'a mut Fuse<S>>,
     pending: BytesMut,
     copy_out_sql: &'a str,
