@@ -118,8 +118,15 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of no triggers"),
         );
     }
+    // Each run starts from the same tables: without this, dead rows of
+    // the runs before pile up on the ten branches and hundred tellers
+    // (pgbench -n does not vacuum), and a db's TPS drifted by a quarter
+    // between rounds. What pgbench does before a run without -n, and the
+    // accounts too.
     let tps = |db: &str| -> Result<f64> {
         empty_deltas(db)?;
+        s.cluster.psql(db, "VACUUM ANALYZE pgbench_branches, pgbench_tellers, pgbench_accounts")?;
+        s.cluster.psql(db, "TRUNCATE pgbench_history")?;
         settle(&s.cluster)?;
         let out = s.cluster.pgbench(db, &["-n", "-c", "2", "-j", "2", "-T", "10"])?;
         out.lines()
@@ -131,10 +138,14 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     // Three rounds with every db once in each, so a drift of the machine
     // reaches all of them alike; each figure is its db's median.
     let mut rounds: [Vec<f64>; 7] = Default::default();
-    for _ in 0..3 {
+    for round in 1..=3 {
+        let mut line = format!("  pgbench round {round}:");
         for (db, samples) in ["bare", "ib", "bu", "iw", "floor", "ik", "iwk"].into_iter().zip(rounds.iter_mut()) {
-            samples.push(tps(db)?);
+            let sample = tps(db)?;
+            line.push_str(&format!(" {db} {sample:.0}"));
+            samples.push(sample);
         }
+        eprintln!("{line} tps");
     }
     let no_tps = "no pgbench run";
     let [bare_tps, ib_tps, bu_tps, iw_tps, floor_tps, ik_tps, iwk_tps] =

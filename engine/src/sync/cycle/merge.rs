@@ -4,15 +4,19 @@
 //! memory stays flat however large the window.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::future::try_join_all;
+use futures_util::FutureExt;
+use futures_util::future::{Shared, try_join_all};
+use tokio::sync::oneshot;
 
 use super::{Cycle, pg_micros, read_key, temp_name};
 use crate::catalog::ConflictRecord;
 use crate::conflict::{Decision, Version};
 use crate::error::{Error, PgContext, Result};
-use crate::pg::copy::{BinaryCopyBuilder, copy_in_bytes, copy_in_receiver, copy_in_spool, copy_out_spooled};
+use crate::pg::copy::{BinaryCopyBuilder, Spool, copy_in_bytes, copy_in_receiver, copy_in_spool, copy_out_spooled};
 use crate::pg::pipeline::try_join;
 use crate::pg::quote_ident;
 use crate::plugin::Value;
@@ -285,21 +289,18 @@ impl<'a> Cycle<'a> {
             }
         }
 
-        let load_sql = |name: &str| {
-            format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(name), table.key_list())
-        };
         if self.guarded() {
             // Each db's deletes and copies run together under its savepoint.
             for (&d, data) in dbs.iter().zip(to_delete) {
                 self.ensure_temp(d, &del, table).await?;
                 if data.rows() > 0 {
-                    copy_in_bytes(self.client(d), &load_sql(&del), data.finish()).await?;
+                    copy_in_bytes(self.client(d), &key_load_sql(&del, table), data.finish()).await?;
                 }
             }
             let winners: Vec<DbId> = to_send.keys().copied().collect();
             for (w, data) in to_send {
                 self.ensure_temp(w, &send, table).await?;
-                copy_in_bytes(self.client(w), &load_sql(&send), data.finish()).await?;
+                copy_in_bytes(self.client(w), &key_load_sql(&send, table), data.finish()).await?;
             }
             let rows_from = format!(
                 "FROM {} t JOIN pg_temp.{} k ON {} WHERE true",
@@ -315,45 +316,16 @@ impl<'a> Cycle<'a> {
             }
             return Ok(());
         }
-        // Per db at once: its keys to delete loaded and deleted, and, on a
-        // winner, the keys it sends loaded. The key tables are made in the
-        // same pipeline as the COPY into them (one message each, so first).
-        let this = &*self;
-        let step = std::time::Instant::now();
-        let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, data)| (w, data.rows())).collect();
-        let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
-            let (load_del, load_send) = (load_sql(&del), load_sql(&send));
-            let (del, send) = (&del, &send);
-            let sent = to_send.remove(&d).map(BinaryCopyBuilder::finish);
-            async move {
-                let rows = data.rows();
-                if rows > 0 {
-                    let receiver = this.receiver(d, load_del);
-                    try_join(this.ensure_temp(d, del, table), copy_in_receiver(&receiver, data.finish())).await?;
-                }
-                let sending = async {
-                    if let Some(keys) = sent {
-                        let receiver = this.receiver(d, load_send);
-                        try_join(this.ensure_temp(d, send, table), copy_in_receiver(&receiver, keys)).await?;
-                    }
-                    Ok::<_, Error>(())
-                };
-                let (n, ()) = try_join(this.delete_loaded(d, del, table, rows), sending).await?;
-                Ok::<_, Error>(n)
-            }
-        }))
-        .await?;
-        for (&d, n) in dbs.iter().zip(deleted) {
-            self.count(ti, d, n as i64, 0);
-        }
-        let deleted_in = step.elapsed();
-        // Then each winner's rows to the others.
+        let step = Instant::now();
+        let winners = to_send.len();
         let transformed = dbs.iter().any(|&d| self.transform_for(ti, d).is_some());
-        if sends.len() > 1 && !transformed {
-            self.copy_from_winners_at_once(ti, &dbs, &send, &sends).await?;
+        let deletes_done = if winners > 1 && !transformed {
+            self.apply_from_winners_at_once(ti, &dbs, to_delete, to_send, &del, &send).await?
         } else {
-            // One COPY stream at a time: two at once could each wait on
-            // the other's connection.
+            let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, keys)| (w, keys.rows())).collect();
+            let deletes_done = self.delete_then_load_keys(ti, &dbs, to_delete, to_send, &del, &send).await?;
+            // Then each winner's rows to the others, one COPY stream at a
+            // time: two at once could each wait on the other's connection.
             for &(w, sending) in &sends {
                 let receivers: Vec<DbId> = dbs.iter().copied().filter(|&d| d != w).collect();
                 if receivers.is_empty() {
@@ -365,13 +337,14 @@ impl<'a> Cycle<'a> {
                     self.count(ti, d, 0, n as i64);
                 }
             }
-        }
+            deletes_done
+        };
         tracing::debug!(
             table = %self.table(ti).name,
             keys = chunk.len(),
-            winners = sends.len(),
-            delete_ms = deleted_in.as_millis() as u64,
-            copy_ms = (step.elapsed() - deleted_in).as_millis() as u64,
+            winners,
+            deletes_done_ms = deletes_done.as_millis() as u64,
+            applied_ms = step.elapsed().as_millis() as u64,
             "merged chunk applied"
         );
         if !merged.is_empty() {
@@ -393,45 +366,132 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    /// Two or more winners: their fan-outs overlap instead of running in
-    /// turn. Every winner's rows are read at once into spools (each read
-    /// uses only its own connection), then every db loads the rows of each
-    /// winner other than itself, all dbs at once. Streamed, two fan-outs
-    /// could each wait on the other's connection.
-    async fn copy_from_winners_at_once(
+    /// Per db at once: its keys to delete loaded and deleted, and, on a
+    /// winner, the keys it sends loaded. The key tables are made in the
+    /// same pipeline as the COPY into them (one message each, so first).
+    /// Returns how long the deletes took.
+    async fn delete_then_load_keys(
         &mut self,
         ti: TableId,
         dbs: &[DbId],
+        to_delete: Vec<BinaryCopyBuilder>,
+        mut to_send: BTreeMap<DbId, BinaryCopyBuilder>,
+        del: &str,
         send: &str,
-        sends: &[(DbId, u64)],
-    ) -> Result<()> {
+    ) -> Result<Duration> {
         let table = self.table(ti);
-        let memory_limit = self.plan.settings.merge_memory / sends.len();
+        let started = Instant::now();
+        let this = &*self;
+        let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
+            let sent = to_send.remove(&d).map(BinaryCopyBuilder::finish);
+            async move {
+                let rows = data.rows();
+                if rows > 0 {
+                    this.load_keys(d, del, table, data.finish()).await?;
+                }
+                let sending = async {
+                    if let Some(keys) = sent {
+                        this.load_keys(d, send, table, keys).await?;
+                    }
+                    Ok::<_, Error>(())
+                };
+                let (n, ()) = try_join(this.delete_loaded(d, del, table, rows), sending).await?;
+                Ok::<_, Error>(n)
+            }
+        }))
+        .await?;
+        for (&d, n) in dbs.iter().zip(deleted) {
+            self.count(ti, d, n as i64, 0);
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Makes the key table `name` on `db` and loads `keys` into it, in one
+    /// pipeline.
+    async fn load_keys(&self, db: DbId, name: &str, table: &TableSpec, keys: bytes::Bytes) -> Result<()> {
+        let receiver = self.receiver(db, key_load_sql(name, table));
+        try_join(self.ensure_temp(db, name, table), copy_in_receiver(&receiver, keys)).await?;
+        Ok(())
+    }
+
+    /// Two or more winners, every db at once. A winner first loads the
+    /// keys it sends and reads their rows into a spool (on its own
+    /// connection, before its delete: the keys it won are not among those
+    /// it deletes). Then every db loads and deletes the keys it lost, and
+    /// loads each other winner's spool as soon as that spool is read. A
+    /// spool waits on nothing but its own connection, so no db waits on
+    /// one that waits on it (streamed, two fan-outs could each wait on the
+    /// other's connection), and no phase waits for the slowest db of the
+    /// one before. Returns when the last db's delete ended.
+    async fn apply_from_winners_at_once(
+        &mut self,
+        ti: TableId,
+        dbs: &[DbId],
+        to_delete: Vec<BinaryCopyBuilder>,
+        mut to_send: BTreeMap<DbId, BinaryCopyBuilder>,
+        del: &str,
+        send: &str,
+    ) -> Result<Duration> {
+        let table = self.table(ti);
+        let memory_limit = self.plan.settings.merge_memory / to_send.len().max(1);
         let this = &*self;
         // A spool's own errors name no table.
         let failed = |e: Error| match e {
             Error::Sync(message) => Error::Sync(format!("table {}: {message}", table.name)),
             other => this.table_error(other, ti),
         };
-        let spools = try_join_all(sends.iter().map(|&(w, sending)| async move {
-            let out_sql = table.copy_out_sql(&winner_rows(table, send, sending));
-            let spool = copy_out_spooled(this.client(w), &out_sql, memory_limit).await.map_err(failed)?;
-            if spool.spilled() {
-                tracing::debug!(
-                    table = %table.name,
-                    db = this.db_name(w),
-                    in_memory = spool.in_memory(),
-                    "a winner's rows passed the spool's memory limit: the rest went to a temporary file"
-                );
-            }
-            Ok::<_, Error>(spool)
-        }))
-        .await?;
+        // Each winner's spool, handed to every other db once read.
+        let mut spool_senders: BTreeMap<DbId, oneshot::Sender<Arc<Spool>>> = BTreeMap::new();
+        let spools: Vec<(DbId, Shared<oneshot::Receiver<Arc<Spool>>>)> = to_send
+            .keys()
+            .map(|&w| {
+                let (sender, receiver) = oneshot::channel();
+                spool_senders.insert(w, sender);
+                (w, receiver.shared())
+            })
+            .collect();
         let in_sql = crate::target::postgres::copy_in_sql(table);
-        let inserted = try_join_all(dbs.iter().enumerate().map(|(n, &d)| {
-            let receiver = this.receiver(d, in_sql.clone());
-            let spools = &spools;
+        let started = Instant::now();
+        let applied = try_join_all(dbs.iter().zip(to_delete).enumerate().map(|(n, (&d, lost))| {
+            let sent = to_send.remove(&d).zip(spool_senders.remove(&d));
+            let (spools, in_sql, failed) = (&spools, in_sql.clone(), &failed);
             async move {
+                if let Some((keys, spool_sender)) = sent {
+                    let sending = keys.rows();
+                    this.load_keys(d, send, table, keys.finish()).await?;
+                    let out_sql = table.copy_out_sql(&winner_rows(table, send, sending));
+                    let spool = copy_out_spooled(this.client(d), &out_sql, memory_limit).await.map_err(failed)?;
+                    tracing::debug!(
+                        table = %table.name,
+                        db = this.db_name(d),
+                        sent = sending,
+                        read_at_ms = started.elapsed().as_millis() as u64,
+                        "a winner's rows read"
+                    );
+                    if spool.spilled() {
+                        tracing::debug!(
+                            table = %table.name,
+                            db = this.db_name(d),
+                            in_memory = spool.in_memory(),
+                            "a winner's rows passed the spool's memory limit: the rest went to a temporary file"
+                        );
+                    }
+                    // Every receiver lives in `spools` until all dbs are done.
+                    if spool_sender.send(Arc::new(spool)).is_err() {
+                        return Err(Error::Sync(format!(
+                            "table {}: the rows read from db {} had no db left to load them",
+                            table.name,
+                            this.db_name(d)
+                        )));
+                    }
+                }
+                let rows = lost.rows();
+                if rows > 0 {
+                    this.load_keys(d, del, table, lost.finish()).await?;
+                }
+                let deleted = this.delete_loaded(d, del, table, rows).await?;
+                let deleted_at = started.elapsed();
+                let receiver = this.receiver(d, in_sql);
                 // Once per piece, as the streamed fan-out pauses: on the first db's loads.
                 let forwarded = |_: &[u8]| {
                     if n == 0 {
@@ -439,20 +499,54 @@ impl<'a> Cycle<'a> {
                     }
                 };
                 let mut inserted = 0;
-                for (&(w, _), spool) in sends.iter().zip(spools) {
-                    if w != d {
-                        inserted += copy_in_spool(&receiver, spool, forwarded).await.map_err(failed)?;
-                    }
+                let mut waited = Duration::ZERO;
+                for (w, spool) in spools.iter().filter(|(w, _)| *w != d) {
+                    let asked = Instant::now();
+                    let spool = spool.clone().await.map_err(|_| {
+                        Error::Sync(format!(
+                            "table {}: the rows of db {} were not read, so db {} cannot load them",
+                            table.name,
+                            this.db_name(*w),
+                            this.db_name(d)
+                        ))
+                    })?;
+                    waited += asked.elapsed();
+                    inserted += copy_in_spool(&receiver, &spool, forwarded).await.map_err(failed)?;
                 }
-                Ok::<_, Error>(inserted)
+                tracing::debug!(
+                    table = %table.name,
+                    db = this.db_name(d),
+                    deleted,
+                    inserted,
+                    deleted_at_ms = deleted_at.as_millis() as u64,
+                    waited_for_rows_ms = waited.as_millis() as u64,
+                    done_at_ms = started.elapsed().as_millis() as u64,
+                    "a db's share of a merged chunk applied"
+                );
+                Ok::<_, Error>(Applied { deleted, inserted, deleted_at })
             }
         }))
         .await?;
-        for (&d, n) in dbs.iter().zip(inserted) {
-            self.count(ti, d, 0, n as i64);
+        let mut deletes_done = Duration::ZERO;
+        for (&d, a) in dbs.iter().zip(applied) {
+            self.count(ti, d, a.deleted as i64, a.inserted as i64);
+            deletes_done = deletes_done.max(a.deleted_at);
         }
-        Ok(())
+        Ok(deletes_done)
     }
+}
+
+/// What one db's share of a chunk did.
+struct Applied {
+    deleted: u64,
+    inserted: u64,
+    /// When its delete ended, from the chunk's start.
+    deleted_at: Duration,
+}
+
+/// Loads keys into the key table `name`.
+fn key_load_sql(name: &str, table: &TableSpec) -> String {
+    format!("COPY pg_temp.{} ({}) FROM STDIN WITH (FORMAT binary)", quote_ident(name), table.key_list())
 }
 
 /// The rows a winner sends: those of the `sending` keys loaded into its

@@ -260,7 +260,8 @@ impl<'a> Cycle<'a> {
             let mut key = Vec::new();
             let mut versions = Vec::new();
             for v in &p.versions {
-                let (key_values, row) = fetched.get(&v.db).and_then(|f| f.get(&p.fields)).cloned().unwrap_or_default();
+                // Each key is in a batch once, with one version per db: taken, not copied.
+                let (key_values, row) = fetched.get_mut(&v.db).and_then(|f| f.remove(&p.fields)).unwrap_or_default();
                 if key.is_empty() {
                     key = key_values;
                 }
