@@ -180,7 +180,7 @@ fn sigkill_of_a_target_postgres_inside_the_apply() {
 }
 
 /// The cycle's failpoints, in order (see engine/src/sync/cycle/mod.rs,
-/// cycle/stream.rs and sync/kid.rs).
+/// cycle/stream.rs, cycle/merge.rs and sync/kid.rs).
 const POINTS: [&str; 5] = ["after_capture_read", "mid_copy", "mid_apply", "between_commits", "before_cursor_advance"];
 
 #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -261,7 +262,9 @@ impl<'a> Cycle<'a> {
     }
 
     /// Applies one chunk of decided keys: every db deletes the keys it did
-    /// not win, then each winner's rows are copied to every other db.
+    /// not win before it loads the rows of those keys from their winners
+    /// (with several winners, each db as soon as it can; see
+    /// `apply_from_winners_at_once`).
     pub(super) async fn flush(&mut self, ti: TableId, chunk: Chunk) -> Result<()> {
         let table = self.table(ti);
         let dbs: Vec<DbId> = self.plan.delta_dbs().collect();
@@ -323,7 +326,7 @@ impl<'a> Cycle<'a> {
             self.apply_from_winners_at_once(ti, &dbs, to_delete, to_send, &del, &send).await?
         } else {
             let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, keys)| (w, keys.rows())).collect();
-            let deletes_done = self.delete_then_load_keys(ti, &dbs, to_delete, to_send, &del, &send).await?;
+            let deletes_done = self.delete_lost_and_load_sent_keys(ti, &dbs, to_delete, to_send, &del, &send).await?;
             // Then each winner's rows to the others, one COPY stream at a
             // time: two at once could each wait on the other's connection.
             for &(w, sending) in &sends {
@@ -369,8 +372,8 @@ impl<'a> Cycle<'a> {
     /// Per db at once: its keys to delete loaded and deleted, and, on a
     /// winner, the keys it sends loaded. The key tables are made in the
     /// same pipeline as the COPY into them (one message each, so first).
-    /// Returns how long the deletes took.
-    async fn delete_then_load_keys(
+    /// Returns how long that took.
+    async fn delete_lost_and_load_sent_keys(
         &mut self,
         ti: TableId,
         dbs: &[DbId],
@@ -383,14 +386,14 @@ impl<'a> Cycle<'a> {
         let started = Instant::now();
         let this = &*self;
         let deleted = try_join_all(dbs.iter().zip(to_delete).map(|(&d, data)| {
-            let sent = to_send.remove(&d).map(BinaryCopyBuilder::finish);
+            let to_be_sent = to_send.remove(&d).map(BinaryCopyBuilder::finish);
             async move {
                 let rows = data.rows();
                 if rows > 0 {
                     this.load_keys(d, del, table, data.finish()).await?;
                 }
                 let sending = async {
-                    if let Some(keys) = sent {
+                    if let Some(keys) = to_be_sent {
                         this.load_keys(d, send, table, keys).await?;
                     }
                     Ok::<_, Error>(())
@@ -422,7 +425,7 @@ impl<'a> Cycle<'a> {
     /// spool waits on nothing but its own connection, so no db waits on
     /// one that waits on it (streamed, two fan-outs could each wait on the
     /// other's connection), and no phase waits for the slowest db of the
-    /// one before. Returns when the last db's delete ended.
+    /// one before. Returns how long after the start the last delete ended.
     async fn apply_from_winners_at_once(
         &mut self,
         ti: TableId,
@@ -440,9 +443,10 @@ impl<'a> Cycle<'a> {
             Error::Sync(message) => Error::Sync(format!("table {}: {message}", table.name)),
             other => this.table_error(other, ti),
         };
-        // Each winner's spool, handed to every other db once read.
-        let mut spool_senders: BTreeMap<DbId, oneshot::Sender<Arc<Spool>>> = BTreeMap::new();
-        let spools: Vec<(DbId, Shared<oneshot::Receiver<Arc<Spool>>>)> = to_send
+        // Each winner's spool, or why it could not be read, handed to every
+        // other db: a db waiting on it reports the winner's own error.
+        let mut spool_senders: BTreeMap<DbId, oneshot::Sender<SpoolRead>> = BTreeMap::new();
+        let spools: Vec<(DbId, Shared<oneshot::Receiver<SpoolRead>>)> = to_send
             .keys()
             .map(|&w| {
                 let (sender, receiver) = oneshot::channel();
@@ -451,38 +455,41 @@ impl<'a> Cycle<'a> {
             })
             .collect();
         let in_sql = crate::target::postgres::copy_in_sql(table);
+        // The failpoint pauses once, when every db has begun loading rows,
+        // so that a fault injected there finds COPYs open.
+        let (loading, paused) = (AtomicUsize::new(0), AtomicBool::new(false));
         let started = Instant::now();
-        let applied = try_join_all(dbs.iter().zip(to_delete).enumerate().map(|(n, (&d, lost))| {
-            let sent = to_send.remove(&d).zip(spool_senders.remove(&d));
-            let (spools, in_sql, failed) = (&spools, in_sql.clone(), &failed);
+        let applying = try_join_all(dbs.iter().zip(to_delete).map(|(&d, lost)| {
+            let to_be_sent = to_send.remove(&d).zip(spool_senders.remove(&d));
+            let (spools, in_sql, failed, loading, paused) = (&spools, in_sql.clone(), &failed, &loading, &paused);
             async move {
-                if let Some((keys, spool_sender)) = sent {
+                let mut read_at = None;
+                if let Some((keys, spool_sender)) = to_be_sent {
                     let sending = keys.rows();
-                    this.load_keys(d, send, table, keys.finish()).await?;
-                    let out_sql = table.copy_out_sql(&winner_rows(table, send, sending));
-                    let spool = copy_out_spooled(this.client(d), &out_sql, memory_limit).await.map_err(failed)?;
-                    tracing::debug!(
-                        table = %table.name,
-                        db = this.db_name(d),
-                        sent = sending,
-                        read_at_ms = started.elapsed().as_millis() as u64,
-                        "a winner's rows read"
-                    );
-                    if spool.spilled() {
-                        tracing::debug!(
-                            table = %table.name,
-                            db = this.db_name(d),
-                            in_memory = spool.in_memory(),
-                            "a winner's rows passed the spool's memory limit: the rest went to a temporary file"
-                        );
+                    let read = async {
+                        this.load_keys(d, send, table, keys.finish()).await?;
+                        let out_sql = table.copy_out_sql(&winner_rows(table, send, sending));
+                        copy_out_spooled(this.client(d), &out_sql, memory_limit).await.map_err(failed)
                     }
-                    // Every receiver lives in `spools` until all dbs are done.
-                    if spool_sender.send(Arc::new(spool)).is_err() {
-                        return Err(Error::Sync(format!(
-                            "table {}: the rows read from db {} had no db left to load them",
-                            table.name,
-                            this.db_name(d)
-                        )));
+                    .await;
+                    // A send fails only when no db waits any more: nothing to tell.
+                    match read {
+                        Ok(spool) => {
+                            read_at = Some(started.elapsed());
+                            if spool.spilled() {
+                                tracing::debug!(
+                                    table = %table.name,
+                                    db = this.db_name(d),
+                                    in_memory = spool.in_memory(),
+                                    "a winner's rows passed the spool's memory limit: the rest went to a temporary file"
+                                );
+                            }
+                            let _ = spool_sender.send(Ok(Arc::new(spool)));
+                        }
+                        Err(e) => {
+                            let _ = spool_sender.send(Err(e.to_string()));
+                            return Err(e);
+                        }
                     }
                 }
                 let rows = lost.rows();
@@ -492,9 +499,9 @@ impl<'a> Cycle<'a> {
                 let deleted = this.delete_loaded(d, del, table, rows).await?;
                 let deleted_at = started.elapsed();
                 let receiver = this.receiver(d, in_sql);
-                // Once per piece, as the streamed fan-out pauses: on the first db's loads.
+                loading.fetch_add(1, Ordering::SeqCst);
                 let forwarded = |_: &[u8]| {
-                    if n == 0 {
+                    if loading.load(Ordering::SeqCst) == dbs.len() && !paused.swap(true, Ordering::SeqCst) {
                         crate::failpoint::pause_blocking("mid_copy");
                     }
                 };
@@ -502,14 +509,25 @@ impl<'a> Cycle<'a> {
                 let mut waited = Duration::ZERO;
                 for (w, spool) in spools.iter().filter(|(w, _)| *w != d) {
                     let asked = Instant::now();
-                    let spool = spool.clone().await.map_err(|_| {
-                        Error::Sync(format!(
-                            "table {}: the rows of db {} were not read, so db {} cannot load them",
-                            table.name,
-                            this.db_name(*w),
-                            this.db_name(d)
-                        ))
-                    })?;
+                    let spool = match spool.clone().await {
+                        Ok(Ok(spool)) => spool,
+                        Ok(Err(why)) => {
+                            return Err(Error::Sync(format!(
+                                "table {}: db {} cannot load the rows of db {}, which could not be read: {why}",
+                                table.name,
+                                this.db_name(d),
+                                this.db_name(*w)
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(Error::Sync(format!(
+                                "table {}: db {} cannot load the rows of db {}, whose read was abandoned",
+                                table.name,
+                                this.db_name(d),
+                                this.db_name(*w)
+                            )));
+                        }
+                    };
                     waited += asked.elapsed();
                     inserted += copy_in_spool(&receiver, &spool, forwarded).await.map_err(failed)?;
                 }
@@ -518,6 +536,7 @@ impl<'a> Cycle<'a> {
                     db = this.db_name(d),
                     deleted,
                     inserted,
+                    rows_read_at_ms = read_at.map(|at| at.as_millis() as u64),
                     deleted_at_ms = deleted_at.as_millis() as u64,
                     waited_for_rows_ms = waited.as_millis() as u64,
                     done_at_ms = started.elapsed().as_millis() as u64,
@@ -525,8 +544,11 @@ impl<'a> Cycle<'a> {
                 );
                 Ok::<_, Error>(Applied { deleted, inserted, deleted_at })
             }
-        }))
-        .await?;
+        }));
+        // A winner left without a db of its own would never send: its
+        // receivers then fail at once instead of waiting.
+        drop(spool_senders);
+        let applied = applying.await?;
         let mut deletes_done = Duration::ZERO;
         for (&d, a) in dbs.iter().zip(applied) {
             self.count(ti, d, a.deleted as i64, a.inserted as i64);
@@ -535,6 +557,9 @@ impl<'a> Cycle<'a> {
         Ok(deletes_done)
     }
 }
+
+/// A winner's rows, or why they could not be read.
+type SpoolRead = std::result::Result<Arc<Spool>, String>;
 
 /// What one db's share of a chunk did.
 struct Applied {
