@@ -320,13 +320,14 @@ impl<'a> Cycle<'a> {
             return Ok(());
         }
         let step = Instant::now();
-        let winners = to_send.len();
         let transformed = dbs.iter().any(|&d| self.transform_for(ti, d).is_some());
+        let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, keys)| (w, keys.rows())).collect();
+        let winners = sends.len();
+        let keys = ChunkKeys { lost: to_delete, sent: to_send, lost_table: &del, sent_table: &send };
         let deletes_done = if winners > 1 && !transformed {
-            self.apply_from_winners_at_once(ti, &dbs, to_delete, to_send, &del, &send).await?
+            self.apply_from_winners_at_once(ti, &dbs, keys).await?
         } else {
-            let sends: Vec<(DbId, u64)> = to_send.iter().map(|(&w, keys)| (w, keys.rows())).collect();
-            let deletes_done = self.delete_lost_and_load_sent_keys(ti, &dbs, to_delete, to_send, &del, &send).await?;
+            let deletes_done = self.delete_lost_and_load_sent_keys(ti, &dbs, keys).await?;
             // Then each winner's rows to the others, one COPY stream at a
             // time: two at once could each wait on the other's connection.
             for &(w, sending) in &sends {
@@ -377,11 +378,9 @@ impl<'a> Cycle<'a> {
         &mut self,
         ti: TableId,
         dbs: &[DbId],
-        to_delete: Vec<BinaryCopyBuilder>,
-        mut to_send: BTreeMap<DbId, BinaryCopyBuilder>,
-        del: &str,
-        send: &str,
+        keys: ChunkKeys<'_>,
     ) -> Result<Duration> {
+        let ChunkKeys { lost: to_delete, sent: mut to_send, lost_table: del, sent_table: send } = keys;
         let table = self.table(ti);
         let started = Instant::now();
         let this = &*self;
@@ -426,15 +425,8 @@ impl<'a> Cycle<'a> {
     /// one that waits on it (streamed, two fan-outs could each wait on the
     /// other's connection), and no phase waits for the slowest db of the
     /// one before. Returns how long after the start the last delete ended.
-    async fn apply_from_winners_at_once(
-        &mut self,
-        ti: TableId,
-        dbs: &[DbId],
-        to_delete: Vec<BinaryCopyBuilder>,
-        mut to_send: BTreeMap<DbId, BinaryCopyBuilder>,
-        del: &str,
-        send: &str,
-    ) -> Result<Duration> {
+    async fn apply_from_winners_at_once(&mut self, ti: TableId, dbs: &[DbId], keys: ChunkKeys<'_>) -> Result<Duration> {
+        let ChunkKeys { lost: to_delete, sent: mut to_send, lost_table: del, sent_table: send } = keys;
         let table = self.table(ti);
         let memory_limit = self.plan.settings.merge_memory / to_send.len().max(1);
         let this = &*self;
@@ -556,6 +548,16 @@ impl<'a> Cycle<'a> {
         }
         Ok(deletes_done)
     }
+}
+
+/// One chunk's keys: those each db lost (it deletes them) and those each
+/// winner sends, with the temporary tables each set is loaded into.
+struct ChunkKeys<'n> {
+    /// Per db of the chunk's dbs, in their order.
+    lost: Vec<BinaryCopyBuilder>,
+    sent: BTreeMap<DbId, BinaryCopyBuilder>,
+    lost_table: &'n str,
+    sent_table: &'n str,
 }
 
 /// A winner's rows, or why they could not be read.
