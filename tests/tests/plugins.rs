@@ -83,6 +83,49 @@ fn additive_merge_adds_both_sides_changes() {
     assert_eq!(s.sql("m1", "SELECT balance FROM acct WHERE id = 1"), "115.00");
 }
 
+/// More conflicts than one plugin call takes (1,000): every key of every
+/// batch is merged from its own rows and base. A winner kept for the rest
+/// of the run ("always") decides the batches after it without asking again.
+#[test]
+fn conflicts_over_several_plugin_batches_each_get_their_own_rows() {
+    let s = Setup::new();
+    s.cluster.create_db("m1").unwrap();
+    s.sql(
+        "m1",
+        "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int);
+         INSERT INTO acct SELECT i, 'm1', 'start', 100, 0 FROM generate_series(1, 2500) i;",
+    );
+    s.dbs_from("m1", &["m1", "m2"]);
+    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    s.ibex.sh("update table acct capture_old=true").ok();
+    s.ibex.sh("set conflict_log_limit=5000").ok();
+    add_additive_merge(&s);
+    add_sync(&s, "plugin:merge");
+    s.sql("m1", "UPDATE acct SET balance = balance + id, visits = visits + 1, note = 'm1'");
+    s.sql("m2", "UPDATE acct SET balance = balance + 2 * id, visits = visits + 2, note = 'm2'");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["conflicts"], 2500, "{run}");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m2", "SELECT count(*) FROM acct WHERE balance = 100 + 3 * id AND visits = 3"), "2500");
+
+    s.ibex.run(&["add", "plugin", "hostile", &wasm(plugins::for_tests("hostile").unwrap()), "config.mode=always"]).ok();
+    s.ibex.sh("update sync mm conflict_strategy=plugin:hostile").ok();
+    s.sql("m1", "UPDATE acct SET note = 'm1 ' || id");
+    s.sql("m2", "UPDATE acct SET note = 'm2 ' || id");
+    let run = s.run("mm");
+    assert_eq!(run["run"]["state"], "good", "{run}");
+    assert_eq!(run["run"]["conflicts"], 2500, "{run}");
+    s.assert_same(&["m1", "m2"], &["acct"]);
+    assert_eq!(s.sql("m1", "SELECT count(*) FROM acct WHERE note = 'm2 ' || id"), "2500");
+    let reasons: Vec<&str> =
+        run["conflicts"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 2500, "every decision is logged");
+    // Asked once, for the first batch; kept for the two after it.
+    assert_eq!(reasons.iter().filter(|r| **r == "plugin hostile").count(), 1000, "{:?}", &reasons[..3]);
+    assert_eq!(reasons.iter().filter(|r| **r == "plugin hostile (always)").count(), 1500, "{:?}", &reasons[..3]);
+}
+
 /// A conflict handler's rows are found whatever the key: a composite key
 /// of text, a date, an enum and a domain travels as one array per key
 /// column, and the merge sees each version's row and its base (without

@@ -3,75 +3,112 @@
 use anyhow::{Context, Result, bail};
 use ibex_tests::Daemon;
 
-use super::{Bench, check_same, keep_daemon_log, last_ibex_run};
+use super::{Bench, check_same, keep_daemon_log, last_ibex_run, settle};
 use crate::measure::median;
 use crate::report::{Better, Figure, Goal, Measure};
 
-/// Cycles timed per strategy.
-const ROUNDS: u32 = 5;
+/// Timed cycles per strategy, after one untimed warm-up each.
+const ROUNDS: usize = 7;
+
+/// One way of settling the conflicts: its sync, its table, how it decides.
+struct Contender {
+    sync: &'static str,
+    table: &'static str,
+    strategy: &'static str,
+    label: &'static str,
+}
 
 /// Cycles of `keys` conflicting keys each: the latest-wins plugin (the same
-/// rule as a WebAssembly component) held against the built-in `latest`,
-/// which is this row's reference.
+/// rule as a WebAssembly component), without rows and with them, held
+/// against the built-in `latest`, which is this row's reference. The three
+/// share one cluster and one daemon, each with its own table and sync, and
+/// take turns round by round (each round in a rotated order), so that a
+/// slow moment of the machine falls on all of them alike.
 pub fn plugin(bench: &mut Bench, keys: u64) -> Result<()> {
-    eprintln!("== conflicts: {keys} keys changed on two masters, built-in latest vs plugin");
+    eprintln!("== conflicts: {keys} keys changed on two masters, built-in latest vs plugin, in turns");
+    let contenders = [
+        Contender { sync: "builtin", table: "acct_builtin", strategy: "latest", label: "latest, rows=false" },
+        Contender { sync: "plain", table: "acct_plain", strategy: "plugin:lw", label: "plugin:lw, rows=false" },
+        Contender { sync: "rows", table: "acct_rows", strategy: "plugin:lwr", label: "plugin:lwr, rows=true" },
+    ];
     let wasm = ibex_tests::plugins::official("latest-wins")?;
     let wasm = wasm.to_str().context("the plugin's path is not UTF-8")?.to_string();
-    let mut times = Vec::new();
-    // The plugin gets no rows (it needs none), then every version's row.
-    for (strategy, rows) in [("latest", "rows=false"), ("plugin:lw", "rows=false"), ("plugin:lw", "rows=true")] {
-        let s = bench.setup()?;
-        s.cluster.create_db("c1")?;
+    let s = bench.setup()?;
+    s.cluster.create_db("c1")?;
+    for c in &contenders {
         s.sql(
             "c1",
-            &format!("CREATE TABLE acct (id int PRIMARY KEY, note text, n int); INSERT INTO acct SELECT i, 'x', 0 FROM generate_series(1, {keys}) i"),
+            &format!(
+                "CREATE TABLE {} (id int PRIMARY KEY, note text, n int); INSERT INTO {} SELECT i, 'x', 0 FROM generate_series(1, {keys}) i",
+                c.table, c.table
+            ),
         );
-        s.dbs_from("c1", &["c1", "c2"]);
-        s.ibex.sh("add table acct db=c1 herd=h").ok();
-        s.ibex.run(&["add", "plugin", "lw", &wasm, rows]).ok();
+    }
+    s.dbs_from("c1", &["c1", "c2"]);
+    s.ibex.run(&["add", "plugin", "lw", &wasm, "rows=false"]).ok();
+    s.ibex.run(&["add", "plugin", "lwr", &wasm, "rows=true"]).ok();
+    for c in &contenders {
+        s.ibex.sh(&format!("add table {} db=c1 herd=h_{}", c.table, c.sync)).ok();
         s.ibex
             .run(&[
                 "add",
                 "sync",
-                "mm",
-                "herd=h",
+                c.sync,
+                &format!("herd=h_{}", c.sync),
                 "dbs=c1:source,c2:source",
                 "autokick=false",
-                &format!("conflict_strategy={strategy}"),
+                &format!("conflict_strategy={}", c.strategy),
             ])
             .ok();
-        // A running daemon: the plugin is loaded and the tables checked
-        // by its first run, as in production.
-        let mut daemon = Daemon::configure(&s.ibex)?;
-        daemon.start()?;
-        // ROUNDS cycles of fresh conflicts each, the daemon warm after the
-        // first; the median is the figure.
-        let mut runs = Vec::new();
-        for round in 1..=ROUNDS {
-            s.sql("c1", &format!("UPDATE acct SET note = 'c1 {round}', n = {round}1"));
-            s.sql("c2", &format!("UPDATE acct SET note = 'c2 {round}', n = {round}2"));
-            if !daemon.run(&["kick", "mm", "--wait", "600"]).success() {
-                bail!("ibex: the conflict run failed:\n{}", daemon.log());
+    }
+    // A running daemon: plugins are loaded and tables checked by each
+    // sync's first (untimed) run, as in production.
+    let mut daemon = Daemon::configure(&s.ibex)?;
+    daemon.start()?;
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for round in 0..=ROUNDS {
+        let mut line = if round == 0 { "  warm-up:".to_string() } else { format!("  round {round}:") };
+        for turn in 0..contenders.len() {
+            let i = (round + turn) % contenders.len();
+            let c = &contenders[i];
+            // Each round starts from vacuumed tables, so no round pays for
+            // the dead rows of the one before.
+            for db in ["c1", "c2"] {
+                s.sql(db, &format!("VACUUM ANALYZE {}", c.table));
+            }
+            s.sql("c1", &format!("UPDATE {} SET note = 'c1 {round}', n = {round}1", c.table));
+            s.sql("c2", &format!("UPDATE {} SET note = 'c2 {round}', n = {round}2", c.table));
+            settle(&s.cluster)?;
+            if !daemon.run(&["kick", c.sync, "--wait", "600"]).success() {
+                bail!("ibex: the conflict run of sync {} failed:\n{}", c.sync, daemon.log());
             }
             let conflicts = s.sql("ibex", "SELECT conflicts FROM ibex.run ORDER BY id DESC LIMIT 1");
             if conflicts != keys.to_string() {
-                bail!("expected {keys} conflicts, the run counted {conflicts}");
+                bail!("sync {}: expected {keys} conflicts, the run counted {conflicts}", c.sync);
             }
-            runs.push(last_ibex_run(&s)?);
+            let seconds = last_ibex_run(&s)?;
+            line.push_str(&format!(" {} {:.1} ms", c.sync, seconds * 1000.0));
+            if round > 0 {
+                runs[i].push(seconds);
+            }
         }
-        keep_daemon_log(&daemon.log(), &format!("plugin {strategy} {rows}"));
-        drop(daemon);
-        check_same(&s, "ibex", &["c1", "c2"], &["acct"])?;
-        times.push(median(&runs).context("no timed run")?);
-        bench.profile(&s, "plugin", &format!("{strategy}, {rows}"), "mm")?;
+        eprintln!("{line}");
     }
+    keep_daemon_log(&daemon.log(), "plugin");
+    drop(daemon);
+    let tables: Vec<&str> = contenders.iter().map(|c| c.table).collect();
+    check_same(&s, "ibex", &["c1", "c2"], &tables)?;
+    for c in &contenders {
+        bench.profile(&s, "plugin", c.label, c.sync)?;
+    }
+    let times: Vec<f64> = runs.iter().map(|r| median(r).context("no timed run")).collect::<Result<_>>()?;
     for (i, id, label) in [(1, "plugin_rows_false", "plugin, rows=false"), (2, "plugin_rows_true", "plugin, with rows")]
     {
         bench.add(
             Measure::new(
                 id,
                 "WebAssembly plugin",
-                format!("cycle with {keys} conflicts, {label} (median of {ROUNDS})"),
+                format!("cycle with {keys} conflicts, {label} (median of {ROUNDS}, in turns with the built-in)"),
                 "s",
                 Better::Lower,
             )

@@ -3,9 +3,10 @@
 //! database attacks (query:SQL and execute:SQL run SQL on the sync's first
 //! db and report what came back; big_query asks for 100 M rows), or
 //! recover:SQL (a query that must fail, then one on `acct` that must not,
-//! then latest wins), or nothing (latest wins).
+//! then latest wins), or always (the second db wins the table for the rest
+//! of the run), or nothing (latest wins).
 
-use ibex_plugin_sdk::conflict::{Conflict, ConflictHandler, Decision, Verdict};
+use ibex_plugin_sdk::conflict::{Conflict, ConflictHandler, Decision, Verdict, WinnerChoice};
 use ibex_plugin_sdk::host::{execute, log, query};
 use ibex_plugin_sdk::{LogLevel, SyncInfo, TableInfo};
 
@@ -74,6 +75,7 @@ impl ConflictHandler for Hostile {
                 let mut acc = Vec::new();
                 return Err(recurse(0, &mut acc).to_string());
             }
+            "always" => return Ok(Verdict::TableWinner(WinnerChoice { db: 1, always: true })),
             "bad_winner" => return Ok(Verdict::PerKey(conflicts.iter().map(|_| Decision::Winner(99)).collect())),
             "short_answer" => return Ok(Verdict::PerKey(Vec::new())),
             "file" => {
