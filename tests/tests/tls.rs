@@ -327,10 +327,27 @@ fn one_way_sync_over_verify_full() {
     assert_eq!(plain, "0");
 }
 
+/// Role ibex_scram (password scr4m-s3cret, stored as SCRAM) logs in over
+/// TLS by SCRAM only; `lines` go before the catch-all trust line too.
+fn scram_role(s: &Setup, lines: &[&str]) {
+    s.sql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE ibex_scram LOGIN SUPERUSER PASSWORD 'scr4m-s3cret'",
+    );
+    let hba = s.cluster.dir().join("data").join("pg_hba.conf");
+    let rules = fs::read_to_string(&hba).unwrap();
+    let mut ours = vec!["hostssl all ibex_scram 127.0.0.1/32 scram-sha-256"];
+    ours.extend_from_slice(lines);
+    ours.push("hostssl all all 127.0.0.1/32 trust");
+    fs::write(&hba, rules.replace("hostssl all all 127.0.0.1/32 trust", &ours.join("\n"))).unwrap();
+    s.sql("postgres", "SELECT pg_reload_conf()");
+}
+
 /// The daemon's stream of a WAL db's slot (a replication connection of its
 /// own, `pg/replication.rs`) goes over verify-full TLS and logs in with
-/// SCRAM, as every other session does: the server only takes TLS over
-/// TCP, and the role only a SCRAM password.
+/// SCRAM bound to the TLS session (channel_binding=require), as every
+/// other session does: the server only takes TLS over TCP, and the role
+/// only a SCRAM password.
 #[test]
 fn the_daemons_wal_stream_is_encrypted_and_logs_in_with_scram() {
     let t = Tls::new();
@@ -340,28 +357,15 @@ fn the_daemons_wal_stream_is_encrypted_and_logs_in_with_scram() {
     for db in ["src", "dst"] {
         s.sql(db, "CREATE TABLE items (id int PRIMARY KEY, note text)");
     }
-    s.sql(
-        "postgres",
-        "SET password_encryption = 'scram-sha-256'; CREATE ROLE ibex_scram LOGIN SUPERUSER PASSWORD 'scr4m-s3cret'",
-    );
-    let hba = s.cluster.dir().join("data").join("pg_hba.conf");
-    let rules = fs::read_to_string(&hba).unwrap();
-    fs::write(
-        &hba,
-        rules.replace(
-            "hostssl all all 127.0.0.1/32 trust",
-            "hostssl all ibex_scram 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 trust",
-        ),
-    )
-    .unwrap();
-    s.sql("postgres", "SELECT pg_reload_conf()");
+    scram_role(s, &[]);
     let root = format!("sslrootcert={}", t.file("ca.crt"));
     let port = format!("port={}", s.cluster.port());
     for (db, user) in [("src", "user=ibex_scram"), ("dst", "user=postgres")] {
         let dbname = format!("dbname={db}");
         let mut args = vec!["add", "db", db, &dbname, "host=127.0.0.1", &port, user, "sslmode=verify-full", &root];
         if db == "src" {
-            args.extend(["pass=scr4m-s3cret", "capture=wal"]);
+            // Bound to the TLS session, or no login at all: the stream too.
+            args.extend(["pass=scr4m-s3cret", "capture=wal", "channel_binding=require"]);
         }
         s.ibex.run(&args).ok();
     }
@@ -388,4 +392,60 @@ fn the_daemons_wal_stream_is_encrypted_and_logs_in_with_scram() {
     assert_eq!(stream, "ibex_scram true", "the stream is not open as ibex_scram over TLS: {}", d.log());
     assert!(!d.log().contains("reading the slot by SQL"), "a read fell back from the stream: {}", d.log());
     assert!(!d.log().contains("scr4m-s3cret"), "the password was logged");
+}
+
+/// channel_binding=require takes only a SCRAM login bound to the TLS
+/// session, on ordinary connections and on a replication stream alike: a
+/// role let in by trust or by an md5 password is refused with what the
+/// server needs, and sslmode=disable with it is a setup error.
+#[test]
+fn channel_binding_require_takes_only_a_bound_scram_login() {
+    let t = Tls::new();
+    let s = &t.setup;
+    s.sql("postgres", "SET password_encryption = 'md5'; CREATE ROLE ibex_md5 LOGIN REPLICATION PASSWORD 'md5-s3cret'");
+    scram_role(s, &["hostssl all ibex_md5 127.0.0.1/32 md5"]);
+    let root = format!("sslrootcert={}", t.file("ca.crt"));
+    let port = format!("port={}", s.cluster.port());
+    let add = |name: &str, login: &[&str], binding: &str| {
+        let mut args =
+            vec!["add", "db", name, "dbname=postgres", "host=127.0.0.1", &port, "sslmode=verify-full", &root];
+        args.extend_from_slice(login);
+        args.push(binding);
+        s.ibex.run(&args)
+    };
+    let require = "channel_binding=require";
+    add("bound", &["user=ibex_scram", "pass=scr4m-s3cret"], require).ok();
+    let needs = "did not authenticate by SCRAM bound to the TLS session";
+    add("trusted", &["user=postgres"], require).fails_with(needs);
+    add("md5", &["user=ibex_md5", "pass=md5-s3cret"], require).fails_with(needs);
+    // Without require the same md5 login gets in (prefer binds when it can).
+    add("md5ok", &["user=ibex_md5", "pass=md5-s3cret"], "channel_binding=prefer").ok();
+    add("typo", &["user=postgres"], "channel_binding=yes").fails_with("bad channel_binding \"yes\"");
+    t.add_db("plain", &["sslmode=disable", require]).fails_with("sslmode=disable turns TLS off");
+
+    // The replication stream logs in by itself: the same rule holds there.
+    let dsn = |binding: &str| {
+        format!(
+            "host=127.0.0.1 port={} dbname=postgres user=ibex_md5 password=md5-s3cret sslmode=verify-full {root} channel_binding={binding}",
+            s.cluster.port()
+        )
+    };
+    let start = |binding: &str| {
+        let info = ibex::pg::ConnInfo::from_dsn(&dsn(binding)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime
+            .block_on(ibex::pg::replication::ReplicationStream::start(
+                &info,
+                "ibex test stream",
+                "START_REPLICATION SLOT ibex_no_such_slot LOGICAL 0/0",
+            ))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let refused = start("require");
+    assert!(refused.contains(needs), "{refused}");
+    // prefer logs in, and fails only at the slot, which does not exist.
+    let logged_in = start("prefer");
+    assert!(logged_in.contains("ibex_no_such_slot") && !logged_in.contains(needs), "{logged_in}");
 }

@@ -55,6 +55,7 @@ pub fn to_config(state: &State) -> Config {
             sslcert: c.sslcert.clone(),
             sslkey: c.sslkey.clone(),
             sslcrl: c.sslcrl.clone(),
+            channel_binding: c.channel_binding.map(|b| b.as_str().to_string()),
             service: c.service.clone(),
             passfile: c.passfile.clone(),
             application_name: c.application_name.clone(),

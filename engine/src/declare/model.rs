@@ -106,6 +106,8 @@ pub struct DbSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sslcrl: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_binding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passfile: Option<String>,

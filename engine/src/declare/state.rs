@@ -371,6 +371,7 @@ fn resolve_db(
         ("sslcert", spec.sslcert.clone()),
         ("sslkey", spec.sslkey.clone()),
         ("sslcrl", spec.sslcrl.clone()),
+        ("channel_binding", spec.channel_binding.clone()),
         ("service", spec.service.clone()),
         ("passfile", spec.passfile.clone()),
         ("application_name", spec.application_name.clone()),
@@ -476,6 +477,7 @@ fn foreign_target(
         || spec.sslcert.is_some()
         || spec.sslkey.is_some()
         || spec.sslcrl.is_some()
+        || spec.channel_binding.is_some()
         || spec.service.is_some()
         || spec.passfile.is_some()
         || spec.application_name.is_some()

@@ -66,6 +66,43 @@ impl FromStr for SslMode {
     }
 }
 
+/// libpq's channel_binding: whether SCRAM authentication binds itself to
+/// the TLS session (`SCRAM-SHA-256-PLUS` with `tls-server-end-point`), so
+/// that a man in the middle holding another certificate cannot relay it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection has TLS and the server offers it.
+    #[default]
+    Prefer,
+    /// Connect only by SCRAM bound to the TLS session.
+    Require,
+}
+
+impl ChannelBinding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+impl FromStr for ChannelBinding {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "disable" => Ok(ChannelBinding::Disable),
+            "prefer" => Ok(ChannelBinding::Prefer),
+            "require" => Ok(ChannelBinding::Require),
+            other => Err(Error::usage(format!("bad channel_binding \"{other}\": use disable, prefer or require"))),
+        }
+    }
+}
+
 /// Keys `set` accepts, for messages and `ibex add db`.
 pub const KEYS: &[&str] = &[
     "host",
@@ -79,6 +116,7 @@ pub const KEYS: &[&str] = &[
     "sslcert",
     "sslkey",
     "sslcrl",
+    "channel_binding",
     "service",
     "passfile",
     "application_name",
@@ -113,6 +151,9 @@ pub struct ConnInfo {
     pub sslkey: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sslcrl: Option<String>,
+    /// None: libpq's default, prefer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_binding: Option<ChannelBinding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +204,7 @@ pub(crate) struct Resolved {
     pub sslcert: Option<String>,
     pub sslkey: Option<String>,
     pub sslcrl: Option<String>,
+    pub channel_binding: ChannelBinding,
     pub application_name: Option<String>,
     pub options: Option<String>,
     pub connect_timeout: Duration,
@@ -183,6 +225,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("PGSSLCERT", "sslcert"),
     ("PGSSLKEY", "sslkey"),
     ("PGSSLCRL", "sslcrl"),
+    ("PGCHANNELBINDING", "channel_binding"),
     ("PGAPPNAME", "application_name"),
     ("PGOPTIONS", "options"),
     ("PGCONNECT_TIMEOUT", "connect_timeout"),
@@ -232,6 +275,7 @@ impl ConnInfo {
             "sslcert" => self.sslcert = non_empty(v),
             "sslkey" => self.sslkey = non_empty(v),
             "sslcrl" => self.sslcrl = non_empty(v),
+            "channel_binding" => self.channel_binding = if v.is_empty() { None } else { Some(v.parse()?) },
             "service" => self.service = non_empty(v),
             "passfile" => self.passfile = non_empty(v),
             "application_name" => self.application_name = non_empty(v),
@@ -317,6 +361,7 @@ impl ConnInfo {
             sslcert,
             sslkey,
             sslcrl,
+            channel_binding,
             passfile,
             application_name,
             options,
@@ -384,6 +429,12 @@ impl ConnInfo {
             }
             (_, mode) => mode.unwrap_or_default(),
         };
+        let channel_binding = l.channel_binding.unwrap_or_default();
+        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(Error::Config(
+                "channel_binding=require binds the login to TLS, but sslmode=disable turns TLS off: use sslmode=require (verify-full to check the server's name too)".into(),
+            ));
+        }
         Ok(Resolved {
             targets,
             dbname,
@@ -395,6 +446,7 @@ impl ConnInfo {
             sslcert: l.sslcert,
             sslkey: l.sslkey,
             sslcrl: l.sslcrl,
+            channel_binding,
             application_name: l.application_name,
             options: l.options,
             // libpq: values below 2 s mean 2 s, 0 means none (we keep a cap).
@@ -554,6 +606,21 @@ mod tests {
         let info = ConnInfo::from_dsn("host=a dbname=d sslrootcert=system").unwrap();
         assert_eq!(info.resolve().unwrap().sslmode, SslMode::VerifyFull);
         let info = ConnInfo::from_dsn("host=a dbname=d sslrootcert=system sslmode=require").unwrap();
+        assert!(matches!(info.resolve(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn channel_binding_reads_as_libpq_and_needs_tls_when_required() {
+        // A managed service's URI, as its console hands it out.
+        let info = ConnInfo::from_dsn("postgresql://u:p@h/d?sslmode=require&channel_binding=require").unwrap();
+        assert_eq!(info.channel_binding, Some(ChannelBinding::Require));
+        assert_eq!(info.resolve().unwrap().channel_binding, ChannelBinding::Require);
+        let json = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<ConnInfo>(&json).unwrap(), info);
+        let info = ConnInfo::from_dsn("host=h dbname=d").unwrap();
+        assert_eq!(info.channel_binding, None);
+        assert!(ConnInfo::from_dsn("host=h dbname=d channel_binding=on").is_err());
+        let info = ConnInfo::from_dsn("host=h dbname=d sslmode=disable channel_binding=require").unwrap();
         assert!(matches!(info.resolve(), Err(Error::Config(_))));
     }
 }

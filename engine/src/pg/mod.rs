@@ -19,7 +19,7 @@ pub mod session;
 mod tls;
 pub mod version;
 
-pub use conninfo::{ConnInfo, KEYS as CONN_KEYS, SslMode};
+pub use conninfo::{ChannelBinding, ConnInfo, KEYS as CONN_KEYS, SslMode};
 pub use dsn::redact_dsn;
 pub use ident::{QualifiedName, quote_ident, quote_literal};
 
@@ -35,6 +35,10 @@ use conninfo::{Resolved, Target};
 /// How long a connection attempt may take before it is reported as failed
 /// (per host; `connect_timeout` / PGCONNECT_TIMEOUT change it).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a login with channel_binding=require failed when the server let the
+/// client in some other way, and what the server needs.
+const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not authenticate by SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS): it needs TLS, a pg_hba.conf line with scram-sha-256 for this connection, and the role's password stored as SCRAM (password_encryption = scram-sha-256); or drop channel_binding=require";
 
 pub type Client = tokio_postgres::Client;
 
@@ -148,7 +152,7 @@ fn config_for(
     attempt: Attempt,
     application_name: &str,
 ) -> tokio_postgres::Config {
-    use tokio_postgres::config::{SslMode as PgSsl, TargetSessionAttrs};
+    use tokio_postgres::config::{ChannelBinding as PgBinding, SslMode as PgSsl, TargetSessionAttrs};
     let mut config = tokio_postgres::Config::new();
     if target.is_socket() {
         config.host_path(&target.host);
@@ -165,6 +169,11 @@ fn config_for(
         Attempt::Plain => PgSsl::Disable,
         Attempt::TlsIfOffered => PgSsl::Prefer,
         Attempt::Tls => PgSsl::Require,
+    });
+    config.channel_binding(match r.channel_binding {
+        ChannelBinding::Disable => PgBinding::Disable,
+        ChannelBinding::Prefer => PgBinding::Prefer,
+        ChannelBinding::Require => PgBinding::Require,
     });
     // The user's application_name wins; ibex's is libpq's fallback_application_name.
     config.application_name(r.application_name.as_deref().unwrap_or(application_name));
@@ -190,6 +199,9 @@ fn reason(err: &tokio_postgres::Error, r: &Resolved, tls: &tls::Tls, target: &Ta
             msg.push_str(&format!("; {note}"));
         }
         return msg;
+    }
+    if err.as_db_error().is_none() && text.contains("server did not use channel binding") {
+        return UNBOUND_LOGIN.to_string();
     }
     if text.contains("database does not allow writes") || text.contains("read-only") && r.read_write {
         return format!("{text} (target_session_attrs=read-write wants a primary)");

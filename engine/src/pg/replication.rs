@@ -8,20 +8,22 @@
 //! hosts, TLS rules, passwords, pinned settings and
 //! `target_session_attrs=read-write` check as `pg::open`.
 //!
-//! SCRAM runs without channel binding (the `n` flag): the TLS checks that
-//! sslmode asks for are those of every other connection.
+//! SCRAM binds itself to the TLS session as tokio-postgres does for every
+//! other connection (`SCRAM-SHA-256-PLUS` when the server offers it and
+//! channel_binding is not disable; with channel_binding=require, no other
+//! login is taken).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{self, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect, TlsStream};
 
-use super::conninfo::{Resolved, Target};
+use super::conninfo::{ChannelBinding, Resolved, Target};
 use super::{Attempt, ConnInfo, session, tls};
 use crate::error::{Error, Result};
 
@@ -340,9 +342,13 @@ impl ReplicationStream {
         &mut self,
         r: &Resolved,
         password: Option<&str>,
+        binding: Option<Vec<u8>>,
         application_name: &str,
     ) -> std::result::Result<(), String> {
         let options = session::startup_options(r.options.as_deref());
+        let mut binding = binding.filter(|_| r.channel_binding != ChannelBinding::Disable);
+        let require = r.channel_binding == ChannelBinding::Require;
+        let mut bound = false;
         let parameters = [
             ("user", r.user.as_str()),
             ("database", r.dbname.as_str()),
@@ -361,7 +367,13 @@ impl ReplicationStream {
             if body.len() < 4 {
                 return Err("a malformed authentication request".into());
             }
-            match body.get_i32() {
+            let code = body.get_i32();
+            // channel_binding=require: only a SCRAM login bound to the TLS
+            // session, never one without a password or with a plain one.
+            if require && matches!(code, 0 | 3 | 5) && !bound {
+                return Err(super::UNBOUND_LOGIN.to_string());
+            }
+            match code {
                 0 => break,
                 3 => {
                     let password = password.ok_or_else(no_password)?;
@@ -376,11 +388,23 @@ impl ReplicationStream {
                 10 => {
                     let password = password.ok_or_else(no_password)?;
                     let offered: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                    if !offered.contains(&SCRAM_SHA_256.as_bytes()) {
+                    let plus = offered.contains(&SCRAM_SHA_256_PLUS.as_bytes());
+                    if !plus && !offered.contains(&SCRAM_SHA_256.as_bytes()) {
                         return Err("the server offers no SASL mechanism ibex speaks (SCRAM-SHA-256)".into());
                     }
-                    let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, exchange.message(), &mut self.output)
+                    // As libpq: bound when both sides can; "y" (could, but
+                    // not offered) lets a server that can tell a downgrade.
+                    let (mechanism, channel) = match (binding.take(), plus) {
+                        (Some(data), true) => (SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data)),
+                        (Some(_), false) => (SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                        (None, _) => (SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    };
+                    bound = mechanism == SCRAM_SHA_256_PLUS;
+                    if require && !bound {
+                        return Err(super::UNBOUND_LOGIN.to_string());
+                    }
+                    let exchange = ScramSha256::new(password.as_bytes(), channel);
+                    frontend::sasl_initial_response(mechanism, exchange.message(), &mut self.output)
                         .map_err(|e| e.to_string())?;
                     scram = Some(exchange);
                 }
@@ -450,6 +474,8 @@ async fn open(
     password: Option<&str>,
     application_name: &str,
 ) -> std::result::Result<ReplicationStream, String> {
+    // The TLS session's tls-server-end-point data, for SCRAM to bind to.
+    let mut binding: Option<Vec<u8>> = None;
     let io: Box<dyn Io> = if target.is_socket() {
         let path = format!("{}/.s.PGSQL.{}", target.host, target.port);
         Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|err| format!("{path}: {err}"))?)
@@ -474,6 +500,7 @@ async fn open(
                     let err: Box<dyn std::error::Error + Send + Sync> = err.into();
                     format!("TLS failed: {err}")
                 })?;
+                binding = stream.channel_binding().tls_server_end_point_data().map(<[u8]>::to_vec);
                 Box::new(stream)
             } else if attempt == Attempt::Tls {
                 return Err("the server does not accept TLS connections, and sslmode asks for TLS".into());
@@ -494,7 +521,7 @@ async fn open(
         last_sent: tokio::time::Instant::now(),
         keepalive_every: KEEPALIVE_MOST,
     };
-    stream.login(r, password, application_name).await?;
+    stream.login(r, password, binding, application_name).await?;
     Ok(stream)
 }
 

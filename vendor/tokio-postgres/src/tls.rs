@@ -30,6 +30,11 @@ impl ChannelBinding {
             tls_server_end_point: Some(tls_server_end_point),
         }
     }
+
+    /// The `tls-server-end-point` channel binding data, if the handshake gave any.
+    pub fn tls_server_end_point_data(&self) -> Option<&[u8]> {
+        self.tls_server_end_point.as_deref()
+    }
 }
 
 /// A constructor of `TlsConnect`ors.
