@@ -28,13 +28,14 @@ pub struct Profile {
 }
 
 /// The phases of every run of `sync` in the control database `ibex`.
-pub fn collect(cluster: &Cluster, scenario: &str, label: &str, sync: &str) -> Result<Profile> {
+/// Only runs after run id `after` count (0: all; more: past a warm-up).
+pub fn collect(cluster: &Cluster, scenario: &str, label: &str, sync: &str, after: i64) -> Result<Profile> {
     let quoted = sync.replace('\'', "''");
     let totals = cluster.psql(
         "ibex",
         &format!(
             "SELECT count(*), coalesce(sum(extract(epoch FROM ended_at - started_at)), 0)
-               FROM ibex.run WHERE sync = '{quoted}' AND ended_at IS NOT NULL"
+               FROM ibex.run WHERE sync = '{quoted}' AND id > {after} AND ended_at IS NOT NULL"
         ),
     )?;
     let (runs, run_seconds) = totals.split_once('|').context("reading the run count")?;
@@ -43,7 +44,7 @@ pub fn collect(cluster: &Cluster, scenario: &str, label: &str, sync: &str) -> Re
         &format!(
             "SELECT p.value->>0, sum((p.value->>1)::float8), count(*)
                FROM ibex.run r, jsonb_array_elements(r.phases) WITH ORDINALITY p
-              WHERE r.sync = '{quoted}'
+              WHERE r.sync = '{quoted}' AND r.id > {after}
               GROUP BY 1 ORDER BY min(r.id), min(p.ordinality)"
         ),
     )?;

@@ -71,7 +71,19 @@ impl Bench {
 
     /// Keeps (and with --profile prints) the phases of ibex's runs of `sync`.
     pub(super) fn profile(&mut self, s: &Setup, scenario: &str, label: &str, sync: &str) -> Result<()> {
-        let p = profile::collect(&s.cluster, scenario, label, sync)?;
+        self.profile_after(s, scenario, label, sync, 0)
+    }
+
+    /// [`Bench::profile`] of the runs after run id `after`.
+    pub(super) fn profile_after(
+        &mut self,
+        s: &Setup,
+        scenario: &str,
+        label: &str,
+        sync: &str,
+        after: i64,
+    ) -> Result<()> {
+        let p = profile::collect(&s.cluster, scenario, label, sync, after)?;
         if self.print_profiles {
             eprint!("{}", p.text());
         }

@@ -430,10 +430,12 @@ impl ConnInfo {
             (_, mode) => mode.unwrap_or_default(),
         };
         let channel_binding = l.channel_binding.unwrap_or_default();
-        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
-            return Err(Error::Config(
-                "channel_binding=require binds the login to TLS, but sslmode=disable turns TLS off: use sslmode=require (verify-full to check the server's name too)".into(),
-            ));
+        if channel_binding == ChannelBinding::Require && matches!(sslmode, SslMode::Disable | SslMode::Allow) {
+            return Err(Error::Config(format!(
+                "channel_binding=require binds the login to TLS, but sslmode={} {}: use sslmode=require (verify-full to check the server's name too)",
+                sslmode.as_str(),
+                if sslmode == SslMode::Disable { "turns TLS off" } else { "tries plaintext first" }
+            )));
         }
         Ok(Resolved {
             targets,
@@ -620,7 +622,9 @@ mod tests {
         let info = ConnInfo::from_dsn("host=h dbname=d").unwrap();
         assert_eq!(info.channel_binding, None);
         assert!(ConnInfo::from_dsn("host=h dbname=d channel_binding=on").is_err());
-        let info = ConnInfo::from_dsn("host=h dbname=d sslmode=disable channel_binding=require").unwrap();
-        assert!(matches!(info.resolve(), Err(Error::Config(_))));
+        for mode in ["disable", "allow"] {
+            let info = ConnInfo::from_dsn(&format!("host=h dbname=d sslmode={mode} channel_binding=require")).unwrap();
+            assert!(matches!(info.resolve(), Err(Error::Config(_))), "{mode}");
+        }
     }
 }

@@ -38,7 +38,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a login with channel_binding=require failed when the server let the
 /// client in some other way, and what the server needs.
-const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not authenticate by SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS): it needs TLS, a pg_hba.conf line with scram-sha-256 for this connection, and the role's password stored as SCRAM (password_encryption = scram-sha-256); or drop channel_binding=require";
+const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not authenticate by SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS): that needs PostgreSQL 11 or later reached over TCP with TLS (a Unix socket has none) and nothing in between that ends TLS (a pooler), a pg_hba.conf line with scram-sha-256 for this connection, and the role's password stored as SCRAM (password_encryption = scram-sha-256); or drop channel_binding=require";
 
 pub type Client = tokio_postgres::Client;
 

@@ -346,9 +346,6 @@ impl ReplicationStream {
         application_name: &str,
     ) -> std::result::Result<(), String> {
         let options = session::startup_options(r.options.as_deref());
-        let mut binding = binding.filter(|_| r.channel_binding != ChannelBinding::Disable);
-        let require = r.channel_binding == ChannelBinding::Require;
-        let mut bound = false;
         let parameters = [
             ("user", r.user.as_str()),
             ("database", r.dbname.as_str()),
@@ -358,71 +355,17 @@ impl ReplicationStream {
         ];
         frontend::startup_message(parameters.iter().copied(), &mut self.output).map_err(|err| err.to_string())?;
         self.send().await?;
-        let no_password = || {
-            "the server asks for a password and none was given (password=, PGPASSWORD or a password file)".to_string()
-        };
-        let mut scram: Option<ScramSha256> = None;
+        let mut auth = Authentication::new(r, password, binding);
         loop {
-            let (_, mut body) = self.until(b"R").await?;
-            if body.len() < 4 {
-                return Err("a malformed authentication request".into());
+            let (_, body) = self.until(b"R").await?;
+            match auth.answer(body)? {
+                Some(reply) if reply.is_empty() => {}
+                Some(reply) => {
+                    self.output.extend_from_slice(&reply);
+                    self.send().await?;
+                }
+                None => break,
             }
-            let code = body.get_i32();
-            // channel_binding=require: only a SCRAM login bound to the TLS
-            // session, never one without a password or with a plain one.
-            if require && matches!(code, 0 | 3 | 5) && !bound {
-                return Err(super::UNBOUND_LOGIN.to_string());
-            }
-            match code {
-                0 => break,
-                3 => {
-                    let password = password.ok_or_else(no_password)?;
-                    frontend::password_message(password.as_bytes(), &mut self.output).map_err(|e| e.to_string())?;
-                }
-                5 if body.len() >= 4 => {
-                    let password = password.ok_or_else(no_password)?;
-                    let salt = [body[0], body[1], body[2], body[3]];
-                    let hashed = md5_hash(r.user.as_bytes(), password.as_bytes(), salt);
-                    frontend::password_message(hashed.as_bytes(), &mut self.output).map_err(|e| e.to_string())?;
-                }
-                10 => {
-                    let password = password.ok_or_else(no_password)?;
-                    let offered: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                    let plus = offered.contains(&SCRAM_SHA_256_PLUS.as_bytes());
-                    if !plus && !offered.contains(&SCRAM_SHA_256.as_bytes()) {
-                        return Err("the server offers no SASL mechanism ibex speaks (SCRAM-SHA-256)".into());
-                    }
-                    // As libpq: bound when both sides can; "y" (could, but
-                    // not offered) lets a server that can tell a downgrade.
-                    let (mechanism, channel) = match (binding.take(), plus) {
-                        (Some(data), true) => (SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data)),
-                        (Some(_), false) => (SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
-                        (None, _) => (SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
-                    };
-                    bound = mechanism == SCRAM_SHA_256_PLUS;
-                    if require && !bound {
-                        return Err(super::UNBOUND_LOGIN.to_string());
-                    }
-                    let exchange = ScramSha256::new(password.as_bytes(), channel);
-                    frontend::sasl_initial_response(mechanism, exchange.message(), &mut self.output)
-                        .map_err(|e| e.to_string())?;
-                    scram = Some(exchange);
-                }
-                11 => {
-                    let exchange = scram.as_mut().ok_or("a SASL continuation without a SASL start")?;
-                    exchange.update(&body).map_err(|e| e.to_string())?;
-                    frontend::sasl_response(exchange.message(), &mut self.output).map_err(|e| e.to_string())?;
-                }
-                12 => {
-                    let exchange = scram.as_mut().ok_or("a SASL end without a SASL start")?;
-                    exchange.finish(&body).map_err(|e| format!("the server's SCRAM proof is wrong: {e}"))?;
-                    continue;
-                }
-                other => {
-                    return Err(format!("the server asks for an authentication ibex does not speak (code {other})"));
-                }
-            }
-            self.send().await?;
         }
         loop {
             match self.until(b"KZ").await? {
@@ -462,6 +405,126 @@ impl ReplicationStream {
         frontend::query(command, &mut self.output).map_err(|err| err.to_string())?;
         self.send().await?;
         self.until(b"W").await.map(|_| ())
+    }
+}
+
+/// The password exchange of a login, one authentication request at a time,
+/// with libpq's rules: a SCRAM exchange, once begun, must end with the
+/// server's proof before the server may say the login is done, and takes
+/// no other request meanwhile; channel_binding=require takes nothing but
+/// a SCRAM-SHA-256-PLUS exchange that ended with the server's proof.
+struct Authentication<'r> {
+    user: &'r str,
+    password: Option<&'r str>,
+    /// The TLS session's tls-server-end-point data (None without TLS or
+    /// with channel_binding=disable).
+    binding: Option<Vec<u8>>,
+    require: bool,
+    scram: Scram,
+}
+
+/// Where a SCRAM exchange stands.
+enum Scram {
+    NotBegun,
+    Begun {
+        exchange: ScramSha256,
+        bound: bool,
+    },
+    /// The server proved it knows the password.
+    Proven {
+        bound: bool,
+    },
+}
+
+impl<'r> Authentication<'r> {
+    fn new(r: &'r Resolved, password: Option<&'r str>, binding: Option<Vec<u8>>) -> Self {
+        Authentication {
+            user: &r.user,
+            password,
+            binding: binding.filter(|_| r.channel_binding != ChannelBinding::Disable),
+            require: r.channel_binding == ChannelBinding::Require,
+            scram: Scram::NotBegun,
+        }
+    }
+
+    fn password(&self) -> std::result::Result<&'r str, String> {
+        self.password.ok_or_else(|| {
+            "the server asks for a password and none was given (password=, PGPASSWORD or a password file)".to_string()
+        })
+    }
+
+    /// What to send for one authentication request (`body`, an `R`
+    /// message's; empty: nothing), or None when the server says the login
+    /// is done.
+    fn answer(&mut self, mut body: Bytes) -> std::result::Result<Option<BytesMut>, String> {
+        if body.len() < 4 {
+            return Err("a malformed authentication request".into());
+        }
+        let code = body.get_i32();
+        let mut reply = BytesMut::new();
+        let midway = || {
+            "the server broke off its SCRAM exchange with another request; ibex takes no login from a server that has not proven it knows the password".to_string()
+        };
+        match (code, &mut self.scram) {
+            (0, Scram::NotBegun) if self.require => Err(super::UNBOUND_LOGIN.to_string()),
+            (0, Scram::Proven { bound: false }) if self.require => Err(super::UNBOUND_LOGIN.to_string()),
+            (0, Scram::Begun { .. }) => Err(midway()),
+            (0, _) => Ok(None),
+            (3 | 5, Scram::NotBegun) if self.require => Err(super::UNBOUND_LOGIN.to_string()),
+            (3, Scram::NotBegun) => {
+                frontend::password_message(self.password()?.as_bytes(), &mut reply).map_err(|e| e.to_string())?;
+                Ok(Some(reply))
+            }
+            (5, Scram::NotBegun) => {
+                if body.len() < 4 {
+                    return Err("a malformed md5 password request".into());
+                }
+                let salt = [body[0], body[1], body[2], body[3]];
+                let hashed = md5_hash(self.user.as_bytes(), self.password()?.as_bytes(), salt);
+                frontend::password_message(hashed.as_bytes(), &mut reply).map_err(|e| e.to_string())?;
+                Ok(Some(reply))
+            }
+            (10, Scram::NotBegun) => {
+                let password = self.password()?;
+                let offered: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                let plus = offered.contains(&SCRAM_SHA_256_PLUS.as_bytes());
+                let plain = offered.contains(&SCRAM_SHA_256.as_bytes());
+                // As libpq: bound when both sides can; "y" (bindable, but
+                // not offered) lets a server that binds see a stripped PLUS.
+                let (mechanism, channel) = match (self.binding.take(), plus, plain) {
+                    (Some(data), true, _) => (SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data)),
+                    (Some(_), false, true) => (SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                    (None, _, true) => (SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    (None, true, false) => {
+                        return Err("the server offers only SCRAM-SHA-256-PLUS, which binds the login to TLS, and this connection has no TLS session to bind to: use sslmode=require (or verify-full) and a TCP host".into());
+                    }
+                    _ => return Err("the server offers no SASL mechanism ibex speaks (SCRAM-SHA-256)".into()),
+                };
+                let bound = mechanism == SCRAM_SHA_256_PLUS;
+                if self.require && !bound {
+                    return Err(super::UNBOUND_LOGIN.to_string());
+                }
+                let exchange = ScramSha256::new(password.as_bytes(), channel);
+                frontend::sasl_initial_response(mechanism, exchange.message(), &mut reply)
+                    .map_err(|e| e.to_string())?;
+                self.scram = Scram::Begun { exchange, bound };
+                Ok(Some(reply))
+            }
+            (11, Scram::Begun { exchange, .. }) => {
+                exchange.update(&body).map_err(|e| e.to_string())?;
+                frontend::sasl_response(exchange.message(), &mut reply).map_err(|e| e.to_string())?;
+                Ok(Some(reply))
+            }
+            (12, Scram::Begun { exchange, bound }) => {
+                exchange.finish(&body).map_err(|e| format!("the server's SCRAM proof is wrong: {e}"))?;
+                self.scram = Scram::Proven { bound: *bound };
+                // Nothing to send: the server's AuthenticationOk follows.
+                Ok(Some(reply))
+            }
+            (3 | 5 | 10, _) => Err(midway()),
+            (11 | 12, _) => Err("the server sent a SCRAM message out of turn".into()),
+            (other, _) => Err(format!("the server asks for an authentication ibex does not speak (code {other})")),
+        }
     }
 }
 
@@ -587,6 +650,77 @@ fn pg_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An authentication request: its code, then `rest`.
+    fn request(code: i32, rest: &[u8]) -> Bytes {
+        let mut body = BytesMut::new();
+        body.put_i32(code);
+        body.put_slice(rest);
+        body.freeze()
+    }
+
+    fn resolved(binding: &str) -> Resolved {
+        ConnInfo::from_dsn(&format!(
+            "host=db.example port=5432 dbname=d user=u sslmode=require channel_binding={binding}"
+        ))
+        .and_then(|info| info.resolve())
+        .expect("settings")
+    }
+
+    const TLS_DATA: &[u8] = &[7; 32];
+    const PLUS_AND_PLAIN: &[u8] = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+
+    #[test]
+    fn require_takes_no_login_but_a_proven_plus_exchange() {
+        let r = resolved("require");
+        let unbound = |outcome: std::result::Result<Option<BytesMut>, String>| {
+            outcome.expect_err("must be refused").contains("did not authenticate by SCRAM bound")
+        };
+        // Let in without a password, or asked for a plain or md5 one.
+        for (code, rest) in [(0, &b""[..]), (3, &b""[..]), (5, &b"salt"[..])] {
+            let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+            assert!(unbound(auth.answer(request(code, rest))), "code {code}");
+        }
+        // Only unbound SCRAM offered, or no TLS data to bind to.
+        let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+        assert!(unbound(auth.answer(request(10, b"SCRAM-SHA-256\0\0"))));
+        let mut auth = Authentication::new(&r, Some("secret"), None);
+        assert!(unbound(auth.answer(request(10, PLUS_AND_PLAIN))));
+        // PLUS begun: the first message carries the binding flag.
+        let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+        let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let text = String::from_utf8_lossy(&first);
+        assert!(text.contains("SCRAM-SHA-256-PLUS") && text.contains("p=tls-server-end-point"), "{text}");
+        // ...and the server may not end it, nor switch to a password, before its proof.
+        for (code, rest) in [(0, &b""[..]), (3, &b""[..]), (5, &b"salt"[..]), (10, PLUS_AND_PLAIN)] {
+            let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+            auth.answer(request(10, PLUS_AND_PLAIN)).expect("begun");
+            let err = auth.answer(request(code, rest)).expect_err("must be refused");
+            assert!(err.contains("has not proven it knows the password"), "code {code}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_begun_scram_exchange_must_end_with_the_servers_proof() {
+        let r = resolved("prefer");
+        let mut auth = Authentication::new(&r, Some("secret"), None);
+        let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
+        assert!(String::from_utf8_lossy(&first).contains("n,,n="), "no binding: the n flag");
+        let err = auth.answer(request(3, b"")).expect_err("a plain password midway");
+        assert!(!err.contains("secret"), "{err}");
+        let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+        let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
+        assert!(String::from_utf8_lossy(&first).contains("y,,n="), "bindable but not offered: the y flag");
+        assert!(auth.answer(request(0, b"")).is_err(), "done before the proof");
+        // Without SCRAM, prefer takes what the server asks for.
+        let mut auth = Authentication::new(&r, Some("secret"), None);
+        assert!(auth.answer(request(0, b"")).expect("trust").is_none());
+        let mut auth = Authentication::new(&r, None, None);
+        assert!(auth.answer(request(12, b"v=x")).is_err(), "a SCRAM end without a start");
+        let mut auth = Authentication::new(&r, Some("secret"), None);
+        let err = auth.answer(request(10, b"SCRAM-SHA-256-PLUS\0\0")).expect_err("PLUS only, no TLS");
+        assert!(err.contains("no TLS session"), "{err}");
+    }
 
     #[test]
     fn lsn_reads_and_prints_postgres_form() {
