@@ -342,7 +342,7 @@ impl ReplicationStream {
         &mut self,
         r: &Resolved,
         password: Option<&str>,
-        binding: Option<Vec<u8>>,
+        transport: Transport,
         application_name: &str,
     ) -> std::result::Result<(), String> {
         let options = session::startup_options(r.options.as_deref());
@@ -355,7 +355,7 @@ impl ReplicationStream {
         ];
         frontend::startup_message(parameters.iter().copied(), &mut self.output).map_err(|err| err.to_string())?;
         self.send().await?;
-        let mut auth = Authentication::new(r, password, binding);
+        let mut auth = Authentication::new(r, password, transport);
         loop {
             let (_, body) = self.until(b"R").await?;
             match auth.answer(body)? {
@@ -408,18 +408,29 @@ impl ReplicationStream {
     }
 }
 
+/// What a login runs over, as far as SCRAM cares.
+enum Transport {
+    Plain,
+    /// With the session's tls-server-end-point data (None when its
+    /// certificate's signature algorithm gives none, e.g. Ed25519).
+    Tls {
+        end_point: Option<Vec<u8>>,
+    },
+}
+
 /// The password exchange of a login, one authentication request at a time,
-/// with libpq's rules: a SCRAM exchange, once begun, must end with the
-/// server's proof before the server may say the login is done, and takes
-/// no other request meanwhile; channel_binding=require takes nothing but
-/// a SCRAM-SHA-256-PLUS exchange that ended with the server's proof.
+/// with libpq's rules: channel_binding=require takes nothing but a
+/// SCRAM-SHA-256-PLUS exchange that ended with the server's proof, and
+/// PLUS offered without TLS means something took TLS away. Stricter than
+/// libpq, as tokio-postgres is for every other connection: a SCRAM
+/// exchange, once begun, must end with the server's proof before the
+/// server may say the login is done, and takes no other request meanwhile
+/// (a PostgreSQL server never sends one).
 struct Authentication<'r> {
     user: &'r str,
     password: Option<&'r str>,
-    /// The TLS session's tls-server-end-point data (None without TLS or
-    /// with channel_binding=disable).
-    binding: Option<Vec<u8>>,
-    require: bool,
+    transport: Transport,
+    binding: ChannelBinding,
     scram: Scram,
 }
 
@@ -437,19 +448,47 @@ enum Scram {
 }
 
 impl<'r> Authentication<'r> {
-    fn new(r: &'r Resolved, password: Option<&'r str>, binding: Option<Vec<u8>>) -> Self {
-        Authentication {
-            user: &r.user,
-            password,
-            binding: binding.filter(|_| r.channel_binding != ChannelBinding::Disable),
-            require: r.channel_binding == ChannelBinding::Require,
-            scram: Scram::NotBegun,
-        }
+    fn new(r: &'r Resolved, password: Option<&'r str>, transport: Transport) -> Self {
+        Authentication { user: &r.user, password, transport, binding: r.channel_binding, scram: Scram::NotBegun }
     }
 
     fn password(&self) -> std::result::Result<&'r str, String> {
         self.password.ok_or_else(|| {
             "the server asks for a password and none was given (password=, PGPASSWORD or a password file)".to_string()
+        })
+    }
+
+    /// The SCRAM mechanism and channel binding to answer `offered` with.
+    fn choose(&mut self, offered: &[&[u8]]) -> std::result::Result<(&'static str, sasl::ChannelBinding), String> {
+        let plus = offered.contains(&SCRAM_SHA_256_PLUS.as_bytes());
+        let plain = offered.contains(&SCRAM_SHA_256.as_bytes());
+        if !plus && !plain {
+            return Err("the server offers no SASL mechanism ibex speaks (SCRAM-SHA-256)".into());
+        }
+        let (on_tls, end_point) = match &mut self.transport {
+            Transport::Plain if plus => {
+                return Err("the server offered SCRAM-SHA-256-PLUS over a connection without TLS, which only happens when something between ibex and the server took TLS away: use sslmode=require (or verify-full)".into());
+            }
+            Transport::Plain => (false, None),
+            Transport::Tls { end_point } => (true, end_point.take()),
+        };
+        if self.binding == ChannelBinding::Disable {
+            if !plain {
+                return Err("the server offers only SCRAM-SHA-256-PLUS, which channel_binding=disable forbids: drop channel_binding=disable".into());
+            }
+            return Ok((SCRAM_SHA_256, sasl::ChannelBinding::unsupported()));
+        }
+        // As libpq: bound when both sides can; "y" (bindable, but not
+        // offered) lets a server that binds see a stripped PLUS.
+        Ok(match (end_point, plus) {
+            (Some(data), true) => (SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data)),
+            (None, true) if !plain => {
+                return Err("the server offers only SCRAM-SHA-256-PLUS, and its certificate gives no tls-server-end-point data to bind to (its signature algorithm has no hash, e.g. Ed25519): give the server an RSA or ECDSA certificate".into());
+            }
+            // TLS, but nothing to bind to: as prefer allows, unbound.
+            (None, true) => (SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+            (_, false) if on_tls => (SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+            (_, false) => (SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
         })
     }
 
@@ -461,16 +500,14 @@ impl<'r> Authentication<'r> {
             return Err("a malformed authentication request".into());
         }
         let code = body.get_i32();
+        let require = self.binding == ChannelBinding::Require;
         let mut reply = BytesMut::new();
-        let midway = || {
-            "the server broke off its SCRAM exchange with another request; ibex takes no login from a server that has not proven it knows the password".to_string()
-        };
         match (code, &mut self.scram) {
-            (0, Scram::NotBegun) if self.require => Err(super::UNBOUND_LOGIN.to_string()),
-            (0, Scram::Proven { bound: false }) if self.require => Err(super::UNBOUND_LOGIN.to_string()),
-            (0, Scram::Begun { .. }) => Err(midway()),
+            (0, Scram::NotBegun) if require => Err(super::UNBOUND_LOGIN.to_string()),
+            (0, Scram::Proven { bound: false }) if require => Err(super::UNBOUND_LOGIN.to_string()),
+            (0, Scram::Begun { .. }) | (3 | 5 | 10, Scram::Begun { .. }) => Err("the server broke off its SCRAM exchange with another request; ibex takes no login from a server that has not proven it knows the password".into()),
             (0, _) => Ok(None),
-            (3 | 5, Scram::NotBegun) if self.require => Err(super::UNBOUND_LOGIN.to_string()),
+            (3 | 5, Scram::NotBegun) if require => Err(super::UNBOUND_LOGIN.to_string()),
             (3, Scram::NotBegun) => {
                 frontend::password_message(self.password()?.as_bytes(), &mut reply).map_err(|e| e.to_string())?;
                 Ok(Some(reply))
@@ -485,26 +522,13 @@ impl<'r> Authentication<'r> {
                 Ok(Some(reply))
             }
             (10, Scram::NotBegun) => {
-                let password = self.password()?;
                 let offered: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                let plus = offered.contains(&SCRAM_SHA_256_PLUS.as_bytes());
-                let plain = offered.contains(&SCRAM_SHA_256.as_bytes());
-                // As libpq: bound when both sides can; "y" (bindable, but
-                // not offered) lets a server that binds see a stripped PLUS.
-                let (mechanism, channel) = match (self.binding.take(), plus, plain) {
-                    (Some(data), true, _) => (SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data)),
-                    (Some(_), false, true) => (SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
-                    (None, _, true) => (SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
-                    (None, true, false) => {
-                        return Err("the server offers only SCRAM-SHA-256-PLUS, which binds the login to TLS, and this connection has no TLS session to bind to: use sslmode=require (or verify-full) and a TCP host".into());
-                    }
-                    _ => return Err("the server offers no SASL mechanism ibex speaks (SCRAM-SHA-256)".into()),
-                };
+                let (mechanism, channel) = self.choose(&offered)?;
                 let bound = mechanism == SCRAM_SHA_256_PLUS;
-                if self.require && !bound {
+                if require && !bound {
                     return Err(super::UNBOUND_LOGIN.to_string());
                 }
-                let exchange = ScramSha256::new(password.as_bytes(), channel);
+                let exchange = ScramSha256::new(self.password()?.as_bytes(), channel);
                 frontend::sasl_initial_response(mechanism, exchange.message(), &mut reply)
                     .map_err(|e| e.to_string())?;
                 self.scram = Scram::Begun { exchange, bound };
@@ -521,7 +545,9 @@ impl<'r> Authentication<'r> {
                 // Nothing to send: the server's AuthenticationOk follows.
                 Ok(Some(reply))
             }
-            (3 | 5 | 10, _) => Err(midway()),
+            (3 | 5 | 10, Scram::Proven { .. }) => {
+                Err("the server asked for another login after its SCRAM proof; ibex takes no such login".into())
+            }
             (11 | 12, _) => Err("the server sent a SCRAM message out of turn".into()),
             (other, _) => Err(format!("the server asks for an authentication ibex does not speak (code {other})")),
         }
@@ -537,8 +563,7 @@ async fn open(
     password: Option<&str>,
     application_name: &str,
 ) -> std::result::Result<ReplicationStream, String> {
-    // The TLS session's tls-server-end-point data, for SCRAM to bind to.
-    let mut binding: Option<Vec<u8>> = None;
+    let mut transport = Transport::Plain;
     let io: Box<dyn Io> = if target.is_socket() {
         let path = format!("{}/.s.PGSQL.{}", target.host, target.port);
         Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|err| format!("{path}: {err}"))?)
@@ -563,7 +588,8 @@ async fn open(
                     let err: Box<dyn std::error::Error + Send + Sync> = err.into();
                     format!("TLS failed: {err}")
                 })?;
-                binding = stream.channel_binding().tls_server_end_point_data().map(<[u8]>::to_vec);
+                let end_point = stream.channel_binding().tls_server_end_point_data().map(<[u8]>::to_vec);
+                transport = Transport::Tls { end_point };
                 Box::new(stream)
             } else if attempt == Attempt::Tls {
                 return Err("the server does not accept TLS connections, and sslmode asks for TLS".into());
@@ -584,7 +610,7 @@ async fn open(
         last_sent: tokio::time::Instant::now(),
         keepalive_every: KEEPALIVE_MOST,
     };
-    stream.login(r, password, binding, application_name).await?;
+    stream.login(r, password, transport, application_name).await?;
     Ok(stream)
 }
 
@@ -668,6 +694,107 @@ mod tests {
     }
 
     const TLS_DATA: &[u8] = &[7; 32];
+
+    fn tls() -> Transport {
+        Transport::Tls { end_point: Some(TLS_DATA.to_vec()) }
+    }
+
+    /// The server's side of SCRAM-SHA-256 (RFC 5802, 5929) for the tests,
+    /// from the verifier PostgreSQL would store for `password`.
+    struct ScramServer {
+        salt: String,
+        iterations: u32,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    }
+
+    /// The data of a frontend message (`p`, with its length) after `skip`
+    /// bytes of it.
+    fn message_data(message: &[u8], skip: usize) -> &[u8] {
+        &message[5 + skip..]
+    }
+
+    impl ScramServer {
+        fn new(password: &str) -> ScramServer {
+            use base64::Engine;
+            let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+            // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
+            let (_, rest) = verifier.split_once('$').expect("a verifier");
+            let (head, keys) = rest.split_once('$').expect("keys");
+            let (iterations, salt) = head.split_once(':').expect("salt");
+            let (stored, server) = keys.split_once(':').expect("server key");
+            let b64 = base64::engine::general_purpose::STANDARD;
+            ScramServer {
+                salt: salt.to_string(),
+                iterations: iterations.parse().expect("iterations"),
+                stored_key: b64.decode(stored).expect("stored key"),
+                server_key: b64.decode(server).expect("server key"),
+            }
+        }
+
+        fn hmac(key: &[u8], text: &str) -> Vec<u8> {
+            use hmac::Mac;
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+            mac.update(text.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+
+        /// Runs the exchange against `auth` from its SASLInitialResponse
+        /// (`initial`); checks the client's binding data and proof, and
+        /// returns the server's final message for `auth` to check.
+        fn exchange(&self, auth: &mut Authentication<'_>, initial: &[u8], binding: Option<&[u8]>) -> Bytes {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let data = message_data(initial, 0);
+            let nul = data.iter().position(|b| *b == 0).expect("a mechanism name");
+            let client_first = std::str::from_utf8(&data[nul + 5..]).expect("utf-8").to_string();
+            let bare_at = client_first.find("n=").expect("a bare message");
+            let (gs2, bare) = client_first.split_at(bare_at);
+            let client_nonce = bare.split_once(",r=").expect("a nonce").1;
+            let server_first = format!("r={client_nonce}srv0nce,s={},i={}", self.salt, self.iterations);
+            let reply = auth.answer(request(11, server_first.as_bytes())).expect("answered").expect("a reply");
+            let client_final = std::str::from_utf8(message_data(&reply, 0)).expect("utf-8").to_string();
+            let (without_proof, proof) = client_final.split_once(",p=").expect("a proof");
+            let mut cbind = gs2.as_bytes().to_vec();
+            cbind.extend_from_slice(binding.unwrap_or_default());
+            assert!(without_proof.starts_with(&format!("c={},", b64.encode(&cbind))), "{without_proof}");
+            let auth_message = format!("{bare},{server_first},{without_proof}");
+            let signature = Self::hmac(&self.stored_key, &auth_message);
+            let client_key: Vec<u8> =
+                b64.decode(proof).expect("base64").iter().zip(&signature).map(|(p, s)| p ^ s).collect();
+            use sha2::Digest;
+            assert_eq!(sha2::Sha256::digest(&client_key).to_vec(), self.stored_key, "the client's proof is wrong");
+            let server_final = format!("v={}", b64.encode(Self::hmac(&self.server_key, &auth_message)));
+            request(12, server_final.as_bytes())
+        }
+    }
+
+    #[test]
+    fn a_proven_plus_exchange_satisfies_require_and_a_forged_proof_does_not() {
+        let r = resolved("require");
+        let server = ScramServer::new("secret");
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
+        let initial = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let last = server.exchange(&mut auth, &initial, Some(TLS_DATA));
+        assert_eq!(auth.answer(last).expect("the proof holds").map(|r| r.len()), Some(0), "nothing to send after it");
+        let again = auth.answer(request(10, PLUS_AND_PLAIN)).expect_err("a second login");
+        assert!(again.contains("after its SCRAM proof"), "{again}");
+        // A server that cannot prove it knows the password.
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
+        let initial = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let _ = server.exchange(&mut auth, &initial, Some(TLS_DATA));
+        let forged = auth.answer(request(12, b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+        assert!(forged.expect_err("a forged proof").contains("SCRAM proof is wrong"));
+        assert!(auth.answer(request(0, b"")).is_err(), "no login after a refused proof");
+        // Under prefer, an unbound exchange ends the same way.
+        let r = resolved("prefer");
+        let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
+        let initial = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
+        let last = server.exchange(&mut auth, &initial, None);
+        auth.answer(last).expect("the proof holds");
+        assert!(auth.answer(request(0, b"")).expect("logged in").is_none());
+    }
+
     const PLUS_AND_PLAIN: &[u8] = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
 
     #[test]
@@ -678,22 +805,22 @@ mod tests {
         };
         // Let in without a password, or asked for a plain or md5 one.
         for (code, rest) in [(0, &b""[..]), (3, &b""[..]), (5, &b"salt"[..])] {
-            let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+            let mut auth = Authentication::new(&r, Some("secret"), tls());
             assert!(unbound(auth.answer(request(code, rest))), "code {code}");
         }
-        // Only unbound SCRAM offered, or no TLS data to bind to.
-        let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+        // Only unbound SCRAM offered, or TLS with no data to bind to.
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
         assert!(unbound(auth.answer(request(10, b"SCRAM-SHA-256\0\0"))));
-        let mut auth = Authentication::new(&r, Some("secret"), None);
+        let mut auth = Authentication::new(&r, Some("secret"), Transport::Tls { end_point: None });
         assert!(unbound(auth.answer(request(10, PLUS_AND_PLAIN))));
         // PLUS begun: the first message carries the binding flag.
-        let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
         let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
         let text = String::from_utf8_lossy(&first);
         assert!(text.contains("SCRAM-SHA-256-PLUS") && text.contains("p=tls-server-end-point"), "{text}");
         // ...and the server may not end it, nor switch to a password, before its proof.
         for (code, rest) in [(0, &b""[..]), (3, &b""[..]), (5, &b"salt"[..]), (10, PLUS_AND_PLAIN)] {
-            let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+            let mut auth = Authentication::new(&r, Some("secret"), tls());
             auth.answer(request(10, PLUS_AND_PLAIN)).expect("begun");
             let err = auth.answer(request(code, rest)).expect_err("must be refused");
             assert!(err.contains("has not proven it knows the password"), "code {code}: {err}");
@@ -703,23 +830,34 @@ mod tests {
     #[test]
     fn a_begun_scram_exchange_must_end_with_the_servers_proof() {
         let r = resolved("prefer");
-        let mut auth = Authentication::new(&r, Some("secret"), None);
+        let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
         let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
         assert!(String::from_utf8_lossy(&first).contains("n,,n="), "no binding: the n flag");
         let err = auth.answer(request(3, b"")).expect_err("a plain password midway");
         assert!(!err.contains("secret"), "{err}");
-        let mut auth = Authentication::new(&r, Some("secret"), Some(TLS_DATA.to_vec()));
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
         let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
         assert!(String::from_utf8_lossy(&first).contains("y,,n="), "bindable but not offered: the y flag");
         assert!(auth.answer(request(0, b"")).is_err(), "done before the proof");
         // Without SCRAM, prefer takes what the server asks for.
-        let mut auth = Authentication::new(&r, Some("secret"), None);
+        let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
         assert!(auth.answer(request(0, b"")).expect("trust").is_none());
-        let mut auth = Authentication::new(&r, None, None);
+        let mut auth = Authentication::new(&r, None, Transport::Plain);
         assert!(auth.answer(request(12, b"v=x")).is_err(), "a SCRAM end without a start");
-        let mut auth = Authentication::new(&r, Some("secret"), None);
-        let err = auth.answer(request(10, b"SCRAM-SHA-256-PLUS\0\0")).expect_err("PLUS only, no TLS");
-        assert!(err.contains("no TLS session"), "{err}");
+        // PLUS offered where there is no TLS: something took TLS away.
+        for offered in [&b"SCRAM-SHA-256-PLUS\0\0"[..], PLUS_AND_PLAIN] {
+            let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
+            let err = auth.answer(request(10, offered)).expect_err("PLUS without TLS");
+            assert!(err.contains("took TLS away"), "{err}");
+        }
+        // channel_binding=disable: never PLUS, and so no login where only PLUS is offered.
+        let r = resolved("disable");
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
+        let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        assert!(String::from_utf8_lossy(&first).contains("n,,n="), "disable: the n flag");
+        let mut auth = Authentication::new(&r, Some("secret"), tls());
+        let err = auth.answer(request(10, b"SCRAM-SHA-256-PLUS\0\0")).expect_err("PLUS only");
+        assert!(err.contains("which channel_binding=disable forbids"), "{err}");
     }
 
     #[test]
