@@ -36,6 +36,10 @@ use conninfo::{Resolved, Target};
 /// (per host; `connect_timeout` / PGCONNECT_TIMEOUT change it).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a login was refused when a server offered SCRAM-SHA-256-PLUS on a
+/// plaintext connection: PostgreSQL offers it only over TLS.
+const TLS_TAKEN_AWAY: &str = "the server offered SCRAM-SHA-256-PLUS over a connection without TLS, which only happens when something between ibex and the server took TLS away: use sslmode=require (or verify-full)";
+
 /// Why a login with channel_binding=require failed when the server let the
 /// client in some other way, and what the server needs.
 const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not authenticate by SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS): that needs PostgreSQL 11 or later reached over TCP with TLS (a Unix socket has none) and nothing in between that ends TLS (a pooler), a pg_hba.conf line with scram-sha-256 for this connection, and the role's password stored as SCRAM (password_encryption = scram-sha-256); or drop channel_binding=require";
@@ -203,6 +207,9 @@ fn reason(err: &tokio_postgres::Error, r: &Resolved, tls: &tls::Tls, target: &Ta
     if err.as_db_error().is_none() && text.contains("server did not use channel binding") {
         return UNBOUND_LOGIN.to_string();
     }
+    if err.as_db_error().is_none() && text.contains("SCRAM-SHA-256-PLUS authentication over a non-TLS connection") {
+        return TLS_TAKEN_AWAY.to_string();
+    }
     if text.contains("database does not allow writes") || text.contains("read-only") && r.read_write {
         return format!("{text} (target_session_attrs=read-write wants a primary)");
     }
@@ -211,4 +218,70 @@ fn reason(err: &tokio_postgres::Error, r: &Resolved, tls: &tls::Tls, target: &Ta
         return format!("no answer within {} s ({text})", r.connect_timeout.as_secs());
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that takes one connection, reads its startup packet and
+    /// offers SCRAM-SHA-256-PLUS alongside SCRAM-SHA-256 on plaintext, as a
+    /// man in the middle that took TLS away and relays a TLS server's
+    /// offer would; then says whether the client answered anything.
+    async fn stripped_tls_server() -> (u16, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        let serve = tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else { return 0 };
+            let mut length = [0u8; 4];
+            if socket.read_exact(&mut length).await.is_err() {
+                return 0;
+            }
+            let mut startup = vec![0u8; (u32::from_be_bytes(length) as usize).saturating_sub(4)];
+            if socket.read_exact(&mut startup).await.is_err() {
+                return 0;
+            }
+            let mechanisms = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+            let mut offer = vec![b'R'];
+            offer.extend_from_slice(&(4 + 4 + mechanisms.len() as u32).to_be_bytes());
+            offer.extend_from_slice(&10i32.to_be_bytes());
+            offer.extend_from_slice(mechanisms);
+            if socket.write_all(&offer).await.is_err() {
+                return 0;
+            }
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), socket.read_to_end(&mut answer)).await;
+            answer.len()
+        });
+        (port, serve)
+    }
+
+    #[tokio::test]
+    async fn plus_offered_on_plaintext_is_refused_before_any_password_goes_out() {
+        for replication in [false, true] {
+            let (port, serve) = stripped_tls_server().await;
+            let info = ConnInfo::from_dsn(&format!(
+                "host=127.0.0.1 port={port} dbname=d user=u password=secret sslmode=disable connect_timeout=2"
+            ))
+            .expect("a DSN");
+            let err = if replication {
+                replication::ReplicationStream::start(&info, "ibex test", "START_REPLICATION SLOT s LOGICAL 0/0")
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+            } else {
+                connect(&info, "ibex test").await.err().map(|e| e.to_string())
+            };
+            let err = err.expect("refused");
+            assert!(err.contains("took TLS away"), "replication={replication}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+            assert_eq!(
+                serve.await.expect("the server ran"),
+                0,
+                "replication={replication}: the client answered the offer"
+            );
+        }
+    }
 }

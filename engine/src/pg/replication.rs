@@ -467,7 +467,7 @@ impl<'r> Authentication<'r> {
         }
         let (on_tls, end_point) = match &mut self.transport {
             Transport::Plain if plus => {
-                return Err("the server offered SCRAM-SHA-256-PLUS over a connection without TLS, which only happens when something between ibex and the server took TLS away: use sslmode=require (or verify-full)".into());
+                return Err(super::TLS_TAKEN_AWAY.to_string());
             }
             Transport::Plain => (false, None),
             Transport::Tls { end_point } => (true, end_point.take()),

@@ -266,6 +266,15 @@ where
         }
     }
 
+    // As libpq: a server offers PLUS only over TLS, so PLUS offered on a
+    // plaintext connection means something in between took TLS away.
+    // (ibex: see vendor/README.md.)
+    if has_scram_plus && matches!(stream.inner.get_ref(), MaybeTlsStream::Raw(_)) {
+        return Err(Error::authentication(
+            "server offered SCRAM-SHA-256-PLUS authentication over a non-TLS connection".into(),
+        ));
+    }
+
     let channel_binding = stream
         .inner
         .get_ref()
