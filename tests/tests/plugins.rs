@@ -16,12 +16,19 @@ fn wasm(path: std::path::PathBuf) -> String {
 
 /// Two masters with an `acct` table and a sync `mm` using `strategy`.
 fn two_masters(strategy: &str) -> Setup {
+    two_masters_of(20, strategy)
+}
+
+/// [`two_masters`] with `rows` rows in `acct`.
+fn two_masters_of(rows: u32, strategy: &str) -> Setup {
     let s = Setup::new();
     s.cluster.create_db("m1").unwrap();
     s.sql(
         "m1",
-        "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int);
-         INSERT INTO acct SELECT i, CASE WHEN i % 2 = 0 THEN 'm1' ELSE 'm2' END, 'start', 100, 0 FROM generate_series(1, 20) i;",
+        &format!(
+            "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int);
+             INSERT INTO acct SELECT i, CASE WHEN i % 2 = 0 THEN 'm1' ELSE 'm2' END, 'start', 100, 0 FROM generate_series(1, {rows}) i;"
+        ),
     );
     s.dbs_from("m1", &["m1", "m2"]);
     s.ibex.sh("add table acct db=m1 herd=h").ok();
@@ -89,15 +96,7 @@ fn additive_merge_adds_both_sides_changes() {
 /// of the run ("always") decides the batches after it without asking again.
 #[test]
 fn conflicts_over_several_plugin_batches_each_get_their_own_rows() {
-    let s = Setup::new();
-    s.cluster.create_db("m1").unwrap();
-    s.sql(
-        "m1",
-        "CREATE TABLE acct (id int PRIMARY KEY, tenant text, note text, balance numeric(12,2), visits int);
-         INSERT INTO acct SELECT i, 'm1', 'start', 100, 0 FROM generate_series(1, 2500) i;",
-    );
-    s.dbs_from("m1", &["m1", "m2"]);
-    s.ibex.sh("add table acct db=m1 herd=h").ok();
+    let s = two_masters_of(2500, "plugin:");
     s.ibex.sh("update table acct capture_old=true").ok();
     s.ibex.sh("set conflict_log_limit=5000").ok();
     add_additive_merge(&s);

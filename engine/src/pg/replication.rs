@@ -359,12 +359,12 @@ impl ReplicationStream {
         loop {
             let (_, body) = self.until(b"R").await?;
             match auth.answer(body)? {
-                Some(reply) if reply.is_empty() => {}
-                Some(reply) => {
+                Step::Reply(reply) => {
                     self.output.extend_from_slice(&reply);
                     self.send().await?;
                 }
-                None => break,
+                Step::Wait => {}
+                Step::Done => break,
             }
         }
         loop {
@@ -406,6 +406,17 @@ impl ReplicationStream {
         self.send().await?;
         self.until(b"W").await.map(|_| ())
     }
+}
+
+/// What a login does after one authentication request.
+#[derive(Debug)]
+enum Step {
+    /// Sends this.
+    Reply(BytesMut),
+    /// Sends nothing and reads the next request (after the server's proof).
+    Wait,
+    /// The server said the login is done.
+    Done,
 }
 
 /// What a login runs over, as far as SCRAM cares.
@@ -492,10 +503,9 @@ impl<'r> Authentication<'r> {
         })
     }
 
-    /// What to send for one authentication request (`body`, an `R`
-    /// message's; empty: nothing), or None when the server says the login
-    /// is done.
-    fn answer(&mut self, mut body: Bytes) -> std::result::Result<Option<BytesMut>, String> {
+    /// What to do about one authentication request (`body`, an `R`
+    /// message's).
+    fn answer(&mut self, mut body: Bytes) -> std::result::Result<Step, String> {
         if body.len() < 4 {
             return Err("a malformed authentication request".into());
         }
@@ -506,11 +516,11 @@ impl<'r> Authentication<'r> {
             (0, Scram::NotBegun) if require => Err(super::UNBOUND_LOGIN.to_string()),
             (0, Scram::Proven { bound: false }) if require => Err(super::UNBOUND_LOGIN.to_string()),
             (0, Scram::Begun { .. }) | (3 | 5 | 10, Scram::Begun { .. }) => Err("the server broke off its SCRAM exchange with another request; ibex takes no login from a server that has not proven it knows the password".into()),
-            (0, _) => Ok(None),
+            (0, _) => Ok(Step::Done),
             (3 | 5, Scram::NotBegun) if require => Err(super::UNBOUND_LOGIN.to_string()),
             (3, Scram::NotBegun) => {
                 frontend::password_message(self.password()?.as_bytes(), &mut reply).map_err(|e| e.to_string())?;
-                Ok(Some(reply))
+                Ok(Step::Reply(reply))
             }
             (5, Scram::NotBegun) => {
                 if body.len() < 4 {
@@ -519,7 +529,7 @@ impl<'r> Authentication<'r> {
                 let salt = [body[0], body[1], body[2], body[3]];
                 let hashed = md5_hash(self.user.as_bytes(), self.password()?.as_bytes(), salt);
                 frontend::password_message(hashed.as_bytes(), &mut reply).map_err(|e| e.to_string())?;
-                Ok(Some(reply))
+                Ok(Step::Reply(reply))
             }
             (10, Scram::NotBegun) => {
                 let offered: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
@@ -532,18 +542,18 @@ impl<'r> Authentication<'r> {
                 frontend::sasl_initial_response(mechanism, exchange.message(), &mut reply)
                     .map_err(|e| e.to_string())?;
                 self.scram = Scram::Begun { exchange, bound };
-                Ok(Some(reply))
+                Ok(Step::Reply(reply))
             }
             (11, Scram::Begun { exchange, .. }) => {
                 exchange.update(&body).map_err(|e| e.to_string())?;
                 frontend::sasl_response(exchange.message(), &mut reply).map_err(|e| e.to_string())?;
-                Ok(Some(reply))
+                Ok(Step::Reply(reply))
             }
             (12, Scram::Begun { exchange, bound }) => {
                 exchange.finish(&body).map_err(|e| format!("the server's SCRAM proof is wrong: {e}"))?;
                 self.scram = Scram::Proven { bound: *bound };
                 // Nothing to send: the server's AuthenticationOk follows.
-                Ok(Some(reply))
+                Ok(Step::Wait)
             }
             (3 | 5 | 10, Scram::Proven { .. }) => {
                 Err("the server asked for another login after its SCRAM proof; ibex takes no such login".into())
@@ -677,6 +687,15 @@ fn pg_now() -> i64 {
 mod tests {
     use super::*;
 
+    impl Step {
+        fn into_reply(self) -> BytesMut {
+            match self {
+                Step::Reply(reply) => reply,
+                other => panic!("expected a reply, got {other:?}"),
+            }
+        }
+    }
+
     /// An authentication request: its code, then `rest`.
     fn request(code: i32, rest: &[u8]) -> Bytes {
         let mut body = BytesMut::new();
@@ -752,7 +771,7 @@ mod tests {
             let (gs2, bare) = client_first.split_at(bare_at);
             let client_nonce = bare.split_once(",r=").expect("a nonce").1;
             let server_first = format!("r={client_nonce}srv0nce,s={},i={}", self.salt, self.iterations);
-            let reply = auth.answer(request(11, server_first.as_bytes())).expect("answered").expect("a reply");
+            let reply = auth.answer(request(11, server_first.as_bytes())).expect("answered").into_reply();
             let client_final = std::str::from_utf8(message_data(&reply, 0)).expect("utf-8").to_string();
             let (without_proof, proof) = client_final.split_once(",p=").expect("a proof");
             let mut cbind = gs2.as_bytes().to_vec();
@@ -774,14 +793,14 @@ mod tests {
         let r = resolved("require");
         let server = ScramServer::new("secret");
         let mut auth = Authentication::new(&r, Some("secret"), tls());
-        let initial = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let initial = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").into_reply();
         let last = server.exchange(&mut auth, &initial, Some(TLS_DATA));
-        assert_eq!(auth.answer(last).expect("the proof holds").map(|r| r.len()), Some(0), "nothing to send after it");
+        assert!(matches!(auth.answer(last).expect("the proof holds"), Step::Wait), "nothing to send after it");
         let again = auth.answer(request(10, PLUS_AND_PLAIN)).expect_err("a second login");
         assert!(again.contains("after its SCRAM proof"), "{again}");
         // A server that cannot prove it knows the password.
         let mut auth = Authentication::new(&r, Some("secret"), tls());
-        let initial = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let initial = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").into_reply();
         let _ = server.exchange(&mut auth, &initial, Some(TLS_DATA));
         let forged = auth.answer(request(12, b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
         assert!(forged.expect_err("a forged proof").contains("SCRAM proof is wrong"));
@@ -789,10 +808,10 @@ mod tests {
         // Under prefer, an unbound exchange ends the same way.
         let r = resolved("prefer");
         let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
-        let initial = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
+        let initial = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").into_reply();
         let last = server.exchange(&mut auth, &initial, None);
         auth.answer(last).expect("the proof holds");
-        assert!(auth.answer(request(0, b"")).expect("logged in").is_none());
+        assert!(matches!(auth.answer(request(0, b"")).expect("logged in"), Step::Done));
     }
 
     const PLUS_AND_PLAIN: &[u8] = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
@@ -800,7 +819,7 @@ mod tests {
     #[test]
     fn require_takes_no_login_but_a_proven_plus_exchange() {
         let r = resolved("require");
-        let unbound = |outcome: std::result::Result<Option<BytesMut>, String>| {
+        let unbound = |outcome: std::result::Result<Step, String>| {
             outcome.expect_err("must be refused").contains("did not authenticate by SCRAM bound")
         };
         // Let in without a password, or asked for a plain or md5 one.
@@ -815,7 +834,7 @@ mod tests {
         assert!(unbound(auth.answer(request(10, PLUS_AND_PLAIN))));
         // PLUS begun: the first message carries the binding flag.
         let mut auth = Authentication::new(&r, Some("secret"), tls());
-        let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").into_reply();
         let text = String::from_utf8_lossy(&first);
         assert!(text.contains("SCRAM-SHA-256-PLUS") && text.contains("p=tls-server-end-point"), "{text}");
         // ...and the server may not end it, nor switch to a password, before its proof.
@@ -831,17 +850,17 @@ mod tests {
     fn a_begun_scram_exchange_must_end_with_the_servers_proof() {
         let r = resolved("prefer");
         let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
-        let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
+        let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").into_reply();
         assert!(String::from_utf8_lossy(&first).contains("n,,n="), "no binding: the n flag");
         let err = auth.answer(request(3, b"")).expect_err("a plain password midway");
         assert!(!err.contains("secret"), "{err}");
         let mut auth = Authentication::new(&r, Some("secret"), tls());
-        let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").expect("a reply");
+        let first = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").into_reply();
         assert!(String::from_utf8_lossy(&first).contains("y,,n="), "bindable but not offered: the y flag");
         assert!(auth.answer(request(0, b"")).is_err(), "done before the proof");
         // Without SCRAM, prefer takes what the server asks for.
         let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
-        assert!(auth.answer(request(0, b"")).expect("trust").is_none());
+        assert!(matches!(auth.answer(request(0, b"")).expect("trust"), Step::Done));
         let mut auth = Authentication::new(&r, None, Transport::Plain);
         assert!(auth.answer(request(12, b"v=x")).is_err(), "a SCRAM end without a start");
         // PLUS offered where there is no TLS: something took TLS away.
@@ -853,7 +872,7 @@ mod tests {
         // channel_binding=disable: never PLUS, and so no login where only PLUS is offered.
         let r = resolved("disable");
         let mut auth = Authentication::new(&r, Some("secret"), tls());
-        let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").expect("a reply");
+        let first = auth.answer(request(10, PLUS_AND_PLAIN)).expect("answered").into_reply();
         assert!(String::from_utf8_lossy(&first).contains("n,,n="), "disable: the n flag");
         let mut auth = Authentication::new(&r, Some("secret"), tls());
         let err = auth.answer(request(10, b"SCRAM-SHA-256-PLUS\0\0")).expect_err("PLUS only");
