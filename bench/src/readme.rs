@@ -33,6 +33,7 @@ const LAYOUT: &[(&str, &str, &str)] = &[
     ("capture_insert_floor", "capture", "capture cost: bulk INSERT, against the trigger floor"),
     ("capture_delete_floor", "capture", "capture cost: bulk DELETE, against the trigger floor"),
     ("capture_tps_floor", "capture", "capture cost: pgbench TPS, against the trigger floor"),
+    ("capture_tps_delta_floor", "capture", "capture cost: pgbench TPS, against the cheapest delta write"),
     ("capture_tps_nokick", "capture", "capture cost: pgbench TPS, autokick=false (no NOTIFY)"),
     ("capture_wal_update", "capture", "capture cost, capture=wal: bulk UPDATE"),
     ("capture_wal_insert", "capture", "capture cost, capture=wal: bulk INSERT"),
@@ -51,6 +52,7 @@ const LAYOUT: &[(&str, &str, &str)] = &[
     ("onetimecopy", "copy", "initial copy: onetimecopy"),
     ("plugin_rows_false", "plugin", "WebAssembly plugin, rows=false"),
     ("plugin_rows_true", "plugin", "WebAssembly plugin, with rows"),
+    ("plugin_rows_floor", "plugin", "WebAssembly plugin, with rows, against rows=false plus reading the rows"),
 ];
 
 /// Numbered notes under the table, one per distinct reason.

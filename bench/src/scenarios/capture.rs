@@ -16,8 +16,10 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     s.cluster.create_pgbench_db("bare", scale_for(rows))?;
     s.dbs_from("bare", &["ib", "ib_sink", "iw", "iw_sink", "ik", "iwk"]);
     s.cluster.clone_db("bare", "floor")?;
+    s.cluster.clone_db("bare", "delta_floor")?;
     for (table, key) in CAPTURED {
-        s.cluster.psql("floor", &trigger_floor(table, key))?;
+        s.cluster.psql("floor", &trigger_floor(table, key, None))?;
+        s.cluster.psql("delta_floor", &trigger_floor(table, key, Some(&delta_floor_table(table))))?;
     }
     s.ibex.sh("update db iw capture=wal").ok();
     s.ibex.sh("update db iwk capture=wal").ok();
@@ -53,6 +55,7 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
             "DO $$ DECLARE t text; BEGIN
                FOR t IN SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
                          WHERE (schemaname = 'ibex' AND tablename LIKE 'delta%')
+                            OR (schemaname = 'public' AND tablename LIKE 'floor_delta%')
                             OR (schemaname = 'bucardo' AND (tablename LIKE 'delta%' OR tablename LIKE 'track%')) LOOP
                  EXECUTE 'TRUNCATE ' || t;
                END LOOP; END $$",
@@ -137,10 +140,12 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
     };
     // Rounds with every db once in each, so a drift of the machine
     // reaches all of them alike; each figure is its db's median.
-    let mut rounds: [Vec<f64>; 7] = Default::default();
+    let mut rounds: [Vec<f64>; 8] = Default::default();
     for round in 1..=TPS_ROUNDS {
         let mut line = format!("  pgbench round {round}:");
-        for (db, samples) in ["bare", "ib", "bu", "iw", "floor", "ik", "iwk"].into_iter().zip(rounds.iter_mut()) {
+        for (db, samples) in
+            ["bare", "ib", "bu", "iw", "floor", "ik", "iwk", "delta_floor"].into_iter().zip(rounds.iter_mut())
+        {
             let sample = tps(db)?;
             line.push_str(&format!(" {db} {sample:.0}"));
             samples.push(sample);
@@ -148,8 +153,29 @@ pub fn capture(bench: &mut Bench, rows: u64) -> Result<()> {
         eprintln!("{line} tps");
     }
     let no_tps = "no pgbench run";
-    let [bare_tps, ib_tps, bu_tps, iw_tps, floor_tps, ik_tps, iwk_tps] =
+    let [bare_tps, ib_tps, bu_tps, iw_tps, floor_tps, ik_tps, iwk_tps, delta_floor_tps] =
         rounds.map(|samples| Figure::or_missing(median(&samples), no_tps));
+    // What any trigger capture pays, ibex's or another's: a delta row per
+    // statement, against no triggers at all.
+    if let (Some(delta), Some(bare)) = (delta_floor_tps.value, bare_tps.value) {
+        eprintln!("  the cheapest delta write alone runs pgbench at {:.3} of no triggers", delta / bare);
+    }
+    bench.add(
+        Measure::new(
+            "capture_tps_delta_floor",
+            "capture cost",
+            format!("pgbench TPS (-c 2 -j 2 -T 10, median of {TPS_ROUNDS}), against the cheapest delta write"),
+            "tps",
+            Better::Higher,
+        )
+        .ibex(ib_tps.clone())
+        .bucardo(bu_tps.clone())
+        .reference(
+            delta_floor_tps,
+            "the trigger floor plus the narrowest delta row per statement (the keys' array and the transaction id, no index)",
+        )
+        .goal(Goal::ReferenceAtLeast(0.9), ">= 0.9 of the cheapest delta write"),
+    );
     let no_kick_is = "Bucardo was measured with its kick (a NOTIFY per statement, as ibex's autokick)";
     for (id, what, value) in [("capture_tps_nokick", "", ik_tps), ("capture_wal_tps_nokick", ", capture=wal", iwk_tps)]
     {
@@ -227,11 +253,29 @@ const CAPTURED: [(&str, &str); 3] =
 /// What capturing with statement triggers costs before a delta row is
 /// written; capture=trigger can be no cheaper. `EXECUTE PROCEDURE`: the
 /// spelling every version accepts (10 has no `EXECUTE FUNCTION`).
-fn trigger_floor(table: &str, key: &str) -> String {
+/// With `delta`, each statement also writes the narrowest delta row into
+/// it (see [`delta_floor_table`]): what any capture by triggers pays.
+fn trigger_floor(table: &str, key: &str, delta: Option<&str>) -> String {
+    let write = match delta {
+        Some(delta) => format!(
+            "CREATE TABLE {delta} (keys int[] NOT NULL, txid bigint NOT NULL DEFAULT pg_catalog.txid_current());
+             CREATE FUNCTION floor_{table}() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER AS $f$
+             BEGIN
+                 IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+                     INSERT INTO {delta} (keys) SELECT pg_catalog.array_agg(o.{key}) FROM ibex_old o;
+                 ELSE
+                     INSERT INTO {delta} (keys) SELECT pg_catalog.array_agg(n.{key}) FROM ibex_new n;
+                 END IF;"
+        ),
+        None => format!(
+            "CREATE FUNCTION floor_{table}() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER AS $f$
+             BEGIN"
+        ),
+    };
     format!(
-        "CREATE FUNCTION floor_{table}() RETURNS trigger
-         LANGUAGE plpgsql SECURITY DEFINER AS $f$
-         BEGIN
+        "{write}
              PERFORM pg_catalog.pg_notify('ibex_changed', 'public.{table}');
              RETURN NULL;
          END $f$;
@@ -247,4 +291,12 @@ fn trigger_floor(table: &str, key: &str) -> String {
          CREATE TRIGGER floor_key AFTER UPDATE ON {table} FOR EACH ROW
              WHEN (OLD.{key} IS DISTINCT FROM NEW.{key}) EXECUTE PROCEDURE floor_{table}_key();"
     )
+}
+
+/// The delta floor's table for `table`: the keys of a statement as one
+/// array and the writing transaction, without the change time, the
+/// columns of old images and origins, or the index that ibex's delta
+/// tables have (engine/src/capture/sql.rs).
+fn delta_floor_table(table: &str) -> String {
+    format!("public.floor_delta_{table}")
 }

@@ -115,6 +115,7 @@ pub fn plugin(bench: &mut Bench, keys: u64) -> Result<()> {
     }
     keep_daemon_log(&daemon.log(), "plugin");
     drop(daemon);
+    let read = read_rows(&s, "acct_rows", keys)?;
     let tables: Vec<&str> = contenders.iter().map(|c| c.table).collect();
     check_same(&s, "ibex", &["c1", "c2"], &tables)?;
     for c in &contenders {
@@ -137,5 +138,75 @@ pub fn plugin(bench: &mut Bench, keys: u64) -> Result<()> {
             .goal(Goal::ReferenceAtMost(1.3), "<= 1.3x of built-in"),
         );
     }
+    // A plugin that sees rows cannot cost less than one that does not plus
+    // the reading of those rows, which the built-in never does.
+    let floor = times[1] + read;
+    eprintln!(
+        "  reading the {keys} conflicting rows on both dbs at once, {ROW_BATCH} keys a query: {:.1} ms; with the plugin without rows: {:.1} ms",
+        read * 1000.0,
+        floor * 1000.0
+    );
+    bench.add(
+        Measure::new(
+            "plugin_rows_floor",
+            "WebAssembly plugin",
+            format!("cycle with {keys} conflicts, with rows, against the plugin without rows plus reading the rows"),
+            "s",
+            Better::Lower,
+        )
+        .ibex(Figure::of(times[2]))
+        .bucardo(Figure::missing("Bucardo has no WebAssembly plugins (its conflict code is Perl)"))
+        .reference(
+            Figure::of(floor),
+            "the plugin's run without rows, plus the rows read by the same join on both dbs at once (pgbench, prepared)",
+        )
+        .goal(Goal::ReferenceAtMost(1.0 / 0.9), "within 10% of the plugin without rows plus the reading"),
+    );
     Ok(())
+}
+
+/// Keys a plugin's conflicts are read and decided in per batch
+/// (`PLUGIN_BATCH` in engine/src/sync/cycle/merge.rs).
+const ROW_BATCH: u64 = 1000;
+
+/// Seconds to read the current rows of `keys` keys of `table` on c1 and
+/// c2 at once, [`ROW_BATCH`] keys per query, by the join a plugin's batch
+/// is read with (engine/src/sync/cycle/plugged.rs): each db's prepared
+/// query timed by pgbench (its latency average, past the first runs that
+/// plan it), times the batches of a cycle; the slower db's.
+fn read_rows(s: &ibex_tests::Setup, table: &str, keys: u64) -> Result<f64> {
+    let batches = keys.div_ceil(ROW_BATCH);
+    let script = std::env::temp_dir().join(format!("ibex-bench-read-rows-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "\\set start random(0, {last}) * {ROW_BATCH}
+SELECT k.id, k.id, t.id IS NOT NULL, t.id, t.note, t.n
+  FROM pg_catalog.generate_series(:start + 1, :start + {ROW_BATCH}) AS k (id) LEFT JOIN {table} t ON t.id = k.id;
+",
+            last = batches - 1
+        ),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
+    let path = script.to_str().context("the temporary directory's path is not UTF-8")?;
+    let latencies = std::thread::scope(|scope| {
+        let readers: Vec<_> = ["c1", "c2"]
+            .into_iter()
+            .map(|db| scope.spawn(move || s.cluster.pgbench(db, &["-n", "-M", "prepared", "-f", path, "-t", "50"])))
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| {
+                let out = reader.join().map_err(|_| anyhow::anyhow!("a pgbench reader panicked"))??;
+                out.lines()
+                    .find_map(|l| l.strip_prefix("latency average = "))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|ms| ms.parse::<f64>().ok())
+                    .with_context(|| format!("no latency average in pgbench's output:\n{out}"))
+            })
+            .collect::<Result<Vec<f64>>>()
+    });
+    let _ = std::fs::remove_file(&script);
+    let slowest_ms = latencies?.into_iter().fold(0.0, f64::max);
+    Ok(slowest_ms / 1000.0 * batches as f64)
 }
