@@ -44,6 +44,19 @@ const TLS_TAKEN_AWAY: &str = "the server offered SCRAM-SHA-256-PLUS over a conne
 /// client in some other way, and what the server needs.
 const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not authenticate by SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS): that needs PostgreSQL 11 or later reached over TCP with TLS (a Unix socket has none) and nothing in between that ends TLS (a pooler), a pg_hba.conf line with scram-sha-256 for this connection, and the role's password stored as SCRAM (password_encryption = scram-sha-256); or drop channel_binding=require";
 
+/// Why a SCRAM login was refused when the server's iteration count passed
+/// postgres-protocol's cap (`MAX_ITERATION_COUNT` there), and the fix.
+/// The count comes from the server before it has proven anything, so a
+/// hostile one could otherwise make ibex hash for minutes (the cap is
+/// pgjdbc's too); PostgreSQL 16+ stores a role's password with the
+/// `scram_iterations` in force when it was set.
+pub(crate) const SCRAM_ITERATIONS_CAPPED: &str = "the server stores this role's password with more than 100000 SCRAM iterations (scram_iterations, PostgreSQL 16+); ibex refuses more, as pgjdbc does, since the count comes from the server before it has proven anything and a hostile one could make ibex hash for minutes: set the role's password again under a lower count (SET scram_iterations = 100000; then ALTER ROLE ... PASSWORD '...'; the default is 4096)";
+
+/// Whether a SCRAM error is postgres-protocol's iteration cap.
+pub(crate) fn is_scram_iteration_cap(text: &str) -> bool {
+    text.contains("SCRAM iteration count exceeds")
+}
+
 pub type Client = tokio_postgres::Client;
 
 /// A connection whose stream may or may not be encrypted.
@@ -209,6 +222,9 @@ fn reason(err: &tokio_postgres::Error, r: &Resolved, tls: &tls::Tls, target: &Ta
     }
     if err.as_db_error().is_none() && text.contains("SCRAM-SHA-256-PLUS authentication over a non-TLS connection") {
         return TLS_TAKEN_AWAY.to_string();
+    }
+    if err.as_db_error().is_none() && is_scram_iteration_cap(&text) {
+        return SCRAM_ITERATIONS_CAPPED.to_string();
     }
     if text.contains("database does not allow writes") || text.contains("read-only") && r.read_write {
         return format!("{text} (target_session_attrs=read-write wants a primary)");

@@ -545,7 +545,10 @@ impl<'r> Authentication<'r> {
                 Ok(Step::Reply(reply))
             }
             (11, Scram::Begun { exchange, .. }) => {
-                exchange.update(&body).map_err(|e| e.to_string())?;
+                exchange.update(&body).map_err(|e| {
+                    let text = e.to_string();
+                    if super::is_scram_iteration_cap(&text) { super::SCRAM_ITERATIONS_CAPPED.to_string() } else { text }
+                })?;
                 frontend::sasl_response(exchange.message(), &mut reply).map_err(|e| e.to_string())?;
                 Ok(Step::Reply(reply))
             }
@@ -815,6 +818,32 @@ mod tests {
     }
 
     const PLUS_AND_PLAIN: &[u8] = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+
+    #[test]
+    fn an_iteration_count_past_the_cap_is_refused_with_the_fix_and_no_proof_goes_out() {
+        let r = resolved("prefer");
+        for (iterations, taken) in [(100_000, true), (100_001, false)] {
+            let server = ScramServer { iterations, ..ScramServer::new("secret") };
+            let mut auth = Authentication::new(&r, Some("secret"), Transport::Plain);
+            let initial = auth.answer(request(10, b"SCRAM-SHA-256\0\0")).expect("answered").into_reply();
+            let data = message_data(&initial, 0);
+            let nul = data.iter().position(|b| *b == 0).expect("a mechanism name");
+            let client_first = std::str::from_utf8(&data[nul + 5..]).expect("utf-8");
+            let nonce = client_first.split_once(",r=").expect("a nonce").1;
+            let first = format!("r={nonce}srv0nce,s={},i={iterations}", server.salt);
+            match auth.answer(request(11, first.as_bytes())) {
+                Ok(step) => {
+                    assert!(taken, "{iterations} iterations taken");
+                    assert!(matches!(step, Step::Reply(_)), "a proof goes out at {iterations}");
+                }
+                Err(why) => {
+                    assert!(!taken, "{iterations} iterations refused: {why}");
+                    assert!(why.contains("more than 100000 SCRAM iterations"), "{why}");
+                    assert!(why.contains("SET scram_iterations"), "{why}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn require_takes_no_login_but_a_proven_plus_exchange() {
