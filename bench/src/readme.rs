@@ -33,7 +33,11 @@ const LAYOUT: &[(&str, &str, &str)] = &[
     ("capture_insert_floor", "capture", "capture cost: bulk INSERT, against the trigger floor"),
     ("capture_delete_floor", "capture", "capture cost: bulk DELETE, against the trigger floor"),
     ("capture_tps_floor", "capture", "capture cost: pgbench TPS, against the trigger floor"),
-    ("capture_tps_delta_floor", "capture", "capture cost: pgbench TPS, against the cheapest delta write"),
+    (
+        "capture_tps_delta_floor",
+        "capture",
+        "capture cost: pgbench TPS, against the trigger floor with a minimal delta row",
+    ),
     ("capture_tps_nokick", "capture", "capture cost: pgbench TPS, autokick=false (no NOTIFY)"),
     ("capture_wal_update", "capture", "capture cost, capture=wal: bulk UPDATE"),
     ("capture_wal_insert", "capture", "capture cost, capture=wal: bulk INSERT"),

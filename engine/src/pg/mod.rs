@@ -48,9 +48,9 @@ const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not aut
 /// postgres-protocol's cap (`MAX_ITERATION_COUNT` there), and the fix.
 /// The count comes from the server before it has proven anything, so a
 /// hostile one could otherwise make ibex hash for minutes (the cap is
-/// pgjdbc's too); PostgreSQL 16+ stores a role's password with the
-/// `scram_iterations` in force when it was set.
-pub(crate) const SCRAM_ITERATIONS_CAPPED: &str = "the server stores this role's password with more than 100000 SCRAM iterations (scram_iterations, PostgreSQL 16+); ibex refuses more, as pgjdbc does, since the count comes from the server before it has proven anything and a hostile one could make ibex hash for minutes: set the role's password again under a lower count (SET scram_iterations = 100000; then ALTER ROLE ... PASSWORD '...'; the default is 4096)";
+/// pgjdbc's too). PostgreSQL 16+ hashes a password set in plain text
+/// with the `scram_iterations` in force; a stored verifier keeps its own.
+pub(crate) const SCRAM_ITERATIONS_CAPPED: &str = "the server asks for more than 100000 SCRAM iterations (the role's password was set under a higher scram_iterations, PostgreSQL 16+, or stored as a verifier made with more, or a pooler in between uses more); ibex refuses more, as pgjdbc does, since the count comes from the server before it has proven anything and a hostile one could make ibex hash for minutes: set the role's password again with fewer, e.g. in psql SET scram_iterations = 4096; (16+) then \\password ROLE, which hashes it on the client (or lower the pooler's)";
 
 /// Whether a SCRAM error is postgres-protocol's iteration cap.
 pub(crate) fn is_scram_iteration_cap(text: &str) -> bool {
