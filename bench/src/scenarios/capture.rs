@@ -256,28 +256,29 @@ const CAPTURED: [(&str, &str); 3] =
 /// what this shape costs once it writes anything. `EXECUTE PROCEDURE`:
 /// the spelling every version accepts (10 has no `EXECUTE FUNCTION`).
 fn trigger_floor(table: &str, key: &str, delta: Option<&str>) -> String {
-    let write = match delta {
-        Some(delta) => format!(
-            "CREATE TABLE {delta} (keys int[] NOT NULL, txid bigint NOT NULL DEFAULT pg_catalog.txid_current());
-             CREATE FUNCTION floor_{table}() RETURNS trigger
-             LANGUAGE plpgsql SECURITY DEFINER AS $f$
-             BEGIN
-                 IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+    let (delta_table, write) = match delta {
+        Some(delta) => (
+            format!(
+                "CREATE TABLE {delta} (keys int[] NOT NULL, txid bigint NOT NULL DEFAULT pg_catalog.txid_current());"
+            ),
+            format!(
+                "IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
                      INSERT INTO {delta} (keys) SELECT pg_catalog.array_agg(o.{key}) FROM ibex_old o
                          HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0;
                  ELSE
                      INSERT INTO {delta} (keys) SELECT pg_catalog.array_agg(n.{key}) FROM ibex_new n
                          HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0;
                  END IF;"
+            ),
         ),
-        None => format!(
-            "CREATE FUNCTION floor_{table}() RETURNS trigger
-             LANGUAGE plpgsql SECURITY DEFINER AS $f$
-             BEGIN"
-        ),
+        None => (String::new(), String::new()),
     };
     format!(
-        "{write}
+        "{delta_table}
+         CREATE FUNCTION floor_{table}() RETURNS trigger
+         LANGUAGE plpgsql SECURITY DEFINER AS $f$
+         BEGIN
+             {write}
              PERFORM pg_catalog.pg_notify('ibex_changed', 'public.{table}');
              RETURN NULL;
          END $f$;

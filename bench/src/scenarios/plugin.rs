@@ -117,10 +117,11 @@ pub fn plugin(bench: &mut Bench, keys: u64) -> Result<()> {
     // The rows read by hand in the state each run found them in, as many
     // times as the runs (the tables differ again afterwards: nothing
     // checks them after this).
+    let with_rows = contenders[2].table;
     let reads: Result<Vec<f64>> = (1..=ROUNDS)
         .map(|round| {
-            conflicting_versions(&s, "acct_rows", round)?;
-            read_rows(&s, "acct_rows", keys)
+            conflicting_versions(&s, with_rows, round)?;
+            read_rows(&s, with_rows, keys)
         })
         .collect();
     let read = reads.and_then(|reads| median(&reads).context("no read timed"));

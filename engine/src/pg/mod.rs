@@ -50,11 +50,13 @@ const UNBOUND_LOGIN: &str = "channel_binding=require, but the server did not aut
 /// hostile one could otherwise make ibex hash for minutes (the cap is
 /// pgjdbc's too). PostgreSQL 16+ hashes a password set in plain text
 /// with the `scram_iterations` in force; a stored verifier keeps its own.
-pub(crate) const SCRAM_ITERATIONS_CAPPED: &str = "the server asks for more than 100000 SCRAM iterations (the role's password was set under a higher scram_iterations, PostgreSQL 16+, or stored as a verifier made with more, or a pooler in between uses more); ibex refuses more, as pgjdbc does, since the count comes from the server before it has proven anything and a hostile one could make ibex hash for minutes: set the role's password again with fewer, e.g. in psql SET scram_iterations = 4096; (16+) then \\password ROLE, which hashes it on the client (or lower the pooler's)";
+const SCRAM_ITERATIONS_CAPPED: &str = "the server asks for more than 100000 SCRAM iterations (the role's password was set under a higher scram_iterations, PostgreSQL 16+, or stored as a verifier made with more, or a pooler in between uses more); ibex refuses more, as pgjdbc does, since the count comes from the server before it has proven anything and a hostile one could make ibex hash for minutes: set the role's password again with fewer, e.g. in psql SET scram_iterations = 4096; (16+) then \\password ROLE, which hashes it on the client (or lower the pooler's)";
 
-/// Whether a SCRAM error is postgres-protocol's iteration cap.
-pub(crate) fn is_scram_iteration_cap(text: &str) -> bool {
-    text.contains("SCRAM iteration count exceeds")
+/// What ibex says of a SCRAM error of postgres-protocol that it explains
+/// (the iteration cap); both logins, tokio-postgres's and the WAL
+/// stream's, ask it.
+pub(crate) fn scram_refusal(text: &str) -> Option<&'static str> {
+    text.contains("SCRAM iteration count exceeds").then_some(SCRAM_ITERATIONS_CAPPED)
 }
 
 pub type Client = tokio_postgres::Client;
@@ -223,8 +225,10 @@ fn reason(err: &tokio_postgres::Error, r: &Resolved, tls: &tls::Tls, target: &Ta
     if err.as_db_error().is_none() && text.contains("SCRAM-SHA-256-PLUS authentication over a non-TLS connection") {
         return TLS_TAKEN_AWAY.to_string();
     }
-    if err.as_db_error().is_none() && is_scram_iteration_cap(&text) {
-        return SCRAM_ITERATIONS_CAPPED.to_string();
+    if err.as_db_error().is_none()
+        && let Some(why) = scram_refusal(&text)
+    {
+        return why.to_string();
     }
     if text.contains("database does not allow writes") || text.contains("read-only") && r.read_write {
         return format!("{text} (target_session_attrs=read-write wants a primary)");

@@ -547,7 +547,7 @@ impl<'r> Authentication<'r> {
             (11, Scram::Begun { exchange, .. }) => {
                 exchange.update(&body).map_err(|e| {
                     let text = e.to_string();
-                    if super::is_scram_iteration_cap(&text) { super::SCRAM_ITERATIONS_CAPPED.to_string() } else { text }
+                    super::scram_refusal(&text).map_or(text, str::to_string)
                 })?;
                 frontend::sasl_response(exchange.message(), &mut reply).map_err(|e| e.to_string())?;
                 Ok(Step::Reply(reply))
